@@ -1,0 +1,259 @@
+"""Every stage is a commit: the protocol that makes retries and concurrent attempts harmless.
+
+A stage's output location is ``<home>/<stage>/<name>/<partition>/``:
+
+    attempts/<attempt_id>/...        what one attempt wrote (invisible until committed)
+    manifests/<fingerprint>.json     the commit: which attempt, inputs, outputs with SHA-256
+
+The fingerprint is a hash of everything the output is a function of (input manifests, config,
+code hash, partition). ``run_stage`` skips when a manifest with that fingerprint exists, and
+otherwise writes a fresh attempt and publishes it with an exclusive create (write a temporary
+file, fsync, then ``os.link`` it to its final name, which fails if the name exists). A crash
+before the link leaves an attempt nobody references; two attempts racing both write, exactly
+one link wins, and the loser reports the winner's manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from dlpipe import __version__, audit, settings
+from dlpipe.errors import CommitConflict, IntegrityError, NotCommittedError
+from dlpipe.hashing import canonical_json, fingerprint, sha256_file
+from dlpipe.runctx import RunContext
+
+log = logging.getLogger(__name__)
+
+MANIFEST_VERSION = 1
+_IGNORED_SUFFIXES = (".crc",)  # Spark/Hadoop checksum side files: not data
+
+
+@dataclass(frozen=True)
+class StageKey:
+    """Names one stage output: e.g. ``features/eta/dt=2026-01-03``."""
+
+    stage: str
+    name: str
+    partition: str = "all"
+
+    def __post_init__(self) -> None:
+        for field_name in ("stage", "name", "partition"):
+            value = getattr(self, field_name)
+            if not value or "/" in value or value.startswith(".") or "\x00" in value:
+                raise ValueError(
+                    f"invalid {field_name}={value!r}: use a non-empty name without '/' or a leading '.'"
+                )
+
+    @property
+    def relpath(self) -> str:
+        return f"{self.stage}/{self.name}/{self.partition}"
+
+    def dir(self, home: Path | None = None) -> Path:
+        return (home or settings.home()) / self.relpath
+
+
+@dataclass(frozen=True)
+class StageResult:
+    manifest: dict
+    skipped: bool  # True when an earlier (or concurrent) attempt had already committed it
+
+    @property
+    def id(self) -> str:
+        return self.manifest["id"]
+
+
+def manifest_id(key: StageKey, fp: str) -> str:
+    return f"{key.relpath}@{fp[:16]}"
+
+
+def _manifest_path(key: StageKey, fp: str, home: Path | None = None) -> Path:
+    return key.dir(home) / "manifests" / f"{fp}.json"
+
+
+def load_manifest(mid: str, home: Path | None = None) -> dict:
+    """Load a committed manifest by id (``stage/name/partition@fp16``)."""
+    try:
+        rel, fp16 = mid.rsplit("@", 1)
+        stage, name, partition = rel.split("/")
+        key = StageKey(stage, name, partition)
+    except ValueError as exc:
+        raise NotCommittedError(
+            f"malformed manifest id {mid!r}: expected 'stage/name/partition@fingerprint'"
+        ) from exc
+    matches = sorted((key.dir(home) / "manifests").glob(f"{fp16}*.json"))
+    if not matches:
+        raise NotCommittedError(f"no committed manifest {mid!r} under {key.dir(home)}")
+    return json.loads(matches[0].read_text())
+
+
+def find_committed(key: StageKey, fp: str, home: Path | None = None) -> dict | None:
+    path = _manifest_path(key, fp, home)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def committed(key: StageKey, home: Path | None = None) -> list[dict]:
+    """All committed manifests of one stage output, oldest commit first."""
+    mdir = key.dir(home) / "manifests"
+    found = [json.loads(p.read_text()) for p in mdir.glob("*.json")] if mdir.exists() else []
+    return sorted(found, key=lambda m: m["committed_at"])
+
+
+def latest(key: StageKey, home: Path | None = None) -> dict:
+    found = committed(key, home)
+    if not found:
+        raise NotCommittedError(
+            f"nothing committed for {key.relpath}; run the stage that produces it first"
+        )
+    return found[-1]
+
+
+def location(manifest: dict, home: Path | None = None) -> Path:
+    """The directory holding a committed manifest's files."""
+    return (home or settings.home()) / manifest["outputs"]["location"]
+
+
+def files(manifest: dict, suffix: str = "", home: Path | None = None) -> list[Path]:
+    """Absolute paths of the files a manifest vouches for (only those: never list a directory)."""
+    root = location(manifest, home)
+    return [root / f["path"] for f in manifest["outputs"]["files"] if f["path"].endswith(suffix)]
+
+
+def verify(manifest: dict, home: Path | None = None) -> None:
+    """Re-hash every file of a manifest; raise IntegrityError on the first mismatch."""
+    root = location(manifest, home)
+    for f in manifest["outputs"]["files"]:
+        path = root / f["path"]
+        if not path.exists():
+            raise IntegrityError(f"{manifest['id']}: file {f['path']} is missing from {root}")
+        actual = sha256_file(path)
+        if actual != f["sha256"]:
+            raise IntegrityError(
+                f"{manifest['id']}: {f['path']} has sha256 {actual[:12]}..., manifest says "
+                f"{f['sha256'][:12]}...; the stored data was modified after commit"
+            )
+
+
+def describe_files(root: Path) -> list[dict]:
+    """Every file under an attempt directory with its size and SHA-256, sorted by path."""
+    out = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        if path.name.endswith(_IGNORED_SUFFIXES) or path.name == "_SUCCESS":
+            continue
+        out.append({
+            "path": path.relative_to(root).as_posix(),
+            "size": path.stat().st_size,
+            "sha256": sha256_file(path),
+        })
+    return out
+
+
+def _exclusive_write(path: Path, data: bytes) -> None:
+    """Create ``path`` with ``data`` atomically; raise FileExistsError if it already exists."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "xb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    try:
+        os.link(tmp, path)  # atomic, and fails if another attempt linked first
+    finally:
+        tmp.unlink()
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+# What a stage body returns: a small summary (rows, metrics...) recorded in the manifest.
+Producer = Callable[[Path], dict]
+
+
+def run_stage(
+    key: StageKey,
+    *,
+    inputs: list[dict],
+    config: dict[str, Any],
+    code: dict[str, Any],
+    run: RunContext,
+    produce: Producer,
+    home: Path | None = None,
+) -> StageResult:
+    """Run one stage under the commit protocol.
+
+    ``inputs`` are the upstream manifests (their ids and fingerprints enter this stage's
+    fingerprint). ``produce(attempt_dir)`` writes the outputs into a fresh directory and returns
+    a summary dict. ``code`` must hold ``sources_hash``; git commit and version are recorded too.
+    """
+    fp = fingerprint({
+        "stage": key.relpath,
+        "inputs": sorted((m["id"], m["fingerprint"]) for m in inputs),
+        "config": config,
+        "code": code["sources_hash"],
+    })
+    mid = manifest_id(key, fp)
+    base = {"stage": key.stage, "manifest_id": mid, "fingerprint": fp}
+
+    done = find_committed(key, fp, home)
+    if done is not None:
+        log.info("%s: already committed by %s (try %s); skipping", mid,
+                 done["run"]["run_id"], done["run"]["try_number"])
+        audit.record("skipped", run=run, reason="already committed", **base)
+        return StageResult(done, skipped=True)
+
+    attempt_id = uuid.uuid4().hex[:16]
+    attempt_dir = key.dir(home) / "attempts" / attempt_id
+    attempt_dir.mkdir(parents=True)
+    started_at = audit.utcnow_iso()
+    audit.record("started", run=run, attempt_id=attempt_id, **base)
+    log.info("%s: attempt %s writing to %s", mid, attempt_id, attempt_dir)
+    try:
+        summary = produce(attempt_dir)
+        manifest = {
+            "manifest_version": MANIFEST_VERSION,
+            "id": mid,
+            "stage": key.stage,
+            "name": key.name,
+            "partition": key.partition,
+            "fingerprint": fp,
+            "inputs": [{"id": m["id"], "fingerprint": m["fingerprint"]} for m in inputs],
+            "config": config,
+            "code": {**code, "dlpipe_version": __version__},
+            "outputs": {
+                "location": attempt_dir.relative_to(home or settings.home()).as_posix(),
+                "files": describe_files(attempt_dir),
+            },
+            "summary": summary,
+            "run": run.as_dict(),
+            "attempt_id": attempt_id,
+            "started_at": started_at,
+            "committed_at": audit.utcnow_iso(),
+        }
+        try:
+            _exclusive_write(_manifest_path(key, fp, home), (canonical_json(manifest) + "\n").encode())
+        except FileExistsError as exc:
+            raise CommitConflict(f"{mid} was committed by a concurrent attempt") from exc
+    except CommitConflict:
+        winner = find_committed(key, fp, home)
+        assert winner is not None  # the link that beat us exists
+        log.warning("%s: a concurrent attempt committed first; attempt %s is discarded",
+                    mid, attempt_id)
+        audit.record("conflict", run=run, attempt_id=attempt_id,
+                     winner_attempt_id=winner["attempt_id"], **base)
+        return StageResult(winner, skipped=True)
+    except BaseException as exc:
+        audit.record("failed", run=run, attempt_id=attempt_id,
+                     error=f"{type(exc).__name__}: {str(exc)[:2000]}", **base)
+        raise
+    audit.record("committed", run=run, attempt_id=attempt_id,
+                 files=len(manifest["outputs"]["files"]), **base)
+    log.info("%s: committed attempt %s (%d files)", mid, attempt_id,
+             len(manifest["outputs"]["files"]))
+    return StageResult(manifest, skipped=False)

@@ -1,0 +1,45 @@
+"""Content hashes: files by SHA-256, configs and inputs by a canonical-JSON fingerprint."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+_CHUNK = 1 << 20
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def canonical_json(obj: Any) -> str:
+    """JSON with sorted keys and no whitespace: equal objects give equal bytes."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def fingerprint(obj: Any) -> str:
+    """SHA-256 of the canonical JSON of ``obj``."""
+    return sha256_bytes(canonical_json(obj).encode())
+
+
+def sources_hash(paths: list[str | Path]) -> str:
+    """Hash of source files' contents (not their mtimes): the code version of a stage.
+
+    A stage's fingerprint uses this instead of the git commit so that unrelated commits do
+    not invalidate every committed output.
+    """
+    h = hashlib.sha256()
+    for p in sorted(str(x) for x in paths):
+        h.update(Path(p).name.encode())
+        h.update(sha256_file(p).encode())
+    return h.hexdigest()

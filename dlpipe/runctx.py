@@ -1,0 +1,37 @@
+"""Who is running what: the identity recorded in every manifest and audit event."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """The Airflow run/task/try behind an attempt, or the local user for CLI runs."""
+
+    dag_id: str = "-"
+    run_id: str = "-"
+    task_id: str = "-"
+    try_number: int = 0
+    triggered_by: str = "-"
+    user: str = field(default_factory=lambda: _user())
+    host: str = field(default_factory=socket.gethostname)
+    pid: int = field(default_factory=os.getpid)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
+
+
+def cli_context(command: str) -> RunContext:
+    """Context for commands run by hand (``dlpipe demo-data`` and friends)."""
+    return RunContext(dag_id="cli", run_id=command, task_id=command)
