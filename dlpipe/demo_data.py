@@ -18,6 +18,7 @@ import numpy as np
 from dlpipe.commit import StageKey, StageResult, run_stage
 from dlpipe.errors import ConfigError
 from dlpipe.hashing import sources_hash
+from dlpipe.interval import day_partition
 from dlpipe.runctx import RunContext
 
 RAW_DATASET = "trips"
@@ -47,10 +48,6 @@ class DemoDataConfig:
             raise ConfigError("rows_per_day", self.rows_per_day, "use 0 or a positive row count")
         if self.restaurants < 1:
             raise ConfigError("restaurants", self.restaurants, "use at least one restaurant")
-
-
-def partition_name(day: date) -> str:
-    return f"dt={day.isoformat()}"
 
 
 def _restaurants(cfg: DemoDataConfig) -> dict[str, np.ndarray]:
@@ -134,7 +131,7 @@ def write_raw(cfg: DemoDataConfig, run: RunContext, home: Path | None = None) ->
     results = []
     for i in range(cfg.days):
         day = cfg.start + timedelta(days=i)
-        key = StageKey("raw", RAW_DATASET, partition_name(day))
+        key = StageKey("raw", RAW_DATASET, day_partition(day))
         # Only what determines this day's bytes: adding days later must not re-commit old ones.
         config = {"seed": cfg.seed, "rows_per_day": cfg.rows_per_day,
                   "restaurants": cfg.restaurants, "day": day.isoformat()}

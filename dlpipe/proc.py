@@ -1,0 +1,93 @@
+"""Run an external tool (spark-submit, horovodrun) as an argument list, never through a shell.
+
+Output is streamed line by line to a logger as it arrives (progress is visible in the task log),
+the last lines are kept for the exception, and a timeout or an interrupt ends the tool's whole
+process group, so no orphaned Spark driver or Horovod rank outlives its task.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+from typing import Callable, Mapping, Sequence
+
+from dlpipe.errors import SubprocessFailed
+
+log = logging.getLogger(__name__)
+
+
+def run_streaming(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+    timeout_s: float | None = None,
+    emit: Callable[[str], None] | None = None,
+    tail_lines: int = 60,
+    on_start: Callable[[subprocess.Popen], None] | None = None,
+) -> list[str]:
+    """Run ``argv`` to completion; return its last lines. Raise SubprocessFailed on failure."""
+    emit = emit or (lambda line: log.info("%s", line))
+    tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
+    proc = subprocess.Popen(
+        list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+        env=dict(env) if env is not None else None, cwd=cwd, start_new_session=True,
+    )
+    if on_start:
+        on_start(proc)
+    timed_out = threading.Event()
+
+    def _watchdog() -> None:
+        timed_out.set()
+        kill_group(proc)
+
+    timer = threading.Timer(timeout_s, _watchdog) if timeout_s else None
+    if timer:
+        timer.daemon = True
+        timer.start()
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            tail.append(line)
+            emit(line)
+        rc = proc.wait()
+    except BaseException:
+        kill_group(proc)
+        raise
+    finally:
+        if timer:
+            timer.cancel()
+    name = os.path.basename(argv[0])
+    if timed_out.is_set():
+        raise SubprocessFailed(_failure(f"{name} exceeded its timeout of {timeout_s:.0f}s and was killed", tail))
+    if rc != 0:
+        raise SubprocessFailed(_failure(f"{name} exited with code {rc}", tail))
+    return list(tail)
+
+
+def kill_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
+    """SIGTERM the process group, then SIGKILL whatever is left after ``grace_s``."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _failure(headline: str, tail: collections.deque[str]) -> str:
+    body = "\n".join(f"    {line}" for line in tail)
+    return f"{headline}; last {len(tail)} lines of output:\n{body}"

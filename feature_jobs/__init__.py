@@ -1,0 +1,1 @@
+"""Spark applications (spark-submit entry points). pyspark is imported inside functions only."""

@@ -1,0 +1,85 @@
+"""ETA feature job: one feature partition for one data interval.
+
+Contract: reads exactly the raw files listed in the spec (the committed partitions of
+``[interval_start - lookback_days, interval_end)``), writes the features of the trips ordered in
+``[interval_start, interval_end)`` into ``output_dir``, and never looks at the clock. The
+restaurant history features use only days *before* the interval, so no label leaks in.
+
+Output rows are sorted by ``trip_id`` and written as ``num_files`` files, so the same input gives
+the same rows in the same order.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+log = logging.getLogger(__name__)
+
+FEATURE_COLUMNS = [
+    "distance_km", "hour_sin", "hour_cos", "is_weekend", "city_code",
+    "restaurant_prep_mean", "restaurant_trips", "pickup_lat", "pickup_lon",
+]
+LABEL_COLUMN = "delivery_minutes"
+KEY_COLUMN = "trip_id"
+
+
+def build_features(spark, spec: dict):
+    """The feature DataFrame for the spec's interval (pure function of the listed inputs)."""
+    from pyspark.sql import functions as F
+
+    raw = spark.read.parquet(*spec["input_files"])
+    start, end = spec["interval_start"], spec["interval_end"]
+    in_interval = (F.col("order_ts") >= F.lit(start).cast("timestamp")) & (
+        F.col("order_ts") < F.lit(end).cast("timestamp"))
+    history_start = F.lit(spec["history_start"]).cast("timestamp")
+    history = raw.where((F.col("order_ts") >= history_start) & (F.col("order_ts") < F.lit(start).cast("timestamp")))
+    per_restaurant = history.groupBy("restaurant_id").agg(
+        F.avg("prep_minutes").alias("restaurant_prep_mean"),
+        F.count(F.lit(1)).cast("double").alias("restaurant_trips"),
+    )
+    cities = spec["cities"]
+    city_code = F.lit(-1)
+    for i, name in enumerate(cities):
+        city_code = F.when(F.col("city") == name, F.lit(i)).otherwise(city_code)
+
+    lat1, lon1 = F.radians("pickup_lat"), F.radians("pickup_lon")
+    lat2, lon2 = F.radians("dropoff_lat"), F.radians("dropoff_lon")
+    a = F.sin((lat2 - lat1) / 2) ** 2 + F.cos(lat1) * F.cos(lat2) * F.sin((lon2 - lon1) / 2) ** 2
+    hour = F.hour("order_ts") + F.minute("order_ts") / 60.0
+    trips = raw.where(in_interval)
+    return (trips.join(per_restaurant, "restaurant_id", "left")
+            .select(
+                F.col("trip_id"),
+                F.to_date("order_ts").cast("string").alias("dt"),
+                (6371.0 * 2 * F.asin(F.sqrt(a))).cast("float").alias("distance_km"),
+                F.sin(hour * (2 * 3.141592653589793 / 24)).cast("float").alias("hour_sin"),
+                F.cos(hour * (2 * 3.141592653589793 / 24)).cast("float").alias("hour_cos"),
+                F.dayofweek("order_ts").isin(1, 7).cast("float").alias("is_weekend"),
+                city_code.cast("int").alias("city_code"),
+                F.coalesce(F.col("restaurant_prep_mean"), F.lit(spec["default_prep_minutes"]))
+                .cast("float").alias("restaurant_prep_mean"),
+                F.coalesce(F.col("restaurant_trips"), F.lit(0.0)).cast("float").alias("restaurant_trips"),
+                F.col("pickup_lat").cast("float"), F.col("pickup_lon").cast("float"),
+                F.col(LABEL_COLUMN).cast("float").alias(LABEL_COLUMN),
+            ))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from feature_jobs.spec import read_spec_from_argv, spark_session
+
+    spec = read_spec_from_argv(argv)
+    spark = spark_session(f"eta_features {spec['interval_start']}")
+    try:
+        features = build_features(spark, spec)
+        (features.repartitionByRange(int(spec["num_files"]), KEY_COLUMN)
+         .sortWithinPartitions(KEY_COLUMN)
+         .write.mode("errorifexists").parquet(spec["output_dir"]))
+        print(f"[eta_features] wrote {spec['output_dir']}", flush=True)
+    finally:
+        spark.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""The feature and dataset stages of the ETA example, under dlpipe's commit protocol.
+
+These functions decide *what* to run (which committed inputs, which config, where to write) and
+commit the result; *how* the Spark application is launched is the ``submit`` callable they are
+given (SparkSubmitHook in Airflow, plain spark-submit in tests).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from dlpipe import commit
+from dlpipe.commit import StageKey, StageResult
+from dlpipe.demo_data import CITIES, RAW_DATASET
+from dlpipe.errors import ConfigError, NotCommittedError
+from dlpipe.hashing import sources_hash
+from dlpipe.interval import day_partition, interval_days
+from dlpipe.runctx import RunContext
+from dlpipe.spark_submit import SparkSubmit
+from feature_jobs import eta_features, materialize, spec as spec_mod
+
+log = logging.getLogger(__name__)
+HERE = Path(__file__).resolve().parent
+
+
+class FeatureJobConfig(BaseModel):
+    """The ETA feature job's settings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    lookback_days: int = Field(7, ge=0, le=365, description="days of history for restaurant features")
+    num_files: int = Field(4, ge=1, le=4096, description="output files per partition")
+    default_prep_minutes: float = Field(15.0, gt=0, description="prep time for restaurants with no history")
+
+
+class DatasetConfig(BaseModel):
+    """How feature partitions become a Petastorm training dataset."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    window_days: int = Field(7, ge=1, le=3650, description="feature partitions ending at the interval")
+    validation_percent: int = Field(20, ge=1, le=50, description="share of keys in the validation split")
+    num_files: int = Field(8, ge=1, le=4096, description="files per split (>= training processes)")
+    row_group_size_mb: int = Field(32, ge=1, le=1024, description="Parquet row-group size")
+
+
+def _parquet_rows(paths: list[Path]) -> int:
+    import pyarrow.parquet as pq
+
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in paths)
+
+
+def _committed_days(dataset: str, stage: str, days: list, *, required: bool) -> list[dict]:
+    found = []
+    for day in days:
+        try:
+            found.append(commit.latest(StageKey(stage, dataset, day_partition(day))))
+        except NotCommittedError:
+            if required:
+                raise NotCommittedError(
+                    f"no committed {stage} partition {dataset}/{day_partition(day)}; "
+                    f"run the stage that produces it (for demo data: dlpipe demo-data)") from None
+            log.info("%s/%s/%s not committed: treated as missing history", stage, dataset, day)
+    return found
+
+
+def extract_features(interval_start, interval_end, *, config: FeatureJobConfig, run: RunContext,
+                     submit: SparkSubmit) -> StageResult:
+    """Commit the ETA feature partition of one daily interval (skip if already committed)."""
+    days = interval_days(interval_start, interval_end)
+    if len(days) != 1:
+        raise ConfigError("data_interval", f"{interval_start}..{interval_end}",
+                          "the ETA feature job writes one daily partition per run: schedule it @daily")
+    day = days[0]
+    history = [day - timedelta(days=i) for i in range(config.lookback_days, 0, -1)]
+    inputs = (_committed_days(RAW_DATASET, "raw", history, required=False)
+              + _committed_days(RAW_DATASET, "raw", [day], required=True))
+    key = StageKey("features", "eta", day_partition(day))
+    code = {"sources_hash": sources_hash([eta_features.__file__, __file__])}
+
+    def produce(attempt: Path) -> dict:
+        out = attempt / "data"
+        spec = {
+            "input_files": [str(p) for m in inputs for p in commit.files(m, ".parquet")],
+            "interval_start": f"{day.isoformat()}T00:00:00+00:00",
+            "interval_end": f"{(day + timedelta(days=1)).isoformat()}T00:00:00+00:00",
+            "history_start": f"{history[0].isoformat() if history else day.isoformat()}T00:00:00+00:00",
+            "cities": sorted(CITIES),
+            "output_dir": str(out),
+            **config.model_dump(),
+        }
+        spec_path = spec_mod.write_spec(attempt / "spec.json", spec)
+        submit(eta_features.__file__, ["--spec", str(spec_path)])
+        rows = _parquet_rows(sorted(out.glob("*.parquet")))
+        return {"rows": rows, "day": day.isoformat(),
+                "history_days": len(inputs) - 1, "missing_history_days": len(history) - (len(inputs) - 1)}
+
+    return commit.run_stage(key, inputs=inputs, config=config.model_dump(), code=code,
+                            run=run, produce=produce)
+
+
+DATASET_COLUMNS: list[tuple[str, str]] = (
+    [("trip_id", "string")]
+    + [(c, "int" if c == "city_code" else "float") for c in eta_features.FEATURE_COLUMNS]
+    + [(eta_features.LABEL_COLUMN, "float")]
+)
+
+
+def materialize_dataset(interval_start, interval_end, *, config: DatasetConfig, run: RunContext,
+                        submit: SparkSubmit) -> StageResult:
+    """Commit a Petastorm dataset over the feature partitions of the window ending at the interval."""
+    days = interval_days(interval_start, interval_end)
+    last = days[-1]
+    window = [last - timedelta(days=i) for i in range(config.window_days - 1, -1, -1)]
+    inputs = (_committed_days("eta", "features", window[:-1], required=False)
+              + _committed_days("eta", "features", [last], required=True))
+    key = StageKey("datasets", "eta", f"window_end={last.isoformat()}")
+    code = {"sources_hash": sources_hash([materialize.__file__, __file__])}
+
+    def produce(attempt: Path) -> dict:
+        spec = {
+            "name": "eta",
+            "input_files": [str(p) for m in inputs for p in commit.files(m, ".parquet")],
+            "columns": DATASET_COLUMNS,
+            "key": eta_features.KEY_COLUMN,
+            "output_dir": str(attempt),
+            **config.model_dump(),
+        }
+        spec_path = spec_mod.write_spec(attempt / "spec.json", spec)
+        submit(materialize.__file__, ["--spec", str(spec_path)])
+        splits = {s: _parquet_rows(sorted((attempt / s).glob("*.parquet"))) for s in ("train", "validation")}
+        return {
+            "rows": splits,
+            "splits": sorted(splits),
+            "feature_partitions": [m["id"] for m in inputs],
+            "columns": DATASET_COLUMNS,
+            "features": eta_features.FEATURE_COLUMNS,
+            "label": eta_features.LABEL_COLUMN,
+            "window": [window[0].isoformat(), last.isoformat()],
+        }
+
+    return commit.run_stage(key, inputs=inputs, config=config.model_dump(), code=code,
+                            run=run, produce=produce)
+
+
+def split_url(dataset_manifest: dict, split: str) -> str:
+    """``file://`` URL of one split of a committed dataset (refuses uncommitted data)."""
+    if dataset_manifest.get("stage") != "datasets" or split not in dataset_manifest["summary"]["splits"]:
+        raise NotCommittedError(f"{dataset_manifest.get('id')!r} is not a committed dataset with split {split!r}")
+    return f"file://{commit.location(dataset_manifest)}/{split}"
+
