@@ -1,0 +1,30 @@
+"""Typed training configuration (validated before any process is started)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class TrainConfig(BaseModel):
+    """Hyper-parameters of the ETA MLP regressor."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    hidden: list[int] = Field([64, 64], min_length=1, description="hidden layer widths")
+    epochs: int = Field(6, ge=1, le=1000, description="passes over the training split")
+    batch_size: int = Field(256, ge=1, le=1 << 20, description="rows per step per process")
+    learning_rate: float = Field(2e-3, gt=0, le=1.0, description="per-process rate (scaled by world size)")
+    seed: int = Field(13, description="seeds init and shuffling: same seed, same model")
+
+
+class ScaleConfig(BaseModel):
+    """Where and how wide to run horovodrun."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    num_proc: int = Field(2, ge=1, le=4096, description="total processes (-np)")
+    hosts: str = Field("localhost:2", pattern=r"^[A-Za-z0-9_.\-]+:\d+(,[A-Za-z0-9_.\-]+:\d+)*$",
+                       description="horovodrun -H host:slots,...")
+    controller: str = Field("gloo", pattern="^(gloo|mpi)$", description="gloo or mpi")
+    network_interface: str | None = Field(None, pattern=r"^[A-Za-z0-9_.\-]+$",
+                                          description="NIC for collectives, e.g. eth0")
+    start_timeout_s: int = Field(60, ge=1, description="horovodrun --start-timeout")
+    run_timeout_s: int = Field(3600, ge=1, description="kill the whole job after this long")

@@ -1,0 +1,45 @@
+"""Build and run a ``horovodrun`` command line (an argument list: no shell, no quoting bugs)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from typing import Callable, Sequence
+
+from dlpipe.proc import run_streaming
+from training.config import ScaleConfig
+
+# What a training stage calls to run its command on N processes.
+Launcher = Callable[[Sequence[str]], None]
+
+
+def horovodrun_argv(scale: ScaleConfig, command: Sequence[str]) -> list[str]:
+    binary = shutil.which("horovodrun", path=os.path.dirname(sys.executable) + os.pathsep
+                          + os.environ.get("PATH", ""))
+    if binary is None:
+        raise FileNotFoundError("horovodrun not found next to this Python or on PATH; run `make setup`")
+    argv = [binary, "-np", str(scale.num_proc), "-H", scale.hosts, f"--{scale.controller}",
+            "--start-timeout", str(scale.start_timeout_s)]
+    if scale.network_interface:
+        argv += ["--network-interface", scale.network_interface]
+    return argv + list(command)
+
+
+def training_env() -> dict[str, str]:
+    """Every rank runs this interpreter, finds this repository's packages and stays quiet."""
+    bindir = os.path.dirname(sys.executable)
+    return {
+        **os.environ,
+        "PATH": bindir + os.pathsep + os.environ.get("PATH", ""),
+        "PYTHONWARNINGS": "ignore:pyarrow.localfs is deprecated:FutureWarning",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def horovod_launcher(scale: ScaleConfig, emit: Callable[[str], None] | None = None) -> Launcher:
+    def launch(command: Sequence[str]) -> None:
+        run_streaming(horovodrun_argv(scale, command), env=training_env(),
+                      timeout_s=scale.run_timeout_s, emit=emit)
+
+    return launch
