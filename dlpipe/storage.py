@@ -1,0 +1,160 @@
+"""Object storage for the registry: a local directory or S3 (through a boto3 client), alike.
+
+Only the operations the registry needs, each with the same meaning on both backends:
+``put_new`` is a create-only write (local: atomic exclusive link; S3: ``If-None-Match: *``) that
+raises CommitConflict when the key exists, so two writers can never both "create" a record.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlparse
+
+from dlpipe.errors import CommitConflict, ConfigError, NotCommittedError
+
+
+class Store(Protocol):
+    uri: str
+
+    def put_new(self, key: str, data: bytes) -> None: ...
+    def put_file(self, key: str, path: Path, sha256: str) -> None: ...
+    def get(self, key: str) -> bytes: ...
+    def exists(self, key: str) -> bool: ...
+    def list(self, prefix: str) -> list[str]: ...
+    def download(self, key: str, dest: Path) -> None: ...
+
+
+class LocalStore:
+    """A directory; writes are atomic (temp file + fsync + link/rename)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.uri = str(self.root)
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if self.root not in path.parents:
+            raise ConfigError("key", key, "registry keys must stay inside the registry root")
+        return path
+
+    def _write_temp(self, path: Path, data: bytes) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        with open(tmp, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        return tmp
+
+    def put_new(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        tmp = self._write_temp(path, data)
+        try:
+            os.link(tmp, path)
+        except FileExistsError as exc:
+            raise CommitConflict(f"{self.uri}/{key} already exists") from exc
+        finally:
+            tmp.unlink()
+
+    def put_file(self, key: str, path: Path, sha256: str) -> None:
+        dest = self._path(key)
+        tmp = self._write_temp(dest, Path(path).read_bytes())
+        os.replace(tmp, dest)
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError as exc:
+            raise NotCommittedError(f"{self.uri}/{key} does not exist") from exc
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).exists()
+
+    def list(self, prefix: str) -> list[str]:
+        base = self._path(prefix) if prefix else self.root
+        if not base.exists():
+            return []
+        return sorted(p.relative_to(self.root).as_posix() for p in base.rglob("*")
+                      if p.is_file() and not p.name.startswith("."))
+
+    def download(self, key: str, dest: Path) -> None:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(self.get(key))
+
+
+class S3Store:
+    """``s3://bucket/prefix`` through a boto3 S3 client (any S3-compatible endpoint)."""
+
+    def __init__(self, uri: str, client: Any) -> None:
+        parsed = urlparse(uri)
+        if parsed.scheme != "s3" or not parsed.netloc:
+            raise ConfigError("registry root", uri, "use s3://BUCKET[/PREFIX]")
+        self.uri, self.bucket, self.prefix = uri.rstrip("/"), parsed.netloc, parsed.path.strip("/")
+        self.client = client
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    @staticmethod
+    def _code(exc: Exception) -> str:
+        return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+
+    def put_new(self, key: str, data: bytes) -> None:
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data,
+                                   IfNoneMatch="*", ChecksumAlgorithm="SHA256")
+        except Exception as exc:
+            if self._code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                raise CommitConflict(f"{self.uri}/{key} already exists") from exc
+            raise
+
+    def put_file(self, key: str, path: Path, sha256: str) -> None:
+        # SHA-256 checksums make S3 verify every part server-side; the hex digest is kept too.
+        self.client.upload_file(str(path), self.bucket, self._key(key), ExtraArgs={
+            "ChecksumAlgorithm": "SHA256", "Metadata": {"sha256": sha256}})
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+        except Exception as exc:
+            if self._code(exc) in ("NoSuchKey", "404"):
+                raise NotCommittedError(f"{self.uri}/{key} does not exist") from exc
+            raise
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            return True
+        except Exception as exc:
+            if self._code(exc) in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+
+    def list(self, prefix: str) -> list[str]:
+        keys = []
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        for page in self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self._key(prefix)):
+            keys += [obj["Key"][strip:] for obj in page.get("Contents", [])]
+        return sorted(keys)
+
+    def download(self, key: str, dest: Path) -> None:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        self.client.download_file(self.bucket, self._key(key), str(dest))
+
+
+def open_store(uri: str, client: Any = None) -> Store:
+    """A Store for a local path or ``s3://`` URI; S3 clients come from boto3's usual chain
+    (``AWS_ENDPOINT_URL`` selects an S3-compatible endpoint) unless one is passed in."""
+    if uri.startswith("s3://"):
+        if client is None:
+            import boto3
+
+            client = boto3.client("s3")
+        return S3Store(uri, client)
+    if "://" in uri and not uri.startswith("file://"):
+        raise ConfigError("registry root", uri, "use a local directory or an s3://BUCKET/PREFIX URI")
+    return LocalStore(uri.removeprefix("file://"))
