@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 from typing import Callable, Sequence
 
@@ -26,20 +27,24 @@ def horovodrun_argv(scale: ScaleConfig, command: Sequence[str]) -> list[str]:
     return argv + list(command)
 
 
-def training_env() -> dict[str, str]:
+def training_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """Every rank runs this interpreter, finds this repository's packages and stays quiet."""
     bindir = os.path.dirname(sys.executable)
     return {
         **os.environ,
+        **(extra or {}),
         "PATH": bindir + os.pathsep + os.environ.get("PATH", ""),
         "PYTHONWARNINGS": "ignore:pyarrow.localfs is deprecated:FutureWarning",
         "PYTHONUNBUFFERED": "1",
     }
 
 
-def horovod_launcher(scale: ScaleConfig, emit: Callable[[str], None] | None = None) -> Launcher:
+def horovod_launcher(scale: ScaleConfig, *, env: dict[str, str] | None = None,
+                     emit: Callable[[str], None] | None = None,
+                     on_start: Callable[[subprocess.Popen], None] | None = None) -> Launcher:
+    """A Launcher running ``horovodrun``; ``on_start`` receives the process (to kill it)."""
     def launch(command: Sequence[str]) -> None:
-        run_streaming(horovodrun_argv(scale, command), env=training_env(),
-                      timeout_s=scale.run_timeout_s, emit=emit)
+        run_streaming(horovodrun_argv(scale, command), env=training_env(env),
+                      timeout_s=scale.run_timeout_s, emit=emit, on_start=on_start)
 
     return launch

@@ -1,0 +1,54 @@
+"""What every dlpipe operator shares: run identity, pipeline config, error translation."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowFailException
+
+from dlpipe.commit import StageResult
+from dlpipe.errors import ConfigError, GateFailed, IntegrityError, NotCommittedError
+from dlpipe.pipeline_config import load_pipeline
+from dlpipe.runctx import RunContext
+
+# Failures that will fail the same way on every retry: fail the task without retrying.
+DETERMINISTIC = (ConfigError, GateFailed, IntegrityError, NotCommittedError)
+
+
+def run_context(context: Any) -> RunContext:
+    """The Airflow run/task/try (and who triggered it) for manifests and audit events."""
+    ti, dag_run = context["ti"], context["dag_run"]
+    return RunContext(
+        dag_id=ti.dag_id, run_id=ti.run_id, task_id=ti.task_id, try_number=int(ti.try_number),
+        triggered_by=getattr(dag_run, "triggering_user_name", None) or str(getattr(dag_run, "run_type", "-")),
+    )
+
+
+class DlpipeOperator(BaseOperator):
+    """Base class: subclasses implement ``run_stage(context, pipeline, run)``.
+
+    ``pipeline_config`` is the path of the pipeline YAML; it is read in ``execute()``, never at
+    DAG parse time. The task returns the committed manifest id (a short string) as its XCom.
+    """
+
+    template_fields: Sequence[str] = ("pipeline_config",)
+    ui_color = "#e8f1fb"
+
+    def __init__(self, *, pipeline_config: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.pipeline_config = pipeline_config
+
+    def run_stage(self, context: Any, pipeline: dict, run: RunContext) -> StageResult:
+        raise NotImplementedError
+
+    def execute(self, context: Any) -> str:
+        run = run_context(context)
+        try:
+            pipeline = load_pipeline(self.pipeline_config)
+            result = self.run_stage(context, pipeline, run)
+        except DETERMINISTIC as exc:
+            raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+        verb = "skipped (already committed)" if result.skipped else "committed"
+        self.log.info("%s %s; summary: %s", result.id, verb, result.manifest.get("summary"))
+        return result.id

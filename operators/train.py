@@ -1,0 +1,67 @@
+"""HorovodTrainOperator: distributed training with horovodrun (Gloo on CPUs, NCCL on GPUs)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from dlpipe import commit
+from dlpipe.commit import StageResult
+from dlpipe.pipeline_config import section
+from dlpipe.proc import kill_group
+from dlpipe.runctx import RunContext
+from operators.base import DlpipeOperator
+
+
+class HorovodTrainOperator(DlpipeOperator):
+    """Train on a committed dataset with ``horovodrun`` and commit the model.
+
+    The pipeline YAML's ``train`` and ``scale`` sections hold the defaults; any of the scale
+    arguments given here override them. Rank output is streamed into the task log; a timeout
+    or a task kill ends the whole process group (no orphaned ranks).
+
+    :param dataset_id: manifest id of the dataset (templated)
+    :param num_proc: total processes (``-np``)
+    :param hosts: ``host:slots,...`` (``-H``)
+    :param controller: ``gloo`` or ``mpi``
+    :param network_interface: NIC for collectives
+    :param env: extra environment variables for every rank
+    :param start_timeout_s: horovodrun ``--start-timeout``
+    :param run_timeout_s: wall-clock limit for the whole job
+    """
+
+    template_fields: Sequence[str] = ("pipeline_config", "dataset_id")
+    ui_color = "#e3f5e1"
+
+    def __init__(self, *, dataset_id: str, num_proc: int | None = None, hosts: str | None = None,
+                 controller: str | None = None, network_interface: str | None = None,
+                 env: dict[str, str] | None = None, start_timeout_s: int | None = None,
+                 run_timeout_s: int | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.dataset_id = dataset_id
+        self.scale_overrides = {k: v for k, v in {
+            "num_proc": num_proc, "hosts": hosts, "controller": controller,
+            "network_interface": network_interface, "start_timeout_s": start_timeout_s,
+            "run_timeout_s": run_timeout_s}.items() if v is not None}
+        self.env = env or {}
+        self._proc = None
+
+    def run_stage(self, context: Any, pipeline: dict, run: RunContext) -> StageResult:
+        from training.config import ScaleConfig, TrainConfig
+        from training.launcher import horovod_launcher
+        from training.stages import train_model
+
+        cfg = section(pipeline, "train", TrainConfig)
+        scale = section({**pipeline, "scale": {**(pipeline.get("scale") or {}), **self.scale_overrides}},
+                        "scale", ScaleConfig)
+
+        def remember(proc) -> None:
+            self._proc = proc
+
+        launch = horovod_launcher(scale, env=self.env, emit=lambda line: self.log.info("%s", line),
+                                  on_start=remember)
+        return train_model(commit.load_manifest(self.dataset_id), config=cfg, scale=scale, run=run,
+                           launch=launch, name=pipeline.get("model_name", "model"))
+
+    def on_kill(self) -> None:
+        if self._proc is not None:
+            kill_group(self._proc)
