@@ -1,0 +1,233 @@
+"""The ``dlpipe`` command: demo data, registry, lineage, audit trail and run summaries.
+
+Tables for people by default, ``--json`` for machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from datetime import date
+from typing import Any, Sequence
+
+from dlpipe import audit, commit, registry, settings
+from dlpipe.errors import DlpipeError
+from dlpipe.lineage import manifest_tree
+from dlpipe.runctx import cli_context
+from dlpipe.storage import open_store
+
+
+def _table(rows: list[dict], columns: list[str]) -> str:
+    if not rows:
+        return "(none)"
+    cells = [[str(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(columns), line(["-" * w for w in widths]), *map(line, cells)])
+
+
+def _print(obj: Any, as_json: bool, human: str) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=True, default=str) if as_json else human)
+
+
+def cmd_demo_data(args: argparse.Namespace) -> int:
+    from dlpipe.demo_data import DemoDataConfig, write_raw
+
+    cfg = DemoDataConfig(start=date.fromisoformat(args.start), days=args.days,
+                         rows_per_day=args.rows_per_day, seed=args.seed)
+    results = write_raw(cfg, cli_context("demo-data"))
+    rows = [{"partition": r.manifest["partition"], "rows": r.manifest["summary"]["rows"],
+             "status": "skipped (exists)" if r.skipped else "committed", "manifest": r.id} for r in results]
+    _print(rows, args.json, _table(rows, ["partition", "rows", "status", "manifest"]))
+    return 0
+
+
+def _store(args: argparse.Namespace):
+    return open_store(args.root or settings.registry_root())
+
+
+def cmd_registry_list(args: argparse.Namespace) -> int:
+    records = registry.list_versions(_store(args), args.name)
+    rows = [{"model": f"{r['name']}@{r['version']}", "val_mae": _fmt(r["metrics"].get("val_mae")),
+             "dataset": r["lineage"].get("dataset", "-"), "registered_at": r["registered_at"],
+             "run_id": r["registered_by"].get("run_id")} for r in records]
+    _print(records, args.json, _table(rows, ["model", "val_mae", "dataset", "registered_at", "run_id"]))
+    return 0
+
+
+def cmd_registry_show(args: argparse.Namespace) -> int:
+    name, version = registry.parse_ref(args.ref)
+    record = registry.get_version(_store(args), name, version)
+    _print(record, args.json, json.dumps(record, indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_lineage(args: argparse.Namespace) -> int:
+    name, version = registry.parse_ref(args.ref)
+    record = registry.get_version(_store(args), name, version)
+    tree = {"model": f"{name}@{version}", "model_fingerprint": record["model_fingerprint"],
+            "artifacts": record["artifacts"], "registered_by": record["registered_by"],
+            "lineage": record["lineage"], "chain": manifest_tree(record["lineage"]["training"])}
+    lines = [f"{name}@{version}  (registered {record['registered_at']} by "
+             f"{record['registered_by']['dag_id']}/{record['registered_by']['run_id']})"]
+    for art in record["artifacts"]:
+        lines.append(f"  artifact {art['name']}  sha256={art['sha256'][:16]}  {art['size']} bytes")
+
+    def walk(node: dict, depth: int) -> None:
+        pad = "  " * depth
+        if node.get("missing"):
+            lines.append(f"{pad}<- {node['id']}  (manifest not found under {settings.home()})")
+            return
+        summary = ", ".join(f"{k}={v}" for k, v in node["summary"].items() if k != "metrics")
+        lines.append(f"{pad}<- {node['id']}  [{node['run']['dag_id']}/{node['run']['task_id']} "
+                     f"try {node['run']['try_number']}] {summary}")
+        for child in node.get("inputs", []):
+            walk(child, depth + 1)
+
+    walk(tree["chain"], 1)
+    _print(tree, args.json, "\n".join(lines))
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    events = [e for e in audit.read() if (not args.run_id or e["run"]["run_id"] == args.run_id)
+              and (not args.dag_id or e["run"]["dag_id"] == args.dag_id)]
+    rows = [{"ts": e["ts"], "event": e["event"], "task": e["run"]["task_id"],
+             "try": e["run"]["try_number"], "user": e["run"]["user"], "manifest": e.get("manifest_id"),
+             "why": e.get("reason") or e.get("error", "")[:80]} for e in events]
+    _print(events, args.json, _table(rows, ["ts", "event", "task", "try", "user", "manifest", "why"]))
+    return 0
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+SUMMARY_TASKS = ["extract_features", "materialize_dataset", "data_gate", "train", "model_gate", "register_model"]
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    """Summarise the latest (or given) run of a DAG from the audit log; non-zero if incomplete."""
+    events = [e for e in audit.read() if e["run"]["dag_id"] == args.dag_id]
+    if not events:
+        print(f"no audit events for dag {args.dag_id!r} in {settings.audit_log_path()}", file=sys.stderr)
+        return 1
+    run_id = args.run_id or events[-1]["run"]["run_id"]
+    final: dict[str, dict] = {}
+    for e in events:
+        if e["run"]["run_id"] == run_id and e["event"] != "started":
+            final[e["run"]["task_id"]] = e
+    rows, ok = [], True
+    for task in SUMMARY_TASKS:
+        e = final.get(task)
+        outcome = e["event"] if e else "missing"
+        ok &= outcome in ("committed", "skipped", "conflict")
+        rows.append({"task": task, "outcome": outcome, "output": (e or {}).get("manifest_id", "-"),
+                     "why": (e or {}).get("reason") or (e or {}).get("error", "")[:100]})
+    print(f"dlpipe run summary: dag {args.dag_id}, run {run_id}\n")
+    print(_table(rows, ["task", "outcome", "output", "why"]))
+    details = _summary_details(final)
+    if details:
+        print("\n" + "\n".join(details))
+    print(f"\naudit trail: {settings.audit_log_path()}  (dlpipe audit --run-id '{run_id}')")
+    if not ok:
+        print("\nFAILED: not every stage committed or skipped; see the task logs above.", file=sys.stderr)
+    return 0 if ok else 1
+
+
+def _summary_details(final: dict[str, dict]) -> list[str]:
+    out = []
+
+    def load(task: str) -> dict | None:
+        e = final.get(task)
+        if not e or e["event"] == "failed" or "@" not in str(e.get("manifest_id")):
+            return None
+        try:
+            return commit.load_manifest(e["manifest_id"])
+        except DlpipeError:
+            return None
+
+    feats = load("extract_features")
+    if feats:
+        raw_rows = sum(commit.load_manifest(i["id"])["summary"]["rows"] for i in feats["inputs"])
+        out.append(f"raw rows read:      {raw_rows} from {len(feats['inputs'])} raw partition(s)")
+        out.append(f"feature rows:       {feats['summary']['rows']} ({feats['partition']})")
+    ds = load("materialize_dataset")
+    if ds:
+        out.append(f"dataset:            {ds['id']}  rows {ds['summary']['rows']}")
+    gate = load("data_gate")
+    if gate:
+        out.append(f"data gate:          {gate['summary']['verdict']} ({gate['summary']['expectations']} expectations)")
+    tr = load("train")
+    if tr:
+        m = tr["summary"]["metrics"]
+        out.append(f"training:           train MAE {m['train_mae']:.3f} min, validation MAE {m['val_mae']:.3f} min "
+                   f"(baseline {m['baseline_mae']:.3f}), {m['samples_per_s']:.0f} samples/s on {m['world_size']} processes")
+    mg = load("model_gate")
+    if mg:
+        out.append(f"model gate:         {mg['summary']['verdict']}")
+    reg = final.get("register_model")
+    if reg and reg["event"] in ("committed", "skipped"):
+        verb = "registered" if reg["event"] == "committed" else "already registered (identical model)"
+        out.append(f"model:              {reg['manifest_id']} {verb}; dlpipe lineage {reg['manifest_id']}")
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dlpipe", description=__doc__.splitlines()[0])
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo-data", help="generate deterministic raw trip events (one partition per day)")
+    d.add_argument("--start", default="2026-01-01", help="first day, YYYY-MM-DD")
+    d.add_argument("--days", type=int, default=4)
+    d.add_argument("--rows-per-day", type=int, default=20_000)
+    d.add_argument("--seed", type=int, default=7)
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=cmd_demo_data)
+
+    r = sub.add_parser("registry", help="model registry").add_subparsers(dest="registry_cmd", required=True)
+    rl = r.add_parser("list", help="list registered versions")
+    rl.add_argument("name", nargs="?")
+    rl.set_defaults(func=cmd_registry_list)
+    rs = r.add_parser("show", help="show one version record")
+    rs.add_argument("ref", help="NAME@VERSION")
+    rs.set_defaults(func=cmd_registry_show)
+    for sp in (rl, rs):
+        sp.add_argument("--root", help="registry root (dir or s3://...); default $DLPIPE_REGISTRY_ROOT or $DLPIPE_HOME/registry")
+        sp.add_argument("--json", action="store_true")
+
+    ln = sub.add_parser("lineage", help="model version -> training -> dataset -> features -> raw")
+    ln.add_argument("ref", help="NAME@VERSION")
+    ln.add_argument("--root")
+    ln.add_argument("--json", action="store_true")
+    ln.set_defaults(func=cmd_lineage)
+
+    a = sub.add_parser("audit", help="audit events (every attempt of every stage)")
+    a.add_argument("--run-id")
+    a.add_argument("--dag-id")
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(func=cmd_audit)
+
+    s = sub.add_parser("summary", help="summary of a DAG run from the audit log (exit 1 if incomplete)")
+    s.add_argument("--dag-id", default="eta_training")
+    s.add_argument("--run-id", help="default: the latest run in the audit log")
+    s.set_defaults(func=cmd_summary)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except DlpipeError as exc:
+        print(f"dlpipe: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

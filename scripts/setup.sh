@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Idempotent set-up of everything dlpipe needs, into .venv/ and .dlpipe/ at the repository root.
+# Each step checks whether its work is already done and skips it: a second run takes seconds.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+VENV="$ROOT/.venv"
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null || PYTHON=python3
+
+say() { echo "[setup] $*"; }
+
+# 1. Toolchain checks: fail early with the fix, not deep inside Spark.
+"$PYTHON" -c 'import sys; assert sys.version_info[:2] in ((3, 11), (3, 12)), sys.version' 2>/dev/null \
+  || { echo "[setup] error: Python 3.11 is required (found $("$PYTHON" --version 2>&1)); set PYTHON=/path/to/python3.11" >&2; exit 1; }
+if ! java -version >/dev/null 2>&1; then
+  echo "[setup] error: Java (17 or newer) is required by Spark; on Debian: apt-get install -y openjdk-17-jre-headless" >&2
+  exit 1
+fi
+
+# 2. The virtual environment.
+if [ ! -x "$VENV/bin/python" ]; then
+  say "creating $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+
+# 3. Python packages at the tested versions. The stamp holds a hash of the files that decide
+#    what is installed, so editing pyproject.toml or the constraints re-runs this step.
+want=$(cat pyproject.toml requirements/constraints.txt scripts/setup.sh | sha256sum | cut -c1-16)
+stamp="$VENV/.dlpipe-deps"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  say "installing Python packages (pinned by requirements/constraints.txt)"
+  "$VENV/bin/pip" install -q --disable-pip-version-check "pip>=24" 2>&1 | grep -v "^WARNING: Location" || true
+  # torch first and exactly: pip takes the CPU build from this machine's wheel folder; an
+  # unpinned torch pulled in by another package would download a multi-GB CUDA build.
+  "$VENV/bin/pip" install -q -c requirements/constraints.txt "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
+  "$VENV/bin/pip" install -q -c requirements/constraints.txt -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
+  # petastorm 0.13.1 declares setuptools<70 while torch 2.13 needs setuptools>=77; on Python 3.11
+  # petastorm runs fine with new setuptools (stdlib distutils still exists), so it is installed
+  # without its dependency metadata. Its real runtime requirements are in pyproject.toml.
+  "$VENV/bin/pip" install -q --no-deps "petastorm==0.13.1" 2>&1 | grep -v "^WARNING: Location" || true
+  "$VENV/bin/python" -c "import torch, airflow, pyspark, petastorm, great_expectations, boto3" >/dev/null \
+    || { echo "[setup] error: the package install did not complete; see pip's output above" >&2; exit 1; }
+  echo "$want" > "$stamp"
+else
+  say "Python packages up to date: skipping"
+fi
+
+# 4. Horovod (built once per machine, reused from a wheelhouse afterwards).
+bash "$ROOT/scripts/build_horovod.sh" "$VENV"
+
+# 5. The project-local Airflow home and its SQLite metadata database.
+source "$ROOT/scripts/env.sh"
+mkdir -p "$AIRFLOW_HOME"
+if [ ! -f "$AIRFLOW_HOME/airflow.db" ] || ! airflow db check-migrations -t 0 >/dev/null 2>&1; then
+  say "initialising the Airflow database in $AIRFLOW_HOME"
+  airflow db migrate >/dev/null
+else
+  say "Airflow database up to date: skipping"
+fi
+say "ready (venv: $VENV, state: $DLPIPE_HOME)"
