@@ -101,7 +101,7 @@ def generate_day(cfg: DemoDataConfig, day: date):
     travel = dist / (speed * (1 - 0.3 * peak)) * 60.0
     wait = rng.exponential(3.0, n)
     delivery = prep + wait + travel + rng.normal(0, 2.0, n)
-    delivery = np.maximum(delivery, prep + 1.0)
+    delivery = np.maximum(delivery, prep + wait + 1.0)  # drop-off always after pickup
 
     midnight = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
     base_us = int(midnight.timestamp() * 1_000_000)

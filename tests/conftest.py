@@ -1,0 +1,79 @@
+"""Shared fixtures: an isolated DLPIPE_HOME per test, small committed demo data, an S3 server."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def dlpipe_home(tmp_path, monkeypatch) -> Path:
+    """Every test gets its own empty DLPIPE_HOME (stage outputs, registry, audit log)."""
+    home = tmp_path / "dlpipe_home"
+    monkeypatch.setenv("DLPIPE_HOME", str(home))
+    monkeypatch.delenv("DLPIPE_REGISTRY_ROOT", raising=False)
+    # Fake credentials so no test can ever reach a real AWS account.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    return home
+
+
+@pytest.fixture
+def small_raw(dlpipe_home):
+    """Three committed days of raw demo trips, 3000 rows each."""
+    from dlpipe.demo_data import DemoDataConfig, write_raw
+    from dlpipe.runctx import cli_context
+
+    cfg = DemoDataConfig(start=date(2026, 1, 1), days=3, rows_per_day=3000, restaurants=40)
+    return write_raw(cfg, cli_context("test"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-compatible server *process* (moto in server mode) on loopback."""
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        proc.kill()
+        raise RuntimeError("moto server did not start on 127.0.0.1")
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture
+def s3_client(s3_server):
+    import boto3
+
+    return boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1",
+                        aws_access_key_id="testing", aws_secret_access_key="testing-secret")
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(extra)
+    return env

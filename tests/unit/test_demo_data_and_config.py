@@ -1,0 +1,82 @@
+"""Demo data determinism and structure; config errors that name the field, value and fix."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import numpy as np
+import pytest
+
+from dlpipe.demo_data import DemoDataConfig, generate_day, haversine_km, write_raw
+from dlpipe.errors import ConfigError
+from dlpipe.interval import interval_days
+from dlpipe.pipeline_config import load_pipeline, section
+from dlpipe.runctx import cli_context
+
+
+def test_days_are_deterministic_and_independent():
+    cfg = DemoDataConfig(rows_per_day=500)
+    a = generate_day(cfg, date(2026, 1, 2))
+    assert a.equals(generate_day(cfg, date(2026, 1, 2)))
+    assert not a.equals(generate_day(cfg, date(2026, 1, 3)))
+    assert a.num_rows == 500 and a.column("trip_id")[0].as_py() == "20260102-0000000"
+
+
+def test_delivery_time_has_learnable_structure():
+    t = generate_day(DemoDataConfig(rows_per_day=5000), date(2026, 1, 1)).to_pandas()
+    dist = haversine_km(t.pickup_lat, t.pickup_lon, t.dropoff_lat, t.dropoff_lon)
+    assert np.corrcoef(dist, t.delivery_minutes)[0, 1] > 0.3
+    assert (t.delivery_minutes > t.prep_minutes).all()
+    assert (t.pickup_ts > t.order_ts).all() and (t.dropoff_ts > t.pickup_ts).all()
+
+
+def test_rerun_commits_nothing_new_and_more_days_keep_old_ones():
+    run = cli_context("test")
+    first = write_raw(DemoDataConfig(days=2, rows_per_day=100), run)
+    again = write_raw(DemoDataConfig(days=3, rows_per_day=100), run)
+    assert [r.skipped for r in first] == [False, False]
+    assert [r.skipped for r in again] == [True, True, False]
+    assert [r.id for r in again[:2]] == [r.id for r in first]
+
+
+def test_bad_demo_config():
+    with pytest.raises(ConfigError, match=r"invalid days=0: generate at least one day"):
+        write_raw(DemoDataConfig(days=0), cli_context("test"))
+
+
+def test_intervals_must_be_whole_days():
+    assert interval_days("2026-01-03", "2026-01-05") == [date(2026, 1, 3), date(2026, 1, 4)]
+    with pytest.raises(ConfigError, match="UTC midnight"):
+        interval_days("2026-01-03T05:00:00+00:00", "2026-01-04")
+    with pytest.raises(ConfigError, match="ISO-8601"):
+        interval_days("x; touch /tmp/pwned", "2026-01-04")
+
+
+def test_pipeline_section_errors_name_file_field_and_value(tmp_path):
+    from training.config import ScaleConfig, TrainConfig
+
+    p = tmp_path / "p.yaml"
+    p.write_text("train: {epochs: 0}\nscale: {hosts: 'localhost:2; rm -rf /'}\n")
+    pipeline = load_pipeline(p)
+    with pytest.raises(ConfigError) as e:
+        section(pipeline, "train", TrainConfig)
+    assert f"{p}: train.epochs" in str(e.value) and "=0" in str(e.value) and "greater than or equal to 1" in str(e.value)
+    with pytest.raises(ConfigError, match=r"scale.hosts.*should match pattern"):
+        section(pipeline, "scale", ScaleConfig)
+    p.write_text("train: {epochs: 2, learning_rte: 0.1}\n")
+    with pytest.raises(ConfigError, match=r"train.learning_rte.*Extra inputs are not permitted"):
+        section(load_pipeline(p), "train", TrainConfig)
+
+
+def test_shipped_pipeline_config_is_valid():
+    from dlpipe.gates import DataGateConfig, ModelGateConfig
+    from feature_jobs.stages import DatasetConfig, FeatureJobConfig
+    from training.config import ScaleConfig, TrainConfig
+    from tests.conftest import ROOT
+
+    pipeline = load_pipeline(ROOT / "pipelines" / "eta_training.yaml")
+    for name, model in [("features", FeatureJobConfig), ("dataset", DatasetConfig),
+                        ("data_gate", DataGateConfig), ("train", TrainConfig),
+                        ("scale", ScaleConfig), ("model_gate", ModelGateConfig)]:
+        assert section(pipeline, name, model) is not None
+    assert section(pipeline, "scale", ScaleConfig).num_proc == 2

@@ -1,0 +1,49 @@
+"""External tools: output streamed, failures carry the tail, timeouts kill the process group."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import pytest
+
+from dlpipe.errors import SubprocessFailed
+from dlpipe.proc import run_streaming
+
+
+def test_output_is_streamed_and_returned():
+    seen = []
+    tail = run_streaming([sys.executable, "-c", "print('a'); print('b')"], emit=seen.append)
+    assert seen == ["a", "b"] and tail == ["a", "b"]
+
+
+def test_failure_carries_the_tail():
+    code = "import sys\nfor i in range(100): print(i)\nsys.exit(3)"
+    with pytest.raises(SubprocessFailed) as e:
+        run_streaming([sys.executable, "-c", code], emit=lambda _: None, tail_lines=5)
+    msg = str(e.value)
+    assert "exited with code 3" in msg and "    99" in msg and "    94" not in msg
+
+
+def test_timeout_kills_children_too(tmp_path):
+    pidfile = tmp_path / "child.pid"
+    code = ("import subprocess, sys, time\n"
+            f"p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+            f"open({str(pidfile)!r}, 'w').write(str(p.pid))\n"
+            "time.sleep(60)\n")
+    t0 = time.monotonic()
+    with pytest.raises(SubprocessFailed, match="timeout of 2s"):
+        run_streaming([sys.executable, "-c", code], timeout_s=2, emit=lambda _: None)
+    assert time.monotonic() - t0 < 15
+    child = int(pidfile.read_text())
+    time.sleep(0.5)
+    assert not _alive(child), "the grandchild outlived the timeout"
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for init to reap it counts as dead)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -1,0 +1,106 @@
+"""Registry: immutable versions, idempotent re-registration, races, integrity; local and S3."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import uuid
+from pathlib import Path
+
+import pytest
+
+from dlpipe import registry
+from dlpipe.errors import CommitConflict, ConfigError, IntegrityError, NotCommittedError
+from dlpipe.runctx import RunContext
+from dlpipe.storage import LocalStore, S3Store, open_store
+
+
+def _model(tmp: Path, payload: bytes) -> Path:
+    d = tmp / uuid.uuid4().hex
+    d.mkdir()
+    (d / "model.safetensors").write_bytes(payload)
+    (d / "metrics.json").write_text('{"val_mae": 1.0}')
+    return d
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request, tmp_path):
+    if request.param == "local":
+        return LocalStore(tmp_path / "registry")
+    client = request.getfixturevalue("s3_client")
+    bucket = f"reg-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=bucket)
+    return S3Store(f"s3://{bucket}/models", client)
+
+
+def test_register_is_idempotent_and_versions_are_immutable(store, tmp_path):
+    run = RunContext(dag_id="d", run_id="r")
+    m1 = _model(tmp_path, b"weights-1")
+    rec1, created1 = registry.register(store, "eta", m1, metrics={"val_mae": 1.0},
+                                       lineage={"dataset": "ds1"}, run=run)
+    rec1b, created1b = registry.register(store, "eta", _model(tmp_path, b"weights-1"),
+                                         metrics={"val_mae": 1.0}, lineage={"dataset": "ds1"}, run=run)
+    rec2, created2 = registry.register(store, "eta", _model(tmp_path, b"weights-2"),
+                                       metrics={"val_mae": 0.9}, lineage={"dataset": "ds2"}, run=run)
+    assert (rec1["version"], created1) == (1, True)
+    assert (rec1b["version"], created1b) == (1, False)
+    assert (rec2["version"], created2) == (2, True)
+    assert [r["version"] for r in registry.list_versions(store, "eta")] == [1, 2]
+    # the same artifacts with different lineage are a different model version
+    rec3, created3 = registry.register(store, "eta", _model(tmp_path, b"weights-1"),
+                                       metrics={}, lineage={"dataset": "other"}, run=run)
+    assert (rec3["version"], created3) == (3, True)
+    with pytest.raises(CommitConflict):  # a version record can never be rewritten
+        store.put_new("eta/versions/000001.json", b"{}")
+
+
+def test_download_verifies_hashes_and_refuses_tampered_blobs(store, tmp_path):
+    rec, _ = registry.register(store, "eta", _model(tmp_path, b"weights"), metrics={}, lineage={},
+                               run=RunContext())
+    out = tmp_path / "dl"
+    registry.download(store, "eta", 1, out)
+    assert (out / "model.safetensors").read_bytes() == b"weights"
+    sha = next(a["sha256"] for a in rec["artifacts"] if a["name"] == "model.safetensors")
+    if isinstance(store, LocalStore):
+        (store.root / "eta" / "blobs" / sha).write_bytes(b"weightz")
+    else:
+        store.client.put_object(Bucket=store.bucket, Key=f"models/eta/blobs/{sha}", Body=b"weightz")
+    with pytest.raises(IntegrityError, match="modified"):
+        registry.download(store, "eta", 1, tmp_path / "dl2")
+
+
+def _register_one(root: str, i: int, results) -> None:
+    tmp = Path(root).parent / f"src-{i}"
+    tmp.mkdir()
+    (tmp / "model.bin").write_bytes(f"model-{i}".encode())
+    rec, created = registry.register(LocalStore(root), "eta", tmp, metrics={}, lineage={"i": i},
+                                     run=RunContext())
+    results.put((i, rec["version"], created))
+
+
+def test_concurrent_registrations_get_unique_versions(tmp_path):
+    root = str(tmp_path / "registry")
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_register_one, args=(root, i, results)) for i in range(8)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    got = [results.get(timeout=5) for _ in procs]
+    assert sorted(v for _, v, _ in got) == list(range(1, 9))
+    assert all(created for _, _, created in got)
+    store = LocalStore(root)
+    for rec in registry.list_versions(store, "eta"):
+        registry.download(store, "eta", rec["version"], tmp_path / f"check-{rec['version']}")
+
+
+def test_bad_names_and_refs_are_explained(tmp_path):
+    with pytest.raises(ConfigError, match="model name"):
+        registry.register(LocalStore(tmp_path), "../evil", tmp_path, metrics={}, lineage={}, run=RunContext())
+    with pytest.raises(ConfigError, match="NAME@VERSION"):
+        registry.parse_ref("eta")
+    with pytest.raises(NotCommittedError, match="not registered"):
+        registry.get_version(LocalStore(tmp_path), "eta", 7)
+    with pytest.raises(ConfigError, match="s3://"):
+        open_store("gs://bucket/x")
