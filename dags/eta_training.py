@@ -7,6 +7,7 @@ were committed before, so retries, clears and backfills are safe. Configuration 
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -15,7 +16,9 @@ from airflow.sdk import DAG, CronDataIntervalTimetable
 from operators import (DataGateOperator, HorovodTrainOperator, ModelGateOperator,
                        PetastormDatasetOperator, RegisterModelOperator, SparkFeatureOperator)
 
-PIPELINE = str(Path(__file__).resolve().parent.parent / "pipelines" / "eta_training.yaml")
+# DLPIPE_ETA_PIPELINE points a deployment (or a test) at another copy of the pipeline YAML.
+PIPELINE = os.environ.get("DLPIPE_ETA_PIPELINE") or str(
+    Path(__file__).resolve().parent.parent / "pipelines" / "eta_training.yaml")
 
 with DAG(
     dag_id="eta_training",

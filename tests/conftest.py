@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import date
 from pathlib import Path
@@ -13,6 +14,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# In-process Airflow imports (the DagBag test) read AIRFLOW_HOME once: keep them off ~/airflow.
+os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="dlpipe-test-airflow-")
+os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 
 
 @pytest.fixture(autouse=True)
