@@ -66,7 +66,8 @@ def build_features(spark, spec: dict):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from feature_jobs.spec import read_spec_from_argv, spark_session
+    from dlpipe.spec import read_spec_from_argv
+    from feature_jobs.session import spark_session
 
     spec = read_spec_from_argv(argv)
     spark = spark_session(f"eta_features {spec['interval_start']}")

@@ -30,7 +30,8 @@ def unischema(columns: list[tuple[str, str]]):
 def main(argv: list[str] | None = None) -> int:
     from pyspark.sql import functions as F
 
-    from feature_jobs.spec import read_spec_from_argv, spark_session
+    from dlpipe.spec import read_spec_from_argv
+    from feature_jobs.session import spark_session
 
     # petastorm 0.13 uses pyarrow's legacy dataset API; its FutureWarnings are known and harmless.
     warnings.filterwarnings("ignore", category=FutureWarning, module="petastorm")

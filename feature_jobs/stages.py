@@ -21,7 +21,8 @@ from dlpipe.hashing import sources_hash
 from dlpipe.interval import day_partition, interval_days
 from dlpipe.runctx import RunContext
 from dlpipe.spark_submit import SparkSubmit
-from feature_jobs import eta_features, materialize, spec as spec_mod
+from dlpipe.spec import write_spec
+from feature_jobs import eta_features, materialize
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
@@ -91,7 +92,7 @@ def extract_features(interval_start, interval_end, *, config: FeatureJobConfig, 
             "output_dir": str(out),
             **config.model_dump(),
         }
-        spec_path = spec_mod.write_spec(attempt / "spec.json", spec)
+        spec_path = write_spec(attempt / "spec.json", spec)
         submit(eta_features.__file__, ["--spec", str(spec_path)])
         rows = _parquet_rows(sorted(out.glob("*.parquet")))
         return {"rows": rows, "day": day.isoformat(),
@@ -128,7 +129,7 @@ def materialize_dataset(interval_start, interval_end, *, config: DatasetConfig, 
             "output_dir": str(attempt),
             **config.model_dump(),
         }
-        spec_path = spec_mod.write_spec(attempt / "spec.json", spec)
+        spec_path = write_spec(attempt / "spec.json", spec)
         submit(materialize.__file__, ["--spec", str(spec_path)])
         splits = {s: _parquet_rows(sorted((attempt / s).glob("*.parquet"))) for s in ("train", "validation")}
         return {
@@ -143,11 +144,3 @@ def materialize_dataset(interval_start, interval_end, *, config: DatasetConfig, 
 
     return commit.run_stage(key, inputs=inputs, config=config.model_dump(), code=code,
                             run=run, produce=produce)
-
-
-def split_url(dataset_manifest: dict, split: str) -> str:
-    """``file://`` URL of one split of a committed dataset (refuses uncommitted data)."""
-    if dataset_manifest.get("stage") != "datasets" or split not in dataset_manifest["summary"]["splits"]:
-        raise NotCommittedError(f"{dataset_manifest.get('id')!r} is not a committed dataset with split {split!r}")
-    return f"file://{commit.location(dataset_manifest)}/{split}"
-

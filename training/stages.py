@@ -8,10 +8,10 @@ from pathlib import Path
 
 from dlpipe import commit
 from dlpipe.commit import StageKey, StageResult
+from dlpipe.datasets import split_url
 from dlpipe.hashing import sources_hash
 from dlpipe.runctx import RunContext
-from feature_jobs.spec import write_spec
-from feature_jobs.stages import split_url
+from dlpipe.spec import write_spec
 from training import data, model, train_eta
 from training.config import ScaleConfig, TrainConfig
 from training.launcher import Launcher

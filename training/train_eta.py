@@ -21,7 +21,7 @@ def _log(rank: int, msg: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from feature_jobs.spec import read_spec_from_argv
+    from dlpipe.spec import read_spec_from_argv
 
     spec = read_spec_from_argv(argv)
     import horovod.torch as hvd

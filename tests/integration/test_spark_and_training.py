@@ -14,8 +14,9 @@ from dlpipe.demo_data import haversine_km
 from dlpipe.errors import ConfigError, NotCommittedError
 from dlpipe.runctx import RunContext
 from dlpipe.spark_submit import local_spark_submit
+from dlpipe.datasets import split_url
 from feature_jobs.stages import (DatasetConfig, FeatureJobConfig, extract_features,
-                                 materialize_dataset, split_url)
+                                 materialize_dataset)
 
 pytestmark = pytest.mark.integration
 

@@ -1,7 +1,7 @@
-"""The JSON file an operator hands to a Spark application.
+"""The JSON file a stage hands to the program it launches (a Spark application, a Horovod job).
 
 Arguments travel in a file written into the attempt directory, never through a shell: the
-application gets ``--spec PATH`` and nothing else, so run-config values are plain data.
+program gets ``--spec PATH`` and nothing else, so run-config values are plain data.
 """
 
 from __future__ import annotations
@@ -22,15 +22,3 @@ def read_spec_from_argv(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--spec", required=True, help="JSON file written by the operator")
     args = parser.parse_args(argv)
     return json.loads(Path(args.spec).read_text())
-
-
-def spark_session(app_name: str):
-    """The session of a spark-submit application (master and conf come from spark-submit)."""
-    from pyspark.sql import SparkSession
-
-    spark = (SparkSession.builder.appName(app_name)
-             .config("spark.sql.session.timeZone", "UTC")
-             .config("spark.sql.shuffle.partitions", "8")
-             .getOrCreate())
-    spark.sparkContext.setLogLevel("WARN")
-    return spark
