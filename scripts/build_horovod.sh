@@ -22,7 +22,7 @@ WHEELHOUSE=${DLPIPE_WHEELHOUSE:-$HOME/.cache/dlpipe/wheels}/horovod-$HOROVOD_VER
 mkdir -p "$WHEELHOUSE"
 
 if ! ls "$WHEELHOUSE"/horovod-*.whl >/dev/null 2>&1; then
-  echo "[setup] building horovod $HOROVOD_VERSION against torch $TORCH_VERSION (takes ~7 min on 2 cores, once per machine)"
+  echo "[setup] building horovod $HOROVOD_VERSION against torch $TORCH_VERSION (2-7 min on 2 cores, once per machine)"
   WORK=$(mktemp -d)
   trap 'rm -rf "$WORK"' EXIT
   cat > "$WORK/cxx17" <<'WRAP'
