@@ -88,9 +88,27 @@ def _events(dlpipe_home: Path) -> list[dict]:
 
 
 @pytest.mark.integration
-def test_eta_dag_end_to_end_then_rerun_skips(airflow_env, dlpipe_home):
+def test_eta_dag_end_to_end_then_rerun_skips(airflow_env, dlpipe_home, s3_server, s3_client):
+    # The registry lives on a real S3-compatible server process, reached through boto3.
+    s3_client.create_bucket(Bucket="ml-models")
+    airflow_env = {**airflow_env, "DLPIPE_REGISTRY_ROOT": "s3://ml-models/registry",
+                   "AWS_ENDPOINT_URL": s3_server}
     # the run dated 2026-01-04 processes the interval [2026-01-03, 2026-01-04)
     _airflow(airflow_env, "dags", "test", "eta_training", "2026-01-04")
+    keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket="ml-models")["Contents"]]
+    assert "registry/eta/versions/000001.json" in keys
+    assert sum(k.startswith("registry/eta/blobs/") for k in keys) == 3
+    assert not (dlpipe_home / "registry").exists()
+    # the registered model downloads with verified hashes and predicts
+    from dlpipe import registry
+    from dlpipe.storage import S3Store
+    from training.model import EtaModel
+
+    registry.download(S3Store("s3://ml-models/registry", s3_client), "eta", 1, dlpipe_home / "dl")
+    model = EtaModel.load(dlpipe_home / "dl")
+    import torch
+
+    assert torch.isfinite(model.predict(torch.zeros(2, len(model.features)))).all()
 
     versions = json.loads(_dlpipe(airflow_env, "registry", "list", "--json"))
     assert [(v["name"], v["version"]) for v in versions] == [("eta", 1)]
