@@ -1,5 +1,8 @@
 """ETA (delivery-time) training: raw trips -> features -> dataset -> gates -> Horovod -> registry.
 
+The registered version is then promoted to the ``staging`` alias (compare-and-swap, with history);
+promotion to ``production`` is a deliberate step: ``dlpipe registry promote eta@N production``.
+
 Each task commits its output through a manifest and skips when the same inputs, config and code
 were committed before, so retries, clears and backfills are safe. Configuration lives in
 ``pipelines/eta_training.yaml`` and is read when a task runs, not when this file is parsed.
@@ -14,7 +17,8 @@ from pathlib import Path
 from airflow.sdk import DAG, CronDataIntervalTimetable
 
 from operators import (DataGateOperator, HorovodTrainOperator, ModelGateOperator,
-                       PetastormDatasetOperator, RegisterModelOperator, SparkFeatureOperator)
+                       PetastormDatasetOperator, PromoteModelOperator, RegisterModelOperator,
+                       SparkFeatureOperator)
 
 # DLPIPE_ETA_PIPELINE points a deployment (or a test) at another copy of the pipeline YAML.
 PIPELINE = os.environ.get("DLPIPE_ETA_PIPELINE") or str(
@@ -42,4 +46,6 @@ with DAG(
     register = RegisterModelOperator(task_id="register_model", training_id=train.output,
                                      gate_ids=[data_gate.output, model_gate.output])
 
-    features >> dataset >> data_gate >> train >> model_gate >> register
+    promote = PromoteModelOperator(task_id="promote_staging", model_ref=register.output)
+
+    features >> dataset >> data_gate >> train >> model_gate >> register >> promote

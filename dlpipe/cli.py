@@ -45,7 +45,62 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 
 
 def _store(args: argparse.Namespace):
-    return open_store(args.root or settings.registry_root())
+    root = args.root or settings.registry_root()
+    client = None
+    if root.startswith("s3://") and getattr(args, "endpoint_url", None):
+        import boto3
+
+        client = boto3.client("s3", endpoint_url=args.endpoint_url)
+    return open_store(root, client)
+
+
+def cmd_registry_register(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    metrics = json.loads(Path(args.metrics).read_text()) if args.metrics else {}
+    record, created = registry.register(
+        _store(args), args.name, Path(args.model_dir), metrics=metrics,
+        lineage={"source": "external", "registered_from": "dlpipe registry register"},
+        run=cli_context("registry register"), note=args.note or "")
+    ref = f"{record['name']}@{record['version']}"
+    _print(record, args.json, f"{ref} {'registered' if created else 'already registered (identical model)'}")
+    return 0
+
+
+def cmd_registry_history(args: argparse.Namespace) -> int:
+    name, _, alias = args.ref.partition(":")
+    doc = registry.get_alias(_store(args), name, alias or "production")
+    moves = doc["history"] if doc else []
+    rows = [{"seq": m["seq"], "at": m["at"], "from": m["from_version"], "to": m["to_version"],
+             "by": m["by"]["user"], "run_id": m["run_id"], "reason": m["reason"]} for m in moves]
+    _print(doc or {}, args.json, _table(rows, ["seq", "at", "from", "to", "by", "run_id", "reason"]))
+    return 0
+
+
+def cmd_registry_promote(args: argparse.Namespace) -> int:
+    name, version = registry.parse_ref(args.ref)
+    doc = registry.promote(_store(args), name, args.alias, version, run=cli_context("registry promote"),
+                           reason=args.reason or "", expected_version=args.expect_version)
+    _print(doc, args.json, f"{name}:{args.alias} -> version {doc['version']}")
+    return 0
+
+
+def cmd_registry_rollback(args: argparse.Namespace) -> int:
+    name, _, alias = args.ref.partition(":")
+    doc = registry.rollback(_store(args), name, alias, run=cli_context("registry rollback"),
+                            reason=args.reason or "")
+    _print(doc, args.json, f"{name}:{alias} -> version {doc['version']}")
+    return 0
+
+
+def cmd_registry_download(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    name, version = registry.parse_ref(args.ref)
+    record = registry.download(_store(args), name, version, Path(args.dest))
+    _print(record, args.json, f"{name}@{version}: {len(record['artifacts'])} artifact(s) in {args.dest}, "
+                              f"SHA-256 verified")
+    return 0
 
 
 def cmd_registry_list(args: argparse.Namespace) -> int:
@@ -105,7 +160,8 @@ def _fmt(v: Any) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
-SUMMARY_TASKS = ["extract_features", "materialize_dataset", "data_gate", "train", "model_gate", "register_model"]
+SUMMARY_TASKS = ["extract_features", "materialize_dataset", "data_gate", "train", "model_gate",
+                 "register_model", "promote_staging"]
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
@@ -172,6 +228,10 @@ def _summary_details(final: dict[str, dict]) -> list[str]:
     if reg and reg["event"] in ("committed", "skipped"):
         verb = "registered" if reg["event"] == "committed" else "already registered (identical model)"
         out.append(f"model:              {reg['manifest_id']} {verb}; dlpipe lineage {reg['manifest_id']}")
+    promo = final.get("promote_staging")
+    if promo and promo["event"] in ("committed", "skipped"):
+        out.append(f"alias:              {promo['manifest_id']} -> version {promo.get('fingerprint')}"
+                   f" ({'moved' if promo['event'] == 'committed' else 'already there'})")
     return out
 
 
@@ -189,21 +249,44 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo_data)
 
     r = sub.add_parser("registry", help="model registry").add_subparsers(dest="registry_cmd", required=True)
+    rr = r.add_parser("register", help="register a model directory produced outside a pipeline")
+    rr.add_argument("name")
+    rr.add_argument("model_dir")
+    rr.add_argument("--metrics", help="JSON file of metrics to record")
+    rr.add_argument("--note", help="free text kept with the version")
+    rr.set_defaults(func=cmd_registry_register)
     rl = r.add_parser("list", help="list registered versions")
     rl.add_argument("name", nargs="?")
     rl.set_defaults(func=cmd_registry_list)
     rs = r.add_parser("show", help="show one version record")
     rs.add_argument("ref", help="NAME@VERSION")
     rs.set_defaults(func=cmd_registry_show)
-    for sp in (rl, rs):
-        sp.add_argument("--root", help="registry root (dir or s3://...); default $DLPIPE_REGISTRY_ROOT or $DLPIPE_HOME/registry")
-        sp.add_argument("--json", action="store_true")
+    rh = r.add_parser("history", help="every move of an alias: who, when, from, to, why")
+    rh.add_argument("ref", help="NAME:ALIAS (default alias: production)")
+    rh.set_defaults(func=cmd_registry_history)
+    rp = r.add_parser("promote", help="point an alias at a version (compare-and-swap)")
+    rp.add_argument("ref", help="NAME@VERSION")
+    rp.add_argument("alias", help="e.g. staging, production")
+    rp.add_argument("--reason")
+    rp.add_argument("--expect-version", type=int, help="only move if the alias points here now")
+    rp.set_defaults(func=cmd_registry_promote)
+    rb = r.add_parser("rollback", help="move an alias back to its previous version")
+    rb.add_argument("ref", help="NAME:ALIAS")
+    rb.add_argument("--reason")
+    rb.set_defaults(func=cmd_registry_rollback)
+    rd = r.add_parser("download", help="download a version's artifacts, verifying every SHA-256")
+    rd.add_argument("ref", help="NAME@VERSION")
+    rd.add_argument("dest")
+    rd.set_defaults(func=cmd_registry_download)
 
     ln = sub.add_parser("lineage", help="model version -> training -> dataset -> features -> raw")
     ln.add_argument("ref", help="NAME@VERSION")
-    ln.add_argument("--root")
-    ln.add_argument("--json", action="store_true")
     ln.set_defaults(func=cmd_lineage)
+    for sp in (rr, rl, rs, rh, rp, rb, rd, ln):
+        sp.add_argument("--root", help="registry root (dir or s3://...); default $DLPIPE_REGISTRY_ROOT "
+                                       "or $DLPIPE_HOME/registry")
+        sp.add_argument("--endpoint-url", help="S3-compatible endpoint (default: $AWS_ENDPOINT_URL)")
+        sp.add_argument("--json", action="store_true")
 
     a = sub.add_parser("audit", help="audit events (every attempt of every stage)")
     a.add_argument("--run-id")

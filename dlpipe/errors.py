@@ -38,3 +38,11 @@ class GateFailed(DlpipeError):
 
 class SubprocessFailed(DlpipeError):
     """An external tool (spark-submit, horovodrun) exited non-zero; carries its output tail."""
+
+
+class AliasConflict(CommitConflict):
+    """An alias moved between reading it and writing it (lost a compare-and-swap)."""
+
+
+class UnsafeArtifactError(IntegrityError):
+    """An artifact would need pickle (arbitrary code execution) to load; it is refused."""

@@ -4,6 +4,8 @@ Layout under the root (a directory or ``s3://bucket/prefix``):
 
     <model>/blobs/<sha256>            artifact bytes, content-addressed, written once
     <model>/versions/<NNNNNN>.json    the version record, created with create-only semantics
+    <model>/aliases/<alias>.json      where an alias points, with every move it ever made;
+                                      replaced only by compare-and-swap (S3 ``If-Match``)
 
 A version becomes visible only when its record is created, after every blob is stored, so a
 crash mid-upload publishes nothing. Concurrent registrations race for the next number; the loser
@@ -19,15 +21,29 @@ import re
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from dlpipe import audit
-from dlpipe.errors import CommitConflict, ConfigError, IntegrityError, NotCommittedError
+from dlpipe.errors import (AliasConflict, CommitConflict, ConfigError, IntegrityError,
+                           NotCommittedError, UnsafeArtifactError)
 from dlpipe.hashing import canonical_json, fingerprint, sha256_file
 from dlpipe.runctx import RunContext
 from dlpipe.storage import Store
 
 log = logging.getLogger(__name__)
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 _MAX_RACE_RETRIES = 100
+
+
+class RegistryConfig(BaseModel):
+    """Where a pipeline registers its models (the ``registry`` section of a pipeline YAML)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    root: str | None = Field(None, description="directory or s3://bucket/prefix; default "
+                                               "$DLPIPE_REGISTRY_ROOT or $DLPIPE_HOME/registry")
+    aws_conn_id: str | None = Field(None, description="Airflow AWS connection for an s3:// root")
+    promote_to: str | None = Field("staging", description="alias to move to each new version")
 
 
 def _check_name(name: str) -> str:
@@ -124,3 +140,103 @@ def download(store: Store, name: str, version: int, dest: Path) -> dict:
                 f"{name}@{version}: artifact {art['name']} has sha256 {actual[:12]}..., the registry "
                 f"recorded {art['sha256'][:12]}...; the stored blob was modified; do not load it")
     return record
+
+
+# --- aliases -------------------------------------------------------------------------------
+
+def _alias_key(name: str, alias: str) -> str:
+    if not ALIAS_RE.match(alias or ""):
+        raise ConfigError("alias", alias, "use 1-32 lowercase letters, digits, '_' or '-', starting with a letter")
+    return f"{_check_name(name)}/aliases/{alias}.json"
+
+
+def get_alias(store: Store, name: str, alias: str) -> dict | None:
+    """The alias document (``version`` plus the full ``history``), or None if never set."""
+    found = store.get_versioned(_alias_key(name, alias))
+    return json.loads(found[0]) if found else None
+
+
+def promote(store: Store, name: str, alias: str, version: int, *, run: RunContext, reason: str = "",
+            expected_version: int | None = None) -> dict:
+    """Point ``alias`` at ``version`` by compare-and-swap; every move is kept in its history.
+
+    ``expected_version`` makes the move conditional on where the alias points now (None: any).
+    A concurrent move between our read and our write raises AliasConflict; nothing is changed.
+    """
+    get_version(store, name, version)  # only registered versions can be promoted
+    key = _alias_key(name, alias)
+    found = store.get_versioned(key)
+    doc, token = (json.loads(found[0]), found[1]) if found else (None, None)
+    current = doc["version"] if doc else None
+    if expected_version is not None and current != expected_version:
+        raise AliasConflict(f"{name}:{alias} points at version {current}, not the expected "
+                            f"{expected_version}; re-read it (dlpipe registry history) and retry")
+    if current == version:
+        log.info("%s:%s already points at version %d", name, alias, version)
+        audit.record("skipped", stage="alias", run=run, manifest_id=f"{name}:{alias}",
+                     fingerprint=str(version), reason="alias already points at this version")
+        return doc
+    move = {"seq": len(doc["history"]) + 1 if doc else 1, "from_version": current, "to_version": version,
+            "at": audit.utcnow_iso(), "by": run.as_dict(), "run_id": run.run_id, "reason": reason}
+    new = {"name": name, "alias": alias, "version": version,
+           "history": (doc["history"] if doc else []) + [move]}
+    try:
+        store.put_if_match(key, (canonical_json(new) + "\n").encode(), token)
+    except CommitConflict as exc:
+        now = get_alias(store, name, alias) or {}
+        raise AliasConflict(
+            f"{name}:{alias} was moved concurrently (now version {now.get('version')}, "
+            f"by {(now.get('history') or [{}])[-1].get('by', {}).get('run_id')}); "
+            f"your move to version {version} was not applied: re-read and retry") from exc
+    audit.record("committed", stage="alias", run=run, manifest_id=f"{name}:{alias}",
+                 fingerprint=str(version), from_version=current, reason=reason)
+    log.info("%s:%s moved %s -> %d", name, alias, current, version)
+    return new
+
+
+def rollback(store: Store, name: str, alias: str, *, run: RunContext, reason: str = "") -> dict:
+    """Move ``alias`` back to the version it pointed at before its latest move."""
+    doc = get_alias(store, name, alias)
+    if not doc or doc["history"][-1]["from_version"] is None:
+        raise ConfigError("alias", f"{name}:{alias}", "it has no earlier version to roll back to")
+    previous = doc["history"][-1]["from_version"]
+    return promote(store, name, alias, previous, run=run, reason=f"rollback: {reason}".rstrip(": "),
+                   expected_version=doc["version"])
+
+
+# --- safe loading ----------------------------------------------------------------------------
+
+_TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+
+
+def load_weights(path: Path) -> dict:
+    """Tensors from a verified artifact, never through unrestricted pickle.
+
+    safetensors files are plain data; torch files are opened with ``weights_only=True``, which
+    refuses any pickled object that is not a tensor or a plain container.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    if path.suffix in _TORCH_SUFFIXES:
+        import pickle
+
+        import torch
+
+        try:
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise UnsafeArtifactError(
+                f"{path.name} holds a pickle payload that is not plain tensors; refusing to load it "
+                f"(re-save the model as safetensors or a plain state dict)") from exc
+    raise UnsafeArtifactError(f"{path.name}: unknown weights format; use .safetensors or a state dict (.pt)")
+
+
+def load_version(store: Store, name: str, version: int, dest: Path) -> tuple[dict, dict[str, dict]]:
+    """Download a version (hashes verified first), then load each weights file safely."""
+    record = download(store, name, version, dest)
+    weights = {a["name"]: load_weights(dest / a["name"]) for a in record["artifacts"]
+               if a["name"].endswith((".safetensors", *_TORCH_SUFFIXES))}
+    return record, weights

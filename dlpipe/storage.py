@@ -7,19 +7,39 @@ raises CommitConflict when the key exists, so two writers can never both "create
 
 from __future__ import annotations
 
+import base64
+import fcntl
+import hashlib
 import os
 import uuid
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
-from dlpipe.errors import CommitConflict, ConfigError, NotCommittedError
+from dlpipe.errors import CommitConflict, ConfigError, IntegrityError, NotCommittedError
+from dlpipe.hashing import sha256_bytes
+
+PART_SIZE = 16 * 1024 * 1024  # multipart threshold and part size for S3 uploads
+
+
+def s3_sha256_checksum(path: Path, part_size: int) -> str:
+    """The base64 SHA-256 checksum S3 computes: of the bytes, or of the parts' digests."""
+    digests = []
+    with open(path, "rb") as f:
+        while chunk := f.read(part_size):
+            digests.append(hashlib.sha256(chunk).digest())
+    if len(digests) <= 1 and os.path.getsize(path) < part_size:
+        body = digests[0] if digests else hashlib.sha256(b"").digest()
+        return base64.b64encode(body).decode()
+    return base64.b64encode(hashlib.sha256(b"".join(digests)).digest()).decode()
 
 
 class Store(Protocol):
     uri: str
 
     def put_new(self, key: str, data: bytes) -> None: ...
+    def get_versioned(self, key: str) -> tuple[bytes, str] | None: ...
+    def put_if_match(self, key: str, data: bytes, token: str | None) -> None: ...
     def put_file(self, key: str, path: Path, sha256: str) -> None: ...
     def get(self, key: str) -> bytes: ...
     def exists(self, key: str) -> bool: ...
@@ -58,6 +78,31 @@ class LocalStore:
             raise CommitConflict(f"{self.uri}/{key} already exists") from exc
         finally:
             tmp.unlink()
+
+    def get_versioned(self, key: str) -> tuple[bytes, str] | None:
+        """Current bytes and a version token (their SHA-256), or None if absent."""
+        path = self._path(key)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        return data, sha256_bytes(data)
+
+    def put_if_match(self, key: str, data: bytes, token: str | None) -> None:
+        """Compare-and-swap: replace only if the content still has ``token`` (None: create)."""
+        if token is None:
+            return self.put_new(key, data)
+        path = self._path(key)
+        lock = path.with_name(f".{path.name}.lock")
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            current = self.get_versioned(key)
+            if current is None or current[1] != token:
+                raise CommitConflict(f"{self.uri}/{key} changed since it was read")
+            os.replace(self._write_temp(path, data), path)
+        finally:
+            os.close(fd)
 
     def put_file(self, key: str, path: Path, sha256: str) -> None:
         dest = self._path(key)
@@ -111,10 +156,41 @@ class S3Store:
                 raise CommitConflict(f"{self.uri}/{key} already exists") from exc
             raise
 
+    def get_versioned(self, key: str) -> tuple[bytes, str] | None:
+        try:
+            obj = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+        except Exception as exc:
+            if self._code(exc) in ("NoSuchKey", "404"):
+                return None
+            raise
+        return obj["Body"].read(), obj["ETag"]
+
+    def put_if_match(self, key: str, data: bytes, token: str | None) -> None:
+        """Compare-and-swap on the ETag (``If-Match``); None creates (``If-None-Match: *``)."""
+        if token is None:
+            return self.put_new(key, data)
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data,
+                                   IfMatch=token, ChecksumAlgorithm="SHA256")
+        except Exception as exc:
+            if self._code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                raise CommitConflict(f"{self.uri}/{key} changed since it was read") from exc
+            raise
+
     def put_file(self, key: str, path: Path, sha256: str) -> None:
-        # SHA-256 checksums make S3 verify every part server-side; the hex digest is kept too.
-        self.client.upload_file(str(path), self.bucket, self._key(key), ExtraArgs={
+        """Upload with SHA-256 part checksums (S3 verifies each part on receipt), then compare the
+        checksum S3 reports with the one computed here, so a corrupted upload is never kept."""
+        from boto3.s3.transfer import TransferConfig
+
+        config = TransferConfig(multipart_threshold=PART_SIZE, multipart_chunksize=PART_SIZE)
+        self.client.upload_file(str(path), self.bucket, self._key(key), Config=config, ExtraArgs={
             "ChecksumAlgorithm": "SHA256", "Metadata": {"sha256": sha256}})
+        head = self.client.head_object(Bucket=self.bucket, Key=self._key(key), ChecksumMode="ENABLED")
+        remote = (head.get("ChecksumSHA256") or "").split("-")[0]
+        local = s3_sha256_checksum(path, PART_SIZE)
+        if remote and remote != local:
+            raise IntegrityError(f"{self.uri}/{key}: S3 reports checksum {remote}, the local file has "
+                                 f"{local}; the upload was corrupted, retry it")
 
     def get(self, key: str) -> bytes:
         try:

@@ -1,4 +1,4 @@
-"""RegisterModelOperator: publish a gated model as a new immutable registry version."""
+"""RegisterModelOperator and PromoteModelOperator: publish gated models, move aliases safely."""
 
 from __future__ import annotations
 
@@ -7,33 +7,59 @@ from typing import Any, Sequence
 
 from dlpipe import audit, commit, registry, settings
 from dlpipe.commit import StageResult
-from dlpipe.errors import NotCommittedError
+from dlpipe.errors import ConfigError, NotCommittedError
 from dlpipe.lineage import model_lineage
+from dlpipe.pipeline_config import section
+from dlpipe.registry import RegistryConfig
 from dlpipe.runctx import RunContext
-from dlpipe.storage import open_store
+from dlpipe.storage import Store, open_store
 from operators.base import DlpipeOperator
 
 
-class RegisterModelOperator(DlpipeOperator):
-    """Register the model of a training run that passed its gates.
+def registry_store(root: str | None, aws_conn_id: str | None) -> Store:
+    """The registry store; for ``s3://`` roots the boto3 client comes from an Airflow AWS
+    connection (Amazon provider's S3Hook) when one is named, else from boto3's own chain."""
+    root = root or settings.registry_root()
+    client = None
+    if root.startswith("s3://") and aws_conn_id:
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+        client = S3Hook(aws_conn_id=aws_conn_id).get_conn()
+    return open_store(root, client)
+
+
+class _RegistryOperator(DlpipeOperator):
+    ui_color = "#f3e5f5"
+
+    def __init__(self, *, registry_root: str | None = None, aws_conn_id: str | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.registry_root, self.aws_conn_id = registry_root, aws_conn_id
+
+    def _settings(self, pipeline: dict) -> tuple[RegistryConfig, Store]:
+        cfg = section(pipeline, "registry", RegistryConfig)
+        store = registry_store(self.registry_root or cfg.root, self.aws_conn_id or cfg.aws_conn_id)
+        return cfg, store
+
+
+class RegisterModelOperator(_RegistryOperator):
+    """Register the model of a training run that passed its gates; returns ``name@version``.
 
     Registering the same model (same artifacts and lineage) again returns the existing version.
 
     :param training_id: manifest id of the training run (templated)
     :param gate_ids: manifest ids of the gates it passed (templated)
-    :param registry_root: directory or ``s3://bucket/prefix``; default ``DLPIPE_REGISTRY_ROOT`` or
-        ``$DLPIPE_HOME/registry``. S3 endpoint and credentials come from boto3's chain
-        (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``...).
+    :param registry_root: directory or ``s3://bucket/prefix`` (default: the pipeline's
+        ``registry.root``, then ``DLPIPE_REGISTRY_ROOT``, then ``$DLPIPE_HOME/registry``)
+    :param aws_conn_id: Airflow AWS connection for S3 (default: the pipeline's ``registry.aws_conn_id``,
+        then boto3's credential chain)
     """
 
     template_fields: Sequence[str] = ("pipeline_config", "training_id", "gate_ids", "registry_root")
-    ui_color = "#f3e5f5"
 
-    def __init__(self, *, training_id: str, gate_ids: list[str] | None = None,
-                 registry_root: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, *, training_id: str, gate_ids: list[str] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.training_id, self.gate_ids = training_id, gate_ids or []
-        self.registry_root = registry_root
 
     def run_stage(self, context: Any, pipeline: dict, run: RunContext) -> StageResult:
         training = commit.load_manifest(self.training_id)
@@ -41,7 +67,7 @@ class RegisterModelOperator(DlpipeOperator):
             verdict = commit.load_manifest(gid)["summary"].get("verdict")
             if verdict != "passed":
                 raise NotCommittedError(f"gate {gid} verdict is {verdict!r}, not 'passed'")
-        store = open_store(self.registry_root or settings.registry_root())
+        _, store = self._settings(pipeline)
         name = pipeline.get("model_name", "model")
         audit.record("started", stage="registry", run=run, manifest_id=f"{name}@?", training=training["id"])
         try:
@@ -58,3 +84,32 @@ class RegisterModelOperator(DlpipeOperator):
         self.log.info("lineage: %s", json.dumps(record["lineage"], indent=1)[:4000])
         return StageResult({"id": ref, "summary": {"version": record["version"], "created": created}},
                            skipped=not created)
+
+
+class PromoteModelOperator(_RegistryOperator):
+    """Point an alias at a registered version by compare-and-swap; returns ``name:alias``.
+
+    :param model_ref: ``name@version`` (templated; usually ``register_task.output``)
+    :param alias: alias to move (default: the pipeline's ``registry.promote_to``)
+    :param reason: recorded in the alias history
+    """
+
+    template_fields: Sequence[str] = ("pipeline_config", "model_ref", "alias", "reason", "registry_root")
+
+    def __init__(self, *, model_ref: str, alias: str | None = None, reason: str = "", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.model_ref, self.alias, self.reason = model_ref, alias, reason
+
+    def run_stage(self, context: Any, pipeline: dict, run: RunContext) -> StageResult:
+        cfg, store = self._settings(pipeline)
+        alias = self.alias or cfg.promote_to
+        if not alias:
+            raise ConfigError("alias", alias, "pass alias= or set registry.promote_to in the pipeline")
+        name, version = registry.parse_ref(self.model_ref)
+        before = registry.get_alias(store, name, alias)
+        doc = registry.promote(store, name, alias, version, run=run,
+                               reason=self.reason or f"{run.dag_id} {run.run_id}")
+        moved = before is None or before["version"] != doc["version"]
+        self.log.info("%s:%s -> version %d (%s)", name, alias, doc["version"], "moved" if moved else "unchanged")
+        return StageResult({"id": f"{name}:{alias}", "summary": {"version": doc["version"], "moved": moved}},
+                           skipped=not moved)

@@ -27,7 +27,8 @@ def test_dagbag_has_no_import_errors():
     assert bag.import_errors == {}
     dag = bag.dags["eta_training"]
     assert [t.task_id for t in dag.topological_sort()] == [
-        "extract_features", "materialize_dataset", "data_gate", "train", "model_gate", "register_model"]
+        "extract_features", "materialize_dataset", "data_gate", "train", "model_gate", "register_model",
+        "promote_staging"]
     assert dag.catchup is False and "dlpipe" in dag.tags
 
 
@@ -131,7 +132,7 @@ def test_eta_dag_end_to_end_then_rerun_skips(airflow_env, dlpipe_home, s3_server
 
     first_run = {e["run"]["task_id"]: e["event"] for e in _events(dlpipe_home)
                  if e["run"]["dag_id"] == "eta_training" and e["event"] != "started"}
-    assert set(first_run.values()) == {"committed"} and len(first_run) == 6
+    assert set(first_run.values()) == {"committed"} and len(first_run) == 7
 
     # Second run of the same date: every stage skips, no second model version.
     _airflow(airflow_env, "dags", "test", "eta_training", "2026-01-04")
@@ -140,7 +141,8 @@ def test_eta_dag_end_to_end_then_rerun_skips(airflow_env, dlpipe_home, s3_server
     second = [e for e in _events(dlpipe_home) if e["run"]["run_id"] == run_ids[-1] and e["event"] != "started"]
     assert len({e["run"]["run_id"] for e in _events(dlpipe_home) if e["run"]["dag_id"] == "eta_training"}) == 2
     assert sorted(e["run"]["task_id"] for e in second) == sorted(
-        ["extract_features", "materialize_dataset", "data_gate", "train", "model_gate", "register_model"])
+        ["extract_features", "materialize_dataset", "data_gate", "train", "model_gate", "register_model",
+         "promote_staging"])
     assert {e["event"] for e in second} == {"skipped"}
     summary = _dlpipe(airflow_env, "summary")
     assert "register_model       skipped  eta@1" in summary
@@ -162,7 +164,7 @@ def test_failed_data_gate_stops_the_pipeline_without_retry(tmp_path, airflow_env
     gate_events = [e for e in _events(dlpipe_home) if e["run"]["task_id"] == "data_gate"]
     assert [e["event"] for e in gate_events] == ["started", "failed"]  # AirflowFailException: no retry
     tasks_that_ran = {e["run"]["task_id"] for e in _events(dlpipe_home)}
-    assert not tasks_that_ran & {"train", "model_gate", "register_model"}
+    assert not tasks_that_ran & {"train", "model_gate", "register_model", "promote_staging"}
     assert not (dlpipe_home / "registry").exists()
     summary = subprocess.run([sys.executable, "-m", "dlpipe.cli", "summary"], env=env,
                              capture_output=True, text=True)
