@@ -88,16 +88,31 @@ def _events(dlpipe_home: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+SECRET = "dlpipe-TEST-secret-key-7c1e9a"  # must never appear in any log, manifest or record
+
+
 @pytest.mark.integration
-def test_eta_dag_end_to_end_then_rerun_skips(airflow_env, dlpipe_home, s3_server, s3_client):
-    # The registry lives on a real S3-compatible server process, reached through boto3.
+def test_eta_dag_end_to_end_then_rerun_skips(tmp_path, airflow_env, dlpipe_home, s3_server, s3_client):
+    # The registry lives on a real S3-compatible server process; the task gets its client from
+    # an Airflow AWS connection (Amazon provider S3Hook) whose secret key must stay secret.
     s3_client.create_bucket(Bucket="ml-models")
-    airflow_env = {**airflow_env, "DLPIPE_REGISTRY_ROOT": "s3://ml-models/registry",
-                   "AWS_ENDPOINT_URL": s3_server}
+    pipeline = yaml.safe_load((ROOT / "pipelines" / "eta_training.yaml").read_text())
+    pipeline["registry"] = {"root": "s3://ml-models/registry", "aws_conn_id": "dlpipe_s3",
+                            "promote_to": "staging"}
+    spec = tmp_path / "eta_s3.yaml"
+    spec.write_text(yaml.safe_dump(pipeline))
+    task_env = {k: v for k, v in airflow_env.items() if not k.startswith("AWS_")}
+    task_env.update({
+        "DLPIPE_ETA_PIPELINE": str(spec),
+        "AIRFLOW_CONN_DLPIPE_S3": json.dumps({
+            "conn_type": "aws", "login": "AKIADLPIPETEST", "password": SECRET,
+            "extra": {"endpoint_url": s3_server, "region_name": "us-east-1"}}),
+    })
+    cli_env = {**airflow_env, "DLPIPE_REGISTRY_ROOT": "s3://ml-models/registry", "AWS_ENDPOINT_URL": s3_server}
     # the run dated 2026-01-04 processes the interval [2026-01-03, 2026-01-04)
-    _airflow(airflow_env, "dags", "test", "eta_training", "2026-01-04")
+    first = _airflow(task_env, "dags", "test", "eta_training", "2026-01-04")
     keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket="ml-models")["Contents"]]
-    assert "registry/eta/versions/000001.json" in keys
+    assert "registry/eta/versions/000001.json" in keys and "registry/eta/aliases/staging.json" in keys
     assert sum(k.startswith("registry/eta/blobs/") for k in keys) == 3
     assert not (dlpipe_home / "registry").exists()
     # the registered model downloads with verified hashes and predicts
@@ -105,13 +120,15 @@ def test_eta_dag_end_to_end_then_rerun_skips(airflow_env, dlpipe_home, s3_server
     from dlpipe.storage import S3Store
     from training.model import EtaModel
 
-    registry.download(S3Store("s3://ml-models/registry", s3_client), "eta", 1, dlpipe_home / "dl")
+    store = S3Store("s3://ml-models/registry", s3_client)
+    registry.download(store, "eta", 1, dlpipe_home / "dl")
     model = EtaModel.load(dlpipe_home / "dl")
     import torch
 
     assert torch.isfinite(model.predict(torch.zeros(2, len(model.features)))).all()
+    assert registry.get_alias(store, "eta", "staging")["version"] == 1
 
-    versions = json.loads(_dlpipe(airflow_env, "registry", "list", "--json"))
+    versions = json.loads(_dlpipe(cli_env, "registry", "list", "--json"))
     assert [(v["name"], v["version"]) for v in versions] == [("eta", 1)]
     v = versions[0]
     assert v["metrics"]["val_mae"] < v["metrics"]["baseline_mae"]
@@ -123,7 +140,7 @@ def test_eta_dag_end_to_end_then_rerun_skips(airflow_env, dlpipe_home, s3_server
     assert v["registered_by"]["try_number"] == 1
     assert lin["code"]["sources_hash"] and lin["config"]["train"]["num_proc"] == 2
 
-    tree = json.loads(_dlpipe(airflow_env, "lineage", "eta@1", "--json"))
+    tree = json.loads(_dlpipe(cli_env, "lineage", "eta@1", "--json"))
     chain = tree["chain"]
     assert chain["stage"] == "training"
     assert chain["inputs"][0]["stage"] == "datasets"
@@ -135,8 +152,8 @@ def test_eta_dag_end_to_end_then_rerun_skips(airflow_env, dlpipe_home, s3_server
     assert set(first_run.values()) == {"committed"} and len(first_run) == 7
 
     # Second run of the same date: every stage skips, no second model version.
-    _airflow(airflow_env, "dags", "test", "eta_training", "2026-01-04")
-    assert len(json.loads(_dlpipe(airflow_env, "registry", "list", "--json"))) == 1
+    second_run = _airflow(task_env, "dags", "test", "eta_training", "2026-01-04")
+    assert len(json.loads(_dlpipe(cli_env, "registry", "list", "--json"))) == 1
     run_ids = [e["run"]["run_id"] for e in _events(dlpipe_home) if e["run"]["dag_id"] == "eta_training"]
     second = [e for e in _events(dlpipe_home) if e["run"]["run_id"] == run_ids[-1] and e["event"] != "started"]
     assert len({e["run"]["run_id"] for e in _events(dlpipe_home) if e["run"]["dag_id"] == "eta_training"}) == 2
@@ -144,8 +161,19 @@ def test_eta_dag_end_to_end_then_rerun_skips(airflow_env, dlpipe_home, s3_server
         ["extract_features", "materialize_dataset", "data_gate", "train", "model_gate", "register_model",
          "promote_staging"])
     assert {e["event"] for e in second} == {"skipped"}
-    summary = _dlpipe(airflow_env, "summary")
+    summary = _dlpipe(cli_env, "summary")
     assert "register_model       skipped  eta@1" in summary
+
+    # The secret key reached S3 (the registry works) but no output anywhere holds it.
+    outputs = first.stdout + first.stderr + second_run.stdout + second_run.stderr
+    assert SECRET not in outputs
+    for root in (dlpipe_home, Path(airflow_env["AIRFLOW_HOME"])):
+        for f in root.rglob("*"):
+            if f.is_file():  # manifests, audit log, task logs, the Airflow metadata database...
+                assert SECRET.encode() not in f.read_bytes(), f"secret leaked into {f}"
+    for key in keys:
+        body = s3_client.get_object(Bucket="ml-models", Key=key)["Body"].read()
+        assert SECRET.encode() not in body, f"secret leaked into s3://ml-models/{key}"
 
 
 @pytest.mark.integration
