@@ -104,6 +104,8 @@ def register(store: Store, name: str, model_dir: Path, *, metrics: dict[str, Any
             store.put_file(key, path, art["sha256"])
 
     for _ in range(_MAX_RACE_RETRIES):
+        # listed again after the (possibly long) upload: a concurrent registration of the same
+        # model that finished meanwhile is returned instead of duplicated
         versions = list_versions(store, name)
         same = [r for r in versions if r["model_fingerprint"] == model_fp]
         if same:  # a concurrent registration of the same model won

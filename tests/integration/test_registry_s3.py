@@ -179,11 +179,11 @@ def test_upload_survives_the_server_going_away_mid_upload(s3_server, s3_client, 
     assert not restarter.is_alive(), "the proxy was never interrupted: the test did not test anything"
     assert created and rec["version"] == 1
     # server-side checksum equals the local one (put_file checked it too), and bytes round-trip
-    from dlpipe.storage import PART_SIZE, s3_sha256_checksum
+    from dlpipe.storage import file_part_digests, s3_checksum
 
     sha = rec["artifacts"][0]["sha256"]
     head = s3_client.head_object(Bucket=bucket, Key=f"registry/eta/blobs/{sha}", ChecksumMode="ENABLED")
-    assert head["ChecksumSHA256"].split("-")[0] == s3_sha256_checksum(model / "model.bin", PART_SIZE)
+    assert head["ChecksumSHA256"].split("-")[0] == s3_checksum(file_part_digests(model / "model.bin"), multipart=True)
     registry.download(S3Store(f"s3://{bucket}/registry", s3_client), "eta", 1, tmp_path / "dl")
     proxy.stop()
 
@@ -221,3 +221,34 @@ def test_every_alias_move_is_audited(store, tmp_path):
     registry.promote(store, "eta", "production", 1, run=run)
     assert [(e["stage"], e["event"]) for e in audit.read() if e["stage"] == "alias"] == [
         ("alias", "committed"), ("alias", "skipped")]
+
+
+class _CorruptingClient:
+    """A real boto3 client whose part uploads get one byte flipped on the way (a bad network)."""
+
+    def __init__(self, client) -> None:
+        self.client = client
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+    def upload_part(self, **kwargs):
+        body = bytearray(kwargs["Body"])
+        body[len(body) // 2] ^= 0xFF
+        return self.client.upload_part(**{**kwargs, "Body": bytes(body)})
+
+
+def test_corrupted_upload_is_detected_and_nothing_is_registered(s3_client, tmp_path):
+    from dlpipe.errors import IntegrityError
+
+    bucket = _bucket(s3_client)
+    store = S3Store(f"s3://{bucket}/registry", _CorruptingClient(s3_client))
+    model = _model_dir(tmp_path, os.urandom(20 * 1024 * 1024), "model.bin")
+    with pytest.raises(IntegrityError, match="upload was corrupted"):
+        registry.register(store, "eta", model, metrics={}, lineage={}, run=RunContext())
+    good = S3Store(f"s3://{bucket}/registry", s3_client)
+    assert registry.list_versions(good, "eta") == []
+    # the retry uploads again (the bad blob was removed) and the result verifies
+    rec, created = registry.register(good, "eta", model, metrics={}, lineage={}, run=RunContext())
+    assert created
+    registry.download(good, "eta", rec["version"], tmp_path / "dl")
