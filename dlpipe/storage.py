@@ -113,9 +113,13 @@ class LocalStore:
             os.close(fd)
 
     def put_file(self, key: str, path: Path, sha256: str) -> None:
+        """Copy a file that must have SHA-256 ``sha256`` (checked before it becomes visible)."""
         dest = self._path(key)
-        tmp = self._write_temp(dest, Path(path).read_bytes())
-        os.replace(tmp, dest)
+        data = Path(path).read_bytes()
+        if sha256_bytes(data) != sha256:
+            raise IntegrityError(f"{path}: sha256 differs from the expected {sha256[:12]}...; "
+                                 f"it changed after it was hashed")
+        os.replace(self._write_temp(dest, data), dest)
 
     def get(self, key: str) -> bytes:
         try:
@@ -186,21 +190,25 @@ class S3Store:
             raise
 
     def put_file(self, key: str, path: Path, sha256: str) -> None:
-        """Upload with SHA-256 checksums: S3 recomputes each part's checksum on receipt and
-        rejects a mismatch, so corrupted bytes are never stored; afterwards the object's
-        checksum is compared with the one computed here. Each part is hashed by the thread that
-        sends it, so hashing overlaps with the network instead of adding a pass over the file.
+        """Upload a file that must have SHA-256 ``sha256``; nothing wrong is ever left stored.
+
+        The file is read once, in order: each slice updates the whole-file hash and is sent as
+        a part by a pool of threads, with its own SHA-256 checksum (S3 recomputes it on receipt).
+        At the end the whole-file hash must equal ``sha256`` (the file did not change since it
+        was hashed or committed) and the server's checksum must equal ours (nothing changed in
+        transit); otherwise the upload is aborted or the object deleted, and IntegrityError raised.
         """
         s3key = self._key(key)
-        meta = {"sha256": sha256}
         size = Path(path).stat().st_size
         if size < PART_SIZE:
             body = Path(path).read_bytes()
-            digests = [hashlib.sha256(body).digest()]
-            resp = self.client.put_object(Bucket=self.bucket, Key=s3key, Body=body, Metadata=meta,
+            whole, digests = hashlib.sha256(body), [hashlib.sha256(body).digest()]
+            self._check_whole(key, whole.hexdigest(), sha256)
+            resp = self.client.put_object(Bucket=self.bucket, Key=s3key, Body=body,
+                                          Metadata={"sha256": sha256},
                                           ChecksumSHA256=base64.b64encode(digests[0]).decode())
         else:
-            resp, digests = self._multipart(s3key, Path(path), size, meta)
+            resp, digests = self._multipart(key, Path(path), sha256)
         # S3 answers with the checksum it computed over what it stored; servers that leave it out
         # of the answer (moto, some S3-compatible stores) are asked for it explicitly.
         remote = resp.get("ChecksumSHA256") or self.client.head_object(
@@ -216,26 +224,39 @@ class S3Store:
             raise IntegrityError(f"{self.uri}/{key}: S3 reports checksum {remote}, the local file has "
                                  f"{local}; the upload was corrupted, retry it")
 
-    def _multipart(self, s3key: str, path: Path, size: int, meta: dict) -> tuple[dict, list[bytes]]:
+    def _check_whole(self, key: str, actual: str, expected: str) -> None:
+        if actual != expected:
+            raise IntegrityError(f"{self.uri}/{key}: the local file's sha256 is {actual[:12]}..., "
+                                 f"expected {expected[:12]}...; it changed after it was hashed")
+
+    def _multipart(self, key: str, path: Path, sha256: str) -> tuple[dict, list[bytes]]:
         """Parallel multipart upload; returns S3's answer and each part's SHA-256 digest."""
         from concurrent.futures import ThreadPoolExecutor
 
+        s3key = self._key(key)
         upload_id = self.client.create_multipart_upload(
-            Bucket=self.bucket, Key=s3key, ChecksumAlgorithm="SHA256", Metadata=meta)["UploadId"]
+            Bucket=self.bucket, Key=s3key, ChecksumAlgorithm="SHA256",
+            Metadata={"sha256": sha256})["UploadId"]
 
-        def send(i: int) -> tuple[dict, bytes]:
-            with open(path, "rb") as f:
-                f.seek(i * PART_SIZE)
-                body = f.read(PART_SIZE)
+        def send(number: int, body: bytes) -> tuple[dict, bytes]:
             digest = hashlib.sha256(body).digest()
             checksum = base64.b64encode(digest).decode()
             etag = self.client.upload_part(Bucket=self.bucket, Key=s3key, UploadId=upload_id,
-                                           PartNumber=i + 1, Body=body, ChecksumSHA256=checksum)["ETag"]
-            return {"PartNumber": i + 1, "ETag": etag, "ChecksumSHA256": checksum}, digest
+                                           PartNumber=number, Body=body, ChecksumSHA256=checksum)["ETag"]
+            return {"PartNumber": number, "ETag": etag, "ChecksumSHA256": checksum}, digest
 
         try:
-            with ThreadPoolExecutor(max_workers=UPLOAD_THREADS) as pool:
-                sent = list(pool.map(send, range(-(-size // PART_SIZE))))
+            whole = hashlib.sha256()
+            with ThreadPoolExecutor(max_workers=UPLOAD_THREADS) as pool, open(path, "rb") as f:
+                futures = []
+                while body := f.read(PART_SIZE):
+                    whole.update(body)
+                    futures.append(pool.submit(send, len(futures) + 1, body))
+                    # bound memory: at most 2x the threads' worth of parts in flight
+                    if len(futures) > 2 * UPLOAD_THREADS:
+                        futures[-2 * UPLOAD_THREADS - 1].result()
+                sent = [fut.result() for fut in futures]
+            self._check_whole(key, whole.hexdigest(), sha256)
             resp = self.client.complete_multipart_upload(
                 Bucket=self.bucket, Key=s3key, UploadId=upload_id,
                 MultipartUpload={"Parts": [p for p, _ in sent]})
