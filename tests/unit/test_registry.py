@@ -104,3 +104,16 @@ def test_bad_names_and_refs_are_explained(tmp_path):
         registry.get_version(LocalStore(tmp_path), "eta", 7)
     with pytest.raises(ConfigError, match="s3://"):
         open_store("gs://bucket/x")
+
+
+def test_a_file_changed_since_its_commit_is_refused(store, tmp_path):
+    """known_sha256 comes from a committed manifest; the bytes actually sent must match it."""
+    from dlpipe.hashing import sha256_bytes
+
+    d = _model(tmp_path, b"weights as committed")
+    committed = {"model.safetensors": sha256_bytes(b"weights as committed"),
+                 "metrics.json": sha256_bytes(b'{"val_mae": 1.0}')}
+    (d / "model.safetensors").write_bytes(b"weights tampered with")
+    with pytest.raises(IntegrityError, match="changed after it was hashed"):
+        registry.register(store, "eta", d, metrics={}, lineage={}, run=RunContext(), known_sha256=committed)
+    assert registry.list_versions(store, "eta") == []
