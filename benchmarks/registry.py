@@ -7,7 +7,8 @@ registry does more than the upload (SHA-256 of the file and of every part, the s
 compared with ours, the create-only version record); the ratio says what that costs. Two paths:
 
 - pipeline: the model comes from a committed training manifest, which already holds each file's
-  SHA-256 (RegisterModelOperator); the file is hashed while it is uploaded and must match;
+  SHA-256 and its S3 part digests (RegisterModelOperator); they go to S3 as the part checksums,
+  so S3 verifies the bytes against the commit and the client hashes nothing;
 - external: ``dlpipe registry register DIR``; the file is hashed first (the blob is stored under
   its hash, and a blob already stored is not uploaded again), then hashed again while uploaded.
 """
@@ -47,9 +48,10 @@ def main() -> None:
         model.mkdir()
         (model / "model.bin").write_bytes(os.urandom(args.mb * 2**20))
         config = TransferConfig(multipart_threshold=PART_SIZE, multipart_chunksize=PART_SIZE)
-        from dlpipe.hashing import sha256_file
+        from dlpipe.commit import describe_files
 
-        known = {"model.bin": sha256_file(model / "model.bin")}  # what a training manifest records
+        # what the training stage's manifest records for its model files
+        known = {f["path"]: f for f in describe_files(model, with_parts=True)}
         raw, reg, ext = [], [], []
         print(f"[bench] {args.mb} MB artifact, {args.repeats} repeats, S3 server at {endpoint}", flush=True)
         for i in range(args.repeats):
@@ -61,7 +63,7 @@ def main() -> None:
                 store = S3Store(f"s3://bench/{label}-{i}", client)
                 t = time.perf_counter()
                 _, created = registry.register(store, "bench", model, metrics={}, lineage={"i": i},
-                                               run=RunContext(), known_sha256=hashes)
+                                               run=RunContext(), committed_files=hashes)
                 times.append(time.perf_counter() - t)
                 assert created
             print(f"[bench] repeat {i + 1}: raw {raw[-1]:.2f}s, register (pipeline) {reg[-1]:.2f}s, "

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 from dlpipe import __version__, audit, settings
 from dlpipe.errors import CommitConflict, IntegrityError, NotCommittedError
-from dlpipe.hashing import canonical_json, fingerprint, sha256_file
+from dlpipe.hashing import S3_PART_SIZE, canonical_json, fingerprint, sha256_file, sha256_with_parts
 from dlpipe.runctx import RunContext
 
 log = logging.getLogger(__name__)
@@ -139,17 +139,23 @@ def verify(manifest: dict, home: Path | None = None) -> None:
             )
 
 
-def describe_files(root: Path) -> list[dict]:
-    """Every file under an attempt directory with its size and SHA-256, sorted by path."""
+def describe_files(root: Path, with_parts: bool = False) -> list[dict]:
+    """Every file under an attempt directory with its size and SHA-256, sorted by path.
+
+    ``with_parts`` also records the SHA-256 of each S3 part of files that will be uploaded in
+    several parts (model artifacts): computed in the same read, they let the registry hand S3
+    the committed checksums, so S3 itself verifies the bytes it receives against the commit.
+    """
     out = []
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         if path.name.endswith(_IGNORED_SUFFIXES) or path.name == "_SUCCESS":
             continue
-        out.append({
-            "path": path.relative_to(root).as_posix(),
-            "size": path.stat().st_size,
-            "sha256": sha256_file(path),
-        })
+        entry = {"path": path.relative_to(root).as_posix(), "size": path.stat().st_size}
+        if with_parts and entry["size"] >= S3_PART_SIZE:
+            entry["sha256"], entry["parts_sha256"] = sha256_with_parts(path)
+        else:
+            entry["sha256"] = sha256_file(path)
+        out.append(entry)
     return out
 
 
@@ -185,12 +191,14 @@ def run_stage(
     run: RunContext,
     produce: Producer,
     home: Path | None = None,
+    part_hashes: bool = False,
 ) -> StageResult:
     """Run one stage under the commit protocol.
 
     ``inputs`` are the upstream manifests (their ids and fingerprints enter this stage's
     fingerprint). ``produce(attempt_dir)`` writes the outputs into a fresh directory and returns
     a summary dict. ``code`` must hold ``sources_hash``; git commit and version are recorded too.
+    ``part_hashes`` records S3 part digests of large outputs (see ``describe_files``).
     """
     fp = fingerprint({
         "stage": key.relpath,
@@ -228,7 +236,7 @@ def run_stage(
             "code": {**code, "dlpipe_version": __version__},
             "outputs": {
                 "location": attempt_dir.relative_to(home or settings.home()).as_posix(),
-                "files": describe_files(attempt_dir),
+                "files": describe_files(attempt_dir, with_parts=part_hashes),
             },
             "summary": summary,
             "run": run.as_dict(),

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 _CHUNK = 1 << 20
+# Part size of S3 multipart uploads. Files at least this big also get per-part SHA-256 digests
+# in their manifests, so the registry can send S3 the committed checksums without rehashing.
+S3_PART_SIZE = 16 * 1024 * 1024
 
 
 def sha256_file(path: str | Path) -> str:
@@ -16,6 +20,16 @@ def sha256_file(path: str | Path) -> str:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
     return h.hexdigest()
+
+
+def sha256_with_parts(path: str | Path, part_size: int = S3_PART_SIZE) -> tuple[str, list[str]]:
+    """One read: the file's SHA-256 (hex) and each ``part_size`` slice's (base64, as S3 wants)."""
+    whole, parts = hashlib.sha256(), []
+    with open(path, "rb") as f:
+        while chunk := f.read(part_size):
+            whole.update(chunk)
+            parts.append(base64.b64encode(hashlib.sha256(chunk).digest()).decode())
+    return whole.hexdigest(), parts
 
 
 def sha256_bytes(data: bytes) -> str:

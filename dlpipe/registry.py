@@ -81,20 +81,21 @@ def get_version(store: Store, name: str, version: int) -> dict:
 
 def register(store: Store, name: str, model_dir: Path, *, metrics: dict[str, Any],
              lineage: dict[str, Any], run: RunContext, note: str = "",
-             known_sha256: dict[str, str] | None = None) -> tuple[dict, bool]:
+             committed_files: dict[str, dict] | None = None) -> tuple[dict, bool]:
     """Register the files of ``model_dir``; return (version record, created).
 
-    ``known_sha256`` maps file names to the hashes a committed manifest recorded for them. They
-    save a hashing pass before the upload; every uploaded byte is still hashed on the way and
-    must match, so a file changed since its commit is refused.
+    ``committed_files`` maps file names to their entries in a committed manifest (``sha256`` and,
+    for large files, ``parts_sha256``). They spare hashing the files again: the upload carries
+    the committed checksums and S3's answer must match them, so a file changed since its commit
+    is refused.
     """
     _check_name(name)
     files = sorted(p for p in Path(model_dir).iterdir() if p.is_file() and not p.name.startswith("."))
     if not files:
         raise ConfigError("model_dir", str(model_dir), "point at a directory holding the model files")
-    known = known_sha256 or {}
-    artifacts = [{"name": p.name, "sha256": known.get(p.name) or sha256_file(p), "size": p.stat().st_size}
-                 for p in files]
+    known = committed_files or {}
+    artifacts = [{"name": p.name, "sha256": known[p.name]["sha256"] if p.name in known else sha256_file(p),
+                  "size": p.stat().st_size} for p in files]
     model_fp = fingerprint({"artifacts": artifacts, "lineage": lineage})
 
     existing = [r for r in list_versions(store, name) if r["model_fingerprint"] == model_fp]
@@ -109,7 +110,7 @@ def register(store: Store, name: str, model_dir: Path, *, metrics: dict[str, Any
     for art, path in zip(artifacts, files):
         key = f"{name}/blobs/{art['sha256']}"
         if not store.exists(key):
-            store.put_file(key, path, art["sha256"])
+            store.put_file(key, path, art["sha256"], known.get(path.name, {}).get("parts_sha256"))
 
     for _ in range(_MAX_RACE_RETRIES):
         # listed again after the (possibly long) upload: a concurrent registration of the same

@@ -18,9 +18,9 @@ from typing import Any, Protocol
 from urllib.parse import urlparse
 
 from dlpipe.errors import CommitConflict, ConfigError, IntegrityError, NotCommittedError
-from dlpipe.hashing import sha256_bytes
+from dlpipe.hashing import S3_PART_SIZE, sha256_bytes
 
-PART_SIZE = 16 * 1024 * 1024  # multipart threshold and part size for S3 uploads
+PART_SIZE = S3_PART_SIZE  # multipart threshold and part size for S3 uploads
 UPLOAD_THREADS = 8  # parts in flight at once (boto3's upload_file uses 10)
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class Store(Protocol):
     def put_new(self, key: str, data: bytes) -> None: ...
     def get_versioned(self, key: str) -> tuple[bytes, str] | None: ...
     def put_if_match(self, key: str, data: bytes, token: str | None) -> None: ...
-    def put_file(self, key: str, path: Path, sha256: str) -> None: ...
+    def put_file(self, key: str, path: Path, sha256: str, parts: list[str] | None = None) -> None: ...
     def get(self, key: str) -> bytes: ...
     def exists(self, key: str) -> bool: ...
     def list(self, prefix: str) -> list[str]: ...
@@ -112,7 +112,7 @@ class LocalStore:
         finally:
             os.close(fd)
 
-    def put_file(self, key: str, path: Path, sha256: str) -> None:
+    def put_file(self, key: str, path: Path, sha256: str, parts: list[str] | None = None) -> None:
         """Copy a file that must have SHA-256 ``sha256`` (checked before it becomes visible)."""
         dest = self._path(key)
         data = Path(path).read_bytes()
@@ -189,14 +189,16 @@ class S3Store:
                 raise CommitConflict(f"{self.uri}/{key} changed since it was read") from exc
             raise
 
-    def put_file(self, key: str, path: Path, sha256: str) -> None:
+    def put_file(self, key: str, path: Path, sha256: str, parts: list[str] | None = None) -> None:
         """Upload a file that must have SHA-256 ``sha256``; nothing wrong is ever left stored.
 
-        The file is read once, in order: each slice updates the whole-file hash and is sent as
-        a part by a pool of threads, with its own SHA-256 checksum (S3 recomputes it on receipt).
-        At the end the whole-file hash must equal ``sha256`` (the file did not change since it
-        was hashed or committed) and the server's checksum must equal ours (nothing changed in
-        transit); otherwise the upload is aborted or the object deleted, and IntegrityError raised.
+        Every part goes with a SHA-256 checksum, which S3 recomputes on receipt. ``parts`` are
+        the committed part digests (base64) of a large file: sent as they are, they make S3
+        verify the bytes against the commit and the client hashes nothing. Without them the file
+        is read once, in order, feeding both the whole-file hash (which must equal ``sha256``)
+        and the parts, hashed by the threads that send them. At the end the checksum S3 reports
+        must equal ours; otherwise the upload is aborted or the object deleted, and
+        IntegrityError raised.
         """
         s3key = self._key(key)
         size = Path(path).stat().st_size
@@ -208,7 +210,7 @@ class S3Store:
                                           Metadata={"sha256": sha256},
                                           ChecksumSHA256=base64.b64encode(digests[0]).decode())
         else:
-            resp, digests = self._multipart(key, Path(path), sha256)
+            resp, digests = self._multipart(key, Path(path), sha256, parts)
         # S3 answers with the checksum it computed over what it stored; servers that leave it out
         # of the answer (moto, some S3-compatible stores) are asked for it explicitly.
         remote = resp.get("ChecksumSHA256") or self.client.head_object(
@@ -221,15 +223,16 @@ class S3Store:
         elif remote != local:
             # never leave wrong bytes under a content address: a retry would trust them
             self.client.delete_object(Bucket=self.bucket, Key=s3key)
-            raise IntegrityError(f"{self.uri}/{key}: S3 reports checksum {remote}, the local file has "
-                                 f"{local}; the upload was corrupted, retry it")
+            raise IntegrityError(f"{self.uri}/{key}: S3 reports checksum {remote}, expected {local}; "
+                                 f"the upload was corrupted or the file changed after it was hashed")
 
     def _check_whole(self, key: str, actual: str, expected: str) -> None:
         if actual != expected:
             raise IntegrityError(f"{self.uri}/{key}: the local file's sha256 is {actual[:12]}..., "
                                  f"expected {expected[:12]}...; it changed after it was hashed")
 
-    def _multipart(self, key: str, path: Path, sha256: str) -> tuple[dict, list[bytes]]:
+    def _multipart(self, key: str, path: Path, sha256: str,
+                   parts: list[str] | None) -> tuple[dict, list[bytes]]:
         """Parallel multipart upload; returns S3's answer and each part's SHA-256 digest."""
         from concurrent.futures import ThreadPoolExecutor
 
@@ -239,7 +242,7 @@ class S3Store:
             Metadata={"sha256": sha256})["UploadId"]
 
         def send(number: int, body: bytes) -> tuple[dict, bytes]:
-            digest = hashlib.sha256(body).digest()
+            digest = base64.b64decode(parts[number - 1]) if parts else hashlib.sha256(body).digest()
             checksum = base64.b64encode(digest).decode()
             etag = self.client.upload_part(Bucket=self.bucket, Key=s3key, UploadId=upload_id,
                                            PartNumber=number, Body=body, ChecksumSHA256=checksum)["ETag"]
@@ -250,13 +253,18 @@ class S3Store:
             with ThreadPoolExecutor(max_workers=UPLOAD_THREADS) as pool, open(path, "rb") as f:
                 futures = []
                 while body := f.read(PART_SIZE):
-                    whole.update(body)
+                    if not parts:
+                        whole.update(body)
                     futures.append(pool.submit(send, len(futures) + 1, body))
                     # bound memory: at most 2x the threads' worth of parts in flight
                     if len(futures) > 2 * UPLOAD_THREADS:
                         futures[-2 * UPLOAD_THREADS - 1].result()
                 sent = [fut.result() for fut in futures]
-            self._check_whole(key, whole.hexdigest(), sha256)
+            if parts is None:
+                self._check_whole(key, whole.hexdigest(), sha256)
+            elif len(parts) != len(sent):
+                raise IntegrityError(f"{self.uri}/{key}: the file has {len(sent)} parts, its commit "
+                                     f"recorded {len(parts)}; it changed after it was committed")
             resp = self.client.complete_multipart_upload(
                 Bucket=self.bucket, Key=s3key, UploadId=upload_id,
                 MultipartUpload={"Parts": [p for p, _ in sent]})

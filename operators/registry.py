@@ -72,13 +72,13 @@ class RegisterModelOperator(_RegistryOperator):
         audit.record("started", stage="registry", run=run, manifest_id=f"{name}@?", training=training["id"])
         try:
             model_dir = training["summary"]["model_dir"]
-            committed = {f["path"].split("/", 1)[1]: f["sha256"] for f in training["outputs"]["files"]
+            committed = {f["path"].split("/", 1)[1]: f for f in training["outputs"]["files"]
                          if f["path"].startswith(model_dir + "/")}
             record, created = registry.register(
                 store, name, commit.location(training) / model_dir,
                 metrics=training["summary"]["metrics"],
                 lineage=model_lineage(training["id"], list(self.gate_ids)), run=run,
-                known_sha256=committed)
+                committed_files=committed)
         except BaseException as exc:
             audit.record("failed", stage="registry", run=run, manifest_id=f"{name}@?",
                          error=f"{type(exc).__name__}: {exc}"[:2000])

@@ -43,4 +43,4 @@ def train_model(dataset: dict, *, config: TrainConfig, scale: ScaleConfig, run: 
                 "model_dir": "model", "hosts": scale.hosts}
 
     return commit.run_stage(key, inputs=[dataset], config=fp_config, code=code, run=run,
-                            produce=produce)
+                            produce=produce, part_hashes=True)  # models go to the registry

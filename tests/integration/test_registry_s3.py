@@ -252,3 +252,31 @@ def test_corrupted_upload_is_detected_and_nothing_is_registered(s3_client, tmp_p
     rec, created = registry.register(good, "eta", model, metrics={}, lineage={}, run=RunContext())
     assert created
     registry.download(good, "eta", rec["version"], tmp_path / "dl")
+
+
+def test_large_file_changed_after_commit_is_refused_by_its_committed_part_checksums(s3_client, tmp_path):
+    """The committed part digests go to S3 as checksums; S3's answer must match the commit."""
+    from dlpipe.commit import describe_files
+    from dlpipe.errors import IntegrityError
+
+    bucket = _bucket(s3_client)
+    store = S3Store(f"s3://{bucket}/registry", s3_client)
+    model = _model_dir(tmp_path, os.urandom(40 * 1024 * 1024), "model.bin")
+    committed = {f["path"]: f for f in describe_files(model, with_parts=True)}
+    assert len(committed["model.bin"]["parts_sha256"]) == 3
+    data = bytearray((model / "model.bin").read_bytes())
+    data[30 * 1024 * 1024] ^= 1  # one bit in the second part, same size
+    (model / "model.bin").write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="changed after it was hashed"):
+        registry.register(store, "eta", model, metrics={}, lineage={}, run=RunContext(),
+                          committed_files=committed)
+    assert registry.list_versions(store, "eta") == []
+    assert not [o for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", [])
+                if "/blobs/" in o["Key"]], "the wrong bytes stayed under their content address"
+    # the untouched file registers with the same committed checksums
+    data[30 * 1024 * 1024] ^= 1
+    (model / "model.bin").write_bytes(bytes(data))
+    rec, created = registry.register(store, "eta", model, metrics={}, lineage={}, run=RunContext(),
+                                     committed_files=committed)
+    assert created
+    registry.download(store, "eta", rec["version"], tmp_path / "dl")

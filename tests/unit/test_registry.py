@@ -107,13 +107,13 @@ def test_bad_names_and_refs_are_explained(tmp_path):
 
 
 def test_a_file_changed_since_its_commit_is_refused(store, tmp_path):
-    """known_sha256 comes from a committed manifest; the bytes actually sent must match it."""
+    """committed_files comes from a committed manifest; the bytes actually sent must match it."""
     from dlpipe.hashing import sha256_bytes
 
     d = _model(tmp_path, b"weights as committed")
-    committed = {"model.safetensors": sha256_bytes(b"weights as committed"),
-                 "metrics.json": sha256_bytes(b'{"val_mae": 1.0}')}
+    committed = {"model.safetensors": {"sha256": sha256_bytes(b"weights as committed")},
+                 "metrics.json": {"sha256": sha256_bytes(b'{"val_mae": 1.0}')}}
     (d / "model.safetensors").write_bytes(b"weights tampered with")
     with pytest.raises(IntegrityError, match="changed after it was hashed"):
-        registry.register(store, "eta", d, metrics={}, lineage={}, run=RunContext(), known_sha256=committed)
+        registry.register(store, "eta", d, metrics={}, lineage={}, run=RunContext(), committed_files=committed)
     assert registry.list_versions(store, "eta") == []
