@@ -207,7 +207,7 @@ class S3Store:
             whole, digests = hashlib.sha256(body), [hashlib.sha256(body).digest()]
             self._check_whole(key, whole.hexdigest(), sha256)
             resp = self.client.put_object(Bucket=self.bucket, Key=s3key, Body=body,
-                                          Metadata={"sha256": sha256},
+                                          Metadata={"sha256": sha256}, ChecksumAlgorithm="SHA256",
                                           ChecksumSHA256=base64.b64encode(digests[0]).decode())
         else:
             resp, digests = self._multipart(key, Path(path), sha256, parts)
