@@ -146,6 +146,32 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dataset_show(args: argparse.Namespace) -> int:
+    from dlpipe.datasets import resolve
+
+    m = resolve(args.ref)
+    if args.json:
+        _print(m, True, "")
+        return 0
+    s = m["summary"]
+    lines = [f"dataset   {m['id']}", f"location  {commit.location(m)}",
+             f"committed {m['committed_at']} by {m['run']['dag_id']}/{m['run']['run_id']} "
+             f"(task {m['run']['task_id']}, try {m['run']['try_number']}, user {m['run']['user']})",
+             f"content   sha256 {s.get('content_sha256', '-')}",
+             f"rows      {s['rows']}", f"window    {s.get('window')}",
+             "inputs    " + ", ".join(i["id"] for i in m["inputs"]), "", "schema"]
+    lines.append(_table(s.get("schema", []), ["name", "numpy_dtype", "shape", "codec"]))
+    for split, cols in sorted(s.get("stats", {}).items()):
+        lines += ["", f"column statistics ({split})"]
+        lines.append(_table([{"column": c, **{k: _fmt(v) for k, v in st.items()}} for c, st in cols.items()],
+                            ["column", "count", "nulls", "min", "max", "mean"]))
+    lines += ["", f"files ({len(m['outputs']['files'])})"]
+    lines.append(_table([{"path": f["path"], "size": f["size"], "sha256": f["sha256"][:16]}
+                         for f in m["outputs"]["files"]], ["path", "size", "sha256"]))
+    print("\n".join(lines))
+    return 0
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     events = [e for e in audit.read() if (not args.run_id or e["run"]["run_id"] == args.run_id)
               and (not args.dag_id or e["run"]["dag_id"] == args.dag_id)]
@@ -287,6 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
                                        "or $DLPIPE_HOME/registry")
         sp.add_argument("--endpoint-url", help="S3-compatible endpoint (default: $AWS_ENDPOINT_URL)")
         sp.add_argument("--json", action="store_true")
+
+    ds = sub.add_parser("dataset", help="committed datasets").add_subparsers(dest="dataset_cmd", required=True)
+    dss = ds.add_parser("show", help="a dataset's manifest: files, rows, schema, column statistics")
+    dss.add_argument("ref", help="dataset id (datasets/NAME/PARTITION@FP) or a path inside a committed dataset")
+    dss.add_argument("--json", action="store_true")
+    dss.set_defaults(func=cmd_dataset_show)
 
     a = sub.add_parser("audit", help="audit events (every attempt of every stage)")
     a.add_argument("--run-id")

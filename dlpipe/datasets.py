@@ -6,7 +6,11 @@ unpickles: only datasets committed by this platform may be opened.
 
 from __future__ import annotations
 
-from dlpipe import commit
+import json
+from pathlib import Path
+from typing import Any
+
+from dlpipe import commit, settings
 from dlpipe.errors import NotCommittedError
 
 
@@ -17,3 +21,40 @@ def split_url(dataset_manifest: dict, split: str) -> str:
             f"{dataset_manifest.get('id')!r} is not a committed dataset with a {split!r} split; "
             f"pass the manifest id that the dataset stage returned")
     return f"file://{commit.location(dataset_manifest)}/{split}"
+
+
+def resolve(ref: str) -> dict:
+    """A committed dataset manifest from its id, or from a path (or file:// URL) inside it.
+
+    A path is accepted only if a committed manifest's location contains it; an attempt that
+    never committed, or a directory nobody vouches for, is refused.
+    """
+    if "@" in ref and not ref.startswith(("/", "file:")):
+        manifest = commit.load_manifest(ref)
+        if manifest["stage"] != "datasets":
+            raise NotCommittedError(f"{ref!r} is a {manifest['stage']} manifest, not a dataset")
+        return manifest
+    path = Path(ref.removeprefix("file://")).resolve()
+    root = settings.home() / "datasets"
+    for mfile in root.glob("*/*/manifests/*.json"):
+        manifest = json.loads(mfile.read_text())
+        location = commit.location(manifest)
+        if path == location or location in path.parents:
+            return manifest
+    raise NotCommittedError(
+        f"{ref} is not inside any committed dataset under {root}: it may be an attempt that never "
+        f"committed (or was superseded). Use the dataset id a committed run reported "
+        f"(`dlpipe audit`), e.g. datasets/eta/window_end=2026-01-03@<fingerprint>")
+
+
+def open_reader(ref: str, split: str, *, batch: bool = True, **kwargs: Any):
+    """Petastorm's ``make_batch_reader`` (or ``make_reader`` with ``batch=False``) on a split of a
+    committed dataset; ``kwargs`` go to Petastorm (sharding, schema_fields, num_epochs...)."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning, module="petastorm")
+    warnings.filterwarnings("ignore", message="Please use make_reader", category=UserWarning)
+    from petastorm import make_batch_reader, make_reader
+
+    url = split_url(resolve(ref), split)
+    return (make_batch_reader if batch else make_reader)(url, **kwargs)

@@ -46,6 +46,17 @@ def fingerprint(obj: Any) -> str:
     return sha256_bytes(canonical_json(obj).encode())
 
 
+def content_hash(files: list[dict], by_name: bool = True) -> str:
+    """One hash for a set of committed files (manifest entries with ``path`` and ``sha256``).
+
+    ``by_name=True`` hashes (path, sha256) pairs: for outputs with deterministic file names.
+    ``by_name=False`` hashes the sorted file digests only: for outputs whose writer names files
+    at random (Spark under Petastorm), so equal content gives an equal hash whatever the names.
+    """
+    items = sorted((f["path"], f["sha256"]) for f in files) if by_name else sorted(f["sha256"] for f in files)
+    return fingerprint(items)
+
+
 def sources_hash(paths: list[str | Path]) -> str:
     """Hash of source files' contents (not their mtimes): the code version of a stage.
 

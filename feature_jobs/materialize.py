@@ -8,6 +8,7 @@ sorted rows, so the row groups can be sharded across training ranks.
 
 from __future__ import annotations
 
+import json
 import sys
 import warnings
 
@@ -25,6 +26,25 @@ def unischema(columns: list[tuple[str, str]]):
         UnischemaField(name, kinds[kind][0], (), ScalarCodec(kinds[kind][1]), False)
         for name, kind in columns
     ])
+
+
+def column_stats(df, columns: list[str]) -> dict:
+    """count, nulls, min, max and mean (numeric columns) of each column, in one Spark pass."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import NumericType
+
+    numeric = {f.name for f in df.schema.fields if isinstance(f.dataType, NumericType)}
+    aggs = [F.count(F.lit(1)).alias("__rows")]
+    for c in columns:
+        aggs += [F.count(c).alias(f"{c}__count"), F.min(c).alias(f"{c}__min"), F.max(c).alias(f"{c}__max")]
+        if c in numeric:
+            aggs.append(F.avg(c).alias(f"{c}__mean"))
+    row = df.agg(*aggs).collect()[0].asDict()
+    out = {}
+    for c in columns:
+        out[c] = {"count": row[f"{c}__count"], "nulls": row["__rows"] - row[f"{c}__count"],
+                  "min": row[f"{c}__min"], "max": row[f"{c}__max"], "mean": row.get(f"{c}__mean")}
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
                  .sortWithinPartitions(spec["key"])
                  .write.mode("errorifexists").parquet(url))
             print(f"[materialize] wrote {url}", flush=True)
+        stats = {split: column_stats(spark.read.parquet(f"file://{spec['output_dir']}/{split}"), names)
+                 for split in splits}
+        with open(f"{spec['output_dir']}/stats.json", "w") as f:
+            json.dump(stats, f, indent=1, sort_keys=True)
     finally:
         spark.stop()
     return 0

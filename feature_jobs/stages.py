@@ -7,6 +7,7 @@ given (SparkSubmitHook in Airflow, plain spark-submit in tests).
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import timedelta
 from pathlib import Path
@@ -14,10 +15,10 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from dlpipe import commit
-from dlpipe.commit import StageKey, StageResult
+from dlpipe.commit import StageKey, StageResult, describe_files
 from dlpipe.demo_data import CITIES, RAW_DATASET
 from dlpipe.errors import ConfigError, NotCommittedError
-from dlpipe.hashing import sources_hash
+from dlpipe.hashing import content_hash, sources_hash
 from dlpipe.interval import day_partition, interval_days
 from dlpipe.runctx import RunContext
 from dlpipe.spark_submit import SparkSubmit
@@ -45,6 +46,25 @@ class DatasetConfig(BaseModel):
     validation_percent: int = Field(20, ge=1, le=50, description="share of keys in the validation split")
     num_files: int = Field(8, ge=1, le=4096, description="files per split (>= training processes)")
     row_group_size_mb: int = Field(32, ge=1, le=1024, description="Parquet row-group size")
+
+
+def name_parts_by_order(out: Path) -> list[Path]:
+    """Rename Spark's ``part-NNNNN-<uuid>...parquet`` files to ``part-NNNNN.parquet``.
+
+    Spark puts a random job UUID in every file name; the part number is the range partition,
+    so after renaming, the same input gives the same names and the same bytes. Hadoop's
+    ``.crc`` side files (checksums of the old names) are removed.
+    """
+    for crc in out.glob(".*.crc"):
+        crc.unlink()
+    renamed = []
+    for path in sorted(out.glob("part-*.parquet")):
+        target = out / f"{path.name[:10]}.parquet"  # "part-00003"
+        if target.exists() and target != path:
+            raise RuntimeError(f"two Spark files for partition {path.name[:10]} in {out}")
+        path.rename(target)
+        renamed.append(target)
+    return renamed
 
 
 def _parquet_rows(paths: list[Path]) -> int:
@@ -94,12 +114,20 @@ def extract_features(interval_start, interval_end, *, config: FeatureJobConfig, 
         }
         spec_path = write_spec(attempt / "spec.json", spec)
         submit(eta_features.__file__, ["--spec", str(spec_path)])
-        rows = _parquet_rows(sorted(out.glob("*.parquet")))
+        rows = _parquet_rows(name_parts_by_order(out))
         return {"rows": rows, "day": day.isoformat(),
+                "content_sha256": content_hash(describe_files(out)),
                 "history_days": len(inputs) - 1, "missing_history_days": len(history) - (len(inputs) - 1)}
 
     return commit.run_stage(key, inputs=inputs, config=config.model_dump(), code=code,
                             run=run, produce=produce)
+
+
+def schema_description(columns: list[tuple[str, str]]) -> list[dict]:
+    """The Unischema of a scalar dataset as plain data for its manifest."""
+    numpy = {"float": "float32", "int": "int32", "string": "str"}
+    return [{"name": n, "numpy_dtype": numpy[k], "shape": [], "codec": "ScalarCodec", "nullable": False}
+            for n, k in columns]
 
 
 DATASET_COLUMNS: list[tuple[str, str]] = (
@@ -132,8 +160,13 @@ def materialize_dataset(interval_start, interval_end, *, config: DatasetConfig, 
         spec_path = write_spec(attempt / "spec.json", spec)
         submit(materialize.__file__, ["--spec", str(spec_path)])
         splits = {s: _parquet_rows(sorted((attempt / s).glob("*.parquet"))) for s in ("train", "validation")}
+        data_files = [f for f in describe_files(attempt) if f["path"].endswith(".parquet")]
         return {
             "rows": splits,
+            # Petastorm's metadata names the files Spark chose at random: hash contents only
+            "content_sha256": content_hash(data_files, by_name=False),
+            "stats": json.loads((attempt / "stats.json").read_text()),
+            "schema": schema_description(DATASET_COLUMNS),
             "splits": sorted(splits),
             "feature_partitions": [m["id"] for m in inputs],
             "columns": DATASET_COLUMNS,
