@@ -46,15 +46,32 @@ def fingerprint(obj: Any) -> str:
     return sha256_bytes(canonical_json(obj).encode())
 
 
-def content_hash(files: list[dict], by_name: bool = True) -> str:
-    """One hash for a set of committed files (manifest entries with ``path`` and ``sha256``).
+def parquet_rows_hash(path: str | Path) -> str:
+    """SHA-256 of a Parquet file's rows (schema, values, order), not of its bytes.
 
-    ``by_name=True`` hashes (path, sha256) pairs: for outputs with deterministic file names.
-    ``by_name=False`` hashes the sorted file digests only: for outputs whose writer names files
-    at random (Spark under Petastorm), so equal content gives an equal hash whatever the names.
+    Spark's Parquet writer (parquet-mr) does not produce byte-identical files for identical
+    rows: the footer lists each column's encodings from a Java hash set, whose order changes
+    between JVMs. Hashing the Arrow IPC form of the decoded table is stable.
     """
-    items = sorted((f["path"], f["sha256"]) for f in files) if by_name else sorted(f["sha256"] for f in files)
-    return fingerprint(items)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path).combine_chunks()
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sha256_bytes(sink.getvalue().to_pybytes())
+
+
+def content_hash(paths: list[Path], root: Path, by_name: bool = True) -> str:
+    """One hash of the rows of a set of Parquet files.
+
+    ``by_name=True`` hashes (relative path, rows hash) pairs: for outputs whose file names are
+    deterministic. ``by_name=False`` hashes the sorted rows hashes only: for outputs whose writer
+    names files at random (Spark under Petastorm), so equal content gives an equal hash.
+    """
+    hashes = [(Path(p).relative_to(root).as_posix(), parquet_rows_hash(p)) for p in paths]
+    return fingerprint(sorted(hashes) if by_name else sorted(h for _, h in hashes))
 
 
 def sources_hash(paths: list[str | Path]) -> str:

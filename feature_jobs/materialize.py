@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         for split, cond in splits.items():
             url = f"file://{spec['output_dir']}/{split}"
             with materialize_dataset(spark, url, schema, spec["row_group_size_mb"]):
-                (df.where(cond).repartitionByRange(int(spec["num_files"]), spec["key"])
+                (df.where(cond).repartition(int(spec["num_files"]), spec["key"])
                  .sortWithinPartitions(spec["key"])
                  .write.mode("errorifexists").parquet(url))
             print(f"[materialize] wrote {url}", flush=True)

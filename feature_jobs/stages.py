@@ -15,7 +15,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from dlpipe import commit
-from dlpipe.commit import StageKey, StageResult, describe_files
+from dlpipe.commit import StageKey, StageResult
 from dlpipe.demo_data import CITIES, RAW_DATASET
 from dlpipe.errors import ConfigError, NotCommittedError
 from dlpipe.hashing import content_hash, sources_hash
@@ -51,9 +51,9 @@ class DatasetConfig(BaseModel):
 def name_parts_by_order(out: Path) -> list[Path]:
     """Rename Spark's ``part-NNNNN-<uuid>...parquet`` files to ``part-NNNNN.parquet``.
 
-    Spark puts a random job UUID in every file name; the part number is the range partition,
-    so after renaming, the same input gives the same names and the same bytes. Hadoop's
-    ``.crc`` side files (checksums of the old names) are removed.
+    Spark puts a random job UUID in every file name; the part number is the hash partition of
+    the key, so after renaming, the same input gives the same names and the same rows in each
+    file. Hadoop's ``.crc`` side files (checksums of the old names) are removed.
     """
     for crc in out.glob(".*.crc"):
         crc.unlink()
@@ -114,9 +114,9 @@ def extract_features(interval_start, interval_end, *, config: FeatureJobConfig, 
         }
         spec_path = write_spec(attempt / "spec.json", spec)
         submit(eta_features.__file__, ["--spec", str(spec_path)])
-        rows = _parquet_rows(name_parts_by_order(out))
-        return {"rows": rows, "day": day.isoformat(),
-                "content_sha256": content_hash(describe_files(out)),
+        parts = name_parts_by_order(out)
+        return {"rows": _parquet_rows(parts), "day": day.isoformat(),
+                "content_sha256": content_hash(parts, out),
                 "history_days": len(inputs) - 1, "missing_history_days": len(history) - (len(inputs) - 1)}
 
     return commit.run_stage(key, inputs=inputs, config=config.model_dump(), code=code,
@@ -160,11 +160,11 @@ def materialize_dataset(interval_start, interval_end, *, config: DatasetConfig, 
         spec_path = write_spec(attempt / "spec.json", spec)
         submit(materialize.__file__, ["--spec", str(spec_path)])
         splits = {s: _parquet_rows(sorted((attempt / s).glob("*.parquet"))) for s in ("train", "validation")}
-        data_files = [f for f in describe_files(attempt) if f["path"].endswith(".parquet")]
+        data_files = sorted(attempt.glob("*/*.parquet"))
         return {
             "rows": splits,
             # Petastorm's metadata names the files Spark chose at random: hash contents only
-            "content_sha256": content_hash(data_files, by_name=False),
+            "content_sha256": content_hash(data_files, attempt, by_name=False),
             "stats": json.loads((attempt / "stats.json").read_text()),
             "schema": schema_description(DATASET_COLUMNS),
             "splits": sorted(splits),
