@@ -5,31 +5,46 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from dlpipe.commit import StageResult
+from dlpipe.errors import ConfigError
 from dlpipe.pipeline_config import section
 from dlpipe.runctx import RunContext
 from dlpipe.spark_submit import SparkSubmit, default_conf, spark_env
 from operators.base import DlpipeOperator
 
 
-def hook_submitter(conn_id: str, conf: dict[str, str] | None, name: str, holder: list) -> SparkSubmit:
-    """A SparkSubmit backed by SparkSubmitHook: master and deploy mode come from ``conn_id``."""
+def hook_submitter(conn_id: str, conf: dict[str, str] | None, name: str, holder: list,
+                   resources: dict[str, Any] | None = None) -> SparkSubmit:
+    """A SparkSubmit backed by SparkSubmitHook: master and deploy mode come from ``conn_id``;
+    ``resources`` are SparkSubmitHook's own arguments (executor_memory, total_executor_cores...)."""
     from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
 
     def submit(application: str, args: Sequence[str]) -> None:
         hook = SparkSubmitHook(conn_id=conn_id, conf={**default_conf(), **(conf or {})},
-                               application_args=list(args), name=name)
+                               application_args=list(args), name=name, **(resources or {}))
         holder[:] = [hook]  # for on_kill
         hook.submit(application=application, env=spark_env())
 
     return submit
 
 
-class SparkSubmitMixin:
-    """Shared Spark parameters and kill handling."""
+RESOURCE_ARGS = ("driver_memory", "executor_memory", "executor_cores", "num_executors",
+                 "total_executor_cores")
 
-    def _init_spark(self, conn_id: str, spark_conf: dict[str, str] | None) -> None:
-        self.conn_id, self.spark_conf = conn_id, spark_conf or {}
+
+class SparkSubmitMixin:
+    """Shared Spark parameters (connection, conf, resources) and kill handling."""
+
+    def _init_spark(self, conn_id: str, spark_conf: dict[str, str] | None,
+                    resources: dict[str, Any] | None) -> None:
+        self.conn_id, self.spark_conf, self.resources = conn_id, spark_conf or {}, resources or {}
         self._hooks: list = []
+
+    def _submitter(self, run: RunContext) -> SparkSubmit:
+        unknown = sorted(set(self.resources) - set(RESOURCE_ARGS))
+        if unknown:
+            raise ConfigError("resources", unknown, f"use only {', '.join(RESOURCE_ARGS)}")
+        return hook_submitter(self.conn_id, self.spark_conf, f"{run.dag_id}.{run.task_id}", self._hooks,
+                              self.resources)
 
     def on_kill(self) -> None:
         for hook in self._hooks:
@@ -42,22 +57,26 @@ class SparkFeatureOperator(SparkSubmitMixin, DlpipeOperator):
     :param pipeline_config: pipeline YAML (section ``features``)
     :param conn_id: Spark connection; its host is the master (``local[*]``, ``spark://h:7077``...)
     :param spark_conf: extra ``--conf`` settings
+    :param resources: SparkSubmitHook resources, e.g. ``{"executor_memory": "8g",
+        "total_executor_cores": 64}`` (driver_memory, executor_memory, executor_cores,
+        num_executors, total_executor_cores)
     :param data_interval_start/end: templated; default to the run's data interval
     """
 
     template_fields: Sequence[str] = ("pipeline_config", "data_interval_start", "data_interval_end")
 
     def __init__(self, *, conn_id: str = "dlpipe_spark", spark_conf: dict[str, str] | None = None,
+                 resources: dict[str, Any] | None = None,
                  data_interval_start: str = "{{ data_interval_start }}",
                  data_interval_end: str = "{{ data_interval_end }}", **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._init_spark(conn_id, spark_conf)
+        self._init_spark(conn_id, spark_conf, resources)
         self.data_interval_start, self.data_interval_end = data_interval_start, data_interval_end
 
     def run_stage(self, context: Any, pipeline: dict, run: RunContext) -> StageResult:
         from feature_jobs.stages import FeatureJobConfig, extract_features
 
         cfg = section(pipeline, "features", FeatureJobConfig)
-        submit = hook_submitter(self.conn_id, self.spark_conf, f"{run.dag_id}.{run.task_id}", self._hooks)
+        submit = self._submitter(run)
         return extract_features(self.data_interval_start, self.data_interval_end, config=cfg,
                                 run=run, submit=submit)
