@@ -23,7 +23,7 @@ from dlpipe.interval import day_partition, interval_days
 from dlpipe.runctx import RunContext
 from dlpipe.spark_submit import SparkSubmit
 from dlpipe.spec import write_spec
-from feature_jobs import eta_features, materialize
+from feature_jobs import digits, eta_features, materialize
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
@@ -177,3 +177,36 @@ def materialize_dataset(interval_start, interval_end, *, config: DatasetConfig, 
 
     return commit.run_stage(key, inputs=inputs, config=config.model_dump(), code=code,
                             run=run, produce=produce)
+
+
+class DigitsConfig(BaseModel):
+    """The digits image dataset (scikit-learn's bundled 8x8 images)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    validation_percent: int = Field(20, ge=1, le=50, description="share of images in validation")
+    num_files: int = Field(2, ge=1, le=64, description="files per split")
+    row_group_size_mb: int = Field(1, ge=1, le=1024, description="Parquet row-group size")
+
+
+def materialize_digits(*, config: DigitsConfig, run: RunContext, submit: SparkSubmit) -> StageResult:
+    """Commit the digits dataset (skipped when committed with the same config and code)."""
+    import sklearn
+
+    key = StageKey("datasets", "digits", "all")
+    code = {"sources_hash": sources_hash([digits.__file__, __file__]), "scikit_learn": sklearn.__version__}
+
+    def produce(attempt: Path) -> dict:
+        spec_path = write_spec(attempt / "spec.json", {"output_dir": str(attempt), **config.model_dump()})
+        submit(digits.__file__, ["--spec", str(spec_path)])
+        splits = {s: _parquet_rows(sorted((attempt / s).glob("*.parquet"))) for s in ("train", "validation")}
+        return {
+            "rows": splits, "splits": sorted(splits),
+            "content_sha256": content_hash(sorted(attempt.glob("*/*.parquet")), attempt, by_name=False),
+            "schema": [{"name": "image_id", "numpy_dtype": "int32", "shape": [], "codec": "ScalarCodec"},
+                       {"name": "image", "numpy_dtype": "float64", "shape": [8, 8], "codec": "NdarrayCodec"},
+                       {"name": "label", "numpy_dtype": "int32", "shape": [], "codec": "ScalarCodec"}],
+            "source": f"sklearn.datasets.load_digits (scikit-learn {sklearn.__version__})",
+        }
+
+    # the bundled data set's version is part of the input: a new scikit-learn re-materializes
+    return commit.run_stage(key, inputs=[], config=config.model_dump(), code=code, run=run, produce=produce)
