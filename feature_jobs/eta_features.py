@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     from dlpipe.spec import read_spec_from_argv
     from feature_jobs.session import spark_session
 
+    t0 = time.perf_counter()
     spec = read_spec_from_argv(argv)
     spark = spark_session(f"eta_features {spec['interval_start']}")
+    t1 = time.perf_counter()
+    print(f"[eta_features] session ready in {t1 - t0:.2f}s", flush=True)
     try:
         features = build_features(spark, spec)
         # Hash partitioning (unlike range partitioning, which samples) puts each key in the same
@@ -78,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         (features.repartition(int(spec["num_files"]), KEY_COLUMN)
          .sortWithinPartitions(KEY_COLUMN)
          .write.mode("errorifexists").parquet(spec["output_dir"]))
-        print(f"[eta_features] wrote {spec['output_dir']}", flush=True)
+        print(f"[eta_features] job done in {time.perf_counter() - t1:.2f}s: wrote {spec['output_dir']}",
+              flush=True)
     finally:
         spark.stop()
     return 0
