@@ -177,6 +177,20 @@ def test_reader_refuses_uncommitted_data_and_reads_committed_data():
     with open_reader(str(commit.location(ds.manifest) / "validation"), "validation", batch=False,
                      num_epochs=1) as reader:  # make_reader, decoding through the Unischema codecs
         assert sum(1 for _ in reader) == rows["validation"]
+    import json
+    import subprocess
+    import sys
+
+    shown = json.loads(subprocess.run([sys.executable, "-m", "dlpipe.cli", "dataset", "show", ds.id, "--json"],
+                                      capture_output=True, text=True, check=True).stdout)
+    assert shown == ds.manifest
+    table = subprocess.run([sys.executable, "-m", "dlpipe.cli", "dataset", "show",
+                            str(commit.location(ds.manifest) / "train")], capture_output=True, text=True,
+                           check=True).stdout
+    assert "column statistics (train)" in table and "delivery_minutes" in table
+    refused = subprocess.run([sys.executable, "-m", "dlpipe.cli", "dataset", "show", str(orphan)],
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and "not inside any committed dataset" in refused.stderr
     stats = ds.manifest["summary"]["stats"]["train"]
     assert stats["delivery_minutes"]["count"] == rows["train"] and stats["delivery_minutes"]["nulls"] == 0
     assert 0 < stats["distance_km"]["min"] <= stats["distance_km"]["mean"] <= stats["distance_km"]["max"]
