@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from dlpipe import commit
 from dlpipe.commit import StageKey, StageResult
-from dlpipe.errors import GateFailed
+from dlpipe.errors import ConfigError, GateFailed
 from dlpipe.hashing import sources_hash
 from dlpipe.runctx import RunContext
 
@@ -33,13 +33,47 @@ class ColumnRule(BaseModel):
     max: float | None = Field(None, description="inclusive upper bound")
 
 
+class ExpectationSpec(BaseModel):
+    """Any Great Expectations 1.x expectation: its type and its arguments."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    type: str = Field(description="e.g. expect_column_values_to_match_regex")
+    kwargs: dict = Field(default_factory=dict, description="the expectation's arguments")
+
+
+class DriftConfig(BaseModel):
+    """How far a dataset's columns may move from the previous committed version of the dataset."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    columns: list[str] | None = Field(None, description="numeric columns to watch (default: all numeric)")
+    max_mean_shift_std: float | None = Field(0.5, gt=0, description="|mean - previous mean| / previous std")
+    max_std_ratio: float | None = Field(2.0, gt=1, description="max(std/prev std, prev std/std)")
+    max_null_rate_increase: float | None = Field(0.01, ge=0, description="null rate minus previous null rate")
+
+
 class DataGateConfig(BaseModel):
-    """A data-gate suite: row-count floor plus per-column rules."""
+    """A data-gate suite: row-count floor, per-column rules, any GX expectation, drift."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     min_rows: dict[str, int] = Field(default_factory=lambda: {"train": 1000, "validation": 200},
                                      description="minimum rows per split (GX passes on empty input)")
-    columns: dict[str, ColumnRule] = Field(default_factory=dict)
+    columns: dict[str, ColumnRule] = Field(default_factory=dict, description="shorthand per column")
+    expectations: list[ExpectationSpec] = Field(default_factory=list, description="any other GX expectation")
+    drift: DriftConfig | None = Field(None, description="compare with the previous dataset version")
+
+
+def _gx_expectation(i: int, spec: ExpectationSpec):
+    import great_expectations as gx
+
+    cls = getattr(gx.expectations, "".join(w.title() for w in spec.type.split("_")), None)
+    if cls is None or not spec.type.startswith("expect_"):
+        raise ConfigError(f"data_gate.expectations[{i}].type", spec.type,
+                          "use a Great Expectations 1.x expectation type, e.g. expect_column_values_to_be_between")
+    try:
+        return cls(**spec.kwargs)
+    except Exception as exc:  # pydantic validation of the expectation's arguments
+        raise ConfigError(f"data_gate.expectations[{i}].kwargs", spec.kwargs,
+                          f"fix the arguments of {spec.type}: {str(exc).splitlines()[0]}") from exc
 
 
 def _expectations(cfg: DataGateConfig) -> list:
@@ -55,7 +89,7 @@ def _expectations(cfg: DataGateConfig) -> list:
             out.append(E.ExpectColumnValuesToNotBeNull(column=col))
         if rule.min is not None or rule.max is not None:
             out.append(E.ExpectColumnValuesToBeBetween(column=col, min_value=rule.min, max_value=rule.max))
-    return out
+    return out + [_gx_expectation(i, spec) for i, spec in enumerate(cfg.expectations)]
 
 
 def _describe_failure(split: str, res, columns) -> str:
@@ -76,8 +110,12 @@ def _describe_failure(split: str, res, columns) -> str:
     return f"{split}.{cfg.kwargs.get('column', '*')}: {cfg.type} {kwargs or ''} -> {observed}"
 
 
-def validate_frames(frames: dict, cfg: DataGateConfig) -> tuple[list[str], dict]:
-    """Run the suite on each split's DataFrame; return (failures, evidence)."""
+def validate_frames(frames: dict, cfg: DataGateConfig, docs_dir: Path | None = None) -> tuple[list[str], dict]:
+    """Run the suite on each split's DataFrame; return (failures, evidence).
+
+    With ``docs_dir``, each split's validation result is also rendered as a Great Expectations
+    Data Docs page (``<split>.html``) for people to read.
+    """
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
@@ -102,7 +140,61 @@ def validate_frames(frames: dict, cfg: DataGateConfig) -> tuple[list[str], dict]
         evidence["splits"][split] = {"rows": len(df), "expectations": len(result.results),
                                      "failed": sum(not r.success for r in result.results),
                                      "result": result.to_json_dict()}
+        if docs_dir is not None:
+            docs_dir.mkdir(parents=True, exist_ok=True)
+            (docs_dir / f"{split}.html").write_text(render_data_docs(result))
     return failures, evidence
+
+
+def render_data_docs(result) -> str:
+    """The Data Docs HTML page of one validation result (GX's own renderer and template)."""
+    from great_expectations.render.renderer import ValidationResultsPageRenderer
+    from great_expectations.render.view import DefaultJinjaPageView
+
+    return DefaultJinjaPageView().render(ValidationResultsPageRenderer().render(result))
+
+
+def previous_dataset(dataset: dict) -> dict | None:
+    """The newest committed version of the same dataset whose partition comes before this one."""
+    root = commit.StageKey(dataset["stage"], dataset["name"]).dir().parent
+    candidates = []
+    for mfile in root.glob("*/manifests/*.json"):
+        m = json.loads(mfile.read_text())
+        if m["id"] != dataset["id"] and m["partition"] < dataset["partition"]:
+            candidates.append(m)
+    return max(candidates, key=lambda m: (m["partition"], m["committed_at"]), default=None)
+
+
+def check_drift(dataset: dict, previous: dict | None, cfg: DriftConfig) -> tuple[list[str], dict]:
+    """Compare per-column mean, std and null rate with the previous version (train split)."""
+    if previous is None:
+        return [], {"previous": None, "note": "no earlier version of this dataset: nothing to compare",
+                    "columns": {}}
+    cur = dataset["summary"].get("stats", {}).get("train")
+    old = previous["summary"].get("stats", {}).get("train")
+    if not cur or not old:
+        return [], {"previous": previous["id"], "note": "no column statistics to compare", "columns": {}}
+    cols = cfg.columns or [c for c, st in cur.items() if st.get("mean") is not None and c in old]
+    failures, report = [], {}
+    for c in cols:
+        if c not in cur or c not in old:
+            failures.append(f"drift.{c}: column missing from {'this' if c not in cur else 'the previous'} dataset")
+            continue
+        a, b = cur[c], old[c]
+        null_rate = lambda st: st["nulls"] / max(1, st["count"] + st["nulls"])  # noqa: E731
+        shift = abs(a["mean"] - b["mean"]) / b["std"] if b.get("std") else 0.0
+        ratio = max(a["std"] / b["std"], b["std"] / a["std"]) if a.get("std") and b.get("std") else 1.0
+        nulls = null_rate(a) - null_rate(b)
+        report[c] = {"mean_shift_std": shift, "std_ratio": ratio, "null_rate_increase": nulls}
+        if cfg.max_mean_shift_std is not None and shift > cfg.max_mean_shift_std:
+            failures.append(f"drift.{c}: mean moved {shift:.2f} previous std ({b['mean']:.4g} -> "
+                            f"{a['mean']:.4g}), threshold {cfg.max_mean_shift_std}")
+        if cfg.max_std_ratio is not None and ratio > cfg.max_std_ratio:
+            failures.append(f"drift.{c}: std changed {ratio:.2f}x ({b['std']:.4g} -> {a['std']:.4g}), "
+                            f"threshold {cfg.max_std_ratio}")
+        if cfg.max_null_rate_increase is not None and nulls > cfg.max_null_rate_increase:
+            failures.append(f"drift.{c}: null rate rose by {nulls:.4f}, threshold {cfg.max_null_rate_increase}")
+    return failures, {"previous": previous["id"], "columns": report}
 
 
 def run_data_gate(dataset: dict, cfg: DataGateConfig, *, run: RunContext, name: str = "eta_data") -> StageResult:
@@ -116,14 +208,21 @@ def run_data_gate(dataset: dict, cfg: DataGateConfig, *, run: RunContext, name: 
             paths = [p for p in commit.files(dataset, ".parquet") if p.parent == root / split]
             frames[split] = (pq.ParquetDataset(paths).read().to_pandas() if paths else
                              _empty_frame(dataset))
-        failures, evidence = validate_frames(frames, cfg)
+        failures, evidence = validate_frames(frames, cfg, docs_dir=attempt / "data_docs")
+        drift = None
+        if cfg.drift is not None:
+            previous = previous_dataset(dataset)
+            drift_failures, drift = check_drift(dataset, previous, cfg.drift)
+            failures += drift_failures
+        evidence["drift"] = drift
         (attempt / "validation.json").write_text(json.dumps(evidence, indent=1, default=str))
         if failures:
-            raise GateFailed(f"data gate on {dataset['id']}", failures)
+            raise GateFailed(f"data gate on {dataset['id']} (evidence: {attempt})", failures)
         checks = sum(s["expectations"] for s in evidence["splits"].values())
         log.info("data gate passed: %d expectations on %s", checks, list(frames))
-        return {"verdict": "passed", "expectations": checks,
-                "rows": {s: v["rows"] for s, v in evidence["splits"].items()}}
+        return {"verdict": "passed", "expectations": checks, "dataset": dataset["id"],
+                "rows": {s: v["rows"] for s, v in evidence["splits"].items()},
+                "drift": {"previous": (drift or {}).get("previous"), "columns": len((drift or {}).get("columns", {}))}}
 
     return commit.run_stage(StageKey("gates", name, dataset["partition"]), inputs=[dataset],
                             config=cfg.model_dump(), code={"sources_hash": sources_hash([__file__])},
@@ -137,17 +236,23 @@ def _empty_frame(dataset: dict):
 
 
 class ModelGateConfig(BaseModel):
-    """Model thresholds: beat the naive baseline by a margin, optionally an absolute ceiling."""
+    """Model thresholds: beat the naive baseline, do not lose to production, no bad slice."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     metric: str = Field("val_mae", description="metric to judge (lower is better)")
     baseline_metric: str = Field("baseline_mae", description="the naive predictor's value of it")
     min_improvement: float = Field(0.10, ge=0, lt=1, description="required relative gain over the baseline")
     max_value: float | None = Field(None, gt=0, description="absolute ceiling on the metric")
+    champion_alias: str | None = Field("production", description="registry alias of the model to beat "
+                                                                 "(null: no champion check)")
+    max_regression: float = Field(0.02, ge=0, lt=1, description="how much worse than the champion, "
+                                                                "relative, the candidate may be")
+    slice_max_ratio: float | None = Field(1.8, gt=1, description="no slice's MAE above this times the overall MAE")
+    slice_min_rows: int = Field(50, ge=1, description="slices with fewer rows are reported, not judged")
 
 
 def judge_model(metrics: dict, cfg: ModelGateConfig) -> list[str]:
-    """The list of failed model checks (empty means the model passes)."""
+    """The failed baseline/ceiling checks on training metrics (empty means they pass)."""
     failures = []
     value, base = metrics.get(cfg.metric), metrics.get(cfg.baseline_metric)
     if value is None or not math.isfinite(value):
@@ -163,16 +268,55 @@ def judge_model(metrics: dict, cfg: ModelGateConfig) -> list[str]:
     return failures
 
 
-def run_model_gate(training: dict, cfg: ModelGateConfig, *, run: RunContext, name: str = "eta_model") -> StageResult:
+def judge_champion(candidate: dict, champion: dict | None, cfg: ModelGateConfig) -> tuple[list[str], str]:
+    """Candidate vs the production model, both evaluated on the same rows: (failures, note)."""
+    if champion is None:
+        return [], f"no model holds the {cfg.champion_alias!r} alias yet: the first model passes"
+    bound = champion["mae"] * (1 + cfg.max_regression)
+    note = (f"candidate MAE {candidate['mae']:.4f} vs {champion['ref']} MAE {champion['mae']:.4f} "
+            f"on the same {candidate['rows']} rows")
+    if candidate["mae"] > bound:
+        return [f"champion: MAE {candidate['mae']:.4f} is worse than {champion['ref']} "
+                f"({champion['mae']:.4f}) by more than {cfg.max_regression:.0%} (limit {bound:.4f})"], note
+    return [], note
+
+
+def judge_slices(evaluation: dict, cfg: ModelGateConfig) -> list[str]:
+    if cfg.slice_max_ratio is None or not evaluation.get("mae"):
+        return []
+    limit = evaluation["mae"] * cfg.slice_max_ratio
+    return [f"slice {name}: MAE {sl['mae']:.4f} > {cfg.slice_max_ratio} x overall {evaluation['mae']:.4f} "
+            f"(= {limit:.4f}) on {sl['rows']} rows"
+            for name, sl in sorted(evaluation["slices"].items())
+            if sl["rows"] >= cfg.slice_min_rows and sl["mae"] is not None and sl["mae"] > limit]
+
+
+def run_model_gate(training: dict, cfg: ModelGateConfig, *, run: RunContext, name: str = "eta_model",
+                   candidate: dict | None = None, champion: dict | None = None) -> StageResult:
+    """Judge a training run: baseline, optional ceiling, champion and slices; commit the verdict.
+
+    ``candidate`` and ``champion`` are evaluations on the same validation rows (see
+    ``training.evaluate``); the champion's identity enters the fingerprint, so a new production
+    model means a new verdict.
+    """
     def produce(attempt: Path) -> dict:
         metrics = training["summary"]["metrics"]
         failures = judge_model(metrics, cfg)
-        (attempt / "verdict.json").write_text(json.dumps({"metrics": metrics, "failures": failures}, indent=1))
+        note = None
+        if candidate is not None:
+            champ_failures, note = judge_champion(candidate, champion, cfg)
+            failures += champ_failures + judge_slices(candidate, cfg)
+        evidence = {"metrics": metrics, "candidate": candidate, "champion": champion, "note": note,
+                    "failures": failures, "config": cfg.model_dump()}
+        (attempt / "verdict.json").write_text(json.dumps(evidence, indent=1))
         if failures:
             raise GateFailed(f"model gate on {training['id']}", failures)
         return {"verdict": "passed", cfg.metric: metrics[cfg.metric],
-                cfg.baseline_metric: metrics[cfg.baseline_metric]}
+                cfg.baseline_metric: metrics[cfg.baseline_metric], "note": note,
+                "champion": champion and {"ref": champion["ref"], "mae": champion["mae"]},
+                "candidate_mae": candidate and candidate["mae"]}
 
+    config = {**cfg.model_dump(), "champion": champion and champion["ref"], "evaluated": candidate is not None}
     return commit.run_stage(StageKey("gates", name, training["partition"]), inputs=[training],
-                            config=cfg.model_dump(), code={"sources_hash": sources_hash([__file__])},
+                            config=config, code={"sources_hash": sources_hash([__file__])},
                             run=run, produce=produce)

@@ -35,6 +35,8 @@ def model_lineage(training_id: str, gate_ids: list[str]) -> dict:
         "feature_partitions": [f["id"] for f in features],
         "raw_partitions": sorted({i["id"] for f in features for i in f["inputs"]}),
         "gates": gate_ids,
+        # the verdicts and their evidence summaries travel with the version
+        "gate_verdicts": {gid: commit.load_manifest(gid)["summary"] for gid in gate_ids},
         "config": {"train": training["config"], "dataset": dataset["config"]},
         "code": training["code"],
         "trained_by": training["run"],

@@ -29,7 +29,7 @@ def unischema(columns: list[tuple[str, str]]):
 
 
 def column_stats(df, columns: list[str]) -> dict:
-    """count, nulls, min, max and mean (numeric columns) of each column, in one Spark pass."""
+    """count, nulls, min, max, mean and std (numeric columns) of each column, in one Spark pass."""
     from pyspark.sql import functions as F
     from pyspark.sql.types import NumericType
 
@@ -38,12 +38,13 @@ def column_stats(df, columns: list[str]) -> dict:
     for c in columns:
         aggs += [F.count(c).alias(f"{c}__count"), F.min(c).alias(f"{c}__min"), F.max(c).alias(f"{c}__max")]
         if c in numeric:
-            aggs.append(F.avg(c).alias(f"{c}__mean"))
+            aggs += [F.avg(c).alias(f"{c}__mean"), F.stddev_pop(c).alias(f"{c}__std")]
     row = df.agg(*aggs).collect()[0].asDict()
     out = {}
     for c in columns:
         out[c] = {"count": row[f"{c}__count"], "nulls": row["__rows"] - row[f"{c}__count"],
-                  "min": row[f"{c}__min"], "max": row[f"{c}__max"], "mean": row.get(f"{c}__mean")}
+                  "min": row[f"{c}__min"], "max": row[f"{c}__max"], "mean": row.get(f"{c}__mean"),
+                  "std": row.get(f"{c}__std")}
     return out
 
 

@@ -17,11 +17,11 @@ class PetastormDatasetOperator(SparkSubmitMixin, DlpipeOperator):
     template_fields: Sequence[str] = ("pipeline_config", "data_interval_start", "data_interval_end")
 
     def __init__(self, *, conn_id: str = "dlpipe_spark", spark_conf: dict[str, str] | None = None,
-                 resources: dict[str, Any] | None = None,
+                 spark_resources: dict[str, Any] | None = None,
                  data_interval_start: str = "{{ data_interval_start }}",
                  data_interval_end: str = "{{ data_interval_end }}", **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._init_spark(conn_id, spark_conf, resources)
+        self._init_spark(conn_id, spark_conf, spark_resources)
         self.data_interval_start, self.data_interval_end = data_interval_start, data_interval_end
 
     def run_stage(self, context: Any, pipeline: dict, run: RunContext) -> StageResult:

@@ -36,15 +36,16 @@ class SparkSubmitMixin:
 
     def _init_spark(self, conn_id: str, spark_conf: dict[str, str] | None,
                     resources: dict[str, Any] | None) -> None:
-        self.conn_id, self.spark_conf, self.resources = conn_id, spark_conf or {}, resources or {}
+        # not "resources": BaseOperator already has an attribute of that name
+        self.conn_id, self.spark_conf, self.spark_resources = conn_id, spark_conf or {}, resources or {}
         self._hooks: list = []
 
     def _submitter(self, run: RunContext) -> SparkSubmit:
-        unknown = sorted(set(self.resources) - set(RESOURCE_ARGS))
+        unknown = sorted(set(self.spark_resources) - set(RESOURCE_ARGS))
         if unknown:
-            raise ConfigError("resources", unknown, f"use only {', '.join(RESOURCE_ARGS)}")
+            raise ConfigError("spark_resources", unknown, f"use only {', '.join(RESOURCE_ARGS)}")
         return hook_submitter(self.conn_id, self.spark_conf, f"{run.dag_id}.{run.task_id}", self._hooks,
-                              self.resources)
+                              self.spark_resources)
 
     def on_kill(self) -> None:
         for hook in self._hooks:
@@ -57,7 +58,7 @@ class SparkFeatureOperator(SparkSubmitMixin, DlpipeOperator):
     :param pipeline_config: pipeline YAML (section ``features``)
     :param conn_id: Spark connection; its host is the master (``local[*]``, ``spark://h:7077``...)
     :param spark_conf: extra ``--conf`` settings
-    :param resources: SparkSubmitHook resources, e.g. ``{"executor_memory": "8g",
+    :param spark_resources: SparkSubmitHook resources, e.g. ``{"executor_memory": "8g",
         "total_executor_cores": 64}`` (driver_memory, executor_memory, executor_cores,
         num_executors, total_executor_cores)
     :param data_interval_start/end: templated; default to the run's data interval
@@ -66,11 +67,11 @@ class SparkFeatureOperator(SparkSubmitMixin, DlpipeOperator):
     template_fields: Sequence[str] = ("pipeline_config", "data_interval_start", "data_interval_end")
 
     def __init__(self, *, conn_id: str = "dlpipe_spark", spark_conf: dict[str, str] | None = None,
-                 resources: dict[str, Any] | None = None,
+                 spark_resources: dict[str, Any] | None = None,
                  data_interval_start: str = "{{ data_interval_start }}",
                  data_interval_end: str = "{{ data_interval_end }}", **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._init_spark(conn_id, spark_conf, resources)
+        self._init_spark(conn_id, spark_conf, spark_resources)
         self.data_interval_start, self.data_interval_end = data_interval_start, data_interval_end
 
     def run_stage(self, context: Any, pipeline: dict, run: RunContext) -> StageResult:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Sequence
 
 from dlpipe import commit
@@ -35,6 +36,10 @@ class DataGateOperator(DlpipeOperator):
 class ModelGateOperator(DlpipeOperator):
     """Judge a committed training run against the ``model_gate`` thresholds.
 
+    The candidate and the model behind the ``champion_alias`` (default ``production``) are both
+    evaluated on the candidate's validation rows, overall and per slice; the champion is read
+    from the registry named in the pipeline's ``registry`` section, with verified hashes.
+
     :param training_id: manifest id of the training run (templated)
     """
 
@@ -46,8 +51,29 @@ class ModelGateOperator(DlpipeOperator):
         self.training_id = training_id
 
     def run_stage(self, context: Any, pipeline: dict, run: RunContext) -> StageResult:
+        import tempfile
+
+        from dlpipe import registry
         from dlpipe.gates import ModelGateConfig, run_model_gate
+        from dlpipe.registry import RegistryConfig
+        from operators.registry import registry_store
+        from training.evaluate import evaluate
 
         cfg = section(pipeline, "model_gate", ModelGateConfig)
-        return run_model_gate(commit.load_manifest(self.training_id), cfg, run=run,
-                              name=f"{pipeline.get('model_name', 'model')}_model")
+        name = pipeline.get("model_name", "model")
+        training = commit.load_manifest(self.training_id)
+        dataset = commit.load_manifest(training["inputs"][0]["id"])
+        candidate = evaluate(commit.location(training) / training["summary"]["model_dir"], dataset)
+        champion = None
+        if cfg.champion_alias:
+            reg = section(pipeline, "registry", RegistryConfig)
+            store = registry_store(reg.root, reg.aws_conn_id)
+            alias = registry.get_alias(store, name, cfg.champion_alias)
+            if alias is not None:
+                with tempfile.TemporaryDirectory() as tmp:
+                    registry.download(store, name, alias["version"], Path(tmp))  # hashes verified
+                    champion = {"ref": f"{name}@{alias['version']}", **evaluate(Path(tmp), dataset)}
+                self.log.info("champion %s:%s = %s: MAE %.4f on the candidate's validation rows",
+                              name, cfg.champion_alias, champion["ref"], champion["mae"])
+        return run_model_gate(training, cfg, run=run, name=f"{name}_model",
+                              candidate=candidate, champion=champion)

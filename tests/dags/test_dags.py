@@ -197,3 +197,22 @@ def test_failed_data_gate_stops_the_pipeline_without_retry(tmp_path, airflow_env
     summary = subprocess.run([sys.executable, "-m", "dlpipe.cli", "summary"], env=env,
                              capture_output=True, text=True)
     assert summary.returncode == 1 and "data_gate            failed" in summary.stdout
+
+
+def test_spark_operators_take_resources_and_refuse_unknown_ones():
+    from datetime import datetime
+
+    from airflow.sdk import DAG
+
+    from dlpipe.errors import ConfigError
+    from dlpipe.runctx import RunContext
+    from operators import PetastormDatasetOperator, SparkFeatureOperator
+
+    with DAG("resources_check", schedule=None, start_date=datetime(2026, 1, 1)):
+        op = SparkFeatureOperator(task_id="f", pipeline_config="x.yaml",
+                                  spark_resources={"executor_memory": "8g", "total_executor_cores": 64})
+        bad = PetastormDatasetOperator(task_id="d", pipeline_config="x.yaml", spark_resources={"gpus": 8})
+    assert op.spark_resources == {"executor_memory": "8g", "total_executor_cores": 64}
+    op._submitter(RunContext())  # accepted: builds the hook-backed submitter
+    with pytest.raises(ConfigError, match=r"invalid spark_resources=\['gpus'\]: use only driver_memory"):
+        bad._submitter(RunContext())

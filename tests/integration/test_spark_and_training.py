@@ -35,14 +35,17 @@ def test_features_dataset_and_training_end_to_end(small_raw, spark_submit):
     feats = extract_features("2026-01-03", "2026-01-04", config=FeatureJobConfig(lookback_days=2),
                              run=run, submit=spark_submit)
     assert not feats.skipped
-    assert feats.manifest["summary"] == {"rows": 3000, "day": "2026-01-03", "history_days": 2,
-                                         "missing_history_days": 0}
+    summary = feats.manifest["summary"]
+    assert {k: summary[k] for k in ("rows", "day", "history_days", "missing_history_days")} == {
+        "rows": 3000, "day": "2026-01-03", "history_days": 2, "missing_history_days": 0}
+    assert len(summary["content_sha256"]) == 64
     assert sorted(i["id"] for i in feats.manifest["inputs"]) == sorted(r.id for r in small_raw)
 
     # Features equal an independent pandas computation from the committed raw data.
-    got = pd.concat(pq.read_table(p).to_pandas() for p in commit.files(feats.manifest, ".parquet"))
+    parts = [pq.read_table(p).to_pandas() for p in commit.files(feats.manifest, ".parquet")]
+    assert all(list(p["trip_id"]) == sorted(p["trip_id"]) for p in parts)  # deterministic order
+    got = pd.concat(parts)
     assert got["trip_id"].is_unique and len(got) == 3000
-    assert list(got["trip_id"]) == sorted(got["trip_id"])  # deterministic order
     raw = _raw_frame([r.manifest for r in small_raw])
     hist = raw[raw.order_ts < pd.Timestamp("2026-01-03", tz="UTC")]
     prep = hist.groupby("restaurant_id").prep_minutes.mean()

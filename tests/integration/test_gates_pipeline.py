@@ -1,0 +1,138 @@
+"""Gates on real pipeline data (RELIABILITY.md rows 9 to 11), with real Spark, Great
+Expectations and horovodrun: empty data, bad data, drift, and a model worse than production."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dlpipe import audit, commit, registry
+from dlpipe.commit import StageKey, run_stage
+from dlpipe.demo_data import DemoDataConfig, generate_day, write_raw
+from dlpipe.errors import GateFailed
+from dlpipe.gates import DataGateConfig, DriftConfig, ModelGateConfig, run_data_gate, run_model_gate
+from dlpipe.pipeline_config import load_pipeline, section
+from dlpipe.runctx import RunContext
+from dlpipe.spark_submit import local_spark_submit
+from feature_jobs.stages import DatasetConfig, FeatureJobConfig, extract_features, materialize_dataset
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.integration
+GATE = section(load_pipeline(ROOT / "pipelines" / "eta_training.yaml"), "data_gate", DataGateConfig)
+DS = DatasetConfig(window_days=1, num_files=2)
+
+
+def _commit_raw_day(day: date, table) -> None:
+    import pyarrow.parquet as pq
+
+    def produce(attempt: Path) -> dict:
+        pq.write_table(table, attempt / "part-00000.parquet")
+        return {"rows": table.num_rows, "day": day.isoformat()}
+
+    run_stage(StageKey("raw", "trips", f"dt={day.isoformat()}"), inputs=[], config={"custom": day.isoformat()},
+              code={"sources_hash": "test"}, run=RunContext(), produce=produce)
+
+
+def _dataset(day: str, submit) -> dict:
+    end = f"2026-01-{int(day[-2:]) + 1:02d}"
+    extract_features(day, end, config=FeatureJobConfig(lookback_days=1), run=RunContext(), submit=submit)
+    return materialize_dataset(day, end, config=DS, run=RunContext(), submit=submit).manifest
+
+
+def test_empty_partition_fails_the_data_gate_and_says_why():
+    cfg = DemoDataConfig(start=date(2026, 1, 2), days=1, rows_per_day=0)
+    _commit_raw_day(date(2026, 1, 2), generate_day(cfg, date(2026, 1, 2)))
+    ds = _dataset("2026-01-02", local_spark_submit())
+    assert ds["summary"]["rows"] == {"train": 0, "validation": 0}
+    with pytest.raises(GateFailed) as e:
+        run_data_gate(ds, GATE, run=RunContext())
+    assert "train: row count 0 is below the minimum 1000" in str(e.value)
+    assert "validation: row count 0 is below the minimum 200" in str(e.value)
+    assert commit.committed(StageKey("gates", "eta_data", ds["partition"])) == []
+    assert [ev["event"] for ev in audit.read() if ev["stage"] == "gates"] == ["started", "failed"]
+
+
+def test_nulls_and_out_of_range_values_fail_with_the_expectations_named():
+    cfg = DemoDataConfig(start=date(2026, 1, 2), days=1, rows_per_day=3000, restaurants=40)
+    df = generate_day(cfg, date(2026, 1, 2)).to_pandas()
+    df.loc[:9, "pickup_lat"] = np.nan  # 10 trips without a pickup position
+    df.loc[20:24, "dropoff_lat"] = 89.0  # 5 trips "delivered" near the North Pole
+    import pyarrow as pa
+
+    _commit_raw_day(date(2026, 1, 2), pa.Table.from_pandas(df, preserve_index=False))
+    ds = _dataset("2026-01-02", local_spark_submit())
+    with pytest.raises(GateFailed) as e:
+        run_data_gate(ds, GATE, run=RunContext())
+    text = "\n".join(e.value.failures)
+    assert "distance_km: expect_column_values_to_not_be_null" in text
+    assert "pickup_lat: expect_column_values_to_not_be_null" in text
+    assert "distance_km: expect_column_values_to_be_between {'min_value': 0.0, 'max_value': 100.0}" in text
+    assert not any("delivery_minutes" in f for f in e.value.failures)  # only the broken columns
+    evidence = next((StageKey("gates", "eta_data", ds["partition"]).dir() / "attempts").glob("*/validation.json"))
+    assert '"success": false' in evidence.read_text()
+    assert next(evidence.parent.glob("data_docs/train.html")).read_text().lstrip().lower().startswith("<!doctype html")
+
+
+def test_drift_against_the_previous_dataset_version():
+    write_raw(DemoDataConfig(start=date(2026, 1, 1), days=2, rows_per_day=3000, restaurants=40), RunContext())
+    cfg = DemoDataConfig(start=date(2026, 1, 3), days=1, rows_per_day=3000, restaurants=40)
+    df = generate_day(cfg, date(2026, 1, 3)).to_pandas()
+    df["delivery_minutes"] *= 2.5  # a unit bug upstream: the label distribution jumps
+    import pyarrow as pa
+
+    _commit_raw_day(date(2026, 1, 3), pa.Table.from_pandas(df, preserve_index=False))
+    submit = local_spark_submit()
+    day2, day3 = _dataset("2026-01-02", submit), _dataset("2026-01-03", submit)
+    gate = GATE.model_copy(update={"drift": DriftConfig(max_mean_shift_std=0.5)})
+    ok = run_data_gate(day2, gate, run=RunContext())  # nothing earlier: passes with a note
+    assert ok.manifest["summary"]["drift"]["previous"] is None
+    with pytest.raises(GateFailed) as e:
+        run_data_gate(day3, gate, run=RunContext())
+    [drift] = [f for f in e.value.failures if f.startswith("drift.")]
+    assert drift.startswith("drift.delivery_minutes: mean moved") and "threshold 0.5" in drift
+
+
+def test_a_model_worse_than_production_fails_and_production_is_unchanged(small_raw, tmp_path):
+    from training.config import ScaleConfig, TrainConfig
+    from training.evaluate import evaluate
+    from training.launcher import horovod_launcher
+    from training.stages import train_model
+
+    submit = local_spark_submit()
+    extract_features("2026-01-03", "2026-01-04", config=FeatureJobConfig(lookback_days=2), run=RunContext(),
+                     submit=submit)
+    ds = materialize_dataset("2026-01-03", "2026-01-04", config=DS, run=RunContext(), submit=submit).manifest
+    scale = ScaleConfig(num_proc=2, hosts="localhost:2")
+    launch = horovod_launcher(scale)
+    good = train_model(ds, config=TrainConfig(epochs=6), scale=scale, run=RunContext(), launch=launch).manifest
+    bad = train_model(ds, config=TrainConfig(epochs=1, learning_rate=1e-5, seed=3), scale=scale,
+                      run=RunContext(), launch=launch).manifest
+
+    from dlpipe.storage import LocalStore
+
+    store = LocalStore(tmp_path / "registry")
+    rec, _ = registry.register(store, "eta", commit.location(good) / "model", metrics=good["summary"]["metrics"],
+                               lineage={"training": good["id"]}, run=RunContext())
+    registry.promote(store, "eta", "production", rec["version"], run=RunContext(), reason="launch")
+
+    champion_dir = tmp_path / "champion"
+    registry.download(store, "eta", rec["version"], champion_dir)
+    champion = {"ref": f"eta@{rec['version']}", **evaluate(champion_dir, ds)}
+    candidate = evaluate(commit.location(bad) / "model", ds)
+    assert candidate["mae"] > champion["mae"]
+    cfg = ModelGateConfig(min_improvement=0.0)  # judged by the champion check alone
+    with pytest.raises(GateFailed) as e:
+        run_model_gate(bad, cfg, run=RunContext(), candidate=candidate, champion=champion)
+    assert any(f.startswith(f"champion: MAE {candidate['mae']:.4f} is worse than eta@1") for f in e.value.failures)
+    assert registry.get_alias(store, "eta", "production")["version"] == rec["version"]
+    assert len(registry.get_alias(store, "eta", "production")["history"]) == 1
+
+    # the good model passes against itself as champion, slices included, and says so
+    passed = run_model_gate(good, cfg, run=RunContext(), candidate=evaluate(commit.location(good) / "model", ds),
+                            champion=champion)
+    assert passed.manifest["summary"]["verdict"] == "passed"
+    assert "eta@1" in passed.manifest["summary"]["note"]
+    assert set(candidate["slices"]) >= {"city=berlin", "city=rome", "hour=lunch", "hour=dinner"}
