@@ -85,10 +85,14 @@ def _expectations(cfg: DataGateConfig) -> list:
         out.append(E.ExpectColumnToExist(column=col))
         if rule.type:
             out.append(E.ExpectColumnValuesToBeOfType(column=col, type_=rule.type))
+        # Aggregate expectations (one number per column) rather than row-wise ones: the same
+        # verdict, an observed value in the message, and 7x faster on 1M rows (docs/benchmarks.md).
         if rule.not_null:
-            out.append(E.ExpectColumnValuesToNotBeNull(column=col))
-        if rule.min is not None or rule.max is not None:
-            out.append(E.ExpectColumnValuesToBeBetween(column=col, min_value=rule.min, max_value=rule.max))
+            out.append(E.ExpectColumnProportionOfNonNullValuesToBeBetween(column=col, min_value=1.0))
+        if rule.min is not None:
+            out.append(E.ExpectColumnMinToBeBetween(column=col, min_value=rule.min))
+        if rule.max is not None:
+            out.append(E.ExpectColumnMaxToBeBetween(column=col, max_value=rule.max))
     return out + [_gx_expectation(i, spec) for i, spec in enumerate(cfg.expectations)]
 
 
@@ -133,7 +137,8 @@ def validate_frames(frames: dict, cfg: DataGateConfig, docs_dir: Path | None = N
             suite.add_expectation(exp)
         batch = source.add_dataframe_asset(split).add_batch_definition_whole_dataframe(split) \
             .get_batch(batch_parameters={"dataframe": df})
-        result = batch.validate(suite)
+        # BASIC keeps counts and up to 20 example values per failure, at half the cost of SUMMARY
+        result = batch.validate(suite, result_format="BASIC")
         if len(result.results) != len(suite.expectations):
             failures.append(f"{split}: {len(result.results)} of {len(suite.expectations)} expectations ran")
         failures += [_describe_failure(split, r, df.columns) for r in result.results if not r.success]

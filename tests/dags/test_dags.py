@@ -187,7 +187,7 @@ def test_failed_data_gate_stops_the_pipeline_without_retry(tmp_path, airflow_env
     proc = _airflow(env, "dags", "test", "eta_training", "2026-01-04", check=False)
     out = proc.stdout + proc.stderr
     assert "row count" in out and "below the minimum 1000000000" in out
-    assert "train.distance_km: expect_column_values_to_be_between" in out
+    assert "train.distance_km: expect_column_max_to_be_between {'max_value': 0.5} -> observed" in out
 
     gate_events = [e for e in _events(dlpipe_home) if e["run"]["task_id"] == "data_gate"]
     assert [e["event"] for e in gate_events] == ["started", "failed"]  # AirflowFailException: no retry

@@ -67,9 +67,9 @@ def test_nulls_and_out_of_range_values_fail_with_the_expectations_named():
     with pytest.raises(GateFailed) as e:
         run_data_gate(ds, GATE, run=RunContext())
     text = "\n".join(e.value.failures)
-    assert "distance_km: expect_column_values_to_not_be_null" in text
-    assert "pickup_lat: expect_column_values_to_not_be_null" in text
-    assert "distance_km: expect_column_values_to_be_between {'min_value': 0.0, 'max_value': 100.0}" in text
+    assert "distance_km: expect_column_proportion_of_non_null_values_to_be_between" in text
+    assert "pickup_lat: expect_column_proportion_of_non_null_values_to_be_between" in text
+    assert "distance_km: expect_column_max_to_be_between {'max_value': 100.0} -> observed" in text
     assert not any("delivery_minutes" in f for f in e.value.failures)  # only the broken columns
     evidence = next((StageKey("gates", "eta_data", ds["partition"]).dir() / "attempts").glob("*/validation.json"))
     assert '"success": false' in evidence.read_text()

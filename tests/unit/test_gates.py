@@ -23,8 +23,8 @@ def _frame(n: int = 50) -> pd.DataFrame:
 def test_good_data_passes_and_every_expectation_ran():
     failures, evidence = validate_frames({"train": _frame()}, CFG)
     assert failures == []
-    # per column: exists + type + not-null + between
-    assert evidence["splits"]["train"]["expectations"] == 8
+    # per column: exists + type + non-null proportion + min + max
+    assert evidence["splits"]["train"]["expectations"] == 10
 
 
 def test_nulls_and_out_of_range_values_are_named():
@@ -33,8 +33,9 @@ def test_nulls_and_out_of_range_values_are_named():
     df.loc[5, "city_code"] = 9
     failures, _ = validate_frames({"train": df}, CFG)
     text = "\n".join(failures)
-    assert "train.distance_km: expect_column_values_to_not_be_null" in text
-    assert "train.city_code: expect_column_values_to_be_between" in text and "[9]" in text
+    assert "train.distance_km: expect_column_proportion_of_non_null_values_to_be_between" in text
+    assert "observed 0.98" in text  # 49 of 50 values present
+    assert "train.city_code: expect_column_max_to_be_between {'max_value': 3.0} -> observed 9" in text
     assert len(failures) == 2
 
 
