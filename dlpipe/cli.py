@@ -146,6 +146,16 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     return 0
 
 
+def gate_verdicts(dataset: dict) -> list[dict]:
+    """Committed gate verdicts on a dataset (manifests are immutable, so verdicts point at it)."""
+    found = []
+    for mfile in (settings.home() / "gates").glob(f"*/{dataset['partition']}/manifests/*.json"):
+        g = json.loads(mfile.read_text())
+        if any(i["id"] == dataset["id"] for i in g["inputs"]):
+            found.append(g)
+    return sorted(found, key=lambda g: g["committed_at"])
+
+
 def cmd_dataset_show(args: argparse.Namespace) -> int:
     from dlpipe.datasets import resolve
 
@@ -165,6 +175,10 @@ def cmd_dataset_show(args: argparse.Namespace) -> int:
         lines += ["", f"column statistics ({split})"]
         lines.append(_table([{"column": c, **{k: _fmt(v) for k, v in st.items()}} for c, st in cols.items()],
                             ["column", "count", "nulls", "min", "max", "mean"]))
+    verdicts = gate_verdicts(m)
+    lines += ["", "gates"] + ([f"  {g['id']}: {g['summary'].get('verdict')} "
+                               f"({g['summary'].get('expectations', '-')} expectations)" for g in verdicts]
+                              or ["  (none committed: a failed gate leaves its reason in `dlpipe audit`)"])
     lines += ["", f"files ({len(m['outputs']['files'])})"]
     lines.append(_table([{"path": f["path"], "size": f["size"], "sha256": f["sha256"][:16]}
                          for f in m["outputs"]["files"]], ["path", "size", "sha256"]))
