@@ -15,9 +15,10 @@ one link wins, and the loser reports the winner's manifest.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
-import os
+import subprocess
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Any, Callable
 
 from dlpipe import __version__, audit, settings
 from dlpipe.errors import CommitConflict, IntegrityError, NotCommittedError
+from dlpipe.fsutil import create_exclusive
 from dlpipe.hashing import S3_PART_SIZE, canonical_json, fingerprint, sha256_file, sha256_with_parts
 from dlpipe.runctx import RunContext
 
@@ -159,23 +161,20 @@ def describe_files(root: Path, with_parts: bool = False) -> list[dict]:
     return out
 
 
-def _exclusive_write(path: Path, data: bytes) -> None:
-    """Create ``path`` with ``data`` atomically; raise FileExistsError if it already exists."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "xb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+@functools.lru_cache(maxsize=1)
+def git_version() -> dict[str, Any]:
+    """The git commit of the checkout the code runs from (and whether it had local edits)."""
+    repo = Path(__file__).resolve().parent.parent
     try:
-        os.link(tmp, path)  # atomic, and fails if another attempt linked first
-    finally:
-        tmp.unlink()
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,
+                              text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return {"git_commit": None}
+    if head.returncode != 0:
+        return {"git_commit": None}  # an installed package, not a checkout
+    return {"git_commit": head.stdout.strip(), "git_dirty": bool(dirty.stdout.strip())}
 
 
 # What a stage body returns: a small summary (rows, metrics...) recorded in the manifest.
@@ -233,7 +232,7 @@ def run_stage(
             "fingerprint": fp,
             "inputs": [{"id": m["id"], "fingerprint": m["fingerprint"]} for m in inputs],
             "config": config,
-            "code": {**code, "dlpipe_version": __version__},
+            "code": {**code, "dlpipe_version": __version__, **git_version()},
             "outputs": {
                 "location": attempt_dir.relative_to(home or settings.home()).as_posix(),
                 "files": describe_files(attempt_dir, with_parts=part_hashes),
@@ -245,7 +244,7 @@ def run_stage(
             "committed_at": audit.utcnow_iso(),
         }
         try:
-            _exclusive_write(_manifest_path(key, fp, home), (canonical_json(manifest) + "\n").encode())
+            create_exclusive(_manifest_path(key, fp, home), (canonical_json(manifest) + "\n").encode())
         except FileExistsError as exc:
             raise CommitConflict(f"{mid} was committed by a concurrent attempt") from exc
     except CommitConflict:

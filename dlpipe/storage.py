@@ -12,12 +12,12 @@ import fcntl
 import hashlib
 import logging
 import os
-import uuid
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
 from dlpipe.errors import CommitConflict, ConfigError, IntegrityError, NotCommittedError
+from dlpipe.fsutil import create_exclusive, write_temp
 from dlpipe.hashing import S3_PART_SIZE, sha256_bytes
 
 PART_SIZE = S3_PART_SIZE  # multipart threshold and part size for S3 uploads
@@ -68,24 +68,11 @@ class LocalStore:
             raise ConfigError("key", key, "registry keys must stay inside the registry root")
         return path
 
-    def _write_temp(self, path: Path, data: bytes) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        return tmp
-
     def put_new(self, key: str, data: bytes) -> None:
-        path = self._path(key)
-        tmp = self._write_temp(path, data)
         try:
-            os.link(tmp, path)
+            create_exclusive(self._path(key), data)
         except FileExistsError as exc:
             raise CommitConflict(f"{self.uri}/{key} already exists") from exc
-        finally:
-            tmp.unlink()
 
     def get_versioned(self, key: str) -> tuple[bytes, str] | None:
         """Current bytes and a version token (their SHA-256), or None if absent."""
@@ -108,7 +95,7 @@ class LocalStore:
             current = self.get_versioned(key)
             if current is None or current[1] != token:
                 raise CommitConflict(f"{self.uri}/{key} changed since it was read")
-            os.replace(self._write_temp(path, data), path)
+            os.replace(write_temp(path, data), path)
         finally:
             os.close(fd)
 
@@ -119,7 +106,7 @@ class LocalStore:
         if sha256_bytes(data) != sha256:
             raise IntegrityError(f"{path}: sha256 differs from the expected {sha256[:12]}...; "
                                  f"it changed after it was hashed")
-        os.replace(self._write_temp(dest, data), dest)
+        os.replace(write_temp(dest, data), dest)
 
     def get(self, key: str) -> bytes:
         try:

@@ -31,31 +31,9 @@ RESOURCE_ARGS = ("driver_memory", "executor_memory", "executor_cores", "num_exec
                  "total_executor_cores")
 
 
-class SparkSubmitMixin:
-    """Shared Spark parameters (connection, conf, resources) and kill handling."""
+class SparkStageOperator(DlpipeOperator):
+    """Base of the operators that run a Spark application for the run's data interval.
 
-    def _init_spark(self, conn_id: str, spark_conf: dict[str, str] | None,
-                    resources: dict[str, Any] | None) -> None:
-        # not "resources": BaseOperator already has an attribute of that name
-        self.conn_id, self.spark_conf, self.spark_resources = conn_id, spark_conf or {}, resources or {}
-        self._hooks: list = []
-
-    def _submitter(self, run: RunContext) -> SparkSubmit:
-        unknown = sorted(set(self.spark_resources) - set(RESOURCE_ARGS))
-        if unknown:
-            raise ConfigError("spark_resources", unknown, f"use only {', '.join(RESOURCE_ARGS)}")
-        return hook_submitter(self.conn_id, self.spark_conf, f"{run.dag_id}.{run.task_id}", self._hooks,
-                              self.spark_resources)
-
-    def on_kill(self) -> None:
-        for hook in self._hooks:
-            hook.on_kill()
-
-
-class SparkFeatureOperator(SparkSubmitMixin, DlpipeOperator):
-    """Commit the feature partition of the run's data interval (skips if already committed).
-
-    :param pipeline_config: pipeline YAML (section ``features``)
     :param conn_id: Spark connection; its host is the master (``local[*]``, ``spark://h:7077``...)
     :param spark_conf: extra ``--conf`` settings
     :param spark_resources: SparkSubmitHook resources, e.g. ``{"executor_memory": "8g",
@@ -71,8 +49,27 @@ class SparkFeatureOperator(SparkSubmitMixin, DlpipeOperator):
                  data_interval_start: str = "{{ data_interval_start }}",
                  data_interval_end: str = "{{ data_interval_end }}", **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._init_spark(conn_id, spark_conf, spark_resources)
+        # not "resources": BaseOperator already has an attribute of that name
+        self.conn_id, self.spark_conf = conn_id, spark_conf or {}
+        self.spark_resources = spark_resources or {}
         self.data_interval_start, self.data_interval_end = data_interval_start, data_interval_end
+        self._hooks: list = []
+
+    def _submitter(self, run: RunContext) -> SparkSubmit:
+        unknown = sorted(set(self.spark_resources) - set(RESOURCE_ARGS))
+        if unknown:
+            raise ConfigError("spark_resources", unknown, f"use only {', '.join(RESOURCE_ARGS)}")
+        return hook_submitter(self.conn_id, self.spark_conf, f"{run.dag_id}.{run.task_id}", self._hooks,
+                              self.spark_resources)
+
+    def on_kill(self) -> None:
+        for hook in self._hooks:
+            hook.on_kill()
+
+
+class SparkFeatureOperator(SparkStageOperator):
+    """Commit the feature partition of the run's data interval (section ``features`` of the
+    pipeline YAML); skips if the same inputs, config and code were committed before."""
 
     def run_stage(self, context: Any, pipeline: dict, run: RunContext) -> StageResult:
         from feature_jobs.stages import FeatureJobConfig, extract_features

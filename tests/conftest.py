@@ -82,3 +82,22 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(extra)
     return env
+
+
+def new_bucket(client) -> str:
+    import uuid
+
+    name = f"reg-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request, tmp_path):
+    """A registry store: a local directory, then a bucket on the S3 server process."""
+    from dlpipe.storage import LocalStore, S3Store
+
+    if request.param == "local":
+        return LocalStore(tmp_path / "registry")
+    client = request.getfixturevalue("s3_client")
+    return S3Store(f"s3://{new_bucket(client)}/registry", client)

@@ -18,16 +18,14 @@ import pytest
 from dlpipe import audit, registry
 from dlpipe.errors import AliasConflict, ConfigError, UnsafeArtifactError
 from dlpipe.runctx import RunContext
-from dlpipe.storage import LocalStore, S3Store
+from dlpipe.storage import S3Store
+from tests.conftest import new_bucket
 from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.integration
 
 
-def _bucket(client) -> str:
-    name = f"reg-{uuid.uuid4().hex[:12]}"
-    client.create_bucket(Bucket=name)
-    return name
+_bucket = new_bucket
 
 
 def _model_dir(tmp: Path, payload: bytes, name: str = "model.safetensors") -> Path:
@@ -45,14 +43,6 @@ def _safetensors_dir(tmp: Path, value: float) -> Path:
     d.mkdir()
     save_file({"w": torch.full((4,), value)}, str(d / "model.safetensors"))
     return d
-
-
-@pytest.fixture(params=["local", "s3"])
-def store(request, tmp_path):
-    if request.param == "local":
-        return LocalStore(tmp_path / "registry")
-    client = request.getfixturevalue("s3_client")
-    return S3Store(f"s3://{_bucket(client)}/registry", client)
 
 
 class _RacingStore:

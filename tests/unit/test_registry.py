@@ -11,7 +11,7 @@ import pytest
 from dlpipe import registry
 from dlpipe.errors import CommitConflict, ConfigError, IntegrityError, NotCommittedError
 from dlpipe.runctx import RunContext
-from dlpipe.storage import LocalStore, S3Store, open_store
+from dlpipe.storage import LocalStore, open_store
 
 
 def _model(tmp: Path, payload: bytes) -> Path:
@@ -20,16 +20,6 @@ def _model(tmp: Path, payload: bytes) -> Path:
     (d / "model.safetensors").write_bytes(payload)
     (d / "metrics.json").write_text('{"val_mae": 1.0}')
     return d
-
-
-@pytest.fixture(params=["local", "s3"])
-def store(request, tmp_path):
-    if request.param == "local":
-        return LocalStore(tmp_path / "registry")
-    client = request.getfixturevalue("s3_client")
-    bucket = f"reg-{uuid.uuid4().hex[:12]}"
-    client.create_bucket(Bucket=bucket)
-    return S3Store(f"s3://{bucket}/models", client)
 
 
 def test_register_is_idempotent_and_versions_are_immutable(store, tmp_path):
@@ -63,7 +53,7 @@ def test_download_verifies_hashes_and_refuses_tampered_blobs(store, tmp_path):
     if isinstance(store, LocalStore):
         (store.root / "eta" / "blobs" / sha).write_bytes(b"weightz")
     else:
-        store.client.put_object(Bucket=store.bucket, Key=f"models/eta/blobs/{sha}", Body=b"weightz")
+        store.client.put_object(Bucket=store.bucket, Key=store._key(f"eta/blobs/{sha}"), Body=b"weightz")
     with pytest.raises(IntegrityError, match="modified"):
         registry.download(store, "eta", 1, tmp_path / "dl2")
 
