@@ -101,3 +101,21 @@ def store(request, tmp_path):
         return LocalStore(tmp_path / "registry")
     client = request.getfixturevalue("s3_client")
     return S3Store(f"s3://{new_bucket(client)}/registry", client)
+
+
+def run_processes(target, args_list: list[tuple], timeout: float, barrier: bool = False) -> list:
+    """Run ``target(*args, [barrier,] results)`` in one spawned process per ``args``, all at
+    once; assert each exits 0 and return what each put on ``results``. With ``barrier``, all
+    share one Barrier (to hold them at the same point: a forced race)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    shared = (ctx.Barrier(len(args_list)),) if barrier else ()
+    procs = [ctx.Process(target=target, args=(*args, *shared, results)) for args in args_list]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout)
+        assert p.exitcode == 0, f"a process exited with {p.exitcode}"
+    return [results.get(timeout=5) for _ in procs]

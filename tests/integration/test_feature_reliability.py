@@ -6,7 +6,6 @@ the partition a single-interval run of that day gives.
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import threading
 import time
@@ -23,6 +22,7 @@ from dlpipe.proc import kill_group
 from dlpipe.runctx import RunContext
 from dlpipe.spark_submit import local_spark_submit
 from feature_jobs.stages import DatasetConfig, FeatureJobConfig, extract_features, materialize_dataset
+from tests.conftest import run_processes
 
 pytestmark = pytest.mark.integration
 CFG = FeatureJobConfig(lookback_days=2, num_files=3)
@@ -116,15 +116,7 @@ def _attempt(home: str, barrier, results) -> None:
 
 def test_two_attempts_at_once_exactly_one_commits(dlpipe_home):
     _raw()
-    ctx = mp.get_context("spawn")
-    barrier, results = ctx.Barrier(2), ctx.Queue()
-    procs = [ctx.Process(target=_attempt, args=(str(dlpipe_home), barrier, results)) for _ in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(600)
-        assert p.exitcode == 0
-    got = [results.get(timeout=5) for _ in procs]
+    got = run_processes(_attempt, [(str(dlpipe_home),)] * 2, timeout=600, barrier=True)
     assert sorted(s for s, _ in got) == [False, True]
     assert len({a for _, a in got}) == 1
     [winner] = commit.committed(KEY3)

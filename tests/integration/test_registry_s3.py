@@ -6,7 +6,6 @@ tampered artifacts, the server going away mid-upload, alias races and pickle pay
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import threading
 import time
@@ -19,7 +18,7 @@ from dlpipe import audit, registry
 from dlpipe.errors import AliasConflict, ConfigError, UnsafeArtifactError
 from dlpipe.runctx import RunContext
 from dlpipe.storage import S3Store
-from tests.conftest import new_bucket
+from tests.conftest import new_bucket, run_processes
 from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.integration
@@ -124,16 +123,7 @@ def _register_s3(endpoint: str, bucket: str, workdir: str, i: int, results) -> N
 
 def test_eight_processes_register_concurrently_on_s3(s3_server, s3_client, tmp_path):
     bucket = _bucket(s3_client)
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    procs = [ctx.Process(target=_register_s3, args=(s3_server, bucket, str(tmp_path), i, results))
-             for i in range(8)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(180)
-        assert p.exitcode == 0
-    got = [results.get(timeout=5) for _ in procs]
+    got = run_processes(_register_s3, [(s3_server, bucket, str(tmp_path), i) for i in range(8)], timeout=180)
     assert sorted(v for _, v, _ in got) == list(range(1, 9)) and all(c for _, _, c in got)
     store = S3Store(f"s3://{bucket}/registry", s3_client)
     records = registry.list_versions(store, "eta")

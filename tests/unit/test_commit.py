@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ from dlpipe import audit, commit
 from dlpipe.commit import StageKey, run_stage
 from dlpipe.errors import IntegrityError, NotCommittedError
 from dlpipe.runctx import RunContext
+from tests.conftest import run_processes
 
 KEY = StageKey("features", "demo", "dt=2026-01-01")
 CODE = {"sources_hash": "abc"}
@@ -88,15 +88,7 @@ def _race(home: str, barrier, results) -> None:
 
 
 def test_two_concurrent_attempts_exactly_one_commits(dlpipe_home):
-    ctx = mp.get_context("spawn")
-    barrier, results = ctx.Barrier(2), ctx.Queue()
-    procs = [ctx.Process(target=_race, args=(str(dlpipe_home), barrier, results)) for _ in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(60)
-        assert p.exitcode == 0
-    got = [results.get(timeout=5) for _ in procs]
+    got = run_processes(_race, [(str(dlpipe_home),)] * 2, timeout=60, barrier=True)
     assert sorted(skipped for _, skipped, _ in got) == [False, True]
     assert len({attempt for _, _, attempt in got}) == 1  # both report the winner's attempt
     assert len(commit.committed(KEY)) == 1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import uuid
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 from dlpipe import registry
 from dlpipe.errors import CommitConflict, ConfigError, IntegrityError, NotCommittedError
 from dlpipe.runctx import RunContext
+from tests.conftest import run_processes
 from dlpipe.storage import LocalStore, open_store
 
 
@@ -69,15 +69,7 @@ def _register_one(root: str, i: int, results) -> None:
 
 def test_concurrent_registrations_get_unique_versions(tmp_path):
     root = str(tmp_path / "registry")
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    procs = [ctx.Process(target=_register_one, args=(root, i, results)) for i in range(8)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-        assert p.exitcode == 0
-    got = [results.get(timeout=5) for _ in procs]
+    got = run_processes(_register_one, [(root, i) for i in range(8)], timeout=120)
     assert sorted(v for _, v, _ in got) == list(range(1, 9))
     assert all(created for _, _, created in got)
     store = LocalStore(root)
