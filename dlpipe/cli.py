@@ -263,7 +263,8 @@ def _summary_details(final: dict[str, dict]) -> list[str]:
                    f"(baseline {m['baseline_mae']:.3f}), {m['samples_per_s']:.0f} samples/s on {m['world_size']} processes")
     mg = load("model_gate")
     if mg:
-        out.append(f"model gate:         {mg['summary']['verdict']}")
+        note = mg["summary"].get("note")
+        out.append(f"model gate:         {mg['summary']['verdict']}" + (f" ({note})" if note else ""))
     reg = final.get("register_model")
     if reg and reg["event"] in ("committed", "skipped"):
         verb = "registered" if reg["event"] == "committed" else "already registered (identical model)"
