@@ -36,6 +36,11 @@ def training_env(extra: dict[str, str] | None = None) -> dict[str, str]:
         "PATH": bindir + os.pathsep + os.environ.get("PATH", ""),
         "PYTHONWARNINGS": "ignore:pyarrow.localfs is deprecated:FutureWarning",
         "PYTHONUNBUFFERED": "1",
+        # A rank that stops answering (killed, frozen, partitioned) must end the job instead of
+        # leaving the others waiting in a collective forever: Horovod's stall inspector shuts
+        # down a job whose collectives have waited this long.
+        "HOROVOD_STALL_CHECK_TIME_SECONDS": os.environ.get("HOROVOD_STALL_CHECK_TIME_SECONDS", "10"),
+        "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS": os.environ.get("HOROVOD_STALL_SHUTDOWN_TIME_SECONDS", "30"),
     }
 
 

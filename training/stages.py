@@ -9,10 +9,10 @@ from pathlib import Path
 from dlpipe import commit
 from dlpipe.commit import StageKey, StageResult
 from dlpipe.datasets import split_url
-from dlpipe.hashing import sources_hash
+from dlpipe.hashing import fingerprint, sources_hash
 from dlpipe.runctx import RunContext
 from dlpipe.spec import write_spec
-from training import data, model, train_eta
+from training import checkpoint, data, model, train_eta
 from training.config import ScaleConfig, TrainConfig
 from training.launcher import Launcher
 
@@ -21,12 +21,20 @@ def train_model(dataset: dict, *, config: TrainConfig, scale: ScaleConfig, run: 
                 launch: Launcher, name: str = "eta") -> StageResult:
     """Train on a committed dataset with ``launch`` (horovodrun) and commit the model."""
     key = StageKey("training", name, dataset["partition"])
-    code = {"sources_hash": sources_hash([train_eta.__file__, data.__file__, model.__file__, __file__])}
+    code = {"sources_hash": sources_hash([train_eta.__file__, data.__file__, model.__file__,
+                                          checkpoint.__file__, __file__])}
     # world size changes the effective batch and the learning rate: part of the fingerprint
     fp_config = {"train": config.model_dump(), "num_proc": scale.num_proc}
 
+    # Checkpoints outlive a failed attempt (a retry resumes from them) and belong to exactly one
+    # (dataset, config, code): any change starts from scratch.
+    ckpt_dir = key.dir() / "checkpoints" / fingerprint({"dataset": dataset["id"], "config": fp_config,
+                                                          "code": code["sources_hash"]})[:16]
+
     def produce(attempt: Path) -> dict:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
         spec = {
+            "checkpoint_dir": str(ckpt_dir),
             "train": config.model_dump(),
             "train_url": split_url(dataset, "train"),
             "validation_url": split_url(dataset, "validation"),

@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     import horovod.torch as hvd
     import torch
 
+    from training import checkpoint
     from training.config import TrainConfig
     from training.data import read_shard
     from training.model import EtaModel, build_mlp
@@ -62,6 +63,19 @@ def main(argv: list[str] | None = None) -> int:
 
     net = build_mlp(len(features), cfg.hidden)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.learning_rate * size)
+    # Resume: rank 0 loads the newest checkpoint that verifies; every rank gets its state and
+    # epoch by broadcast, so all ranks continue from the same point.
+    ckpt_dir = Path(spec["checkpoint_dir"])
+    start_epoch = 0
+    if rank == 0:
+        found = checkpoint.latest_valid(ckpt_dir)
+        if found:
+            start_epoch, path = found
+            state = checkpoint.load(path)
+            net.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            _log(rank, f"resuming from {path.name}: {start_epoch} of {cfg.epochs} epochs done")
+    start_epoch = int(hvd.broadcast(torch.tensor(start_epoch), root_rank=0).item())
     hvd.broadcast_parameters(net.state_dict(), root_rank=0)
     hvd.broadcast_optimizer_state(opt, root_rank=0)
     opt = hvd.DistributedOptimizer(opt, named_parameters=net.named_parameters())
@@ -72,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     samples = 0
-    for epoch in range(cfg.epochs):
+    (ckpt_dir / f"rank-{rank}.pid").write_text(str(os.getpid()))  # lets operators find each rank
+    for epoch in range(start_epoch, cfg.epochs):
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch * 1009 + rank)
         perm = torch.randperm(len(x), generator=gen)
         net.train()
@@ -88,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
         avg = hvd.allreduce(torch.tensor(loss_sum / steps), op=hvd.Average).item()
         if rank == 0:
             _log(rank, f"epoch {epoch + 1}/{cfg.epochs}: loss {avg:.4f} ({steps} steps/rank)")
+            path = checkpoint.save(ckpt_dir, epoch + 1, {"model": net.state_dict(),
+                                                         "optimizer": opt.state_dict(),
+                                                         "epoch": epoch + 1})
+            _log(rank, f"checkpoint {path.name} sealed")
     train_s = time.perf_counter() - t0
     total_samples = total(torch.tensor(float(samples))).item()
 
@@ -106,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         "train_rows": int(n.item()),
         "val_rows": int(total(torch.tensor(float(len(yv)))).item()),
         "epochs": cfg.epochs,
+        "resumed_from_epoch": start_epoch,
         "world_size": size,
         "train_seconds": round(train_s, 3),
         "samples_per_s": round(total_samples / train_s, 1) if train_s > 0 else None,

@@ -1,0 +1,125 @@
+"""Training under failure with real horovodrun (RELIABILITY.md rows 6 to 8): a killed rank, a
+frozen rank and a torn checkpoint; the retry resumes from the newest checkpoint that verifies."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from dlpipe import audit, commit
+from dlpipe.errors import SubprocessFailed
+from dlpipe.runctx import RunContext
+from dlpipe.spark_submit import local_spark_submit
+from feature_jobs.stages import DatasetConfig, FeatureJobConfig, extract_features, materialize_dataset
+from training.config import ScaleConfig, TrainConfig
+from training.launcher import horovod_launcher
+from training.stages import train_model
+
+pytestmark = pytest.mark.integration
+CFG = TrainConfig(epochs=30, batch_size=16)
+
+
+@pytest.fixture
+def dataset(small_raw) -> dict:
+    submit = local_spark_submit()
+    extract_features("2026-01-03", "2026-01-04", config=FeatureJobConfig(lookback_days=2), run=RunContext(),
+                     submit=submit)
+    return materialize_dataset("2026-01-03", "2026-01-04", config=DatasetConfig(window_days=1, num_files=2),
+                               run=RunContext(), submit=submit).manifest
+
+
+def _ckpt_dir(dataset: dict) -> Path:
+    root = commit.StageKey("training", "eta", dataset["partition"]).dir() / "checkpoints"
+    dirs = list(root.glob("*")) if root.exists() else []
+    return dirs[0] if dirs else root / "missing"
+
+
+def _when_epoch(dataset: dict, epoch: int, action, deadline_s: float = 300) -> threading.Thread:
+    """Run ``action(pid of rank 1)`` once checkpoint ``epoch`` is sealed; returns the thread."""
+    def watch() -> None:
+        deadline = time.monotonic() + deadline_s
+        while time.monotonic() < deadline:
+            d = _ckpt_dir(dataset)
+            if (d / f"epoch-{epoch:04d}.sha256").exists() and (d / "rank-1.pid").exists():
+                action(int((d / "rank-1.pid").read_text()))
+                watch.fired_at = time.monotonic()
+                return
+            time.sleep(0.02)
+
+    watch.fired_at = None
+    t = threading.Thread(target=watch, daemon=True)
+    t.watch = watch
+    t.start()
+    return t
+
+
+def _train(dataset, lines, scale=ScaleConfig(num_proc=2, hosts="localhost:2", run_timeout_s=300)):
+    return train_model(dataset, config=CFG, scale=scale, run=RunContext(), launch=horovod_launcher(scale, emit=lines.append))
+
+
+def test_killed_rank_fails_fast_and_the_retry_resumes_past_a_torn_checkpoint(dataset):
+    lines: list[str] = []
+    killer = _when_epoch(dataset, 2, lambda pid: os.kill(pid, signal.SIGKILL))
+    with pytest.raises(SubprocessFailed, match="horovodrun exited with code"):
+        _train(dataset, lines)
+    failed_at = time.monotonic()
+    killer.join(5)
+    assert killer.watch.fired_at is not None, "training finished before a rank could be killed"
+    print(f"[measure] killed rank -> task failed in {failed_at - killer.watch.fired_at:.1f}s")
+    assert failed_at - killer.watch.fired_at < 60, "the job hung after losing a rank"
+    assert [e["event"] for e in audit.read() if e["stage"] == "training"] == ["started", "failed"]
+
+    ckpts = _ckpt_dir(dataset)
+    valid = max(int(p.stem.split("-")[1]) for p in ckpts.glob("epoch-*.sha256"))
+    assert 2 <= valid < CFG.epochs
+    # a torn newer checkpoint (killed mid-write: sealed by nobody) and a tampered one
+    (ckpts / f"epoch-{valid + 1:04d}.pt").write_bytes(b"\x80\x02half a checkpoint")
+    (ckpts / f"epoch-{valid + 2:04d}.pt").write_bytes((ckpts / f"epoch-{valid:04d}.pt").read_bytes()[:-7] + b"garbage")
+    (ckpts / f"epoch-{valid + 2:04d}.sha256").write_text((ckpts / f"epoch-{valid:04d}.sha256").read_text())
+
+    lines.clear()
+    retry = _train(dataset, lines)
+    m = retry.manifest["summary"]["metrics"]
+    assert m["resumed_from_epoch"] == valid and m["epochs"] == CFG.epochs
+    text = "\n".join(lines)
+    assert f"ignoring epoch-{valid + 2:04d}.pt: hash mismatch" in text
+    assert f"ignoring epoch-{valid + 1:04d}.pt: no seal" in text
+    assert f"resuming from epoch-{valid:04d}.pt" in text
+    assert m["val_mae"] < 0.8 * m["baseline_mae"]
+
+
+def test_frozen_rank_ends_within_a_bound_and_the_next_attempt_resumes(dataset, monkeypatch):
+    monkeypatch.setenv("HOROVOD_STALL_CHECK_TIME_SECONDS", "5")
+    monkeypatch.setenv("HOROVOD_STALL_SHUTDOWN_TIME_SECONDS", "10")
+    stopped: list[int] = []
+
+    def freeze(pid: int) -> None:
+        os.kill(pid, signal.SIGSTOP)
+        stopped.append(pid)
+
+    lines: list[str] = []
+    freezer = _when_epoch(dataset, 2, freeze)
+    scale = ScaleConfig(num_proc=2, hosts="localhost:2", run_timeout_s=90)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(SubprocessFailed):
+            _train(dataset, lines, scale)
+    finally:
+        for pid in stopped:  # never leave a stopped process behind
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    assert freezer.watch.fired_at is not None, "training finished before a rank could be frozen"
+    print(f"[measure] frozen rank -> task ended in {time.monotonic() - freezer.watch.fired_at:.1f}s")
+    assert time.monotonic() - freezer.watch.fired_at < 95  # stall shutdown, or the run timeout at worst
+    assert time.monotonic() - t0 < 200
+
+    lines.clear()
+    retry = _train(dataset, lines)
+    assert retry.manifest["summary"]["metrics"]["resumed_from_epoch"] >= 2
