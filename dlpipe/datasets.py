@@ -57,4 +57,7 @@ def open_reader(ref: str, split: str, *, batch: bool = True, **kwargs: Any):
     from petastorm import make_batch_reader, make_reader
 
     url = split_url(resolve(ref), split)
+    # petastorm 0.13.1 with pyarrow 14 sometimes ends an epoch with no rows when row groups are
+    # shuffled (measured: 5 of 100 reads of one 605-row split; 0 of 300 without shuffling).
+    kwargs.setdefault("shuffle_row_groups", False)
     return (make_batch_reader if batch else make_reader)(url, **kwargs)

@@ -39,6 +39,7 @@ def train_model(dataset: dict, *, config: TrainConfig, scale: ScaleConfig, run: 
             "train_url": split_url(dataset, "train"),
             "validation_url": split_url(dataset, "validation"),
             "features": dataset["summary"]["features"],
+            "expected_rows": dataset["summary"]["rows"],
             "label": dataset["summary"]["label"],
             "output_dir": str(attempt / "model"),
         }

@@ -51,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         return hvd.allreduce(t.double(), op=hvd.Sum)
 
     n = total(torch.tensor(float(len(x))))
+    got = {"train": int(n.item()), "validation": int(total(torch.tensor(float(len(xv)))).item())}
+    if got != spec["expected_rows"]:  # never train on a silently partial read
+        raise SystemExit(f"the ranks read {got} rows, the dataset's manifest commits "
+                         f"{spec['expected_rows']}: the read was incomplete; retry the task")
     if n.item() == 0:
         raise SystemExit("training split is empty on every rank: nothing to train on")
     x_mean = total(x.double().sum(0)) / n

@@ -74,7 +74,8 @@ def test_features_dataset_and_training_end_to_end(small_raw, spark_submit):
     # Petastorm can read the committed dataset; the reader refuses uncommitted things.
     from petastorm import make_batch_reader
 
-    with make_batch_reader(split_url(ds.manifest, "validation"), num_epochs=1) as reader:
+    # without shuffle_row_groups=False petastorm 0.13.1 sometimes yields an empty epoch (see open_reader)
+    with make_batch_reader(split_url(ds.manifest, "validation"), num_epochs=1, shuffle_row_groups=False) as reader:
         assert sum(len(b.trip_id) for b in reader) == rows["validation"]
     with pytest.raises(NotCommittedError):
         split_url(feats.manifest, "train")

@@ -123,3 +123,14 @@ def test_frozen_rank_ends_within_a_bound_and_the_next_attempt_resumes(dataset, m
     lines.clear()
     retry = _train(dataset, lines)
     assert retry.manifest["summary"]["metrics"]["resumed_from_epoch"] >= 2
+
+
+def test_two_hosts_one_slot_each(dataset):
+    """Several hosts the way Horovod's own tests fake a cluster: -H localhost:1,127.0.0.1:1."""
+    lines: list[str] = []
+    scale = ScaleConfig(num_proc=2, hosts="localhost:1,127.0.0.1:1", run_timeout_s=300)
+    result = train_model(dataset, config=TrainConfig(epochs=3), scale=scale, run=RunContext(),
+                         launch=horovod_launcher(scale, emit=lines.append))
+    assert result.manifest["summary"]["metrics"]["world_size"] == 2
+    assert result.manifest["summary"]["hosts"] == "localhost:1,127.0.0.1:1"
+    assert any(line.startswith("[1]") for line in lines) and any(line.startswith("[0]") for line in lines)
