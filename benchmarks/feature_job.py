@@ -25,9 +25,8 @@ from benchmarks.common import machine, table
 def run_size(rows: int, workdir: Path) -> dict:
     os.environ["DLPIPE_HOME"] = str(workdir / f"home-{rows}")
     from dlpipe.demo_data import DemoDataConfig, write_raw
-    from dlpipe.proc import run_streaming
     from dlpipe.runctx import RunContext
-    from dlpipe.spark_submit import default_conf, spark_env
+    from dlpipe.spark_submit import local_spark_submit
     from feature_jobs.stages import FeatureJobConfig, extract_features
 
     t = time.perf_counter()
@@ -35,11 +34,8 @@ def run_size(rows: int, workdir: Path) -> dict:
     gen_s = time.perf_counter() - t
     lines: list[str] = []
 
-    def submit(app, args):
-        argv = ["spark-submit", "--master", "local[2]", "--driver-memory", "6g"]
-        for k, v in default_conf().items():
-            argv += ["--conf", f"{k}={v}"]
-        run_streaming([*argv, app, *args], env=spark_env(), emit=lines.append, timeout_s=1800)
+    submit = local_spark_submit("local[2]", conf={"spark.driver.memory": "6g"}, timeout_s=1800,
+                                emit=lines.append)
 
     t = time.perf_counter()
     result = extract_features("2026-01-02", "2026-01-03", config=FeatureJobConfig(lookback_days=1, num_files=8),

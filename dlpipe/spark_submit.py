@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import subprocess
 import sys
 from typing import Callable, Sequence
 
@@ -50,8 +51,12 @@ def spark_env() -> dict[str, str]:
 
 
 def local_spark_submit(master: str = "local[2]", conf: dict[str, str] | None = None,
-                       timeout_s: float | None = 3600) -> SparkSubmit:
-    """A SparkSubmit that runs ``spark-submit --master MASTER`` from this environment."""
+                       timeout_s: float | None = 3600, emit: Callable[[str], None] | None = None,
+                       on_start: Callable[[subprocess.Popen], None] | None = None) -> SparkSubmit:
+    """A SparkSubmit that runs ``spark-submit --master MASTER`` from this environment.
+
+    ``emit`` receives each output line, ``on_start`` the process (to watch or kill it).
+    """
     binary = shutil.which("spark-submit", path=os.path.dirname(sys.executable) + os.pathsep
                           + os.environ.get("PATH", ""))
     if binary is None:
@@ -61,6 +66,7 @@ def local_spark_submit(master: str = "local[2]", conf: dict[str, str] | None = N
         argv = [binary, "--master", master]
         for k, v in {**default_conf(), **(conf or {})}.items():
             argv += ["--conf", f"{k}={v}"]
-        run_streaming([*argv, application, *args], env=spark_env(), timeout_s=timeout_s)
+        run_streaming([*argv, application, *args], env=spark_env(), timeout_s=timeout_s,
+                      emit=emit, on_start=on_start)
 
     return submit

@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         # the naive baseline: always predict the training mean
         "baseline_mae": float(total((yv.double() - y_mean).abs().sum()) / total(torch.tensor(float(len(yv))))),
         "train_rows": int(n.item()),
-        "val_rows": int(total(torch.tensor(float(len(yv)))).item()),
+        "val_rows": got["validation"],
         "epochs": cfg.epochs,
         "resumed_from_epoch": start_epoch,
         "world_size": size,

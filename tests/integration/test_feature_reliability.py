@@ -64,14 +64,7 @@ def test_killed_mid_write_then_retry_gives_the_uninterrupted_result(tmp_path, mo
                 return
             time.sleep(0.05)
 
-    def submit(app, args):
-        from dlpipe.proc import run_streaming
-        from dlpipe.spark_submit import default_conf, spark_env
-
-        argv = ["spark-submit", "--master", "local[2]"]
-        for k, v in default_conf().items():
-            argv += ["--conf", f"{k}={v}"]
-        run_streaming([*argv, app, *args], env=spark_env(), on_start=procs.append, timeout_s=300)
+    submit = local_spark_submit("local[2]", timeout_s=300, on_start=procs.append)
 
     watcher = threading.Thread(target=kill_when_output_appears, daemon=True)
     watcher.start()
