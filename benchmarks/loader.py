@@ -1,0 +1,213 @@
+"""Training data loaders on one Parquet dataset: dlpipe's ShardLoader, Petastorm, raw pyarrow.
+
+    python -m benchmarks.loader [--rows 2000000] [--features 64] [--batch 8192] [--workers N]
+
+On the CPU it reports rows/s for each way of turning the dataset into ``(x [b, 64], y [b])``
+float32 batches, and the ratio to the ceiling: raw pyarrow decoding of the same columns with all
+of pyarrow's threads, no batching, no shuffling, no training. With a GPU it also trains the
+issue's reference model (an MLP 64-2048-2048-1 in bf16) fed by each loader, and reports the
+stall fraction: the share of wall time the GPU waits compared with batches already on the GPU.
+
+The dataset is plain Parquet written by pyarrow in the layout our dataset stage produces (several
+files, 64k-row groups, snappy); Petastorm's ``make_batch_reader`` reads such files as they are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from benchmarks.common import machine, table
+from training.loader import ShardLoader
+
+
+def make_dataset(path: Path, rows: int, features: int, files: int = 8, group_rows: int = 65536) -> list[str]:
+    """Write (or reuse) ``rows`` x ``features`` float32 columns plus a label, as ``files`` Parquet files."""
+    columns = [f"f{i:02d}" for i in range(features)]
+    marker = path / f"_rows={rows},features={features}"
+    if marker.exists():
+        return columns
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=features).astype(np.float32)
+    per_file = -(-rows // files)
+    for k in range(files):
+        n = min(per_file, rows - k * per_file)
+        x = rng.normal(size=(n, features)).astype(np.float32)
+        data = {c: x[:, i] for i, c in enumerate(columns)}
+        data["label"] = x @ w + rng.normal(size=n).astype(np.float32)
+        pq.write_table(pa.table(data), path / f"part-{k:05d}.parquet", row_group_size=group_rows)
+    marker.touch()
+    return columns
+
+
+def timed(name: str, batches: Callable[[], Iterable], rows_expected: int) -> dict:
+    """Drain one pass of ``batches``, touching every batch; rows/s of the pass."""
+    t = time.perf_counter()
+    rows = 0
+    for x, _ in batches():
+        rows += len(x)
+    s = time.perf_counter() - t
+    if rows != rows_expected:
+        raise SystemExit(f"{name} delivered {rows} rows, the dataset has {rows_expected}")
+    return {"loader": name, "seconds": s, "rows_per_s": rows / s}
+
+
+def pyarrow_ceiling(path: Path, columns: list[str]) -> Callable[[], Iterable]:
+    """Decoding alone: every column into Arrow buffers with all of pyarrow's threads, exposed to
+    numpy without a copy. No batches, no shuffle, no tensor layout: no loader can beat this."""
+    def run():
+        t = pq.read_table(path, columns=columns + ["label"], use_threads=True)
+        cols = [t.column(c).to_numpy() for c in columns]
+        yield cols[0], t.column("label").to_numpy()
+    return run
+
+
+def pyarrow_one_thread(path: Path, columns: list[str], batch: int) -> Callable[[], Iterable]:
+    """The simple loader many teams write first: iter_batches on each file, one thread."""
+    def run():
+        for f in sorted(path.glob("*.parquet")):
+            for rb in pq.ParquetFile(f).iter_batches(batch_size=batch, columns=columns + ["label"]):
+                yield (np.column_stack([rb.column(c).to_numpy() for c in columns]),
+                       rb.column("label").to_numpy())
+    return run
+
+
+def ours(path: Path, columns: list[str], batch: int, workers: int, device: str = "cpu",
+         shuffle: bool = True) -> Callable[[], Iterable]:
+    loader = ShardLoader(f"file://{path}", columns, "label", batch_size=batch, workers=workers, device=device,
+                         shuffle=shuffle)
+    epochs = iter(range(1_000_000))
+    return lambda: loader.epoch(next(epochs))
+
+
+def petastorm(path: Path, columns: list[str], batch: int, workers: int) -> Callable[[], Iterable] | None:
+    try:
+        import warnings
+
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=UserWarning)
+        from petastorm import make_batch_reader
+        from petastorm.pytorch import BatchedDataLoader
+    except Exception:  # not installed where the GPU is: its pyarrow is newer than petastorm allows
+        return None
+
+    def run():
+        with make_batch_reader(f"file://{path}", schema_fields=columns + ["label"], num_epochs=1,
+                               workers_count=workers, shuffle_row_groups=False) as reader:
+            for b in BatchedDataLoader(reader, batch_size=batch):
+                yield torch.stack([b[c] for c in columns], dim=1), b["label"]
+    return run
+
+
+def gpu_stall(loaders: dict[str, Callable[[], Iterable]], features: int, batch: int, rows: int) -> list[dict]:
+    """Train the reference MLP from each loader; stall = 1 - pre-staged time / fed time."""
+    dev = torch.device("cuda")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(features, 2048), torch.nn.ReLU(), torch.nn.Linear(2048, 2048),
+                              torch.nn.ReLU(), torch.nn.Linear(2048, 1)).to(dev, torch.bfloat16)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        x = x.to(dev, torch.bfloat16, non_blocking=True)
+        y = y.to(dev, torch.bfloat16, non_blocking=True)
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.mse_loss(net(x).squeeze(-1), y).backward()
+        opt.step()
+
+    staged = [(torch.randn(batch, features, device=dev), torch.randn(batch, device=dev))
+              for _ in range(rows // batch)]
+    for x, y in staged[:20]:  # warm-up: kernels, allocator
+        step(x, y)
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for x, y in staged:
+        step(x, y)
+    torch.cuda.synchronize()
+    per_row = (time.perf_counter() - t) / (len(staged) * batch)
+    del staged
+    out = [{"fed by": "batches already on the GPU", "rows_per_s": 1 / per_row, "stall": 0.0}]
+    for name, batches in loaders.items():
+        n = 0
+        t = time.perf_counter()
+        for x, y in batches():
+            step(x, y)
+            n += len(x)
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - t
+        out.append({"fed by": name, "rows_per_s": n / wall, "stall": max(0.0, 1 - per_row * n / wall)})
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=2_000_000)
+    ap.add_argument("--features", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=8192)
+    ap.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
+    ap.add_argument("--repeats", type=int, default=3, help="best of N passes per loader")
+    ap.add_argument("--data", type=Path, default=Path(os.environ.get("DLPIPE_HOME", ".dlpipe")) / "bench" / "loader")
+    args = ap.parse_args()
+
+    print(f"machine: {machine()}; torch {torch.__version__}, pyarrow {pa.__version__}", flush=True)
+    print(f"dataset: {args.rows:,} rows x {args.features} float32 features at {args.data}", flush=True)
+    columns = make_dataset(args.data, args.rows, args.features)
+    candidates = {
+        "raw pyarrow decode, all threads (ceiling)": pyarrow_ceiling(args.data, columns),
+        f"dlpipe ShardLoader ({args.workers} threads, shuffled)": ours(args.data, columns, args.batch, args.workers),
+        f"dlpipe ShardLoader ({args.workers} threads, storage order)": ours(args.data, columns, args.batch,
+                                                                          args.workers, shuffle=False),
+        "pyarrow iter_batches, one thread": pyarrow_one_thread(args.data, columns, args.batch),
+        f"Petastorm BatchedDataLoader ({args.workers} workers)": petastorm(args.data, columns, args.batch, args.workers),
+    }
+    rows = []
+    for name, fn in candidates.items():
+        if fn is None:
+            print(f"{name}: skipped (petastorm is not importable here)", flush=True)
+            continue
+        best = min((timed(name, fn, args.rows) for _ in range(args.repeats)), key=lambda r: r["seconds"])
+        print(f"{name}: {best['rows_per_s']:,.0f} rows/s", flush=True)
+        rows.append(best)
+    ceiling = rows[0]["rows_per_s"]
+    by_name = {r["loader"]: r["rows_per_s"] for r in rows}
+    for r in rows:
+        r["vs ceiling"] = f"{r['rows_per_s'] / ceiling:.2f}"
+        r["rows_per_s"] = f"{r['rows_per_s']:,.0f}"
+        r["seconds"] = f"{r['seconds']:.3f}"
+    print()
+    print(table(rows, ["loader", "seconds", "rows_per_s", "vs ceiling"]))
+    pet = next((v for k, v in by_name.items() if k.startswith("Petastorm")), None)
+    print()
+    for name, rate in by_name.items():
+        if name.startswith("dlpipe"):
+            vs_pet = f", {rate / pet:.1f}x Petastorm's BatchedDataLoader (target >= 3x)" if pet else ""
+            print(f"{name}: {rate / ceiling:.2f} of the ceiling (target >= 0.8){vs_pet}")
+
+    if torch.cuda.is_available():
+        print(f"\nGPU: {torch.cuda.get_device_name()}; MLP {args.features}-2048-2048-1, bf16, batch {args.batch}",
+              flush=True)
+        fed = {"dlpipe ShardLoader -> GPU (pinned, prefetched, shuffled on the GPU)": ours(args.data, columns, args.batch,
+                                                                       args.workers, "cuda"),
+               "pyarrow iter_batches, one thread": pyarrow_one_thread(args.data, columns, args.batch)}
+        pet_fn = petastorm(args.data, columns, args.batch, args.workers)
+        if pet_fn:
+            fed["Petastorm BatchedDataLoader"] = pet_fn
+        res = gpu_stall(fed, args.features, args.batch, args.rows)
+        for r in res:
+            r["rows_per_s"] = f"{r['rows_per_s']:,.0f}"
+            r["stall"] = f"{100 * r['stall']:.1f}%"
+        print(table(res, ["fed by", "rows_per_s", "stall"]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,250 @@
+"""Rank-sharded, deterministic, prefetching batches from a committed Parquet/Petastorm dataset.
+
+Petastorm's reader turns every row group into Python row objects or per-column lists before a
+batch is built, and its BatchedDataLoader then re-buffers them; on a GPU that starves the model
+(docs/benchmarks.md). This loader keeps the data columnar from the Parquet page to the tensor:
+
+- the unit of work is a Parquet row group, listed once from the file footers (no data read) and
+  dealt to ranks round-robin, so every rank knows its row count before it reads anything;
+- worker threads decode row groups ahead of the consumer (pyarrow releases the GIL while it
+  decompresses), and results are taken in a fixed order, so the stream is deterministic;
+- each window of ``shuffle_window`` row groups is permuted with one numpy gather, straight into
+  pinned memory when the target is a GPU, with a permutation drawn from (seed, epoch, rank);
+- a background thread copies each window to the device on its own CUDA stream, so decoding,
+  the host-to-device copy and the model's compute all overlap; batches are views of that window.
+
+Petastorm datasets are Parquet files plus metadata, so this reads them directly; only scalar
+numeric columns are supported (images go through Petastorm's codecs, see feature_jobs/digits.py).
+"""
+
+from __future__ import annotations
+
+import collections
+import queue
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import torch
+
+
+@dataclass(frozen=True)
+class RowGroup:
+    path: str
+    index: int
+    rows: int
+
+
+def list_row_groups(url: str) -> tuple[pafs.FileSystem, list[RowGroup]]:
+    """Every row group of the ``*.parquet`` files under ``url`` (file:// or s3://), in path order."""
+    fs, root = pafs.FileSystem.from_uri(url)
+    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+    paths = sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
+                   and not i.base_name.startswith((".", "_")))
+    if not paths:
+        raise FileNotFoundError(f"no .parquet files under {url}: is it a committed dataset split?")
+    groups = []
+    for path in paths:
+        meta = pq.ParquetFile(fs.open_input_file(path)).metadata
+        groups += [RowGroup(path, i, meta.row_group(i).num_rows) for i in range(meta.num_row_groups)]
+    return fs, groups
+
+
+class ShardLoader:
+    """``(features [b, f] float32, label [b] float32)`` batches of one rank's shard.
+
+    :param url: a split of a dataset (``file://...`` or ``s3://...``)
+    :param columns: feature columns, in model input order; ``label``: the target column
+    :param rank, size: this process's shard of ``size``; row group ``i`` belongs to rank ``i % size``
+    :param batch_size: rows per batch; the last batch of an epoch is smaller unless ``drop_last``
+    :param seed: with the epoch and rank, fixes the row-group order and the row permutation
+    :param shuffle: ``False`` reads in storage order (evaluation)
+    :param shuffle_window: row groups mixed together by one permutation
+    :param workers: decoding threads; ``prefetch``: windows ready ahead of the consumer
+    :param device: where batches are delivered; a CUDA device gets pinned, asynchronous copies
+    """
+
+    def __init__(self, url: str, columns: list[str], label: str, *, rank: int = 0, size: int = 1,
+                 batch_size: int = 1024, seed: int = 0, shuffle: bool = True, shuffle_window: int = 4,
+                 workers: int = 4, prefetch: int = 2, drop_last: bool = False,
+                 device: torch.device | str | None = None) -> None:
+        if not 0 <= rank < size:
+            raise ValueError(f"rank={rank} is outside 0..{size - 1}")
+        if batch_size < 1 or shuffle_window < 1 or workers < 1 or prefetch < 1:
+            raise ValueError("batch_size, shuffle_window, workers and prefetch must all be >= 1")
+        self.url, self.columns, self.label = url, list(columns), label
+        self.batch_size, self.seed, self.shuffle, self.drop_last = batch_size, seed, shuffle, drop_last
+        self.rank, self.window, self.workers, self.prefetch = rank, shuffle_window, workers, prefetch
+        self.device = torch.device(device or "cpu")
+        self.fs, groups = list_row_groups(url)
+        self.total_row_groups = len(groups)
+        self.groups = groups[rank::size]
+        self.num_rows = sum(g.rows for g in self.groups)
+        self.wait_s = 0.0  # time the consumer spent blocked on data, summed over epochs
+
+    def num_batches(self) -> int:
+        full, rest = divmod(self.num_rows, self.batch_size)
+        return full + (1 if rest and not self.drop_last else 0)
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches of one epoch. Close the generator to stop early (it stops its threads)."""
+        q: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+        producer = threading.Thread(target=self._produce, args=(epoch, q, stop), daemon=True,
+                                    name=f"loader-rank{self.rank}")
+        producer.start()
+        stream = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
+        try:
+            while True:
+                t = time.perf_counter()
+                item = q.get()
+                self.wait_s += time.perf_counter() - t
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                x, y, ready = item
+                if ready is not None:  # the copy ran on the loader's stream: order it before use
+                    stream.wait_event(ready)
+                    x.record_stream(stream)
+                    y.record_stream(stream)
+                for i in range(0, len(x), self.batch_size):
+                    yield x[i:i + self.batch_size], y[i:i + self.batch_size]
+        finally:
+            stop.set()
+            while producer.is_alive():  # unblock a producer waiting on a full queue
+                try:
+                    q.get_nowait()
+                except queue.Empty:
+                    producer.join(0.05)
+
+    # -- producer side -------------------------------------------------------------------------
+
+    def _produce(self, epoch: int, q: queue.Queue, stop: threading.Event) -> None:
+        def put(item) -> bool:
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    pass
+            return False
+
+        try:
+            rng = np.random.default_rng([self.seed, epoch, self.rank])
+            copy_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+            carry = None  # rows of the previous window not yet delivered (column-major)
+            with ThreadPoolExecutor(self.workers, thread_name_prefix=f"gather-rank{self.rank}") as gather:
+                for blocks, last in self._decoded_windows(rng, stop):
+                    if copy_stream is None:
+                        item, carry = self._window_cpu(blocks, carry, last, rng, gather)
+                    else:
+                        item, carry = self._window_gpu(blocks, carry, last, rng, copy_stream)
+                    if item is not None and not put(item):
+                        return
+            put(None)
+        except BaseException as exc:  # handed to the consumer, which raises it in the training loop
+            put(exc)
+
+    def _decoded_windows(self, rng: np.random.Generator, stop: threading.Event) -> Iterator[tuple[list, bool]]:
+        """``(blocks, last)``: the decoded row groups of each window, in the epoch's order."""
+        order = [self.groups[i] for i in rng.permutation(len(self.groups))] if self.shuffle else self.groups
+        with ThreadPoolExecutor(self.workers, thread_name_prefix=f"decode-rank{self.rank}") as pool:
+            pending: collections.deque[Future] = collections.deque()
+            todo = iter(order)
+            for g in todo:  # keep every worker busy plus one window ahead
+                pending.append(pool.submit(self._decode, g))
+                if len(pending) >= self.workers + self.window:
+                    break
+            try:
+                while pending and not stop.is_set():
+                    blocks = []
+                    for _ in range(min(self.window, len(pending))):
+                        blocks.append(pending.popleft().result())
+                        nxt = next(todo, None)
+                        if nxt is not None:
+                            pending.append(pool.submit(self._decode, nxt))
+                    yield blocks, not pending
+            finally:
+                for f in pending:
+                    f.cancel()
+
+    def _usable(self, n: int, last: bool) -> int:
+        """Rows of a window to deliver now: whole batches, plus the tail in the last window."""
+        return n if last and not self.drop_last else n - n % self.batch_size
+
+    def _window_cpu(self, blocks: list[torch.Tensor], carry, last: bool, rng: np.random.Generator,
+                    gather: ThreadPoolExecutor):
+        """``x`` is a transposed view of a column-major window (matmul takes it as it is).
+
+        The permutation is a gather along each column (contiguous writes, reads within one
+        window's column), split across threads: numpy releases the GIL while it copies.
+        """
+        parts = ([carry] if carry is not None else []) + [b.numpy() for b in blocks]
+        block = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+        n = block.shape[1]
+        usable = self._usable(n, last)
+        if not self.shuffle:
+            out, carry = block[:, :usable], (block[:, usable:] if usable < n else None)
+        else:
+            rows = rng.permutation(n)
+            out = np.empty((block.shape[0], usable), np.float32)
+            step = -(-block.shape[0] // self.workers)
+            list(gather.map(lambda j: np.take(block[j:j + step], rows[:usable], axis=1, out=out[j:j + step]),
+                            range(0, block.shape[0], step)))
+            carry = block[:, rows[usable:]] if usable < n else None
+        if last:
+            carry = None
+        if usable == 0:
+            return None, carry
+        t, f = torch.from_numpy(out), len(self.columns)
+        return (t[:f].T, t[f], None), carry
+
+    def _window_gpu(self, blocks: list[torch.Tensor], carry, last: bool, rng: np.random.Generator,
+                    stream: torch.cuda.Stream):
+        """Pinned blocks go to the device as they are; the permutation and the transposition to
+        row-major run on the GPU, on the loader's stream. The permutation is drawn exactly as on
+        the CPU, so a seed gives the same batches on either."""
+        f = len(self.columns)
+        with torch.cuda.stream(stream):
+            parts = ([carry] if carry is not None else []) + [b.to(self.device, non_blocking=True) for b in blocks]
+            g = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+            n = g.shape[1]
+            usable = self._usable(n, last)
+            if not self.shuffle:
+                x, y = g[:f, :usable].T.contiguous(), g[f, :usable]
+                carry = g[:, usable:] if usable < n else None
+            else:
+                rows = torch.from_numpy(rng.permutation(n)).to(self.device)
+                x, y = g[:f].T.index_select(0, rows[:usable]), g[f].index_select(0, rows[:usable])
+                carry = g.index_select(1, rows[usable:]) if usable < n else None
+            ready = torch.cuda.Event()
+            ready.record(stream)
+        if last:
+            carry = None
+        return ((x, y, ready) if usable else None), carry
+
+    def _decode(self, g: RowGroup) -> torch.Tensor:
+        """One row group as a column-major ``[f + 1, rows]`` float32 block (label last), pinned
+        when the target is a GPU: each column is one contiguous copy out of Arrow's buffer (a
+        row-major fill would stride through memory)."""
+        names = self.columns + [self.label]
+        table = pq.ParquetFile(self.fs.open_input_file(g.path)).read_row_group(g.index, columns=names,
+                                                                               use_threads=False)
+        if table.num_rows != g.rows:  # a truncated or concurrently replaced file
+            raise IOError(f"{g.path} row group {g.index}: read {table.num_rows} rows, its footer says {g.rows}")
+        block = torch.empty((len(names), table.num_rows), dtype=torch.float32,
+                            pin_memory=self.device.type == "cuda")
+        out = block.numpy()
+        for j, name in enumerate(names):
+            col = table.column(name)
+            if col.null_count:
+                raise ValueError(f"{g.path} row group {g.index}: column {name!r} has {col.null_count} nulls; "
+                                 f"training needs complete rows (the data gate's not_null rule catches this)")
+            out[j] = col.to_numpy()
+        return block
