@@ -65,3 +65,147 @@ def test_model_gate(metrics, ok):
 def test_model_gate_message_shows_value_and_threshold():
     [msg] = judge_model({"val_mae": 7.5, "baseline_mae": 8.0}, ModelGateConfig(min_improvement=0.1))
     assert msg == "val_mae=7.5000 must be <= 7.2000 (baseline_mae=8.0000 improved by 10%)"
+
+
+# --- the Spark engine: the same suite on the same Parquet data, through GX's Spark datasource ---
+
+
+@pytest.fixture(scope="module")
+def spark():
+    """One local SparkSession for the module (start-up is the slow part)."""
+    from dlpipe.gates import data_gate_spark
+
+    session = data_gate_spark("local[2]")
+    yield session
+    session.stop()
+
+
+def _both_engines(df: pd.DataFrame, tmp_path, spark, cfg: DataGateConfig = CFG) -> dict:
+    """Write ``df`` to Parquet, read it back with each engine, validate: engine -> (failures, evidence)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "train.parquet"
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), path)
+    frames = {"pandas": pq.read_table(path).to_pandas(), "spark": spark.read.parquet(f"file://{path}")}
+    return {engine: validate_frames({"train": f}, cfg) for engine, f in frames.items()}
+
+
+def test_engines_agree_on_good_data(tmp_path, spark):
+    out = _both_engines(_frame(), tmp_path, spark)
+    for engine, (failures, evidence) in out.items():
+        assert failures == [], engine
+        assert evidence["splits"]["train"]["engine"] == engine
+        assert evidence["splits"]["train"]["expectations"] == 10
+        assert evidence["splits"]["train"]["rows"] == 50
+
+
+def test_engines_report_nulls_and_out_of_range_values_alike(tmp_path, spark):
+    df = _frame()
+    df.loc[3, "distance_km"] = np.nan  # stored as a Parquet null
+    df.loc[5, "city_code"] = 9
+    df.loc[7, "distance_km"] = -1.5
+    out = _both_engines(df, tmp_path, spark)
+    assert out["pandas"][0] == out["spark"][0]
+    assert out["spark"][0] == [
+        "train.city_code: expect_column_max_to_be_between {'max_value': 3.0} -> observed 9",
+        "train.distance_km: expect_column_min_to_be_between {'min_value': 0.0} -> observed -1.5",
+        "train.distance_km: expect_column_proportion_of_non_null_values_to_be_between {'min_value': 1.0} "
+        "-> observed 0.98",
+    ]
+    for failures, evidence in out.values():
+        assert evidence["splits"]["train"]["failed"] == 3
+        assert evidence["splits"]["train"]["result"]["success"] is False
+
+
+def test_engines_agree_on_an_empty_split(tmp_path, spark):
+    out = _both_engines(_frame(0), tmp_path, spark)
+    assert out["pandas"][0] == out["spark"][0]
+    assert out["spark"][0][0] == "train: row count 0 is below the minimum 10"
+
+
+def test_engines_name_a_wrong_type_and_a_missing_column_in_the_same_words(tmp_path, spark):
+    out = _both_engines(_frame().astype({"distance_km": "float64"}), tmp_path, spark)
+    assert out["pandas"][0] == out["spark"][0] == [
+        "train.distance_km: expect_column_values_to_be_of_type {'type_': 'float32'} -> observed 'float64'"]
+    out = _both_engines(_frame().drop(columns=["city_code"]), tmp_path, spark)
+    assert out["pandas"][0] == out["spark"][0]
+    assert "train.city_code: expect_column_to_exist  -> column missing" in out["spark"][0]
+    assert len(out["spark"][0]) == 5  # exists, type, non-null, min, max
+
+
+def test_spark_treats_nan_as_missing_like_pandas(spark):
+    from pyspark.sql import functions as F
+
+    sdf = spark.range(20).select(F.col("id").cast("float").alias("distance_km"),
+                                 (F.col("id") % 4).cast("int").alias("city_code"))
+    sdf = sdf.withColumn("distance_km", F.when(F.col("city_code") == 1, F.lit(float("nan")))
+                         .otherwise(F.col("distance_km")).cast("float"))
+    failures, _ = validate_frames({"train": sdf}, CFG)
+    assert failures == ["train.distance_km: expect_column_proportion_of_non_null_values_to_be_between "
+                        "{'min_value': 1.0} -> observed 0.75"]
+
+
+def test_auto_engine_follows_the_manifest_row_counts():
+    cfg = DataGateConfig(spark_min_rows=1000)
+    assert [cfg.engine_for(n) for n in (0, 999, 1000, 10**9)] == ["pandas", "pandas", "spark", "spark"]
+    assert DataGateConfig(engine="pandas", spark_min_rows=1).engine_for(10**9) == "pandas"
+    assert DataGateConfig(engine="spark").engine_for(0) == "spark"
+    assert DataGateConfig().spark_min_rows == 2_000_000
+
+
+def _committed_dataset(df: pd.DataFrame, validation_rows: int) -> dict:
+    """A committed dataset (train and validation splits) whose manifest records rows per split."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dlpipe import commit
+    from dlpipe.runctx import RunContext
+
+    splits = {"train": df, "validation": df.head(validation_rows)}
+
+    def produce(attempt):
+        for split, part in splits.items():
+            (attempt / split).mkdir()
+            pq.write_table(pa.Table.from_pandas(part, preserve_index=False), attempt / split / "part-0.parquet")
+        return {"rows": {s: len(p) for s, p in splits.items()}, "splits": sorted(splits),
+                "columns": [["distance_km", "float"], ["city_code", "int"]]}
+
+    return commit.run_stage(commit.StageKey("datasets", "eta", "window_end=2026-01-02"), inputs=[],
+                            config={}, code={"sources_hash": "test"}, run=RunContext(), produce=produce).manifest
+
+
+def test_gate_runs_each_split_on_the_engine_its_row_count_picks(spark):
+    import json
+
+    from dlpipe import commit
+    from dlpipe.gates import run_data_gate
+    from dlpipe.runctx import RunContext
+
+    ds = _committed_dataset(_frame(40), validation_rows=12)
+    cfg = CFG.model_copy(update={"min_rows": {"train": 10, "validation": 5}, "spark_min_rows": 30})
+    summary = run_data_gate(ds, cfg, run=RunContext()).manifest["summary"]
+    assert summary["engines"] == {"train": "spark", "validation": "pandas"}
+    assert summary["rows"] == {"train": 40, "validation": 12}
+    gate = commit.committed(commit.StageKey("gates", "eta_data", ds["partition"]))[0]
+    evidence = json.loads((commit.location(gate) / "validation.json").read_text())
+    assert {s: e["engine"] for s, e in evidence["splits"].items()} == {"train": "spark", "validation": "pandas"}
+    assert (commit.location(gate) / "data_docs" / "train.html").read_text().lstrip().lower().startswith("<!doctype")
+
+
+def test_bad_engine_or_spark_type_is_a_config_error():
+    from dlpipe.errors import ConfigError
+    from dlpipe.gates import run_data_gate
+    from dlpipe.pipeline_config import section
+    from dlpipe.runctx import RunContext
+
+    with pytest.raises(ConfigError) as e:
+        section({"_source": "p.yaml", "data_gate": {"engine": "dask"}}, "data_gate", DataGateConfig)
+    assert "data_gate.engine" in str(e.value) and "'dask'" in str(e.value) and "'spark'" in str(e.value)
+
+    cfg = DataGateConfig(engine="auto", columns={"distance_km": ColumnRule(type="float16")})
+    with pytest.raises(ConfigError) as e:  # before any data is read or Spark is started
+        run_data_gate({"id": "x", "partition": "p", "summary": {}}, cfg, run=RunContext())
+    assert e.value.field == "data_gate.columns.distance_km.type" and e.value.value == "float16"
+    assert "engine: pandas" in e.value.fix and "float32" in e.value.fix
+    validate_frames({"train": _frame()}, cfg.model_copy(update={"engine": "pandas"}))  # pandas: any dtype
