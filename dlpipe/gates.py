@@ -163,7 +163,7 @@ def _describe_failure(split: str, res, columns, cfg: DataGateConfig) -> str:
         if r.get("observed_value") in _PANDAS_NAMES:
             r = {**r, "observed_value": _PANDAS_NAMES[r["observed_value"]]}
     if "observed_value" in r:
-        observed = f"observed {r['observed_value']!r}"
+        observed = f"observed {_shown(r['observed_value'])}"
     elif "unexpected_count" in r:
         observed = (f"{r['unexpected_count']} unexpected ({r.get('unexpected_percent') or 0:.2f}%), "
                     f"e.g. {(r.get('partial_unexpected_list') or [])[:3]}")
@@ -174,6 +174,19 @@ def _describe_failure(split: str, res, columns, cfg: DataGateConfig) -> str:
     if res.exception_info and res.exception_info.get("raised_exception"):
         observed += f" (error: {res.exception_info.get('exception_message')})"
     return f"{split}.{column or '*'}: {conf.type} {kwargs or ''} -> {observed}"
+
+
+def _shown(value) -> str:
+    """An observed value as failure messages print it, the same on both engines: a float that a
+    float32 holds exactly in its shortest float32 form (pandas hands back a numpy float32 for a
+    float32 column, Spark a Python float with every digit of it), other numbers as plain Python."""
+    import numpy as np
+
+    if isinstance(value, (float, np.floating)) and math.isfinite(value):
+        return str(np.float32(value)) if float(np.float32(value)) == float(value) else str(float(value))
+    if isinstance(value, np.integer):
+        return str(int(value))
+    return repr(value)
 
 
 def _is_spark(df) -> bool:

@@ -75,6 +75,16 @@ def test_nulls_and_out_of_range_values_fail_with_the_expectations_named():
     assert '"success": false' in evidence.read_text()
     assert next(evidence.parent.glob("data_docs/train.html")).read_text().lstrip().lower().startswith("<!doctype html")
 
+    # the Spark engine, reading the same committed Parquet files, fails the same checks in the same words
+    from dlpipe.gates import data_gate_spark
+
+    try:
+        with pytest.raises(GateFailed) as on_spark:
+            run_data_gate(ds, GATE.model_copy(update={"engine": "spark"}), run=RunContext())
+    finally:
+        data_gate_spark().stop()
+    assert on_spark.value.failures == e.value.failures
+
 
 def test_drift_against_the_previous_dataset_version():
     write_raw(DemoDataConfig(start=date(2026, 1, 1), days=2, rows_per_day=3000, restaurants=40), RunContext())
