@@ -39,6 +39,11 @@ class GateFailed(DlpipeError):
 class SubprocessFailed(DlpipeError):
     """An external tool (spark-submit, horovodrun) exited non-zero; carries its output tail."""
 
+    def __init__(self, message: str, *, headline: str = "", tail: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.headline = headline or message.splitlines()[0]
+        self.tail = tail or []
+
 
 class AliasConflict(CommitConflict):
     """An alias moved between reading it and writing it (lost a compare-and-swap)."""

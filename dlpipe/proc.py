@@ -65,9 +65,9 @@ def run_streaming(
             timer.cancel()
     name = os.path.basename(argv[0])
     if timed_out.is_set():
-        raise SubprocessFailed(_failure(f"{name} exceeded its timeout of {timeout_s:.0f}s and was killed", tail))
+        _fail(f"{name} exceeded its timeout of {timeout_s:.0f}s and was killed", tail)
     if rc != 0:
-        raise SubprocessFailed(_failure(f"{name} exited with code {rc}", tail))
+        _fail(f"{name} exited with code {rc}", tail)
     return list(tail)
 
 
@@ -88,6 +88,7 @@ def kill_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
         pass
 
 
-def _failure(headline: str, tail: collections.deque[str]) -> str:
+def _fail(headline: str, tail: collections.deque[str]) -> None:
     body = "\n".join(f"    {line}" for line in tail)
-    return f"{headline}; last {len(tail)} lines of output:\n{body}"
+    raise SubprocessFailed(f"{headline}; last {len(tail)} lines of output:\n{body}", headline=headline,
+                           tail=list(tail))

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import collections
+import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
 from typing import Callable, Sequence
 
+from dlpipe.errors import SubprocessFailed
 from dlpipe.proc import run_streaming
 from training.config import ScaleConfig
+
+log = logging.getLogger(__name__)
 
 # What a training stage calls to run its command on N processes.
 Launcher = Callable[[Sequence[str]], None]
@@ -44,12 +50,56 @@ def training_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     }
 
 
+RANK_LINE = re.compile(r"^\[(\d+)\]<std(?:out|err)>:")
+
+
+class RankTails:
+    """Keeps the last lines of each rank's output (horovodrun prefixes them ``[rank]<stdout>:``).
+
+    When a job fails, the rank that died first is rarely the one whose lines are last in the
+    merged stream, so the error shows every rank's own tail, plus horovodrun's own lines.
+    """
+
+    def __init__(self, lines: int = 15) -> None:
+        self.ranks: dict[int, collections.deque[str]] = collections.defaultdict(
+            lambda: collections.deque(maxlen=lines))
+        self.launcher: collections.deque[str] = collections.deque(maxlen=lines)
+
+    def add(self, line: str) -> None:
+        m = RANK_LINE.match(line)
+        if m:
+            self.ranks[int(m.group(1))].append(line[m.end():])
+        else:
+            self.launcher.append(line)
+
+    def report(self) -> str:
+        parts = []
+        for rank in sorted(self.ranks):
+            parts.append(f"rank {rank}, last {len(self.ranks[rank])} lines:")
+            parts += [f"    {line}" for line in self.ranks[rank]]
+        if self.launcher:
+            parts.append(f"horovodrun, last {len(self.launcher)} lines:")
+            parts += [f"    {line}" for line in self.launcher]
+        return "\n".join(parts)
+
+
 def horovod_launcher(scale: ScaleConfig, *, env: dict[str, str] | None = None,
                      emit: Callable[[str], None] | None = None,
                      on_start: Callable[[subprocess.Popen], None] | None = None) -> Launcher:
     """A Launcher running ``horovodrun``; ``on_start`` receives the process (to kill it)."""
     def launch(command: Sequence[str]) -> None:
-        run_streaming(horovodrun_argv(scale, command), env=training_env(env),
-                      timeout_s=scale.run_timeout_s, emit=emit, on_start=on_start)
+        tails = RankTails()
+        out = emit or (lambda line: log.info("%s", line))
+
+        def both(line: str) -> None:
+            tails.add(line)
+            out(line)
+
+        try:
+            run_streaming(horovodrun_argv(scale, command), env=training_env(env),
+                          timeout_s=scale.run_timeout_s, emit=both, on_start=on_start)
+        except SubprocessFailed as exc:
+            raise SubprocessFailed(f"{exc.headline}; output of each rank:\n{tails.report()}",
+                                   headline=exc.headline, tail=exc.tail) from None
 
     return launch

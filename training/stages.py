@@ -12,7 +12,7 @@ from dlpipe.datasets import split_url
 from dlpipe.hashing import fingerprint, sources_hash
 from dlpipe.runctx import RunContext
 from dlpipe.spec import write_spec
-from training import checkpoint, data, model, train_eta
+from training import checkpoint, loader, model, train_eta
 from training.config import ScaleConfig, TrainConfig
 from training.launcher import Launcher
 
@@ -21,7 +21,7 @@ def train_model(dataset: dict, *, config: TrainConfig, scale: ScaleConfig, run: 
                 launch: Launcher, name: str = "eta") -> StageResult:
     """Train on a committed dataset with ``launch`` (horovodrun) and commit the model."""
     key = StageKey("training", name, dataset["partition"])
-    code = {"sources_hash": sources_hash([train_eta.__file__, data.__file__, model.__file__,
+    code = {"sources_hash": sources_hash([train_eta.__file__, loader.__file__, model.__file__,
                                           checkpoint.__file__, __file__])}
     # world size changes the effective batch and the learning rate: part of the fingerprint
     fp_config = {"train": config.model_dump(), "num_proc": scale.num_proc}
@@ -40,6 +40,7 @@ def train_model(dataset: dict, *, config: TrainConfig, scale: ScaleConfig, run: 
             "validation_url": split_url(dataset, "validation"),
             "features": dataset["summary"]["features"],
             "expected_rows": dataset["summary"]["rows"],
+            "stats": dataset["summary"]["stats"]["train"],
             "label": dataset["summary"]["label"],
             "output_dir": str(attempt / "model"),
         }

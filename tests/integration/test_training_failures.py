@@ -65,9 +65,16 @@ def _train(dataset, lines, scale=ScaleConfig(num_proc=2, hosts="localhost:2", ru
 def test_killed_rank_fails_fast_and_the_retry_resumes_past_a_torn_checkpoint(dataset):
     lines: list[str] = []
     killer = _when_epoch(dataset, 2, lambda pid: os.kill(pid, signal.SIGKILL))
-    with pytest.raises(SubprocessFailed, match="horovodrun exited with code"):
+    with pytest.raises(SubprocessFailed, match="horovodrun exited with code") as failure:
         _train(dataset, lines)
     failed_at = time.monotonic()
+    # the error carries each rank's own last lines, not just the end of the merged stream
+    message = str(failure.value)
+    assert "output of each rank:" in message
+    assert "rank 0, last" in message and "rank 1, last" in message
+    rank1 = message.split("rank 1, last")[1].split("horovodrun, last")[0]
+    assert "[train rank 1] shard:" in rank1 and "Killed" in rank1  # the dead rank's own last words
+    assert "Exit code: 137" in message.split("horovodrun, last")[1]
     killer.join(5)
     assert killer.watch.fired_at is not None, "training finished before a rank could be killed"
     print(f"[measure] killed rank -> task failed in {failed_at - killer.watch.fired_at:.1f}s")
