@@ -118,7 +118,8 @@ def gpu_stall(loaders: dict[str, Callable[[], Iterable]], features: int, batch: 
                               torch.nn.ReLU(), torch.nn.Linear(2048, 1)).to(dev, torch.bfloat16)
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
 
-    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+    def step(x, y) -> None:
+        x, y = torch.as_tensor(x), torch.as_tensor(y)
         x = x.to(dev, torch.bfloat16, non_blocking=True)
         y = y.to(dev, torch.bfloat16, non_blocking=True)
         opt.zero_grad(set_to_none=True)
@@ -138,14 +139,17 @@ def gpu_stall(loaders: dict[str, Callable[[], Iterable]], features: int, batch: 
     del staged
     out = [{"fed by": "batches already on the GPU", "rows_per_s": 1 / per_row, "stall": 0.0}]
     for name, batches in loaders.items():
-        n = 0
-        t = time.perf_counter()
-        for x, y in batches():
-            step(x, y)
-            n += len(x)
-        torch.cuda.synchronize()
-        wall = time.perf_counter() - t
-        out.append({"fed by": name, "rows_per_s": n / wall, "stall": max(0.0, 1 - per_row * n / wall)})
+        best = None
+        for _ in range(2):  # the first pass also warms the pinned-memory cache
+            n = 0
+            t = time.perf_counter()
+            for x, y in batches():
+                step(x, y)
+                n += len(x)
+            torch.cuda.synchronize()
+            wall = time.perf_counter() - t
+            best = min(best or wall, wall)
+        out.append({"fed by": name, "rows_per_s": n / best, "stall": max(0.0, 1 - per_row * n / best)})
     return out
 
 
@@ -196,12 +200,17 @@ def main() -> None:
     if torch.cuda.is_available():
         print(f"\nGPU: {torch.cuda.get_device_name()}; MLP {args.features}-2048-2048-1, bf16, batch {args.batch}",
               flush=True)
-        fed = {"dlpipe ShardLoader -> GPU (pinned, prefetched, shuffled on the GPU)": ours(args.data, columns, args.batch,
-                                                                       args.workers, "cuda"),
-               "pyarrow iter_batches, one thread": pyarrow_one_thread(args.data, columns, args.batch)}
-        pet_fn = petastorm(args.data, columns, args.batch, args.workers)
-        if pet_fn:
-            fed["Petastorm BatchedDataLoader"] = pet_fn
+        # delivery alone (no model): what the loader can feed, to tell loader limits from contention
+        deliver = ours(args.data, columns, args.batch, args.workers, "cuda")
+        for _ in range(2):
+            t = time.perf_counter()
+            n = sum(len(x) for x, _ in deliver())
+            torch.cuda.synchronize()
+            rate = n / (time.perf_counter() - t)
+        print(f"ShardLoader -> GPU, delivery only ({args.workers} threads): {rate:,.0f} rows/s", flush=True)
+        fed = {f"dlpipe ShardLoader -> GPU, {w} threads": ours(args.data, columns, args.batch, w, "cuda")
+               for w in sorted({4, 8, args.workers})}
+        fed["pyarrow iter_batches, one thread"] = pyarrow_one_thread(args.data, columns, args.batch)
         res = gpu_stall(fed, args.features, args.batch, args.rows)
         for r in res:
             r["rows_per_s"] = f"{r['rows_per_s']:,.0f}"

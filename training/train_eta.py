@@ -169,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         "resumed_from_epoch": start_epoch,
         "world_size": size,
         "device": device.type,
+        "allreduce": "NCCL" if device.type == "cuda" and hvd.nccl_built() else "Gloo",
         "train_seconds": round(train_s, 3),
         "samples_per_s": round(total_samples / train_s, 1) if train_s > 0 else None,
         # per rank: time blocked on the data loader versus everything else in the training loop

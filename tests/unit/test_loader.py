@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from training.loader import ShardLoader, list_row_groups
 
@@ -95,3 +96,18 @@ def test_bad_arguments_are_named(dataset, tmp_path):
         ShardLoader(dataset, COLUMNS, "label", rank=3, size=2)
     with pytest.raises(FileNotFoundError, match="no .parquet files"):
         ShardLoader(f"file://{tmp_path}", COLUMNS, "label")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (scripts/gpu_check.sh runs it)")
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_gpu_delivery_gives_the_cpu_batches(dataset, shuffle):
+    cpu = ShardLoader(dataset, COLUMNS, "label", batch_size=100, seed=3, shuffle=shuffle, shuffle_window=2)
+    gpu = ShardLoader(dataset, COLUMNS, "label", batch_size=100, seed=3, shuffle=shuffle, shuffle_window=2,
+                      device="cuda")
+    n = 0
+    for (xc, yc), (xg, yg) in zip(cpu.epoch(0), gpu.epoch(0), strict=True):
+        assert xg.is_cuda and xg.is_contiguous() and xg.shape == xc.shape
+        torch.testing.assert_close(xg.cpu(), xc.contiguous(), rtol=0, atol=0)
+        torch.testing.assert_close(yg.cpu(), yc, rtol=0, atol=0)
+        n += len(xg)
+    assert n == 3000
