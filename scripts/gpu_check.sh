@@ -27,11 +27,13 @@ if ls "$KIT"/whl/*.whl >/dev/null 2>&1; then
   export PYTHONPATH="$SITE:${PYTHONPATH:-}" PATH="$SITE/bin:$PATH"
 fi
 
+if [ -z "${SKIP_LOADER:-}" ]; then
 step "loader tests, GPU delivery included"
 "$PY" -m pytest --noconftest -q -p no:cacheprovider tests/unit/test_loader.py 2>&1 | tee "$OUT/loader_tests.txt"
 
 step "loader benchmark (4M rows x 64 features, batch 8192)"
 "$PY" -m benchmarks.loader --rows "${ROWS:-4000000}" --workers "${LOADER_WORKERS:-12}" --repeats 2 2>&1 | tee "$OUT/loader.txt"
+fi
 
 step "horovod with NCCL"
 if ! "$PY" -c "import horovod.torch" 2>/dev/null && [ -f "$KIT/horovod-0.28.1.tar.gz" ]; then
@@ -44,8 +46,8 @@ if ! "$PY" -c "import horovod.torch" 2>/dev/null && [ -f "$KIT/horovod-0.28.1.ta
   CUDA_HOME=${CUDA_HOME:-$(dirname "$(dirname "$(command -v nvcc)")")}
   WRAP=/tmp/dlpipe-cxx17
   # C++17 for torch's headers; GCC 13 no longer pulls <string>/<cstdint> in transitively, and
-  # horovod 0.28.1's headers rely on that
-  printf '#!/usr/bin/env bash\nargs=()\nfor a in "$@"; do [ "$a" = -std=c++14 ] && a=-std=c++17; args+=("$a"); done\nexec c++ -include string -include cstdint "${args[@]}"\n' > "$WRAP"
+  # horovod 0.28.1's headers rely on that (nor <stdexcept> and friends)
+  printf '#!/usr/bin/env bash\nargs=()\nfor a in "$@"; do [ "$a" = -std=c++14 ] && a=-std=c++17; args+=("$a"); done\nexec c++ -include string -include cstdint -include stdexcept -include limits -include memory -include functional "${args[@]}"\n' > "$WRAP"
   chmod +x "$WRAP"
   echo "building horovod: CUDA at $CUDA_HOME, NCCL from $NCCL_PKG (capped at ${HOROVOD_BUILD_S:-420}s)"
   CXX=$WRAP HOROVOD_WITH_PYTORCH=1 HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1 \
