@@ -54,10 +54,15 @@ if ! "$PY" -c "import horovod.torch" 2>/dev/null && [ -f "$KIT/horovod-0.28.1.ta
   HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 HOROVOD_GPU_OPERATIONS=NCCL \
   HOROVOD_NCCL_HOME=$NCCL HOROVOD_NCCL_LINK=SHARED HOROVOD_CUDA_HOME=$CUDA_HOME HOROVOD_BUILD_CUDA_CC_LIST=90 \
   CMAKE_POLICY_VERSION_MINIMUM=3.5 MAKEFLAGS="-j$(nproc)" LD_LIBRARY_PATH="$NCCL/lib:${LD_LIBRARY_PATH:-}" \
-    timeout "${HOROVOD_BUILD_S:-420}" "$PY" -m pip install --no-build-isolation --no-deps --no-index \
+    timeout "${HOROVOD_BUILD_S:-420}" "$PY" -m pip install --upgrade --no-build-isolation --no-deps --no-index \
       --target "$SITE" "$KIT/horovod-0.28.1.tar.gz" > "$OUT/horovod_build.txt" 2>&1
   echo "build exit code $? (log: horovod_build.txt)"; tail -n 15 "$OUT/horovod_build.txt"
   export PYTHONPATH="$SITE:${PYTHONPATH:-}" PATH="$SITE/bin:$PATH" LD_LIBRARY_PATH="$NCCL/lib:${LD_LIBRARY_PATH:-}"
+  if ! command -v horovodrun >/dev/null; then  # pip --target can leave out console scripts
+    mkdir -p "$SITE/bin"
+    printf '#!/usr/bin/env python3\nfrom horovod.runner.launch import run_commandline\nif __name__ == "__main__":\n    run_commandline()\n' > "$SITE/bin/horovodrun"
+    chmod +x "$SITE/bin/horovodrun"
+  fi
 fi
 "$PY" -c "import horovod.torch as h; print('horovod imported; nccl built:', bool(h.nccl_built()), '| gloo built:', bool(h.gloo_built()))" \
   || { echo "horovod is not usable here: skipping the horovodrun training run"; exit 0; }
