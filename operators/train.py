@@ -27,6 +27,9 @@ class HorovodTrainOperator(DlpipeOperator):
     :param env: extra environment variables for every rank
     :param start_timeout_s: horovodrun ``--start-timeout``
     :param run_timeout_s: wall-clock limit for the whole job
+    :param min_np: elastic Horovod: keep training while at least this many processes live
+    :param max_np: elastic Horovod: grow up to this many processes when hosts appear
+    :param host_discovery_script: elastic Horovod: executable printing ``host:slots`` lines
     """
 
     template_fields: Sequence[str] = ("pipeline_config", "dataset_id")
@@ -35,13 +38,15 @@ class HorovodTrainOperator(DlpipeOperator):
     def __init__(self, *, dataset_id: str, num_proc: int | None = None, hosts: str | None = None,
                  controller: str | None = None, network_interface: str | None = None,
                  env: dict[str, str] | None = None, start_timeout_s: int | None = None,
-                 run_timeout_s: int | None = None, **kwargs: Any) -> None:
+                 run_timeout_s: int | None = None, min_np: int | None = None, max_np: int | None = None,
+                 host_discovery_script: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.dataset_id = dataset_id
         self.scale_overrides = {k: v for k, v in {
             "num_proc": num_proc, "hosts": hosts, "controller": controller,
             "network_interface": network_interface, "start_timeout_s": start_timeout_s,
-            "run_timeout_s": run_timeout_s}.items() if v is not None}
+            "run_timeout_s": run_timeout_s, "min_np": min_np, "max_np": max_np,
+            "host_discovery_script": host_discovery_script}.items() if v is not None}
         self.env = env or {}
         self._proc = None
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class TrainConfig(BaseModel):
@@ -28,3 +28,27 @@ class ScaleConfig(BaseModel):
                                           description="NIC for collectives, e.g. eth0")
     start_timeout_s: int = Field(60, ge=1, description="horovodrun --start-timeout")
     run_timeout_s: int = Field(3600, ge=1, description="kill the whole job after this long")
+    min_np: int | None = Field(None, ge=1, description="elastic: go on while at least this many processes live")
+    max_np: int | None = Field(None, ge=1, description="elastic: grow up to this many processes")
+    host_discovery_script: str | None = Field(
+        None, description="elastic: executable printing the current `host:slots` lines")
+
+    @property
+    def elastic(self) -> bool:
+        return self.min_np is not None
+
+    @model_validator(mode="after")
+    def _elastic_consistent(self) -> "ScaleConfig":
+        if self.min_np is None and self.max_np is None and self.host_discovery_script is None:
+            return self
+        if self.min_np is None or self.host_discovery_script is None:
+            raise ValueError("elastic training needs both min_np and host_discovery_script "
+                             f"(got min_np={self.min_np}, host_discovery_script={self.host_discovery_script!r})")
+        top = self.max_np or self.num_proc
+        if not self.min_np <= self.num_proc <= top:
+            raise ValueError(f"need min_np <= num_proc <= max_np, got {self.min_np} <= {self.num_proc} <= {top}: "
+                             f"set num_proc between them")
+        if self.controller != "gloo":
+            raise ValueError(f"controller={self.controller!r}: elastic Horovod runs on gloo only")
+        return self
+

@@ -26,8 +26,13 @@ def horovodrun_argv(scale: ScaleConfig, command: Sequence[str]) -> list[str]:
                           + os.environ.get("PATH", ""))
     if binary is None:
         raise FileNotFoundError("horovodrun not found next to this Python or on PATH; run `make setup`")
-    argv = [binary, "-np", str(scale.num_proc), "-H", scale.hosts, f"--{scale.controller}",
-            "--start-timeout", str(scale.start_timeout_s)]
+    argv = [binary, "-np", str(scale.num_proc)]
+    if scale.elastic:  # hosts come from the discovery script, re-read while the job runs
+        argv += ["--min-np", str(scale.min_np), "--max-np", str(scale.max_np or scale.num_proc),
+                 "--host-discovery-script", scale.host_discovery_script]
+    else:
+        argv += ["-H", scale.hosts]
+    argv += [f"--{scale.controller}", "--start-timeout", str(scale.start_timeout_s)]
     if scale.network_interface:
         argv += ["--network-interface", scale.network_interface]
     return argv + list(command)

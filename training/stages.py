@@ -43,6 +43,7 @@ def train_model(dataset: dict, *, config: TrainConfig, scale: ScaleConfig, run: 
             "stats": dataset["summary"]["stats"]["train"],
             "label": dataset["summary"]["label"],
             "output_dir": str(attempt / "model"),
+            "elastic": scale.elastic,
         }
         spec_path = write_spec(attempt / "spec.json", spec)
         launch([sys.executable, "-m", "training.train_eta", "--spec", str(spec_path)])

@@ -58,8 +58,8 @@ def _when_epoch(dataset: dict, epoch: int, action, deadline_s: float = 300) -> t
     return t
 
 
-def _train(dataset, lines, scale=ScaleConfig(num_proc=2, hosts="localhost:2", run_timeout_s=300)):
-    return train_model(dataset, config=CFG, scale=scale, run=RunContext(), launch=horovod_launcher(scale, emit=lines.append))
+def _train(dataset, lines, scale=ScaleConfig(num_proc=2, hosts="localhost:2", run_timeout_s=300), config=CFG):
+    return train_model(dataset, config=config, scale=scale, run=RunContext(), launch=horovod_launcher(scale, emit=lines.append))
 
 
 def test_killed_rank_fails_fast_and_the_retry_resumes_past_a_torn_checkpoint(dataset):
@@ -141,3 +141,31 @@ def test_two_hosts_one_slot_each(dataset):
     assert result.manifest["summary"]["metrics"]["world_size"] == 2
     assert result.manifest["summary"]["hosts"] == "localhost:1,127.0.0.1:1"
     assert any(line.startswith("[1]") for line in lines) and any(line.startswith("[0]") for line in lines)
+
+
+def test_elastic_job_loses_a_rank_and_finishes_with_the_survivor(dataset, tmp_path):
+    """Elastic Horovod (--min-np 1): a rank is killed at epoch 2, its host is dropped, and the
+    survivor rolls back to the last committed epoch, takes over every shard and completes."""
+    discover = tmp_path / "discover_hosts.sh"
+    discover.write_text("#!/bin/sh\necho localhost:1\necho 127.0.0.1:1\n")
+    discover.chmod(0o755)
+    scale = ScaleConfig(num_proc=2, min_np=1, max_np=2, host_discovery_script=str(discover), run_timeout_s=300)
+    lines: list[str] = []
+    config = TrainConfig(epochs=10, batch_size=16)
+    killer = _when_epoch(dataset, 2, lambda pid: os.kill(pid, signal.SIGKILL))
+    result = _train(dataset, lines, scale, config)
+    killer.join(5)
+    assert killer.watch.fired_at is not None, "training finished before a rank could be killed"
+    m = result.manifest["summary"]["metrics"]
+    assert m["elastic_resets"] >= 1 and m["world_size"] == 1 and m["epochs"] == config.epochs, m
+    assert m["train_rows"] == dataset["summary"]["rows"]["train"]  # the survivor read every shard
+    assert "membership changed: world size is now 1" in "\n".join(lines)
+    assert (_ckpt_dir(dataset) / f"epoch-{config.epochs:04d}.sha256").exists()
+    assert m["val_mae"] < 0.8 * m["baseline_mae"]
+
+
+def test_elastic_settings_are_checked_before_anything_starts():
+    with pytest.raises(ValueError, match="needs both min_np and host_discovery_script"):
+        ScaleConfig(num_proc=2, min_np=1)
+    with pytest.raises(ValueError, match="need min_np <= num_proc <= max_np"):
+        ScaleConfig(num_proc=4, min_np=1, max_np=2, host_discovery_script="/bin/true")
