@@ -114,6 +114,21 @@ def _rows(label: str, n: int, rows: int, base: list[float], gate: list[float]) -
     ]
 
 
+def _measure(label: str, data, by_hand, cfg, docs: Path, repeats: int) -> tuple[list, list, int]:
+    """Alternate the gate and the hand-written checks ``repeats`` times; both must pass."""
+    from dlpipe.gates import validate_frames
+
+    gate_t, hand_t = [], []
+    for i in range(repeats):
+        t, (failures, evidence) = _time(lambda: validate_frames({"train": data}, cfg, docs_dir=docs))
+        gate_t.append(t)
+        t, found = _time(lambda: by_hand(data, cfg))
+        hand_t.append(t)
+        assert failures == [] and found == [], (failures, found)
+        print(f"[bench] {label} repeat {i + 1}: gate {gate_t[-1]:.3f}s, by hand {hand_t[-1]:.3f}s", flush=True)
+    return gate_t, hand_t, evidence["splits"]["train"]["expectations"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
@@ -129,16 +144,8 @@ def main() -> None:
     out, results = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         docs = Path(tmp) / "data_docs"
-        gx_t, pd_t = [], []
         validate_frames({"train": df}, cfg)  # untimed: imports and GX's first-use set-up
-        for i in range(args.repeats):
-            t, (failures, evidence) = _time(lambda: validate_frames({"train": df}, cfg, docs_dir=docs))
-            gx_t.append(t)
-            t, by_hand = _time(lambda: pandas_checks(df, cfg))
-            pd_t.append(t)
-            assert failures == [] and by_hand == [], (failures, by_hand)
-            print(f"[bench] pandas repeat {i + 1}: gate {gx_t[-1]:.3f}s, by hand {pd_t[-1]:.3f}s", flush=True)
-        n = evidence["splits"]["train"]["expectations"]
+        gx_t, pd_t, n = _measure("pandas", df, pandas_checks, cfg, docs, args.repeats)
         out += _rows("pandas", n, args.rows, pd_t, gx_t)
 
         if not args.no_spark:
@@ -154,15 +161,8 @@ def main() -> None:
             assert sdf.count() == args.rows
             validate_frames({"train": sdf}, cfg)  # untimed: the JVM's JIT warm-up, GX's Spark set-up
             spark_checks(sdf, cfg)
-            gx_t, sp_t = [], []
-            for i in range(args.repeats):
-                t, (failures, evidence) = _time(lambda: validate_frames({"train": sdf}, cfg, docs_dir=docs))
-                gx_t.append(t)
-                t, by_hand = _time(lambda: spark_checks(sdf, cfg))
-                sp_t.append(t)
-                assert failures == [] and by_hand == [], (failures, by_hand)
-                print(f"[bench] spark repeat {i + 1}: gate {gx_t[-1]:.3f}s, by hand {sp_t[-1]:.3f}s", flush=True)
-            out += _rows("Spark local[*]", evidence["splits"]["train"]["expectations"], args.rows, sp_t, gx_t)
+            gx_t, sp_t, n = _measure("spark", sdf, spark_checks, cfg, docs, args.repeats)
+            out += _rows("Spark local[*]", n, args.rows, sp_t, gx_t)
             spark.stop()
     print()
     print(f"machine: {machine()}")
