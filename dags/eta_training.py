@@ -24,12 +24,17 @@ from operators import (DataGateOperator, HorovodTrainOperator, ModelGateOperator
 PIPELINE = os.environ.get("DLPIPE_ETA_PIPELINE") or str(
     Path(__file__).resolve().parent.parent / "pipelines" / "eta_training.yaml")
 
+# DLPIPE_ETA_END_DATE (YYYY-MM-DD): the scheduler creates no run after this date. For test and
+# demo deployments that hold a fixed range of data; triggered runs and backfills up to it still run.
+END_DATE = os.environ.get("DLPIPE_ETA_END_DATE")
+
 with DAG(
     dag_id="eta_training",
     description="Daily ETA regressor: Spark features, Petastorm dataset, GX gate, Horovod, registry",
     # A data-interval timetable: the run for logical date D processes [D, D+1 day).
     schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),
     start_date=datetime(2026, 1, 1),
+    end_date=datetime.fromisoformat(END_DATE) if END_DATE else None,
     catchup=False,
     max_active_runs=1,
     tags=["dlpipe", "eta", "example"],
