@@ -43,7 +43,10 @@ with DAG(
     doc_md=__doc__,
 ) as dag:
     features = SparkFeatureOperator(task_id="extract_features")
-    dataset = PetastormDatasetOperator(task_id="materialize_dataset")
+    # A dataset's window holds the features of earlier days, which earlier runs compute. When a
+    # backfill runs days in parallel, wait for the previous day's dataset (and so its features):
+    # otherwise a dataset's content would depend on which run finished first.
+    dataset = PetastormDatasetOperator(task_id="materialize_dataset", depends_on_past=True)
     data_gate = DataGateOperator(task_id="data_gate", dataset_id=dataset.output)
     train = HorovodTrainOperator(task_id="train", dataset_id=dataset.output,
                                  execution_timeout=timedelta(hours=2))

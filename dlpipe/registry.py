@@ -205,6 +205,44 @@ def promote(store: Store, name: str, alias: str, version: int, *, run: RunContex
     return new
 
 
+def data_position(record: dict) -> tuple[str, int]:
+    """Where a version stands in data time: the partition of the dataset it was trained on
+    (``window_end=2026-01-03``), then its version number. Automated promotion compares these,
+    so a backfill or a retry of an older date never moves an alias back to older data."""
+    dataset = (record.get("lineage") or {}).get("dataset") or ""
+    partition = dataset.split("@", 1)[0].split("/", 2)[2] if dataset.count("/") >= 2 else ""
+    return partition, int(record["version"])
+
+
+def promote_forward(store: Store, name: str, alias: str, version: int, *, run: RunContext,
+                    reason: str = "", attempts: int = 5) -> tuple[dict, bool]:
+    """Point ``alias`` at ``version`` unless it already points at a version trained on newer data.
+
+    Returns ``(alias document, moved)``. The check and the move are one compare-and-swap (the
+    move is conditional on the version the check saw), retried when a concurrent run moves the
+    alias in between: two backfilled dates promoting at once end at the newer data either way.
+    """
+    candidate = data_position(get_version(store, name, version))
+    for _ in range(attempts):
+        doc = get_alias(store, name, alias)
+        if doc is not None and doc["version"] != version:
+            current = data_position(get_version(store, name, doc["version"]))
+            if current > candidate:
+                why = (f"{name}:{alias} stays at version {doc['version']} (data {current[0]}): "
+                       f"version {version} has older data ({candidate[0]})")
+                log.info("%s", why)
+                audit.record("skipped", stage="alias", run=run, manifest_id=f"{name}:{alias}",
+                             fingerprint=str(version), reason=why)
+                return doc, False
+        try:
+            new = promote(store, name, alias, version, run=run, reason=reason,
+                          expected_version=doc["version"] if doc else None)
+        except AliasConflict:
+            continue  # moved (or created) under us: look again
+        return new, doc is None or doc["version"] != version
+    raise AliasConflict(f"{name}:{alias} kept moving during {attempts} attempts to promote version {version}")
+
+
 def rollback(store: Store, name: str, alias: str, *, run: RunContext, reason: str = "") -> dict:
     """Move ``alias`` back to the version it pointed at before its latest move."""
     doc = get_alias(store, name, alias)

@@ -96,13 +96,18 @@ class PromoteModelOperator(_RegistryOperator):
     :param model_ref: ``name@version`` (templated; usually ``register_task.output``)
     :param alias: alias to move (default: the pipeline's ``registry.promote_to``)
     :param reason: recorded in the alias history
+    :param only_forward: leave the alias alone when it already points at a version trained on
+        newer data (see ``registry.data_position``): backfills and retries of older dates must not
+        move it back. ``False`` moves it regardless; deliberate rollbacks use
+        ``dlpipe registry rollback``.
     """
 
     template_fields: Sequence[str] = ("pipeline_config", "model_ref", "alias", "reason", "registry_root")
 
-    def __init__(self, *, model_ref: str, alias: str | None = None, reason: str = "", **kwargs: Any) -> None:
+    def __init__(self, *, model_ref: str, alias: str | None = None, reason: str = "", only_forward: bool = True,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.model_ref, self.alias, self.reason = model_ref, alias, reason
+        self.model_ref, self.alias, self.reason, self.only_forward = model_ref, alias, reason, only_forward
 
     def run_stage(self, context: Any, pipeline: dict, run: RunContext) -> StageResult:
         cfg, store = self._settings(pipeline)
@@ -110,10 +115,13 @@ class PromoteModelOperator(_RegistryOperator):
         if not alias:
             raise ConfigError("alias", alias, "pass alias= or set registry.promote_to in the pipeline")
         name, version = registry.parse_ref(self.model_ref)
-        before = registry.get_alias(store, name, alias)
-        doc = registry.promote(store, name, alias, version, run=run,
-                               reason=self.reason or f"{run.dag_id} {run.run_id}")
-        moved = before is None or before["version"] != doc["version"]
+        reason = self.reason or f"{run.dag_id} {run.run_id}"
+        if self.only_forward:
+            doc, moved = registry.promote_forward(store, name, alias, version, run=run, reason=reason)
+        else:
+            before = registry.get_alias(store, name, alias)
+            doc = registry.promote(store, name, alias, version, run=run, reason=reason)
+            moved = before is None or before["version"] != doc["version"]
         self.log.info("%s:%s -> version %d (%s)", name, alias, doc["version"], "moved" if moved else "unchanged")
         return StageResult({"id": f"{name}:{alias}", "summary": {"version": doc["version"], "moved": moved}},
                            skipped=not moved)

@@ -1,7 +1,8 @@
 """The example pipeline on the production code paths: Airflow on PostgreSQL with the
 LocalExecutor (a scheduler, a DAG processor and an API server as separate processes), tasks in
 executor workers talking to the execution API, datasets on local disk, and the model registry on
-an S3-compatible server process, reached through an Airflow AWS connection."""
+an S3-compatible server process, reached through an Airflow AWS connection. Runs come from
+``airflow backfill create``, two at a time, and the same backfill again changes nothing."""
 
 from __future__ import annotations
 
@@ -32,7 +33,28 @@ def _task_report(db: str, run_id: str, home) -> str:
     return f"task states: {states}\n{tails}"
 
 
-def test_eta_pipeline_on_postgres_with_the_local_executor_and_an_s3_registry(
+def _backfill(env: dict, db: str, procs: dict, logs, home, *extra: str) -> list[str]:
+    """``airflow backfill create`` for 2026-01-02..2026-01-03, two runs at a time; waits for
+    both runs and returns their run ids (each must succeed)."""
+    airflow_cli(env, "backfill", "create", "--dag-id", "eta_training", "--from-date", "2026-01-02",
+                "--to-date", "2026-01-03", "--max-active-runs", "2", *extra)
+    # a reprocessed date reuses its run (cleared, with a new try), so find runs by backfill
+    new = wait_for(lambda: (lambda ids: ids if len(ids) == 2 else None)(sorted(r for (r,) in query(
+        db, "SELECT dr.run_id FROM backfill_dag_run b JOIN dag_run dr ON dr.id = b.dag_run_id "
+            "WHERE b.backfill_id = (SELECT max(id) FROM backfill)"))),
+        "the backfill's two runs", 120, procs, logs)
+    for run_id in new:
+        state = wait_for(lambda: _run_state(db, run_id), f"run {run_id} to finish", 1200, procs, logs, every_s=5)
+        assert state == "success", _task_report(db, run_id, home)
+        tis = query(db, "SELECT task_id, state FROM task_instance WHERE run_id = %s", run_id)
+        assert sorted(tis) == sorted((t, "success") for t in TASKS)
+    # the scheduler closes the backfill after its runs; only then may another one start
+    wait_for(lambda: not query(db, "SELECT id FROM backfill WHERE completed_at IS NULL"),
+             "the scheduler to complete the backfill", 120, procs, logs)
+    return new
+
+
+def test_backfill_on_postgres_with_the_local_executor_and_an_s3_registry_then_rerun_changes_nothing(
         tmp_path, dlpipe_home, small_raw, s3_server, s3_client):
     s3_client.create_bucket(Bucket="ml-models")
     pipeline = yaml.safe_load((ROOT / "pipelines" / "eta_training.yaml").read_text())
@@ -57,27 +79,44 @@ def test_eta_pipeline_on_postgres_with_the_local_executor_and_an_s3_registry(
             wait_for(lambda: query(db, "SELECT 1 FROM dag WHERE dag_id = 'eta_training'"),
                      "the DAG processor to store eta_training", 180, procs, logs)
             airflow_cli(env, "dags", "unpause", "eta_training")
-            # A backfill of one day from the CLI: its run's data interval is [2026-01-03, 2026-01-04),
-            # the last day of demo data.
-            airflow_cli(env, "backfill", "create", "--dag-id", "eta_training", "--from-date", "2026-01-03",
-                        "--to-date", "2026-01-03")
-            run_id = wait_for(lambda: query(db, "SELECT run_id FROM dag_run WHERE run_type = 'backfill'"),
-                              "the backfill's run", 120, procs, logs)[0][0]
-            state = wait_for(lambda: _run_state(db, run_id), f"run {run_id} to finish", 900, procs, logs, every_s=5)
-            assert state == "success", _task_report(db, run_id, home)
-            tis = query(db, "SELECT task_id, state FROM task_instance WHERE run_id = %s", run_id)
-            assert sorted(tis) == sorted((t, "success") for t in TASKS)
-            runs = query(db, "SELECT run_id FROM dag_run WHERE dag_id = 'eta_training'")
-            assert runs == [(run_id,)]  # the end date kept the scheduler from adding its own run
+            # Each backfilled run's data interval is one day: [2026-01-02, 01-03) and [01-03, 01-04).
+            # (the dataset task depends on its past, so Airflow asks for a reprocess behaviour)
+            first = _backfill(env, db, procs, logs, home, "--reprocess-behavior", "failed")
+            manifests = sorted(p.relative_to(dlpipe_home) for p in dlpipe_home.glob("*/*/*/manifests/*.json"))
+            versions = sorted(o["Key"] for o in s3_client.list_objects_v2(
+                Bucket="ml-models", Prefix="registry/eta/versions/")["Contents"])
+            events_before = len((dlpipe_home / "audit" / "events.jsonl").read_text().splitlines())
+            # The same backfill again (Airflow clears and reruns the completed dates): nothing changes.
+            second = _backfill(env, db, procs, logs, home, "--reprocess-behavior", "completed")
+            assert second == first
+            runs = {r for (r,) in query(db, "SELECT run_id FROM dag_run WHERE dag_id = 'eta_training'")}
+            assert runs == set(first)  # the end date kept the scheduler from adding its own run
 
-    keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket="ml-models")["Contents"]]
-    assert "registry/eta/versions/000001.json" in keys and "registry/eta/aliases/staging.json" in keys
-    record = json.loads(s3_client.get_object(Bucket="ml-models", Key="registry/eta/versions/000001.json")["Body"].read())
-    assert record["registered_by"]["run_id"] == run_id and record["registered_by"]["task_id"] == "register_model"
+    # one feature partition per day, one dataset and one model per run
+    features = sorted(str(p) for p in manifests if p.parts[0] == "features")
+    assert [p.split("/")[2] for p in features] == ["dt=2026-01-02", "dt=2026-01-03"]
+    assert sum(p.parts[0] == "datasets" for p in manifests) == 2
+    assert versions == ["registry/eta/versions/000001.json", "registry/eta/versions/000002.json"]
+    # the rerun committed nothing new: same manifests, same versions, every stage skipped
+    assert sorted(p.relative_to(dlpipe_home) for p in dlpipe_home.glob("*/*/*/manifests/*.json")) == manifests
+    assert sorted(o["Key"] for o in s3_client.list_objects_v2(
+        Bucket="ml-models", Prefix="registry/eta/versions/")["Contents"]) == versions
     events = [json.loads(line) for line in (dlpipe_home / "audit" / "events.jsonl").read_text().splitlines()]
-    done = {e["run"]["task_id"]: e["event"] for e in events
-            if e["run"].get("run_id") == run_id and e["event"] != "started"}
-    assert done == {t: "committed" for t in TASKS}
+    for verdict, batch in (("committed", events[:events_before]), ("skipped", events[events_before:])):
+        for run_id in first:
+            done = {e["run"]["task_id"]: e["event"] for e in batch
+                    if e["run"].get("run_id") == run_id and e["event"] != "started"}
+            # two runs at once: the one with older data may find staging already past it
+            promote = done.pop("promote_staging", None)
+            assert done == {t: verdict for t in TASKS if t != "promote_staging"}, (run_id, done)
+            assert promote in ({"committed", "skipped"} if verdict == "committed" else {"skipped"}), promote
+    # staging ends at the model of the newest data whatever order the runs finished in
+    staging = json.loads(s3_client.get_object(Bucket="ml-models", Key="registry/eta/aliases/staging.json")["Body"].read())
+    newest = json.loads(s3_client.get_object(Bucket="ml-models", Key=f"registry/eta/versions/{staging['version']:06d}.json")["Body"].read())
+    assert newest["lineage"]["dataset"].startswith("datasets/eta/window_end=2026-01-03@")
+    assert len(staging["history"]) in (1, 2)  # never moved back by the rerun
+    record = json.loads(s3_client.get_object(Bucket="ml-models", Key=versions[0])["Body"].read())
+    assert record["registered_by"]["run_id"] in first and record["registered_by"]["task_id"] == "register_model"
     for f in list(home.rglob("*")) + list(dlpipe_home.rglob("*")):
         if f.is_file():  # task logs, service logs, manifests, the audit log
             assert SECRET.encode() not in f.read_bytes(), f"secret leaked into {f}"

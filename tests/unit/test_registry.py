@@ -99,3 +99,41 @@ def test_a_file_changed_since_its_commit_is_refused(store, tmp_path):
     with pytest.raises(IntegrityError, match="changed after it was hashed"):
         registry.register(store, "eta", d, metrics={}, lineage={}, run=RunContext(), committed_files=committed)
     assert registry.list_versions(store, "eta") == []
+
+
+def _versions_by_day(store, tmp_path, days: list[str]) -> dict[str, int]:
+    """Register one model per dataset day, in the given order (a backfill registers late)."""
+    out = {}
+    for day in days:
+        rec, _ = registry.register(store, "eta", _model(tmp_path, day.encode()), metrics={},
+                                   lineage={"dataset": f"datasets/eta/window_end={day}@abc"}, run=RunContext())
+        out[day] = rec["version"]
+    return out
+
+
+def test_promote_forward_never_moves_an_alias_back_to_older_data(store, tmp_path):
+    v = _versions_by_day(store, tmp_path, ["2026-01-03", "2026-01-02"])  # 01-02 backfilled later: v2
+    doc, moved = registry.promote_forward(store, "eta", "staging", v["2026-01-03"], run=RunContext())
+    assert moved and doc["version"] == v["2026-01-03"]
+    doc, moved = registry.promote_forward(store, "eta", "staging", v["2026-01-02"], run=RunContext())
+    assert not moved and doc["version"] == v["2026-01-03"]  # newer version number, older data
+    doc, moved = registry.promote_forward(store, "eta", "staging", v["2026-01-03"], run=RunContext())
+    assert not moved and len(registry.get_alias(store, "eta", "staging")["history"]) == 1
+    newer = _versions_by_day(store, tmp_path, ["2026-01-04"])["2026-01-04"]
+    doc, moved = registry.promote_forward(store, "eta", "staging", newer, run=RunContext())
+    assert moved and doc["history"][-1]["from_version"] == v["2026-01-03"]
+
+
+def _promote_one(root: str, version: int, alias: str, barrier, results) -> None:
+    barrier.wait()
+    doc, moved = registry.promote_forward(LocalStore(root), "eta", alias, version, run=RunContext())
+    results.put((version, doc["version"], moved))
+
+
+def test_concurrent_forward_promotions_end_at_the_newest_data(tmp_path):
+    root = tmp_path / "registry"
+    v = _versions_by_day(LocalStore(root), tmp_path, ["2026-01-02", "2026-01-03"])
+    for alias in ("a", "b", "c"):  # a forced race, a few times: the outcome must not depend on who wins
+        run_processes(_promote_one, [(str(root), v["2026-01-03"], alias), (str(root), v["2026-01-02"], alias)],
+                      timeout=60, barrier=True)
+        assert registry.get_alias(LocalStore(root), "eta", alias)["version"] == v["2026-01-03"]
