@@ -35,5 +35,8 @@ def section(pipeline: dict[str, Any], name: str, model: type[M]) -> M:
     except ValidationError as exc:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in (name, *err["loc"]))
+        if err["type"] == "missing":  # pydantic's input is then the whole section: not helpful
+            raise ConfigError(f"{pipeline.get('_source', '?')}: {field}", "(missing)",
+                              f"{err['msg']}: add {field}") from exc
         raise ConfigError(f"{pipeline.get('_source', '?')}: {field}", err.get("input"),
                           err["msg"]) from exc

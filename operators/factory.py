@@ -1,0 +1,134 @@
+"""Pipelines from spec files: one YAML file describes a team's whole pipeline and its DAG.
+
+A spec is a pipeline YAML (the sections the stages read: ``features``, ``dataset``,
+``data_gate``, ``train``, ``scale``, ``model_gate``, ``registry``) plus a ``dag:`` section
+(id, owner, schedule, dates, retries, timeouts). Every section is validated when the DAG file is
+parsed, so a typo shows up as an import error in the Airflow UI that names the spec file, the
+field path, the bad value and the fix, not as a failed task at 3 a.m.
+
+Each spec gets its own two-line DAG file (Airflow's safe mode only parses files that mention
+both "airflow" and "dag", hence the comment)::
+
+    # Airflow DAG from a dlpipe spec
+    from operators.factory import pipeline_dag
+    dag = pipeline_dag("pipelines/marketplace_eta.yaml")
+
+Airflow reports import errors per Python file, so one file per spec is what lets a bad spec
+break only its own DAG while the DagBag names the file and the reason.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from dlpipe.errors import ConfigError
+from dlpipe.pipeline_config import load_pipeline, section
+
+REPO = Path(__file__).resolve().parent.parent
+SCHEDULE_PRESETS = {"@hourly", "@daily", "@weekly", "@monthly", "@yearly"}
+
+
+class DagSpec(BaseModel):
+    """The ``dag:`` section: how Airflow schedules and runs the pipeline."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    dag_id: str = Field(pattern=r"^[A-Za-z0-9_.\-]{1,200}$", description="unique DAG id")
+    owner: str = Field(min_length=1, description="the team that answers for it")
+    schedule: str = Field("@daily", description="cron expression or @hourly/@daily/@weekly/@monthly")
+    start_date: date = Field(description="first data interval")
+    end_date: date | None = Field(None, description="no scheduled run after this date")
+    catchup: bool = Field(False, description="create the runs missed since start_date")
+    max_active_runs: int = Field(1, ge=1, le=64, description="runs at once (backfills set their own)")
+    retries: int = Field(2, ge=0, le=10, description="retries of transient failures")
+    retry_delay_s: int = Field(60, ge=0, description="wait before a retry")
+    train_timeout_s: int = Field(7200, ge=60, description="execution timeout of the training task")
+    tags: list[str] = Field(default_factory=list, description="shown and filterable in the UI")
+    description: str = Field("", description="one line for the DAG list")
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        if value in SCHEDULE_PRESETS:
+            return value
+        from croniter import croniter
+
+        if not croniter.is_valid(value):
+            raise ValueError(f"not a cron expression or one of {sorted(SCHEDULE_PRESETS)}")
+        return value
+
+
+def _stage_sections() -> dict[str, type[BaseModel]]:
+    from dlpipe.gates import DataGateConfig, ModelGateConfig
+    from dlpipe.registry import RegistryConfig
+    from feature_jobs.stages import DatasetConfig, FeatureJobConfig
+    from training.config import ScaleConfig, TrainConfig
+
+    return {"features": FeatureJobConfig, "dataset": DatasetConfig, "data_gate": DataGateConfig,
+            "train": TrainConfig, "scale": ScaleConfig, "model_gate": ModelGateConfig,
+            "registry": RegistryConfig}
+
+
+def load_spec(path: str | Path) -> tuple[DagSpec, dict[str, Any]]:
+    """Validate a whole spec; ConfigError names the file, the field path, the value and the fix."""
+    path = Path(path) if Path(path).is_absolute() else REPO / path
+    pipeline = load_pipeline(path)
+    sections = _stage_sections()
+    known = set(sections) | {"dag", "model_name", "_source"}
+    for key in sorted(set(pipeline) - known):
+        raise ConfigError(f"{path}: {key}", pipeline[key],
+                          f"remove it or fix its name; a spec has the sections {sorted(known - {'_source'})}")
+    if "dag" not in pipeline:
+        raise ConfigError(f"{path}: dag", None, "add a dag: section (dag_id, owner, schedule, start_date, ...)")
+    spec = section(pipeline, "dag", DagSpec)
+    for name, model in sections.items():
+        section(pipeline, name, model)
+    name = pipeline.get("model_name", "model")
+    if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9][a-z0-9_\-]{0,62}", name):
+        raise ConfigError(f"{path}: model_name", name, "use lower-case letters, digits, '-' and '_'")
+    if spec.end_date and spec.end_date < spec.start_date:
+        raise ConfigError(f"{path}: dag.end_date", spec.end_date.isoformat(),
+                          f"must not be before dag.start_date {spec.start_date.isoformat()}")
+    return spec, pipeline
+
+
+def pipeline_dag(path: str | Path):
+    """The DAG of one spec: features -> dataset -> data gate -> train -> model gate -> register -> promote."""
+    from airflow.sdk import DAG, CronDataIntervalTimetable
+
+    from operators import (DataGateOperator, HorovodTrainOperator, ModelGateOperator,
+                           PetastormDatasetOperator, PromoteModelOperator, RegisterModelOperator,
+                           SparkFeatureOperator)
+
+    spec, pipeline = load_spec(path)
+    day = lambda d: datetime(d.year, d.month, d.day) if d else None  # noqa: E731
+    with DAG(
+        dag_id=spec.dag_id,
+        description=spec.description or f"dlpipe pipeline from {Path(pipeline['_source']).name}",
+        schedule=CronDataIntervalTimetable(spec.schedule, timezone="UTC"),
+        start_date=day(spec.start_date),
+        end_date=day(spec.end_date),
+        catchup=spec.catchup,
+        max_active_runs=spec.max_active_runs,
+        tags=sorted({"dlpipe", *spec.tags}),
+        default_args={"owner": spec.owner, "retries": spec.retries,
+                      "retry_delay": timedelta(seconds=spec.retry_delay_s),
+                      "pipeline_config": pipeline["_source"]},
+        doc_md=f"Generated from `{pipeline['_source']}` by `operators.factory.pipeline_dag`; "
+               f"edit the spec, not this DAG.",
+    ) as dag:
+        features = SparkFeatureOperator(task_id="extract_features")
+        dataset = PetastormDatasetOperator(task_id="materialize_dataset", depends_on_past=True)
+        data_gate = DataGateOperator(task_id="data_gate", dataset_id=dataset.output)
+        train = HorovodTrainOperator(task_id="train", dataset_id=dataset.output,
+                                     execution_timeout=timedelta(seconds=spec.train_timeout_s))
+        model_gate = ModelGateOperator(task_id="model_gate", training_id=train.output)
+        register = RegisterModelOperator(task_id="register_model", training_id=train.output,
+                                         gate_ids=[data_gate.output, model_gate.output])
+        promote = PromoteModelOperator(task_id="promote_staging", model_ref=register.output)
+        features >> dataset >> data_gate >> train >> model_gate >> register >> promote
+    return dag

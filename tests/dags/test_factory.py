@@ -1,0 +1,77 @@
+"""Pipelines from spec files: validated at parse time, one DAG per spec, a bad spec breaks only
+its own DAG and the DagBag says which file and why."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dlpipe.errors import ConfigError
+from operators.factory import load_spec, pipeline_dag
+from tests.conftest import ROOT
+
+SPEC = ROOT / "pipelines" / "marketplace_eta.yaml"
+
+
+def _spec(tmp_path: Path, name: str, **changes) -> Path:
+    """A copy of the shipped spec with ``section.field`` changes (None deletes the field)."""
+    data = yaml.safe_load(SPEC.read_text())
+    for dotted, value in changes.items():
+        *parents, leaf = dotted.split("__")
+        node = data
+        for p in parents:
+            node = node.setdefault(p, {})
+        if value is None:
+            node.pop(leaf, None)
+        else:
+            node[leaf] = value
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_the_shipped_spec_becomes_its_dag():
+    dag = pipeline_dag(SPEC)
+    assert dag.dag_id == "marketplace_eta" and dag.owner == "marketplace"
+    assert [t.task_id for t in dag.topological_sort()][:3] == ["extract_features", "materialize_dataset", "data_gate"]
+    assert {"dlpipe", "marketplace", "eta"} <= set(dag.tags) and dag.catchup is False
+    assert dag.get_task("train").execution_timeout.total_seconds() == 7200
+    assert dag.get_task("materialize_dataset").depends_on_past
+
+
+@pytest.mark.parametrize("changes, field, value, fix", [
+    ({"dag__owner": None}, "dag.owner", "(missing)", "Field required: add dag.owner"),
+    ({"dag__schedule": "every day at noon"}, "dag.schedule", "every day at noon", "not a cron expression"),
+    ({"dag__dag_id": "bad id!"}, "dag.dag_id", "bad id!", "should match pattern"),
+    ({"dag__end_date": "2025-12-01"}, "dag.end_date", "2025-12-01", "must not be before dag.start_date"),
+    ({"train__epochs": 0}, "train.epochs", "0", "greater than or equal to 1"),
+    ({"scale__hosts": "gpu-1 8"}, "scale.hosts", "gpu-1 8", "should match pattern"),
+    ({"trian__epochs": 3}, "trian", "{'epochs': 3}", "remove it or fix its name"),
+    ({"dag": None}, "dag", "None", "add a dag: section"),
+])
+def test_spec_errors_name_the_file_the_field_the_value_and_the_fix(tmp_path, changes, field, value, fix):
+    path = _spec(tmp_path, "team", **changes)
+    with pytest.raises(ConfigError) as err:
+        load_spec(path)
+    message = str(err.value)
+    assert str(path) in message and field in message and value in message and fix in message, message
+
+
+def test_a_bad_spec_breaks_only_its_own_dag_and_the_dagbag_says_why(tmp_path):
+    from airflow.dag_processing.dagbag import DagBag
+
+    good = _spec(tmp_path, "good", dag__dag_id="team_good")
+    bad = _spec(tmp_path, "bad", dag__dag_id="team_bad", train__epochs=0)
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    for name, spec in (("good", good), ("bad", bad)):
+        (dags / f"{name}.py").write_text(
+            "# An Airflow DAG from a dlpipe spec (Airflow parses files that mention airflow and dag)\n"
+            f"from operators.factory import pipeline_dag\ndag = pipeline_dag({str(spec)!r})\n")
+    bag = DagBag(dag_folder=str(dags))
+    assert set(bag.dags) == {"team_good"}
+    assert list(bag.import_errors) == [str(dags / "bad.py")]
+    error = bag.import_errors[str(dags / "bad.py")]
+    assert str(bad) in error and "train.epochs" in error and "greater than or equal to 1" in error, error
