@@ -51,4 +51,30 @@ class DlpipeOperator(BaseOperator):
             raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
         verb = "skipped (already committed)" if result.skipped else "committed"
         self.log.info("%s %s; summary: %s", result.id, verb, result.manifest.get("summary"))
+        self._committed = result.manifest
         return result.id
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any):
+        """OpenLineage: the committed inputs and the output of this stage, as datasets.
+
+        Names are the stable part of manifest ids (``datasets/eta/window_end=2026-01-03``); the
+        fingerprint (or registry version) is the dataset version, so a lineage backend links
+        the exact inputs of every model. Called by the OpenLineage provider when installed.
+        """
+        from airflow.providers.common.compat.openlineage.facet import Dataset
+        from airflow.providers.openlineage.extractors import OperatorLineage
+        from openlineage.client.facet_v2 import dataset_version_dataset
+
+        manifest = getattr(self, "_committed", None)
+        if not manifest:
+            return OperatorLineage()
+
+        def dataset(mid: str) -> Dataset:
+            name, _, version = mid.partition("@")
+            if "/" not in name:  # a registry version: eta@3
+                name = f"registry/{name}"
+            facet = dataset_version_dataset.DatasetVersionDatasetFacet(datasetVersion=version)
+            return Dataset(namespace="dlpipe", name=name, facets={"version": facet} if version else {})
+
+        return OperatorLineage(inputs=[dataset(i["id"]) for i in manifest.get("inputs", [])],
+                               outputs=[dataset(manifest["id"])])

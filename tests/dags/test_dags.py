@@ -102,7 +102,11 @@ def test_eta_dag_end_to_end_then_rerun_skips(tmp_path, airflow_env, dlpipe_home,
     spec = tmp_path / "eta_s3.yaml"
     spec.write_text(yaml.safe_dump(pipeline))
     task_env = {k: v for k, v in airflow_env.items() if not k.startswith("AWS_")}
+    lineage_log = tmp_path / "openlineage.jsonl"  # the OpenLineage provider's file transport
     task_env.update({
+        "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps({"type": "file", "log_file_path": str(lineage_log),
+                                                       "append": True}),
+        "AIRFLOW__OPENLINEAGE__NAMESPACE": "dlpipe-test",
         "DLPIPE_ETA_PIPELINE": str(spec),
         "AIRFLOW_CONN_DLPIPE_S3": json.dumps({
             "conn_type": "aws", "login": "AKIADLPIPETEST", "password": SECRET,
@@ -146,6 +150,16 @@ def test_eta_dag_end_to_end_then_rerun_skips(tmp_path, airflow_env, dlpipe_home,
     assert chain["inputs"][0]["stage"] == "datasets"
     assert chain["inputs"][0]["inputs"][0]["stage"] == "features"
     assert {n["stage"] for n in chain["inputs"][0]["inputs"][0]["inputs"]} == {"raw"}
+
+    # OpenLineage events from our operators' facets: each stage's committed inputs and output
+    complete = {e["job"]["name"]: e for e in map(json.loads, lineage_log.read_text().splitlines())
+                if e.get("eventType") == "COMPLETE"}
+    ds = complete["eta_training.materialize_dataset"]
+    assert [d["name"] for d in ds["outputs"]] == ["datasets/eta/window_end=2026-01-03"]
+    assert [d["name"] for d in ds["inputs"]] == ["features/eta/dt=2026-01-03"]
+    assert ds["outputs"][0]["facets"]["version"]["datasetVersion"] == lin["dataset"].split("@")[1]
+    assert [d["name"] for d in complete["eta_training.train"]["inputs"]] == ["datasets/eta/window_end=2026-01-03"]
+    assert complete["eta_training.register_model"]["outputs"][0]["name"] == "registry/eta"
 
     first_run = {e["run"]["task_id"]: e["event"] for e in _events(dlpipe_home)
                  if e["run"]["dag_id"] == "eta_training" and e["event"] != "started"}
