@@ -46,6 +46,18 @@ else
   say "Python packages up to date: skipping"
 fi
 
+# 3b. Debian's headless Chromium for the Airflow UI browser test (tests/dags/test_production_paths.py),
+#     from this machine's package archive; skipped when it is there or when apt is not ours to use.
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing chromium (for the UI browser test)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 \
+      || echo "[setup] warning: could not install chromium; the UI browser test will fail until it is installed" >&2
+  else
+    echo "[setup] warning: chromium is missing; install Debian's chromium package for the UI browser test" >&2
+  fi
+fi
+
 # 4. Horovod (built once per machine, reused from a wheelhouse afterwards).
 bash "$ROOT/scripts/build_horovod.sh" "$VENV"
 

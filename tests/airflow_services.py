@@ -84,8 +84,15 @@ def airflow_cli(env: dict, *args: str, timeout: float = 600) -> subprocess.Compl
 
 
 def services_env(base: dict, db_url: str, home: Path) -> dict:
-    """Environment for every Airflow process of one deployment: one database, one API server."""
+    """Environment for every Airflow process of one deployment: one database, one API server.
+
+    The UI's simple auth manager gets one user, ``admin``, whose password is in
+    ``home/ui-passwords.json``."""
+    import secrets
+
     port = free_port()
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "ui-passwords.json").write_text(f'{{"admin": "{secrets.token_urlsafe(12)}"}}')
     return {
         **base,
         "AIRFLOW_HOME": str(home),
@@ -100,6 +107,8 @@ def services_env(base: dict, db_url: str, home: Path) -> dict:
         "AIRFLOW__API_AUTH__JWT_SECRET": "dlpipe-test-jwt-signing-key-not-for-production",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
         "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "ui-passwords.json"),
     }
 
 

@@ -2,11 +2,13 @@
 LocalExecutor (a scheduler, a DAG processor and an API server as separate processes), tasks in
 executor workers talking to the execution API, datasets on local disk, and the model registry on
 an S3-compatible server process, reached through an Airflow AWS connection. Runs come from
-``airflow backfill create``, two at a time, and the same backfill again changes nothing."""
+``airflow backfill create``, two at a time, and the same backfill again changes nothing. A
+headless browser then logs in to the Airflow UI and reads a finished run's task states."""
 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import yaml
@@ -54,6 +56,41 @@ def _backfill(env: dict, db: str, procs: dict, logs, home, *extra: str) -> list[
     return new
 
 
+def _check_the_ui(env: dict, home, run_id: str, screenshot) -> None:
+    """Debian's headless Chromium, driven by Playwright: log in to the Airflow UI, find the
+    pipeline in the DAG list, open a finished run and read every task's state off the page."""
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    chromium = shutil.which("chromium")
+    assert chromium, "Debian's chromium is not installed: scripts/setup.sh installs it (as root)"
+    base = env["AIRFLOW__API__BASE_URL"]
+    password = json.loads((home / "ui-passwords.json").read_text())["admin"]
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"{base}/")
+            page.get_by_label("Username").fill("admin")
+            page.get_by_label("Password").fill(password)
+            page.get_by_role("button", name="Sign in").click()
+            page.wait_for_url(lambda url: "/auth/login" not in url, timeout=60_000)
+            page.goto(f"{base}/dags")
+            page.get_by_text("eta_training", exact=True).first.wait_for(timeout=60_000)
+            page.goto(f"{base}/dags/eta_training/runs/{run_id}")
+            page.get_by_text("promote_staging", exact=True).first.wait_for(timeout=60_000)
+            page.screenshot(path=str(screenshot), full_page=True)
+            rows = page.locator("table tbody tr").all_inner_texts()
+        finally:
+            browser.close()
+    print(f"[ui] screenshot of run {run_id}: {screenshot}")
+    # each row of the task-instance table: task id, then its state
+    cells = [[c.strip() for c in re.split(r"[\t\n]", row) if c.strip()] for row in rows]
+    states = {c[0]: c[1] for c in cells if len(c) > 1}
+    assert states == {t: "Success" for t in TASKS}, f"task states on the run page: {cells}"
+
+
 def test_backfill_on_postgres_with_the_local_executor_and_an_s3_registry_then_rerun_changes_nothing(
         tmp_path, dlpipe_home, small_raw, s3_server, s3_client):
     s3_client.create_bucket(Bucket="ml-models")
@@ -91,6 +128,9 @@ def test_backfill_on_postgres_with_the_local_executor_and_an_s3_registry_then_re
             assert second == first
             runs = {r for (r,) in query(db, "SELECT run_id FROM dag_run WHERE dag_id = 'eta_training'")}
             assert runs == set(first)  # the end date kept the scheduler from adding its own run
+            shots = ROOT / ".dlpipe" / "test-artifacts"  # kept after the run (CI can collect it)
+            shots.mkdir(parents=True, exist_ok=True)
+            _check_the_ui(env, home, first[-1], shots / "ui-backfill-run.png")
 
     # one feature partition per day, one dataset and one model per run
     features = sorted(str(p) for p in manifests if p.parts[0] == "features")
