@@ -19,6 +19,7 @@ from airflow.sdk import DAG, CronDataIntervalTimetable
 from operators import (DataGateOperator, HorovodTrainOperator, ModelGateOperator,
                        PetastormDatasetOperator, PromoteModelOperator, RegisterModelOperator,
                        SparkFeatureOperator)
+from operators.base import run_params
 
 # DLPIPE_ETA_PIPELINE points a deployment (or a test) at another copy of the pipeline YAML.
 PIPELINE = os.environ.get("DLPIPE_ETA_PIPELINE") or str(
@@ -41,6 +42,7 @@ with DAG(
     default_args={"owner": "delivery", "retries": 2, "retry_delay": timedelta(seconds=30),
                   "pipeline_config": PIPELINE},
     doc_md=__doc__,
+    params=run_params(),
 ) as dag:
     features = SparkFeatureOperator(task_id="extract_features")
     # A dataset's window holds the features of earlier days, which earlier runs compute. When a

@@ -17,6 +17,7 @@ class RunContext:
     task_id: str = "-"
     try_number: int = 0
     triggered_by: str = "-"
+    reason: str = ""  # why the run was started (the DAG's ``reason`` param), kept in the audit log
     user: str = field(default_factory=lambda: _user())
     host: str = field(default_factory=socket.gethostname)
     pid: int = field(default_factory=os.getpid)

@@ -16,12 +16,21 @@ from dlpipe.runctx import RunContext
 DETERMINISTIC = (ConfigError, GateFailed, IntegrityError, NotCommittedError)
 
 
+def run_params() -> dict:
+    """The params every dlpipe DAG takes, validated by JSON schema when a run is triggered."""
+    from airflow.sdk import Param
+
+    return {"reason": Param("", type="string", maxLength=500, title="Reason",
+                            description="Why this run was started; kept with every stage's audit event.")}
+
+
 def run_context(context: Any) -> RunContext:
     """The Airflow run/task/try (and who triggered it) for manifests and audit events."""
     ti, dag_run = context["ti"], context["dag_run"]
     return RunContext(
         dag_id=ti.dag_id, run_id=ti.run_id, task_id=ti.task_id, try_number=int(ti.try_number),
         triggered_by=getattr(dag_run, "triggering_user_name", None) or str(getattr(dag_run, "run_type", "-")),
+        reason=str((context.get("params") or {}).get("reason") or ""),
     )
 
 

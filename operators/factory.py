@@ -103,6 +103,7 @@ def pipeline_dag(path: str | Path):
     from operators import (DataGateOperator, HorovodTrainOperator, ModelGateOperator,
                            PetastormDatasetOperator, PromoteModelOperator, RegisterModelOperator,
                            SparkFeatureOperator)
+    from operators.base import run_params
 
     spec, pipeline = load_spec(path)
     day = lambda d: datetime(d.year, d.month, d.day) if d else None  # noqa: E731
@@ -120,6 +121,7 @@ def pipeline_dag(path: str | Path):
                       "pipeline_config": pipeline["_source"]},
         doc_md=f"Generated from `{pipeline['_source']}` by `operators.factory.pipeline_dag`; "
                f"edit the spec, not this DAG.",
+        params=run_params(),
     ) as dag:
         features = SparkFeatureOperator(task_id="extract_features")
         dataset = PetastormDatasetOperator(task_id="materialize_dataset", depends_on_past=True)

@@ -114,7 +114,8 @@ def test_eta_dag_end_to_end_then_rerun_skips(tmp_path, airflow_env, dlpipe_home,
     })
     cli_env = {**airflow_env, "DLPIPE_REGISTRY_ROOT": "s3://ml-models/registry", "AWS_ENDPOINT_URL": s3_server}
     # the run dated 2026-01-04 processes the interval [2026-01-03, 2026-01-04)
-    first = _airflow(task_env, "dags", "test", "eta_training", "2026-01-04")
+    first = _airflow(task_env, "dags", "test", "eta_training", "2026-01-04", "--conf",
+                     json.dumps({"reason": "end-to-end test"}))
     keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket="ml-models")["Contents"]]
     assert "registry/eta/versions/000001.json" in keys and "registry/eta/aliases/staging.json" in keys
     assert sum(k.startswith("registry/eta/blobs/") for k in keys) == 3
@@ -164,6 +165,8 @@ def test_eta_dag_end_to_end_then_rerun_skips(tmp_path, airflow_env, dlpipe_home,
     first_run = {e["run"]["task_id"]: e["event"] for e in _events(dlpipe_home)
                  if e["run"]["dag_id"] == "eta_training" and e["event"] != "started"}
     assert set(first_run.values()) == {"committed"} and len(first_run) == 7
+    assert {e["run"]["reason"] for e in _events(dlpipe_home) if e["run"]["dag_id"] == "eta_training"} == {
+        "end-to-end test"}  # the run's reason param reaches every audit event
 
     # Second run of the same date: every stage skips, no second model version.
     second_run = _airflow(task_env, "dags", "test", "eta_training", "2026-01-04")

@@ -39,6 +39,11 @@ def test_the_shipped_spec_becomes_its_dag():
     assert {"dlpipe", "marketplace", "eta"} <= set(dag.tags) and dag.catchup is False
     assert dag.get_task("train").execution_timeout.total_seconds() == 7200
     assert dag.get_task("materialize_dataset").depends_on_past
+    assert dag.params["reason"] == ""  # params are validated by JSON schema when a run starts
+    from airflow.sdk.exceptions import ParamValidationError
+
+    with pytest.raises(ParamValidationError, match="param reason.*too long"):
+        dag.params["reason"] = "x" * 501
 
 
 @pytest.mark.parametrize("changes, field, value, fix", [
