@@ -192,7 +192,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
     rows = [{"ts": e["ts"], "event": e["event"], "task": e["run"]["task_id"],
              "try": e["run"]["try_number"], "user": e["run"]["user"], "manifest": e.get("manifest_id"),
              "why": e.get("reason") or e.get("error", "")[:80]} for e in events]
-    _print(events, args.json, _table(rows, ["ts", "event", "task", "try", "user", "manifest", "why"]))
+    reasons = {e["run"]["run_id"]: e["run"].get("reason") for e in events if e["run"].get("reason")}
+    header = "".join(f"run {run}: {why}\n" for run, why in reasons.items())
+    _print(events, args.json, header + _table(rows, ["ts", "event", "task", "try", "user", "manifest", "why"]))
     return 0
 
 

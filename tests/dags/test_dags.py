@@ -167,6 +167,8 @@ def test_eta_dag_end_to_end_then_rerun_skips(tmp_path, airflow_env, dlpipe_home,
     assert set(first_run.values()) == {"committed"} and len(first_run) == 7
     assert {e["run"]["reason"] for e in _events(dlpipe_home) if e["run"]["dag_id"] == "eta_training"} == {
         "end-to-end test"}  # the run's reason param reaches every audit event
+    run_id = next(e["run"]["run_id"] for e in _events(dlpipe_home) if e["run"]["dag_id"] == "eta_training")
+    assert f"run {run_id}: end-to-end test" in _dlpipe(cli_env, "audit", "--run-id", run_id)
 
     # Second run of the same date: every stage skips, no second model version.
     second_run = _airflow(task_env, "dags", "test", "eta_training", "2026-01-04")
