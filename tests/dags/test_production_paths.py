@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from tests.airflow_services import airflow_cli, airflow_services, postgres, query, services_env, wait_for
-from tests.conftest import ROOT
+from tests.conftest import ROOT, new_bucket
 from tests.dags.test_dags import SECRET, _airflow_env
 
 pytestmark = pytest.mark.integration
@@ -93,9 +93,9 @@ def _check_the_ui(env: dict, home, run_id: str, screenshot) -> None:
 
 def test_backfill_on_postgres_with_the_local_executor_and_an_s3_registry_then_rerun_changes_nothing(
         tmp_path, dlpipe_home, small_raw, s3_server, s3_client):
-    s3_client.create_bucket(Bucket="ml-models")
+    bucket = new_bucket(s3_client)  # the S3 server is shared by the whole session
     pipeline = yaml.safe_load((ROOT / "pipelines" / "eta_training.yaml").read_text())
-    pipeline["registry"] = {"root": "s3://ml-models/registry", "aws_conn_id": "dlpipe_s3", "promote_to": "staging"}
+    pipeline["registry"] = {"root": f"s3://{bucket}/registry", "aws_conn_id": "dlpipe_s3", "promote_to": "staging"}
     spec = tmp_path / "eta_s3.yaml"
     spec.write_text(yaml.safe_dump(pipeline))
     base = {k: v for k, v in _airflow_env(tmp_path, dlpipe_home).items() if not k.startswith("AWS_")}
@@ -121,7 +121,7 @@ def test_backfill_on_postgres_with_the_local_executor_and_an_s3_registry_then_re
             first = _backfill(env, db, procs, logs, home, "--reprocess-behavior", "failed")
             manifests = sorted(p.relative_to(dlpipe_home) for p in dlpipe_home.glob("*/*/*/manifests/*.json"))
             versions = sorted(o["Key"] for o in s3_client.list_objects_v2(
-                Bucket="ml-models", Prefix="registry/eta/versions/")["Contents"])
+                Bucket=bucket, Prefix="registry/eta/versions/")["Contents"])
             events_before = len((dlpipe_home / "audit" / "events.jsonl").read_text().splitlines())
             # The same backfill again (Airflow clears and reruns the completed dates): nothing changes.
             second = _backfill(env, db, procs, logs, home, "--reprocess-behavior", "completed")
@@ -140,7 +140,7 @@ def test_backfill_on_postgres_with_the_local_executor_and_an_s3_registry_then_re
     # the rerun committed nothing new: same manifests, same versions, every stage skipped
     assert sorted(p.relative_to(dlpipe_home) for p in dlpipe_home.glob("*/*/*/manifests/*.json")) == manifests
     assert sorted(o["Key"] for o in s3_client.list_objects_v2(
-        Bucket="ml-models", Prefix="registry/eta/versions/")["Contents"]) == versions
+        Bucket=bucket, Prefix="registry/eta/versions/")["Contents"]) == versions
     events = [json.loads(line) for line in (dlpipe_home / "audit" / "events.jsonl").read_text().splitlines()]
     for verdict, batch in (("committed", events[:events_before]), ("skipped", events[events_before:])):
         for run_id in first:
@@ -151,11 +151,11 @@ def test_backfill_on_postgres_with_the_local_executor_and_an_s3_registry_then_re
             assert done == {t: verdict for t in TASKS if t != "promote_staging"}, (run_id, done)
             assert promote in ({"committed", "skipped"} if verdict == "committed" else {"skipped"}), promote
     # staging ends at the model of the newest data whatever order the runs finished in
-    staging = json.loads(s3_client.get_object(Bucket="ml-models", Key="registry/eta/aliases/staging.json")["Body"].read())
-    newest = json.loads(s3_client.get_object(Bucket="ml-models", Key=f"registry/eta/versions/{staging['version']:06d}.json")["Body"].read())
+    staging = json.loads(s3_client.get_object(Bucket=bucket, Key="registry/eta/aliases/staging.json")["Body"].read())
+    newest = json.loads(s3_client.get_object(Bucket=bucket, Key=f"registry/eta/versions/{staging['version']:06d}.json")["Body"].read())
     assert newest["lineage"]["dataset"].startswith("datasets/eta/window_end=2026-01-03@")
     assert len(staging["history"]) in (1, 2)  # never moved back by the rerun
-    record = json.loads(s3_client.get_object(Bucket="ml-models", Key=versions[0])["Body"].read())
+    record = json.loads(s3_client.get_object(Bucket=bucket, Key=versions[0])["Body"].read())
     assert record["registered_by"]["run_id"] in first and record["registered_by"]["task_id"] == "register_model"
     for f in list(home.rglob("*")) + list(dlpipe_home.rglob("*")):
         if f.is_file():  # task logs, service logs, manifests, the audit log
