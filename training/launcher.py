@@ -38,11 +38,19 @@ def horovodrun_argv(scale: ScaleConfig, command: Sequence[str]) -> list[str]:
     return argv + list(command)
 
 
+# Credentials the ranks never need. horovodrun copies its whole environment onto the command
+# line of every remote rank (visible to `ps` on that host), so they are not passed on at all.
+SECRET_ENV = re.compile(r"^(AIRFLOW_CONN_|AIRFLOW_VAR_)|(SECRET|PASSWORD|TOKEN|FERNET|_KEY$|CREDENTIAL)",
+                        re.IGNORECASE)
+
+
 def training_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Every rank runs this interpreter, finds this repository's packages and stays quiet."""
+    """Every rank runs this interpreter, finds this repository's packages and stays quiet; no
+    Airflow connection, variable or other credential in the task's environment reaches it."""
     bindir = os.path.dirname(sys.executable)
+    inherited = {k: v for k, v in os.environ.items() if not SECRET_ENV.search(k)}
     return {
-        **os.environ,
+        **inherited,
         **(extra or {}),
         "PATH": bindir + os.pathsep + os.environ.get("PATH", ""),
         "PYTHONWARNINGS": "ignore:pyarrow.localfs is deprecated:FutureWarning",

@@ -47,3 +47,18 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_horovod_ranks_get_no_credentials(monkeypatch):
+    from training.launcher import training_env
+
+    secrets = {"AIRFLOW_CONN_DLPIPE_S3": "aws://AKIA:hunter2@", "AIRFLOW_VAR_TOKEN": "t",
+               "AWS_SECRET_ACCESS_KEY": "s", "AWS_SESSION_TOKEN": "t", "AIRFLOW__CORE__FERNET_KEY": "f",
+               "AIRFLOW__API_AUTH__JWT_SECRET": "j", "PGPASSWORD": "p"}
+    for k, v in secrets.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("DLPIPE_HOME", "/data/dlpipe")
+    env = training_env({"NCCL_SOCKET_IFNAME": "eth0"})
+    assert not set(secrets) & set(env), sorted(set(secrets) & set(env))
+    assert env["DLPIPE_HOME"] == "/data/dlpipe" and env["NCCL_SOCKET_IFNAME"] == "eth0"
+    assert env["HOROVOD_STALL_SHUTDOWN_TIME_SECONDS"] == "30"
