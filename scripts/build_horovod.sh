@@ -2,8 +2,8 @@
 # Build (once) and install Horovod 0.28.1 with PyTorch + Gloo into the given venv.
 #
 # Why a script: horovod 0.28.1 is the last release and its CMake forces -std=c++14, while
-# torch >= 2.1 headers need C++17. We build the sdist with a compiler wrapper that rewrites
-# -std=c++14 to -std=c++17. The built wheel is kept in a wheelhouse keyed by Python and torch
+# torch >= 2.1 headers need C++17. We build the sdist with a compiler wrapper (scripts/cxx17)
+# that rewrites -std=c++14 to -std=c++17 and includes the headers newer GCCs stopped pulling in. The built wheel is kept in a wheelhouse keyed by Python and torch
 # version, so a fresh clone or a recreated venv on the same machine installs it in seconds.
 set -euo pipefail
 
@@ -25,20 +25,10 @@ if ! ls "$WHEELHOUSE"/horovod-*.whl >/dev/null 2>&1; then
   echo "[setup] building horovod $HOROVOD_VERSION against torch $TORCH_VERSION (2-7 min on 2 cores, once per machine)"
   WORK=$(mktemp -d)
   trap 'rm -rf "$WORK"' EXIT
-  cat > "$WORK/cxx17" <<'WRAP'
-#!/usr/bin/env bash
-# Rewrite horovod's forced -std=c++14 to -std=c++17 (torch headers require C++17).
-args=()
-for a in "$@"; do
-  if [ "$a" = "-std=c++14" ]; then args+=("-std=c++17"); else args+=("$a"); fi
-done
-exec c++ "${args[@]}"
-WRAP
-  chmod +x "$WORK/cxx17"
   # Build requirements must already be in the venv: --no-build-isolation compiles against the
   # installed torch.
   "$VENV/bin/pip" install -q cffi cloudpickle psutil pyyaml packaging wheel "setuptools>=70"
-  CXX="$WORK/cxx17" \
+  CXX="$(cd "$(dirname "$0")" && pwd)/cxx17" \
   HOROVOD_WITH_PYTORCH=1 HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1 \
   HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 HOROVOD_CPU_OPERATIONS=GLOO \
   MAKEFLAGS="-j$(nproc)" \

@@ -44,13 +44,8 @@ if ! "$PY" -c "import horovod.torch" 2>/dev/null && [ -f "$KIT/horovod-0.28.1.ta
   ln -sf "$NCCL_PKG"/lib/libnccl.so.* "$NCCL/lib/"
   ln -sf "$(ls "$NCCL_PKG"/lib/libnccl.so.* | head -1)" "$NCCL/lib/libnccl.so"
   CUDA_HOME=${CUDA_HOME:-$(dirname "$(dirname "$(command -v nvcc)")")}
-  WRAP=/tmp/dlpipe-cxx17
-  # C++17 for torch's headers; GCC 13 no longer pulls <string>/<cstdint> in transitively, and
-  # horovod 0.28.1's headers rely on that (nor <stdexcept> and friends)
-  printf '#!/usr/bin/env bash\nargs=()\nfor a in "$@"; do [ "$a" = -std=c++14 ] && a=-std=c++17; args+=("$a"); done\nexec c++ -include string -include cstdint -include stdexcept -include limits -include memory -include functional "${args[@]}"\n' > "$WRAP"
-  chmod +x "$WRAP"
   echo "building horovod: CUDA at $CUDA_HOME, NCCL from $NCCL_PKG (capped at ${HOROVOD_BUILD_S:-420}s)"
-  CXX=$WRAP HOROVOD_WITH_PYTORCH=1 HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1 \
+  CXX=$PWD/scripts/cxx17 HOROVOD_WITH_PYTORCH=1 HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1 \
   HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 HOROVOD_GPU_OPERATIONS=NCCL \
   HOROVOD_NCCL_HOME=$NCCL HOROVOD_NCCL_LINK=SHARED HOROVOD_CUDA_HOME=$CUDA_HOME HOROVOD_BUILD_CUDA_CC_LIST=90 \
   CMAKE_POLICY_VERSION_MINIMUM=3.5 MAKEFLAGS="-j$(nproc)" LD_LIBRARY_PATH="$NCCL/lib:${LD_LIBRARY_PATH:-}" \
