@@ -43,7 +43,7 @@ def small_raw(dlpipe_home):
     return write_raw(cfg, cli_context("test"))
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -52,7 +52,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def s3_server():
     """A real S3-compatible server *process* (moto in server mode) on loopback."""
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30

@@ -7,7 +7,6 @@ database, with real Spark, real horovodrun (2 processes) and real Great Expectat
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.airflow_services import SECRET, airflow_cli, local_airflow_env
 from tests.conftest import ROOT
 
 DAGS = ROOT / "dags"
@@ -50,27 +50,6 @@ def test_dag_file_parses_fast_without_heavy_imports(dag_file):
     assert float(seconds) < 2.0, f"{dag_file} took {seconds}s to parse"
 
 
-def _airflow_env(tmp_path: Path, dlpipe_home: Path, **extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({
-        "DLPIPE_HOME": str(dlpipe_home),
-        "AIRFLOW_HOME": str(tmp_path / "airflow"),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW_CONN_DLPIPE_SPARK": '{"conn_type": "spark", "host": "local[2]"}',
-        **extra,
-    })
-    return env
-
-
-def _airflow(env: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    airflow = str(Path(sys.executable).parent / "airflow")
-    proc = subprocess.run([airflow, *args], env=env, capture_output=True, text=True, timeout=900)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"airflow {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    return proc
-
-
 def _dlpipe(env: dict, *args: str) -> str:
     return subprocess.run([sys.executable, "-m", "dlpipe.cli", *args], env=env, capture_output=True,
                           text=True, check=True).stdout
@@ -78,17 +57,14 @@ def _dlpipe(env: dict, *args: str) -> str:
 
 @pytest.fixture
 def airflow_env(tmp_path, dlpipe_home, small_raw):
-    env = _airflow_env(tmp_path, dlpipe_home)
-    _airflow(env, "db", "migrate")
+    env = local_airflow_env(tmp_path, dlpipe_home)
+    airflow_cli(env, "db", "migrate")
     return env
 
 
 def _events(dlpipe_home: Path) -> list[dict]:
     path = dlpipe_home / "audit" / "events.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-SECRET = "dlpipe-TEST-secret-key-7c1e9a"  # must never appear in any log, manifest or record
 
 
 @pytest.mark.integration
@@ -114,7 +90,7 @@ def test_eta_dag_end_to_end_then_rerun_skips(tmp_path, airflow_env, dlpipe_home,
     })
     cli_env = {**airflow_env, "DLPIPE_REGISTRY_ROOT": "s3://ml-models/registry", "AWS_ENDPOINT_URL": s3_server}
     # the run dated 2026-01-04 processes the interval [2026-01-03, 2026-01-04)
-    first = _airflow(task_env, "dags", "test", "eta_training", "2026-01-04", "--conf",
+    first = airflow_cli(task_env, "dags", "test", "eta_training", "2026-01-04", "--conf",
                      json.dumps({"reason": "end-to-end test"}))
     keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket="ml-models")["Contents"]]
     assert "registry/eta/versions/000001.json" in keys and "registry/eta/aliases/staging.json" in keys
@@ -171,7 +147,7 @@ def test_eta_dag_end_to_end_then_rerun_skips(tmp_path, airflow_env, dlpipe_home,
     assert f"run {run_id}: end-to-end test" in _dlpipe(cli_env, "audit", "--run-id", run_id)
 
     # Second run of the same date: every stage skips, no second model version.
-    second_run = _airflow(task_env, "dags", "test", "eta_training", "2026-01-04")
+    second_run = airflow_cli(task_env, "dags", "test", "eta_training", "2026-01-04")
     assert len(json.loads(_dlpipe(cli_env, "registry", "list", "--json"))) == 1
     run_ids = [e["run"]["run_id"] for e in _events(dlpipe_home) if e["run"]["dag_id"] == "eta_training"]
     second = [e for e in _events(dlpipe_home) if e["run"]["run_id"] == run_ids[-1] and e["event"] != "started"]
@@ -203,7 +179,7 @@ def test_failed_data_gate_stops_the_pipeline_without_retry(tmp_path, airflow_env
     strict = tmp_path / "strict.yaml"
     strict.write_text(yaml.safe_dump(pipeline))
     env = {**airflow_env, "DLPIPE_ETA_PIPELINE": str(strict)}
-    proc = _airflow(env, "dags", "test", "eta_training", "2026-01-04", check=False)
+    proc = airflow_cli(env, "dags", "test", "eta_training", "2026-01-04", check=False)
     out = proc.stdout + proc.stderr
     assert "row count" in out and "below the minimum 1000000000" in out
     assert "train.distance_km: expect_column_max_to_be_between {'max_value': 0.5} -> observed" in out

@@ -13,9 +13,9 @@ import re
 import pytest
 import yaml
 
-from tests.airflow_services import airflow_cli, airflow_services, postgres, query, services_env, wait_for
+from tests.airflow_services import (SECRET, airflow_cli, airflow_services, local_airflow_env, postgres, query,
+                                    services_env, wait_for)
 from tests.conftest import ROOT, new_bucket
-from tests.dags.test_dags import SECRET, _airflow_env
 
 pytestmark = pytest.mark.integration
 TASKS = ["extract_features", "materialize_dataset", "data_gate", "train", "model_gate", "register_model",
@@ -39,7 +39,7 @@ def _backfill(env: dict, db: str, procs: dict, logs, home, *extra: str) -> list[
     """``airflow backfill create`` for 2026-01-02..2026-01-03, two runs at a time; waits for
     both runs and returns their run ids (each must succeed)."""
     airflow_cli(env, "backfill", "create", "--dag-id", "eta_training", "--from-date", "2026-01-02",
-                "--to-date", "2026-01-03", "--max-active-runs", "2", *extra)
+                "--to-date", "2026-01-03", "--max-active-runs", "2", *extra, timeout=600)
     # a reprocessed date reuses its run (cleared, with a new try), so find runs by backfill
     new = wait_for(lambda: (lambda ids: ids if len(ids) == 2 else None)(sorted(r for (r,) in query(
         db, "SELECT dr.run_id FROM backfill_dag_run b JOIN dag_run dr ON dr.id = b.dag_run_id "
@@ -98,7 +98,7 @@ def test_backfill_on_postgres_with_the_local_executor_and_an_s3_registry_then_re
     pipeline["registry"] = {"root": f"s3://{bucket}/registry", "aws_conn_id": "dlpipe_s3", "promote_to": "staging"}
     spec = tmp_path / "eta_s3.yaml"
     spec.write_text(yaml.safe_dump(pipeline))
-    base = {k: v for k, v in _airflow_env(tmp_path, dlpipe_home).items() if not k.startswith("AWS_")}
+    base = {k: v for k, v in local_airflow_env(tmp_path, dlpipe_home).items() if not k.startswith("AWS_")}
     base.update({
         "DLPIPE_ETA_PIPELINE": str(spec),
         "DLPIPE_ETA_END_DATE": "2026-01-04",  # data exists up to here: no automatic run for "today"
@@ -109,13 +109,13 @@ def test_backfill_on_postgres_with_the_local_executor_and_an_s3_registry_then_re
     home = tmp_path / "airflow"
     with postgres() as db:
         env = services_env(base, db, home)
-        airflow_cli(env, "db", "migrate")
+        airflow_cli(env, "db", "migrate", timeout=600)
         assert query(db, "SELECT count(*) FROM alembic_version")[0][0] == 1  # migrated on PostgreSQL
         with airflow_services(env, tmp_path / "service-logs") as svc:
             procs, logs = svc["procs"], tmp_path / "service-logs"
             wait_for(lambda: query(db, "SELECT 1 FROM dag WHERE dag_id = 'eta_training'"),
                      "the DAG processor to store eta_training", 180, procs, logs)
-            airflow_cli(env, "dags", "unpause", "eta_training")
+            airflow_cli(env, "dags", "unpause", "eta_training", timeout=600)
             # Each backfilled run's data interval is one day: [2026-01-02, 01-03) and [01-03, 01-04).
             # (the dataset task depends on its past, so Airflow asks for a reprocess behaviour)
             first = _backfill(env, db, procs, logs, home, "--reprocess-behavior", "failed")
