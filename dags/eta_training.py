@@ -16,10 +16,8 @@ from pathlib import Path
 
 from airflow.sdk import DAG, CronDataIntervalTimetable
 
-from operators import (DataGateOperator, HorovodTrainOperator, ModelGateOperator,
-                       PetastormDatasetOperator, PromoteModelOperator, RegisterModelOperator,
-                       SparkFeatureOperator)
 from operators.base import run_params
+from operators.factory import pipeline_tasks
 
 # DLPIPE_ETA_PIPELINE points a deployment (or a test) at another copy of the pipeline YAML.
 PIPELINE = os.environ.get("DLPIPE_ETA_PIPELINE") or str(
@@ -44,18 +42,4 @@ with DAG(
     doc_md=__doc__,
     params=run_params(),
 ) as dag:
-    features = SparkFeatureOperator(task_id="extract_features")
-    # A dataset's window holds the features of earlier days, which earlier runs compute. When a
-    # backfill runs days in parallel, wait for the previous day's dataset (and so its features):
-    # otherwise a dataset's content would depend on which run finished first.
-    dataset = PetastormDatasetOperator(task_id="materialize_dataset", depends_on_past=True)
-    data_gate = DataGateOperator(task_id="data_gate", dataset_id=dataset.output)
-    train = HorovodTrainOperator(task_id="train", dataset_id=dataset.output,
-                                 execution_timeout=timedelta(hours=2))
-    model_gate = ModelGateOperator(task_id="model_gate", training_id=train.output)
-    register = RegisterModelOperator(task_id="register_model", training_id=train.output,
-                                     gate_ids=[data_gate.output, model_gate.output])
-
-    promote = PromoteModelOperator(task_id="promote_staging", model_ref=register.output)
-
-    features >> dataset >> data_gate >> train >> model_gate >> register >> promote
+    pipeline_tasks(train_timeout=timedelta(hours=2))

@@ -100,9 +100,6 @@ def pipeline_dag(path: str | Path):
     """The DAG of one spec: features -> dataset -> data gate -> train -> model gate -> register -> promote."""
     from airflow.sdk import DAG, CronDataIntervalTimetable
 
-    from operators import (DataGateOperator, HorovodTrainOperator, ModelGateOperator,
-                           PetastormDatasetOperator, PromoteModelOperator, RegisterModelOperator,
-                           SparkFeatureOperator)
     from operators.base import run_params
 
     spec, pipeline = load_spec(path)
@@ -123,14 +120,29 @@ def pipeline_dag(path: str | Path):
                f"edit the spec, not this DAG.",
         params=run_params(),
     ) as dag:
-        features = SparkFeatureOperator(task_id="extract_features")
-        dataset = PetastormDatasetOperator(task_id="materialize_dataset", depends_on_past=True)
-        data_gate = DataGateOperator(task_id="data_gate", dataset_id=dataset.output)
-        train = HorovodTrainOperator(task_id="train", dataset_id=dataset.output,
-                                     execution_timeout=timedelta(seconds=spec.train_timeout_s))
-        model_gate = ModelGateOperator(task_id="model_gate", training_id=train.output)
-        register = RegisterModelOperator(task_id="register_model", training_id=train.output,
-                                         gate_ids=[data_gate.output, model_gate.output])
-        promote = PromoteModelOperator(task_id="promote_staging", model_ref=register.output)
-        features >> dataset >> data_gate >> train >> model_gate >> register >> promote
+        pipeline_tasks(train_timeout=timedelta(seconds=spec.train_timeout_s))
     return dag
+
+
+def pipeline_tasks(*, train_timeout: timedelta) -> None:
+    """The seven stages and their order, added to the DAG being defined (``with DAG(...)``).
+
+    Shared by the factory and by ``dags/eta_training.py``, so every dlpipe DAG runs the same
+    chain with the same guarantees.
+    """
+    from operators import (DataGateOperator, HorovodTrainOperator, ModelGateOperator,
+                           PetastormDatasetOperator, PromoteModelOperator, RegisterModelOperator,
+                           SparkFeatureOperator)
+
+    features = SparkFeatureOperator(task_id="extract_features")
+    # A dataset's window holds the features of earlier days, which earlier runs compute. When a
+    # backfill runs days in parallel, wait for the previous day's dataset (and so its features):
+    # otherwise a dataset's content would depend on which run finished first.
+    dataset = PetastormDatasetOperator(task_id="materialize_dataset", depends_on_past=True)
+    data_gate = DataGateOperator(task_id="data_gate", dataset_id=dataset.output)
+    train = HorovodTrainOperator(task_id="train", dataset_id=dataset.output, execution_timeout=train_timeout)
+    model_gate = ModelGateOperator(task_id="model_gate", training_id=train.output)
+    register = RegisterModelOperator(task_id="register_model", training_id=train.output,
+                                     gate_ids=[data_gate.output, model_gate.output])
+    promote = PromoteModelOperator(task_id="promote_staging", model_ref=register.output)
+    features >> dataset >> data_gate >> train >> model_gate >> register >> promote
