@@ -371,16 +371,12 @@ def read_split(dataset: dict, split: str, spark=None):
 
 def data_gate_spark(master: str = "local[*]"):
     """The in-process SparkSession the gate's Spark engine runs on (reused while it lives)."""
-    from pyspark.sql import SparkSession
+    from dlpipe.spark_submit import spark_session
 
-    spark = (SparkSession.builder.master(master).appName("dlpipe-data-gate")
-             .config("spark.sql.session.timeZone", "UTC")
-             .config("spark.sql.shuffle.partitions", "8")
-             .config("spark.ui.enabled", "false")
-             .config("spark.ui.showConsoleProgress", "false")  # no progress bars in task logs
-             .getOrCreate())
-    spark.sparkContext.setLogLevel("WARN")
-    return spark
+    return spark_session("dlpipe-data-gate", master=master, conf={
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",  # no progress bars in task logs
+    })
 
 
 class ModelGateConfig(BaseModel):

@@ -20,6 +20,22 @@ from dlpipe.proc import run_streaming
 SparkSubmit = Callable[[str, Sequence[str]], None]
 
 
+def spark_session(app_name: str, *, master: str | None = None, conf: dict[str, str] | None = None):
+    """A SparkSession with the settings every dlpipe job shares: UTC timestamps, 8 shuffle
+    partitions, WARN logs. Under spark-submit leave ``master`` unset: spark-submit sets it."""
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder.appName(app_name)
+    if master:
+        builder = builder.master(master)
+    for key, value in {"spark.sql.session.timeZone": "UTC", "spark.sql.shuffle.partitions": "8",
+                       **(conf or {})}.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    return spark
+
+
 def default_conf() -> dict[str, str]:
     """Spark settings every dlpipe application needs: executors use this interpreter."""
     return {
