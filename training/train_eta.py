@@ -70,7 +70,7 @@ class Trainer:
         self.net = build_mlp(len(self.features), cfg.hidden).to(self.device)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.learning_rate)
         self.ckpt_dir = Path(spec["checkpoint_dir"])
-        self.samples, self.wait_s, self.train = 0, 0.0, None
+        self.samples, self.earlier_wait_s, self.train = 0, 0.0, None
 
     def loader(self, split: str, **kw):
         from training.loader import ShardLoader
@@ -88,8 +88,8 @@ class Trainer:
         import torch
 
         hvd = self.hvd
-        if self.train is not None:
-            self.wait_s += self.train.wait_s
+        if self.train is not None:  # the loader of the previous world
+            self.earlier_wait_s += self.train.wait_s
         self.rank, self.size = hvd.rank(), hvd.size()
         self.train = self.loader("train", batch_size=self.cfg.batch_size)
         _log(self.rank, f"shard: {self.train.num_rows} training rows in {len(self.train.groups)} of "
@@ -113,6 +113,11 @@ class Trainer:
         for group in self.opt.param_groups:  # the rate scales with the world (effective batch)
             group["lr"] = self.cfg.learning_rate * self.size
         (self.ckpt_dir / f"rank-{self.rank}.pid").write_text(str(os.getpid()))  # lets tests find ranks
+
+    @property
+    def wait_s(self) -> float:
+        """Seconds this rank has spent blocked on training data, across world changes."""
+        return self.earlier_wait_s + self.train.wait_s
 
     def resume(self) -> int:
         """On rank 0: load the newest checkpoint that verifies; the epoch it completed (0: none)."""
@@ -150,7 +155,7 @@ class Trainer:
         avg = self.hvd.allreduce((loss_sum / self.steps).cpu(), op=self.hvd.Average).item()
         if self.rank == 0:
             _log(0, f"epoch {epoch + 1}/{self.cfg.epochs}: loss {avg:.4f} ({self.steps} steps/rank, "
-                    f"world size {self.size}, {self.wait_s + self.train.wait_s:.2f}s waiting for data so far)")
+                    f"world size {self.size}, {self.wait_s:.2f}s waiting for data so far)")
             path = checkpoint.save(self.ckpt_dir, epoch + 1, {"model": self.net.state_dict(),
                                                               "optimizer": self.opt.state_dict(),
                                                               "epoch": epoch + 1})
@@ -232,8 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.cuda.synchronize()
     train_s = time.perf_counter() - t0
     total_samples = t.total(t.samples)
-    wait_s = t.wait_s + t.train.wait_s
-    timing = {"rank": t.rank, "data_wait_s": round(wait_s, 3), "compute_s": round(max(0.0, train_s - wait_s), 3)}
+    timing = {"rank": t.rank, "data_wait_s": round(t.wait_s, 3), "compute_s": round(max(0.0, train_s - t.wait_s), 3)}
 
     model = EtaModel(t.net.eval(), t.x_mean, t.x_std, t.y_mean, t.y_std, t.features)
     tr_err, _, tr_rows = t.errors("train", model)
