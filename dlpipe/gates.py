@@ -345,7 +345,8 @@ def run_data_gate(dataset: dict, cfg: DataGateConfig, *, run: RunContext, name: 
 
 
 # Manifest column kinds (feature_jobs.stages.DATASET_COLUMNS) as a pandas dtype and a Spark type
-_KINDS = {"string": ("object", "string"), "float": ("float32", "float"), "int": ("int32", "int")}
+_KINDS = {"string": ("object", "string"), "float": ("float32", "float"), "int": ("int32", "int"),
+          "binary": ("object", "binary")}
 
 
 def read_split(dataset: dict, split: str, spark=None):
@@ -391,7 +392,7 @@ class ModelGateConfig(BaseModel):
                                                                  "(null: no champion check)")
     max_regression: float = Field(0.02, ge=0, lt=1, description="how much worse than the champion, "
                                                                 "relative, the candidate may be")
-    slice_max_ratio: float | None = Field(1.8, gt=1, description="no slice's MAE above this times the overall MAE")
+    slice_max_ratio: float | None = Field(1.8, gt=1, description="no slice's metric above this times the overall value")
     slice_min_rows: int = Field(50, ge=1, description="slices with fewer rows are reported, not judged")
 
 
@@ -413,26 +414,31 @@ def judge_model(metrics: dict, cfg: ModelGateConfig) -> list[str]:
 
 
 def judge_champion(candidate: dict, champion: dict | None, cfg: ModelGateConfig) -> tuple[list[str], str]:
-    """Candidate vs the production model, both evaluated on the same rows: (failures, note)."""
+    """Candidate vs the production model, both evaluated on the same rows: (failures, note).
+
+    Evaluations are ``{"label", "value", "rows", "slices"}`` with lower values better (see
+    ``training.evaluate``)."""
     if champion is None:
         return [], f"no model holds the {cfg.champion_alias!r} alias yet: the first model passes"
-    bound = champion["mae"] * (1 + cfg.max_regression)
-    note = (f"candidate MAE {candidate['mae']:.4f} vs {champion['ref']} MAE {champion['mae']:.4f} "
+    what = candidate.get("label", "metric")
+    bound = champion["value"] * (1 + cfg.max_regression)
+    note = (f"candidate {what} {candidate['value']:.4f} vs {champion['ref']} {what} {champion['value']:.4f} "
             f"on the same {candidate['rows']} rows")
-    if candidate["mae"] > bound:
-        return [f"champion: MAE {candidate['mae']:.4f} is worse than {champion['ref']} "
-                f"({champion['mae']:.4f}) by more than {cfg.max_regression:.0%} (limit {bound:.4f})"], note
+    if candidate["value"] > bound:
+        return [f"champion: {what} {candidate['value']:.4f} is worse than {champion['ref']} "
+                f"({champion['value']:.4f}) by more than {cfg.max_regression:.0%} (limit {bound:.4f})"], note
     return [], note
 
 
 def judge_slices(evaluation: dict, cfg: ModelGateConfig) -> list[str]:
-    if cfg.slice_max_ratio is None or not evaluation.get("mae"):
+    if cfg.slice_max_ratio is None or not evaluation.get("value"):
         return []
-    limit = evaluation["mae"] * cfg.slice_max_ratio
-    return [f"slice {name}: MAE {sl['mae']:.4f} > {cfg.slice_max_ratio} x overall {evaluation['mae']:.4f} "
+    what = evaluation.get("label", "metric")
+    limit = evaluation["value"] * cfg.slice_max_ratio
+    return [f"slice {name}: {what} {sl['value']:.4f} > {cfg.slice_max_ratio} x overall {evaluation['value']:.4f} "
             f"(= {limit:.4f}) on {sl['rows']} rows"
             for name, sl in sorted(evaluation["slices"].items())
-            if sl["rows"] >= cfg.slice_min_rows and sl["mae"] is not None and sl["mae"] > limit]
+            if sl["rows"] >= cfg.slice_min_rows and sl["value"] is not None and sl["value"] > limit]
 
 
 def run_model_gate(training: dict, cfg: ModelGateConfig, *, run: RunContext, name: str = "eta_model",
@@ -457,8 +463,8 @@ def run_model_gate(training: dict, cfg: ModelGateConfig, *, run: RunContext, nam
             raise GateFailed(f"model gate on {training['id']}", failures)
         return {"verdict": "passed", cfg.metric: metrics[cfg.metric],
                 cfg.baseline_metric: metrics[cfg.baseline_metric], "note": note,
-                "champion": champion and {"ref": champion["ref"], "mae": champion["mae"]},
-                "candidate_mae": candidate and candidate["mae"]}
+                "champion": champion and {"ref": champion["ref"], champion["metric"]: champion["value"]},
+                "candidate": candidate and {candidate["metric"]: candidate["value"]}}
 
     config = {**cfg.model_dump(), "champion": champion and champion["ref"], "evaluated": candidate is not None}
     return commit.run_stage(StageKey("gates", name, training["partition"]), inputs=[training],

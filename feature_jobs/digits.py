@@ -7,6 +7,7 @@ Petastorm's NdarrayCodec, so they round-trip bit for bit; the split is a hash of
 
 from __future__ import annotations
 
+import json
 import sys
 import warnings
 
@@ -33,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     from sklearn.datasets import load_digits
 
     from dlpipe.spec import read_spec_from_argv
+    from feature_jobs.materialize import column_stats
     from feature_jobs.session import spark_session
 
     spec = read_spec_from_argv(argv)
@@ -55,6 +57,11 @@ def main(argv: list[str] | None = None) -> int:
                  .repartition(int(spec["num_files"]), "image_id").sortWithinPartitions("image_id")
                  .write.mode("errorifexists").parquet(url))
             print(f"[digits] wrote {len(rows)} images to {url}", flush=True)
+        # label statistics for the data gate's drift check (the class balance must not move)
+        stats = {split: column_stats(spark.read.parquet(f"file://{spec['output_dir']}/{split}"), ["label"])
+                 for split in ("train", "validation")}
+        with open(f"{spec['output_dir']}/stats.json", "w") as f:
+            json.dump(stats, f, indent=1, sort_keys=True)
     finally:
         spark.stop()
     return 0

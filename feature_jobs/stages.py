@@ -33,6 +33,8 @@ class FeatureJobConfig(BaseModel):
     """The ETA feature job's settings."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field("eta", pattern=r"^[a-z0-9][a-z0-9_\-]{0,62}$",
+                      description="the feature set; specs with different feature settings need different names")
     lookback_days: int = Field(7, ge=0, le=365, description="days of history for restaurant features")
     num_files: int = Field(4, ge=1, le=4096, description="output files per partition")
     default_prep_minutes: float = Field(15.0, gt=0, description="prep time for restaurants with no history")
@@ -42,6 +44,10 @@ class DatasetConfig(BaseModel):
     """How feature partitions become a Petastorm training dataset."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field("eta", pattern=r"^[a-z0-9][a-z0-9_\-]{0,62}$",
+                      description="the dataset; specs with different dataset settings need different names")
+    features: str = Field("eta", pattern=r"^[a-z0-9][a-z0-9_\-]{0,62}$",
+                          description="the feature set it reads (features.name of the spec that writes it)")
     window_days: int = Field(7, ge=1, le=3650, description="feature partitions ending at the interval")
     validation_percent: int = Field(20, ge=1, le=50, description="share of keys in the validation split")
     num_files: int = Field(8, ge=1, le=4096, description="files per split (>= training processes)")
@@ -98,7 +104,7 @@ def extract_features(interval_start, interval_end, *, config: FeatureJobConfig, 
     history = [day - timedelta(days=i) for i in range(config.lookback_days, 0, -1)]
     inputs = (_committed_days(RAW_DATASET, "raw", history, required=False)
               + _committed_days(RAW_DATASET, "raw", [day], required=True))
-    key = StageKey("features", "eta", day_partition(day))
+    key = StageKey("features", config.name, day_partition(day))
     code = {"sources_hash": sources_hash([eta_features.__file__, __file__])}
 
     def produce(attempt: Path) -> dict:
@@ -143,14 +149,14 @@ def materialize_dataset(interval_start, interval_end, *, config: DatasetConfig, 
     days = interval_days(interval_start, interval_end)
     last = days[-1]
     window = [last - timedelta(days=i) for i in range(config.window_days - 1, -1, -1)]
-    inputs = (_committed_days("eta", "features", window[:-1], required=False)
-              + _committed_days("eta", "features", [last], required=True))
-    key = StageKey("datasets", "eta", f"window_end={last.isoformat()}")
+    inputs = (_committed_days(config.features, "features", window[:-1], required=False)
+              + _committed_days(config.features, "features", [last], required=True))
+    key = StageKey("datasets", config.name, f"window_end={last.isoformat()}")
     code = {"sources_hash": sources_hash([materialize.__file__, __file__])}
 
     def produce(attempt: Path) -> dict:
         spec = {
-            "name": "eta",
+            "name": config.name,
             "input_files": [str(p) for m in inputs for p in commit.files(m, ".parquet")],
             "columns": DATASET_COLUMNS,
             "key": eta_features.KEY_COLUMN,
@@ -179,6 +185,10 @@ def materialize_dataset(interval_start, interval_end, *, config: DatasetConfig, 
                             run=run, produce=produce)
 
 
+# Manifest column kinds of the digits dataset; "image" holds NdarrayCodec bytes.
+DIGITS_COLUMNS: list[tuple[str, str]] = [("image_id", "int"), ("image", "binary"), ("label", "int")]
+
+
 class DigitsConfig(BaseModel):
     """The digits image dataset (scikit-learn's bundled 8x8 images)."""
 
@@ -202,6 +212,8 @@ def materialize_digits(*, config: DigitsConfig, run: RunContext, submit: SparkSu
         return {
             "rows": splits, "splits": sorted(splits),
             "content_sha256": content_hash(sorted(attempt.glob("*/*.parquet")), attempt, by_name=False),
+            "stats": json.loads((attempt / "stats.json").read_text()),
+            "columns": DIGITS_COLUMNS, "image": "image", "image_shape": [8, 8], "label": "label",
             "schema": [{"name": "image_id", "numpy_dtype": "int32", "shape": [], "codec": "ScalarCodec"},
                        {"name": "image", "numpy_dtype": "float64", "shape": [8, 8], "codec": "NdarrayCodec"},
                        {"name": "label", "numpy_dtype": "int32", "shape": [], "codec": "ScalarCodec"}],

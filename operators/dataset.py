@@ -1,4 +1,5 @@
-"""PetastormDatasetOperator: a Petastorm dataset over a window of feature partitions."""
+"""PetastormDatasetOperator: the Petastorm dataset of a run (for the ETA kind, over a window of
+feature partitions; for the digits kind, the image corpus)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ from operators.features import SparkStageOperator
 
 
 class PetastormDatasetOperator(SparkStageOperator):
-    """Commit the dataset whose window ends with the run's data interval (section ``dataset``);
-    takes the same Spark arguments as SparkFeatureOperator."""
+    """Commit the dataset of the run's data interval (section ``dataset``; what it holds is the
+    pipeline kind's, see ``operators.kinds``); takes the same Spark arguments as
+    SparkFeatureOperator."""
 
     def run_stage(self, context: Any, pipeline: dict, run: RunContext) -> StageResult:
-        from feature_jobs.stages import DatasetConfig, materialize_dataset
+        from operators.kinds import kind_of
 
-        cfg = section(pipeline, "dataset", DatasetConfig)
-        return materialize_dataset(self.data_interval_start, self.data_interval_end, config=cfg,
-                                   run=run, submit=self._submitter(run))
+        kind = kind_of(pipeline)
+        cfg = section(pipeline, "dataset", kind.sections()["dataset"])
+        return kind.dataset(self.data_interval_start, self.data_interval_end, config=cfg,
+                            run=run, submit=self._submitter(run))

@@ -1,8 +1,8 @@
 """Pipelines from spec files: one YAML file describes a team's whole pipeline and its DAG.
 
-A spec is a pipeline YAML (the sections the stages read: ``features``, ``dataset``,
-``data_gate``, ``train``, ``scale``, ``model_gate``, ``registry``) plus a ``dag:`` section
-(id, owner, schedule, dates, retries, timeouts). Every section is validated when the DAG file is
+A spec is a pipeline YAML (its ``kind:``, see ``operators.kinds``, and the sections the stages
+read: ``features``, ``dataset``, ``data_gate``, ``train``, ``scale``, ``model_gate``,
+``registry``) plus a ``dag:`` section (id, owner, schedule, dates, retries, timeouts). Every section is validated when the DAG file is
 parsed, so a typo shows up as an import error in the Airflow UI that names the spec file, the
 field path, the bad value and the fix, not as a failed task at 3 a.m.
 
@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from dlpipe.errors import ConfigError
 from dlpipe.pipeline_config import load_pipeline, section
+from operators.kinds import kind_of
 
 REPO = Path(__file__).resolve().parent.parent
 SCHEDULE_PRESETS = {"@hourly", "@daily", "@weekly", "@monthly", "@yearly"}
@@ -62,26 +63,17 @@ class DagSpec(BaseModel):
         return value
 
 
-def _stage_sections() -> dict[str, type[BaseModel]]:
-    from dlpipe.gates import DataGateConfig, ModelGateConfig
-    from dlpipe.registry import RegistryConfig
-    from feature_jobs.stages import DatasetConfig, FeatureJobConfig
-    from training.config import ScaleConfig, TrainConfig
-
-    return {"features": FeatureJobConfig, "dataset": DatasetConfig, "data_gate": DataGateConfig,
-            "train": TrainConfig, "scale": ScaleConfig, "model_gate": ModelGateConfig,
-            "registry": RegistryConfig}
-
-
 def load_spec(path: str | Path) -> tuple[DagSpec, dict[str, Any]]:
     """Validate a whole spec; ConfigError names the file, the field path, the value and the fix."""
     path = Path(path) if Path(path).is_absolute() else REPO / path
     pipeline = load_pipeline(path)
-    sections = _stage_sections()
-    known = set(sections) | {"dag", "model_name", "_source"}
+    kind = kind_of(pipeline)
+    sections = kind.sections()
+    known = set(sections) | {"dag", "kind", "model_name", "_source"}
     for key in sorted(set(pipeline) - known):
         raise ConfigError(f"{path}: {key}", pipeline[key],
-                          f"remove it or fix its name; a spec has the sections {sorted(known - {'_source'})}")
+                          f"remove it or fix its name; a {kind.name} spec has the sections "
+                          f"{sorted(known - {'_source'})}")
     if "dag" not in pipeline:
         raise ConfigError(f"{path}: dag", None, "add a dag: section (dag_id, owner, schedule, start_date, ...)")
     spec = section(pipeline, "dag", DagSpec)
@@ -97,7 +89,8 @@ def load_spec(path: str | Path) -> tuple[DagSpec, dict[str, Any]]:
 
 
 def pipeline_dag(path: str | Path):
-    """The DAG of one spec: features -> dataset -> data gate -> train -> model gate -> register -> promote."""
+    """The DAG of one spec: [features ->] dataset -> data gate -> train -> model gate -> register
+    -> promote (the feature task only for kinds that have a feature stage)."""
     from airflow.sdk import DAG, CronDataIntervalTimetable
 
     from operators.base import run_params
@@ -120,12 +113,14 @@ def pipeline_dag(path: str | Path):
                f"edit the spec, not this DAG.",
         params=run_params(),
     ) as dag:
-        pipeline_tasks(train_timeout=timedelta(seconds=spec.train_timeout_s))
+        pipeline_tasks(train_timeout=timedelta(seconds=spec.train_timeout_s),
+                       features=kind_of(pipeline).features is not None)
     return dag
 
 
-def pipeline_tasks(*, train_timeout: timedelta) -> None:
-    """The seven stages and their order, added to the DAG being defined (``with DAG(...)``).
+def pipeline_tasks(*, train_timeout: timedelta, features: bool = True) -> None:
+    """The stages and their order, added to the DAG being defined (``with DAG(...)``); without
+    ``features`` the chain starts at the dataset.
 
     Shared by the factory and by ``dags/eta_training.py``, so every dlpipe DAG runs the same
     chain with the same guarantees.
@@ -134,7 +129,6 @@ def pipeline_tasks(*, train_timeout: timedelta) -> None:
                            PetastormDatasetOperator, PromoteModelOperator, RegisterModelOperator,
                            SparkFeatureOperator)
 
-    features = SparkFeatureOperator(task_id="extract_features")
     # A dataset's window holds the features of earlier days, which earlier runs compute. When a
     # backfill runs days in parallel, wait for the previous day's dataset (and so its features):
     # otherwise a dataset's content would depend on which run finished first.
@@ -145,4 +139,6 @@ def pipeline_tasks(*, train_timeout: timedelta) -> None:
     register = RegisterModelOperator(task_id="register_model", training_id=train.output,
                                      gate_ids=[data_gate.output, model_gate.output])
     promote = PromoteModelOperator(task_id="promote_staging", model_ref=register.output)
-    features >> dataset >> data_gate >> train >> model_gate >> register >> promote
+    dataset >> data_gate >> train >> model_gate >> register >> promote
+    if features:
+        SparkFeatureOperator(task_id="extract_features") >> dataset

@@ -72,9 +72,13 @@ class SparkFeatureOperator(SparkStageOperator):
     pipeline YAML); skips if the same inputs, config and code were committed before."""
 
     def run_stage(self, context: Any, pipeline: dict, run: RunContext) -> StageResult:
-        from feature_jobs.stages import FeatureJobConfig, extract_features
+        from operators.kinds import kind_of
 
-        cfg = section(pipeline, "features", FeatureJobConfig)
-        submit = self._submitter(run)
-        return extract_features(self.data_interval_start, self.data_interval_end, config=cfg,
-                                run=run, submit=submit)
+        kind = kind_of(pipeline)
+        if kind.features is None:
+            raise ConfigError(f"{pipeline['_source']}: kind", kind.name,
+                              "this kind has no feature stage: its DAG starts at the dataset "
+                              "(remove this task, or use a kind with features)")
+        cfg = section(pipeline, "features", kind.sections()["features"])
+        return kind.features(self.data_interval_start, self.data_interval_end, config=cfg,
+                             run=run, submit=self._submitter(run))

@@ -56,10 +56,11 @@ class ModelGateOperator(DlpipeOperator):
         from dlpipe import registry
         from dlpipe.gates import ModelGateConfig, run_model_gate
         from dlpipe.registry import RegistryConfig
+        from operators.kinds import kind_of
         from operators.registry import registry_store
-        from training.evaluate import evaluate
 
         cfg = section(pipeline, "model_gate", ModelGateConfig)
+        evaluate = kind_of(pipeline).evaluate
         name = pipeline.get("model_name", "model")
         training = commit.load_manifest(self.training_id)
         dataset = commit.load_manifest(training["inputs"][0]["id"])
@@ -73,7 +74,7 @@ class ModelGateOperator(DlpipeOperator):
                 with tempfile.TemporaryDirectory() as tmp:
                     registry.download(store, name, alias["version"], Path(tmp))  # hashes verified
                     champion = {"ref": f"{name}@{alias['version']}", **evaluate(Path(tmp), dataset)}
-                self.log.info("champion %s:%s = %s: MAE %.4f on the candidate's validation rows",
-                              name, cfg.champion_alias, champion["ref"], champion["mae"])
+                self.log.info("champion %s:%s = %s: %s %.4f on the candidate's validation rows",
+                              name, cfg.champion_alias, champion["ref"], champion["label"], champion["value"])
         return run_model_gate(training, cfg, run=run, name=f"{name}_model",
                               candidate=candidate, champion=champion)

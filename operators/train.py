@@ -51,11 +51,13 @@ class HorovodTrainOperator(DlpipeOperator):
         self._proc = None
 
     def run_stage(self, context: Any, pipeline: dict, run: RunContext) -> StageResult:
-        from training.config import ScaleConfig, TrainConfig
+        from operators.kinds import kind_of
+        from training.config import ScaleConfig
         from training.launcher import horovod_launcher
         from training.stages import train_model
 
-        cfg = section(pipeline, "train", TrainConfig)
+        kind = kind_of(pipeline)
+        cfg = section(pipeline, "train", kind.sections()["train"])
         scale = section({**pipeline, "scale": {**(pipeline.get("scale") or {}), **self.scale_overrides}},
                         "scale", ScaleConfig)
 
@@ -65,7 +67,7 @@ class HorovodTrainOperator(DlpipeOperator):
         launch = horovod_launcher(scale, env=self.env, emit=lambda line: self.log.info("%s", line),
                                   on_start=remember)
         return train_model(commit.load_manifest(self.dataset_id), config=cfg, scale=scale, run=run,
-                           launch=launch, name=pipeline.get("model_name", "model"))
+                           launch=launch, name=pipeline.get("model_name", "model"), entry=kind.train_entry)
 
     def on_kill(self) -> None:
         if self._proc is not None:

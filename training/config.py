@@ -16,6 +16,18 @@ class TrainConfig(BaseModel):
     seed: int = Field(13, description="seeds init and shuffling: same seed, same model")
 
 
+class DigitsTrainConfig(BaseModel):
+    """Hyper-parameters of the digits CNN classifier."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    channels: list[int] = Field([16, 32], min_length=1, description="3x3 convolution widths")
+    hidden: list[int] = Field([64], description="dense layer widths after the convolutions")
+    epochs: int = Field(15, ge=1, le=1000, description="passes over the training split")
+    batch_size: int = Field(64, ge=1, le=1 << 16, description="images per step per process")
+    learning_rate: float = Field(2e-3, gt=0, le=1.0, description="per-process rate (scaled by world size)")
+    seed: int = Field(7, description="seeds init and shuffling: same seed, same model")
+
+
 class ScaleConfig(BaseModel):
     """Where and how wide to run horovodrun."""
 

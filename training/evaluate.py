@@ -19,7 +19,7 @@ HOUR_BUCKETS = [(0, 6, "night"), (6, 11, "morning"), (11, 14, "lunch"), (14, 17,
                 (17, 21, "dinner"), (21, 24, "late")]
 
 
-def _split_table(dataset: dict, split: str, columns: list[str]):
+def split_table(dataset: dict, split: str, columns: list[str]):
     import pyarrow.parquet as pq
 
     root = commit.location(dataset) / split
@@ -32,14 +32,15 @@ def hour_of_day(hour_sin: np.ndarray, hour_cos: np.ndarray) -> np.ndarray:
 
 
 def evaluate(model_dir: Path, dataset: dict, split: str = "validation") -> dict:
-    """{"mae", "rows", "slices": {"city=berlin": {"mae", "rows"}, "hour=lunch": ...}}."""
+    """``{"metric": "mae", "value", "rows", "slices": {"city=berlin": {"value", "rows"}, ...}}``:
+    the shape every evaluator returns (lower is better), which the model gate judges."""
     import torch
 
     from training.model import EtaModel
 
     model = EtaModel.load(Path(model_dir))
     label = dataset["summary"]["label"]
-    table = _split_table(dataset, split, list(dict.fromkeys(model.features + [label, "city_code"])))
+    table = split_table(dataset, split, list(dict.fromkeys(model.features + [label, "city_code"])))
     x = np.stack([table.column(c).to_numpy().astype(np.float32) for c in model.features], axis=1)
     y = table.column(label).to_numpy().astype(np.float64)
     err = np.abs(model.predict(torch.from_numpy(x)).double().numpy() - y)
@@ -47,5 +48,7 @@ def evaluate(model_dir: Path, dataset: dict, split: str = "validation") -> dict:
     hours = hour_of_day(table.column("hour_sin").to_numpy(), table.column("hour_cos").to_numpy())
     masks = {f"city={name}": table.column("city_code").to_numpy() == i for i, name in enumerate(cities)}
     masks.update({f"hour={name}": (hours >= lo) & (hours < hi) for lo, hi, name in HOUR_BUCKETS})
-    slices = {k: {"mae": float(err[m].mean()) if m.any() else None, "rows": int(m.sum())} for k, m in masks.items()}
-    return {"split": split, "rows": int(len(y)), "mae": float(err.mean()) if len(y) else None, "slices": slices}
+    slices = {k: {"value": float(err[m].mean()) if m.any() else None, "rows": int(m.sum())}
+              for k, m in masks.items()}
+    return {"split": split, "metric": "mae", "label": "MAE", "rows": int(len(y)),
+            "value": float(err.mean()) if len(y) else None, "slices": slices}

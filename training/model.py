@@ -53,6 +53,8 @@ class EtaModel:
         from safetensors.torch import load_file
 
         meta = json.loads((model_dir / MODEL_META).read_text())
+        if meta.get("kind") != "eta_mlp":
+            raise ValueError(f"{model_dir}: model kind {meta.get('kind')!r}, expected 'eta_mlp'")
         tensors = load_file(str(model_dir / MODEL_FILE))
         net = build_mlp(len(meta["features"]), meta["hidden"])
         net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})

@@ -6,23 +6,37 @@ import json
 import sys
 from pathlib import Path
 
+from pydantic import BaseModel
+
 from dlpipe import commit
 from dlpipe.commit import StageKey, StageResult
 from dlpipe.datasets import split_url
+from dlpipe.errors import ConfigError
 from dlpipe.hashing import fingerprint, sources_hash
 from dlpipe.runctx import RunContext
 from dlpipe.spec import write_spec
-from training import checkpoint, loader, model, train_eta
-from training.config import ScaleConfig, TrainConfig
+from training.config import ScaleConfig
 from training.launcher import Launcher
 
+HERE = Path(__file__).resolve().parent
 
-def train_model(dataset: dict, *, config: TrainConfig, scale: ScaleConfig, run: RunContext,
-                launch: Launcher, name: str = "eta") -> StageResult:
-    """Train on a committed dataset with ``launch`` (horovodrun) and commit the model."""
+# The files each training entry point runs, beyond itself: the code part of its fingerprint.
+ENTRY_SOURCES = {
+    "training.train_eta": ["loader.py", "model.py"],
+    "training.train_digits": ["image_loader.py", "loader.py", "digits_model.py"],
+}
+
+
+def train_model(dataset: dict, *, config: BaseModel, scale: ScaleConfig, run: RunContext,
+                launch: Launcher, name: str = "eta", entry: str = "training.train_eta") -> StageResult:
+    """Train on a committed dataset with ``launch`` (horovodrun running ``python -m entry``)
+    and commit the model. ``entry`` is a module whose ``main`` runs ``training.horovod_loop``."""
+    if entry not in ENTRY_SOURCES:
+        raise ConfigError("entry", entry, f"use one of {sorted(ENTRY_SOURCES)}")
+    module = str(HERE / f"{entry.rsplit('.', 1)[1]}.py")
     key = StageKey("training", name, dataset["partition"])
-    code = {"sources_hash": sources_hash([train_eta.__file__, loader.__file__, model.__file__,
-                                          checkpoint.__file__, __file__])}
+    code = {"sources_hash": sources_hash([module, *(str(HERE / f) for f in ENTRY_SOURCES[entry]),
+                                          str(HERE / "horovod_loop.py"), str(HERE / "checkpoint.py"), __file__])}
     # world size changes the effective batch and the learning rate: part of the fingerprint
     fp_config = {"train": config.model_dump(), "num_proc": scale.num_proc}
 
@@ -31,6 +45,8 @@ def train_model(dataset: dict, *, config: TrainConfig, scale: ScaleConfig, run: 
     ckpt_dir = key.dir() / "checkpoints" / fingerprint({"dataset": dataset["id"], "config": fp_config,
                                                           "code": code["sources_hash"]})[:16]
 
+    summary = dataset["summary"]
+
     def produce(attempt: Path) -> dict:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         spec = {
@@ -38,15 +54,18 @@ def train_model(dataset: dict, *, config: TrainConfig, scale: ScaleConfig, run: 
             "train": config.model_dump(),
             "train_url": split_url(dataset, "train"),
             "validation_url": split_url(dataset, "validation"),
-            "features": dataset["summary"]["features"],
-            "expected_rows": dataset["summary"]["rows"],
-            "stats": dataset["summary"]["stats"]["train"],
-            "label": dataset["summary"]["label"],
+            "expected_rows": summary["rows"],
+            # what the entry point needs to know of the dataset, from its manifest
+            "label": summary["label"],
+            "features": summary.get("features"),
+            "stats": (summary.get("stats") or {}).get("train"),
+            "image": summary.get("image"),
+            "image_shape": summary.get("image_shape"),
             "output_dir": str(attempt / "model"),
             "elastic": scale.elastic,
         }
         spec_path = write_spec(attempt / "spec.json", spec)
-        launch([sys.executable, "-m", "training.train_eta", "--spec", str(spec_path)])
+        launch([sys.executable, "-m", entry, "--spec", str(spec_path)])
         metrics_path = attempt / "model" / "metrics.json"
         if not metrics_path.exists():
             raise RuntimeError(f"training exited 0 but wrote no {metrics_path}; see the rank output above")

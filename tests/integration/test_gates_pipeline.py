@@ -134,11 +134,11 @@ def test_a_model_worse_than_production_fails_and_production_is_unchanged(small_r
     registry.download(store, "eta", rec["version"], champion_dir)
     champion = {"ref": f"eta@{rec['version']}", **evaluate(champion_dir, ds)}
     candidate = evaluate(commit.location(bad) / "model", ds)
-    assert candidate["mae"] > champion["mae"]
+    assert candidate["value"] > champion["value"]
     cfg = ModelGateConfig(min_improvement=0.0)  # judged by the champion check alone
     with pytest.raises(GateFailed) as e:
         run_model_gate(bad, cfg, run=RunContext(), candidate=candidate, champion=champion)
-    assert any(f.startswith(f"champion: MAE {candidate['mae']:.4f} is worse than eta@1") for f in e.value.failures)
+    assert any(f.startswith(f"champion: MAE {candidate['value']:.4f} is worse than eta@1") for f in e.value.failures)
     assert registry.get_alias(store, "eta", "production")["version"] == rec["version"]
     assert len(registry.get_alias(store, "eta", "production")["history"]) == 1
 

@@ -1,0 +1,35 @@
+"""Evaluate a digits classifier on a split of a committed dataset: error rate, and per digit.
+
+Returns the evaluator shape the model gate judges (see ``training.evaluate``): metric ``error``
+(1 - accuracy, lower is better), with one slice per true digit, so a model that is fine on
+average but has forgotten one class is caught.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from training.evaluate import split_table
+
+
+def evaluate_digits(model_dir: Path, dataset: dict, split: str = "validation") -> dict:
+    import torch
+    from petastorm.codecs import NdarrayCodec
+
+    from training.digits_model import DigitsModel
+
+    model = DigitsModel.load(Path(model_dir))
+    table = split_table(dataset, split, ["image", "label"])
+    codec = NdarrayCodec()
+    y = table.column("label").to_numpy().astype(np.int64)
+    if len(y) == 0:
+        return {"split": split, "metric": "error", "label": "error rate", "rows": 0, "value": None,
+                "slices": {}}
+    images = np.stack([codec.decode(None, v) for v in table.column("image").to_pylist()])
+    wrong = (model.predict(torch.from_numpy(images)).numpy() != y).astype(np.float64)
+    slices = {f"digit={d}": {"value": float(wrong[y == d].mean()) if (y == d).any() else None,
+                             "rows": int((y == d).sum())} for d in range(model.classes)}
+    return {"split": split, "metric": "error", "label": "error rate", "rows": int(len(y)),
+            "value": float(wrong.mean()), "slices": slices}

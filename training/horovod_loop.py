@@ -1,0 +1,261 @@
+"""The Horovod training loop every dlpipe model shares: shards, resume, checkpoints, elasticity.
+
+A model's entry point (``training.train_eta``, ``training.train_digits``) subclasses
+``Trainer`` with what is specific to it: the network, the loader of a split, the loss, the
+metrics and the saved format, then calls ``main(ItsTrainer)``. Everything that makes a run safe
+to retry and possible to audit lives here once:
+
+- all ranks take the same number of steps per epoch (the smallest shard decides), so no rank
+  waits in a collective for a peer that has finished;
+- row counts are checked against the dataset's manifest before training starts;
+- rank 0 writes a sealed checkpoint per epoch, and a retried task resumes from the newest one
+  that verifies;
+- with ``"elastic": true`` in the spec (horovodrun ``--min-np``/``--max-np``) a job that loses a
+  rank goes on with the survivors;
+- ``metrics.json`` records each rank's time waiting for data versus computing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+
+def log(rank: int, msg: str) -> None:
+    print(f"[train rank {rank}] {msg}", flush=True)
+
+
+def pick_device(local_rank: int):
+    """A GPU per local rank when CUDA is there (NCCL then carries the allreduce), else the CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+class Trainer:
+    """One rank's view of the job. ``bind()`` (re)reads the world: rank, size, this rank's shard,
+    steps per epoch and the learning rate. Static jobs bind once; elastic jobs bind again after
+    every membership change, since the survivors re-divide the row groups among themselves.
+
+    Subclasses set ``config_model`` and implement ``build_net``, ``loader``, ``loss``,
+    ``final_metrics`` and ``save``.
+    """
+
+    config_model: Any = None  # the pydantic model of the spec's "train" section
+
+    def __init__(self, spec: dict, hvd) -> None:
+        import torch
+
+        self.spec, self.hvd = spec, hvd
+        self.cfg = cfg = self.config_model(**spec["train"])
+        self.device = pick_device(hvd.local_rank())
+        self.cpus = max(1, (os.cpu_count() or 1) // hvd.local_size())
+        torch.set_num_threads(self.cpus)
+        torch.manual_seed(cfg.seed)
+        self.net = self.build_net().to(self.device)
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.learning_rate)
+        self.ckpt_dir = Path(spec["checkpoint_dir"])
+        self.samples, self.earlier_wait_s, self.train = 0, 0.0, None
+
+    # -- what a model defines ------------------------------------------------------------------
+
+    def build_net(self):
+        """The torch module, before it is moved to the device."""
+        raise NotImplementedError
+
+    def loader(self, split: str, *, batch_size: int, shuffle: bool = True):
+        """This rank's shard of ``split``: ``num_rows``, ``groups``, ``total_row_groups``,
+        ``num_batches()``, ``epoch(n)`` yielding ``(x, y)`` on the device, and ``wait_s``."""
+        raise NotImplementedError
+
+    def loss(self, xb, yb):
+        """The training loss of one batch (a scalar tensor)."""
+        raise NotImplementedError
+
+    def final_metrics(self) -> dict:
+        """Metrics of the trained model, totalled over all ranks (every rank calls this)."""
+        raise NotImplementedError
+
+    def save(self, out: Path) -> None:
+        """Rank 0 writes the model in a safe format (no pickle) into ``out``."""
+        raise NotImplementedError
+
+    # -- shared ----------------------------------------------------------------------------------
+
+    def total(self, v: float) -> float:
+        import torch
+
+        return float(self.hvd.allreduce(torch.tensor(float(v), dtype=torch.float64), op=self.hvd.Sum).item())
+
+    def bind(self) -> None:
+        import torch
+
+        hvd = self.hvd
+        if self.train is not None:  # the loader of the previous world
+            self.earlier_wait_s += self.train.wait_s
+        self.rank, self.size = hvd.rank(), hvd.size()
+        self.train = self.loader("train", batch_size=self.cfg.batch_size)
+        log(self.rank, f"shard: {self.train.num_rows} training rows in {len(self.train.groups)} of "
+                       f"{self.train.total_row_groups} row groups, {self.train.num_batches()} batches of "
+                       f"{self.cfg.batch_size}, world size {self.size}, on {self.device}")
+        # Row counts come from the Parquet footers before anything is read; the loader then
+        # checks each row group against its footer, so a partial read fails instead of training
+        # on less.
+        self.rows = {"train": int(self.total(self.train.num_rows)),
+                     "validation": int(self.total(self.loader("validation", batch_size=8192).num_rows))}
+        if self.rows != self.spec["expected_rows"]:
+            raise SystemExit(f"the ranks found {self.rows} rows, the dataset's manifest commits "
+                             f"{self.spec['expected_rows']}: the dataset changed after it was committed")
+        if self.rows["train"] == 0:
+            raise SystemExit("training split is empty on every rank: nothing to train on")
+        self.steps = int(hvd.allreduce(torch.tensor(self.train.num_batches()), op=hvd.Min).item())
+        if self.steps == 0:
+            raise SystemExit(f"rank {self.rank} has no training rows: the dataset has "
+                             f"{self.train.total_row_groups} row groups for {self.size} ranks; write at "
+                             f"least {self.size} files per split")
+        for group in self.opt.param_groups:  # the rate scales with the world (effective batch)
+            group["lr"] = self.cfg.learning_rate * self.size
+        (self.ckpt_dir / f"rank-{self.rank}.pid").write_text(str(os.getpid()))  # lets tests find ranks
+
+    @property
+    def wait_s(self) -> float:
+        """Seconds this rank has spent blocked on training data, across world changes."""
+        return self.earlier_wait_s + self.train.wait_s
+
+    def resume(self) -> int:
+        """On rank 0: load the newest checkpoint that verifies; the epoch it completed (0: none)."""
+        from training import checkpoint
+
+        if self.rank != 0:
+            return 0
+        found = checkpoint.latest_valid(self.ckpt_dir)
+        if not found:
+            return 0
+        epoch, path = found
+        state = checkpoint.load(path)
+        self.net.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        log(self.rank, f"resuming from {path.name}: {epoch} of {self.cfg.epochs} epochs done")
+        return epoch
+
+    def run_epoch(self, epoch: int) -> None:
+        """One epoch of ``steps`` steps on every rank, then rank 0 seals checkpoint ``epoch + 1``."""
+        import torch
+
+        from training import checkpoint
+
+        self.net.train()
+        loss_sum = torch.zeros((), device=self.device)
+        with closing(self.train.epoch(epoch)) as batches:
+            for _, (xb, yb) in zip(range(self.steps), batches):
+                self.opt.zero_grad()
+                loss = self.loss(xb, yb)
+                loss.backward()
+                self.opt.step()
+                loss_sum += loss.detach()
+                self.samples += len(xb)
+        avg = self.hvd.allreduce((loss_sum / self.steps).cpu(), op=self.hvd.Average).item()
+        if self.rank == 0:
+            log(0, f"epoch {epoch + 1}/{self.cfg.epochs}: loss {avg:.4f} ({self.steps} steps/rank, "
+                   f"world size {self.size}, {self.wait_s:.2f}s waiting for data so far)")
+            path = checkpoint.save(self.ckpt_dir, epoch + 1, {"model": self.net.state_dict(),
+                                                              "optimizer": self.opt.state_dict(),
+                                                              "epoch": epoch + 1})
+            log(0, f"checkpoint {path.name} sealed")
+
+
+def train_static(t: Trainer) -> dict:
+    """Fixed membership: every rank gets rank 0's resumed state by broadcast, then trains."""
+    import torch
+
+    hvd = t.hvd
+    t.bind()
+    start = int(hvd.broadcast(torch.tensor(t.resume()), root_rank=0).item())
+    hvd.broadcast_parameters(t.net.state_dict(), root_rank=0)
+    hvd.broadcast_optimizer_state(t.opt, root_rank=0)
+    t.opt = hvd.DistributedOptimizer(t.opt, named_parameters=t.net.named_parameters())
+    for epoch in range(start, t.cfg.epochs):
+        t.run_epoch(epoch)
+    return {"resumed_from_epoch": start, "elastic_resets": 0}
+
+
+def train_elastic(t: Trainer) -> dict:
+    """Elastic membership (horovodrun --min-np/--max-np): when a rank dies or hosts change,
+    the survivors roll back to the last committed epoch, re-divide the shards among themselves
+    and go on; the epoch that was interrupted is trained again, from its start."""
+    hvd = t.hvd
+    t.bind()
+    start = t.resume()
+    t.opt = hvd.DistributedOptimizer(t.opt, named_parameters=t.net.named_parameters())
+    state = hvd.elastic.TorchState(model=t.net, optimizer=t.opt, epoch=start, start=start)
+    resets = 0  # kept out of the state: a sync restores the state to its last commit
+
+    def on_reset() -> None:
+        nonlocal resets
+        resets += 1
+        t.bind()
+        log(t.rank, f"membership changed: world size is now {t.size}, continuing from epoch {state.epoch}")
+
+    state.register_reset_callbacks([on_reset])
+
+    @hvd.elastic.run
+    def loop(state) -> None:
+        while state.epoch < t.cfg.epochs:
+            t.run_epoch(state.epoch)
+            state.epoch += 1
+            state.commit()  # the rollback point for the next failure
+
+    loop(state)  # the first sync broadcasts rank 0's resumed state and epoch to every rank
+    return {"resumed_from_epoch": state.start, "elastic_resets": resets}
+
+
+def main(trainer_cls: type[Trainer], argv: list[str] | None = None) -> int:
+    """Train with ``trainer_cls`` under horovodrun; rank 0 writes the model and ``metrics.json``."""
+    from dlpipe.spec import read_spec_from_argv
+
+    spec = read_spec_from_argv(argv)
+    import horovod.torch as hvd
+    import torch
+
+    hvd.init()
+    t = trainer_cls(spec, hvd)
+    t0 = time.perf_counter()
+    progress = train_elastic(t) if spec.get("elastic") else train_static(t)
+    if t.device.type == "cuda":
+        torch.cuda.synchronize()
+    train_s = time.perf_counter() - t0
+    total_samples = t.total(t.samples)
+    timing = {"rank": t.rank, "data_wait_s": round(t.wait_s, 3), "compute_s": round(max(0.0, train_s - t.wait_s), 3)}
+
+    t.net.eval()
+    metrics = t.final_metrics()
+    ranks = hvd.allgather_object(timing)
+    metrics.update({
+        "train_rows": t.rows["train"],
+        "val_rows": t.rows["validation"],
+        "epochs": t.cfg.epochs,
+        **progress,
+        "world_size": t.size,
+        "device": t.device.type,
+        "allreduce": "NCCL" if t.device.type == "cuda" and hvd.nccl_built() else "Gloo",
+        "train_seconds": round(train_s, 3),
+        "samples_per_s": round(total_samples / train_s, 1) if train_s > 0 else None,
+        # per rank: time blocked on the data loader versus everything else in the training loop
+        "ranks": ranks,
+        "data_wait_fraction": round(sum(r["data_wait_s"] for r in ranks) / max(1e-9, t.size * train_s), 4),
+    })
+    if t.rank == 0:
+        out = Path(spec["output_dir"])
+        out.mkdir(parents=True, exist_ok=True)
+        t.save(out)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        log(0, "metrics " + json.dumps(metrics, sort_keys=True))
+    hvd.shutdown()
+    return 0
