@@ -30,6 +30,7 @@ def test_dagbag_has_no_import_errors():
         "extract_features", "materialize_dataset", "data_gate", "train", "model_gate", "register_model",
         "promote_staging"]
     assert dag.catchup is False and "dlpipe" in dag.tags
+    assert {"eta_training", "marketplace_eta", "digits_classifier"} <= set(bag.dags)
 
 
 @pytest.mark.parametrize("dag_file", sorted(p.name for p in DAGS.glob("*.py")))
@@ -169,6 +170,42 @@ def test_eta_dag_end_to_end_then_rerun_skips(tmp_path, airflow_env, dlpipe_home,
     for key in keys:
         body = s3_client.get_object(Bucket="ml-models", Key=key)["Body"].read()
         assert SECRET.encode() not in body, f"secret leaked into s3://ml-models/{key}"
+
+
+@pytest.mark.integration
+def test_digits_dag_end_to_end_then_next_week_skips(airflow_env, dlpipe_home):
+    """The second shipped pipeline through Airflow: an image dataset, GX, a Horovod CNN, the
+    registry. Its corpus is fixed, so the next week's run finds every stage committed."""
+    first = airflow_cli(airflow_env, "dags", "test", "digits_classifier", "2026-01-12")
+    versions = json.loads(_dlpipe(airflow_env, "registry", "list", "--json"))
+    assert [(v["name"], v["version"]) for v in versions] == [("digits", 1)]
+    m = versions[0]["metrics"]
+    assert m["val_error"] < 0.08 < m["baseline_error"] and m["world_size"] == 2
+    assert versions[0]["lineage"]["dataset"].startswith("datasets/digits/all@")
+    assert len(versions[0]["lineage"]["gates"]) == 2
+
+    from sklearn.datasets import load_digits
+
+    from dlpipe import registry
+    from dlpipe.storage import LocalStore
+    from training.digits_model import DigitsModel
+
+    store = LocalStore(dlpipe_home / "registry")
+    assert registry.get_alias(store, "digits", "staging")["version"] == 1
+    registry.download(store, "digits", 1, dlpipe_home / "dl")
+    digits = load_digits()
+    assert (DigitsModel.load(dlpipe_home / "dl").predict(digits.images).numpy() == digits.target).mean() > 0.95
+
+    events = [e for e in _events(dlpipe_home) if e["run"]["dag_id"] == "digits_classifier"]
+    first_run = {e["run"]["task_id"]: e["event"] for e in events if e["event"] != "started"}
+    assert first_run == {t: "committed" for t in ("materialize_dataset", "data_gate", "train", "model_gate",
+                                                  "register_model", "promote_staging")}
+    second = airflow_cli(airflow_env, "dags", "test", "digits_classifier", "2026-01-19")
+    run_ids = [e["run"]["run_id"] for e in _events(dlpipe_home) if e["run"]["dag_id"] == "digits_classifier"]
+    later = [e for e in _events(dlpipe_home) if e["run"]["run_id"] == run_ids[-1] and e["event"] != "started"]
+    assert len(later) == 6 and {e["event"] for e in later} == {"skipped"}
+    assert len(json.loads(_dlpipe(airflow_env, "registry", "list", "--json"))) == 1
+    assert "Traceback" not in first.stdout + second.stdout
 
 
 @pytest.mark.integration

@@ -46,6 +46,27 @@ def test_the_shipped_spec_becomes_its_dag():
         dag.params["reason"] = "x" * 501
 
 
+def test_the_digits_spec_is_a_second_kind_without_a_feature_stage():
+    dag = pipeline_dag(ROOT / "pipelines" / "digits.yaml")
+    assert dag.dag_id == "digits_classifier" and dag.owner == "vision"
+    assert [t.task_id for t in dag.topological_sort()] == [
+        "materialize_dataset", "data_gate", "train", "model_gate", "register_model", "promote_staging"]
+
+
+def test_kind_decides_which_sections_a_spec_may_have(tmp_path):
+    digits = yaml.safe_load((ROOT / "pipelines" / "digits.yaml").read_text())
+    digits["features"] = {"lookback_days": 7}
+    path = tmp_path / "digits_with_features.yaml"
+    path.write_text(yaml.safe_dump(digits))
+    with pytest.raises(ConfigError, match=r"features.*a digits_classifier spec has the sections"):
+        load_spec(path)
+    digits.pop("features")
+    digits["train"]["hidden_layers"] = [64]  # the digits CNN's fields, not the ETA MLP's
+    path.write_text(yaml.safe_dump(digits))
+    with pytest.raises(ConfigError, match=r"train.hidden_layers"):
+        load_spec(path)
+
+
 @pytest.mark.parametrize("changes, field, value, fix", [
     ({"dag__owner": None}, "dag.owner", "(missing)", "Field required: add dag.owner"),
     ({"dag__schedule": "every day at noon"}, "dag.schedule", "every day at noon", "not a cron expression"),
@@ -55,6 +76,8 @@ def test_the_shipped_spec_becomes_its_dag():
     ({"scale__hosts": "gpu-1 8"}, "scale.hosts", "gpu-1 8", "should match pattern"),
     ({"trian__epochs": 3}, "trian", "{'epochs': 3}", "remove it or fix its name"),
     ({"dag": None}, "dag", "None", "add a dag: section"),
+    ({"kind": "gpt"}, "kind", "gpt", "use one of ['digits_classifier', 'eta_regressor']"),
+    ({"features__name": "Team ETA"}, "features.name", "Team ETA", "should match pattern"),
 ])
 def test_spec_errors_name_the_file_the_field_the_value_and_the_fix(tmp_path, changes, field, value, fix):
     path = _spec(tmp_path, "team", **changes)
