@@ -125,3 +125,20 @@ def test_failed_spark_job_commits_nothing(small_raw, dlpipe_home):
     with pytest.raises(NotCommittedError):
         commit.latest(commit.StageKey("features", "eta", "dt=2026-01-02"))
     assert [e["event"] for e in audit.read() if e["stage"] == "features"] == ["started", "failed"]
+
+
+def test_named_feature_sets_and_datasets_keep_specs_apart(small_raw, spark_submit):
+    """Two specs with different feature settings commit under their own names: neither reads
+    the other's partitions, and a dataset over a feature set nobody wrote names it."""
+    own = FeatureJobConfig(name="fraud_eta", lookback_days=1, default_prep_minutes=30.0)
+    feats = extract_features("2026-01-03", "2026-01-04", config=own, run=RunContext(), submit=spark_submit)
+    assert feats.id.startswith("features/fraud_eta/dt=2026-01-03@")
+    with pytest.raises(NotCommittedError, match=r"features partition eta/dt=2026-01-03"):
+        materialize_dataset("2026-01-03", "2026-01-04", config=DatasetConfig(window_days=1), run=RunContext(),
+                            submit=spark_submit)
+    ds = materialize_dataset("2026-01-03", "2026-01-04",
+                             config=DatasetConfig(name="fraud_eta", features="fraud_eta", window_days=1, num_files=2),
+                             run=RunContext(), submit=spark_submit)
+    assert ds.id.startswith("datasets/fraud_eta/window_end=2026-01-03@")
+    assert [i["id"] for i in ds.manifest["inputs"]] == [feats.id]
+    assert not (commit.StageKey("features", "eta", "dt=2026-01-03").dir()).exists()
