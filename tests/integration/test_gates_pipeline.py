@@ -3,6 +3,7 @@ Expectations and horovodrun: empty data, bad data, drift, and a model worse than
 
 from __future__ import annotations
 
+import json
 from datetime import date
 from pathlib import Path
 
@@ -73,6 +74,14 @@ def test_nulls_and_out_of_range_values_fail_with_the_expectations_named():
     assert not any("delivery_minutes" in f for f in e.value.failures)  # only the broken columns
     evidence = next((StageKey("gates", "eta_data", ds["partition"]).dir() / "attempts").glob("*/validation.json"))
     assert '"success": false' in evidence.read_text()
+    # the evidence names exactly the committed files it judged, by their manifest hashes
+    from dlpipe.gates import split_fingerprint
+
+    splits = json.loads(evidence.read_text())["splits"]
+    for split in ("train", "validation"):
+        markers = splits[split]["result"]["meta"]["batch_markers"]
+        assert markers["dlpipe_content_sha256"] == split_fingerprint(ds, split)
+    assert split_fingerprint(ds, "train") != split_fingerprint(ds, "validation")
     assert next(evidence.parent.glob("data_docs/train.html")).read_text().lstrip().lower().startswith("<!doctype html")
 
     # the Spark engine, reading the same committed Parquet files, fails the same checks in the same words

@@ -51,6 +51,23 @@ def test_wrong_type_and_missing_column():
     assert "train.city_code: expect_column_to_exist" in failures and "column missing" in failures
 
 
+def test_a_committed_frame_is_identified_by_its_committed_fingerprint_not_a_row_hash():
+    """The evidence names the data it judged: the files' committed hash when the frame carries
+    it (no row hashing), GX's own row fingerprint otherwise; the verdicts are the same."""
+    from dlpipe.gx_pandas import FINGERPRINT, with_fingerprint
+
+    df = _frame()
+    df.loc[5, "city_code"] = 9
+    committed = with_fingerprint(df, "ab" * 32)
+    assert FINGERPRINT not in df.attrs  # the caller's frame is left as it was
+    f1, ev1 = validate_frames({"train": committed}, CFG)
+    f2, ev2 = validate_frames({"train": df}, CFG)
+    markers = [ev["splits"]["train"]["result"]["meta"]["batch_markers"] for ev in (ev1, ev2)]
+    assert markers[0][FINGERPRINT] == "ab" * 32 and "pandas_data_fingerprint" not in markers[0]
+    assert len(markers[1]["pandas_data_fingerprint"]) == 32 and FINGERPRINT not in markers[1]
+    assert f1 == f2 and len(f1) == 1 and "observed 9" in f1[0]
+
+
 @pytest.mark.parametrize("metrics,ok", [
     ({"val_mae": 4.0, "baseline_mae": 8.0}, True),
     ({"val_mae": 7.5, "baseline_mae": 8.0}, False),  # better, but not by 10%
