@@ -261,8 +261,13 @@ def _summary_details(final: dict[str, dict]) -> list[str]:
     tr = load("train")
     if tr:
         m = tr["summary"]["metrics"]
-        out.append(f"training:           train MAE {m['train_mae']:.3f} min, validation MAE {m['val_mae']:.3f} min "
-                   f"(baseline {m['baseline_mae']:.3f}), {m['samples_per_s']:.0f} samples/s on {m['world_size']} processes")
+        if "val_mae" in m:  # the ETA regressor
+            quality = (f"train MAE {m['train_mae']:.3f} min, validation MAE {m['val_mae']:.3f} min "
+                       f"(baseline {m['baseline_mae']:.3f})")
+        else:  # a classifier: error rates
+            quality = (f"train error {m['train_error']:.2%}, validation error {m['val_error']:.2%} "
+                       f"(baseline {m['baseline_error']:.2%})")
+        out.append(f"training:           {quality}, {m['samples_per_s']:.0f} samples/s on {m['world_size']} processes")
     mg = load("model_gate")
     if mg:
         note = mg["summary"].get("note")

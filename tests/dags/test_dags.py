@@ -200,6 +200,8 @@ def test_digits_dag_end_to_end_then_next_week_skips(airflow_env, dlpipe_home):
     first_run = {e["run"]["task_id"]: e["event"] for e in events if e["event"] != "started"}
     assert first_run == {t: "committed" for t in ("materialize_dataset", "data_gate", "train", "model_gate",
                                                   "register_model", "promote_staging")}
+    summary = _dlpipe(airflow_env, "summary", "--dag-id", "digits_classifier")
+    assert "validation error" in summary and "register_model       committed  digits@1" in summary
     second = airflow_cli(airflow_env, "dags", "test", "digits_classifier", "2026-01-19")
     run_ids = [e["run"]["run_id"] for e in _events(dlpipe_home) if e["run"]["dag_id"] == "digits_classifier"]
     later = [e for e in _events(dlpipe_home) if e["run"]["run_id"] == run_ids[-1] and e["event"] != "started"]
