@@ -214,11 +214,17 @@ def cmd_summary(args: argparse.Namespace) -> int:
         return 1
     run_id = args.run_id or events[-1]["run"]["run_id"]
     final: dict[str, dict] = {}
+    seen = set()
     for e in events:
-        if e["run"]["run_id"] == run_id and e["event"] != "started":
-            final[e["run"]["task_id"]] = e
+        if e["run"]["run_id"] == run_id:
+            seen.add(e["run"]["task_id"])
+            if e["event"] != "started":
+                final[e["run"]["task_id"]] = e
+    # The chain starts at its first stage that ran: kinds without a feature stage start at the
+    # dataset. Every stage after it must have committed or skipped.
+    first = next((i for i, t in enumerate(SUMMARY_TASKS) if t in seen), 0)
     rows, ok = [], True
-    for task in SUMMARY_TASKS:
+    for task in SUMMARY_TASKS[first:]:
         e = final.get(task)
         outcome = e["event"] if e else "missing"
         ok &= outcome in ("committed", "skipped", "conflict")
