@@ -35,6 +35,8 @@ class FeatureJobConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str = Field("eta", pattern=r"^[a-z0-9][a-z0-9_\-]{0,62}$",
                       description="the feature set; specs with different feature settings need different names")
+    raw: str = Field(RAW_DATASET, pattern=r"^[a-z0-9][a-z0-9_\-]{0,62}$",
+                     description="the raw source: committed raw/<raw>/dt=<day> partitions of trip events")
     lookback_days: int = Field(7, ge=0, le=365, description="days of history for restaurant features")
     num_files: int = Field(4, ge=1, le=4096, description="output files per partition")
     default_prep_minutes: float = Field(15.0, gt=0, description="prep time for restaurants with no history")
@@ -102,8 +104,8 @@ def extract_features(interval_start, interval_end, *, config: FeatureJobConfig, 
                           "the ETA feature job writes one daily partition per run: schedule it @daily")
     day = days[0]
     history = [day - timedelta(days=i) for i in range(config.lookback_days, 0, -1)]
-    inputs = (_committed_days(RAW_DATASET, "raw", history, required=False)
-              + _committed_days(RAW_DATASET, "raw", [day], required=True))
+    inputs = (_committed_days(config.raw, "raw", history, required=False)
+              + _committed_days(config.raw, "raw", [day], required=True))
     key = StageKey("features", config.name, day_partition(day))
     code = {"sources_hash": sources_hash([eta_features.__file__, __file__])}
 

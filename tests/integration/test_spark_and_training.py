@@ -108,6 +108,9 @@ def test_missing_interval_partition_is_a_clear_error(small_raw, spark_submit):
     with pytest.raises(NotCommittedError, match=r"raw partition trips/dt=2026-02-01.*dlpipe demo-data"):
         extract_features("2026-02-01", "2026-02-02", config=FeatureJobConfig(), run=RunContext(),
                          submit=spark_submit)
+    with pytest.raises(NotCommittedError, match=r"raw partition orders/dt=2026-01-02"):
+        extract_features("2026-01-02", "2026-01-03", config=FeatureJobConfig(raw="orders"), run=RunContext(),
+                         submit=spark_submit)
     with pytest.raises(ConfigError, match="one daily partition per run"):
         extract_features("2026-01-01", "2026-01-03", config=FeatureJobConfig(), run=RunContext(),
                          submit=spark_submit)
