@@ -8,10 +8,12 @@ batch is built, and its BatchedDataLoader then re-buffers them; on a GPU that st
   dealt to ranks round-robin, so every rank knows its row count before it reads anything;
 - worker threads decode row groups ahead of the consumer (pyarrow releases the GIL while it
   decompresses), and results are taken in a fixed order, so the stream is deterministic;
-- each window of ``shuffle_window`` row groups is permuted with one numpy gather, straight into
-  pinned memory when the target is a GPU, with a permutation drawn from (seed, epoch, rank);
-- a background thread copies each window to the device on its own CUDA stream, so decoding,
-  the host-to-device copy and the model's compute all overlap; batches are views of that window.
+- each window of ``shuffle_window`` row groups is permuted by a permutation drawn from (seed,
+  epoch, rank). On the CPU, the worker that decodes a row group writes its rows straight to
+  their permuted places in the window's buffer, so the shuffle adds no pass over the data;
+- on a GPU, pinned blocks go to the device on the loader's own CUDA stream and the same
+  permutation runs there, so decoding, the host-to-device copy and the model's compute all
+  overlap. Either way batches are views of one window, and both deliver the same batches.
 
 Petastorm datasets are Parquet files plus metadata, so this reads them directly; only scalar
 numeric columns are supported (images go through Petastorm's codecs, see feature_jobs/digits.py).
@@ -137,23 +139,105 @@ class ShardLoader:
 
         try:
             rng = np.random.default_rng([self.seed, epoch, self.rank])
-            copy_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
-            carry = None  # rows of the previous window not yet delivered (column-major)
-            with ThreadPoolExecutor(self.workers, thread_name_prefix=f"gather-rank{self.rank}") as gather:
+            if self.device.type == "cuda":
+                copy_stream = torch.cuda.Stream(self.device)
+                carry = None  # rows of the previous window not yet delivered (column-major)
                 for blocks, last in self._decoded_windows(rng, stop):
-                    if copy_stream is None:
-                        item, carry = self._window_cpu(blocks, carry, last, rng, gather)
-                    else:
-                        item, carry = self._window_gpu(blocks, carry, last, rng, copy_stream)
+                    item, carry = self._window_gpu(blocks, carry, last, rng, copy_stream)
                     if item is not None and not put(item):
+                        return
+            else:
+                for item in self._windows_cpu(rng, stop):
+                    if not put(item):
                         return
             put(None)
         except BaseException as exc:  # handed to the consumer, which raises it in the training loop
             put(exc)
 
+    def _order(self, rng: np.random.Generator) -> list[RowGroup]:
+        """The epoch's row-group order: the first draw from the epoch's generator."""
+        return [self.groups[i] for i in rng.permutation(len(self.groups))] if self.shuffle else self.groups
+
+    def _plan(self, rng: np.random.Generator) -> Iterator[_Window]:
+        """The windows of an epoch, drawn lazily in order: the same draws as the GPU path makes.
+
+        Window ``w`` holds the ``c`` rows carried over from window ``w - 1`` (its source rows
+        ``0..c-1``) and then its row groups' rows; position ``i`` takes source row ``perm[i]``.
+        Positions below ``usable`` are delivered, the rest are the next carry. Only row counts
+        are needed, so a window is planned before any of it is decoded.
+        """
+        order = self._order(rng)
+        carried = 0
+        for i in range(0, len(order), self.window):
+            groups, last = order[i:i + self.window], i + self.window >= len(order)
+            sizes = [carried] + [g.rows for g in groups]  # segment 0: the carried rows
+            starts = np.cumsum([0] + sizes)
+            n = int(starts[-1])
+            if self.shuffle:
+                perm = rng.permutation(n)  # position i takes source row perm[i]
+                # For each segment, its positions in ascending order and the source row (within
+                # the segment) each takes: writes then run forward through the buffer and reads
+                # stay inside one row group's column, which is what keeps the shuffle cheap.
+                seg = (np.searchsorted(starts, perm, side="right") - 1).astype(np.int16)
+                by_seg = np.argsort(seg, kind="stable")
+                bounds = np.searchsorted(seg[by_seg], np.arange(len(sizes) + 1))
+                places = [(by_seg[a:b], perm[by_seg[a:b]] - starts[k])
+                          for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
+            else:  # storage order: segment k fills positions starts[k]..starts[k+1]-1
+                places = [(slice(int(a), int(b)), None) for a, b in zip(starts[:-1], starts[1:])]
+            usable = self._usable(n, last)
+            yield _Window(groups, carried, n, usable, places, last)
+            carried = 0 if last else n - usable
+
+    def _windows_cpu(self, rng: np.random.Generator, stop: threading.Event) -> Iterator[tuple]:
+        """Deliverable items on the CPU. Each worker thread decodes a row group straight into its
+        permuted positions in the window's buffer (one scatter per column, within a window that
+        fits in cache), so the shuffle costs no pass over the data of its own. The next window
+        is decoding while this one is delivered. ``x`` is a transposed view of the column-major
+        buffer (matmul takes it as it is)."""
+        f = len(self.columns)
+        plan = self._plan(rng)
+        with ThreadPoolExecutor(self.workers, thread_name_prefix=f"decode-rank{self.rank}") as pool:
+            pending: collections.deque = collections.deque()
+
+            def submit() -> None:
+                w = next(plan, None)
+                if w is None:
+                    return
+                buf = np.empty((f + 1, w.n), np.float32)
+                futures = [pool.submit(self._decode_into, g, buf, place)
+                           for g, place in zip(w.groups, w.places[1:])]
+                pending.append((w, buf, futures))
+
+            submit()
+            carry = None
+            try:
+                while pending and not stop.is_set():
+                    submit()  # keep one window decoding ahead
+                    w, buf, futures = pending.popleft()
+                    if w.carried:
+                        self._place(buf, list(carry), w.places[0])
+                    for fut in futures:
+                        fut.result()
+                    carry = None if w.last else buf[:, w.usable:]
+                    if w.usable:
+                        t = torch.from_numpy(buf[:, :w.usable])
+                        yield t[:f].T, t[f], None
+            finally:
+                for _, _, futures in pending:
+                    for fut in futures:
+                        fut.cancel()
+
+    @staticmethod
+    def _place(buf: np.ndarray, columns: list[np.ndarray], place: tuple) -> None:
+        """Write one segment's columns to its positions in a window's buffer."""
+        at, src = place
+        for j, values in enumerate(columns):
+            buf[j, at] = values if src is None else values[src]
+
     def _decoded_windows(self, rng: np.random.Generator, stop: threading.Event) -> Iterator[tuple[list, bool]]:
         """``(blocks, last)``: the decoded row groups of each window, in the epoch's order."""
-        order = [self.groups[i] for i in rng.permutation(len(self.groups))] if self.shuffle else self.groups
+        order = self._order(rng)
         with ThreadPoolExecutor(self.workers, thread_name_prefix=f"decode-rank{self.rank}") as pool:
             pending: collections.deque[Future] = collections.deque()
             todo = iter(order)
@@ -177,33 +261,6 @@ class ShardLoader:
     def _usable(self, n: int, last: bool) -> int:
         """Rows of a window to deliver now: whole batches, plus the tail in the last window."""
         return n if last and not self.drop_last else n - n % self.batch_size
-
-    def _window_cpu(self, blocks: list[torch.Tensor], carry, last: bool, rng: np.random.Generator,
-                    gather: ThreadPoolExecutor):
-        """``x`` is a transposed view of a column-major window (matmul takes it as it is).
-
-        The permutation is a gather along each column (contiguous writes, reads within one
-        window's column), split across threads: numpy releases the GIL while it copies.
-        """
-        parts = ([carry] if carry is not None else []) + [b.numpy() for b in blocks]
-        block = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
-        n = block.shape[1]
-        usable = self._usable(n, last)
-        if not self.shuffle:
-            out, carry = block[:, :usable], (block[:, usable:] if usable < n else None)
-        else:
-            rows = rng.permutation(n)
-            out = np.empty((block.shape[0], usable), np.float32)
-            step = -(-block.shape[0] // self.workers)
-            list(gather.map(lambda j: np.take(block[j:j + step], rows[:usable], axis=1, out=out[j:j + step]),
-                            range(0, block.shape[0], step)))
-            carry = block[:, rows[usable:]] if usable < n else None
-        if last:
-            carry = None
-        if usable == 0:
-            return None, carry
-        t, f = torch.from_numpy(out), len(self.columns)
-        return (t[:f].T, t[f], None), carry
 
     def _window_gpu(self, blocks: list[torch.Tensor], carry, last: bool, rng: np.random.Generator,
                     stream: torch.cuda.Stream):
@@ -229,22 +286,47 @@ class ShardLoader:
             carry = None
         return ((x, y, ready) if usable else None), carry
 
-    def _decode(self, g: RowGroup) -> torch.Tensor:
-        """One row group as a column-major ``[f + 1, rows]`` float32 block (label last), pinned
-        when the target is a GPU: each column is one contiguous copy out of Arrow's buffer (a
-        row-major fill would stride through memory)."""
+    def _read(self, g: RowGroup):
+        """One row group's columns (features, then the label), checked against its footer."""
         names = self.columns + [self.label]
         table = pq.ParquetFile(self.fs.open_input_file(g.path)).read_row_group(g.index, columns=names,
                                                                                use_threads=False)
         if table.num_rows != g.rows:  # a truncated or concurrently replaced file
             raise IOError(f"{g.path} row group {g.index}: read {table.num_rows} rows, its footer says {g.rows}")
-        block = torch.empty((len(names), table.num_rows), dtype=torch.float32,
-                            pin_memory=self.device.type == "cuda")
-        out = block.numpy()
-        for j, name in enumerate(names):
+        columns = []
+        for name in names:
             col = table.column(name)
             if col.null_count:
                 raise ValueError(f"{g.path} row group {g.index}: column {name!r} has {col.null_count} nulls; "
                                  f"training needs complete rows (the data gate's not_null rule catches this)")
-            out[j] = col.to_numpy()
+            columns.append(col.to_numpy())
+        return columns
+
+    def _decode(self, g: RowGroup) -> torch.Tensor:
+        """One row group as a column-major ``[f + 1, rows]`` float32 block (label last), pinned
+        when the target is a GPU: each column is one contiguous copy out of Arrow's buffer (a
+        row-major fill would stride through memory)."""
+        columns = self._read(g)
+        block = torch.empty((len(columns), g.rows), dtype=torch.float32, pin_memory=self.device.type == "cuda")
+        out = block.numpy()
+        for j, values in enumerate(columns):
+            out[j] = values
         return block
+
+    def _decode_into(self, g: RowGroup, buf: np.ndarray, place: tuple) -> None:
+        """Decode a row group into its positions of a window's buffer (see ``_plan``)."""
+        self._place(buf, self._read(g), place)
+
+
+@dataclass(frozen=True)
+class _Window:
+    """One shuffle window of an epoch, planned from row counts (see ``ShardLoader._plan``)."""
+
+    groups: list[RowGroup]
+    carried: int  # rows carried in from the previous window: segment 0
+    n: int  # carried + the groups' rows
+    usable: int  # positions 0..usable-1 are delivered, the rest carried on
+    # per segment (the carried rows, then each group): (positions, source rows within the
+    # segment in position order), or (slice, None) in storage order
+    places: list[tuple]
+    last: bool
