@@ -322,15 +322,11 @@ def run_data_gate(dataset: dict, cfg: DataGateConfig, *, run: RunContext, name: 
     check_spark_types(cfg)
 
     def produce(attempt: Path) -> dict:
-        from dlpipe.gx_pandas import with_fingerprint
-
         rows = dataset["summary"].get("rows", {})
         engines = {split: cfg.engine_for(rows.get(split, 0)) for split in dataset["summary"]["splits"]}
         spark = data_gate_spark(cfg.spark_master) if "spark" in engines.values() else None
         frames = {split: read_split(dataset, split, spark if engine == "spark" else None)
                   for split, engine in engines.items()}
-        frames = {split: df if _is_spark(df) else with_fingerprint(df, split_fingerprint(dataset, split))
-                  for split, df in frames.items()}
         failures, evidence = validate_frames(frames, cfg, docs_dir=attempt / "data_docs")
         drift = None
         if cfg.drift is not None:
@@ -369,7 +365,9 @@ def read_split(dataset: dict, split: str, spark=None):
     """One split of a committed dataset as a pandas DataFrame, or with ``spark`` a Spark DataFrame.
 
     Only the Parquet files the manifest vouches for are read. A split without files is an empty
-    frame with the manifest's column types, so an empty split fails on its row count alone.
+    frame with the manifest's column types, so an empty split fails on its row count alone. A
+    pandas frame carries the split's committed fingerprint (``split_fingerprint``), which GX then
+    records instead of hashing every row (``dlpipe.gx_pandas``).
     """
     root = commit.location(dataset)
     paths = [p for p in commit.files(dataset, ".parquet") if p.parent == root / split]
@@ -381,9 +379,14 @@ def read_split(dataset: dict, split: str, spark=None):
     import pandas as pd
     import pyarrow.parquet as pq
 
+    from dlpipe.gx_pandas import FINGERPRINT
+
     if paths:
-        return pq.ParquetDataset(paths).read().to_pandas()
-    return pd.DataFrame({c: pd.Series([], dtype=t[0]) for c, t in columns})
+        df = pq.ParquetDataset(paths).read().to_pandas()
+    else:
+        df = pd.DataFrame({c: pd.Series([], dtype=t[0]) for c, t in columns})
+    df.attrs[FINGERPRINT] = split_fingerprint(dataset, split)
+    return df
 
 
 def data_gate_spark(master: str = "local[*]"):

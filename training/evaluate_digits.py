@@ -16,18 +16,17 @@ from training.evaluate import split_table
 
 def evaluate_digits(model_dir: Path, dataset: dict, split: str = "validation") -> dict:
     import torch
-    from petastorm.codecs import NdarrayCodec
 
     from training.digits_model import DigitsModel
+    from training.image_loader import decode_images
 
     model = DigitsModel.load(Path(model_dir))
     table = split_table(dataset, split, ["image", "label"])
-    codec = NdarrayCodec()
     y = table.column("label").to_numpy().astype(np.int64)
     if len(y) == 0:
         return {"split": split, "metric": "error", "label": "error rate", "rows": 0, "value": None,
                 "slices": {}}
-    images = np.stack([codec.decode(None, v) for v in table.column("image").to_pylist()])
+    images = decode_images(table.column("image").to_pylist(), "image")
     wrong = (model.predict(torch.from_numpy(images)).numpy() != y).astype(np.float64)
     slices = {f"digit={d}": {"value": float(wrong[y == d].mean()) if (y == d).any() else None,
                              "rows": int((y == d).sum())} for d in range(model.classes)}

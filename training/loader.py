@@ -57,6 +57,21 @@ def list_row_groups(url: str) -> tuple[pafs.FileSystem, list[RowGroup]]:
     return fs, groups
 
 
+def read_row_group(fs: pafs.FileSystem, g: RowGroup, columns: list[str]):
+    """One row group's ``columns`` as an Arrow table, checked against its footer's row count and
+    for nulls: a truncated file or an incomplete row fails here, with the file and column named."""
+    table = pq.ParquetFile(fs.open_input_file(g.path)).read_row_group(g.index, columns=columns,
+                                                                      use_threads=False)
+    if table.num_rows != g.rows:  # a truncated or concurrently replaced file
+        raise IOError(f"{g.path} row group {g.index}: read {table.num_rows} rows, its footer says {g.rows}")
+    for name in columns:
+        nulls = table.column(name).null_count
+        if nulls:
+            raise ValueError(f"{g.path} row group {g.index}: column {name!r} has {nulls} nulls; "
+                             f"training needs complete rows (the data gate's not_null rule catches this)")
+    return table
+
+
 class ShardLoader:
     """``(features [b, f] float32, label [b] float32)`` batches of one rank's shard.
 
@@ -289,18 +304,8 @@ class ShardLoader:
     def _read(self, g: RowGroup):
         """One row group's columns (features, then the label), checked against its footer."""
         names = self.columns + [self.label]
-        table = pq.ParquetFile(self.fs.open_input_file(g.path)).read_row_group(g.index, columns=names,
-                                                                               use_threads=False)
-        if table.num_rows != g.rows:  # a truncated or concurrently replaced file
-            raise IOError(f"{g.path} row group {g.index}: read {table.num_rows} rows, its footer says {g.rows}")
-        columns = []
-        for name in names:
-            col = table.column(name)
-            if col.null_count:
-                raise ValueError(f"{g.path} row group {g.index}: column {name!r} has {col.null_count} nulls; "
-                                 f"training needs complete rows (the data gate's not_null rule catches this)")
-            columns.append(col.to_numpy())
-        return columns
+        table = read_row_group(self.fs, g, names)
+        return [table.column(name).to_numpy() for name in names]
 
     def _decode(self, g: RowGroup) -> torch.Tensor:
         """One row group as a column-major ``[f + 1, rows]`` float32 block (label last), pinned
