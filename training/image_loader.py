@@ -17,7 +17,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from training.loader import list_row_groups, read_row_group
+from training.parquet_groups import list_row_groups, read_row_group
 
 
 def decode_images(values: list, field: str) -> np.ndarray:

@@ -25,51 +25,16 @@ import collections
 import queue
 import threading
 import time
+import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
-import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 import torch
 
-
-@dataclass(frozen=True)
-class RowGroup:
-    path: str
-    index: int
-    rows: int
-
-
-def list_row_groups(url: str) -> tuple[pafs.FileSystem, list[RowGroup]]:
-    """Every row group of the ``*.parquet`` files under ``url`` (file:// or s3://), in path order."""
-    fs, root = pafs.FileSystem.from_uri(url)
-    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
-    paths = sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
-                   and not i.base_name.startswith((".", "_")))
-    if not paths:
-        raise FileNotFoundError(f"no .parquet files under {url}: is it a committed dataset split?")
-    groups = []
-    for path in paths:
-        meta = pq.ParquetFile(fs.open_input_file(path)).metadata
-        groups += [RowGroup(path, i, meta.row_group(i).num_rows) for i in range(meta.num_row_groups)]
-    return fs, groups
-
-
-def read_row_group(fs: pafs.FileSystem, g: RowGroup, columns: list[str]):
-    """One row group's ``columns`` as an Arrow table, checked against its footer's row count and
-    for nulls: a truncated file or an incomplete row fails here, with the file and column named."""
-    table = pq.ParquetFile(fs.open_input_file(g.path)).read_row_group(g.index, columns=columns,
-                                                                      use_threads=False)
-    if table.num_rows != g.rows:  # a truncated or concurrently replaced file
-        raise IOError(f"{g.path} row group {g.index}: read {table.num_rows} rows, its footer says {g.rows}")
-    for name in columns:
-        nulls = table.column(name).null_count
-        if nulls:
-            raise ValueError(f"{g.path} row group {g.index}: column {name!r} has {nulls} nulls; "
-                             f"training needs complete rows (the data gate's not_null rule catches this)")
-    return table
+from training.decode_pool import Decode, DecodePool, SlotRing
+from training.parquet_groups import RowGroup, list_row_groups, read_row_group
 
 
 class ShardLoader:
@@ -83,12 +48,16 @@ class ShardLoader:
     :param shuffle: ``False`` reads in storage order (evaluation)
     :param shuffle_window: row groups mixed together by one permutation
     :param workers: decoding threads; ``prefetch``: windows ready ahead of the consumer
+    :param processes: make the ``workers`` processes instead of threads (``training.decode_pool``):
+        they decode into shared memory and leave this process's GIL to the training loop. Same
+        batches either way. Call ``close()`` (or use ``with``) to stop them; they also stop with
+        this process.
     :param device: where batches are delivered; a CUDA device gets pinned, asynchronous copies
     """
 
     def __init__(self, url: str, columns: list[str], label: str, *, rank: int = 0, size: int = 1,
                  batch_size: int = 1024, seed: int = 0, shuffle: bool = True, shuffle_window: int = 4,
-                 workers: int = 4, prefetch: int = 2, drop_last: bool = False,
+                 workers: int = 4, prefetch: int = 2, drop_last: bool = False, processes: bool = False,
                  device: torch.device | str | None = None) -> None:
         if not 0 <= rank < size:
             raise ValueError(f"rank={rank} is outside 0..{size - 1}")
@@ -103,6 +72,23 @@ class ShardLoader:
         self.groups = groups[rank::size]
         self.num_rows = sum(g.rows for g in self.groups)
         self.wait_s = 0.0  # time the consumer spent blocked on data, summed over epochs
+        self.processes = processes
+        self._pool: DecodePool | None = None  # started by the first epoch in process mode
+        self._ring: SlotRing | None = None
+        self._pinned: list[tuple[int, np.ndarray]] = []  # (address, view) of slots registered with CUDA
+        self._close = lambda: None
+        self._one_epoch = threading.Lock()
+
+    def close(self) -> None:
+        """Stop the decoding processes, if any (the next epoch starts them again)."""
+        self._close()
+        self._pool = self._ring = None
+
+    def __enter__(self) -> ShardLoader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def num_batches(self) -> int:
         full, rest = divmod(self.num_rows, self.batch_size)
@@ -157,12 +143,15 @@ class ShardLoader:
             if self.device.type == "cuda":
                 copy_stream = torch.cuda.Stream(self.device)
                 carry = None  # rows of the previous window not yet delivered (column-major)
-                for blocks, last in self._decoded_windows(rng, stop):
+                windows = (self._decoded_windows_procs(rng, stop, copy_stream) if self.processes
+                           else self._decoded_windows(rng, stop))
+                for blocks, last in windows:
                     item, carry = self._window_gpu(blocks, carry, last, rng, copy_stream)
                     if item is not None and not put(item):
                         return
             else:
-                for item in self._windows_cpu(rng, stop):
+                windows = self._windows_procs(rng, stop) if self.processes else self._windows_cpu(rng, stop)
+                for item in windows:
                     if not put(item):
                         return
             put(None)
@@ -194,14 +183,16 @@ class ShardLoader:
                 # the segment) each takes: writes then run forward through the buffer and reads
                 # stay inside one row group's column, which is what keeps the shuffle cheap.
                 seg = (np.searchsorted(starts, perm, side="right") - 1).astype(np.int16)
-                by_seg = np.argsort(seg, kind="stable")
-                bounds = np.searchsorted(seg[by_seg], np.arange(len(sizes) + 1))
-                places = [(by_seg[a:b], perm[by_seg[a:b]] - starts[k])
-                          for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
+                pos = np.argsort(seg, kind="stable")  # positions, grouped by segment
+                src = perm[pos] - starts[seg[pos]]
+                bounds = np.searchsorted(seg[pos], np.arange(len(sizes) + 1))
+                places = [(pos[a:b], src[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+                index = (pos, src, bounds)
             else:  # storage order: segment k fills positions starts[k]..starts[k+1]-1
                 places = [(slice(int(a), int(b)), None) for a, b in zip(starts[:-1], starts[1:])]
+                index = None
             usable = self._usable(n, last)
-            yield _Window(groups, carried, n, usable, places, last)
+            yield _Window(groups, carried, n, usable, places, last, index)
             carried = 0 if last else n - usable
 
     def _windows_cpu(self, rng: np.random.Generator, stop: threading.Event) -> Iterator[tuple]:
@@ -231,7 +222,7 @@ class ShardLoader:
                     submit()  # keep one window decoding ahead
                     w, buf, futures = pending.popleft()
                     if w.carried:
-                        self._place(buf, list(carry), w.places[0])
+                        self._place_carry(buf, carry, w.places[0])
                     for fut in futures:
                         fut.result()
                     carry = None if w.last else buf[:, w.usable:]
@@ -249,6 +240,132 @@ class ShardLoader:
         at, src = place
         for j, values in enumerate(columns):
             buf[j, at] = values if src is None else values[src]
+
+    @staticmethod
+    def _place_carry(buf: np.ndarray, carry: np.ndarray, place: tuple) -> None:
+        """The carried rows (a ``[f + 1, c]`` block) to their positions: two array operations,
+        not one per column, since in process mode this runs beside the training loop."""
+        at, src = place
+        buf[:, at] = carry if src is None else carry[:, src]
+
+    # -- decoding in worker processes (processes=True) -------------------------------------------
+
+    def _decoders(self) -> tuple[DecodePool, SlotRing]:
+        """The worker processes and their slots, started on first use and kept across epochs."""
+        if self._pool is None:
+            pool = DecodePool(self.workers, label=f"decode-rank{self.rank}")
+            self._close = weakref.finalize(self, _stop_decoders, pool, self._pinned)
+            rows = self.batch_size - 1 + sum(sorted(g.rows for g in self.groups)[-self.window:])
+            self._ring = SlotRing(pool, len(self.columns) + 1, rows,
+                                  on_new=self._pin if self.device.type == "cuda" else None)
+            self._pool = pool
+        if self._pool.broken:
+            raise RuntimeError(f"{self._pool.broken}; close() the loader to start new workers")
+        return self._pool, self._ring
+
+    def _pin(self, slot) -> None:
+        """Register a slot with CUDA as page-locked memory, so copies from it are asynchronous."""
+        view = np.frombuffer(slot.mm, np.uint8)
+        err = int(torch.cuda.cudart().cudaHostRegister(view.ctypes.data, slot.nbytes, 0))
+        if err:
+            raise RuntimeError(f"cudaHostRegister of a {slot.nbytes}-byte decode slot failed (cudaError {err})")
+        self._pinned.append((view.ctypes.data, view))
+
+    def _windows_procs(self, rng: np.random.Generator, stop: threading.Event) -> Iterator[tuple]:
+        """``_windows_cpu`` with the decoding in worker processes. The plan (and so the stream) is
+        the same; its index goes into the window's slot, where each worker reads the places of
+        its row group. This process only places the carried rows, once per window."""
+        pool, ring = self._decoders()
+        if not self._one_epoch.acquire(blocking=False):
+            raise RuntimeError("a ShardLoader with processes=True runs one epoch at a time; finish or close the other")
+        f, names = len(self.columns), tuple(self.columns + [self.label])
+        plan = self._plan(rng)
+        pending: collections.deque = collections.deque()
+
+        def submit() -> None:
+            w = next(plan, None)
+            if w is None:
+                return
+            slot = ring.acquire()
+            if w.index is not None:
+                pos, src, bounds = w.index
+                slot_pos, slot_src = slot.index()
+                slot_pos[:w.n], slot_src[:w.n] = pos, src
+                tasks = [Decode(slot.id, self.url, g, names, f + 1, w.n, a=int(bounds[k]), b=int(bounds[k + 1]))
+                         for k, g in enumerate(w.groups, start=1)]
+            else:
+                tasks = [Decode(slot.id, self.url, g, names, f + 1, w.n, start=place[0].start)
+                         for g, place in zip(w.groups, w.places[1:])]
+            pending.append((w, slot, [pool.submit(t) for t in tasks]))
+
+        prev = None  # (slot, its carried rows, liveness of its delivery) of the previous window
+        try:
+            for _ in range(max(2, -(-self.workers // self.window) + 1)):  # enough windows to keep all busy
+                submit()
+            while pending and not stop.is_set():
+                w, slot, tickets = pending.popleft()
+                pool.wait(tickets)
+                buf = slot.window(w.n)
+                if w.carried:
+                    self._place_carry(buf, prev[1], w.places[0])
+                if prev is not None:
+                    ring.retire(prev[0], prev[2])
+                delivered = buf[:, :w.usable]  # torch's storage holds this very array
+                prev = (slot, buf[:, w.usable:], _alive(delivered))
+                submit()
+                if w.usable:
+                    t = torch.from_numpy(delivered)
+                    yield t[:f].T, t[f], None
+                    del t
+                del buf, delivered
+        finally:
+            pool.drain()
+            if prev is not None:
+                ring.retire(prev[0], prev[2])
+            for _, slot, _ in pending:
+                ring.retire(slot, lambda: False)
+            self._one_epoch.release()
+
+    def _decoded_windows_procs(self, rng: np.random.Generator, stop: threading.Event,
+                               stream: torch.cuda.Stream) -> Iterator[tuple[list, bool]]:
+        """``_decoded_windows`` from worker processes: each window's row groups are decoded side
+        by side into one pinned slot and delivered as one block; the slot is reused once the
+        copy that ``_window_gpu`` queued on ``stream`` has run."""
+        pool, ring = self._decoders()
+        if not self._one_epoch.acquire(blocking=False):
+            raise RuntimeError("a ShardLoader with processes=True runs one epoch at a time; finish or close the other")
+        names = tuple(self.columns + [self.label])
+        order = self._order(rng)
+        windows = iter([order[i:i + self.window] for i in range(0, len(order), self.window)])
+        pending: collections.deque = collections.deque()
+
+        def submit() -> None:
+            groups = next(windows, None)
+            if groups is None:
+                return
+            slot = ring.acquire()
+            starts = np.cumsum([0] + [g.rows for g in groups])
+            n = int(starts[-1])
+            tickets = [pool.submit(Decode(slot.id, self.url, g, names, len(names), n, start=int(a)))
+                       for g, a in zip(groups, starts)]
+            pending.append((slot, n, tickets))
+
+        try:
+            for _ in range(max(2, -(-self.workers // self.window) + 1)):
+                submit()
+            while pending and not stop.is_set():
+                slot, n, tickets = pending.popleft()
+                pool.wait(tickets)
+                submit()
+                yield [torch.from_numpy(slot.window(n))], not pending
+                copied = torch.cuda.Event()
+                copied.record(stream)
+                ring.retire(slot, lambda ev=copied: not ev.query())
+        finally:
+            pool.drain()
+            for slot, _, _ in pending:
+                ring.retire(slot, lambda: False)
+            self._one_epoch.release()
 
     def _decoded_windows(self, rng: np.random.Generator, stop: threading.Event) -> Iterator[tuple[list, bool]]:
         """``(blocks, last)``: the decoded row groups of each window, in the epoch's order."""
@@ -323,6 +440,20 @@ class ShardLoader:
         self._place(buf, self._read(g), place)
 
 
+def _alive(array: np.ndarray):
+    """True while ``array`` exists. Given the exact array passed to ``torch.from_numpy``, that is
+    while any tensor viewing it does (the tensors' storage holds it); numpy views of it would not
+    do, since they point past it to the memory's owner."""
+    ref = weakref.ref(array)
+    return lambda: ref() is not None
+
+
+def _stop_decoders(pool: DecodePool, pinned: list) -> None:
+    pool.close()
+    while pinned:
+        torch.cuda.cudart().cudaHostUnregister(pinned.pop()[0])
+
+
 @dataclass(frozen=True)
 class _Window:
     """One shuffle window of an epoch, planned from row counts (see ``ShardLoader._plan``)."""
@@ -335,3 +466,6 @@ class _Window:
     # segment in position order), or (slice, None) in storage order
     places: list[tuple]
     last: bool
+    # shuffled: the same places as flat arrays, segment k at [bounds[k]:bounds[k+1]] (what
+    # worker processes read from a slot); None in storage order
+    index: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None

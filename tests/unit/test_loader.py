@@ -84,11 +84,13 @@ def test_closing_early_stops_the_threads(dataset):
     assert threading.active_count() == before
 
 
-def test_nulls_are_refused_with_the_column_named(tmp_path):
+@pytest.mark.parametrize("processes", [False, True])
+def test_nulls_are_refused_with_the_column_named(tmp_path, processes):
     pq.write_table(pa.table({"a": pa.array([1.0, None], pa.float32()), "b": [1.0, 2.0], "c": [1, 2],
                              "label": [0.0, 1.0]}), tmp_path / "part-0.parquet")
-    with pytest.raises(ValueError, match="column 'a' has 1 nulls"):
-        drain(ShardLoader(f"file://{tmp_path}", COLUMNS, "label"))
+    with ShardLoader(f"file://{tmp_path}", COLUMNS, "label", processes=processes) as loader:
+        with pytest.raises(ValueError, match="column 'a' has 1 nulls"):  # raised in a worker process too
+            drain(loader)
 
 
 def test_bad_arguments_are_named(dataset, tmp_path):
@@ -100,10 +102,11 @@ def test_bad_arguments_are_named(dataset, tmp_path):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (scripts/gpu_check.sh runs it)")
 @pytest.mark.parametrize("shuffle", [True, False])
-def test_gpu_delivery_gives_the_cpu_batches(dataset, shuffle):
+@pytest.mark.parametrize("processes", [False, True])
+def test_gpu_delivery_gives_the_cpu_batches(dataset, shuffle, processes):
     cpu = ShardLoader(dataset, COLUMNS, "label", batch_size=100, seed=3, shuffle=shuffle, shuffle_window=2)
     gpu = ShardLoader(dataset, COLUMNS, "label", batch_size=100, seed=3, shuffle=shuffle, shuffle_window=2,
-                      device="cuda")
+                      device="cuda", processes=processes)
     n = 0
     for (xc, yc), (xg, yg) in zip(cpu.epoch(0), gpu.epoch(0), strict=True):
         assert xg.is_cuda and xg.is_contiguous() and xg.shape == xc.shape
@@ -111,6 +114,7 @@ def test_gpu_delivery_gives_the_cpu_batches(dataset, shuffle):
         torch.testing.assert_close(yg.cpu(), yc, rtol=0, atol=0)
         n += len(xg)
     assert n == 3000
+    gpu.close()
 
 
 def reference_stream(loader: ShardLoader, epoch: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
@@ -152,3 +156,66 @@ def test_the_stream_is_exactly_the_reference(dataset, shuffle, window, batch, dr
         assert sizes == rsizes
         np.testing.assert_array_equal(y, ry)
         np.testing.assert_array_equal(x, rx)
+
+
+# -- decoding in worker processes (processes=True) ---------------------------------------------
+
+@pytest.mark.parametrize("shuffle, window, batch, drop_last, workers", [
+    (True, 1, 100, False, 2), (True, 3, 700, False, 3), (True, 4, 1100, True, 2), (False, 2, 128, False, 2),
+])
+def test_worker_processes_deliver_the_reference_stream(dataset, shuffle, window, batch, drop_last, workers):
+    with ShardLoader(dataset, COLUMNS, "label", batch_size=batch, seed=11, shuffle=shuffle, processes=True,
+                     shuffle_window=window, drop_last=drop_last, workers=workers, rank=1, size=2) as loader:
+        for epoch in (0, 1):  # the second epoch reuses the workers and their slots
+            x, y, sizes = drain(loader, epoch)
+            rx, ry, rsizes = reference_stream(loader, epoch)
+            assert sizes == rsizes
+            np.testing.assert_array_equal(y, ry)
+            np.testing.assert_array_equal(x, rx)
+
+
+def test_batches_kept_by_the_consumer_are_never_overwritten(dataset):
+    """Batches are views of shared slots; a slot is reused only once no batch of it is alive, so a
+    consumer that keeps a whole epoch of batches (without copying) still has the right rows."""
+    with ShardLoader(dataset, COLUMNS, "label", batch_size=100, seed=2, shuffle_window=1, workers=2,
+                     processes=True) as loader:
+        kept = list(loader.epoch(0))
+        grown = loader._ring.size
+        rx, ry, _ = reference_stream(loader, 0)
+        np.testing.assert_array_equal(torch.cat([y for _, y in kept]).numpy(), ry)
+        np.testing.assert_array_equal(torch.cat([x for x, _ in kept]).numpy(), rx)
+        del kept
+        for _ in range(3):
+            drain(loader, 1)
+        assert loader._ring.size == grown  # freed slots are reused, not leaked
+        assert grown >= 12  # one slot per window, since every window stayed referenced
+
+
+def test_worker_processes_stop_early_and_on_close(dataset):
+    loader = ShardLoader(dataset, COLUMNS, "label", batch_size=10, prefetch=1, workers=2, processes=True)
+    batches = loader.epoch(0)
+    next(batches)
+    batches.close()  # the epoch's queued decodes are waited out: the next epoch starts clean
+    x, y, _ = drain(loader, 0)
+    rx, ry, _ = reference_stream(loader, 0)
+    np.testing.assert_array_equal(y, ry)
+    procs = list(loader._pool._procs)
+    assert all(p.poll() is None for p in procs)
+    loader.close()
+    assert all(p.poll() is not None for p in procs)
+
+
+def test_a_killed_worker_fails_the_epoch_naming_it(dataset):
+    """A decoder killed (out of memory, say) fails the epoch with its pid, rather than hanging."""
+    loader = ShardLoader(dataset, COLUMNS, "label", batch_size=100, workers=2, processes=True)
+    drain(loader)
+    victim = loader._pool._procs[1]
+    victim.kill()
+    victim.wait()
+    with pytest.raises(RuntimeError, match=rf"worker 1 \(pid {victim.pid}\) exited with code -9"):
+        drain(loader, 1)
+    with pytest.raises(RuntimeError, match="close\\(\\) the loader to start new workers"):
+        drain(loader, 2)
+    loader.close()
+    assert len(drain(loader, 3)[1]) == 3000  # new workers after close()
+    loader.close()

@@ -1,0 +1,299 @@
+"""Row-group decoding in worker processes, into memory shared with the training process.
+
+Why processes: decoding threads share the training process's GIL. A loop that launches GPU
+kernels holds the GIL nearly all the time, and a decoding thread needs it back for every column
+it copies; each hand-over can wait a whole switch interval (5 ms). So the threads and the loop
+take turns instead of overlapping (docs/benchmarks.md measures it). A worker here is a separate
+Python process, started as ``python -m training.decode_pool``, with a GIL of its own. It reads
+its row groups with pyarrow and writes their rows straight into a shared-memory *slot*, which the
+training process reads without a copy (and, for a GPU, registers as pinned memory).
+
+- Slots are anonymous memory files (``memfd``) whose descriptors go to the workers over their
+  Unix sockets, so nothing is left behind in /dev/shm if a process is killed.
+- Each worker handles its tasks in order and answers each one, so a caller that waits for its
+  tasks in the order it submitted them always reads the answer it expects next.
+- A worker exits when its socket closes, which also happens when the training process dies: no
+  orphaned decoders.
+
+This module imports neither torch nor the rest of ``training`` (a worker starts in well under a
+second); the parent side is used by ``training.loader.ShardLoader(processes=True)``.
+"""
+
+from __future__ import annotations
+
+import collections
+import mmap
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.reduction import recv_handle, send_handle
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from training.parquet_groups import RowGroup
+
+
+@dataclass(frozen=True)
+class Decode:
+    """Decode one row group into a slot's ``[width, n]`` float32 window (column-major).
+
+    ``start`` set: the rows go to positions ``start..start+rows-1`` in storage order. Otherwise
+    positions ``pos[a:b]`` of the slot's index take source rows ``src[a:b]`` (the shuffle, see
+    ``ShardLoader._plan``)."""
+
+    slot: int
+    url: str
+    group: RowGroup
+    names: tuple[str, ...]
+    width: int
+    n: int
+    start: int | None = None
+    a: int = 0
+    b: int = 0
+
+
+class Slot:
+    """One shared buffer: a float32 window of up to ``rows`` x ``width`` values, then two int32
+    index arrays of ``rows`` entries (positions and source rows of the shuffle)."""
+
+    def __init__(self, ident: int, fd: int, width: int, rows: int) -> None:
+        self.id, self.width, self.rows = ident, width, rows
+        self.nbytes = slot_bytes(width, rows)
+        self.mm = mmap.mmap(fd, self.nbytes)
+
+    def window(self, n: int) -> np.ndarray:
+        """A new ``[width, n]`` float32 array over the slot (a fresh object each call, so the
+        caller can tell from a weak reference when every view of this delivery is gone)."""
+        return np.frombuffer(self.mm, np.float32, self.width * n).reshape(self.width, n)
+
+    def index(self) -> tuple[np.ndarray, np.ndarray]:
+        base = self.width * self.rows * 4
+        pos = np.frombuffer(self.mm, np.int32, self.rows, base)
+        return pos, np.frombuffer(self.mm, np.int32, self.rows, base + self.rows * 4)
+
+
+def slot_bytes(width: int, rows: int) -> int:
+    return (width + 2) * rows * 4
+
+
+def _memory_file(nbytes: int) -> int:
+    """An anonymous file of ``nbytes``: a memfd, or an unlinked temporary file where there is none."""
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("dlpipe-slot", os.MFD_CLOEXEC)
+    else:
+        fd, path = tempfile.mkstemp(prefix="dlpipe-slot-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+        os.unlink(path)
+    os.ftruncate(fd, nbytes)
+    return fd
+
+
+class DecodePool:
+    """``workers`` decoding processes and the slots they write into.
+
+    Not thread-safe: one thread submits and waits (the loader's producer thread).
+    """
+
+    def __init__(self, workers: int, *, label: str = "decode") -> None:
+        self.label = label
+        self._procs: list[subprocess.Popen] = []
+        self._conns: list[Connection] = []
+        self._outstanding: list[collections.deque[int]] = []
+        self._slots: list[Slot] = []
+        self._next_task = 0
+        self._rr = 0
+        self.broken: str | None = None
+        root = str(Path(__file__).resolve().parents[1])  # where the ``training`` package lives
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
+        try:
+            for i in range(workers):
+                ours, theirs = socket.socketpair()
+                proc = subprocess.Popen([sys.executable, "-m", "training.decode_pool", str(theirs.fileno())],
+                                        pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL)
+                theirs.close()
+                self._procs.append(proc)
+                self._conns.append(Connection(ours.detach()))
+                self._outstanding.append(collections.deque())
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._procs]
+
+    def new_slot(self, width: int, rows: int) -> Slot:
+        """A new shared slot, mapped here and in every worker."""
+        fd = _memory_file(slot_bytes(width, rows))
+        try:
+            slot = Slot(len(self._slots), fd, width, rows)
+            for i, conn in enumerate(self._conns):
+                self._send(i, ("map", slot.id, width, rows))
+                send_handle(conn, fd, self._procs[i].pid)
+        finally:
+            os.close(fd)
+        self._slots.append(slot)
+        return slot
+
+    def submit(self, task: Decode) -> tuple[int, int]:
+        """Hand ``task`` to the next worker in turn; the ticket to wait for."""
+        i, self._rr = self._rr, (self._rr + 1) % len(self._conns)
+        tid, self._next_task = self._next_task, self._next_task + 1
+        self._send(i, ("decode", tid, task))
+        self._outstanding[i].append(tid)
+        return i, tid
+
+    def wait(self, tickets: list[tuple[int, int]]) -> None:
+        """Block until these tasks are done, in the order submitted; re-raise a worker's error."""
+        error = None
+        for i, tid in tickets:
+            while self._outstanding[i]:
+                got, exc = self._recv(i)
+                if got == tid:
+                    error = error or exc
+                    break
+        if error is not None:
+            raise error
+
+    def drain(self) -> None:
+        """Wait out every task still queued (an epoch stopped early), ignoring their errors."""
+        for i in range(len(self._conns)):
+            while self._outstanding[i] and not self.broken:
+                try:
+                    self._recv(i)
+                except RuntimeError:
+                    return
+
+    def close(self) -> None:
+        for conn in self._conns:
+            conn.close()  # a worker exits at end of file
+        for proc in self._procs:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._conns, self._procs = [], []
+
+    def _send(self, i: int, msg: tuple) -> None:
+        try:
+            self._conns[i].send(msg)
+        except OSError as exc:
+            raise self._dead(i, exc) from exc
+
+    def _recv(self, i: int) -> tuple[int, BaseException | None]:
+        try:
+            tid, exc = self._conns[i].recv()
+        except (EOFError, OSError) as exc:
+            raise self._dead(i, exc) from exc
+        expected = self._outstanding[i].popleft()
+        assert tid == expected, f"worker {i} answered task {tid}, expected {expected}"
+        return tid, exc
+
+    def _dead(self, i: int, exc: BaseException) -> RuntimeError:
+        proc = self._procs[i]
+        try:
+            code = proc.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            code = None
+        self.broken = (f"{self.label} worker {i} (pid {proc.pid}) "
+                       f"{'exited with code ' + str(code) if code is not None else 'stopped answering'} "
+                       f"({type(exc).__name__}); its row groups were not decoded")
+        return RuntimeError(self.broken)
+
+
+class SlotRing:
+    """Slots handed out for windows and taken back once nothing uses them any more.
+
+    ``retire(slot, busy)``: ``busy()`` tells whether a delivery still uses the slot (a live view
+    on the CPU, an unfinished copy on the GPU). A slot is reused only once it is not busy; if every
+    slot is busy, a new one is made, so a consumer that keeps batches costs memory, never data.
+    """
+
+    def __init__(self, pool: DecodePool, width: int, rows: int, on_new: Callable[[Slot], None] | None = None) -> None:
+        self.pool, self.width, self.rows, self.on_new = pool, width, rows, on_new
+        self._retired: list[tuple[Slot, Callable[[], bool]]] = []
+
+    def acquire(self) -> Slot:
+        for k, (slot, busy) in enumerate(self._retired):
+            if not busy():
+                del self._retired[k]
+                return slot
+        slot = self.pool.new_slot(self.width, self.rows)
+        if self.on_new is not None:
+            self.on_new(slot)
+        return slot
+
+    def retire(self, slot: Slot, busy: Callable[[], bool]) -> None:
+        self._retired.append((slot, busy))
+
+    @property
+    def size(self) -> int:
+        return len(self.pool._slots)
+
+
+# -- worker side -------------------------------------------------------------------------------
+
+def _decode(task: Decode, slots: dict[int, Slot], filesystems: dict) -> None:
+    from training.parquet_groups import read_row_group
+    import pyarrow.fs as pafs
+
+    if task.url not in filesystems:
+        filesystems[task.url] = pafs.FileSystem.from_uri(task.url)[0]
+    table = read_row_group(filesystems[task.url], task.group, list(task.names))
+    slot = slots[task.slot]
+    buf = np.frombuffer(slot.mm, np.float32, task.width * task.n).reshape(task.width, task.n)
+    if task.start is not None:
+        for j, name in enumerate(task.names):
+            buf[j, task.start:task.start + task.group.rows] = table.column(name).to_numpy()
+    else:
+        pos, src = slot.index()
+        at, rows = pos[task.a:task.b].astype(np.intp), src[task.a:task.b].astype(np.intp)  # once, not per column
+        for j, name in enumerate(task.names):
+            buf[j, at] = table.column(name).to_numpy()[rows]
+
+
+def _picklable(exc: BaseException) -> BaseException:
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+
+
+def _serve(fd: int) -> None:
+    conn = Connection(fd)
+    slots: dict[int, Slot] = {}
+    filesystems: dict = {}
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return  # the training process closed the pool, or died
+        if msg[0] == "map":
+            _, ident, width, rows = msg
+            handle = recv_handle(conn)
+            slots[ident] = Slot(ident, handle, width, rows)
+            os.close(handle)
+        else:
+            _, tid, task = msg
+            try:
+                _decode(task, slots, filesystems)
+                answer = (tid, None)
+            except Exception as exc:  # handed to the training process, which raises it
+                answer = (tid, _picklable(exc))
+            try:
+                conn.send(answer)
+            except OSError:
+                return  # the pool was closed while this task ran
+
+
+if __name__ == "__main__":
+    _serve(int(sys.argv[1]))
