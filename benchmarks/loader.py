@@ -84,9 +84,9 @@ def pyarrow_one_thread(path: Path, columns: list[str], batch: int) -> Callable[[
 
 
 def ours(path: Path, columns: list[str], batch: int, workers: int, device: str = "cpu",
-         shuffle: bool = True) -> Callable[[], Iterable]:
+         shuffle: bool = True, processes: bool = False) -> Callable[[], Iterable]:
     loader = ShardLoader(f"file://{path}", columns, "label", batch_size=batch, workers=workers, device=device,
-                         shuffle=shuffle)
+                         shuffle=shuffle, processes=processes)
     epochs = iter(range(1_000_000))
     return lambda: loader.epoch(next(epochs))
 
@@ -108,6 +108,38 @@ def petastorm(path: Path, columns: list[str], batch: int, workers: int) -> Calla
             for b in BatchedDataLoader(reader, batch_size=batch):
                 yield torch.stack([b[c] for c in columns], dim=1), b["label"]
     return run
+
+
+def launch_loop_stall(loaders: dict[str, Callable[[], Iterable]], ops: int, batch: int, rows: int) -> list[dict]:
+    """The loaders beside a loop that uses the GIL the way a kernel-launching training loop does:
+    ``ops`` tiny torch operations per batch (each takes and releases the GIL). Stall = 1 - time
+    with batches already in memory / time fed by the loader. "vs overlap" divides the fed time by
+    the slower of the loop alone and the loader alone: 1.00 means the two overlap perfectly. On
+    the CPU this shows how much a loader's Python work gets in the way of such a loop."""
+    small = torch.zeros(8)
+
+    def step() -> None:
+        a = small
+        for _ in range(ops):
+            a = a + small
+
+    def run(batches: Iterable, work: bool = True) -> float:
+        t = time.perf_counter()
+        for _ in batches:
+            if work:
+                step()
+        return time.perf_counter() - t
+
+    staged = [None] * -(-rows // batch)
+    base = min(run(staged) for _ in range(2))
+    out = [{"fed by": f"batches already in memory ({ops} ops per batch)", "loader alone s": "-",
+            "fed s": f"{base:.3f}", "stall": "0.0%", "vs overlap": "-"}]
+    for name, batches in loaders.items():
+        alone = min(run(batches(), work=False) for _ in range(2))
+        fed = min(run(batches()) for _ in range(2))
+        out.append({"fed by": name, "loader alone s": f"{alone:.3f}", "fed s": f"{fed:.3f}",
+                    "stall": f"{100 * max(0.0, 1 - base / fed):.1f}%", "vs overlap": f"{fed / max(base, alone):.2f}"})
+    return out
 
 
 def gpu_stall(loaders: dict[str, Callable[[], Iterable]], features: int, batch: int, rows: int) -> list[dict]:
@@ -160,6 +192,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8192)
     ap.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
     ap.add_argument("--repeats", type=int, default=3, help="best of N passes per loader")
+    ap.add_argument("--launch-ops", type=int, default=3000,
+                    help="tiny torch ops per batch in the GIL-contention run (0 skips it)")
     ap.add_argument("--data", type=Path, default=Path(os.environ.get("DLPIPE_HOME", ".dlpipe")) / "bench" / "loader")
     args = ap.parse_args()
 
@@ -171,6 +205,10 @@ def main() -> None:
         f"dlpipe ShardLoader ({args.workers} threads, shuffled)": ours(args.data, columns, args.batch, args.workers),
         f"dlpipe ShardLoader ({args.workers} threads, storage order)": ours(args.data, columns, args.batch,
                                                                           args.workers, shuffle=False),
+        f"dlpipe ShardLoader ({args.workers} processes, shuffled)": ours(args.data, columns, args.batch,
+                                                                       args.workers, processes=True),
+        f"dlpipe ShardLoader ({args.workers} processes, storage order)": ours(
+            args.data, columns, args.batch, args.workers, shuffle=False, processes=True),
         "pyarrow iter_batches, one thread": pyarrow_one_thread(args.data, columns, args.batch),
         f"Petastorm BatchedDataLoader ({args.workers} workers)": petastorm(args.data, columns, args.batch, args.workers),
     }
@@ -197,19 +235,32 @@ def main() -> None:
             vs_pet = f", {rate / pet:.1f}x Petastorm's BatchedDataLoader (target >= 3x)" if pet else ""
             print(f"{name}: {rate / ceiling:.2f} of the ceiling (target >= 0.8){vs_pet}")
 
+    if args.launch_ops:
+        w = max(1, min(args.workers, (os.cpu_count() or 2) - 1))  # a core left for the loop
+        print(f"\nBeside a loop of {args.launch_ops} tiny torch ops per batch (GIL contention, CPU only):", flush=True)
+        res = launch_loop_stall({
+            f"dlpipe ShardLoader, {w} threads": ours(args.data, columns, args.batch, w),
+            f"dlpipe ShardLoader, {w} processes": ours(args.data, columns, args.batch, w, processes=True),
+        }, args.launch_ops, args.batch, args.rows)
+        print(table(res, ["fed by", "loader alone s", "fed s", "stall", "vs overlap"]))
+
     if torch.cuda.is_available():
         print(f"\nGPU: {torch.cuda.get_device_name()}; MLP {args.features}-2048-2048-1, bf16, batch {args.batch}",
               flush=True)
         # delivery alone (no model): what the loader can feed, to tell loader limits from contention
-        deliver = ours(args.data, columns, args.batch, args.workers, "cuda")
-        for _ in range(2):
-            t = time.perf_counter()
-            n = sum(len(x) for x, _ in deliver())
-            torch.cuda.synchronize()
-            rate = n / (time.perf_counter() - t)
-        print(f"ShardLoader -> GPU, delivery only ({args.workers} threads): {rate:,.0f} rows/s", flush=True)
+        for kind in ("threads", "processes"):
+            deliver = ours(args.data, columns, args.batch, args.workers, "cuda", processes=kind == "processes")
+            for _ in range(2):
+                t = time.perf_counter()
+                n = sum(len(x) for x, _ in deliver())
+                torch.cuda.synchronize()
+                rate = n / (time.perf_counter() - t)
+            print(f"ShardLoader -> GPU, delivery only ({args.workers} {kind}): {rate:,.0f} rows/s", flush=True)
         fed = {f"dlpipe ShardLoader -> GPU, {w} threads": ours(args.data, columns, args.batch, w, "cuda")
                for w in sorted({4, 8, args.workers})}
+        fed.update({f"dlpipe ShardLoader -> GPU, {w} processes": ours(args.data, columns, args.batch, w, "cuda",
+                                                                     processes=True)
+                    for w in sorted({4, 8, args.workers})})
         fed["pyarrow iter_batches, one thread"] = pyarrow_one_thread(args.data, columns, args.batch)
         res = gpu_stall(fed, args.features, args.batch, args.rows)
         for r in res:
