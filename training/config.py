@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
@@ -14,6 +16,9 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(256, ge=1, le=1 << 20, description="rows per step per process")
     learning_rate: float = Field(2e-3, gt=0, le=1.0, description="per-process rate (scaled by world size)")
     seed: int = Field(13, description="seeds init and shuffling: same seed, same model")
+    decode_in: Literal["threads", "processes"] = Field(
+        "threads", description="where the training data is decoded: threads of the training process, or "
+                               "worker processes that leave its GIL to the training loop (GPU hosts); same batches")
 
 
 class DigitsTrainConfig(BaseModel):

@@ -103,6 +103,12 @@ def test_features_dataset_and_training_end_to_end(small_raw, spark_submit):
     assert json.loads((model_dir / "metrics.json").read_text()) == m
     assert [e["event"] for e in audit.read() if e["stage"] == "training"] == ["started", "committed"]
 
+    # Decoding in worker processes feeds the same batches: the same seed trains the same model.
+    procs = train_model(ds.manifest, config=TrainConfig(epochs=4, batch_size=128, decode_in="processes"),
+                        scale=scale, run=run, launch=horovod_launcher(scale, emit=lines.append))
+    pm = procs.manifest["summary"]["metrics"]
+    assert procs.id != tr.id and (pm["val_mae"], pm["train_rows"]) == (m["val_mae"], m["train_rows"]), (pm, m)
+
 
 def test_missing_interval_partition_is_a_clear_error(small_raw, spark_submit):
     with pytest.raises(NotCommittedError, match=r"raw partition trips/dt=2026-02-01.*dlpipe demo-data"):
