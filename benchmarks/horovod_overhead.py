@@ -1,6 +1,7 @@
 """What Horovod costs: the training loop alone versus the same loop under horovodrun.
 
     python -m benchmarks.horovod_overhead [--rows 400000] [--features 64] [--hidden 256,256] [--np 2]
+                                          [--decode-in threads|processes]
 
 All rows train the same MLP on the same Parquet dataset, fed by ``training.loader.ShardLoader``:
 
@@ -31,7 +32,8 @@ from benchmarks.common import machine, table
 from benchmarks.loader import make_dataset
 
 
-def build_spec(root: Path, rows: int, features: int, hidden: list[int], batch: int, epochs: int) -> dict:
+def build_spec(root: Path, rows: int, features: int, hidden: list[int], batch: int, epochs: int,
+               decode_in: str = "threads") -> dict:
     """A training spec for ``training.train_eta`` over a synthetic dataset with manifest-like stats."""
     root = root.resolve()
     columns = make_dataset(root / "train", rows, features, files=8)
@@ -42,7 +44,8 @@ def build_spec(root: Path, rows: int, features: int, hidden: list[int], batch: i
              for c in columns + ["label"]}
     count = lambda split: pq.ParquetDataset(root / split).read(columns=["label"]).num_rows  # noqa: E731
     return {
-        "train": {"hidden": hidden, "epochs": epochs, "batch_size": batch, "learning_rate": 1e-3, "seed": 1},
+        "train": {"hidden": hidden, "epochs": epochs, "batch_size": batch, "learning_rate": 1e-3, "seed": 1,
+                  "decode_in": decode_in},
         "train_url": f"file://{root / 'train'}", "validation_url": f"file://{root / 'validation'}",
         "features": columns, "label": "label", "stats": stats,
         "expected_rows": {"train": count("train"), "validation": count("validation")},
@@ -56,7 +59,8 @@ def plain(spec: dict, device: torch.device) -> float:
 
     cfg = spec["train"]
     loader = ShardLoader(spec["train_url"], spec["features"], "label", batch_size=cfg["batch_size"],
-                         seed=cfg["seed"], device=device, workers=min(8, os.cpu_count() or 1))
+                         seed=cfg["seed"], device=device, workers=min(8, os.cpu_count() or 1),
+                         processes=cfg["decode_in"] == "processes")
     mean = torch.tensor([spec["stats"][c]["mean"] for c in spec["features"]], device=device)
     std = torch.tensor([spec["stats"][c]["std"] for c in spec["features"]], device=device)
     y_mean, y_std = spec["stats"]["label"]["mean"], spec["stats"]["label"]["std"]
@@ -100,15 +104,17 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--np", type=int, default=2, help="processes for the multi-process row")
+    ap.add_argument("--decode-in", choices=["threads", "processes"], default="threads",
+                    help="where every run decodes its data (ShardLoader(processes=...))")
     ap.add_argument("--data", type=Path, default=Path(os.environ.get("DLPIPE_HOME", ".dlpipe")) / "bench" / "horovod")
     args = ap.parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     hidden = [int(h) for h in args.hidden.split(",")]
     print(f"machine: {machine()}; torch {torch.__version__}; device {device}", flush=True)
-    spec = build_spec(args.data, args.rows, args.features, hidden, args.batch, args.epochs)
+    spec = build_spec(args.data, args.rows, args.features, hidden, args.batch, args.epochs, args.decode_in)
     print(f"dataset: {spec['expected_rows']} rows x {args.features} features; MLP {hidden}; "
-          f"batch {args.batch}; {args.epochs} epochs", flush=True)
+          f"batch {args.batch}; {args.epochs} epochs; decoding in {args.decode_in}", flush=True)
 
     rows = []
     t = time.perf_counter()

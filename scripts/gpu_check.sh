@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# GPU check, one script: the loader benchmark with its stall fraction on the GPU, then Horovod
-# built with NCCL and training under horovodrun on the GPU (benchmarks/horovod_overhead.py).
+# GPU check, one script: the loader benchmark with its stall fraction on the GPU (decoding in
+# threads and in worker processes), then Horovod built with NCCL and training under horovodrun on
+# the GPU (benchmarks/horovod_overhead.py, DECODE_IN=processes by default).
 #
 #   scripts/gpu_check.sh [OUT_DIR]
 #
@@ -62,6 +63,6 @@ fi
 "$PY" -c "import horovod.torch as h; print('horovod imported; nccl built:', bool(h.nccl_built()), '| gloo built:', bool(h.gloo_built()))" \
   || { echo "horovod is not usable here: skipping the horovodrun training run"; exit 0; }
 
-step "training on the GPU: plain loop vs horovodrun -np 1 (MLP 2048-2048, batch 8192)"
+step "training on the GPU: plain loop vs horovodrun -np 1 (MLP 2048-2048, batch 8192, decoding in ${DECODE_IN:-processes})"
 "$PY" -m benchmarks.horovod_overhead --rows "${ROWS:-4000000}" --hidden 2048,2048 --batch 8192 --epochs 1 --np 1 \
-  2>&1 | tee "$OUT/horovod_gpu.txt"
+  --decode-in "${DECODE_IN:-processes}" 2>&1 | tee "$OUT/horovod_gpu.txt"
