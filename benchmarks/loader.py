@@ -86,7 +86,7 @@ def pyarrow_one_thread(path: Path, columns: list[str], batch: int) -> Callable[[
 def ours(path: Path, columns: list[str], batch: int, workers: int, device: str = "cpu",
          shuffle: bool = True, processes: bool = False) -> Callable[[], Iterable]:
     loader = ShardLoader(f"file://{path}", columns, "label", batch_size=batch, workers=workers, device=device,
-                         shuffle=shuffle, processes=processes)
+                         shuffle=shuffle, processes=processes).start()  # worker start-up is not timed
     epochs = iter(range(1_000_000))
     return lambda: loader.epoch(next(epochs))
 
@@ -97,6 +97,12 @@ def petastorm(path: Path, columns: list[str], batch: int, workers: int) -> Calla
 
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=UserWarning)
+        try:
+            import distutils  # noqa: F401  (petastorm 0.13.1 imports it; Python 3.12 dropped it)
+        except ModuleNotFoundError:
+            import _distutils_hack  # setuptools' copy, as its .pth file would enable it in site-packages
+
+            _distutils_hack.add_shim()
         from petastorm import make_batch_reader
         from petastorm.pytorch import BatchedDataLoader
     except Exception:  # not installed where the GPU is: its pyarrow is newer than petastorm allows
@@ -192,6 +198,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8192)
     ap.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
     ap.add_argument("--repeats", type=int, default=3, help="best of N passes per loader")
+    ap.add_argument("--no-gpu", action="store_true", help="CPU loaders only, even where there is a GPU")
     ap.add_argument("--launch-ops", type=int, default=3000,
                     help="tiny torch ops per batch in the GIL-contention run (0 skips it)")
     ap.add_argument("--data", type=Path, default=Path(os.environ.get("DLPIPE_HOME", ".dlpipe")) / "bench" / "loader")
@@ -244,7 +251,7 @@ def main() -> None:
         }, args.launch_ops, args.batch, args.rows)
         print(table(res, ["fed by", "loader alone s", "fed s", "stall", "vs overlap"]))
 
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and not args.no_gpu:
         print(f"\nGPU: {torch.cuda.get_device_name()}; MLP {args.features}-2048-2048-1, bf16, batch {args.batch}",
               flush=True)
         # delivery alone (no model): what the loader can feed, to tell loader limits from contention

@@ -6,8 +6,9 @@
 #   scripts/gpu_check.sh [OUT_DIR]
 #
 # Needs python3 with a CUDA build of torch, pyarrow and numpy (a GPU image usually has them).
-# Optional, from a folder GPU_KIT (default .gpu/): whl/*.whl installed first (pydantic and the
-# Horovod build's needs, for images without them) and horovod-0.28.1.tar.gz, built with NCCL
+# Optional, from a folder GPU_KIT (default .gpu/, made by scripts/gpu_kit.sh): whl/*.whl installed
+# first (pydantic and the Horovod build's needs, for images without them), petastorm-py3.12.tar.xz
+# (Petastorm on pyarrow 14, for a same-host comparison) and horovod-0.28.1.tar.gz, built with NCCL
 # when horovod is not importable (CMAKE_POLICY_VERSION_MINIMUM: its bundled Gloo predates CMake 4). Every step writes its log to OUT_DIR; a failed step is
 # reported and the next one still runs.
 set -uo pipefail
@@ -34,6 +35,14 @@ step "loader tests, GPU delivery included"
 
 step "loader benchmark (4M rows x 64 features, batch 8192)"
 "$PY" -m benchmarks.loader --rows "${ROWS:-4000000}" --workers "${LOADER_WORKERS:-12}" --repeats 2 2>&1 | tee "$OUT/loader.txt"
+fi
+
+if [ -f "$KIT/petastorm-py3.12.tar.xz" ] && [ -z "${SKIP_PETASTORM:-}" ]; then
+step "Petastorm on this host: the CPU loaders again, all on pyarrow 14 (Petastorm needs pyarrow < 15)"
+PK=/tmp/dlpipe-petastorm-site
+[ -d "$PK/petastorm" ] || { mkdir -p "$PK" && tar -xJf "$KIT/petastorm-py3.12.tar.xz" -C "$PK"; }
+PYTHONPATH="$PK:${PYTHONPATH:-}" "$PY" -m benchmarks.loader --rows "${ROWS:-4000000}" --workers "${LOADER_WORKERS:-12}" \
+  --repeats 2 --launch-ops 0 --no-gpu --data /tmp/dlpipe-petastorm-bench 2>&1 | tee "$OUT/loader_petastorm.txt"
 fi
 
 step "horovod with NCCL"

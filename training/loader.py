@@ -79,6 +79,12 @@ class ShardLoader:
         self._close = lambda: None
         self._one_epoch = threading.Lock()
 
+    def start(self) -> ShardLoader:
+        """Start the decoding processes now rather than with the first epoch (no-op for threads)."""
+        if self.processes:
+            self._decoders()
+        return self
+
     def close(self) -> None:
         """Stop the decoding processes, if any (the next epoch starts them again)."""
         self._close()
