@@ -134,7 +134,10 @@ class DecodePool:
             slot = Slot(len(self._slots), fd, width, rows)
             for i, conn in enumerate(self._conns):
                 self._send(i, ("map", slot.id, width, rows))
-                send_handle(conn, fd, self._procs[i].pid)
+                try:
+                    send_handle(conn, fd, self._procs[i].pid)
+                except OSError as exc:
+                    raise self._dead(i, exc) from exc
         finally:
             os.close(fd)
         self._slots.append(slot)

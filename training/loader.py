@@ -55,6 +55,8 @@ class ShardLoader:
     :param device: where batches are delivered; a CUDA device gets pinned, asynchronous copies
     """
 
+    epoch_wait_s = 5.0  # process mode: how long a new epoch waits for the previous one to close
+
     def __init__(self, url: str, columns: list[str], label: str, *, rank: int = 0, size: int = 1,
                  batch_size: int = 1024, seed: int = 0, shuffle: bool = True, shuffle_window: int = 4,
                  workers: int = 4, prefetch: int = 2, drop_last: bool = False, processes: bool = False,
@@ -282,8 +284,9 @@ class ShardLoader:
         the same; its index goes into the window's slot, where each worker reads the places of
         its row group. This process only places the carried rows, once per window."""
         pool, ring = self._decoders()
-        if not self._one_epoch.acquire(blocking=False):
-            raise RuntimeError("a ShardLoader with processes=True runs one epoch at a time; finish or close the other")
+        if not self._one_epoch.acquire(timeout=self.epoch_wait_s):  # the previous epoch may still be closing
+            raise RuntimeError("a ShardLoader with processes=True runs one epoch at a time: close the previous "
+                               "epoch's generator (contextlib.closing) before starting the next")
         f, names = len(self.columns), tuple(self.columns + [self.label])
         plan = self._plan(rng)
         pending: collections.deque = collections.deque()
@@ -338,8 +341,9 @@ class ShardLoader:
         by side into one pinned slot and delivered as one block; the slot is reused once the
         copy that ``_window_gpu`` queued on ``stream`` has run."""
         pool, ring = self._decoders()
-        if not self._one_epoch.acquire(blocking=False):
-            raise RuntimeError("a ShardLoader with processes=True runs one epoch at a time; finish or close the other")
+        if not self._one_epoch.acquire(timeout=self.epoch_wait_s):  # the previous epoch may still be closing
+            raise RuntimeError("a ShardLoader with processes=True runs one epoch at a time: close the previous "
+                               "epoch's generator (contextlib.closing) before starting the next")
         names = tuple(self.columns + [self.label])
         order = self._order(rng)
         windows = iter([order[i:i + self.window] for i in range(0, len(order), self.window)])

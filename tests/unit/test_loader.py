@@ -219,3 +219,14 @@ def test_a_killed_worker_fails_the_epoch_naming_it(dataset):
     loader.close()
     assert len(drain(loader, 3)[1]) == 3000  # new workers after close()
     loader.close()
+
+
+def test_worker_processes_run_one_epoch_at_a_time(dataset, monkeypatch):
+    monkeypatch.setattr(ShardLoader, "epoch_wait_s", 0.2)
+    with ShardLoader(dataset, COLUMNS, "label", batch_size=10, workers=2, processes=True) as loader:
+        first = loader.epoch(0)
+        next(first)
+        with pytest.raises(RuntimeError, match="one epoch at a time: close the previous epoch's generator"):
+            next(loader.epoch(1))
+        first.close()
+        assert len(drain(loader, 1)[1]) == 3000
