@@ -223,7 +223,8 @@ def test_a_killed_worker_fails_the_epoch_naming_it(dataset):
 
 def test_worker_processes_run_one_epoch_at_a_time(dataset, monkeypatch):
     monkeypatch.setattr(ShardLoader, "epoch_wait_s", 0.2)
-    with ShardLoader(dataset, COLUMNS, "label", batch_size=10, workers=2, processes=True) as loader:
+    with ShardLoader(dataset, COLUMNS, "label", batch_size=10, workers=2, processes=True, shuffle_window=1,
+                     prefetch=1) as loader:  # 12 windows: the first epoch is still decoding after one batch
         first = loader.epoch(0)
         next(first)
         with pytest.raises(RuntimeError, match="one epoch at a time: close the previous epoch's generator"):
