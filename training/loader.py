@@ -271,6 +271,14 @@ class ShardLoader:
             raise RuntimeError(f"{self._pool.broken}; close() the loader to start new workers")
         return self._pool, self._ring
 
+    def _claim_decoders(self) -> tuple[DecodePool, SlotRing]:
+        """The decoders for one epoch: they answer tasks in order, so two epochs cannot share them."""
+        decoders = self._decoders()
+        if not self._one_epoch.acquire(timeout=self.epoch_wait_s):  # the previous epoch may still be closing
+            raise RuntimeError("a ShardLoader with processes=True runs one epoch at a time: close the previous "
+                               "epoch's generator (contextlib.closing) before starting the next")
+        return decoders
+
     def _pin(self, slot) -> None:
         """Register a slot with CUDA as page-locked memory, so copies from it are asynchronous."""
         view = np.frombuffer(slot.mm, np.uint8)
@@ -283,10 +291,7 @@ class ShardLoader:
         """``_windows_cpu`` with the decoding in worker processes. The plan (and so the stream) is
         the same; its index goes into the window's slot, where each worker reads the places of
         its row group. This process only places the carried rows, once per window."""
-        pool, ring = self._decoders()
-        if not self._one_epoch.acquire(timeout=self.epoch_wait_s):  # the previous epoch may still be closing
-            raise RuntimeError("a ShardLoader with processes=True runs one epoch at a time: close the previous "
-                               "epoch's generator (contextlib.closing) before starting the next")
+        pool, ring = self._claim_decoders()  # released in the finally below
         f, names = len(self.columns), tuple(self.columns + [self.label])
         plan = self._plan(rng)
         pending: collections.deque = collections.deque()
@@ -340,10 +345,7 @@ class ShardLoader:
         """``_decoded_windows`` from worker processes: each window's row groups are decoded side
         by side into one pinned slot and delivered as one block; the slot is reused once the
         copy that ``_window_gpu`` queued on ``stream`` has run."""
-        pool, ring = self._decoders()
-        if not self._one_epoch.acquire(timeout=self.epoch_wait_s):  # the previous epoch may still be closing
-            raise RuntimeError("a ShardLoader with processes=True runs one epoch at a time: close the previous "
-                               "epoch's generator (contextlib.closing) before starting the next")
+        pool, ring = self._claim_decoders()  # released in the finally below
         names = tuple(self.columns + [self.label])
         order = self._order(rng)
         windows = iter([order[i:i + self.window] for i in range(0, len(order), self.window)])
