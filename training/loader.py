@@ -7,7 +7,9 @@ batch is built, and its BatchedDataLoader then re-buffers them; on a GPU that st
 - the unit of work is a Parquet row group, listed once from the file footers (no data read) and
   dealt to ranks round-robin, so every rank knows its row count before it reads anything;
 - worker threads decode row groups ahead of the consumer (pyarrow releases the GIL while it
-  decompresses), and results are taken in a fixed order, so the stream is deterministic;
+  decompresses), and results are taken in a fixed order, so the stream is deterministic. With
+  ``processes=True`` the workers are processes writing into shared memory
+  (``training.decode_pool``), so they never wait for, or hold up, the training loop's GIL;
 - each window of ``shuffle_window`` row groups is permuted by a permutation drawn from (seed,
   epoch, rank). On the CPU, the worker that decodes a row group writes its rows straight to
   their permuted places in the window's buffer, so the shuffle adds no pass over the data;
