@@ -47,9 +47,12 @@ class EtaTrainer(Trainer):
     def loader(self, split: str, *, batch_size: int, shuffle: bool = True):
         from training.loader import ShardLoader
 
+        # Only the training passes (shuffled), the hot path, get decoding processes; evaluation
+        # reads with threads rather than start another set of processes per rank.
         return ShardLoader(self.spec[f"{split}_url"], self.features, self.label, rank=self.rank,
                            size=self.size, seed=self.cfg.seed, device=self.device, batch_size=batch_size,
-                           shuffle=shuffle, workers=min(8, self.cpus), processes=self.cfg.decode_in == "processes")
+                           shuffle=shuffle, workers=min(8, self.cpus),
+                           processes=self.cfg.decode_in == "processes" and shuffle)
 
     def loss(self, xb, yb):
         import torch
