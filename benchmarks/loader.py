@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterable
@@ -148,6 +149,37 @@ def launch_loop_stall(loaders: dict[str, Callable[[], Iterable]], ops: int, batc
     return out
 
 
+def beside_gil_holder(loaders: dict[str, Callable[[], Iterable]], rows: int) -> list[dict]:
+    """The extreme case of a training loop that holds the GIL: a pure-Python thread that never
+    blocks. A loader whose workers need the GIL gets it only at the interpreter's switch interval
+    (5 ms); one whose workers are processes hardly notices. Times the first ``rows`` rows."""
+    from contextlib import closing
+
+    def first_rows(batches: Iterable) -> float:
+        t, n = time.perf_counter(), 0
+        with closing(iter(batches)) as it:
+            for x, _ in it:
+                n += len(x)
+                if n >= rows:
+                    return time.perf_counter() - t  # before closing: decodes in flight are waited out
+        raise SystemExit(f"the dataset has fewer than {rows} rows")
+
+    out = []
+    for name, batches in loaders.items():
+        alone = min(first_rows(batches()) for _ in range(2))
+        stop = threading.Event()
+        holder = threading.Thread(target=lambda: [None for _ in iter(stop.is_set, True)], daemon=True)
+        holder.start()
+        try:
+            held = first_rows(batches())
+        finally:
+            stop.set()
+            holder.join()
+        out.append({"loader": name, "alone s": f"{alone:.3f}", "beside the GIL holder s": f"{held:.3f}",
+                    "slowdown": f"{held / alone:.1f}x"})
+    return out
+
+
 def gpu_stall(loaders: dict[str, Callable[[], Iterable]], features: int, batch: int, rows: int) -> list[dict]:
     """Train the reference MLP from each loader; stall = 1 - pre-staged time / fed time."""
     dev = torch.device("cuda")
@@ -250,6 +282,12 @@ def main() -> None:
             f"dlpipe ShardLoader, {w} processes": ours(args.data, columns, args.batch, w, processes=True),
         }, args.launch_ops, args.batch, args.rows)
         print(table(res, ["fed by", "loader alone s", "fed s", "stall", "vs overlap"]))
+        n = min(args.rows, 500_000)
+        print(f"\nThe first {n:,} rows beside a Python thread that never lets go of the GIL:", flush=True)
+        print(table(beside_gil_holder({
+            f"dlpipe ShardLoader, {w} threads": ours(args.data, columns, args.batch, w),
+            f"dlpipe ShardLoader, {w} processes": ours(args.data, columns, args.batch, w, processes=True),
+        }, n), ["loader", "alone s", "beside the GIL holder s", "slowdown"]))
 
     if torch.cuda.is_available() and not args.no_gpu:
         print(f"\nGPU: {torch.cuda.get_device_name()}; MLP {args.features}-2048-2048-1, bf16, batch {args.batch}",
