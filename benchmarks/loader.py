@@ -10,6 +10,8 @@ stall fraction: the share of wall time the GPU waits compared with batches alrea
 
 The dataset is plain Parquet written by pyarrow in the layout our dataset stage produces (several
 files, 64k-row groups, snappy); Petastorm's ``make_batch_reader`` reads such files as they are.
+Petastorm runs twice: in storage order (its fastest), and shuffled through a shuffling queue as
+large as our shuffle window, to compare like for like with our shuffled rows.
 """
 
 from __future__ import annotations
@@ -31,7 +33,11 @@ from benchmarks.common import machine, table
 from training.loader import ShardLoader
 
 
-def make_dataset(path: Path, rows: int, features: int, files: int = 8, group_rows: int = 65536) -> list[str]:
+GROUP_ROWS = 65536  # rows per Parquet row group, as our dataset stage writes them
+SHUFFLE_WINDOW = 4  # ShardLoader's default: row groups mixed by one permutation
+
+
+def make_dataset(path: Path, rows: int, features: int, files: int = 8, group_rows: int = GROUP_ROWS) -> list[str]:
     """Write (or reuse) ``rows`` x ``features`` float32 columns plus a label, as ``files`` Parquet files."""
     columns = [f"f{i:02d}" for i in range(features)]
     marker = path / f"_rows={rows},features={features}"
@@ -87,12 +93,16 @@ def pyarrow_one_thread(path: Path, columns: list[str], batch: int) -> Callable[[
 def ours(path: Path, columns: list[str], batch: int, workers: int, device: str = "cpu",
          shuffle: bool = True, processes: bool = False) -> Callable[[], Iterable]:
     loader = ShardLoader(f"file://{path}", columns, "label", batch_size=batch, workers=workers, device=device,
-                         shuffle=shuffle, processes=processes).start()  # worker start-up is not timed
+                         shuffle=shuffle, shuffle_window=SHUFFLE_WINDOW,
+                         processes=processes).start()  # worker start-up is not timed
     epochs = iter(range(1_000_000))
     return lambda: loader.epoch(next(epochs))
 
 
-def petastorm(path: Path, columns: list[str], batch: int, workers: int) -> Callable[[], Iterable] | None:
+def petastorm(path: Path, columns: list[str], batch: int, workers: int,
+              shuffle_rows: int = 0) -> Callable[[], Iterable] | None:
+    """Petastorm's reader and BatchedDataLoader; ``shuffle_rows`` > 0 shuffles through its
+    shuffling queue of that many rows (row groups stay in order: see dlpipe.datasets.open_reader)."""
     try:
         import warnings
 
@@ -112,7 +122,7 @@ def petastorm(path: Path, columns: list[str], batch: int, workers: int) -> Calla
     def run():
         with make_batch_reader(f"file://{path}", schema_fields=columns + ["label"], num_epochs=1,
                                workers_count=workers, shuffle_row_groups=False) as reader:
-            for b in BatchedDataLoader(reader, batch_size=batch):
+            for b in BatchedDataLoader(reader, batch_size=batch, shuffling_queue_capacity=shuffle_rows):
                 yield torch.stack([b[c] for c in columns], dim=1), b["label"]
     return run
 
@@ -250,6 +260,9 @@ def main() -> None:
             args.data, columns, args.batch, args.workers, shuffle=False, processes=True),
         "pyarrow iter_batches, one thread": pyarrow_one_thread(args.data, columns, args.batch),
         f"Petastorm BatchedDataLoader ({args.workers} workers)": petastorm(args.data, columns, args.batch, args.workers),
+        # like for like with our shuffled rows: a shuffling queue as large as our shuffle window
+        f"Petastorm BatchedDataLoader ({args.workers} workers, shuffled)": petastorm(
+            args.data, columns, args.batch, args.workers, shuffle_rows=SHUFFLE_WINDOW * GROUP_ROWS),
     }
     rows = []
     for name, fn in candidates.items():
@@ -267,11 +280,14 @@ def main() -> None:
         r["seconds"] = f"{r['seconds']:.3f}"
     print()
     print(table(rows, ["loader", "seconds", "rows_per_s", "vs ceiling"]))
-    pet = next((v for k, v in by_name.items() if k.startswith("Petastorm")), None)
+    pet = {shuffled: next((v for k, v in by_name.items() if k.startswith("Petastorm") and k.endswith("shuffled)") == shuffled), None)
+           for shuffled in (False, True)}
     print()
     for name, rate in by_name.items():
         if name.startswith("dlpipe"):
-            vs_pet = f", {rate / pet:.1f}x Petastorm's BatchedDataLoader (target >= 3x)" if pet else ""
+            shuffled = "shuffled" in name
+            vs_pet = (f", {rate / pet[shuffled]:.1f}x Petastorm's BatchedDataLoader, {'shuffled' if shuffled else 'in order'}"
+                      f" (target >= 3x)") if pet[shuffled] else ""
             print(f"{name}: {rate / ceiling:.2f} of the ceiling (target >= 0.8){vs_pet}")
 
     if args.launch_ops:
