@@ -99,8 +99,8 @@ class DecodePool:
     Not thread-safe: one thread submits and waits (the loader's producer thread).
     """
 
-    def __init__(self, workers: int, *, label: str = "decode") -> None:
-        self.label = label
+    def __init__(self, workers: int, *, label: str = "decode", answer_timeout_s: float = 600.0) -> None:
+        self.label, self.answer_timeout_s = label, answer_timeout_s
         self._procs: list[subprocess.Popen] = []
         self._conns: list[Connection] = []
         self._outstanding: list[collections.deque[int]] = []
@@ -191,8 +191,10 @@ class DecodePool:
 
     def _recv(self, i: int) -> tuple[int, BaseException | None]:
         try:
+            if not self._conns[i].poll(self.answer_timeout_s):  # a stopped or stuck worker
+                raise TimeoutError(f"no answer in {self.answer_timeout_s:g} s")
             tid, exc = self._conns[i].recv()
-        except (EOFError, OSError) as exc:
+        except (EOFError, OSError) as exc:  # TimeoutError is an OSError
             raise self._dead(i, exc) from exc
         expected = self._outstanding[i].popleft()
         assert tid == expected, f"worker {i} answered task {tid}, expected {expected}"
@@ -206,7 +208,7 @@ class DecodePool:
             code = None
         self.broken = (f"{self.label} worker {i} (pid {proc.pid}) "
                        f"{'exited with code ' + str(code) if code is not None else 'stopped answering'} "
-                       f"({type(exc).__name__}); its row groups were not decoded")
+                       f"({type(exc).__name__}: {exc}); its row groups were not decoded")
         return RuntimeError(self.broken)
 
 

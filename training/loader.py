@@ -58,6 +58,7 @@ class ShardLoader:
     """
 
     epoch_wait_s = 5.0  # process mode: how long a new epoch waits for the previous one to close
+    decode_timeout_s = 600.0  # process mode: a worker silent this long (stopped, stuck) fails the epoch
 
     def __init__(self, url: str, columns: list[str], label: str, *, rank: int = 0, size: int = 1,
                  batch_size: int = 1024, seed: int = 0, shuffle: bool = True, shuffle_window: int = 4,
@@ -263,7 +264,7 @@ class ShardLoader:
     def _decoders(self) -> tuple[DecodePool, SlotRing]:
         """The worker processes and their slots, started on first use and kept across epochs."""
         if self._pool is None:
-            pool = DecodePool(self.workers, label=f"decode-rank{self.rank}")
+            pool = DecodePool(self.workers, label=f"decode-rank{self.rank}", answer_timeout_s=self.decode_timeout_s)
             self._close = weakref.finalize(self, _stop_decoders, pool, self._pinned)
             rows = self.batch_size - 1 + sum(sorted(g.rows for g in self.groups)[-self.window:])
             self._ring = SlotRing(pool, len(self.columns) + 1, rows,

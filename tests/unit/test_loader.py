@@ -231,3 +231,24 @@ def test_worker_processes_run_one_epoch_at_a_time(dataset, monkeypatch):
             next(loader.epoch(1))
         first.close()
         assert len(drain(loader, 1)[1]) == 3000
+
+
+def test_a_stopped_worker_fails_the_epoch_within_the_timeout(dataset, monkeypatch):
+    """A decoder that stops answering (SIGSTOP, a hung read) fails the epoch after
+    ``decode_timeout_s`` instead of hanging the training loop."""
+    import os
+    import signal
+    import time
+
+    monkeypatch.setattr(ShardLoader, "decode_timeout_s", 1.0)
+    loader = ShardLoader(dataset, COLUMNS, "label", batch_size=100, workers=2, processes=True).start()
+    victim = loader._pool._procs[0]
+    os.kill(victim.pid, signal.SIGSTOP)
+    try:
+        t = time.monotonic()
+        with pytest.raises(RuntimeError, match=rf"worker 0 \(pid {victim.pid}\) stopped answering .*no answer in 1 s"):
+            drain(loader)
+        assert time.monotonic() - t < 10
+    finally:
+        os.kill(victim.pid, signal.SIGCONT)
+        loader.close()
