@@ -9,8 +9,10 @@
 # Optional, from a folder GPU_KIT (default .gpu/, made by scripts/gpu_kit.sh): whl/*.whl installed
 # first (pydantic and the Horovod build's needs, for images without them), petastorm-py3.12.tar.xz
 # (Petastorm on pyarrow 14, for a same-host comparison) and horovod-0.28.1.tar.gz, built with NCCL
-# when horovod is not importable (CMAKE_POLICY_VERSION_MINIMUM: its bundled Gloo predates CMake 4). Every step writes its log to OUT_DIR; a failed step is
-# reported and the next one still runs.
+# when horovod is not importable (CMAKE_POLICY_VERSION_MINIMUM: its bundled Gloo predates CMake 4).
+# Every step writes its log to OUT_DIR; a failed step is reported and the next one still runs.
+# SKIP_LOADER, SKIP_PETASTORM and SKIP_HOROVOD leave out a part when device time is short; the
+# loader benchmark (GPU stall, threads against processes) comes first because it matters most.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-${OUT:-/tmp/dlpipe-gpu-check}}
@@ -45,6 +47,7 @@ PYTHONPATH="$PK:${PYTHONPATH:-}" "$PY" -m benchmarks.loader --rows "${ROWS:-4000
   --repeats 2 --launch-ops 0 --no-gpu --data /tmp/dlpipe-petastorm-bench 2>&1 | tee "$OUT/loader_petastorm.txt"
 fi
 
+[ -n "${SKIP_HOROVOD:-}" ] && { echo; echo "SKIP_HOROVOD is set: no Horovod build or training"; exit 0; }
 step "horovod with NCCL"
 if ! "$PY" -c "import horovod.torch" 2>/dev/null && [ -f "$KIT/horovod-0.28.1.tar.gz" ]; then
   NCCL_PKG=$("$PY" -c "import nvidia.nccl as m; print(list(m.__path__)[0])" 2>/dev/null)
