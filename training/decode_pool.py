@@ -123,10 +123,6 @@ class DecodePool:
             self.close()
             raise
 
-    @property
-    def pids(self) -> list[int]:
-        return [p.pid for p in self._procs]
-
     def new_slot(self, width: int, rows: int) -> Slot:
         """A new shared slot, mapped here and in every worker."""
         fd = _memory_file(slot_bytes(width, rows))
