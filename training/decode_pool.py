@@ -14,6 +14,8 @@ training process reads without a copy (and, for a GPU, registers as pinned memor
   tasks in the order it submitted them always reads the answer it expects next.
 - A worker exits when its socket closes, which also happens when the training process dies: no
   orphaned decoders.
+- ``cancel()`` bumps a counter in a shared page; a worker answers the tasks submitted before it
+  without decoding them, so an epoch stopped early does not wait for windows nobody will read.
 
 This module imports neither torch nor the rest of ``training`` (a worker starts in well under a
 second); the parent side is used by ``training.loader.ShardLoader(processes=True)``.
@@ -107,9 +109,14 @@ class DecodePool:
         self._slots: list[Slot] = []
         self._next_task = 0
         self._rr = 0
+        self._generation = 0  # tasks of older generations are cancelled
+        self.skipped = 0  # tasks answered without decoding, after a cancel()
         self.broken: str | None = None
         root = str(Path(__file__).resolve().parents[1])  # where the ``training`` package lives
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
+        control = _memory_file(8)  # the current generation, an int64 every worker maps
+        self._control_map = mmap.mmap(control, 8)
+        self._control = np.frombuffer(self._control_map, np.int64)
         try:
             for i in range(workers):
                 ours, theirs = socket.socketpair()
@@ -119,9 +126,12 @@ class DecodePool:
                 self._procs.append(proc)
                 self._conns.append(Connection(ours.detach()))
                 self._outstanding.append(collections.deque())
+                send_handle(self._conns[i], control, proc.pid)
         except BaseException:
             self.close()
             raise
+        finally:
+            os.close(control)
 
     def new_slot(self, width: int, rows: int) -> Slot:
         """A new shared slot, mapped here and in every worker."""
@@ -143,7 +153,7 @@ class DecodePool:
         """Hand ``task`` to the next worker in turn; the ticket to wait for."""
         i, self._rr = self._rr, (self._rr + 1) % len(self._conns)
         tid, self._next_task = self._next_task, self._next_task + 1
-        self._send(i, ("decode", tid, task))
+        self._send(i, ("decode", tid, self._generation, task))
         self._outstanding[i].append(tid)
         return i, tid
 
@@ -158,6 +168,11 @@ class DecodePool:
                     break
         if error is not None:
             raise error
+
+    def cancel(self) -> None:
+        """Let the workers skip every task submitted so far (their answers still come)."""
+        self._generation += 1
+        self._control[0] = self._generation
 
     def drain(self) -> None:
         """Wait out every task still queued (an epoch stopped early), ignoring their errors."""
@@ -189,9 +204,10 @@ class DecodePool:
         try:
             if not self._conns[i].poll(self.answer_timeout_s):  # a stopped or stuck worker
                 raise TimeoutError(f"no answer in {self.answer_timeout_s:g} s")
-            tid, exc = self._conns[i].recv()
+            tid, exc, skipped = self._conns[i].recv()
         except (EOFError, OSError) as exc:  # TimeoutError is an OSError
             raise self._dead(i, exc) from exc
+        self.skipped += skipped
         expected = self._outstanding[i].popleft()
         assert tid == expected, f"worker {i} answered task {tid}, expected {expected}"
         return tid, exc
@@ -271,6 +287,9 @@ def _picklable(exc: BaseException) -> BaseException:
 
 def _serve(fd: int) -> None:
     conn = Connection(fd)
+    handle = recv_handle(conn)
+    generation = np.frombuffer(mmap.mmap(handle, 8), np.int64)  # raised by DecodePool.cancel()
+    os.close(handle)
     slots: dict[int, Slot] = {}
     filesystems: dict = {}
     while True:
@@ -284,12 +303,15 @@ def _serve(fd: int) -> None:
             slots[ident] = Slot(ident, handle, width, rows)
             os.close(handle)
         else:
-            _, tid, task = msg
+            _, tid, task_generation, task = msg
             try:
-                _decode(task, slots, filesystems)
-                answer = (tid, None)
+                if task_generation < generation[0]:
+                    answer = (tid, None, True)  # cancelled: answered, not decoded
+                else:
+                    _decode(task, slots, filesystems)
+                    answer = (tid, None, False)
             except Exception as exc:  # handed to the training process, which raises it
-                answer = (tid, _picklable(exc))
+                answer = (tid, _picklable(exc), False)
             try:
                 conn.send(answer)
             except OSError:

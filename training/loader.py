@@ -336,6 +336,7 @@ class ShardLoader:
                     del t
                 del buf, delivered
         finally:
+            pool.cancel()  # whatever is still queued is for windows nobody will read
             pool.drain()
             if prev is not None:
                 ring.retire(prev[0], prev[2])
@@ -377,6 +378,7 @@ class ShardLoader:
                 copied.record(stream)
                 ring.retire(slot, lambda ev=copied: not ev.query())
         finally:
+            pool.cancel()  # whatever is still queued is for windows nobody will read
             pool.drain()
             for slot, _, _ in pending:
                 ring.retire(slot, lambda: False)

@@ -252,3 +252,33 @@ def test_a_stopped_worker_fails_the_epoch_within_the_timeout(dataset, monkeypatc
     finally:
         os.kill(victim.pid, signal.SIGCONT)
         loader.close()
+
+
+def test_cancelled_decodes_are_answered_without_decoding(dataset):
+    """After cancel(), queued tasks are answered at once (an early stop waits for nothing), and
+    tasks submitted afterwards are decoded as usual."""
+    import os
+    import signal
+
+    from training.decode_pool import Decode, DecodePool
+
+    _, groups = list_row_groups(dataset)
+    names = tuple(COLUMNS + ["label"])
+    pool = DecodePool(1)
+    try:
+        slot = pool.new_slot(len(names), 250)
+        os.kill(pool._procs[0].pid, signal.SIGSTOP)  # nothing it is sent can start before the cancel
+        try:
+            queued = [pool.submit(Decode(slot.id, dataset, groups[0], names, len(names), 250, start=0))
+                      for _ in range(5)]
+            pool.cancel()
+        finally:
+            os.kill(pool._procs[0].pid, signal.SIGCONT)
+        pool.wait(queued)
+        assert pool.skipped == 5
+        assert not slot.window(250).any()  # none of them wrote anything
+        pool.wait([pool.submit(Decode(slot.id, dataset, groups[5], names, len(names), 250, start=0))])
+        assert pool.skipped == 5
+        np.testing.assert_array_equal(slot.window(250)[-1], np.arange(1250, 1500, dtype=np.float32) + 0.5)
+    finally:
+        pool.close()
