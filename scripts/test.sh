@@ -8,7 +8,7 @@ source "$ROOT/scripts/env.sh"
 unset DLPIPE_HOME AIRFLOW_HOME
 cd "$ROOT"
 set +e
-python -m pytest -ra "$@"
+python -m pytest -ra --durations=20 "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then
