@@ -34,6 +34,14 @@ def run_context(context: Any) -> RunContext:
     )
 
 
+def brief(summary: dict, limit: int = 240) -> str:
+    """The summary for a task log line: small fields as they are, bulky ones (a dataset's
+    column statistics and schema run to kilobytes) named only; they are in the manifest."""
+    small = {k: v for k, v in summary.items() if len(repr(v)) <= limit}
+    bulky = [k for k in summary if k not in small]
+    return f"{small}" + (f"; {', '.join(bulky)}: in the manifest" if bulky else "")
+
+
 class DlpipeOperator(BaseOperator):
     """Base class: subclasses implement ``run_stage(context, pipeline, run)``.
 
@@ -59,7 +67,7 @@ class DlpipeOperator(BaseOperator):
         except DETERMINISTIC as exc:
             raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
         verb = "skipped (already committed)" if result.skipped else "committed"
-        self.log.info("%s %s; summary: %s", result.id, verb, result.manifest.get("summary"))
+        self.log.info("%s %s; summary: %s", result.id, verb, brief(result.manifest.get("summary") or {}))
         self._committed = result.manifest
         return result.id
 

@@ -103,3 +103,16 @@ def test_a_bad_spec_breaks_only_its_own_dag_and_the_dagbag_says_why(tmp_path):
     assert list(bag.import_errors) == [str(dags / "bad.py")]
     error = bag.import_errors[str(dags / "bad.py")]
     assert str(bad) in error and "train.epochs" in error and "greater than or equal to 1" in error, error
+
+
+def test_task_log_summary_names_bulky_fields_instead_of_printing_them():
+    from operators.base import brief
+
+    summary = {"rows": {"train": 16086, "validation": 3914}, "content_sha256": "ab" * 32,
+               "stats": {f"col{i}": {"mean": 1.0, "std": 2.0, "min": 0.0, "max": 9.0} for i in range(20)},
+               "schema": [{"name": f"col{i}", "codec": "ScalarCodec"} for i in range(20)]}
+    line = brief(summary)
+    assert line.startswith("{'rows': {'train': 16086, 'validation': 3914}, 'content_sha256': 'abab")
+    assert line.endswith("; stats, schema: in the manifest")
+    assert "col3" not in line and len(line) < 300
+    assert brief({"version": 1, "moved": False}) == "{'version': 1, 'moved': False}"
