@@ -34,12 +34,23 @@ def run_context(context: Any) -> RunContext:
     )
 
 
-def brief(summary: dict, limit: int = 240) -> str:
-    """The summary for a task log line: small fields as they are, bulky ones (a dataset's
-    column statistics and schema run to kilobytes) named only; they are in the manifest."""
-    small = {k: v for k, v in summary.items() if len(repr(v)) <= limit}
-    bulky = [k for k in summary if k not in small]
-    return f"{small}" + (f"; {', '.join(bulky)}: in the manifest" if bulky else "")
+def brief(summary: dict, limit: int = 240, field_limit: int = 60) -> str:
+    """The summary for a task log line. Small fields print as they are; of a bulky dict only its
+    small fields (training metrics without the per-rank list); other bulky fields (a dataset's
+    column statistics and schema run to kilobytes) are only named: they are in the manifest."""
+    out: dict = {}
+    left_out: list[str] = []
+    for key, value in summary.items():
+        if len(repr(value)) <= limit:
+            out[key] = value
+            continue
+        small = {k: v for k, v in value.items() if len(repr(v)) <= field_limit} if isinstance(value, dict) else {}
+        if small:
+            out[key] = small
+            left_out += [f"{key}.{k}" for k in value if k not in small]
+        else:
+            left_out.append(key)
+    return f"{out}" + (f"; {', '.join(left_out)}: in the manifest" if left_out else "")
 
 
 class DlpipeOperator(BaseOperator):

@@ -109,10 +109,15 @@ def test_task_log_summary_names_bulky_fields_instead_of_printing_them():
     from operators.base import brief
 
     summary = {"rows": {"train": 16086, "validation": 3914}, "content_sha256": "ab" * 32,
-               "stats": {f"col{i}": {"mean": 1.0, "std": 2.0, "min": 0.0, "max": 9.0} for i in range(20)},
+               "stats": {f"col{i}": {"count": 16086, "max": 98.18436431884766, "mean": 35.184161054010524,
+                                     "min": 5.425265312194824, "nulls": 0} for i in range(20)},
                "schema": [{"name": f"col{i}", "codec": "ScalarCodec"} for i in range(20)]}
     line = brief(summary)
     assert line.startswith("{'rows': {'train': 16086, 'validation': 3914}, 'content_sha256': 'abab")
     assert line.endswith("; stats, schema: in the manifest")
     assert "col3" not in line and len(line) < 300
     assert brief({"version": 1, "moved": False}) == "{'version': 1, 'moved': False}"
+    metrics = {"val_mae": 3.74, "samples_per_s": 51200.8,
+               "ranks": [{"rank": r, "compute_s": 1.3, "data_wait_s": 0.5} for r in range(8)]}
+    assert brief({"metrics": metrics}) == ("{'metrics': {'val_mae': 3.74, 'samples_per_s': 51200.8}}; "
+                                           "metrics.ranks: in the manifest")
