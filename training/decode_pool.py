@@ -258,6 +258,7 @@ class SlotRing:
 
 def _decode(task: Decode, slots: dict[int, Slot], filesystems: dict) -> None:
     from training.parquet_groups import read_row_group
+    from training.scatter import place_columns
     import pyarrow.fs as pafs
 
     if task.url not in filesystems:
@@ -265,14 +266,12 @@ def _decode(task: Decode, slots: dict[int, Slot], filesystems: dict) -> None:
     table = read_row_group(filesystems[task.url], task.group, list(task.names))
     slot = slots[task.slot]
     buf = np.frombuffer(slot.mm, np.float32, task.width * task.n).reshape(task.width, task.n)
+    columns = [table.column(name).to_numpy() for name in task.names]
     if task.start is not None:
-        for j, name in enumerate(task.names):
-            buf[j, task.start:task.start + task.group.rows] = table.column(name).to_numpy()
+        place_columns(buf, columns, slice(task.start, task.start + task.group.rows), None)
     else:
         pos, src = slot.index()
-        at, rows = pos[task.a:task.b].astype(np.intp), src[task.a:task.b].astype(np.intp)  # once, not per column
-        for j, name in enumerate(task.names):
-            buf[j, at] = table.column(name).to_numpy()[rows]
+        place_columns(buf, columns, pos[task.a:task.b], src[task.a:task.b])
 
 
 def _picklable(exc: BaseException) -> BaseException:

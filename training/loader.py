@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from training.decode_pool import Decode, DecodePool, SlotRing
+from training.scatter import place_columns
 from training.parquet_groups import RowGroup, list_row_groups, read_row_group
 
 
@@ -195,7 +196,8 @@ class ShardLoader:
                 # stay inside one row group's column, which is what keeps the shuffle cheap.
                 seg = (np.searchsorted(starts, perm, side="right") - 1).astype(np.int16)
                 pos = np.argsort(seg, kind="stable")  # positions, grouped by segment
-                src = perm[pos] - starts[seg[pos]]
+                src = (perm[pos] - starts[seg[pos]]).astype(np.int32)
+                pos = pos.astype(np.int32)  # int32: what training.scatter and the decode slots take
                 bounds = np.searchsorted(seg[pos], np.arange(len(sizes) + 1))
                 places = [(pos[a:b], src[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
                 index = (pos, src, bounds)
@@ -248,9 +250,7 @@ class ShardLoader:
     @staticmethod
     def _place(buf: np.ndarray, columns: list[np.ndarray], place: tuple) -> None:
         """Write one segment's columns to its positions in a window's buffer."""
-        at, src = place
-        for j, values in enumerate(columns):
-            buf[j, at] = values if src is None else values[src]
+        place_columns(buf, columns, *place)
 
     @staticmethod
     def _place_carry(buf: np.ndarray, carry: np.ndarray, place: tuple) -> None:

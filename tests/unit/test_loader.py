@@ -158,6 +158,19 @@ def test_the_stream_is_exactly_the_reference(dataset, shuffle, window, batch, dr
         np.testing.assert_array_equal(x, rx)
 
 
+
+def test_the_stream_without_numba_is_the_reference_too(dataset, monkeypatch):
+    """Where numba is not installed, training.scatter falls back to numpy: the same stream."""
+    from training import scatter
+
+    monkeypatch.setattr(scatter, "_place", scatter._place_numpy)
+    loader = ShardLoader(dataset, COLUMNS, "label", batch_size=128, seed=11, shuffle_window=2, workers=2)
+    x, y, sizes = drain(loader, 0)
+    rx, ry, rsizes = reference_stream(loader, 0)
+    assert sizes == rsizes
+    np.testing.assert_array_equal(x, rx)
+    np.testing.assert_array_equal(y, ry)
+
 # -- decoding in worker processes (processes=True) ---------------------------------------------
 
 @pytest.mark.parametrize("shuffle, window, batch, drop_last, workers", [
