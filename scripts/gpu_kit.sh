@@ -10,6 +10,8 @@
 #   site folder (tests, headers and Arrow Flight/Substrait removed, xz-compressed to fit the 64 MiB
 #   carry limit), so the loader benchmark can compare with Petastorm on the GPU host, whose own
 #   pyarrow is too new for it.
+# numba is not in the kit (llvmlite's wheel alone is 60 MB): there the CPU shuffle runs
+# training/scatter.py's numpy version, and the GPU path, which shuffles on the device, needs neither.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KIT=${1:-.gpu}
