@@ -30,7 +30,7 @@ import time
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -84,6 +84,9 @@ class ShardLoader:
         self._pinned: list[tuple[int, np.ndarray]] = []  # (address, view) of slots registered with CUDA
         self._close = lambda: None
         self._one_epoch = threading.Lock()
+        # thread mode, CPU: window buffers no batch views any more, kept across epochs for reuse
+        self._spare: list[tuple[np.ndarray, Callable[[], bool]]] = []
+        self._spare_lock = threading.Lock()
 
     def start(self) -> ShardLoader:
         """Start the decoding processes now rather than with the first epoch (no-op for threads)."""
@@ -213,9 +216,25 @@ class ShardLoader:
         permuted positions in the window's buffer (one scatter per column, within a window that
         fits in cache), so the shuffle costs no pass over the data of its own. The next window
         is decoding while this one is delivered. ``x`` is a transposed view of the column-major
-        buffer (matmul takes it as it is)."""
+        buffer (matmul takes it as it is).
+
+        Window buffers are reused once no delivered batch views them any more: a fresh 60 MB
+        buffer per window costs its page faults every time, which on a VM can be as slow as the
+        decoding itself (docs/benchmarks.md)."""
         f = len(self.columns)
         plan = self._plan(rng)
+        capacity = (f + 1) * (self.batch_size - 1 + sum(sorted(g.rows for g in self.groups)[-self.window:]))
+
+        def buffer(n: int) -> tuple[np.ndarray, np.ndarray]:
+            with self._spare_lock:
+                k = next((k for k, (_, viewed) in enumerate(self._spare) if not viewed()), None)
+                flat = self._spare.pop(k)[0] if k is not None else np.empty(capacity, np.float32)
+            return flat, flat[:(f + 1) * n].reshape(f + 1, n)
+
+        def retire(item: tuple[np.ndarray, Callable[[], bool]]) -> None:
+            with self._spare_lock:
+                self._spare.append(item)
+
         with ThreadPoolExecutor(self.workers, thread_name_prefix=f"decode-rank{self.rank}") as pool:
             pending: collections.deque = collections.deque()
 
@@ -223,29 +242,37 @@ class ShardLoader:
                 w = next(plan, None)
                 if w is None:
                     return
-                buf = np.empty((f + 1, w.n), np.float32)
+                flat, buf = buffer(w.n)
                 futures = [pool.submit(self._decode_into, g, buf, place)
                            for g, place in zip(w.groups, w.places[1:])]
-                pending.append((w, buf, futures))
+                pending.append((w, flat, buf, futures))
 
             submit()
-            carry = None
+            carry, prev = None, None
             try:
                 while pending and not stop.is_set():
                     submit()  # keep one window decoding ahead
-                    w, buf, futures = pending.popleft()
+                    w, flat, buf, futures = pending.popleft()
                     if w.carried:
                         self._place_carry(buf, carry, w.places[0])
                     for fut in futures:
                         fut.result()
+                    if prev is not None:  # its carried rows are in this window now
+                        retire(prev)
                     carry = None if w.last else buf[:, w.usable:]
+                    delivered = buf[:, :w.usable]  # torch's storage holds this very array
+                    prev = (flat, _alive(delivered))
                     if w.usable:
-                        t = torch.from_numpy(buf[:, :w.usable])
+                        t = torch.from_numpy(delivered)
                         yield t[:f].T, t[f], None
+                        del t
+                    del buf, delivered
             finally:
-                for _, _, futures in pending:
+                for _, _, _, futures in pending:
                     for fut in futures:
                         fut.cancel()
+                if prev is not None:
+                    retire(prev)
 
     @staticmethod
     def _place(buf: np.ndarray, columns: list[np.ndarray], place: tuple) -> None:

@@ -204,6 +204,32 @@ def test_batches_kept_by_the_consumer_are_never_overwritten(dataset):
         assert grown >= 12  # one slot per window, since every window stayed referenced
 
 
+
+def test_threads_reuse_window_buffers_only_once_no_batch_views_them(dataset, monkeypatch):
+    """Thread mode reuses its window buffers too: a consumer keeping a whole epoch of batches
+    still has the right rows, and one that keeps nothing gets by with a few buffers."""
+    allocated: list[int] = []
+    real_empty = np.empty
+
+    def counting_empty(shape, dtype=float, *args, **kwargs):
+        if isinstance(shape, int) and dtype is np.float32:
+            allocated.append(shape)
+        return real_empty(shape, dtype, *args, **kwargs)
+
+    monkeypatch.setattr(np, "empty", counting_empty)
+    loader = ShardLoader(dataset, COLUMNS, "label", batch_size=100, seed=2, shuffle_window=1, workers=2)
+    kept = list(loader.epoch(0))
+    rx, ry, _ = reference_stream(loader, 0)
+    np.testing.assert_array_equal(torch.cat([y for _, y in kept]).numpy(), ry)
+    np.testing.assert_array_equal(torch.cat([x for x, _ in kept]).numpy(), rx)
+    assert len(allocated) == 12  # every window stayed referenced: a buffer each
+    del kept
+    allocated.clear()
+    for epoch in (1, 2):
+        drain(loader, epoch)
+    assert len(allocated) <= 4, allocated  # 24 more windows: the first epoch's buffers, reused
+
+
 def test_worker_processes_stop_early_and_on_close(dataset):
     loader = ShardLoader(dataset, COLUMNS, "label", batch_size=10, prefetch=1, workers=2, processes=True)
     batches = loader.epoch(0)
