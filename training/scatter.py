@@ -30,12 +30,16 @@ def _place_numpy(dst: np.ndarray, pos: np.ndarray, src: np.ndarray, values: np.n
     dst[pos] = values[src]
 
 
-if numba is not None:
-    @numba.njit(nogil=True, cache=True)
-    def _place_compiled(dst, pos, src, values):  # pragma: no cover (compiled; tested through place_columns)
-        for i in range(pos.shape[0]):
-            dst[pos[i]] = values[src[i]]
+def _place_loop(dst, pos, src, values):  # compiled below; tested through place_columns
+    for i in range(pos.shape[0]):
+        dst[pos[i]] = values[src[i]]
 
+
+if numba is not None:
+    try:  # the compiled code is cached next to this file, or in ~/.cache when that is read-only
+        _place_compiled = numba.njit(nogil=True, cache=True)(_place_loop)
+    except RuntimeError:  # nowhere writable to cache it: compile in each process (about 0.3 s)
+        _place_compiled = numba.njit(nogil=True)(_place_loop)
     _place = _place_compiled
 else:
     _place = _place_numpy
