@@ -33,14 +33,19 @@ def dlpipe_home(tmp_path, monkeypatch) -> Path:
     return home
 
 
-@pytest.fixture
-def small_raw(dlpipe_home):
-    """Three committed days of raw demo trips, 3000 rows each."""
+def write_small_raw():
+    """Three committed days of raw demo trips, 3000 rows each, into the current DLPIPE_HOME."""
     from dlpipe.demo_data import DemoDataConfig, write_raw
     from dlpipe.runctx import cli_context
 
     cfg = DemoDataConfig(start=date(2026, 1, 1), days=3, rows_per_day=3000, restaurants=40)
     return write_raw(cfg, cli_context("test"))
+
+
+@pytest.fixture
+def small_raw(dlpipe_home):
+    """Three committed days of raw demo trips, 3000 rows each."""
+    return write_small_raw()
 
 
 def free_port() -> int:

@@ -4,6 +4,7 @@ frozen rank and a torn checkpoint; the retry resumes from the newest checkpoint 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import threading
 import time
@@ -19,18 +20,33 @@ from feature_jobs.stages import DatasetConfig, FeatureJobConfig, extract_feature
 from training.config import ScaleConfig, TrainConfig
 from training.launcher import horovod_launcher
 from training.stages import train_model
+from tests.conftest import write_small_raw
 
 pytestmark = pytest.mark.integration
 CFG = TrainConfig(epochs=30, batch_size=16)
 
 
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> tuple[Path, dict]:
+    """Raw trips, features and the dataset, built once with real Spark for this module."""
+    home = tmp_path_factory.mktemp("built") / "dlpipe_home"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DLPIPE_HOME", str(home))
+        write_small_raw()
+        submit = local_spark_submit()
+        extract_features("2026-01-03", "2026-01-04", config=FeatureJobConfig(lookback_days=2), run=RunContext(),
+                         submit=submit)
+        manifest = materialize_dataset("2026-01-03", "2026-01-04", config=DatasetConfig(window_days=1, num_files=2),
+                                       run=RunContext(), submit=submit).manifest
+    return home, manifest
+
+
 @pytest.fixture
-def dataset(small_raw) -> dict:
-    submit = local_spark_submit()
-    extract_features("2026-01-03", "2026-01-04", config=FeatureJobConfig(lookback_days=2), run=RunContext(),
-                     submit=submit)
-    return materialize_dataset("2026-01-03", "2026-01-04", config=DatasetConfig(window_days=1, num_files=2),
-                               run=RunContext(), submit=submit).manifest
+def dataset(built, dlpipe_home) -> dict:
+    """Each test trains in a copy of the built home (locations in manifests are relative to
+    it), so checkpoints, attempts and audit events never leak from one test to the next."""
+    shutil.copytree(built[0], dlpipe_home, dirs_exist_ok=True)
+    return built[1]
 
 
 def _ckpt_dir(dataset: dict) -> Path:
