@@ -232,8 +232,8 @@ class ShardLoader:
             return flat, flat[:(f + 1) * n].reshape(f + 1, n)
 
         def retire(item: tuple[np.ndarray, Callable[[], bool]]) -> None:
-            with self._spare_lock:
-                self._spare.append(item)
+            with self._spare_lock:  # keep as many as one epoch needs in flight, not all ever made
+                self._spare[:] = self._spare[-(self.prefetch + 3):] + [item]
 
         with ThreadPoolExecutor(self.workers, thread_name_prefix=f"decode-rank{self.rank}") as pool:
             pending: collections.deque = collections.deque()
