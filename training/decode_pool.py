@@ -30,15 +30,18 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.reduction import recv_handle, send_handle
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Generic, TypeVar
 
 import numpy as np
 
 from training.parquet_groups import RowGroup
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -224,34 +227,37 @@ class DecodePool:
         return RuntimeError(self.broken)
 
 
-class SlotRing:
-    """Slots handed out for windows and taken back once nothing uses them any more.
+class SlotRing(Generic[T]):
+    """Buffers handed out for windows and taken back once nothing uses them any more: the shared
+    slots of process mode, and the plain window buffers of thread mode.
 
-    ``retire(slot, busy)``: ``busy()`` tells whether a delivery still uses the slot (a live view
-    on the CPU, an unfinished copy on the GPU). A slot is reused only once it is not busy; if every
-    slot is busy, a new one is made, so a consumer that keeps batches costs memory, never data.
+    ``retire(item, busy)``: ``busy()`` tells whether a delivery still uses the buffer (a live view
+    on the CPU, an unfinished copy on the GPU). A buffer is reused only once it is not busy; if
+    every one is busy, ``make()`` gives a new one, so a consumer that keeps batches costs memory,
+    never data. ``keep``: at most this many retired buffers are held for reuse (older ones are
+    left to the garbage collector); None keeps all, as slots the workers have mapped must be.
     """
 
-    def __init__(self, pool: DecodePool, width: int, rows: int, on_new: Callable[[Slot], None] | None = None) -> None:
-        self.pool, self.width, self.rows, self.on_new = pool, width, rows, on_new
-        self._retired: list[tuple[Slot, Callable[[], bool]]] = []
+    def __init__(self, make: Callable[[], T], keep: int | None = None) -> None:
+        self.make, self.keep = make, keep
+        self.size = 0  # buffers made so far
+        self._retired: list[tuple[T, Callable[[], bool]]] = []
+        self._lock = threading.Lock()  # thread mode: epochs may overlap while one is closing
 
-    def acquire(self) -> Slot:
-        for k, (slot, busy) in enumerate(self._retired):
-            if not busy():
-                del self._retired[k]
-                return slot
-        slot = self.pool.new_slot(self.width, self.rows)
-        if self.on_new is not None:
-            self.on_new(slot)
-        return slot
+    def acquire(self) -> T:
+        with self._lock:
+            for k, (item, busy) in enumerate(self._retired):
+                if not busy():
+                    del self._retired[k]
+                    return item
+            self.size += 1
+        return self.make()
 
-    def retire(self, slot: Slot, busy: Callable[[], bool]) -> None:
-        self._retired.append((slot, busy))
-
-    @property
-    def size(self) -> int:
-        return len(self.pool._slots)
+    def retire(self, item: T, busy: Callable[[], bool]) -> None:
+        with self._lock:
+            self._retired.append((item, busy))
+            if self.keep is not None:
+                del self._retired[:-self.keep]
 
 
 # -- worker side -------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ import time
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -84,9 +84,10 @@ class ShardLoader:
         self._pinned: list[tuple[int, np.ndarray]] = []  # (address, view) of slots registered with CUDA
         self._close = lambda: None
         self._one_epoch = threading.Lock()
-        # thread mode, CPU: window buffers no batch views any more, kept across epochs for reuse
-        self._spare: list[tuple[np.ndarray, Callable[[], bool]]] = []
-        self._spare_lock = threading.Lock()
+        # thread mode, CPU: window buffers, reused across windows and epochs (at most as many
+        # kept as one epoch has in flight: decoding ahead, delivering, carried, queued)
+        self._buffers: SlotRing[np.ndarray] = SlotRing(
+            lambda: np.empty((len(self.columns) + 1) * self._window_rows, np.float32), keep=prefetch + 3)
 
     def start(self) -> ShardLoader:
         """Start the decoding processes now rather than with the first epoch (no-op for threads)."""
@@ -104,6 +105,11 @@ class ShardLoader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    @property
+    def _window_rows(self) -> int:
+        """The most rows a window can hold: its row groups plus fewer than a batch carried in."""
+        return self.batch_size - 1 + sum(sorted(g.rows for g in self.groups)[-self.window:])
 
     def num_batches(self) -> int:
         full, rest = divmod(self.num_rows, self.batch_size)
@@ -223,18 +229,6 @@ class ShardLoader:
         decoding itself (docs/benchmarks.md)."""
         f = len(self.columns)
         plan = self._plan(rng)
-        capacity = (f + 1) * (self.batch_size - 1 + sum(sorted(g.rows for g in self.groups)[-self.window:]))
-
-        def buffer(n: int) -> tuple[np.ndarray, np.ndarray]:
-            with self._spare_lock:
-                k = next((k for k, (_, viewed) in enumerate(self._spare) if not viewed()), None)
-                flat = self._spare.pop(k)[0] if k is not None else np.empty(capacity, np.float32)
-            return flat, flat[:(f + 1) * n].reshape(f + 1, n)
-
-        def retire(item: tuple[np.ndarray, Callable[[], bool]]) -> None:
-            with self._spare_lock:  # keep as many as one epoch needs in flight, not all ever made
-                self._spare[:] = self._spare[-(self.prefetch + 3):] + [item]
-
         with ThreadPoolExecutor(self.workers, thread_name_prefix=f"decode-rank{self.rank}") as pool:
             pending: collections.deque = collections.deque()
 
@@ -242,7 +236,8 @@ class ShardLoader:
                 w = next(plan, None)
                 if w is None:
                     return
-                flat, buf = buffer(w.n)
+                flat = self._buffers.acquire()
+                buf = flat[:(f + 1) * w.n].reshape(f + 1, w.n)
                 futures = [pool.submit(self._decode_into, g, buf, place)
                            for g, place in zip(w.groups, w.places[1:])]
                 pending.append((w, flat, buf, futures))
@@ -258,7 +253,7 @@ class ShardLoader:
                     for fut in futures:
                         fut.result()
                     if prev is not None:  # its carried rows are in this window now
-                        retire(prev)
+                        self._buffers.retire(*prev)
                     carry = None if w.last else buf[:, w.usable:]
                     delivered = buf[:, :w.usable]  # torch's storage holds this very array
                     prev = (flat, _alive(delivered))
@@ -272,7 +267,7 @@ class ShardLoader:
                     for fut in futures:
                         fut.cancel()
                 if prev is not None:
-                    retire(prev)
+                    self._buffers.retire(*prev)
 
     @staticmethod
     def _place(buf: np.ndarray, columns: list[np.ndarray], place: tuple) -> None:
@@ -293,9 +288,13 @@ class ShardLoader:
         if self._pool is None:
             pool = DecodePool(self.workers, label=f"decode-rank{self.rank}", answer_timeout_s=self.decode_timeout_s)
             self._close = weakref.finalize(self, _stop_decoders, pool, self._pinned)
-            rows = self.batch_size - 1 + sum(sorted(g.rows for g in self.groups)[-self.window:])
-            self._ring = SlotRing(pool, len(self.columns) + 1, rows,
-                                  on_new=self._pin if self.device.type == "cuda" else None)
+            def new_slot():
+                slot = pool.new_slot(len(self.columns) + 1, self._window_rows)
+                if self.device.type == "cuda":
+                    self._pin(slot)
+                return slot
+
+            self._ring = SlotRing(new_slot)
             self._pool = pool
         if self._pool.broken:
             raise RuntimeError(f"{self._pool.broken}; close() the loader to start new workers")

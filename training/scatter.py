@@ -5,8 +5,8 @@ In a shuffled window, row ``src[i]`` of a row group goes to position ``pos[i]`` 
 (``values[src]``) and a scatter of it (``buf[j, pos] = ...``), at about 5 ns per value; that made
 shuffling cost as much as decoding. A compiled loop does both in one pass over int32 indices,
 about 2x faster (docs/benchmarks.md), and runs without the GIL. numba compiles it where it is
-installed (it is part of dlpipe's environment); elsewhere the numpy version gives the same
-result. ``DLPIPE_NO_NUMBA=1`` forces the numpy version (tests compare the two).
+installed (it is part of dlpipe's environment); where it is not, or with ``DLPIPE_NO_NUMBA=1``,
+the numpy version runs and gives the same result (tests compare the two).
 
 Imports only numpy (and numba): the decoding worker processes use this too, and start fast.
 """
