@@ -22,6 +22,7 @@ import os
 import shutil
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -32,6 +33,7 @@ import torch
 
 from benchmarks.common import machine, table
 from training.loader import ShardLoader
+from training.parquet_groups import list_row_groups, read_row_group
 
 
 GROUP_ROWS = 65536  # rows per Parquet row group, as our dataset stage writes them
@@ -86,6 +88,13 @@ def pyarrow_decode_table(path: Path, columns: list[str]) -> Callable[[], Iterabl
     return run
 
 
+def _exposed_label(table: pa.Table, columns: list[str]) -> np.ndarray:
+    """Every column of a one-row-group table as numpy without a copy; the label's array."""
+    for c in columns:
+        table.column(c).chunk(0).to_numpy(zero_copy_only=True)
+    return table.column("label").chunk(0).to_numpy(zero_copy_only=True)
+
+
 def pyarrow_decode_groups(path: Path, columns: list[str]) -> Callable[[], Iterable]:
     """Decoding alone, the other way: row group by row group (pyarrow's threads decode its
     columns side by side), so memory stays at one row group instead of the whole dataset."""
@@ -94,30 +103,19 @@ def pyarrow_decode_groups(path: Path, columns: list[str]) -> Callable[[], Iterab
     def run():
         for pf in files:
             for i in range(pf.metadata.num_row_groups):
-                t = pf.read_row_group(i, columns=columns + ["label"], use_threads=True)
-                for c in columns:
-                    t.column(c).chunk(0).to_numpy(zero_copy_only=True)
-                y = t.column("label").chunk(0).to_numpy(zero_copy_only=True)
-                yield y, y
+                y = _exposed_label(pf.read_row_group(i, columns=columns + ["label"], use_threads=True), columns)
+                yield y, y  # one item per row group, so the caller counts the rows
     return run
 
 
 def pyarrow_decode_pool(path: Path, columns: list[str], threads: int) -> Callable[[], Iterable]:
-    """Decoding alone, a third way: row groups spread over ``threads`` threads, one row group
-    per thread at a time (how ShardLoader decodes), in any order."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    groups = [(f, i) for f in sorted(path.glob("*.parquet")) for i in range(pq.ParquetFile(f).metadata.num_row_groups)]
-
-    def one(group: tuple[Path, int]) -> np.ndarray:
-        t = pq.ParquetFile(group[0]).read_row_group(group[1], columns=columns + ["label"], use_threads=False)
-        for c in columns:
-            t.column(c).chunk(0).to_numpy(zero_copy_only=True)
-        return t.column("label").chunk(0).to_numpy(zero_copy_only=True)
+    """Decoding alone, a third way: row groups spread over ``threads`` threads, each read the
+    way ShardLoader reads one (``read_row_group``, footer and null checks included), in any order."""
+    fs, groups = list_row_groups(f"file://{path}")
 
     def run():
         with ThreadPoolExecutor(threads) as pool:
-            for y in pool.map(one, groups):
+            for y in pool.map(lambda g: _exposed_label(read_row_group(fs, g, columns + ["label"]), columns), groups):
                 yield y, y
     return run
 
