@@ -49,7 +49,7 @@ class Decode:
     """Decode one row group into a slot's ``[width, n]`` float32 window (column-major).
 
     ``start`` set: the rows go to positions ``start..start+rows-1`` in storage order. Otherwise
-    positions ``pos[a:b]`` of the slot's index take source rows ``src[a:b]`` (the shuffle, see
+    row ``i`` goes to position ``index[a + i]`` of the slot's index (the shuffle, see
     ``ShardLoader._plan``)."""
 
     slot: int
@@ -64,8 +64,8 @@ class Decode:
 
 
 class Slot:
-    """One shared buffer: a float32 window of up to ``rows`` x ``width`` values, then two int32
-    index arrays of ``rows`` entries (positions and source rows of the shuffle)."""
+    """One shared buffer: a float32 window of up to ``rows`` x ``width`` values, then an int32
+    index of ``rows`` entries (the position of each source row of the shuffle)."""
 
     def __init__(self, ident: int, fd: int, width: int, rows: int) -> None:
         self.id, self.width, self.rows = ident, width, rows
@@ -77,14 +77,12 @@ class Slot:
         caller can tell from a weak reference when every view of this delivery is gone)."""
         return np.frombuffer(self.mm, np.float32, self.width * n).reshape(self.width, n)
 
-    def index(self) -> tuple[np.ndarray, np.ndarray]:
-        base = self.width * self.rows * 4
-        pos = np.frombuffer(self.mm, np.int32, self.rows, base)
-        return pos, np.frombuffer(self.mm, np.int32, self.rows, base + self.rows * 4)
+    def index(self) -> np.ndarray:
+        return np.frombuffer(self.mm, np.int32, self.rows, self.width * self.rows * 4)
 
 
 def slot_bytes(width: int, rows: int) -> int:
-    return (width + 2) * rows * 4
+    return (width + 1) * rows * 4
 
 
 def _memory_file(nbytes: int) -> int:
@@ -274,10 +272,9 @@ def _decode(task: Decode, slots: dict[int, Slot], filesystems: dict) -> None:
     buf = np.frombuffer(slot.mm, np.float32, task.width * task.n).reshape(task.width, task.n)
     columns = [table.column(name).to_numpy() for name in task.names]
     if task.start is not None:
-        place_columns(buf, columns, slice(task.start, task.start + task.group.rows), None)
+        place_columns(buf, columns, slice(task.start, task.start + task.group.rows))
     else:
-        pos, src = slot.index()
-        place_columns(buf, columns, pos[task.a:task.b], src[task.a:task.b])
+        place_columns(buf, columns, slot.index()[task.a:task.b])
 
 
 def _picklable(exc: BaseException) -> BaseException:

@@ -10,11 +10,13 @@ batch is built, and its BatchedDataLoader then re-buffers them; on a GPU that st
   decompresses), and results are taken in a fixed order, so the stream is deterministic. With
   ``processes=True`` the workers are processes writing into shared memory
   (``training.decode_pool``), so they never wait for, or hold up, the training loop's GIL;
-- each window of ``shuffle_window`` row groups is permuted by a permutation drawn from (seed,
-  epoch, rank). On the CPU, the worker that decodes a row group writes its rows straight to
-  their permuted places in the window's buffer, so the shuffle adds no pass over the data;
+- each window of ``shuffle_window`` row groups is shuffled by a permutation drawn from (seed,
+  epoch, rank): it decides which rows make up each batch, and inside a batch rows keep their
+  storage order (``training.scatter``: the same batches as a full permutation, at half the
+  cost). On the CPU, the worker that decodes a row group writes its rows straight to their
+  places in the window's buffer, so the shuffle adds no pass over the data;
 - on a GPU, pinned blocks go to the device on the loader's own CUDA stream and the same
-  permutation runs there, so decoding, the host-to-device copy and the model's compute all
+  reordering runs there, so decoding, the host-to-device copy and the model's compute all
   overlap. Either way batches are views of one window, and both deliver the same batches.
 
 Petastorm datasets are Parquet files plus metadata, so this reads them directly; only scalar
@@ -36,7 +38,7 @@ import numpy as np
 import torch
 
 from training.decode_pool import Decode, DecodePool, SlotRing
-from training.scatter import place_columns
+from training.scatter import batch_positions, place_columns, window_order
 from training.parquet_groups import RowGroup, list_row_groups, read_row_group
 
 
@@ -48,7 +50,9 @@ class ShardLoader:
     :param rank, size: this process's shard of ``size``; row group ``i`` belongs to rank ``i % size``
     :param batch_size: rows per batch; the last batch of an epoch is smaller unless ``drop_last``
     :param seed: with the epoch and rank, fixes the row-group order and the row permutation
-    :param shuffle: ``False`` reads in storage order (evaluation)
+    :param shuffle: ``False`` reads in storage order (evaluation). Shuffled, each batch is a
+        random draw from its window, but its rows come in storage order: split a batch into
+        micro-batches only after permuting it
     :param shuffle_window: row groups mixed together by one permutation
     :param workers: decoding threads; ``prefetch``: windows ready ahead of the consumer
     :param processes: make the ``workers`` processes instead of threads (``training.decode_pool``):
@@ -187,7 +191,8 @@ class ShardLoader:
         """The windows of an epoch, drawn lazily in order: the same draws as the GPU path makes.
 
         Window ``w`` holds the ``c`` rows carried over from window ``w - 1`` (its source rows
-        ``0..c-1``) and then its row groups' rows; position ``i`` takes source row ``perm[i]``.
+        ``0..c-1``) and then its row groups' rows. Its permutation puts each source row in a
+        batch, and ``batch_positions`` gives the row's position there (see ``training.scatter``).
         Positions below ``usable`` are delivered, the rest are the next carry. Only row counts
         are needed, so a window is planned before any of it is decoded.
         """
@@ -196,22 +201,14 @@ class ShardLoader:
         for i in range(0, len(order), self.window):
             groups, last = order[i:i + self.window], i + self.window >= len(order)
             sizes = [carried] + [g.rows for g in groups]  # segment 0: the carried rows
-            starts = np.cumsum([0] + sizes)
-            n = int(starts[-1])
+            starts = [int(a) for a in np.cumsum([0] + sizes)]
+            n = starts[-1]
             if self.shuffle:
-                perm = rng.permutation(n)  # position i takes source row perm[i]
-                # For each segment, its positions in ascending order and the source row (within
-                # the segment) each takes: writes then run forward through the buffer and reads
-                # stay inside one row group's column, which is what keeps the shuffle cheap.
-                seg = (np.searchsorted(starts, perm, side="right") - 1).astype(np.int16)
-                pos = np.argsort(seg, kind="stable")  # positions, grouped by segment
-                src = (perm[pos] - starts[seg[pos]]).astype(np.int32)
-                pos = pos.astype(np.int32)  # int32: what training.scatter and the decode slots take
-                bounds = np.searchsorted(seg[pos], np.arange(len(sizes) + 1))
-                places = [(pos[a:b], src[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
-                index = (pos, src, bounds)
+                at = batch_positions(rng.permutation(n), self.batch_size)  # int32, by source row
+                places = [at[a:b] for a, b in zip(starts[:-1], starts[1:])]
+                index = (at, starts)
             else:  # storage order: segment k fills positions starts[k]..starts[k+1]-1
-                places = [(slice(int(a), int(b)), None) for a, b in zip(starts[:-1], starts[1:])]
+                places = [slice(a, b) for a, b in zip(starts[:-1], starts[1:])]
                 index = None
             usable = self._usable(n, last)
             yield _Window(groups, carried, n, usable, places, last, index)
@@ -238,8 +235,7 @@ class ShardLoader:
                     return
                 flat = self._buffers.acquire()
                 buf = flat[:(f + 1) * w.n].reshape(f + 1, w.n)
-                futures = [pool.submit(self._decode_into, g, buf, place)
-                           for g, place in zip(w.groups, w.places[1:])]
+                futures = [pool.submit(self._decode_into, g, buf, at) for g, at in zip(w.groups, w.places[1:])]
                 pending.append((w, flat, buf, futures))
 
             submit()
@@ -270,16 +266,10 @@ class ShardLoader:
                     self._buffers.retire(*prev)
 
     @staticmethod
-    def _place(buf: np.ndarray, columns: list[np.ndarray], place: tuple) -> None:
-        """Write one segment's columns to its positions in a window's buffer."""
-        place_columns(buf, columns, *place)
-
-    @staticmethod
-    def _place_carry(buf: np.ndarray, carry: np.ndarray, place: tuple) -> None:
-        """The carried rows (a ``[f + 1, c]`` block) to their positions: two array operations,
+    def _place_carry(buf: np.ndarray, carry: np.ndarray, at: slice | np.ndarray) -> None:
+        """The carried rows (a ``[f + 1, c]`` block) to their positions: one array operation,
         not one per column, since in process mode this runs beside the training loop."""
-        at, src = place
-        buf[:, at] = carry if src is None else carry[:, src]
+        buf[:, at] = carry
 
     # -- decoding in worker processes (processes=True) -------------------------------------------
 
@@ -331,14 +321,13 @@ class ShardLoader:
                 return
             slot = ring.acquire()
             if w.index is not None:
-                pos, src, bounds = w.index
-                slot_pos, slot_src = slot.index()
-                slot_pos[:w.n], slot_src[:w.n] = pos, src
-                tasks = [Decode(slot.id, self.url, g, names, f + 1, w.n, a=int(bounds[k]), b=int(bounds[k + 1]))
+                at, starts = w.index
+                slot.index()[:w.n] = at
+                tasks = [Decode(slot.id, self.url, g, names, f + 1, w.n, a=starts[k], b=starts[k + 1])
                          for k, g in enumerate(w.groups, start=1)]
             else:
-                tasks = [Decode(slot.id, self.url, g, names, f + 1, w.n, start=place[0].start)
-                         for g, place in zip(w.groups, w.places[1:])]
+                tasks = [Decode(slot.id, self.url, g, names, f + 1, w.n, start=at.start)
+                         for g, at in zip(w.groups, w.places[1:])]
             pending.append((w, slot, [pool.submit(t) for t in tasks]))
 
         prev = None  # (slot, its carried rows, liveness of its delivery) of the previous window
@@ -441,7 +430,7 @@ class ShardLoader:
                     stream: torch.cuda.Stream):
         """Pinned blocks go to the device as they are; the permutation and the transposition to
         row-major run on the GPU, on the loader's stream. The permutation is drawn exactly as on
-        the CPU, so a seed gives the same batches on either."""
+        the CPU (``window_order``), so a seed gives the same batches on either."""
         f = len(self.columns)
         with torch.cuda.stream(stream):
             parts = ([carry] if carry is not None else []) + [b.to(self.device, non_blocking=True) for b in blocks]
@@ -452,7 +441,7 @@ class ShardLoader:
                 x, y = g[:f, :usable].T.contiguous(), g[f, :usable]
                 carry = g[:, usable:] if usable < n else None
             else:
-                rows = torch.from_numpy(rng.permutation(n)).to(self.device)
+                rows = torch.from_numpy(window_order(rng.permutation(n), self.batch_size)).to(self.device)
                 x, y = g[:f].T.index_select(0, rows[:usable]), g[f].index_select(0, rows[:usable])
                 carry = g.index_select(1, rows[usable:]) if usable < n else None
             ready = torch.cuda.Event()
@@ -478,9 +467,9 @@ class ShardLoader:
             out[j] = values
         return block
 
-    def _decode_into(self, g: RowGroup, buf: np.ndarray, place: tuple) -> None:
+    def _decode_into(self, g: RowGroup, buf: np.ndarray, at: slice | np.ndarray) -> None:
         """Decode a row group into its positions of a window's buffer (see ``_plan``)."""
-        self._place(buf, self._read(g), place)
+        place_columns(buf, self._read(g), at)
 
 
 def _alive(array: np.ndarray):
@@ -505,10 +494,11 @@ class _Window:
     carried: int  # rows carried in from the previous window: segment 0
     n: int  # carried + the groups' rows
     usable: int  # positions 0..usable-1 are delivered, the rest carried on
-    # per segment (the carried rows, then each group): (positions, source rows within the
-    # segment in position order), or (slice, None) in storage order
-    places: list[tuple]
+    # per segment (the carried rows, then each group): the position of each of its rows (int32,
+    # see training.scatter.batch_positions), or a slice of positions in storage order
+    places: list[slice | np.ndarray]
     last: bool
-    # shuffled: the same places as flat arrays, segment k at [bounds[k]:bounds[k+1]] (what
-    # worker processes read from a slot); None in storage order
-    index: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    # shuffled: the positions of all source rows and the segments' starts, segment k being
+    # source rows starts[k]..starts[k+1]-1 (what worker processes read from a slot); None in
+    # storage order
+    index: tuple[np.ndarray, list[int]] | None = None

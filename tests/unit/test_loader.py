@@ -58,7 +58,10 @@ def test_same_seed_same_batches_other_epoch_other_order(dataset):
     other = drain(ShardLoader(dataset, COLUMNS, "label", batch_size=100, seed=7), epoch=1)[1]
     np.testing.assert_array_equal(first, again)  # thread count does not change the stream
     assert not np.array_equal(first, other)
-    assert not np.array_equal(first[:250], np.sort(first[:250]))  # rows are shuffled, not just groups
+    # rows are shuffled, not just groups: a batch draws from several row groups (of 250 rows),
+    # and not a run of neighbours from each
+    batch = (first[:100] - 0.5).astype(int)
+    assert len(set(batch // 250)) > 1 and (np.diff(np.sort(batch)) > 1).sum() > 50
 
 
 def test_ranks_partition_the_dataset(dataset):
@@ -120,8 +123,10 @@ def test_gpu_delivery_gives_the_cpu_batches(dataset, shuffle, processes):
 def reference_stream(loader: ShardLoader, epoch: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """What ShardLoader must deliver, written the plain way: row groups in an order drawn from
     (seed, epoch, rank), windows of ``shuffle_window`` groups appended to the rows carried over
-    from the previous window, each window permuted by the next draw, whole batches delivered,
-    the rest carried. The GPU path implements exactly this on the device, so CPU and GPU agree."""
+    from the previous window, each window permuted by the next draw and then each batch's rows
+    put back in window order (the order inside a batch changes no gradient), whole batches
+    delivered, the rest carried. The GPU path implements exactly this on the device, so CPU and
+    GPU agree."""
     names = loader.columns + [loader.label]
     rng = np.random.default_rng([loader.seed, epoch, loader.rank])
     order = [loader.groups[i] for i in rng.permutation(len(loader.groups))] if loader.shuffle else loader.groups
@@ -133,7 +138,10 @@ def reference_stream(loader: ShardLoader, epoch: int) -> tuple[np.ndarray, np.nd
                                           for t in tables], axis=1)
         n, last = block.shape[1], i + loader.window >= len(order)
         usable = n if last and not loader.drop_last else n - n % loader.batch_size
-        rows = rng.permutation(n) if loader.shuffle else np.arange(n)
+        rows = np.arange(n)
+        if loader.shuffle:
+            perm, b = rng.permutation(n), loader.batch_size
+            rows = np.concatenate([np.sort(perm[a:a + b]) for a in range(0, n, b)])
         out, carry = block[:, rows[:usable]], block[:, rows[usable:]]
         for b in range(0, usable, loader.batch_size):
             xs.append(out[:-1, b:b + loader.batch_size].T)
@@ -164,6 +172,7 @@ def test_the_stream_without_numba_is_the_reference_too(dataset, monkeypatch):
     from training import scatter
 
     monkeypatch.setattr(scatter, "_place", scatter._place_numpy)
+    monkeypatch.setattr(scatter, "_batch_positions", scatter._batch_positions_numpy)
     loader = ShardLoader(dataset, COLUMNS, "label", batch_size=128, seed=11, shuffle_window=2, workers=2)
     x, y, sizes = drain(loader, 0)
     rx, ry, rsizes = reference_stream(loader, 0)

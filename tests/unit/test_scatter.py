@@ -1,4 +1,5 @@
-"""training.scatter: the compiled scatter loop writes exactly what numpy's two passes write."""
+"""training.scatter: the compiled loops give exactly what their numpy versions give, and the
+plan keeps every batch of the window's permutation, only reordered inside."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from training import scatter
 
 
 def test_numba_is_in_the_environment():
-    """dlpipe's environment installs numba, so the CPU shuffle runs the compiled loop."""
+    """dlpipe's environment installs numba, so the CPU shuffle runs the compiled loops."""
     assert scatter.COMPILED
 
 
@@ -19,21 +20,37 @@ def test_compiled_and_numpy_place_the_same_values(dtype):
     rows, n = 1000, 2600
     columns = [(rng.standard_normal(rows) * 100).astype(dtype) for _ in range(4)]
     columns[0].flags.writeable = False  # Arrow's zero-copy arrays are read-only
-    pos = np.sort(rng.choice(n, rows, replace=False)).astype(np.int32)
-    src = rng.permutation(rows).astype(np.int32)
+    at = rng.choice(n, rows, replace=False).astype(np.int32)
     got = np.full((4, n), -1.0, np.float32)
-    scatter.place_columns(got, columns, pos, src)
+    scatter.place_columns(got, columns, at)
     want = np.full((4, n), -1.0, np.float32)
     for j, values in enumerate(columns):
-        scatter._place_numpy(want[j], pos, src, values)
+        scatter._place_numpy(want[j], at, values)
     np.testing.assert_array_equal(got, want)
-    untouched = np.setdiff1d(np.arange(n), pos)
+    np.testing.assert_array_equal(got[:, at[5]], np.float32([c[5] for c in columns]))
+    untouched = np.setdiff1d(np.arange(n), at)
     assert (got[:, untouched] == -1).all()
 
 
 def test_storage_order_is_a_plain_copy():
     buf = np.zeros((2, 10), np.float32)
-    scatter.place_columns(buf, [np.arange(4, dtype=np.int32), np.ones(4)], slice(3, 7), None)
+    scatter.place_columns(buf, [np.arange(4, dtype=np.int32), np.ones(4)], slice(3, 7))
     np.testing.assert_array_equal(buf[0], [0, 0, 0, 0, 1, 2, 3, 0, 0, 0])
     np.testing.assert_array_equal(buf[1], [0, 0, 0, 1, 1, 1, 1, 0, 0, 0])
 
+
+@pytest.mark.parametrize("n, batch", [(1000, 128), (1024, 128), (5, 8), (7, 1), (65536 * 4 + 300, 8192)])
+def test_batches_keep_the_permutations_rows_in_window_order(n, batch):
+    perm = np.random.default_rng(n).permutation(n)
+    at = scatter.batch_positions(perm, batch)
+    assert at.dtype == np.int32 and sorted(at.tolist()) == list(range(n))  # a permutation
+    np.testing.assert_array_equal(at, scatter._batch_positions_numpy(perm, batch))
+    order = scatter.window_order(perm, batch)
+    np.testing.assert_array_equal(at[order], np.arange(n))
+    for a in range(0, n, batch):  # each batch: the permutation's rows, ascending
+        np.testing.assert_array_equal(order[a:a + batch], np.sort(perm[a:a + batch]))
+
+
+def test_a_batch_size_below_one_is_refused():
+    with pytest.raises(ValueError, match="batch=0"):
+        scatter.batch_positions(np.arange(3), 0)
