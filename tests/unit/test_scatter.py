@@ -14,16 +14,19 @@ def test_numba_is_in_the_environment():
     assert scatter.COMPILED
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32, np.int64, np.bool_])
-def test_compiled_and_numpy_place_the_same_values(dtype):
+@pytest.mark.parametrize("dtype, width", [(np.float32, 4), (np.float32, 5), (np.float64, 3), (np.int32, 4),
+                                          (np.int64, 1), (np.bool_, 2)])
+def test_compiled_and_numpy_place_the_same_values(dtype, width):
+    """Compiled, columns go two at a time, and an odd one alone; numpy, one at a time."""
     rng = np.random.default_rng(3)
     rows, n = 1000, 2600
-    columns = [(rng.standard_normal(rows) * 100).astype(dtype) for _ in range(4)]
+    columns = [(rng.standard_normal(rows) * 100).astype(dtype) for _ in range(width)]
     columns[0].flags.writeable = False  # Arrow's zero-copy arrays are read-only
+    columns[-1] = columns[-1].astype(np.float32)  # mixed dtypes within one call
     at = rng.choice(n, rows, replace=False).astype(np.int32)
-    got = np.full((4, n), -1.0, np.float32)
+    got = np.full((width, n), -1.0, np.float32)
     scatter.place_columns(got, columns, at)
-    want = np.full((4, n), -1.0, np.float32)
+    want = np.full((width, n), -1.0, np.float32)
     for j, values in enumerate(columns):
         scatter._place_numpy(want[j], at, values)
     np.testing.assert_array_equal(got, want)
