@@ -287,7 +287,23 @@ def _picklable(exc: BaseException) -> BaseException:
         return RuntimeError(f"{type(exc).__name__}: {exc}")
 
 
+def _use_mimalloc() -> None:
+    """Decode with Arrow's mimalloc pool unless ``ARROW_DEFAULT_MEMORY_POOL`` says otherwise. With
+    jemalloc (Arrow's default on Linux) a worker hands the memory of each decoded row group
+    back to the kernel and faults it in again for the next one: on a VM, 50,000 to 150,000 page
+    faults an epoch, which made a worker 1.5x slower than a decoding thread. mimalloc keeps it."""
+    if os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
+        return
+    import pyarrow as pa
+
+    try:
+        pa.set_memory_pool(pa.mimalloc_memory_pool())
+    except (AttributeError, NotImplementedError):  # a pyarrow built without mimalloc
+        pass
+
+
 def _serve(fd: int) -> None:
+    _use_mimalloc()
     conn = Connection(fd)
     handle = recv_handle(conn)
     generation = np.frombuffer(mmap.mmap(handle, 8), np.int64)  # raised by DecodePool.cancel()

@@ -331,3 +331,21 @@ def test_cancelled_decodes_are_answered_without_decoding(dataset):
         np.testing.assert_array_equal(slot.window(250)[-1], np.arange(1250, 1500, dtype=np.float32) + 0.5)
     finally:
         pool.close()
+
+
+@pytest.mark.parametrize("setting, backend", [(None, "mimalloc"), ("system", "system")])
+def test_decoding_workers_keep_their_memory_with_mimalloc(setting, backend):
+    """A worker decodes with Arrow's mimalloc pool (jemalloc handed each row group's memory
+    back to the kernel and faulted it in again), unless ARROW_DEFAULT_MEMORY_POOL says otherwise."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    if setting:
+        env["ARROW_DEFAULT_MEMORY_POOL"] = setting
+    code = ("from training.decode_pool import _use_mimalloc; _use_mimalloc(); "
+            "import pyarrow as pa; print(pa.default_memory_pool().backend_name)")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.stdout.strip() == backend
