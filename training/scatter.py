@@ -48,7 +48,7 @@ def _place_pair_loop(dst, dst2, at, values, values2):  # two columns per pass ov
 
 def _batch_positions_numpy(perm: np.ndarray, batch: int) -> np.ndarray:
     n = perm.shape[0]
-    batch_of = np.empty(n, np.int64)
+    batch_of = np.empty(n, np.int16 if n // batch < 2 ** 15 else np.int32)  # int16: a radix sort, 3x faster
     batch_of[perm] = np.arange(n) // batch  # the batch each source row lands in
     by_batch = np.argsort(batch_of, kind="stable")  # source rows by batch, in storage order within
     at = np.empty(n, np.int32)
