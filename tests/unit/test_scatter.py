@@ -42,7 +42,8 @@ def test_storage_order_is_a_plain_copy():
     np.testing.assert_array_equal(buf[1], [0, 0, 0, 1, 1, 1, 1, 0, 0, 0])
 
 
-@pytest.mark.parametrize("n, batch", [(1000, 128), (1024, 128), (5, 8), (7, 1), (65536 * 4 + 300, 8192)])
+@pytest.mark.parametrize("n, batch", [(1000, 128), (1024, 128), (5, 8), (7, 1), (65536 * 4 + 300, 8192),
+                                      (40000, 1)])  # more batches than an int16 counts
 def test_batches_keep_the_permutations_rows_in_window_order(n, batch):
     perm = np.random.default_rng(n).permutation(n)
     at = scatter.batch_positions(perm, batch)
