@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from training.decode_pool import Decode, DecodePool, SlotRing
-from training.scatter import batch_positions, place_columns, window_order
+from training.scatter import batch_positions, place_block, place_columns, window_order
 from training.parquet_groups import RowGroup, list_row_groups, read_row_group
 
 
@@ -216,8 +216,8 @@ class ShardLoader:
 
     def _windows_cpu(self, rng: np.random.Generator, stop: threading.Event) -> Iterator[tuple]:
         """Deliverable items on the CPU. Each worker thread decodes a row group straight into its
-        permuted positions in the window's buffer (one scatter per column, within a window that
-        fits in cache), so the shuffle costs no pass over the data of its own. The next window
+        shuffled positions in the window's buffer (per column, one contiguous run per batch), so
+        the shuffle costs no pass over the data of its own. The next window
         is decoding while this one is delivered. ``x`` is a transposed view of the column-major
         buffer (matmul takes it as it is).
 
@@ -267,9 +267,8 @@ class ShardLoader:
 
     @staticmethod
     def _place_carry(buf: np.ndarray, carry: np.ndarray, at: slice | np.ndarray) -> None:
-        """The carried rows (a ``[f + 1, c]`` block) to their positions: one array operation,
-        not one per column, since in process mode this runs beside the training loop."""
-        buf[:, at] = carry
+        """The carried rows (a ``[f + 1, c]`` block) to their positions."""
+        place_block(buf, carry, at)
 
     # -- decoding in worker processes (processes=True) -------------------------------------------
 
@@ -428,9 +427,10 @@ class ShardLoader:
 
     def _window_gpu(self, blocks: list[torch.Tensor], carry, last: bool, rng: np.random.Generator,
                     stream: torch.cuda.Stream):
-        """Pinned blocks go to the device as they are; the permutation and the transposition to
-        row-major run on the GPU, on the loader's stream. The permutation is drawn exactly as on
-        the CPU (``window_order``), so a seed gives the same batches on either."""
+        """Pinned blocks go to the device as they are; the shuffle (a gather of rows) and the
+        transposition to row-major run on the GPU, on the loader's stream. The permutation is
+        drawn exactly as on the CPU and reordered within batches the same way
+        (``window_order``), so a seed gives the same batches on either."""
         f = len(self.columns)
         with torch.cuda.stream(stream):
             parts = ([carry] if carry is not None else []) + [b.to(self.device, non_blocking=True) for b in blocks]

@@ -46,6 +46,16 @@ def _place_pair_loop(dst, dst2, at, values, values2):  # two columns per pass ov
         dst2[k] = values2[i]
 
 
+def _place_block_numpy(dst: np.ndarray, at: np.ndarray, block: np.ndarray) -> None:
+    dst[:, at] = block
+
+
+def _place_block_loop(dst, at, block):  # compiled below: one call for a whole block of rows
+    for j in range(block.shape[0]):
+        for i in range(at.shape[0]):
+            dst[j, at[i]] = block[j, i]
+
+
 def _batch_positions_numpy(perm: np.ndarray, batch: int) -> np.ndarray:
     n = perm.shape[0]
     batch_of = np.empty(n, np.int16 if n // batch < 2 ** 15 else np.int32)  # int16: a radix sort, 3x faster
@@ -79,9 +89,10 @@ def _compile(fn):
 
 if numba is not None:
     _place, _place_pair = _compile(_place_loop), _compile(_place_pair_loop)
-    _batch_positions = _compile(_batch_positions_loop)
+    _place_block, _batch_positions = _compile(_place_block_loop), _compile(_batch_positions_loop)
 else:
-    _place, _place_pair, _batch_positions = _place_numpy, None, _batch_positions_numpy
+    _place, _place_pair = _place_numpy, None
+    _place_block, _batch_positions = _place_block_numpy, _batch_positions_numpy
 
 COMPILED = numba is not None
 
@@ -120,3 +131,13 @@ def place_columns(buf: np.ndarray, columns: Sequence[np.ndarray], at: slice | np
             _place_pair(buf[j], buf[j + 1], at, columns[j], columns[j + 1])
     for j in range(first, len(columns)):
         _place(buf[j], at, columns[j])
+
+
+def place_block(buf: np.ndarray, block: np.ndarray, at: slice | np.ndarray) -> None:
+    """``buf[:, at] = block`` for a ``[width, rows]`` block (the rows a window carries into the
+    next): one call that holds the GIL only to start, however many columns there are, since in
+    process mode it runs beside the training loop."""
+    if isinstance(at, slice):
+        buf[:, at] = block
+    else:
+        _place_block(buf, at, block)

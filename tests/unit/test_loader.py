@@ -173,6 +173,7 @@ def test_the_stream_without_numba_is_the_reference_too(dataset, monkeypatch):
 
     monkeypatch.setattr(scatter, "_place", scatter._place_numpy)
     monkeypatch.setattr(scatter, "_place_pair", None)
+    monkeypatch.setattr(scatter, "_place_block", scatter._place_block_numpy)
     monkeypatch.setattr(scatter, "_batch_positions", scatter._batch_positions_numpy)
     loader = ShardLoader(dataset, COLUMNS, "label", batch_size=128, seed=11, shuffle_window=2, workers=2)
     x, y, sizes = drain(loader, 0)

@@ -35,6 +35,23 @@ def test_compiled_and_numpy_place_the_same_values(dtype, width):
     assert (got[:, untouched] == -1).all()
 
 
+def test_a_carried_block_goes_to_its_positions():
+    """The compiled block placement, from a strided view as the loader passes it."""
+    rng = np.random.default_rng(5)
+    window = rng.standard_normal((3, 40)).astype(np.float32)
+    block = window[:, 31:]  # the carry: rows past the last whole batch, a strided view
+    at = rng.choice(30, 9, replace=False).astype(np.int32)
+    got = np.zeros((3, 30), np.float32)
+    scatter.place_block(got, block, at)
+    want = np.zeros((3, 30), np.float32)
+    scatter._place_block_numpy(want, at, block)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got[:, at[0]], window[:, 31])
+    got = np.zeros((3, 30), np.float32)
+    scatter.place_block(got, block, slice(2, 11))
+    np.testing.assert_array_equal(got[:, 2:11], block)
+
+
 def test_storage_order_is_a_plain_copy():
     buf = np.zeros((2, 10), np.float32)
     scatter.place_columns(buf, [np.arange(4, dtype=np.int32), np.ones(4)], slice(3, 7))
