@@ -1,0 +1,135 @@
+"""The CPU shuffle's own cost: placing one window's decoded rows, and planning where they go.
+
+    python -m benchmarks.placement [--window 4] [--batch 8192] [--threads N] [--repeats 15]
+
+One shuffle window (``--window`` row groups of the loader benchmark's dataset, 65 float32
+columns) is decoded once; then each way of writing its rows into a window buffer is timed on
+``--threads`` threads (one row group per task, as ShardLoader runs it), best of ``--repeats``:
+
+- storage order: a plain copy per column, the floor (what evaluation reads);
+- full permutation: every row to a random position of the window, positions ascending within a
+  row group (ShardLoader before 2026-12-03, the baseline);
+- batch membership: the same batches, rows in storage order inside each (``training.scatter``),
+  one column per pass over the positions, then two columns per pass (what ShardLoader runs).
+
+The plans (where each row goes) are timed on one thread: the full permutation's
+(``searchsorted`` + ``argsort``) and ``batch_positions``, compiled and numpy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+import numba
+import numpy as np
+
+from benchmarks.common import machine, table
+from benchmarks.loader import GROUP_ROWS, make_dataset
+from training import scatter
+from training.parquet_groups import list_row_groups, read_row_group
+
+
+@numba.njit(nogil=True)
+def _full_permutation_place(dst, pos, src, values):  # the baseline's loop
+    for i in range(pos.shape[0]):
+        dst[pos[i]] = values[src[i]]
+
+
+def full_permutation_plan(perm: np.ndarray, starts: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per row group: its positions in ascending order and the source row each takes."""
+    seg = (np.searchsorted(starts, perm, side="right") - 1).astype(np.int16)
+    pos = np.argsort(seg, kind="stable")
+    src = (perm[pos] - starts[seg[pos]]).astype(np.int32)
+    pos = pos.astype(np.int32)
+    bounds = np.searchsorted(seg[pos], np.arange(len(starts)))
+    return [(pos[a:b], src[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def best_ms(fn: Callable[[], object], repeats: int) -> float:
+    fn()  # compiles, faults the buffer in
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return 1e3 * min(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--window", type=int, default=4, help="row groups in the window")
+    ap.add_argument("--batch", type=int, default=8192)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--data", type=Path, default=Path(os.environ.get("DLPIPE_HOME", ".dlpipe")) / "bench" / "loader")
+    args = ap.parse_args()
+
+    print(f"machine: {machine()}; numba {numba.__version__}", flush=True)
+    columns = make_dataset(args.data, max(args.window * GROUP_ROWS, 2_000_000), 64) + ["label"]
+    fs, groups = list_row_groups(f"file://{args.data}")
+    groups = groups[:args.window]
+    decoded = [[read_row_group(fs, g, columns).column(c).to_numpy() for c in columns] for g in groups]
+    starts = np.cumsum([0] + [g.rows for g in groups])
+    n, width = int(starts[-1]), len(columns)
+    print(f"window: {len(groups)} row groups, {n:,} rows x {width} columns "
+          f"({n * width * 4 / 2**20:.0f} MiB); batch {args.batch}; {args.threads} threads", flush=True)
+    buf = np.empty((width, n), np.float32)
+    perm = np.random.default_rng(0).permutation(n)
+    full = full_permutation_plan(perm, starts)
+    at = scatter.batch_positions(perm, args.batch)
+    runs = [at[a:b] for a, b in zip(starts[:-1], starts[1:])]
+    pool = ThreadPoolExecutor(args.threads)
+
+    def each_group(place: Callable[[int], None]) -> Callable[[], None]:
+        return lambda: list(pool.map(place, range(len(groups))))
+
+    def one_column_per_pass(k: int) -> None:
+        for j, values in enumerate(decoded[k]):
+            scatter._place(buf[j], runs[k], values)
+
+    placements = {
+        "storage order (plain copy, the floor)": each_group(
+            lambda k: scatter.place_columns(buf, decoded[k], slice(int(starts[k]), int(starts[k + 1])))),
+        "full permutation (the baseline)": each_group(
+            lambda k: [_full_permutation_place(buf[j], *full[k], v) for j, v in enumerate(decoded[k])]),
+        "batch membership, one column per pass": each_group(one_column_per_pass),
+        "batch membership, two columns per pass (ShardLoader)": each_group(
+            lambda k: scatter.place_columns(buf, decoded[k], runs[k])),
+    }
+    rows = []
+    base = None
+    for name, fn in placements.items():
+        ms = best_ms(fn, args.repeats)
+        base = ms if name.startswith("full") else base
+        rows.append({"placement": name, "ms per window": f"{ms:.2f}", "ns per value": f"{1e6 * ms / (n * width):.2f}",
+                     "ms": ms})
+    for r in rows:
+        r["vs full permutation"] = f"{base / r.pop('ms'):.2f}x"
+    print()
+    print(table(rows, ["placement", "ms per window", "ns per value", "vs full permutation"]))
+
+    plans = {
+        "full permutation: searchsorted + argsort (the baseline)": lambda: full_permutation_plan(perm, starts),
+        "batch_positions, compiled (ShardLoader)": lambda: scatter.batch_positions(perm, args.batch),
+        "batch_positions, numpy fallback": lambda: scatter._batch_positions_numpy(perm, args.batch),
+        "drawing the permutation itself (before either plan)": lambda: np.random.default_rng(1).permutation(n),
+    }
+    rows = []
+    for name, fn in plans.items():
+        ms = best_ms(fn, args.repeats)
+        base = ms if name.startswith("full") else base
+        rows.append({"plan, one thread": name, "ms per window": f"{ms:.2f}", "ms": ms})
+    for r in rows:
+        ms = r.pop("ms")
+        r["vs full permutation"] = "-" if r["plan, one thread"].startswith("drawing") else f"{base / ms:.2f}x"
+    print()
+    print(table(rows, ["plan, one thread", "ms per window", "vs full permutation"]))
+
+
+if __name__ == "__main__":
+    main()
