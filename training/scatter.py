@@ -5,8 +5,9 @@ gradient (a batch's loss is a sum over its rows). So the window's permutation de
 *batch*, and inside its batch a row keeps its storage order (``batch_positions``). Every batch
 holds the same rows as under the full permutation, but the writes become sequential: a row
 group's rows, read in order, go to one contiguous run per batch, instead of to random places
-all over a 60 MB window. That made placement 2x cheaper and the plan 3x cheaper
-(docs/benchmarks.md), which matters on a CPU where decoding and shuffling share the cores.
+all over a 60 MB window. That made placement 2.5x cheaper and the plan 10x cheaper
+(``benchmarks/placement.py``, docs/benchmarks.md), which matters on a CPU where decoding and
+shuffling share the cores.
 
 Both loops are compiled with numba where it is installed (it is part of dlpipe's environment)
 and run without the GIL; where it is not, or with ``DLPIPE_NO_NUMBA=1``, numpy versions give the
