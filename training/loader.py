@@ -13,8 +13,9 @@ batch is built, and its BatchedDataLoader then re-buffers them; on a GPU that st
 - each window of ``shuffle_window`` row groups is shuffled by a permutation drawn from (seed,
   epoch, rank): it decides which rows make up each batch, and inside a batch rows keep their
   storage order (``training.scatter``: the same batches as a full permutation, written in
-  sequential runs instead of random places). On the CPU, the worker that decodes a row group writes its rows straight to their
-  places in the window's buffer, so the shuffle adds no pass over the data;
+  sequential runs instead of random places). On the CPU, the worker that decodes a row group
+  writes its rows straight to their places in the window's buffer, so the shuffle adds no pass
+  over the data;
 - on a GPU, pinned blocks go to the device on the loader's own CUDA stream and the same
   reordering runs there, so decoding, the host-to-device copy and the model's compute all
   overlap. Either way batches are views of one window, and both deliver the same batches.
