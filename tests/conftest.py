@@ -124,3 +124,12 @@ def run_processes(target, args_list: list[tuple], timeout: float, barrier: bool 
         p.join(timeout)
         assert p.exitcode == 0, f"a process exited with {p.exitcode}"
     return [results.get(timeout=5) for _ in procs]
+
+
+def pytest_unconfigure(config):
+    """py4j closes its gateway connection from ``__del__`` at interpreter exit and logs that at
+    INFO, after pytest has closed the stream that the in-process Airflow log handlers write to:
+    a 'Logging error' traceback after the test summary. The message itself says nothing."""
+    import logging
+
+    logging.getLogger("py4j").setLevel(logging.WARNING)
