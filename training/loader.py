@@ -204,15 +204,9 @@ class ShardLoader:
             sizes = [carried] + [g.rows for g in groups]  # segment 0: the carried rows
             starts = [int(a) for a in np.cumsum([0] + sizes)]
             n = starts[-1]
-            if self.shuffle:
-                at = batch_positions(rng.permutation(n), self.batch_size)  # int32, by source row
-                places = [at[a:b] for a, b in zip(starts[:-1], starts[1:])]
-                index = (at, starts)
-            else:  # storage order: segment k fills positions starts[k]..starts[k+1]-1
-                places = [slice(a, b) for a, b in zip(starts[:-1], starts[1:])]
-                index = None
+            at = batch_positions(rng.permutation(n), self.batch_size) if self.shuffle else None
             usable = self._usable(n, last)
-            yield _Window(groups, carried, n, usable, places, last, index)
+            yield _Window(groups, carried, usable, last, starts, at)
             carried = 0 if last else n - usable
 
     def _windows_cpu(self, rng: np.random.Generator, stop: threading.Event) -> Iterator[tuple]:
@@ -246,7 +240,7 @@ class ShardLoader:
                     submit()  # keep one window decoding ahead
                     w, flat, buf, futures = pending.popleft()
                     if w.carried:
-                        self._place_carry(buf, carry, w.places[0])
+                        place_block(buf, carry, w.places[0])
                     for fut in futures:
                         fut.result()
                     if prev is not None:  # its carried rows are in this window now
@@ -265,11 +259,6 @@ class ShardLoader:
                         fut.cancel()
                 if prev is not None:
                     self._buffers.retire(*prev)
-
-    @staticmethod
-    def _place_carry(buf: np.ndarray, carry: np.ndarray, at: slice | np.ndarray) -> None:
-        """The carried rows (a ``[f + 1, c]`` block) to their positions."""
-        place_block(buf, carry, at)
 
     # -- decoding in worker processes (processes=True) -------------------------------------------
 
@@ -320,14 +309,13 @@ class ShardLoader:
             if w is None:
                 return
             slot = ring.acquire()
-            if w.index is not None:
-                at, starts = w.index
-                slot.index()[:w.n] = at
-                tasks = [Decode(slot.id, self.url, g, names, f + 1, w.n, a=starts[k], b=starts[k + 1])
-                         for k, g in enumerate(w.groups, start=1)]
+            if w.at is not None:
+                slot.index()[:w.n] = w.at
+                tasks = [Decode(slot.id, self.url, g, names, f + 1, w.n, a=a, b=b)
+                         for g, a, b in zip(w.groups, w.starts[1:], w.starts[2:])]
             else:
-                tasks = [Decode(slot.id, self.url, g, names, f + 1, w.n, start=at.start)
-                         for g, at in zip(w.groups, w.places[1:])]
+                tasks = [Decode(slot.id, self.url, g, names, f + 1, w.n, start=a)
+                         for g, a in zip(w.groups, w.starts[1:])]
             pending.append((w, slot, [pool.submit(t) for t in tasks]))
 
         prev = None  # (slot, its carried rows, liveness of its delivery) of the previous window
@@ -339,7 +327,7 @@ class ShardLoader:
                 pool.wait(tickets)
                 buf = slot.window(w.n)
                 if w.carried:
-                    self._place_carry(buf, prev[1], w.places[0])
+                    place_block(buf, prev[1], w.places[0])
                 if prev is not None:
                     ring.retire(prev[0], prev[2])
                 delivered = buf[:, :w.usable]  # torch's storage holds this very array
@@ -489,17 +477,26 @@ def _stop_decoders(pool: DecodePool, pinned: list) -> None:
 
 @dataclass(frozen=True)
 class _Window:
-    """One shuffle window of an epoch, planned from row counts (see ``ShardLoader._plan``)."""
+    """One shuffle window of an epoch, planned from row counts (see ``ShardLoader._plan``).
+
+    Segment 0 is the rows carried in from the previous window, segment ``k`` the ``k``-th row
+    group: source rows ``starts[k]..starts[k+1]-1``."""
 
     groups: list[RowGroup]
     carried: int  # rows carried in from the previous window: segment 0
-    n: int  # carried + the groups' rows
     usable: int  # positions 0..usable-1 are delivered, the rest carried on
-    # per segment (the carried rows, then each group): the position of each of its rows (int32,
-    # see training.scatter.batch_positions), or a slice of positions in storage order
-    places: list[slice | np.ndarray]
     last: bool
-    # shuffled: the positions of all source rows and the segments' starts, segment k being
-    # source rows starts[k]..starts[k+1]-1 (what worker processes read from a slot); None in
-    # storage order
-    index: tuple[np.ndarray, list[int]] | None = None
+    starts: list[int]  # segment boundaries in source rows; starts[-1] is the window's row count
+    # shuffled: the position of each source row (int32, training.scatter.batch_positions; what
+    # worker processes read from a slot); None in storage order, where positions are source rows
+    at: np.ndarray | None = None
+
+    @property
+    def n(self) -> int:
+        return self.starts[-1]
+
+    @property
+    def places(self) -> list[slice | np.ndarray]:
+        """Per segment: the positions of its rows, a slice of them in storage order."""
+        bounds = list(zip(self.starts[:-1], self.starts[1:]))
+        return [slice(a, b) for a, b in bounds] if self.at is None else [self.at[a:b] for a, b in bounds]
