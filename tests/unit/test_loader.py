@@ -166,7 +166,6 @@ def test_the_stream_is_exactly_the_reference(dataset, shuffle, window, batch, dr
         np.testing.assert_array_equal(x, rx)
 
 
-
 def test_the_stream_without_numba_is_the_reference_too(dataset, monkeypatch):
     """Where numba is not installed, training.scatter falls back to numpy: the same stream."""
     from training import scatter
@@ -213,7 +212,6 @@ def test_batches_kept_by_the_consumer_are_never_overwritten(dataset):
             drain(loader, 1)
         assert loader._ring.size == grown  # freed slots are reused, not leaked
         assert grown >= 12  # one slot per window, since every window stayed referenced
-
 
 
 def test_threads_reuse_window_buffers_only_once_no_batch_views_them(dataset, monkeypatch):
