@@ -34,6 +34,10 @@ from training import scatter
 from training.parquet_groups import list_row_groups, read_row_group
 
 
+BASELINE = "full permutation (the baseline)"
+PLAN_BASELINE = "full permutation: searchsorted + argsort (the baseline)"
+
+
 @numba.njit(nogil=True)
 def _full_permutation_place(dst, pos, src, values):  # the baseline's loop
     for i in range(pos.shape[0]):
@@ -95,41 +99,31 @@ def main() -> None:
     placements = {
         "storage order (plain copy, the floor)": each_group(
             lambda k: scatter.place_columns(buf, decoded[k], slice(int(starts[k]), int(starts[k + 1])))),
-        "full permutation (the baseline)": each_group(
+        BASELINE: each_group(
             lambda k: [_full_permutation_place(buf[j], *full[k], v) for j, v in enumerate(decoded[k])]),
         "batch membership, one column per pass": each_group(one_column_per_pass),
         "batch membership, two columns per pass (ShardLoader)": each_group(
             lambda k: scatter.place_columns(buf, decoded[k], runs[k])),
     }
-    rows = []
-    base = None
-    for name, fn in placements.items():
-        ms = best_ms(fn, args.repeats)
-        base = ms if name.startswith("full") else base
-        rows.append({"placement": name, "ms per window": f"{ms:.2f}", "ns per value": f"{1e6 * ms / (n * width):.2f}",
-                     "ms": ms})
-    for r in rows:
-        r["vs full permutation"] = f"{base / r.pop('ms'):.2f}x"
+    ms = {name: best_ms(fn, args.repeats) for name, fn in placements.items()}
+    rows = [{"placement": name, "ms per window": f"{t:.2f}", "ns per value": f"{1e6 * t / (n * width):.2f}",
+             "vs full permutation": f"{ms[BASELINE] / t:.2f}x"} for name, t in ms.items()]
     print()
     print(table(rows, ["placement", "ms per window", "ns per value", "vs full permutation"]))
 
     plans = {
-        "full permutation: searchsorted + argsort (the baseline)": lambda: full_permutation_plan(perm, starts),
+        PLAN_BASELINE: lambda: full_permutation_plan(perm, starts),
         "batch_positions, compiled (ShardLoader)": lambda: scatter.batch_positions(perm, args.batch),
         "batch_positions, numpy fallback": lambda: scatter._batch_positions_numpy(perm, args.batch),
-        "drawing the permutation itself (before either plan)": lambda: np.random.default_rng(1).permutation(n),
     }
-    rows = []
-    for name, fn in plans.items():
-        ms = best_ms(fn, args.repeats)
-        base = ms if name.startswith("full") else base
-        rows.append({"plan, one thread": name, "ms per window": f"{ms:.2f}", "ms": ms})
-    for r in rows:
-        ms = r.pop("ms")
-        r["vs full permutation"] = "-" if r["plan, one thread"].startswith("drawing") else f"{base / ms:.2f}x"
+    ms = {name: best_ms(fn, args.repeats) for name, fn in plans.items()}
+    rows = [{"plan, one thread": name, "ms per window": f"{t:.2f}", "vs full permutation": f"{ms[PLAN_BASELINE] / t:.2f}x"}
+            for name, t in ms.items()]
+    draw = best_ms(lambda: np.random.default_rng(1).permutation(n), args.repeats)  # a part of both, not a plan
+    rows.append({"plan, one thread": "drawing the permutation itself (before either plan)",
+                 "ms per window": f"{draw:.2f}", "vs full permutation": "-"})
     print()
     print(table(rows, ["plan, one thread", "ms per window", "vs full permutation"]))
-
 
 if __name__ == "__main__":
     main()
