@@ -72,6 +72,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--data", type=Path, default=Path(os.environ.get("DLPIPE_HOME", ".dlpipe")) / "bench" / "loader")
     args = ap.parse_args()
+    args.data = args.data.resolve()  # file:// URLs need an absolute path
 
     print(f"machine: {machine()}; numba {numba.__version__}", flush=True)
     columns = make_dataset(args.data, max(args.window * GROUP_ROWS, 2_000_000), 64) + ["label"]

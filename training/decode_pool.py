@@ -261,20 +261,20 @@ class SlotRing(Generic[T]):
 # -- worker side -------------------------------------------------------------------------------
 
 def _decode(task: Decode, slots: dict[int, Slot], filesystems: dict) -> None:
-    from training.parquet_groups import read_row_group
+    from training.parquet_groups import column_chunks
     from training.scatter import place_columns
     import pyarrow.fs as pafs
 
     if task.url not in filesystems:
         filesystems[task.url] = pafs.FileSystem.from_uri(task.url)[0]
-    table = read_row_group(filesystems[task.url], task.group, list(task.names))
     slot = slots[task.slot]
     buf = np.frombuffer(slot.mm, np.float32, task.width * task.n).reshape(task.width, task.n)
-    columns = [table.column(name).to_numpy() for name in task.names]
     if task.start is not None:
-        place_columns(buf, columns, slice(task.start, task.start + task.group.rows))
+        at = slice(task.start, task.start + task.group.rows)
     else:
-        place_columns(buf, columns, slot.index()[task.a:task.b])
+        at = slot.index()[task.a:task.b]
+    for first, values in column_chunks(filesystems[task.url], task.group, list(task.names)):
+        place_columns(buf[first:first + len(values)], values, at)
 
 
 def _picklable(exc: BaseException) -> BaseException:

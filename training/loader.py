@@ -40,7 +40,7 @@ import torch
 
 from training.decode_pool import Decode, DecodePool, SlotRing
 from training.scatter import batch_positions, place_block, place_columns, window_order
-from training.parquet_groups import RowGroup, list_row_groups, read_row_group
+from training.parquet_groups import RowGroup, column_chunks, decode_chunk_bytes, list_row_groups
 
 
 class ShardLoader:
@@ -74,6 +74,7 @@ class ShardLoader:
             raise ValueError(f"rank={rank} is outside 0..{size - 1}")
         if batch_size < 1 or shuffle_window < 1 or workers < 1 or prefetch < 1:
             raise ValueError("batch_size, shuffle_window, workers and prefetch must all be >= 1")
+        decode_chunk_bytes()  # a bad DLPIPE_DECODE_CHUNK_BYTES fails here, not in a worker
         self.url, self.columns, self.label = url, list(columns), label
         self.batch_size, self.seed, self.shuffle, self.drop_last = batch_size, seed, shuffle, drop_last
         self.rank, self.window, self.workers, self.prefetch = rank, shuffle_window, workers, prefetch
@@ -439,26 +440,28 @@ class ShardLoader:
             carry = None
         return ((x, y, ready) if usable else None), carry
 
-    def _read(self, g: RowGroup):
-        """One row group's columns (features, then the label), checked against its footer."""
-        names = self.columns + [self.label]
-        table = read_row_group(self.fs, g, names)
-        return [table.column(name).to_numpy() for name in names]
+    def _chunks(self, g: RowGroup):
+        """One row group's columns (features, then the label), a few at a time, checked against
+        its footer (``training.parquet_groups.column_chunks``)."""
+        return column_chunks(self.fs, g, self.columns + [self.label])
 
     def _decode(self, g: RowGroup) -> torch.Tensor:
         """One row group as a column-major ``[f + 1, rows]`` float32 block (label last), pinned
         when the target is a GPU: each column is one contiguous copy out of Arrow's buffer (a
         row-major fill would stride through memory)."""
-        columns = self._read(g)
-        block = torch.empty((len(columns), g.rows), dtype=torch.float32, pin_memory=self.device.type == "cuda")
+        block = torch.empty((len(self.columns) + 1, g.rows), dtype=torch.float32,
+                            pin_memory=self.device.type == "cuda")
         out = block.numpy()
-        for j, values in enumerate(columns):
-            out[j] = values
+        for first, values in self._chunks(g):
+            for j, column in enumerate(values, first):
+                out[j] = column
         return block
 
     def _decode_into(self, g: RowGroup, buf: np.ndarray, at: slice | np.ndarray) -> None:
-        """Decode a row group into its positions of a window's buffer (see ``_plan``)."""
-        place_columns(buf, self._read(g), at)
+        """Decode a row group into its positions of a window's buffer (see ``_plan``), each chunk
+        of columns placed while it is still in the cache."""
+        for first, values in self._chunks(g):
+            place_columns(buf[first:first + len(values)], values, at)
 
 
 def _alive(array: np.ndarray):

@@ -1,0 +1,57 @@
+"""Reading row groups a few columns at a time: every column once, in order, with the checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from training.parquet_groups import CHUNK_BYTES, column_chunks, decode_chunk_bytes, list_row_groups
+
+NAMES = ["a", "b", "c", "d", "e"]
+
+
+@pytest.fixture
+def one_file(tmp_path):
+    """One file, two row groups of 1000 rows; column k holds k * 10000 + row."""
+    i = np.arange(2000)
+    pq.write_table(pa.table({n: (k * 10000 + i).astype(np.float32) for k, n in enumerate(NAMES)}),
+                   tmp_path / "part-0.parquet", row_group_size=1000)
+    return tmp_path
+
+
+@pytest.mark.parametrize("chunk_bytes, sizes", [
+    (8000, [2, 2, 1]),  # 1000 rows x 4 bytes: two columns per read
+    (100, [1, 1, 1, 1, 1]),  # smaller than one column: still one column per read
+    (1 << 20, [5]),
+])
+def test_chunks_cover_every_column_once_in_order(one_file, chunk_bytes, sizes):
+    fs, groups = list_row_groups(f"file://{one_file}")
+    chunks = list(column_chunks(fs, groups[1], NAMES, chunk_bytes))
+    assert [len(values) for _, values in chunks] == sizes
+    assert [first for first, _ in chunks] == list(np.cumsum([0] + sizes[:-1]))
+    columns = [v for _, values in chunks for v in values]
+    for k, values in enumerate(columns):
+        np.testing.assert_array_equal(values, k * 10000 + np.arange(1000, 2000, dtype=np.float32))
+
+
+def test_a_null_in_a_later_chunk_is_named(tmp_path):
+    data = {n: pa.array([1.0, 2.0], pa.float32()) for n in NAMES}
+    data["d"] = pa.array([1.0, None], pa.float32())
+    pq.write_table(pa.table(data), tmp_path / "part-0.parquet")
+    fs, groups = list_row_groups(f"file://{tmp_path}")
+    chunks = column_chunks(fs, groups[0], NAMES, chunk_bytes=8)  # one column per read
+    with pytest.raises(ValueError, match="column 'd' has 1 nulls"):
+        list(chunks)
+
+
+def test_the_chunk_size_comes_from_the_environment(monkeypatch):
+    monkeypatch.delenv("DLPIPE_DECODE_CHUNK_BYTES", raising=False)
+    assert decode_chunk_bytes() == CHUNK_BYTES
+    monkeypatch.setenv("DLPIPE_DECODE_CHUNK_BYTES", "4096")
+    assert decode_chunk_bytes() == 4096
+    for bad in ("0", "-1", "half"):
+        monkeypatch.setenv("DLPIPE_DECODE_CHUNK_BYTES", bad)
+        with pytest.raises(ValueError, match=f"DLPIPE_DECODE_CHUNK_BYTES='{bad}' must be a positive number"):
+            decode_chunk_bytes()
