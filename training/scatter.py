@@ -30,6 +30,55 @@ try:
 except ImportError:
     numba = None
 
+# How far ahead (in elements) a placement loop asks for the destination's memory: 64 float32,
+# four cache lines further along the same batch's run. A row group's rows land in one run per
+# batch, 32 or more runs at once, more than the hardware prefetcher follows; without this a
+# store waits for its line to come from memory. It made placement 1.3x-1.6x faster in place
+# (decoded chunks hot in the cache, the window buffer not), docs/benchmarks.md.
+PREFETCH_AHEAD = 64
+
+
+def _prefetch_nothing(array, index):  # the loops' stand-in where the prefetch cannot be built
+    pass
+
+
+def _prefetch_intrinsic():
+    """``prefetch(array, index)`` inside compiled loops: LLVM's prefetch-for-write of the
+    address of ``array[index]``, computed as an integer so that an index past the end is
+    harmless (a prefetch never faults). None where this numba lacks the pieces it uses."""
+    try:
+        from llvmlite import ir
+        from numba.core import cgutils, types
+        from numba.extending import intrinsic
+    except ImportError:
+        return None
+
+    @intrinsic
+    def prefetch(typingctx, array, index):
+        def codegen(context, builder, signature, args):
+            ary = context.make_array(signature.args[0])(context, builder, args[0])
+            i64 = ir.IntType(64)
+            index = builder.sext(args[1], i64) if args[1].type.width < 64 else args[1]
+            size = context.get_abi_sizeof(context.get_data_type(signature.args[0].dtype))
+            address = builder.add(builder.ptrtoint(ary.data, i64), builder.mul(index, ir.Constant(i64, size)))
+            ptr = builder.inttoptr(address, ir.PointerType(ir.IntType(8)))
+            i32 = ir.IntType(32)
+            name = "llvm.prefetch.p0" if str(ptr.type) == "ptr" else "llvm.prefetch.p0i8"  # opaque pointers or not
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32]),
+                                                name)
+            builder.call(fn, [ptr, ir.Constant(i32, 1), ir.Constant(i32, 3), ir.Constant(i32, 1)])  # write, keep, data
+            return context.get_dummy_value()
+
+        return types.void(array, index), codegen
+
+    return prefetch
+
+
+if numba is None:
+    prefetch = _prefetch_nothing  # the loops are not compiled: numpy versions run instead
+else:
+    prefetch = _prefetch_intrinsic() or numba.njit(inline="always")(_prefetch_nothing)
+
 
 def _place_numpy(dst: np.ndarray, at: np.ndarray, values: np.ndarray) -> None:
     dst[at] = values
@@ -37,12 +86,16 @@ def _place_numpy(dst: np.ndarray, at: np.ndarray, values: np.ndarray) -> None:
 
 def _place_loop(dst, at, values):  # compiled below; tested through place_columns
     for i in range(at.shape[0]):
-        dst[at[i]] = values[i]
+        k = at[i]
+        prefetch(dst, k + PREFETCH_AHEAD)
+        dst[k] = values[i]
 
 
 def _place_pair_loop(dst, dst2, at, values, values2):  # two columns per pass over ``at``: 20% faster
     for i in range(at.shape[0]):
         k = at[i]
+        prefetch(dst, k + PREFETCH_AHEAD)
+        prefetch(dst2, k + PREFETCH_AHEAD)
         dst[k] = values[i]
         dst2[k] = values2[i]
 
@@ -53,8 +106,11 @@ def _place_block_numpy(dst: np.ndarray, at: np.ndarray, block: np.ndarray) -> No
 
 def _place_block_loop(dst, at, block):  # compiled below: one call for a whole block of rows
     for j in range(block.shape[0]):
+        row, values = dst[j], block[j]
         for i in range(at.shape[0]):
-            dst[j, at[i]] = block[j, i]
+            k = at[i]
+            prefetch(row, k + PREFETCH_AHEAD)
+            row[k] = values[i]
 
 
 def _batch_positions_numpy(perm: np.ndarray, batch: int) -> np.ndarray:

@@ -14,6 +14,23 @@ def test_numba_is_in_the_environment():
     assert scatter.COMPILED
 
 
+@pytest.mark.parametrize("loop", ["_place_loop", "_place_pair_loop", "_place_block_loop"])
+def test_the_compiled_loops_prefetch_their_destination(loop):
+    """Each placement loop asks for the destination ahead of its stores (compiled afresh here:
+    numba shows no code of a cached function)."""
+    import numba
+
+    fn = numba.njit(nogil=True)(getattr(scatter, loop))
+    at, values = np.arange(10, dtype=np.int32), np.ones(10, np.float32)
+    if loop == "_place_block_loop":
+        fn(np.zeros((2, 100), np.float32), at, np.ones((2, 10), np.float32))
+    elif loop == "_place_pair_loop":
+        fn(np.zeros(100, np.float32), np.zeros(100, np.float32), at, values, values)
+    else:
+        fn(np.zeros(100, np.float32), at, values)
+    assert "@llvm.prefetch" in "\n".join(fn.inspect_llvm().values())
+
+
 @pytest.mark.parametrize("dtype, width", [(np.float32, 4), (np.float32, 5), (np.float64, 3), (np.int32, 4),
                                           (np.int64, 1), (np.bool_, 2)])
 def test_compiled_and_numpy_place_the_same_values(dtype, width):
