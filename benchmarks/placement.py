@@ -10,7 +10,13 @@ columns) is decoded once; then each way of writing its rows into a window buffer
 - full permutation: every row to a random position of the window, positions ascending within a
   row group (ShardLoader before 2026-12-03, the baseline);
 - batch membership: the same batches, rows in storage order inside each (``training.scatter``),
-  one column per pass over the positions, then two columns per pass (what ShardLoader runs).
+  one column per pass over the positions, then two columns per pass without and with the
+  destination prefetched ahead (the last is what ShardLoader runs).
+
+Here every row group is decoded up front, so the values come from memory. A last table times
+decoding and placement together, as ShardLoader runs them: each row group read a few columns at
+a time (``column_chunks``), each chunk placed while it is in the cache; medians of wall time and
+of this process's CPU time, against decoding alone.
 
 The plans (where each row goes) are timed on one thread: the full permutation's
 (``searchsorted`` + ``argsort``) and ``batch_positions``, compiled and numpy.
@@ -31,7 +37,7 @@ import numpy as np
 from benchmarks.common import machine, table
 from benchmarks.loader import GROUP_ROWS, make_dataset
 from training import scatter
-from training.parquet_groups import list_row_groups, read_row_group
+from training.parquet_groups import column_chunks, list_row_groups, read_row_group
 
 
 BASELINE = "full permutation (the baseline)"
@@ -42,6 +48,14 @@ PLAN_BASELINE = "full permutation: searchsorted + argsort (the baseline)"
 def _full_permutation_place(dst, pos, src, values):  # the baseline's loop
     for i in range(pos.shape[0]):
         dst[pos[i]] = values[src[i]]
+
+
+@numba.njit(nogil=True)
+def _pair_without_prefetch(dst, dst2, at, values, values2):  # ShardLoader's loop before the prefetch
+    for i in range(at.shape[0]):
+        k = at[i]
+        dst[k] = values[i]
+        dst2[k] = values2[i]
 
 
 def full_permutation_plan(perm: np.ndarray, starts: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -97,12 +111,20 @@ def main() -> None:
         for j, values in enumerate(decoded[k]):
             scatter._place(buf[j], runs[k], values)
 
+    def pairs_without_prefetch(k: int) -> None:
+        values = decoded[k]
+        for j in range(0, width - 1, 2):
+            _pair_without_prefetch(buf[j], buf[j + 1], runs[k], values[j], values[j + 1])
+        if width % 2:
+            scatter._place(buf[width - 1], runs[k], values[width - 1])
+
     placements = {
         "storage order (plain copy, the floor)": each_group(
             lambda k: scatter.place_columns(buf, decoded[k], slice(int(starts[k]), int(starts[k + 1])))),
         BASELINE: each_group(
             lambda k: [_full_permutation_place(buf[j], *full[k], v) for j, v in enumerate(decoded[k])]),
         "batch membership, one column per pass": each_group(one_column_per_pass),
+        "batch membership, two columns per pass, no prefetch": each_group(pairs_without_prefetch),
         "batch membership, two columns per pass (ShardLoader)": each_group(
             lambda k: scatter.place_columns(buf, decoded[k], runs[k])),
     }
@@ -125,6 +147,51 @@ def main() -> None:
                  "ms per window": f"{draw:.2f}", "vs full permutation": "-"})
     print()
     print(table(rows, ["plan, one thread", "ms per window", "vs full permutation"]))
+
+    # In place, as ShardLoader runs it: each task decodes its row group a few columns at a time
+    # and places each chunk while it is in the cache; decoding alone is the floor here.
+    def decoding(place: Callable[[int, int, list], None] | None) -> Callable[[], None]:
+        def task(k: int) -> None:
+            for first, values in column_chunks(fs, groups[k], columns):
+                if place is not None:
+                    place(k, first, values)
+        return each_group(task)
+
+    def pairs_in_place(k: int, first: int, values: list) -> None:
+        if len(values) == 2:
+            _pair_without_prefetch(buf[first], buf[first + 1], runs[k], values[0], values[1])
+        else:
+            scatter.place_columns(buf[first:first + len(values)], values, runs[k])
+
+    in_place = {
+        "decoding alone (the floor)": decoding(None),
+        "+ storage order (plain copy)": decoding(
+            lambda k, first, v: scatter.place_columns(buf[first:first + len(v)], v, slice(int(starts[k]), int(starts[k + 1])))),
+        "+ batch membership, no prefetch": decoding(pairs_in_place),
+        "+ batch membership (ShardLoader)": decoding(
+            lambda k, first, v: scatter.place_columns(buf[first:first + len(v)], v, runs[k])),
+    }
+    timings = {name: cpu_and_wall_ms(fn, args.repeats) for name, fn in in_place.items()}
+    floor = timings["decoding alone (the floor)"]
+    rows = [{"decode and place, in place": name, "wall ms (median)": f"{wall:.1f}", "CPU ms (median)": f"{cpu:.1f}",
+             "CPU over decoding": "-" if name.startswith("decoding") else f"{cpu - floor[0]:.1f}"}
+            for name, (cpu, wall) in timings.items()]
+    print()
+    print(table(rows, ["decode and place, in place", "wall ms (median)", "CPU ms (median)", "CPU over decoding"]))
+
+
+def cpu_and_wall_ms(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """Median CPU time of this process (all threads) and median wall time of ``fn``, in ms:
+    medians, as the CPU clock ticks in milliseconds."""
+    fn()
+    cpu, wall = [], []
+    for _ in range(repeats):
+        c, t = time.process_time(), time.perf_counter()
+        fn()
+        wall.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+    return 1e3 * float(np.median(cpu)), 1e3 * float(np.median(wall))
+
 
 if __name__ == "__main__":
     main()
