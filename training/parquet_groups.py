@@ -71,7 +71,7 @@ def column_chunks(fs: pafs.FileSystem, g: RowGroup, columns: list[str],
 
     Why not the whole row group at once: pyarrow then reads every column chunk before decoding
     any, so by the time a column is decoded, and again when it is copied out, its bytes have
-    left the cache. Two columns at a time decode the same row groups 1.5x faster
+    left the cache. Two columns at a time decode the same row groups 1.6x to 1.8x faster
     (``benchmarks/loader.py``, docs/benchmarks.md). Values are taken as 4 bytes wide to size
     the chunks; ``chunk_bytes`` defaults to ``decode_chunk_bytes()``."""
     per = max(1, (chunk_bytes or decode_chunk_bytes()) // max(1, 4 * g.rows))

@@ -13,7 +13,8 @@ Both loops are compiled with numba where it is installed (it is part of dlpipe's
 and run without the GIL; where it is not, or with ``DLPIPE_NO_NUMBA=1``, numpy versions give the
 same results (tests compare the two).
 
-Imports only numpy (and numba): the decoding worker processes use this too, and start fast.
+Imports only numpy (and numba, with its llvmlite): the decoding worker processes use this too,
+and start fast.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ except ImportError:
 # How far ahead (in elements) a placement loop asks for the destination's memory: 64 float32,
 # four cache lines further along the same batch's run. A row group's rows land in one run per
 # batch, 32 or more runs at once, more than the hardware prefetcher follows; without this a
-# store waits for its line to come from memory. It made placement 1.3x-1.6x faster in place
-# (decoded chunks hot in the cache, the window buffer not), docs/benchmarks.md.
+# store waits for its line to come from memory. In place (decoded chunks hot in the cache, the
+# window buffer not) it cut placement's CPU time 2.6x to 4.2x, to what a plain copy costs
+# (``benchmarks/placement.py``, docs/benchmarks.md).
 PREFETCH_AHEAD = 64
 
 
