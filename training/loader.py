@@ -46,7 +46,9 @@ from training.parquet_groups import RowGroup, column_chunks, decode_chunk_bytes,
 class ShardLoader:
     """``(features [b, f] float32, label [b] float32)`` batches of one rank's shard.
 
-    :param url: a split of a dataset (``file://...`` or ``s3://...``)
+    :param url: a split of a dataset: ``file://...``, or ``s3://bucket/prefix`` with credentials
+        from the AWS chain (environment, profile, instance role) and, for another S3-compatible
+        server, ``?endpoint_override=host:port&scheme=http`` (pyarrow's S3 URL options)
     :param columns: feature columns, in model input order; ``label``: the target column
     :param rank, size: this process's shard of ``size``; row group ``i`` belongs to rank ``i % size``
     :param batch_size: rows per batch; the last batch of an epoch is smaller unless ``drop_last``

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from typing import Iterator
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import pyarrow.fs as pafs
@@ -28,16 +29,27 @@ class RowGroup:
 def list_row_groups(url: str) -> tuple[pafs.FileSystem, list[RowGroup]]:
     """Every row group of the ``*.parquet`` files under ``url`` (file:// or s3://), in path order."""
     fs, root = pafs.FileSystem.from_uri(url)
-    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+    except FileNotFoundError:  # no such directory or prefix: the same answer as an empty one
+        infos = []
     paths = sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
                    and not i.base_name.startswith((".", "_")))
     if not paths:
-        raise FileNotFoundError(f"no .parquet files under {url}: is it a committed dataset split?")
+        raise FileNotFoundError(f"no .parquet files under {shown(url)}: is it a committed dataset split?")
     groups = []
     for path in paths:
         meta = pq.ParquetFile(fs.open_input_file(path)).metadata
         groups += [RowGroup(path, i, meta.row_group(i).num_rows) for i in range(meta.num_row_groups)]
     return fs, groups
+
+
+def shown(url: str) -> str:
+    """``url`` fit for a message or a log: without the credentials an S3 URL may carry
+    (``s3://KEY:SECRET@bucket/...``) and without its query (server options)."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def read_row_group(fs: pafs.FileSystem, g: RowGroup, columns: list[str]):

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from training.parquet_groups import CHUNK_BYTES, column_chunks, decode_chunk_bytes, list_row_groups
+from training.parquet_groups import CHUNK_BYTES, column_chunks, decode_chunk_bytes, list_row_groups, shown
 
 NAMES = ["a", "b", "c", "d", "e"]
 
@@ -55,3 +55,13 @@ def test_the_chunk_size_comes_from_the_environment(monkeypatch):
         monkeypatch.setenv("DLPIPE_DECODE_CHUNK_BYTES", bad)
         with pytest.raises(ValueError, match=f"DLPIPE_DECODE_CHUNK_BYTES='{bad}' must be a positive number"):
             decode_chunk_bytes()
+
+
+def test_a_missing_directory_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=f"no .parquet files under file://{tmp_path}/absent: is it a committed"):
+        list_row_groups(f"file://{tmp_path}/absent")
+
+
+def test_urls_are_shown_without_credentials_or_query():
+    assert shown("s3://KEY:SECRET@bucket/ds/train?endpoint_override=h:9000&scheme=http") == "s3://bucket/ds/train"
+    assert shown("file:///data/ds/train") == "file:///data/ds/train"
