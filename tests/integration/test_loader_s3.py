@@ -42,7 +42,7 @@ def test_batches_from_s3_are_the_batches_from_local_files(s3_server, s3_client, 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("DLPIPE_DECODE_CHUNK_BYTES", "800")  # one column per read: several ranged reads
+    monkeypatch.setenv("DLPIPE_DECODE_CHUNK_BYTES", "800")  # local files: one column per read; S3: whole groups
     bucket = new_bucket(s3_client)
     for name, data in _files().items():
         s3_client.put_object(Bucket=bucket, Key=f"ds/train/{name}", Body=data)
