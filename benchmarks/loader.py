@@ -5,9 +5,10 @@
 On the CPU it reports rows/s for each way of turning the dataset into ``(x [b, 64], y [b])``
 float32 batches, and the ratio to the ceiling: raw pyarrow decoding of the same columns with all
 of pyarrow's threads or all cores, whole row groups or a few columns at a time (the fastest of
-three ways), no copy, no batching, no shuffling, no training. Passes run in rounds over all loaders, best of N each. With a GPU it also trains the
-issue's reference model (an MLP 64-2048-2048-1 in bf16) fed by each loader, and reports the
-stall fraction: the share of wall time the GPU waits compared with batches already on the GPU.
+three ways), no copy, no batching, no shuffling, no training. Passes run in rounds over all
+loaders, best of N each. With a GPU it also trains the issue's reference model (an MLP
+64-2048-2048-1 in bf16) fed by each loader, and reports the stall fraction: the share of wall
+time the GPU waits compared with batches already on the GPU.
 
 The dataset is plain Parquet written by pyarrow in the layout our dataset stage produces (several
 files, 64k-row groups, snappy); Petastorm's ``make_batch_reader`` reads such files as they are.
@@ -123,8 +124,8 @@ def pyarrow_decode_pool(path: Path, columns: list[str], threads: int) -> Callabl
 def pyarrow_decode_chunks(path: Path, columns: list[str], threads: int) -> Callable[[], Iterable]:
     """Decoding alone, the fastest way known here: row groups over ``threads`` threads, each read
     a few columns at a time (``column_chunks``, as ShardLoader reads them), each chunk's arrays
-    exposed to numpy without a copy. Reading a whole row group at once is 1.5x slower here: its
-    bytes leave the cache before they are decoded."""
+    exposed to numpy without a copy. Reading a whole row group at once is 1.6x to 1.8x slower here:
+    its bytes leave the cache before they are decoded."""
     fs, groups = list_row_groups(f"file://{path}")
 
     def decode(g):

@@ -7,7 +7,7 @@ dataset stage writes them) goes into a bucket of moto's S3 server, a separate pr
 loopback. Each way of reading every row group on ``--threads`` threads is then timed, best of
 ``--repeats``:
 
-- a request per column chunk: ``ParquetFile.read_row_group`` without ``pre_buffer`` (what
+- a request per column chunk: ``read_row_group``, pyarrow without ``pre_buffer`` (what
   ShardLoader did on S3 before 2026-12-03, the baseline);
 - coalesced: ``column_chunks`` as ShardLoader reads a remote row group now, whole, its column
   chunks fetched together (``pre_buffer``);
@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 
 from benchmarks.common import machine, s3_server, table
 from training.loader import ShardLoader
-from training.parquet_groups import column_chunks, list_row_groups
+from training.parquet_groups import column_chunks, list_row_groups, read_row_group
 
 GROUP_ROWS = 65536
 BASELINE = "a request per column chunk (the baseline)"
@@ -84,9 +84,8 @@ def main() -> None:
               f"server; {args.threads} threads", flush=True)
         pool = ThreadPoolExecutor(args.threads)
 
-        def per_column_chunk(g) -> None:
-            table_ = pq.ParquetFile(fs.open_input_file(g.path)).read_row_group(g.index, columns=names,
-                                                                               use_threads=False)
+        def per_column_chunk(g) -> None:  # ShardLoader's read before 2026-12-03
+            table_ = read_row_group(fs, g, names)
             for name in names:
                 table_.column(name).to_numpy()
 

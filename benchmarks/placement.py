@@ -111,12 +111,13 @@ def main() -> None:
         for j, values in enumerate(decoded[k]):
             scatter._place(buf[j], runs[k], values)
 
-    def pairs_without_prefetch(k: int) -> None:
-        values = decoded[k]
-        for j in range(0, width - 1, 2):
-            _pair_without_prefetch(buf[j], buf[j + 1], runs[k], values[j], values[j + 1])
-        if width % 2:
-            scatter._place(buf[width - 1], runs[k], values[width - 1])
+    def without_prefetch(k: int, first: int, values: list) -> None:
+        """``place_columns`` for batch membership, two columns a pass by the loop before the
+        prefetch (an odd last column by ShardLoader's own single-column loop)."""
+        for j in range(0, len(values) - 1, 2):
+            _pair_without_prefetch(buf[first + j], buf[first + j + 1], runs[k], values[j], values[j + 1])
+        if len(values) % 2:
+            scatter._place(buf[first + len(values) - 1], runs[k], values[-1])
 
     placements = {
         "storage order (plain copy, the floor)": each_group(
@@ -124,7 +125,7 @@ def main() -> None:
         BASELINE: each_group(
             lambda k: [_full_permutation_place(buf[j], *full[k], v) for j, v in enumerate(decoded[k])]),
         "batch membership, one column per pass": each_group(one_column_per_pass),
-        "batch membership, two columns per pass, no prefetch": each_group(pairs_without_prefetch),
+        "batch membership, two columns per pass, no prefetch": each_group(lambda k: without_prefetch(k, 0, decoded[k])),
         "batch membership, two columns per pass (ShardLoader)": each_group(
             lambda k: scatter.place_columns(buf, decoded[k], runs[k])),
     }
@@ -157,17 +158,11 @@ def main() -> None:
                     place(k, first, values)
         return each_group(task)
 
-    def pairs_in_place(k: int, first: int, values: list) -> None:
-        if len(values) == 2:
-            _pair_without_prefetch(buf[first], buf[first + 1], runs[k], values[0], values[1])
-        else:
-            scatter.place_columns(buf[first:first + len(values)], values, runs[k])
-
     in_place = {
         "decoding alone (the floor)": decoding(None),
         "+ storage order (plain copy)": decoding(
             lambda k, first, v: scatter.place_columns(buf[first:first + len(v)], v, slice(int(starts[k]), int(starts[k + 1])))),
-        "+ batch membership, no prefetch": decoding(pairs_in_place),
+        "+ batch membership, no prefetch": decoding(without_prefetch),
         "+ batch membership (ShardLoader)": decoding(
             lambda k, first, v: scatter.place_columns(buf[first:first + len(v)], v, runs[k])),
     }

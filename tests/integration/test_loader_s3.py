@@ -35,13 +35,18 @@ def _drain(loader: ShardLoader) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(xs), np.concatenate(ys)
 
 
-@pytest.mark.parametrize("processes", [False, True])
-def test_batches_from_s3_are_the_batches_from_local_files(s3_server, s3_client, tmp_path, monkeypatch, processes):
-    # credentials from the environment, as on a deployment (worker processes inherit them);
-    # the URL names only the server, so it holds no secret
+@pytest.fixture
+def aws_env(monkeypatch):
+    """Credentials from the environment, as on a deployment (worker processes inherit them);
+    the URLs name only the server, so they hold no secret."""
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+
+
+@pytest.mark.parametrize("processes", [False, True])
+def test_batches_from_s3_are_the_batches_from_local_files(s3_server, s3_client, aws_env, tmp_path, monkeypatch,
+                                                           processes):
     monkeypatch.setenv("DLPIPE_DECODE_CHUNK_BYTES", "800")  # local files: one column per read; S3: whole groups
     bucket = new_bucket(s3_client)
     for name, data in _files().items():
@@ -62,9 +67,7 @@ def test_batches_from_s3_are_the_batches_from_local_files(s3_server, s3_client, 
     assert sorted(y.tolist()) == [i + 0.5 for i in range(1200)]  # every row once
 
 
-def test_a_prefix_without_parquet_files_is_named(s3_server, s3_client, monkeypatch):
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret")
+def test_a_prefix_without_parquet_files_is_named(s3_server, s3_client, aws_env):
     bucket = new_bucket(s3_client)
     s3_client.put_object(Bucket=bucket, Key="ds/train/_SUCCESS", Body=b"")
     url = f"s3://{bucket}/ds/train?endpoint_override={urlparse(s3_server).netloc}&scheme=http&region=us-east-1"
