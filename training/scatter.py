@@ -35,8 +35,8 @@ except ImportError:
 # four cache lines further along the same batch's run. A row group's rows land in one run per
 # batch, 32 or more runs at once, more than the hardware prefetcher follows; without this a
 # store waits for its line to come from memory. In place (decoded chunks hot in the cache, the
-# window buffer not) it cut placement's CPU time 2.6x to 4.2x, to what a plain copy costs
-# (``benchmarks/placement.py``, docs/benchmarks.md).
+# window buffer not) it cuts placement's CPU time 1.9x to 2.1x; the placement still costs 1.7x
+# to 1.9x a plain copy (``benchmarks/placement.py``, docs/benchmarks.md).
 PREFETCH_AHEAD = 64
 
 
