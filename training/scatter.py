@@ -36,7 +36,7 @@ except ImportError:
 # batch, 32 or more runs at once, more than the hardware prefetcher follows; without this a
 # store waits for its line to come from memory. In place (decoded chunks hot in the cache, the
 # window buffer not) it cuts placement's CPU time 1.9x to 2.1x; the placement still costs 1.7x
-# to 1.9x a plain copy (``benchmarks/placement.py``, docs/benchmarks.md).
+# to 2.2x a plain copy (``benchmarks/placement.py``, docs/benchmarks.md).
 PREFETCH_AHEAD = 64
 
 
