@@ -4,8 +4,9 @@
 
 On the CPU it reports rows/s for each way of turning the dataset into ``(x [b, 64], y [b])``
 float32 batches, and the ratio to the ceiling: raw pyarrow decoding of the same columns with all
-of pyarrow's threads or all cores, whole row groups or a few columns at a time (the fastest of
-three ways), no copy, no batching, no shuffling, no training. Passes run in rounds over all
+of pyarrow's threads or all cores, whole row groups or a few columns at a time, local files
+memory-mapped or read with pread (the fastest of four ways), no copy, no batching, no
+shuffling, no training. Passes run in rounds over all
 loaders, best of N each. With a GPU it also trains the issue's reference model (an MLP
 64-2048-2048-1 in bf16) fed by each loader, and reports the stall fraction: the share of wall
 time the GPU waits compared with batches already on the GPU.
@@ -121,15 +122,18 @@ def pyarrow_decode_pool(path: Path, columns: list[str], threads: int) -> Callabl
     return run
 
 
-def pyarrow_decode_chunks(path: Path, columns: list[str], threads: int) -> Callable[[], Iterable]:
+def pyarrow_decode_chunks(path: Path, columns: list[str], threads: int,
+                          memory_map: bool | None = None) -> Callable[[], Iterable]:
     """Decoding alone, the fastest way known here: row groups over ``threads`` threads, each read
     a few columns at a time (``column_chunks``, as ShardLoader reads them), each chunk's arrays
     exposed to numpy without a copy. Reading a whole row group at once is 1.6x to 1.8x slower here:
-    its bytes leave the cache before they are decoded."""
+    its bytes leave the cache before they are decoded. Files come from kept memory maps, as in
+    ShardLoader, unless ``memory_map`` is False (pread: the copy out of the page cache costs
+    CPU)."""
     fs, groups = list_row_groups(f"file://{path}")
 
     def decode(g):
-        for _, values in column_chunks(fs, g, columns + ["label"]):
+        for _, values in column_chunks(fs, g, columns + ["label"], memory_map=memory_map):
             pass
         return values[-1]  # the label's array: the last chunk's last column
 
@@ -348,6 +352,8 @@ def main() -> None:
         f"raw pyarrow decode: row groups over {cores} threads": pyarrow_decode_pool(args.data, columns, cores),
         f"raw pyarrow decode: row groups over {cores} threads, {CHUNK_BYTES >> 10} KiB of columns at a time":
             pyarrow_decode_chunks(args.data, columns, cores),
+        f"raw pyarrow decode: row groups over {cores} threads, {CHUNK_BYTES >> 10} KiB of columns at a time, pread":
+            pyarrow_decode_chunks(args.data, columns, cores, memory_map=False),
     }
     # Whole-dataset reads: timed after the rounds, since the gigabytes they allocate and free slow
     # down whichever loader runs next on some machines (a VM here: 1.5-2x for the next pass).

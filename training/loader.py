@@ -40,7 +40,7 @@ import torch
 
 from training.decode_pool import Decode, DecodePool, SlotRing
 from training.scatter import batch_positions, place_block, place_columns, window_order
-from training.parquet_groups import RowGroup, column_chunks, decode_chunk_bytes, list_row_groups
+from training.parquet_groups import RowGroup, column_chunks, decode_chunk_bytes, list_row_groups, memory_map_enabled
 
 
 class ShardLoader:
@@ -76,7 +76,7 @@ class ShardLoader:
             raise ValueError(f"rank={rank} is outside 0..{size - 1}")
         if batch_size < 1 or shuffle_window < 1 or workers < 1 or prefetch < 1:
             raise ValueError("batch_size, shuffle_window, workers and prefetch must all be >= 1")
-        decode_chunk_bytes()  # a bad DLPIPE_DECODE_CHUNK_BYTES fails here, not in a worker
+        decode_chunk_bytes(), memory_map_enabled()  # a bad DLPIPE_* setting fails here, not in a worker
         self.url, self.columns, self.label = url, list(columns), label
         self.batch_size, self.seed, self.shuffle, self.drop_last = batch_size, seed, shuffle, drop_last
         self.rank, self.window, self.workers, self.prefetch = rank, shuffle_window, workers, prefetch

@@ -4,12 +4,15 @@ checks. Imports neither torch nor the rest of ``training``, so decoding worker p
 
 from __future__ import annotations
 
+import collections
 import os
+import threading
 from dataclasses import dataclass
 from typing import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -17,6 +20,14 @@ import pyarrow.parquet as pq
 # enough that a read's input and output stay in the core's cache until they are used.
 # DLPIPE_DECODE_CHUNK_BYTES overrides it (decoding worker processes inherit it).
 CHUNK_BYTES = 1 << 19
+
+# Local files are memory-mapped, and the maps kept for the next read of the same file (this
+# many, most recent first, per process): a read is then a slice of the page cache, with no copy
+# and, after an epoch has touched the file, no page faults. DLPIPE_MEMORY_MAP=0 reads with
+# pread instead (for file systems where mapping is unwise).
+MAPS_KEPT = 64
+_maps: collections.OrderedDict = collections.OrderedDict()
+_maps_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -52,11 +63,42 @@ def shown(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
+def memory_map_enabled() -> bool:
+    """``DLPIPE_MEMORY_MAP``: 1 (the default) maps local files, 0 reads them with pread."""
+    raw = os.environ.get("DLPIPE_MEMORY_MAP", "1")
+    if raw not in ("0", "1"):
+        raise ValueError(f"DLPIPE_MEMORY_MAP={raw!r} must be 1 (map local Parquet files, the default) "
+                         f"or 0 (read them with pread)")
+    return raw == "1"
+
+
+def open_file(fs: pafs.FileSystem, path: str, memory_map: bool | None = None):
+    """A random-access file for ``path``. A local one is memory-mapped (unless ``memory_map`` is
+    False, or None and ``DLPIPE_MEMORY_MAP=0``), and its map reused by later reads in this
+    process. Maps are keyed by the file's identity (inode, size, modification time), so a file
+    replaced at the same path is mapped afresh; a file must not be truncated in place while it
+    is read (committed splits never are)."""
+    if not isinstance(fs, pafs.LocalFileSystem) or not (memory_map_enabled() if memory_map is None else memory_map):
+        return fs.open_input_file(path)
+    st = os.stat(path)
+    key = (path, st.st_ino, st.st_size, st.st_mtime_ns)
+    with _maps_lock:
+        mm = _maps.get(key)
+        if mm is not None:
+            _maps.move_to_end(key)
+            return mm
+    mm = pa.memory_map(path)  # thread-safe for the positional reads that Parquet makes
+    with _maps_lock:
+        _maps[key] = mm
+        while len(_maps) > MAPS_KEPT:  # an evicted map closes once no reader holds it
+            _maps.popitem(last=False)
+    return mm
+
+
 def read_row_group(fs: pafs.FileSystem, g: RowGroup, columns: list[str]):
     """One row group's ``columns`` as an Arrow table, checked against its footer's row count and
     for nulls: a truncated file or an incomplete row fails here, with the file and column named."""
-    table = pq.ParquetFile(fs.open_input_file(g.path)).read_row_group(g.index, columns=columns,
-                                                                      use_threads=False)
+    table = pq.ParquetFile(open_file(fs, g.path)).read_row_group(g.index, columns=columns, use_threads=False)
     _check(table, g, columns)
     return table
 
@@ -76,8 +118,8 @@ def decode_chunk_bytes() -> int:
     return value
 
 
-def column_chunks(fs: pafs.FileSystem, g: RowGroup, columns: list[str],
-                  chunk_bytes: int | None = None) -> Iterator[tuple[int, list[np.ndarray]]]:
+def column_chunks(fs: pafs.FileSystem, g: RowGroup, columns: list[str], chunk_bytes: int | None = None,
+                  memory_map: bool | None = None) -> Iterator[tuple[int, list[np.ndarray]]]:
     """One row group's ``columns`` a few at a time: ``(index of the first, their numpy arrays)``,
     with ``read_row_group``'s checks. Use each chunk before asking for the next.
 
@@ -89,10 +131,11 @@ def column_chunks(fs: pafs.FileSystem, g: RowGroup, columns: list[str],
 
     On S3 and other remote file systems a request costs more than the cache: the row group is
     read whole, its column chunks fetched in a few coalesced requests (pyarrow's ``pre_buffer``)
-    instead of one request each: 26x faster against moto's S3 server (``benchmarks/loader_s3.py``)."""
+    instead of one request each: 26x faster against moto's S3 server (``benchmarks/loader_s3.py``).
+    Local files are read through ``open_file``'s kept memory maps (``memory_map``: as there)."""
     remote = not isinstance(fs, pafs.LocalFileSystem)
     per = len(columns) if remote else max(1, (chunk_bytes or decode_chunk_bytes()) // max(1, 4 * g.rows))
-    pf = pq.ParquetFile(fs.open_input_file(g.path), pre_buffer=remote)
+    pf = pq.ParquetFile(open_file(fs, g.path, memory_map), pre_buffer=remote)
     for first in range(0, len(columns), per):
         names = columns[first:first + per]
         table = pf.read_row_group(g.index, columns=names, use_threads=False)

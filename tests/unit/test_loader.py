@@ -181,12 +181,13 @@ def test_the_stream_without_numba_is_the_reference_too(dataset, monkeypatch):
     np.testing.assert_array_equal(x, rx)
     np.testing.assert_array_equal(y, ry)
 
-@pytest.mark.parametrize("processes", [False, True])
-def test_columns_read_one_at_a_time_give_the_reference_stream(dataset, monkeypatch, processes):
+@pytest.mark.parametrize("processes, memory_map", [(False, "1"), (True, "1"), (False, "0"), (True, "0")])
+def test_columns_read_one_at_a_time_give_the_reference_stream(dataset, monkeypatch, processes, memory_map):
     """The test row groups are small enough to be read whole; here each read takes one column
-    (1000 bytes: 250 rows of 4 bytes), so every column lands from its own chunk. Worker processes
-    inherit the setting."""
+    (1000 bytes: 250 rows of 4 bytes), so every column lands from its own chunk; from kept
+    memory maps (the default) or read with pread. Worker processes inherit the settings."""
     monkeypatch.setenv("DLPIPE_DECODE_CHUNK_BYTES", "1000")
+    monkeypatch.setenv("DLPIPE_MEMORY_MAP", memory_map)
     with ShardLoader(dataset, COLUMNS, "label", batch_size=128, seed=11, shuffle_window=2, workers=2,
                      processes=processes) as loader:
         x, y, sizes = drain(loader, 0)
@@ -206,9 +207,13 @@ def test_a_row_group_decodes_to_a_column_major_block(dataset, monkeypatch):
     np.testing.assert_array_equal(block, np.stack([t.column(c).to_numpy() for c in COLUMNS + ["label"]]))
 
 
-def test_a_bad_chunk_size_is_refused_before_any_worker_starts(dataset, monkeypatch):
+def test_a_bad_setting_is_refused_before_any_worker_starts(dataset, monkeypatch):
     monkeypatch.setenv("DLPIPE_DECODE_CHUNK_BYTES", "lots")
     with pytest.raises(ValueError, match="DLPIPE_DECODE_CHUNK_BYTES='lots' must be a positive number of bytes"):
+        ShardLoader(dataset, COLUMNS, "label", processes=True)
+    monkeypatch.delenv("DLPIPE_DECODE_CHUNK_BYTES")
+    monkeypatch.setenv("DLPIPE_MEMORY_MAP", "no")
+    with pytest.raises(ValueError, match="DLPIPE_MEMORY_MAP='no' must be 1"):
         ShardLoader(dataset, COLUMNS, "label", processes=True)
 
 # -- decoding in worker processes (processes=True) ---------------------------------------------

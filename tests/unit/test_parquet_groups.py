@@ -1,4 +1,5 @@
-"""Reading row groups a few columns at a time: every column once, in order, with the checks."""
+"""Reading row groups a few columns at a time: every column once, in order, with the checks; local
+files through kept memory maps."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from training.parquet_groups import CHUNK_BYTES, column_chunks, decode_chunk_bytes, list_row_groups, shown
+from training import parquet_groups
+from training.parquet_groups import (CHUNK_BYTES, column_chunks, decode_chunk_bytes, list_row_groups,
+                                     memory_map_enabled, open_file, shown)
 
 NAMES = ["a", "b", "c", "d", "e"]
 
@@ -65,3 +68,48 @@ def test_a_missing_directory_is_named(tmp_path):
 def test_urls_are_shown_without_credentials_or_query():
     assert shown("s3://KEY:SECRET@bucket/ds/train?endpoint_override=h:9000&scheme=http") == "s3://bucket/ds/train"
     assert shown("file:///data/ds/train") == "file:///data/ds/train"
+
+
+def test_local_files_are_mapped_once_and_the_map_reused(one_file, monkeypatch):
+    monkeypatch.delenv("DLPIPE_MEMORY_MAP", raising=False)
+    fs, groups = list_row_groups(f"file://{one_file}")
+    first = open_file(fs, groups[0].path)
+    assert isinstance(first, pa.MemoryMappedFile)
+    assert open_file(fs, groups[1].path) is first  # the same file: the same map
+    monkeypatch.setenv("DLPIPE_MEMORY_MAP", "0")
+    assert not isinstance(open_file(fs, groups[0].path), pa.MemoryMappedFile)
+    for values in (column_chunks(fs, groups[1], NAMES, 8000, memory_map=m) for m in (True, False)):
+        np.testing.assert_array_equal([v for _, vs in values for v in vs][4], 40000 + np.arange(1000, 2000))
+
+
+def test_a_file_replaced_at_the_same_path_is_read_afresh(tmp_path):
+    """Maps are kept by the file's identity, not its path: a new version is not read from the old map."""
+    path = tmp_path / "part-0.parquet"
+    pq.write_table(pa.table({"a": np.zeros(10, np.float32)}), path)
+    fs, groups = list_row_groups(f"file://{tmp_path}")
+    assert list(column_chunks(fs, groups[0], ["a"], memory_map=True))[0][1][0].sum() == 0
+    new = tmp_path / "part-0.parquet.new"
+    pq.write_table(pa.table({"a": np.ones(10, np.float32)}), new)
+    new.replace(path)  # what a commit does: write aside, rename over
+    assert list(column_chunks(fs, groups[0], ["a"], memory_map=True))[0][1][0].sum() == 10
+
+
+def test_no_more_maps_are_kept_than_the_limit(tmp_path, monkeypatch):
+    monkeypatch.setattr(parquet_groups, "MAPS_KEPT", 2)
+    for k in range(4):
+        pq.write_table(pa.table({"a": np.zeros(10, np.float32)}), tmp_path / f"part-{k}.parquet")
+    fs, groups = list_row_groups(f"file://{tmp_path}")
+    for g in groups:
+        open_file(fs, g.path, memory_map=True)
+    kept = [key[0] for key in parquet_groups._maps]
+    assert kept == [groups[2].path, groups[3].path]
+
+
+def test_the_memory_map_setting_is_checked(monkeypatch):
+    monkeypatch.delenv("DLPIPE_MEMORY_MAP", raising=False)
+    assert memory_map_enabled()
+    monkeypatch.setenv("DLPIPE_MEMORY_MAP", "0")
+    assert not memory_map_enabled()
+    monkeypatch.setenv("DLPIPE_MEMORY_MAP", "yes")
+    with pytest.raises(ValueError, match="DLPIPE_MEMORY_MAP='yes' must be 1 .map local Parquet files, the default. or 0"):
+        memory_map_enabled()
