@@ -26,7 +26,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -166,12 +166,23 @@ def pyarrow_one_thread(path: Path, columns: list[str], batch: int) -> Callable[[
 
 
 def ours(path: Path, columns: list[str], batch: int, workers: int, device: str = "cpu",
-         shuffle: bool = True, processes: bool = False) -> Callable[[], Iterable]:
+         shuffle: bool = True, processes: bool = False, pread: bool = False) -> Callable[[], Iterable]:
+    """ShardLoader's epochs; ``pread`` (threads only) reads the files with pread instead of kept
+    memory maps, as ShardLoader did before 2026-12-03's evening: the baseline of that change."""
     loader = ShardLoader(f"file://{path}", columns, "label", batch_size=batch, workers=workers, device=device,
                          shuffle=shuffle, shuffle_window=SHUFFLE_WINDOW,
                          processes=processes).start()  # worker start-up is not timed
     epochs = iter(range(1_000_000))
-    run = lambda: loader.epoch(next(epochs))  # noqa: E731
+
+    def with_pread(batches: Iterable) -> Iterator:
+        before = os.environ.get("DLPIPE_MEMORY_MAP")
+        os.environ["DLPIPE_MEMORY_MAP"] = "0"  # thread workers read it at each row group
+        try:
+            yield from batches
+        finally:
+            os.environ.pop("DLPIPE_MEMORY_MAP") if before is None else os.environ.update(DLPIPE_MEMORY_MAP=before)
+
+    run = lambda: with_pread(loader.epoch(next(epochs))) if pread else loader.epoch(next(epochs))  # noqa: E731
     run.loader = loader  # for best_pass(): the time the consumer spent blocked on it
     return run
 
@@ -367,6 +378,8 @@ def main() -> None:
         f"dlpipe ShardLoader ({args.workers} threads, shuffled)": ours(args.data, columns, args.batch, args.workers),
         f"dlpipe ShardLoader ({args.workers} threads, storage order)": ours(args.data, columns, args.batch,
                                                                           args.workers, shuffle=False),
+        f"dlpipe ShardLoader ({args.workers} threads, shuffled, files read with pread)": ours(
+            args.data, columns, args.batch, args.workers, pread=True),
         f"dlpipe ShardLoader ({args.workers} processes, shuffled)": ours(args.data, columns, args.batch,
                                                                        args.workers, processes=True),
         f"dlpipe ShardLoader ({args.workers} processes, storage order)": ours(
@@ -407,6 +420,10 @@ def main() -> None:
             vs_pet = (f", {rate / pet[shuffled]:.1f}x Petastorm's BatchedDataLoader, {'shuffled' if shuffled else 'in order'}"
                       f" (target >= 3x)") if pet[shuffled] else ""
             print(f"{name}: {rate / ceiling:.2f} of the ceiling (target >= 0.8){vs_pet}")
+    mapped, pread = (by_name.get(f"dlpipe ShardLoader ({args.workers} threads, shuffled{k})")
+                     for k in ("", ", files read with pread"))
+    if mapped and pread:
+        print(f"kept memory maps against pread, ShardLoader on {args.workers} threads, shuffled: {mapped / pread:.2f}x")
 
     if args.launch_ops:
         w = max(1, min(args.workers, (os.cpu_count() or 2) - 1))  # a core left for the loop
