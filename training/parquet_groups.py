@@ -30,6 +30,14 @@ _maps: collections.OrderedDict = collections.OrderedDict()
 _maps_lock = threading.Lock()
 
 
+def _forget_maps_after_fork() -> None:  # a forked child must not inherit a lock held by another thread
+    global _maps, _maps_lock
+    _maps, _maps_lock = collections.OrderedDict(), threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_maps_after_fork)
+
+
 @dataclass(frozen=True)
 class RowGroup:
     path: str

@@ -113,3 +113,20 @@ def test_the_memory_map_setting_is_checked(monkeypatch):
     monkeypatch.setenv("DLPIPE_MEMORY_MAP", "yes")
     with pytest.raises(ValueError, match="DLPIPE_MEMORY_MAP='yes' must be 1 .map local Parquet files, the default. or 0"):
         memory_map_enabled()
+
+
+def test_a_forked_child_starts_without_the_parents_maps(one_file):
+    import os
+
+    fs, groups = list_row_groups(f"file://{one_file}")
+    open_file(fs, groups[0].path, memory_map=True)
+    assert parquet_groups._maps
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report how many maps it sees, then read through a fresh one
+        os.write(w, bytes([len(parquet_groups._maps)]))
+        ok = list(column_chunks(fs, groups[0], NAMES, memory_map=True))[0][1][0][0] == 0
+        os._exit(0 if ok else 1)
+    inherited = os.read(r, 1)[0]
+    _, status = os.waitpid(pid, 0)
+    assert inherited == 0 and os.WEXITSTATUS(status) == 0
