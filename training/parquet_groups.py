@@ -84,8 +84,8 @@ def open_file(fs: pafs.FileSystem, path: str, memory_map: bool | None = None):
     """A random-access file for ``path``. A local one is memory-mapped (unless ``memory_map`` is
     False, or None and ``DLPIPE_MEMORY_MAP=0``), and its map reused by later reads in this
     process. Maps are keyed by the file's identity (inode, size, modification time), so a file
-    replaced at the same path is mapped afresh; a file must not be truncated in place while it
-    is read (committed splits never are)."""
+    replaced at the same path is mapped afresh (and the old map dropped); a file must not be
+    truncated in place while it is read (committed splits never are)."""
     if not isinstance(fs, pafs.LocalFileSystem) or not (memory_map_enabled() if memory_map is None else memory_map):
         return fs.open_input_file(path)
     st = os.stat(path)
@@ -97,6 +97,8 @@ def open_file(fs: pafs.FileSystem, path: str, memory_map: bool | None = None):
             return mm
     mm = pa.memory_map(path)  # thread-safe for the positional reads that Parquet makes
     with _maps_lock:
+        for old in [k for k in _maps if k[0] == path]:  # a replaced file's map: let its space go
+            del _maps[old]
         _maps[key] = mm
         while len(_maps) > MAPS_KEPT:  # an evicted map closes once no reader holds it
             _maps.popitem(last=False)

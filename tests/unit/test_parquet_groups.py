@@ -92,6 +92,7 @@ def test_a_file_replaced_at_the_same_path_is_read_afresh(tmp_path):
     pq.write_table(pa.table({"a": np.ones(10, np.float32)}), new)
     new.replace(path)  # what a commit does: write aside, rename over
     assert list(column_chunks(fs, groups[0], ["a"], memory_map=True))[0][1][0].sum() == 10
+    assert [key[0] for key in parquet_groups._maps].count(str(path)) == 1  # the old version's map is gone
 
 
 def test_no_more_maps_are_kept_than_the_limit(tmp_path, monkeypatch):
