@@ -6,10 +6,10 @@ On the CPU it reports rows/s for each way of turning the dataset into ``(x [b, 6
 float32 batches, and the ratio to the ceiling: raw pyarrow decoding of the same columns with all
 of pyarrow's threads or all cores, whole row groups or a few columns at a time, local files
 memory-mapped or read with pread (the fastest of four ways), no copy, no batching, no
-shuffling, no training. Passes run in rounds over all
-loaders, best of N each. With a GPU it also trains the issue's reference model (an MLP
-64-2048-2048-1 in bf16) fed by each loader, and reports the stall fraction: the share of wall
-time the GPU waits compared with batches already on the GPU.
+shuffling, no training. Passes run in rounds over all loaders, best of N each. With a GPU it
+also trains the issue's reference model (an MLP 64-2048-2048-1 in bf16) fed by each loader, and
+reports the stall fraction: the share of wall time the GPU waits compared with batches already
+on the GPU.
 
 The dataset is plain Parquet written by pyarrow in the layout our dataset stage produces (several
 files, 64k-row groups, snappy); Petastorm's ``make_batch_reader`` reads such files as they are.
@@ -180,7 +180,10 @@ def ours(path: Path, columns: list[str], batch: int, workers: int, device: str =
         try:
             yield from batches
         finally:
-            os.environ.pop("DLPIPE_MEMORY_MAP") if before is None else os.environ.update(DLPIPE_MEMORY_MAP=before)
+            if before is None:
+                del os.environ["DLPIPE_MEMORY_MAP"]
+            else:
+                os.environ["DLPIPE_MEMORY_MAP"] = before
 
     run = lambda: with_pread(loader.epoch(next(epochs))) if pread else loader.epoch(next(epochs))  # noqa: E731
     run.loader = loader  # for best_pass(): the time the consumer spent blocked on it
@@ -373,13 +376,14 @@ def main() -> None:
         "read_table + concatenating to_numpy (the ceiling before 2026-12-03)": pyarrow_decode_concatenated(
             args.data, columns),
     }
+    mapped_name = f"dlpipe ShardLoader ({args.workers} threads, shuffled)"
+    pread_name = f"dlpipe ShardLoader ({args.workers} threads, shuffled, files read with pread)"
     candidates = {
         **ceilings,
-        f"dlpipe ShardLoader ({args.workers} threads, shuffled)": ours(args.data, columns, args.batch, args.workers),
+        mapped_name: ours(args.data, columns, args.batch, args.workers),
         f"dlpipe ShardLoader ({args.workers} threads, storage order)": ours(args.data, columns, args.batch,
                                                                           args.workers, shuffle=False),
-        f"dlpipe ShardLoader ({args.workers} threads, shuffled, files read with pread)": ours(
-            args.data, columns, args.batch, args.workers, pread=True),
+        pread_name: ours(args.data, columns, args.batch, args.workers, pread=True),
         f"dlpipe ShardLoader ({args.workers} processes, shuffled)": ours(args.data, columns, args.batch,
                                                                        args.workers, processes=True),
         f"dlpipe ShardLoader ({args.workers} processes, storage order)": ours(
@@ -420,8 +424,7 @@ def main() -> None:
             vs_pet = (f", {rate / pet[shuffled]:.1f}x Petastorm's BatchedDataLoader, {'shuffled' if shuffled else 'in order'}"
                       f" (target >= 3x)") if pet[shuffled] else ""
             print(f"{name}: {rate / ceiling:.2f} of the ceiling (target >= 0.8){vs_pet}")
-    mapped, pread = (by_name.get(f"dlpipe ShardLoader ({args.workers} threads, shuffled{k})")
-                     for k in ("", ", files read with pread"))
+    mapped, pread = by_name.get(mapped_name), by_name.get(pread_name)
     if mapped and pread:
         print(f"kept memory maps against pread, ShardLoader on {args.workers} threads, shuffled: {mapped / pread:.2f}x")
 
