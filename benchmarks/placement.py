@@ -1,6 +1,6 @@
 """The CPU shuffle's own cost: placing one window's decoded rows, and planning where they go.
 
-    python -m benchmarks.placement [--window 4] [--batch 8192] [--threads N] [--repeats 15]
+    python -m benchmarks.placement [--window 4] [--batch 8192] [--threads N] [--repeats 15] [--loader-epochs 10]
 
 One shuffle window (``--window`` row groups of the loader benchmark's dataset, 65 float32
 columns) is decoded once; then each way of writing its rows into a window buffer is timed on
@@ -23,7 +23,13 @@ decoding-alone rate that a loader paying them can reach: the bound behind the lo
 benchmark's "fraction of the ceiling".
 
 The plans (where each row goes) are timed on one thread: the full permutation's
-(``searchsorted`` + ``argsort``) and ``batch_positions``, compiled and numpy.
+(``searchsorted`` + ``argsort``) and ``batch_positions``, compiled and numpy; then the whole
+draw of a window, from the generator to the positions: a permutation plus ``batch_positions``
+(ShardLoader before the batch labels were shuffled directly) against ``draw_positions``.
+
+``--loader-epochs N`` (default 10; 0 skips it) then runs ShardLoader's shuffled epochs on the
+whole dataset, threads, in N interleaved rounds with the window's draw made either way: what the
+draw's cost is worth to the loader, where it shares the cores with decoding.
 """
 
 from __future__ import annotations
@@ -88,6 +94,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8192)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--loader-epochs", type=int, default=10, help="rounds of ShardLoader epochs, each draw (0 skips)")
     ap.add_argument("--data", type=Path, default=Path(os.environ.get("DLPIPE_HOME", ".dlpipe")) / "bench" / "loader")
     args = ap.parse_args()
     args.data = args.data.resolve()  # file:// URLs need an absolute path
@@ -142,7 +149,7 @@ def main() -> None:
     plans = {
         PLAN_BASELINE: lambda: full_permutation_plan(perm, starts),
         "batch_positions, compiled (ShardLoader)": lambda: scatter.batch_positions(perm, args.batch),
-        "batch_positions, numpy fallback": lambda: scatter._batch_positions_numpy(perm, args.batch),
+        "batch_positions, numpy fallback": lambda: numpy_batch_positions(perm, args.batch),
     }
     ms = {name: best_ms(fn, args.repeats) for name, fn in plans.items()}
     rows = [{"plan, one thread": name, "ms per window": f"{t:.2f}", "vs full permutation": f"{ms[PLAN_BASELINE] / t:.2f}x"}
@@ -152,6 +159,18 @@ def main() -> None:
                  "ms per window": f"{draw:.2f}", "vs full permutation": "-"})
     print()
     print(table(rows, ["plan, one thread", "ms per window", "vs full permutation"]))
+
+    draws = {
+        DRAW_BASELINE: lambda: scatter.batch_positions(np.random.default_rng(1).permutation(n), args.batch),
+        "draw_positions: the batch labels shuffled (ShardLoader)": lambda: scatter.draw_positions(
+            np.random.default_rng(1), n, args.batch),
+        "draw_positions, numpy fallback": lambda: numpy_draw_positions(np.random.default_rng(1), n, args.batch),
+    }
+    ms = {name: best_ms(fn, args.repeats) for name, fn in draws.items()}
+    rows = [{"window's draw, one thread": name, "ms per window": f"{t:.2f}", "vs permutation": f"{ms[DRAW_BASELINE] / t:.2f}x"}
+            for name, t in ms.items()]
+    print()
+    print(table(rows, ["window's draw, one thread", "ms per window", "vs permutation"]))
 
     # In place, as ShardLoader runs it: each task decodes its row group a few columns at a time
     # and places each chunk while it is in the cache; decoding alone is the floor here.
@@ -169,7 +188,7 @@ def main() -> None:
         "+ batch membership, no prefetch": decoding(without_prefetch),
         "+ batch membership (ShardLoader)": decoding(
             lambda k, first, v: scatter.place_columns(buf[first:first + len(v)], v, runs[k])),
-        PLAN: lambda: scatter.batch_positions(np.random.default_rng(7).permutation(n), args.batch),
+        PLAN: lambda: scatter.draw_positions(np.random.default_rng(7), n, args.batch),
     }
     timings = interleaved_ms(in_place, args.repeats)
     floor = timings["decoding alone (the floor)"][0]
@@ -186,9 +205,75 @@ def main() -> None:
     print(f"\nThe most of decoding's rate that a loader paying these costs can reach, with all cores busy:"
           f"\n  storage order {floor / copy:.2f} (decoding + copy), shuffled {floor / shuffled:.2f} "
           f"(decoding + placement + plan); the loader's target is 0.8 (docs/benchmarks.md)")
+    if args.loader_epochs:
+        print()
+        loader_epochs(args.data, columns[:-1], args.batch, args.threads, args.loader_epochs)
 
 
-PLAN = "the window's plan: permutation + batch_positions (one thread)"
+PLAN = "the window's plan: draw_positions (one thread)"
+DRAW_BASELINE = "rng.permutation + batch_positions (the baseline)"
+
+
+def loader_epochs(data: Path, features: list[str], batch: int, threads: int, rounds: int) -> None:
+    """ShardLoader's shuffled epochs (thread workers) in ``rounds`` interleaved rounds, the
+    window's draw made by the baseline or by ``draw_positions``. The draw is swapped by
+    rebinding the name ``training.loader`` calls, so the loader is otherwise the same object,
+    buffers and maps included; the producer thread's CPU time in each draw is measured too."""
+    import training.loader as loader_module
+    from benchmarks.loader import ours, timed
+
+    spent: dict[str, list[float]] = {}
+
+    def measured(name: str, draw: Callable[[np.random.Generator, int, int], np.ndarray]):
+        spent[name] = []
+
+        def run(rng: np.random.Generator, n: int, b: int) -> np.ndarray:
+            c = time.thread_time()
+            at = draw(rng, n, b)
+            spent[name].append(time.thread_time() - c)
+            return at
+        return run
+
+    draws = {DRAW_BASELINE: measured(DRAW_BASELINE, lambda rng, n, b: scatter.batch_positions(rng.permutation(n), b)),
+             "draw_positions (ShardLoader)": measured("draw_positions (ShardLoader)", scatter.draw_positions)}
+    epochs = ours(data, features, batch, threads)
+    rows = epochs.loader.num_rows
+    wall: dict[str, list[float]] = {name: [] for name in draws}
+    cpu: dict[str, list[float]] = {name: [] for name in draws}
+    try:
+        for round_ in range(rounds + 1):  # round 0 warms up (compiles, maps the files, makes buffers)
+            for name, draw in draws.items():
+                loader_module.draw_positions = draw
+                c = time.process_time()
+                seconds = timed(name, epochs, rows)["seconds"]
+                if round_:
+                    wall[name].append(seconds)
+                    cpu[name].append(time.process_time() - c)
+    finally:
+        loader_module.draw_positions = scatter.draw_positions
+    base = DRAW_BASELINE
+    out = [{f"ShardLoader, {threads} threads, shuffled": name, "wall s (median)": f"{np.median(wall[name]):.3f}",
+            "CPU s (median)": f"{np.median(cpu[name]):.3f}",
+            "vs baseline, wall": f"{np.median(np.divide(wall[base], wall[name])):.2f}x",
+            "vs baseline, CPU": f"{np.median(np.divide(cpu[base], cpu[name])):.2f}x",
+            "draw CPU ms (median)": f"{1e3 * np.median(spent[name]):.2f}"} for name in draws]
+    print(f"ShardLoader epochs of {rows:,} rows, {rounds} interleaved rounds; ratios are medians of "
+          f"each round's pair", flush=True)
+    print(table(out, list(out[0])))
+
+
+def numpy_batch_positions(perm: np.ndarray, batch: int) -> np.ndarray:
+    """``batch_positions`` as it runs without numba."""
+    labels = np.empty(len(perm), scatter._label_dtype(len(perm), batch))
+    scatter._labels_numpy(perm, batch, labels)
+    return scatter._positions_numpy(labels, batch)
+
+
+def numpy_draw_positions(rng: np.random.Generator, n: int, batch: int) -> np.ndarray:
+    """``draw_positions`` as it runs without numba."""
+    labels = (np.arange(n) // batch).astype(scatter._label_dtype(n, batch))
+    scatter._fisher_yates_numpy(labels, scatter._raw_words(rng, n))
+    return scatter._positions_numpy(labels, batch)
 
 
 def interleaved_ms(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, tuple[float, float]]:

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from training.decode_pool import Decode, DecodePool, SlotRing
-from training.scatter import batch_positions, place_block, place_columns, window_order
+from training.scatter import draw_positions, permutation, place_block, place_columns, window_order
 from training.parquet_groups import RowGroup, column_chunks, decode_chunk_bytes, list_row_groups, memory_map_enabled
 
 
@@ -189,14 +189,14 @@ class ShardLoader:
 
     def _order(self, rng: np.random.Generator) -> list[RowGroup]:
         """The epoch's row-group order: the first draw from the epoch's generator."""
-        return [self.groups[i] for i in rng.permutation(len(self.groups))] if self.shuffle else self.groups
+        return [self.groups[i] for i in permutation(rng, len(self.groups))] if self.shuffle else self.groups
 
     def _plan(self, rng: np.random.Generator) -> Iterator[_Window]:
         """The windows of an epoch, drawn lazily in order: the same draws as the GPU path makes.
 
         Window ``w`` holds the ``c`` rows carried over from window ``w - 1`` (its source rows
-        ``0..c-1``) and then its row groups' rows. Its permutation puts each source row in a
-        batch, and ``batch_positions`` gives the row's position there (see ``training.scatter``).
+        ``0..c-1``) and then its row groups' rows. Its draw puts each source row in a batch, at a
+        position there (``training.scatter.draw_positions``).
         Positions below ``usable`` are delivered, the rest are the next carry. Only row counts
         are needed, so a window is planned before any of it is decoded.
         """
@@ -207,7 +207,7 @@ class ShardLoader:
             sizes = [carried] + [g.rows for g in groups]  # segment 0: the carried rows
             starts = [int(a) for a in np.cumsum([0] + sizes)]
             n = starts[-1]
-            at = batch_positions(rng.permutation(n), self.batch_size) if self.shuffle else None
+            at = draw_positions(rng, n, self.batch_size) if self.shuffle else None
             usable = self._usable(n, last)
             yield _Window(groups, carried, usable, last, starts, at)
             carried = 0 if last else n - usable
@@ -420,9 +420,9 @@ class ShardLoader:
     def _window_gpu(self, blocks: list[torch.Tensor], carry, last: bool, rng: np.random.Generator,
                     stream: torch.cuda.Stream):
         """Pinned blocks go to the device as they are; the shuffle (a gather of rows) and the
-        transposition to row-major run on the GPU, on the loader's stream. The permutation is
-        drawn exactly as on the CPU and reordered within batches the same way
-        (``window_order``), so a seed gives the same batches on either."""
+        transposition to row-major run on the GPU, on the loader's stream. The positions are
+        drawn exactly as on the CPU and gathered by their inverse (``window_order``), so a seed
+        gives the same batches on either."""
         f = len(self.columns)
         with torch.cuda.stream(stream):
             parts = ([carry] if carry is not None else []) + [b.to(self.device, non_blocking=True) for b in blocks]
@@ -433,7 +433,7 @@ class ShardLoader:
                 x, y = g[:f, :usable].T.contiguous(), g[f, :usable]
                 carry = g[:, usable:] if usable < n else None
             else:
-                rows = torch.from_numpy(window_order(rng.permutation(n), self.batch_size)).to(self.device)
+                rows = torch.from_numpy(window_order(draw_positions(rng, n, self.batch_size))).to(self.device)
                 x, y = g[:f].T.index_select(0, rows[:usable]), g[f].index_select(0, rows[:usable])
                 carry = g.index_select(1, rows[usable:]) if usable < n else None
             ready = torch.cuda.Event()
@@ -492,7 +492,7 @@ class _Window:
     usable: int  # positions 0..usable-1 are delivered, the rest carried on
     last: bool
     starts: list[int]  # segment boundaries in source rows; starts[-1] is the window's row count
-    # shuffled: the position of each source row (int32, training.scatter.batch_positions; what
+    # shuffled: the position of each source row (int32, training.scatter.draw_positions; what
     # worker processes read from a slot); None in storage order, where positions are source rows
     at: np.ndarray | None = None
 

@@ -1,4 +1,4 @@
-"""The CPU shuffle's two hot loops: where each row of a window goes, and writing it there.
+"""The CPU shuffle's hot loops: drawing where each row of a window goes, and writing it there.
 
 A shuffle has to decide which rows train together; the order of rows inside a batch changes no
 gradient (a batch's loss is a sum over its rows). So the window's permutation decides each row's
@@ -9,9 +9,14 @@ all over a 60 MB window. That made placement 2.5x cheaper and the plan 10x cheap
 (``benchmarks/placement.py``, docs/benchmarks.md), which matters on a CPU where decoding and
 shuffling share the cores.
 
-Both loops are compiled with numba where it is installed (it is part of dlpipe's environment)
+The draw itself (``draw_positions``) shuffles the rows' batch labels with Fisher-Yates, fed by
+the raw words of the epoch's numpy bit generator: the same batches as drawing a permutation
+first, in half the time, and reproducible across numpy releases (``permutation``).
+
+The loops are compiled with numba where it is installed (it is part of dlpipe's environment)
 and run without the GIL; where it is not, or with ``DLPIPE_NO_NUMBA=1``, numpy versions give the
-same results (tests compare the two).
+same results (tests compare the two), slower: the draw's swaps are then a Python loop, about
+60 ms for a window of 250,000 rows.
 
 Imports only numpy (and numba, with its llvmlite): the decoding worker processes use this too,
 and start fast.
@@ -115,28 +120,94 @@ def _place_block_loop(dst, at, block):  # compiled below: one call for a whole b
             row[k] = values[i]
 
 
-def _batch_positions_numpy(perm: np.ndarray, batch: int) -> np.ndarray:
-    n = perm.shape[0]
-    batch_of = np.empty(n, np.int16 if n // batch < 2 ** 15 else np.int32)  # int16: a radix sort, 3x faster
-    batch_of[perm] = np.arange(n) // batch  # the batch each source row lands in
-    by_batch = np.argsort(batch_of, kind="stable")  # source rows by batch, in storage order within
+def _label_dtype(n: int, batch: int) -> type:
+    return np.int16 if n // batch < 2 ** 15 else np.int32  # int16: half the cache, and numpy's radix sort
+
+
+def _labels_numpy(perm: np.ndarray, batch: int, labels: np.ndarray) -> None:
+    labels[perm] = np.arange(perm.shape[0]) // batch
+
+
+def _labels_loop(perm, batch, labels):  # compiled below: the batch each source row lands in
+    for i in range(perm.shape[0]):
+        labels[perm[i]] = i // batch
+
+
+def _positions_numpy(labels: np.ndarray, batch: int) -> np.ndarray:
+    n = labels.shape[0]
+    by_batch = np.argsort(labels, kind="stable")  # source rows by batch, in storage order within
     at = np.empty(n, np.int32)
     at[by_batch] = np.arange(n, dtype=np.int32)
     return at
 
 
-def _batch_positions_loop(perm, batch):  # compiled below; tested against the numpy version
-    n = perm.shape[0]
-    batch_of = np.empty(n, np.int32)
-    for i in range(n):
-        batch_of[perm[i]] = i // batch
+def _positions_loop(labels, batch):  # compiled below; tested against the numpy version
+    n = labels.shape[0]
     cursor = np.arange(0, n + batch, batch).astype(np.int32)  # next free position in each batch
     at = np.empty(n, np.int32)
     for s in range(n):
-        k = batch_of[s]
+        k = labels[s]
         at[s] = cursor[k]
         cursor[k] += 1
     return at
+
+
+# Drawing a shuffle. Fisher-Yates, from the last element down: step k (0, 1, ...) swaps
+# element i = n - 1 - k with element j, uniform in 0..i. Step k takes the 32-bit value u_k:
+# the high half of raw word k // 2 for even k, its low half for odd k. j is Lemire's
+# (u * (i + 1)) >> 32, exactly uniform because a u whose low product half falls below
+# (2**32 - (i + 1)) % (i + 1) is rejected (chance (i + 1) / 2**32) and replaced by the high half
+# of s = splitmix64(s + GOLDEN), s starting at u, until one is accepted.
+_M32, _S32, _TWO32 = np.uint64(0xFFFFFFFF), np.uint64(32), np.uint64(1 << 32)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1, _MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+
+
+def _splitmix(s):  # splitmix64's output function, uint64 to uint64
+    s = (s ^ (s >> np.uint64(30))) * _MIX1
+    s = (s ^ (s >> np.uint64(27))) * _MIX2
+    return s ^ (s >> np.uint64(31))
+
+
+def _fisher_yates_loop(a, words):  # compiled below; tested against the numpy version
+    n = a.shape[0]
+    for k in range(n - 1):
+        w = words[k >> 1]
+        u = (w >> _S32) if (k & 1) == 0 else (w & _M32)
+        bound = np.uint64(n - k)  # i + 1
+        m = u * bound
+        if (m & _M32) < bound:  # maybe rejected: only then is the exact test's division paid
+            t = (_TWO32 - bound) % bound
+            s = u
+            while (m & _M32) < t:
+                s = _mix(s + _GOLDEN)
+                m = (s >> _S32) * bound
+        i, j = n - 1 - k, np.int64(m >> _S32)
+        a[i], a[j] = a[j], a[i]
+
+
+def _fisher_yates_numpy(a: np.ndarray, words: np.ndarray) -> None:
+    """``_fisher_yates_loop`` for numpy alone: the draws vectorized, the swaps a list loop
+    (about 250 ns a row here)."""
+    n = a.shape[0]
+    if n < 2:
+        return
+    k = np.arange(n - 1)
+    w = words[k >> 1]
+    u = np.where((k & 1) == 0, w >> _S32, w & _M32)
+    bound = (n - k).astype(np.uint64)
+    m = u * bound
+    with np.errstate(over="ignore"):  # splitmix64 multiplies modulo 2**64
+        for r in np.flatnonzero((m & _M32) < bound):  # rare: about n**2 / 2**33 of them
+            t, s = (_TWO32 - bound[r]) % bound[r], u[r]
+            while (m[r] & _M32) < t:
+                s = _splitmix(s + _GOLDEN)
+                m[r] = (s >> _S32) * bound[r]
+    values = a.tolist()
+    for step, j in enumerate((m >> _S32).tolist()):
+        i = n - 1 - step
+        values[i], values[j] = values[j], values[i]
+    a[:] = values
 
 
 def _compile(fn):
@@ -148,12 +219,22 @@ def _compile(fn):
 
 if numba is not None:
     _place, _place_pair = _compile(_place_loop), _compile(_place_pair_loop)
-    _place_block, _batch_positions = _compile(_place_block_loop), _compile(_batch_positions_loop)
+    _place_block, _positions = _compile(_place_block_loop), _compile(_positions_loop)
+    _labels = _compile(_labels_loop)
+    _mix = numba.njit(inline="always")(_splitmix)  # inlined into the loop compiled next
+    _fisher_yates = _compile(_fisher_yates_loop)
 else:
     _place, _place_pair = _place_numpy, None
-    _place_block, _batch_positions = _place_block_numpy, _batch_positions_numpy
+    _place_block, _positions, _fisher_yates = _place_block_numpy, _positions_numpy, _fisher_yates_numpy
+    _labels, _mix = _labels_numpy, _splitmix
 
 COMPILED = numba is not None
+
+
+def _check_batch(batch: int) -> int:
+    if batch < 1:
+        raise ValueError(f"batch={batch} must be >= 1")
+    return int(batch)
 
 
 def batch_positions(perm: np.ndarray, batch: int) -> np.ndarray:
@@ -162,14 +243,41 @@ def batch_positions(perm: np.ndarray, batch: int) -> np.ndarray:
     ``batch`` positions as under ``perm``, and inside that batch in source order. A final
     partial batch, and the rows a window carries on (positions past the last whole batch),
     are one more group, also kept in source order."""
-    if batch < 1:
-        raise ValueError(f"batch={batch} must be >= 1")
-    return _batch_positions(np.ascontiguousarray(perm, np.int64), int(batch))
+    batch = _check_batch(batch)
+    perm = np.ascontiguousarray(perm, np.int64)
+    labels = np.empty(len(perm), _label_dtype(len(perm), batch))
+    _labels(perm, batch, labels)
+    return _positions(labels, batch)
 
 
-def window_order(perm: np.ndarray, batch: int) -> np.ndarray:
-    """The inverse of ``batch_positions``: the source row at each position (int64, for gathers)."""
-    at = batch_positions(perm, batch)
+def draw_positions(rng: np.random.Generator, n: int, batch: int) -> np.ndarray:
+    """``batch_positions`` of a uniformly random permutation of ``n`` rows, drawn from ``rng``:
+    the rows' batch labels (``batch`` rows each) are shuffled directly, which is the same draw
+    without the permutation. Reproducible across numpy releases (see ``permutation``)."""
+    batch = _check_batch(batch)
+    labels = (np.arange(n) // batch).astype(_label_dtype(n, batch))
+    _fisher_yates(labels, _raw_words(rng, n))
+    return _positions(labels, batch)
+
+
+def permutation(rng: np.random.Generator, n: int) -> np.ndarray:
+    """A uniformly random permutation of ``0..n-1`` (int64) drawn from ``rng``'s raw bits.
+
+    Why not ``rng.permutation``: numpy keeps a bit generator's raw stream the same from release
+    to release (NEP 19) but not what ``Generator`` methods make of it, and a run resumed after
+    an upgrade must see the epochs it would have seen."""
+    a = np.arange(n, dtype=np.int64)
+    _fisher_yates(a, _raw_words(rng, n))
+    return a
+
+
+def _raw_words(rng: np.random.Generator, n: int) -> np.ndarray:
+    """The 64-bit words a shuffle of ``n`` takes: one per two Fisher-Yates steps."""
+    return rng.bit_generator.random_raw(n // 2)
+
+
+def window_order(at: np.ndarray) -> np.ndarray:
+    """The inverse of positions ``at``: the source row at each position (int64, for gathers)."""
     order = np.empty(len(at), np.int64)
     order[at] = np.arange(len(at))
     return order

@@ -120,16 +120,40 @@ def test_gpu_delivery_gives_the_cpu_batches(dataset, shuffle, processes):
     gpu.close()
 
 
+def _splitmix(s: int) -> int:
+    s = ((s ^ (s >> 30)) * 0xBF58476D1CE4E5B9) & (2 ** 64 - 1)
+    s = ((s ^ (s >> 27)) * 0x94D049BB133111EB) & (2 ** 64 - 1)
+    return s ^ (s >> 31)
+
+
+def plain_shuffle(rng: np.random.Generator, values) -> list:
+    """Fisher-Yates as training.scatter defines it, one Python step at a time: step k swaps
+    item n-1-k with item (u * (n - k)) >> 32, u the 32-bit halves of the generator's raw words
+    in turn (high half first), a u in Lemire's rejection zone redrawn through splitmix64."""
+    values = list(values)
+    n = len(values)
+    words = rng.bit_generator.random_raw(n // 2).tolist()
+    for k in range(n - 1):
+        i = n - 1 - k
+        u = words[k // 2] >> 32 if k % 2 == 0 else words[k // 2] & 0xFFFFFFFF
+        m, t, s = u * (i + 1), (2 ** 32 - (i + 1)) % (i + 1), u
+        while m & 0xFFFFFFFF < t:
+            s = _splitmix((s + 0x9E3779B97F4A7C15) & (2 ** 64 - 1))
+            m = (s >> 32) * (i + 1)
+        values[i], values[m >> 32] = values[m >> 32], values[i]
+    return values
+
+
 def reference_stream(loader: ShardLoader, epoch: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """What ShardLoader must deliver, written the plain way: row groups in an order drawn from
     (seed, epoch, rank), windows of ``shuffle_window`` groups appended to the rows carried over
-    from the previous window, each window permuted by the next draw and then each batch's rows
-    put back in window order (the order inside a batch changes no gradient), whole batches
-    delivered, the rest carried. The GPU path implements exactly this on the device, so CPU and
-    GPU agree."""
+    from the previous window, each window's rows dealt to batches by the next draw (a shuffle
+    of the batch labels) and kept in window order inside a batch (the order inside a batch
+    changes no gradient), whole batches delivered, the rest carried. The GPU path implements
+    exactly this on the device, so CPU and GPU agree."""
     names = loader.columns + [loader.label]
     rng = np.random.default_rng([loader.seed, epoch, loader.rank])
-    order = [loader.groups[i] for i in rng.permutation(len(loader.groups))] if loader.shuffle else loader.groups
+    order = [loader.groups[i] for i in plain_shuffle(rng, range(len(loader.groups)))] if loader.shuffle else loader.groups
     carry = np.empty((len(names), 0), np.float32)
     xs, ys, sizes = [], [], []
     for i in range(0, len(order), loader.window):
@@ -140,8 +164,8 @@ def reference_stream(loader: ShardLoader, epoch: int) -> tuple[np.ndarray, np.nd
         usable = n if last and not loader.drop_last else n - n % loader.batch_size
         rows = np.arange(n)
         if loader.shuffle:
-            perm, b = rng.permutation(n), loader.batch_size
-            rows = np.concatenate([np.sort(perm[a:a + b]) for a in range(0, n, b)])
+            labels = plain_shuffle(rng, [r // loader.batch_size for r in range(n)])
+            rows = np.argsort(labels, kind="stable")  # batch by batch, window order inside
         out, carry = block[:, rows[:usable]], block[:, rows[usable:]]
         for b in range(0, usable, loader.batch_size):
             xs.append(out[:-1, b:b + loader.batch_size].T)
@@ -173,7 +197,8 @@ def test_the_stream_without_numba_is_the_reference_too(dataset, monkeypatch):
     monkeypatch.setattr(scatter, "_place", scatter._place_numpy)
     monkeypatch.setattr(scatter, "_place_pair", None)
     monkeypatch.setattr(scatter, "_place_block", scatter._place_block_numpy)
-    monkeypatch.setattr(scatter, "_batch_positions", scatter._batch_positions_numpy)
+    monkeypatch.setattr(scatter, "_positions", scatter._positions_numpy)
+    monkeypatch.setattr(scatter, "_fisher_yates", scatter._fisher_yates_numpy)
     loader = ShardLoader(dataset, COLUMNS, "label", batch_size=128, seed=11, shuffle_window=2, workers=2)
     x, y, sizes = drain(loader, 0)
     rx, ry, rsizes = reference_stream(loader, 0)
