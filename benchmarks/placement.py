@@ -271,7 +271,7 @@ def numpy_batch_positions(perm: np.ndarray, batch: int) -> np.ndarray:
 
 def numpy_draw_positions(rng: np.random.Generator, n: int, batch: int) -> np.ndarray:
     """``draw_positions`` as it runs without numba."""
-    labels = (np.arange(n) // batch).astype(scatter._label_dtype(n, batch))
+    labels = np.repeat(np.arange(-(-n // batch), dtype=scatter._label_dtype(n, batch)), batch)[:n]
     scatter._fisher_yates_numpy(labels, scatter._raw_words(rng, n))
     return scatter._positions_numpy(labels, batch)
 

@@ -255,7 +255,7 @@ def draw_positions(rng: np.random.Generator, n: int, batch: int) -> np.ndarray:
     the rows' batch labels (``batch`` rows each) are shuffled directly, which is the same draw
     without the permutation. Reproducible across numpy releases (see ``permutation``)."""
     batch = _check_batch(batch)
-    labels = (np.arange(n) // batch).astype(_label_dtype(n, batch))
+    labels = np.repeat(np.arange(-(-n // batch), dtype=_label_dtype(n, batch)), batch)[:n]  # 0, 0, ..., 1, 1, ...
     _fisher_yates(labels, _raw_words(rng, n))
     return _positions(labels, batch)
 
