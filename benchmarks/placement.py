@@ -167,8 +167,8 @@ def main() -> None:
         "draw_positions, numpy fallback": lambda: numpy_draw_positions(np.random.default_rng(1), n, args.batch),
     }
     ms = {name: best_ms(fn, args.repeats) for name, fn in draws.items()}
-    rows = [{"window's draw, one thread": name, "ms per window": f"{t:.2f}", "vs permutation": f"{ms[DRAW_BASELINE] / t:.2f}x"}
-            for name, t in ms.items()]
+    rows = [{"window's draw, one thread": name, "ms per window": f"{t:.2f}",
+             "vs permutation": f"{ms[DRAW_BASELINE] / t:.2f}x"} for name, t in ms.items()]
     print()
     print(table(rows, ["window's draw, one thread", "ms per window", "vs permutation"]))
 

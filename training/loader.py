@@ -168,7 +168,8 @@ class ShardLoader:
             return False
 
         try:
-            rng = np.random.default_rng([self.seed, epoch, self.rank])
+            # PCG64 by name, not default_rng: numpy may change the default generator, not this one's stream
+            rng = np.random.Generator(np.random.PCG64([self.seed, epoch, self.rank]))
             if self.device.type == "cuda":
                 copy_stream = torch.cuda.Stream(self.device)
                 carry = None  # rows of the previous window not yet delivered (column-major)

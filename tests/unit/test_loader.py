@@ -152,8 +152,10 @@ def reference_stream(loader: ShardLoader, epoch: int) -> tuple[np.ndarray, np.nd
     changes no gradient), whole batches delivered, the rest carried. The GPU path implements
     exactly this on the device, so CPU and GPU agree."""
     names = loader.columns + [loader.label]
-    rng = np.random.default_rng([loader.seed, epoch, loader.rank])
-    order = [loader.groups[i] for i in plain_shuffle(rng, range(len(loader.groups)))] if loader.shuffle else loader.groups
+    rng = np.random.Generator(np.random.PCG64([loader.seed, epoch, loader.rank]))
+    order = loader.groups
+    if loader.shuffle:
+        order = [loader.groups[i] for i in plain_shuffle(rng, range(len(order)))]
     carry = np.empty((len(names), 0), np.float32)
     xs, ys, sizes = [], [], []
     for i in range(0, len(order), loader.window):
