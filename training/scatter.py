@@ -264,9 +264,10 @@ def draw_positions(rng: np.random.Generator, n: int, batch: int) -> np.ndarray:
 def permutation(rng: np.random.Generator, n: int) -> np.ndarray:
     """A uniformly random permutation of ``0..n-1`` (int64) drawn from ``rng``'s raw bits.
 
-    Why not ``rng.permutation``: numpy keeps a bit generator's raw stream the same from release
-    to release (NEP 19) but not what ``Generator`` methods make of it, and a run resumed after
-    an upgrade must see the epochs it would have seen."""
+    Why not ``rng.permutation``: numpy guarantees a bit generator's stream for a given seed from
+    release to release (PCG64's docstring, numpy.random's compatibility policy), but lets
+    ``Generator`` methods change what they make of it, and a run resumed after an upgrade must
+    see the epochs it would have seen."""
     a = np.arange(n, dtype=np.int64)
     _fisher_yates(a, _raw_words(rng, n))
     return a

@@ -144,9 +144,9 @@ def test_every_permutation_is_equally_likely():
 
 
 def test_the_stream_is_pinned():
-    """The draws are defined on the bit generator's raw words, which numpy keeps stable across
-    releases (NEP 19): a change to this function that moves the stream shows here, so that
-    resumed runs keep their epochs."""
+    """The draws are defined on the bit generator's raw words, whose stream numpy guarantees
+    across releases (PCG64's docstring): a change here that moves the stream shows in this
+    test, so that resumed runs keep their epochs."""
     assert scatter.permutation(np.random.default_rng(0), 10).tolist() == PINNED_PERMUTATION
     at = scatter.draw_positions(np.random.default_rng(0), 12, 5)
     assert at.tolist() == PINNED_POSITIONS
