@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from pathlib import Path
 
@@ -118,6 +119,37 @@ def test_gpu_delivery_gives_the_cpu_batches(dataset, shuffle, processes):
         n += len(xg)
     assert n == 3000
     gpu.close()
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+@pytest.mark.parametrize("batch, window, drop_last", [(100, 2, False), (130, 3, False), (700, 1, True)])
+def test_the_gpu_paths_windows_give_the_cpu_batches_without_a_gpu(dataset, monkeypatch, shuffle, batch, window,
+                                                                   drop_last):
+    """``_window_gpu``'s reordering, run on CPU tensors: CUDA's stream context and events are
+    stubbed here (no GPU on this machine); the copies, the shuffle's gather and the carried rows
+    are the real code. On a GPU, test_gpu_delivery_gives_the_cpu_batches runs it whole."""
+    class Event:
+        def record(self, stream=None) -> None:
+            pass
+
+    monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    kw = dict(batch_size=batch, seed=3, shuffle=shuffle, shuffle_window=window, drop_last=drop_last, rank=1, size=2)
+    cpu, emulated = ShardLoader(dataset, COLUMNS, "label", **kw), ShardLoader(dataset, COLUMNS, "label", **kw)
+    for epoch in (0, 1):
+        rng = np.random.Generator(np.random.PCG64([3, epoch, 1]))  # as ShardLoader._produce makes it
+        carry, got = None, []
+        for blocks, last in emulated._decoded_windows(rng, threading.Event()):
+            item, carry = emulated._window_gpu(blocks, carry, last, rng, None)
+            if item is not None:
+                x, y, _ = item
+                got += [(x[i:i + batch], y[i:i + batch]) for i in range(0, len(x), batch)]
+        want = list(cpu.epoch(epoch))
+        assert len(got) == len(want) > 0
+        for (xg, yg), (xc, yc) in zip(got, want):
+            assert xg.is_contiguous()
+            torch.testing.assert_close(xg, xc.contiguous(), rtol=0, atol=0)
+            torch.testing.assert_close(yg, yc, rtol=0, atol=0)
 
 
 def _splitmix(s: int) -> int:
