@@ -234,8 +234,10 @@ def loader_epochs(data: Path, features: list[str], batch: int, threads: int, rou
             return at
         return run
 
-    draws = {DRAW_BASELINE: measured(DRAW_BASELINE, lambda rng, n, b: scatter.batch_positions(rng.permutation(n), b)),
-             "draw_positions (ShardLoader)": measured("draw_positions (ShardLoader)", scatter.draw_positions)}
+    draws = {name: measured(name, draw) for name, draw in {
+        DRAW_BASELINE: lambda rng, n, b: scatter.batch_positions(rng.permutation(n), b),
+        "draw_positions (ShardLoader)": scatter.draw_positions,
+    }.items()}
     epochs = ours(data, features, batch, threads)
     rows = epochs.loader.num_rows
     wall: dict[str, list[float]] = {name: [] for name in draws}
@@ -271,7 +273,7 @@ def numpy_batch_positions(perm: np.ndarray, batch: int) -> np.ndarray:
 
 def numpy_draw_positions(rng: np.random.Generator, n: int, batch: int) -> np.ndarray:
     """``draw_positions`` as it runs without numba."""
-    labels = np.repeat(np.arange(-(-n // batch), dtype=scatter._label_dtype(n, batch)), batch)[:n]
+    labels = scatter._batch_labels(n, batch)
     scatter._fisher_yates_numpy(labels, scatter._raw_words(rng, n))
     return scatter._positions_numpy(labels, batch)
 

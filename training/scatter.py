@@ -125,6 +125,11 @@ def _label_dtype(n: int, batch: int) -> type:
     return np.int16 if n // batch < 2 ** 15 else np.int32  # int16: half the cache, and numpy's radix sort
 
 
+def _batch_labels(n: int, batch: int) -> np.ndarray:
+    """The labels a draw shuffles: ``batch`` zeros, then ``batch`` ones, ..., ``n`` in all."""
+    return np.repeat(np.arange(-(-n // batch), dtype=_label_dtype(n, batch)), batch)[:n]
+
+
 def _labels_numpy(perm: np.ndarray, batch: int, labels: np.ndarray) -> None:
     labels[perm] = np.arange(perm.shape[0]) // batch
 
@@ -256,7 +261,7 @@ def draw_positions(rng: np.random.Generator, n: int, batch: int) -> np.ndarray:
     the rows' batch labels (``batch`` rows each) are shuffled directly, which is the same draw
     without the permutation. Reproducible across numpy releases (see ``permutation``)."""
     batch = _check_batch(batch)
-    labels = np.repeat(np.arange(-(-n // batch), dtype=_label_dtype(n, batch)), batch)[:n]  # 0, 0, ..., 1, 1, ...
+    labels = _batch_labels(n, batch)
     _fisher_yates(labels, _raw_words(rng, n))
     return _positions(labels, batch)
 
