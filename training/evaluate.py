@@ -27,12 +27,21 @@ def split_table(dataset: dict, split: str, columns: list[str]):
     return pq.ParquetDataset(paths).read(columns=columns)
 
 
+def slice_summary(loss: np.ndarray, mask: np.ndarray) -> dict:
+    """``{"value", "rows", "stderr"}`` of the per-row ``loss`` over the rows in ``mask``: its mean,
+    and the mean's standard error, which the model gate uses to tell a bad slice from a small one."""
+    rows = int(mask.sum())
+    part = loss[mask]
+    stderr = float(part.std(ddof=1) / math.sqrt(rows)) if rows > 1 else None
+    return {"value": float(part.mean()) if rows else None, "rows": rows, "stderr": stderr}
+
+
 def hour_of_day(hour_sin: np.ndarray, hour_cos: np.ndarray) -> np.ndarray:
     return (np.arctan2(hour_sin, hour_cos) * 24 / (2 * math.pi)) % 24
 
 
 def evaluate(model_dir: Path, dataset: dict, split: str = "validation") -> dict:
-    """``{"metric": "mae", "value", "rows", "slices": {"city=berlin": {"value", "rows"}, ...}}``:
+    """``{"metric": "mae", "value", "rows", "slices": {"city=berlin": {"value", "rows", "stderr"}, ...}}``:
     the shape every evaluator returns (lower is better), which the model gate judges."""
     import torch
 
@@ -48,7 +57,6 @@ def evaluate(model_dir: Path, dataset: dict, split: str = "validation") -> dict:
     hours = hour_of_day(table.column("hour_sin").to_numpy(), table.column("hour_cos").to_numpy())
     masks = {f"city={name}": table.column("city_code").to_numpy() == i for i, name in enumerate(cities)}
     masks.update({f"hour={name}": (hours >= lo) & (hours < hi) for lo, hi, name in HOUR_BUCKETS})
-    slices = {k: {"value": float(err[m].mean()) if m.any() else None, "rows": int(m.sum())}
-              for k, m in masks.items()}
+    slices = {k: slice_summary(err, m) for k, m in masks.items()}
     return {"split": split, "metric": "mae", "label": "MAE", "rows": int(len(y)),
             "value": float(err.mean()) if len(y) else None, "slices": slices}

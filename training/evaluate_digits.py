@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.evaluate import split_table
+from training.evaluate import slice_summary, split_table
 
 
 def evaluate_digits(model_dir: Path, dataset: dict, split: str = "validation") -> dict:
@@ -28,7 +28,6 @@ def evaluate_digits(model_dir: Path, dataset: dict, split: str = "validation") -
                 "slices": {}}
     images = decode_images(table.column("image").to_pylist(), "image")
     wrong = (model.predict(torch.from_numpy(images)).numpy() != y).astype(np.float64)
-    slices = {f"digit={d}": {"value": float(wrong[y == d].mean()) if (y == d).any() else None,
-                             "rows": int((y == d).sum())} for d in range(model.classes)}
+    slices = {f"digit={d}": slice_summary(wrong, y == d) for d in range(model.classes)}
     return {"split": split, "metric": "error", "label": "error rate", "rows": int(len(y)),
             "value": float(wrong.mean()), "slices": slices}

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dlpipe.gates import ColumnRule, DataGateConfig, ModelGateConfig, judge_model, validate_frames
+from dlpipe.gates import ColumnRule, DataGateConfig, ModelGateConfig, judge_model, judge_slices, validate_frames
+from training.evaluate import slice_summary
 
 CFG = DataGateConfig(min_rows={"train": 10}, columns={
     "distance_km": ColumnRule(type="float32", min=0, max=100),
@@ -82,6 +83,64 @@ def test_model_gate(metrics, ok):
 def test_model_gate_message_shows_value_and_threshold():
     [msg] = judge_model({"val_mae": 7.5, "baseline_mae": 8.0}, ModelGateConfig(min_improvement=0.1))
     assert msg == "val_mae=7.5000 must be <= 7.2000 (baseline_mae=8.0000 improved by 10%)"
+
+
+def _digits_evaluation(errors: dict[int, int], rows: int = 30) -> dict:
+    """An error-rate evaluation of 10 digits of ``rows`` images each, ``errors[d]`` wrong in digit d."""
+    wrong = np.concatenate([np.arange(rows) < errors.get(d, 0) for d in range(10)]).astype(np.float64)
+    digit = np.repeat(np.arange(10), rows)
+    return {"label": "error rate", "value": float(wrong.mean()), "rows": len(wrong),
+            "slices": {f"digit={d}": slice_summary(wrong, digit == d) for d in range(10)}}
+
+
+def test_slice_summary_gives_the_mean_and_its_standard_error():
+    loss, mask = np.array([1.0, 2.0, 3.0, 10.0]), np.array([True, True, True, False])
+    assert slice_summary(loss, mask) == {"value": 2.0, "rows": 3, "stderr": pytest.approx(1 / np.sqrt(3))}
+    assert slice_summary(loss, np.array([True, False, False, False]))["stderr"] is None  # one row: no spread
+    assert slice_summary(loss, np.zeros(4, bool)) == {"value": None, "rows": 0, "stderr": None}
+
+
+def test_a_small_slice_with_a_few_unlucky_errors_is_noise_but_a_broken_one_fails():
+    cfg = ModelGateConfig(slice_max_ratio=4.0, slice_min_rows=25)  # the digits pipeline's thresholds
+    # 6 errors in 300 images, 3 of them on one digit: 0.10 on that digit, 5x the overall 0.02, but
+    # within one standard error (0.056) of the 0.08 limit: not evidence of a bad digit
+    noisy = _digits_evaluation({8: 3, 1: 1, 3: 1, 5: 1})
+    assert judge_slices(noisy, cfg) == []
+    assert len(judge_slices(noisy, cfg.model_copy(update={"slice_z": 0.0}))) == 1  # the point rule flags it
+    # a digit the model has lost: 12 of its 30 wrong, 0.40 against a limit of 4 x 0.05
+    [msg] = judge_slices(_digits_evaluation({8: 12, 1: 1, 3: 1, 5: 1}), cfg)
+    assert msg == ("slice digit=8: error rate 0.4000 (standard error 0.0910 on 30 rows) is above 4.0 x overall "
+                   "0.0500 (= 0.2000) by more than slice_z=1 standard errors")
+    # slices under slice_min_rows are reported, not judged; an evaluator without stderr is judged on its value
+    assert judge_slices(_digits_evaluation({8: 12, 1: 1, 3: 1, 5: 1}, rows=20), cfg) == []
+    no_stderr = {**noisy, "slices": {k: {"value": v["value"], "rows": v["rows"]} for k, v in noisy["slices"].items()}}
+    assert [m.split(":")[0] for m in judge_slices(no_stderr, cfg)] == ["slice digit=8"]
+
+
+def test_the_slice_rule_seldom_fails_a_model_for_where_its_errors_fell_but_catches_a_lost_digit():
+    """2,000 draws each, fixed seed. A model with a 2% error rate whose errors land on random
+    digits (none worse than another) fails the point rule on 30-image digits about one time in
+    six, the rule with one standard error almost never. A model that gets half of one digit
+    wrong fails both almost always."""
+    rng, cfg = np.random.default_rng(3), ModelGateConfig(slice_max_ratio=4.0, slice_min_rows=25)
+    point = ModelGateConfig(slice_max_ratio=4.0, slice_min_rows=25, slice_z=0.0)
+
+    def failures(draw_errors) -> tuple[int, int]:
+        evaluations = [_digits_evaluation(dict(enumerate(draw_errors().tolist()))) for _ in range(2000)]
+        return (sum(bool(judge_slices(e, point)) for e in evaluations),
+                sum(bool(judge_slices(e, cfg)) for e in evaluations))
+
+    anywhere = failures(lambda: np.bincount(rng.choice(10, size=6), minlength=10))  # 6 errors in 300 images
+    assert anywhere[0] > 200 and anywhere[1] < 20, anywhere
+
+    def lost_digit() -> np.ndarray:  # digit 8 wrong half the time, 6 more errors on the other digits
+        others = np.delete(np.arange(10), 8)
+        errors = np.bincount(rng.choice(others, size=6), minlength=10)
+        errors[8] = rng.binomial(30, 0.5)
+        return errors
+
+    lost = failures(lost_digit)
+    assert lost[0] > 1950 and lost[1] > 1900, lost
 
 
 # --- the Spark engine: the same suite on the same Parquet data, through GX's Spark datasource ---
