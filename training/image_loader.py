@@ -5,7 +5,8 @@ images). Each rank is dealt its row groups round-robin, as by ``training.loader.
 and knows its row count from the footers alone. The first epoch reads them once, decodes the
 field with Petastorm's ``NdarrayCodec`` into one ``[rows, 1, H, W]`` float32 tensor on the device,
 and every epoch is then served from there: a permutation drawn from (seed, epoch, rank) and
-slicing, with no per-epoch I/O. Larger image sets belong in a streaming loader; this one keeps
+slicing, with no per-epoch I/O. The permutation is ShardLoader's (``training.scatter.permutation``
+on PCG64), whose stream numpy keeps across releases. Larger image sets belong in a streaming loader; this one keeps
 the same interface so the training loop is shared.
 """
 
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from training.parquet_groups import list_row_groups, read_row_group
+from training.scatter import permutation
 
 
 def decode_images(values: list, field: str) -> np.ndarray:
@@ -79,7 +81,8 @@ class ImageShardLoader:
         x, y = self._tensors
         n = self.num_rows
         if self.shuffle:
-            rows = torch.from_numpy(np.random.default_rng([self.seed, epoch, self.rank]).permutation(n))
+            rng = np.random.Generator(np.random.PCG64([self.seed, epoch, self.rank]))
+            rows = torch.from_numpy(permutation(rng, n).astype(np.int64))  # ShardLoader's stream
             rows = rows.to(self.device)
         for i in range(0, n, self.batch_size):
             if self.shuffle:
