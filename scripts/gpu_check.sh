@@ -24,6 +24,8 @@ step() { echo; echo "=== $1 ($(date +%T))"; }
 
 step "machine"
 nvidia-smi -L; nproc; "$PY" -c "import torch, pyarrow, numpy; print('torch', torch.__version__, 'cuda', torch.version.cuda, '| pyarrow', pyarrow.__version__, '| numpy', numpy.__version__)"
+"$PY" -c "import numba; print('numba', numba.__version__, '(compiled shuffle)')" 2>/dev/null \
+  || echo "numba: not importable: the shuffle's draw runs numpy's version, holding the GIL (expect stall)"
 
 SITE=/tmp/dlpipe-gpu-site
 if ls "$KIT"/whl/*.whl >/dev/null 2>&1; then
@@ -32,8 +34,8 @@ if ls "$KIT"/whl/*.whl >/dev/null 2>&1; then
 fi
 
 if [ -z "${SKIP_LOADER:-}" ]; then
-step "loader tests, GPU delivery included"
-"$PY" -m pytest --noconftest -q -p no:cacheprovider tests/unit/test_loader.py 2>&1 | tee "$OUT/loader_tests.txt"
+step "loader tests, GPU delivery included; the compiled shuffle against numpy's on this host"
+"$PY" -m pytest --noconftest -q -p no:cacheprovider tests/unit/test_loader.py tests/unit/test_scatter.py 2>&1 | tee "$OUT/loader_tests.txt"
 
 step "loader benchmark (4M rows x 64 features, batch 8192)"
 "$PY" -m benchmarks.loader --rows "${ROWS:-4000000}" --workers "${LOADER_WORKERS:-12}" --repeats 2 2>&1 | tee "$OUT/loader.txt"

@@ -10,8 +10,9 @@
 #   site folder (tests, headers and Arrow Flight/Substrait removed, xz-compressed to fit the 64 MiB
 #   carry limit), so the loader benchmark can compare with Petastorm on the GPU host, whose own
 #   pyarrow is too new for it.
-# numba is not in the kit (llvmlite's wheel alone is 60 MB): there the CPU shuffle runs
-# training/scatter.py's numpy version, and the GPU path, which shuffles on the device, needs neither.
+# numba is not in the kit (llvmlite's wheel alone is 60 MB): the H200 image has it. Where it is
+# missing, the shuffle's draw runs training/scatter.py's numpy version (50-60 ms a window, in
+# Python, holding the GIL: it would show as stall), and gpu_check.sh's first step says so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KIT=${1:-.gpu}

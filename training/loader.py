@@ -30,6 +30,7 @@ import collections
 import queue
 import threading
 import time
+import warnings
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ import numpy as np
 import torch
 
 from training.decode_pool import Decode, DecodePool, SlotRing
+from training import scatter
 from training.scatter import draw_positions, permutation, place_block, place_columns, window_order
 from training.parquet_groups import RowGroup, column_chunks, decode_chunk_bytes, list_row_groups, memory_map_enabled
 
@@ -77,6 +79,11 @@ class ShardLoader:
         if batch_size < 1 or shuffle_window < 1 or workers < 1 or prefetch < 1:
             raise ValueError("batch_size, shuffle_window, workers and prefetch must all be >= 1")
         decode_chunk_bytes(), memory_map_enabled()  # a bad DLPIPE_* setting fails here, not in a worker
+        if shuffle and scatter.NOT_COMPILED and scatter.NOT_COMPILED != "DLPIPE_NO_NUMBA=1":
+            warnings.warn(f"numba is not importable ({scatter.NOT_COMPILED}): the shuffle runs numpy's versions, "
+                          "whose draw takes 50-60 ms a 250,000-row window in Python, holding the GIL. "
+                          "Install numba (part of dlpipe's dependencies) for the compiled loops.",
+                          RuntimeWarning, stacklevel=2)
         self.url, self.columns, self.label = url, list(columns), label
         self.batch_size, self.seed, self.shuffle, self.drop_last = batch_size, seed, shuffle, drop_last
         self.rank, self.window, self.workers, self.prefetch = rank, shuffle_window, workers, prefetch
