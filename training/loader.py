@@ -79,8 +79,8 @@ class ShardLoader:
         if batch_size < 1 or shuffle_window < 1 or workers < 1 or prefetch < 1:
             raise ValueError("batch_size, shuffle_window, workers and prefetch must all be >= 1")
         decode_chunk_bytes(), memory_map_enabled()  # a bad DLPIPE_* setting fails here, not in a worker
-        if shuffle and scatter.NOT_COMPILED and scatter.NOT_COMPILED != "DLPIPE_NO_NUMBA=1":
-            warnings.warn(f"numba is not importable ({scatter.NOT_COMPILED}): the shuffle runs numpy's versions, "
+        if shuffle and scatter.WHY_NOT_COMPILED and scatter.WHY_NOT_COMPILED != "DLPIPE_NO_NUMBA=1":
+            warnings.warn(f"numba is not importable ({scatter.WHY_NOT_COMPILED}): the shuffle runs numpy's versions, "
                           "whose draw takes 50-60 ms a 250,000-row window in Python, holding the GIL. "
                           "Install numba (part of dlpipe's dependencies) for the compiled loops.",
                           RuntimeWarning, stacklevel=2)

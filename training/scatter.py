@@ -36,9 +36,9 @@ try:
     import numba
 except ImportError as e:
     numba = None
-    NOT_COMPILED = str(e)  # why the numpy versions run: ShardLoader warns with it
+    WHY_NOT_COMPILED = str(e)  # why the numpy versions run: ShardLoader warns with it
 else:
-    NOT_COMPILED = None
+    WHY_NOT_COMPILED = None
 
 # How far ahead (in elements) a placement loop asks for the destination's memory: 64 float32,
 # four cache lines further along the same batch's run. A row group's rows land in one run per

@@ -234,13 +234,13 @@ def test_the_stream_without_numba_is_the_reference_too(dataset, monkeypatch):
     monkeypatch.setattr(scatter, "_place_block", scatter._place_block_numpy)
     monkeypatch.setattr(scatter, "_positions", scatter._positions_numpy)
     monkeypatch.setattr(scatter, "_fisher_yates", scatter._fisher_yates_numpy)
-    monkeypatch.setattr(scatter, "NOT_COMPILED", "No module named 'numba'")
+    monkeypatch.setattr(scatter, "WHY_NOT_COMPILED", "No module named 'numba'")
     with pytest.warns(RuntimeWarning, match=r"numba is not importable \(No module named 'numba'\).*holding the GIL"):
         loader = ShardLoader(dataset, COLUMNS, "label", batch_size=128, seed=11, shuffle_window=2, workers=2)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # in storage order nothing is drawn, so nothing to warn of
         ShardLoader(dataset, COLUMNS, "label", shuffle=False)
-        monkeypatch.setattr(scatter, "NOT_COMPILED", "DLPIPE_NO_NUMBA=1")  # asked for: no warning either
+        monkeypatch.setattr(scatter, "WHY_NOT_COMPILED", "DLPIPE_NO_NUMBA=1")  # asked for: no warning either
         ShardLoader(dataset, COLUMNS, "label")
     x, y, sizes = drain(loader, 0)
     rx, ry, rsizes = reference_stream(loader, 0)

@@ -4,17 +4,24 @@ uniform, reproducible shuffle."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
 from training import scatter
 
+# numba turned off on purpose: the numpy versions run, and the tests of the compiled loops have nothing to test
+needs_numba = pytest.mark.skipif(os.environ.get("DLPIPE_NO_NUMBA") == "1", reason="DLPIPE_NO_NUMBA=1")
 
+
+@needs_numba
 def test_numba_is_in_the_environment():
     """dlpipe's environment installs numba, so the CPU shuffle runs the compiled loops."""
     assert scatter.COMPILED
 
 
+@needs_numba
 @pytest.mark.parametrize("loop", ["_place_loop", "_place_pair_loop", "_place_block_loop"])
 def test_the_compiled_loops_prefetch_their_destination(loop):
     """Each placement loop asks for the destination ahead of its stores (compiled afresh here:
