@@ -48,6 +48,11 @@ from training.parquet_groups import RowGroup, column_chunks, decode_chunk_bytes,
 class ShardLoader:
     """``(features [b, f] float32, label [b] float32)`` batches of one rank's shard.
 
+    On the CPU, ``features`` is a transposed view of the window's column-major buffer (strides
+    ``(1, window rows)``): ``nn.Linear`` and matmul take it as it is, with no copy; call
+    ``.contiguous()`` before ``.view()`` or anything else that needs row-major memory. On a
+    GPU, batches are contiguous. A batch's memory is reused once no tensor refers to it.
+
     :param url: a split of a dataset: ``file://...``, or ``s3://bucket/prefix`` with credentials
         from the AWS chain (environment, profile, instance role) and, for another S3-compatible
         server, ``?endpoint_override=host:port&scheme=http`` (pyarrow's S3 URL options)
