@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +93,8 @@ def register(store: Store, name: str, model_dir: Path, *, metrics: dict[str, Any
     is refused.
     """
     _check_name(name)
+    if not Path(model_dir).is_dir():
+        raise ConfigError("model_dir", str(model_dir), "point at an existing directory holding the model files")
     files = sorted(p for p in Path(model_dir).iterdir() if p.is_file() and not p.name.startswith("."))
     if not files:
         raise ConfigError("model_dir", str(model_dir), "point at a directory holding the model files")
@@ -138,18 +143,30 @@ def register(store: Store, name: str, model_dir: Path, *, metrics: dict[str, Any
 
 
 def download(store: Store, name: str, version: int, dest: Path) -> dict:
-    """Fetch a version's artifacts into ``dest`` and verify each SHA-256 before returning."""
+    """Fetch a version's artifacts into ``dest`` and verify each SHA-256 before returning.
+
+    The artifacts are fetched into a hidden directory inside ``dest`` and moved into place only
+    once every one of them verifies, so a failed or tampered download leaves the files already
+    in ``dest`` as they were."""
     record = get_version(store, name, version)
+    if dest.exists() and not dest.is_dir():
+        raise ConfigError("dest", str(dest), "name a directory (it is created if missing), not a file")
     dest.mkdir(parents=True, exist_ok=True)
-    for art in record["artifacts"]:
-        target = dest / art["name"]
-        store.download(f"{name}/blobs/{art['sha256']}", target)
-        actual = sha256_file(target)
-        if actual != art["sha256"]:
-            target.unlink()
-            raise IntegrityError(
-                f"{name}@{version}: artifact {art['name']} has sha256 {actual[:12]}..., the registry "
-                f"recorded {art['sha256'][:12]}...; the stored blob was modified; do not load it")
+    staging = Path(tempfile.mkdtemp(prefix=".download-", dir=dest))
+    try:
+        for art in record["artifacts"]:
+            target = staging / art["name"]
+            store.download(f"{name}/blobs/{art['sha256']}", target)
+            actual = sha256_file(target)
+            if actual != art["sha256"]:
+                raise IntegrityError(
+                    f"{name}@{version}: artifact {art['name']} has sha256 {actual[:12]}..., the registry "
+                    f"recorded {art['sha256'][:12]}...; the stored blob was modified; do not load it "
+                    f"(nothing in {dest} was changed)")
+        for art in record["artifacts"]:
+            os.replace(staging / art["name"], dest / art["name"])
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return record
 
 

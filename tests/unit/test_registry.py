@@ -56,6 +56,22 @@ def test_download_verifies_hashes_and_refuses_tampered_blobs(store, tmp_path):
         store.client.put_object(Bucket=store.bucket, Key=store._key(f"eta/blobs/{sha}"), Body=b"weightz")
     with pytest.raises(IntegrityError, match="modified"):
         registry.download(store, "eta", 1, tmp_path / "dl2")
+    # A failed download changes nothing already in the directory, and leaves no staging behind.
+    (tmp_path / "dl3").mkdir()
+    (tmp_path / "dl3" / "model.safetensors").write_bytes(b"mine")
+    with pytest.raises(IntegrityError, match="nothing in .* was changed"):
+        registry.download(store, "eta", 1, tmp_path / "dl3")
+    assert [p.name for p in (tmp_path / "dl3").iterdir()] == ["model.safetensors"]
+    assert (tmp_path / "dl3" / "model.safetensors").read_bytes() == b"mine"
+
+
+def test_download_and_register_refuse_paths_of_the_wrong_kind(store, tmp_path):
+    registry.register(store, "eta", _model(tmp_path, b"weights"), metrics={}, lineage={}, run=RunContext())
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ConfigError, match="dest=.*afile.*not a file"):
+        registry.download(store, "eta", 1, tmp_path / "afile")
+    with pytest.raises(ConfigError, match="model_dir=.*nowhere.*existing directory"):
+        registry.register(store, "eta", tmp_path / "nowhere", metrics={}, lineage={}, run=RunContext())
 
 
 def _register_one(root: str, i: int, results) -> None:
