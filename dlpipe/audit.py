@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,6 +18,7 @@ from dlpipe import settings
 from dlpipe.hashing import canonical_json
 from dlpipe.runctx import RunContext
 
+log = logging.getLogger(__name__)
 EVENTS = ("started", "skipped", "committed", "failed", "conflict")
 
 
@@ -32,9 +34,12 @@ def record(event: str, *, stage: str, run: RunContext, path: Path | None = None,
     path = path or settings.audit_log_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     line = (canonical_json(rec) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":  # a line torn by a crash: end it first,
+            line = b"\n" + line  # so that this event stays a line of its own
         os.write(fd, line)
         os.fsync(fd)
     finally:
@@ -43,10 +48,17 @@ def record(event: str, *, stage: str, run: RunContext, path: Path | None = None,
 
 
 def read(path: Path | None = None) -> Iterator[dict]:
+    """Every event in order. A line that is not JSON (a write torn by a crash or a full disk)
+    is skipped with a warning that names it, so one bad line does not hide the rest."""
     path = path or settings.audit_log_path()
     if not path.exists():
         return
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
                 yield json.loads(line)
+            except json.JSONDecodeError as exc:
+                log.warning("%s line %d is not a JSON event (%s; a write torn by a crash?): skipped",
+                            path, number, exc.msg)

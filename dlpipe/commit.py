@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 import subprocess
 import uuid
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from dlpipe import __version__, audit, settings
-from dlpipe.errors import CommitConflict, IntegrityError, NotCommittedError
+from dlpipe.errors import CommitConflict, ConfigError, IntegrityError, NotCommittedError
 from dlpipe.fsutil import create_exclusive
 from dlpipe.hashing import S3_PART_SIZE, canonical_json, fingerprint, sha256_file, sha256_with_parts
 from dlpipe.runctx import RunContext
@@ -78,19 +79,36 @@ def _manifest_path(key: StageKey, fp: str, home: Path | None = None) -> Path:
     return key.dir(home) / "manifests" / f"{fp}.json"
 
 
-def load_manifest(mid: str, home: Path | None = None) -> dict:
-    """Load a committed manifest by id (``stage/name/partition@fp16``)."""
+_FP_PREFIX = re.compile(r"^[0-9a-f]{16,64}$")
+
+
+def load_manifest(mid: str, home: Path | None = None, *, stage: str | None = None,
+                  field: str = "manifest id") -> dict:
+    """Load a committed manifest by id (``stage/name/partition@fp16``).
+
+    The fingerprint must be 16 to 64 hex digits and name exactly one commit: an id that a
+    template rendered short must not pick whichever version sorts first. ``stage`` refuses an
+    id of another stage (a dataset id passed as ``training_id``), naming ``field``."""
     try:
-        rel, fp16 = mid.rsplit("@", 1)
-        stage, name, partition = rel.split("/")
-        key = StageKey(stage, name, partition)
-    except ValueError as exc:
+        rel, fp16 = str(mid).rsplit("@", 1)
+        stage_, name, partition = rel.split("/")
+        key = StageKey(stage_, name, partition)
+        if not _FP_PREFIX.match(fp16):
+            raise ValueError(fp16)
+    except (ValueError, TypeError) as exc:
         raise NotCommittedError(
-            f"malformed manifest id {mid!r}: expected 'stage/name/partition@fingerprint'"
+            f"malformed {field} {mid!r}: expected 'stage/name/partition@fingerprint' with a fingerprint "
+            f"of 16 to 64 lowercase hex digits, as a committing task returns it"
         ) from exc
+    if stage is not None and key.stage != stage:
+        raise ConfigError(field, mid, f"expected the id of a committed {stage!r} stage, this is a "
+                                      f"{key.stage!r} one; pass the matching task's output")
     matches = sorted((key.dir(home) / "manifests").glob(f"{fp16}*.json"))
     if not matches:
         raise NotCommittedError(f"no committed manifest {mid!r} under {key.dir(home)}")
+    if len(matches) > 1:
+        raise NotCommittedError(f"{field} {mid!r} matches {len(matches)} commits under {key.dir(home)}; "
+                                f"give more digits of the fingerprint")
     return json.loads(matches[0].read_text())
 
 

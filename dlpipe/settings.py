@@ -15,9 +15,17 @@ from pathlib import Path
 
 
 def home() -> Path:
-    """The dlpipe root directory (created on first use)."""
-    root = Path(os.environ.get("DLPIPE_HOME", ".dlpipe")).expanduser().resolve()
-    root.mkdir(parents=True, exist_ok=True)
+    """The dlpipe root directory (created on first use). An empty ``DLPIPE_HOME`` means the
+    default, as an empty ``DLPIPE_REGISTRY_ROOT`` does."""
+    value = os.environ.get("DLPIPE_HOME") or ".dlpipe"
+    root = Path(value).expanduser().resolve()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        from dlpipe.errors import ConfigError
+
+        raise ConfigError("DLPIPE_HOME", value, "point it at a directory (created if missing), "
+                                                "not at a file") from exc
     return root
 
 

@@ -29,7 +29,7 @@ class DataGateOperator(DlpipeOperator):
         from dlpipe.gates import DataGateConfig, run_data_gate
 
         cfg = section(pipeline, "data_gate", DataGateConfig)
-        return run_data_gate(commit.load_manifest(self.dataset_id), cfg, run=run,
+        return run_data_gate(commit.load_manifest(self.dataset_id, stage="datasets", field="dataset_id"), cfg, run=run,
                              name=f"{pipeline.get('model_name', 'model')}_data")
 
 
@@ -62,7 +62,7 @@ class ModelGateOperator(DlpipeOperator):
         cfg = section(pipeline, "model_gate", ModelGateConfig)
         evaluate = kind_of(pipeline).evaluate
         name = pipeline.get("model_name", "model")
-        training = commit.load_manifest(self.training_id)
+        training = commit.load_manifest(self.training_id, stage="training", field="training_id")
         dataset = commit.load_manifest(training["inputs"][0]["id"])
         candidate = evaluate(commit.location(training) / training["summary"]["model_dir"], dataset)
         champion = None

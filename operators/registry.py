@@ -62,9 +62,9 @@ class RegisterModelOperator(_RegistryOperator):
         self.training_id, self.gate_ids = training_id, gate_ids or []
 
     def run_stage(self, context: Any, pipeline: dict, run: RunContext) -> StageResult:
-        training = commit.load_manifest(self.training_id)
+        training = commit.load_manifest(self.training_id, stage="training", field="training_id")
         for gid in self.gate_ids:  # refuse models whose gates did not commit a pass
-            verdict = commit.load_manifest(gid)["summary"].get("verdict")
+            verdict = commit.load_manifest(gid, stage="gates", field="gate_ids")["summary"].get("verdict")
             if verdict != "passed":
                 raise NotCommittedError(f"gate {gid} verdict is {verdict!r}, not 'passed'")
         _, store = self._settings(pipeline)

@@ -9,7 +9,7 @@ import pytest
 
 from dlpipe import audit, commit
 from dlpipe.commit import StageKey, run_stage
-from dlpipe.errors import IntegrityError, NotCommittedError
+from dlpipe.errors import ConfigError, IntegrityError, NotCommittedError
 from dlpipe.runctx import RunContext
 from tests.conftest import run_processes
 
@@ -116,6 +116,21 @@ def test_load_manifest_refuses_unknown_and_malformed_ids():
         commit.load_manifest("../../etc/passwd")
 
 
+def test_load_manifest_takes_only_a_whole_id_of_the_expected_stage():
+    run = RunContext()
+    first = run_stage(KEY, inputs=[], config={"n": 1}, code=CODE, run=run, produce=_write(1))
+    run_stage(KEY, inputs=[], config={"n": 2}, code=CODE, run=run, produce=_write(2))
+    assert commit.load_manifest(first.id) == first.manifest
+    assert commit.load_manifest(first.id, stage="features", field="x") == first.manifest
+    base = first.id.rsplit("@", 1)[0]
+    # A template rendered short, empty or as a glob must not pick whichever commit sorts first.
+    for bad in (f"{base}@", f"{base}@{first.id[-16:-8]}", f"{base}@[0-9]*", f"{base}@*", base):
+        with pytest.raises(NotCommittedError, match="malformed dataset_id .*16 to 64"):
+            commit.load_manifest(bad, field="dataset_id")
+    with pytest.raises(ConfigError, match=r"invalid training_id=.*'training'.*'features'"):
+        commit.load_manifest(first.id, stage="training", field="training_id")
+
+
 @pytest.mark.parametrize("bad", ["../x", "a/b", "", ".hidden"])
 def test_stage_key_rejects_path_tricks(bad):
     with pytest.raises(ValueError, match="invalid"):
@@ -129,3 +144,23 @@ def test_manifest_is_valid_json_with_run_identity():
     assert on_disk == r.manifest
     assert on_disk["run"]["try_number"] == 3 and on_disk["run"]["dag_id"] == "eta"
     assert on_disk["code"]["sources_hash"] == "abc" and "dlpipe_version" in on_disk["code"]
+
+
+def test_a_torn_audit_line_is_skipped_with_a_warning_that_names_it(caplog):
+    run = RunContext()
+    audit.record("started", stage="s", run=run)
+    with open(audit.settings.audit_log_path(), "a") as f:
+        f.write('{"ts": "2026-01-01", "event": "comm')  # a crash mid-write
+    audit.record("failed", stage="s", run=run)
+    assert [e["event"] for e in audit.read()] == ["started", "failed"]
+    assert "events.jsonl line 2 is not a JSON event" in caplog.text
+
+
+def test_dlpipe_home_must_be_a_directory(monkeypatch, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    monkeypatch.setenv("DLPIPE_HOME", str(tmp_path / "afile"))
+    with pytest.raises(ConfigError, match="DLPIPE_HOME=.*afile.*directory"):
+        audit.settings.home()
+    monkeypatch.setenv("DLPIPE_HOME", "")
+    monkeypatch.chdir(tmp_path)
+    assert audit.settings.home() == tmp_path / ".dlpipe"  # empty means the default, as unset does
