@@ -14,6 +14,7 @@ import signal
 import subprocess
 import threading
 import time
+from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from dlpipe.errors import SubprocessFailed
@@ -86,6 +87,41 @@ def kill_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live processes of group ``pgid`` (zombies, dead but not yet reaped, left out), from /proc."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # ended while we looked
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(stat.parent.name))
+    return members
+
+
+def kill_process_group(pgid: int, grace_s: float = 5.0, settle_s: float = 5.0) -> list[int]:
+    """SIGTERM every process of group ``pgid``, SIGKILL what is left after ``grace_s``, and wait
+    up to ``settle_s`` for those to end; returns the pids still alive then (none, normally).
+
+    Unlike ``kill_group`` this goes on after the group's leader has died, which is when its
+    children (a Spark application's Python driver, say) are left behind."""
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return []
+    for sig, wait_s in ((signal.SIGKILL, grace_s), (None, settle_s)):
+        deadline = time.monotonic() + wait_s
+        while group_members(pgid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if sig is not None and group_members(pgid):
+            try:
+                os.killpg(pgid, sig)
+            except ProcessLookupError:
+                return []
+    return group_members(pgid)
 
 
 def _fail(headline: str, tail: collections.deque[str]) -> None:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Sequence
 
 from dlpipe.commit import StageResult
 from dlpipe.errors import ConfigError
 from dlpipe.pipeline_config import section
+from dlpipe.proc import kill_process_group
 from dlpipe.runctx import RunContext
 from dlpipe.spark_submit import SparkSubmit, default_conf, spark_env
 from operators.base import DlpipeOperator
+
+log = logging.getLogger(__name__)
 
 
 def hook_submitter(conn_id: str, conf: dict[str, str] | None, name: str, holder: list,
@@ -22,9 +26,24 @@ def hook_submitter(conn_id: str, conf: dict[str, str] | None, name: str, holder:
         hook = SparkSubmitHook(conn_id=conn_id, conf={**default_conf(), **(conf or {})},
                                application_args=list(args), name=name, **(resources or {}))
         holder[:] = [hook]  # for on_kill
-        hook.submit(application=application, env=spark_env())
+        # Its own session, so that on_kill can reach spark-submit's children as one group.
+        hook.submit(application=application, env=spark_env(), start_new_session=True)
 
     return submit
+
+
+def kill_submissions(hooks: Sequence[Any], grace_s: float = 5.0) -> None:
+    """What a task kill or timeout does to its spark-submit: the provider's own ``on_kill``
+    (the driver on a cluster, the YARN or Kubernetes application, spark-submit itself), then
+    the rest of spark-submit's process group. The provider kills spark-submit alone, which
+    leaves a client-mode Python driver and whatever it started running."""
+    for hook in hooks:
+        proc = getattr(hook, "_submit_sp", None)
+        hook.on_kill()
+        if proc is not None:
+            left = kill_process_group(proc.pid, grace_s)
+            if left:
+                log.warning("spark-submit's processes %s outlived SIGKILL (uninterruptible I/O?)", left)
 
 
 RESOURCE_ARGS = ("driver_memory", "executor_memory", "executor_cores", "num_executors",
@@ -63,8 +82,7 @@ class SparkStageOperator(DlpipeOperator):
                               self.spark_resources)
 
     def on_kill(self) -> None:
-        for hook in self._hooks:
-            hook.on_kill()
+        kill_submissions(self._hooks)
 
 
 class SparkFeatureOperator(SparkStageOperator):
