@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any, Sequence
 
 from dlpipe.commit import StageResult
@@ -16,11 +17,30 @@ from operators.base import DlpipeOperator
 log = logging.getLogger(__name__)
 
 
+# Spark settings whose values are credentials: S3A keys and session tokens, Azure account keys,
+# SSL and authentication secrets, OAuth tokens. SparkSubmitHook masks only keys that contain
+# "secret" or "password" in the command line it logs; these go to Airflow's secrets masker.
+SECRET_CONF = re.compile(r"secret|password|passwd|token|credential|account\.key|access\.key|private",
+                         re.IGNORECASE)
+
+
+def mask_conf_secrets(conf: dict[str, Any]) -> None:
+    """Register the values of credential-looking Spark settings with Airflow's secrets masker,
+    so that no task log line (the logged spark-submit command included) shows them."""
+    from airflow.sdk.log import mask_secret
+
+    for key, value in conf.items():
+        if SECRET_CONF.search(key) and value:
+            mask_secret(str(value))
+
+
 def hook_submitter(conn_id: str, conf: dict[str, str] | None, name: str, holder: list,
                    resources: dict[str, Any] | None = None) -> SparkSubmit:
     """A SparkSubmit backed by SparkSubmitHook: master and deploy mode come from ``conn_id``;
     ``resources`` are SparkSubmitHook's own arguments (executor_memory, total_executor_cores...)."""
     from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
+
+    mask_conf_secrets(conf or {})
 
     def submit(application: str, args: Sequence[str]) -> None:
         hook = SparkSubmitHook(conn_id=conn_id, conf={**default_conf(), **(conf or {})},

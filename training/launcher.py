@@ -39,16 +39,20 @@ def horovodrun_argv(scale: ScaleConfig, command: Sequence[str]) -> list[str]:
 
 
 # Credentials the ranks never need. horovodrun copies its whole environment onto the command
-# line of every remote rank (visible to `ps` on that host), so they are not passed on at all.
-SECRET_ENV = re.compile(r"^(AIRFLOW_CONN_|AIRFLOW_VAR_)|(SECRET|PASSWORD|TOKEN|FERNET|_KEY$|CREDENTIAL)",
-                        re.IGNORECASE)
+# line of every remote rank (visible to `ps` on that host), so they are not passed on at all:
+# Airflow's connections, variables and whole configuration (its database URL holds a password),
+# anything named like a credential, and any value that is a URL with a user and password in it.
+SECRET_ENV = re.compile(r"^(AIRFLOW_CONN_|AIRFLOW_VAR_|AIRFLOW__)|(SECRET|PASSWORD|PASSWD|TOKEN|FERNET|_KEY$"
+                        r"|CREDENTIAL|_DSN$|DATABASE_URL)", re.IGNORECASE)
+URL_WITH_PASSWORD = re.compile(r"://[^/\s@]*:[^/\s@]*@")
 
 
 def training_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """Every rank runs this interpreter, finds this repository's packages and stays quiet; no
     Airflow connection, variable or other credential in the task's environment reaches it."""
     bindir = os.path.dirname(sys.executable)
-    inherited = {k: v for k, v in os.environ.items() if not SECRET_ENV.search(k)}
+    inherited = {k: v for k, v in os.environ.items()
+                 if not SECRET_ENV.search(k) and not URL_WITH_PASSWORD.search(v)}
     return {
         **inherited,
         **(extra or {}),

@@ -54,11 +54,16 @@ def test_horovod_ranks_get_no_credentials(monkeypatch):
 
     secrets = {"AIRFLOW_CONN_DLPIPE_S3": "aws://AKIA:hunter2@", "AIRFLOW_VAR_TOKEN": "t",
                "AWS_SECRET_ACCESS_KEY": "s", "AWS_SESSION_TOKEN": "t", "AIRFLOW__CORE__FERNET_KEY": "f",
-               "AIRFLOW__API_AUTH__JWT_SECRET": "j", "PGPASSWORD": "p"}
+               "AIRFLOW__API_AUTH__JWT_SECRET": "j", "PGPASSWORD": "p",
+               "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "postgresql://airflow:pw@db/airflow",
+               "AIRFLOW__CELERY__BROKER_URL": "redis://:pw@redis:6379/0", "DB_PASSWD": "p",
+               "DATABASE_URL": "postgres://u:p@h/d", "HTTPS_PROXY": "http://user:pw@proxy:3128"}
     for k, v in secrets.items():
         monkeypatch.setenv(k, v)
     monkeypatch.setenv("DLPIPE_HOME", "/data/dlpipe")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")  # a URL without a password stays
     env = training_env({"NCCL_SOCKET_IFNAME": "eth0"})
     assert not set(secrets) & set(env), sorted(set(secrets) & set(env))
     assert env["DLPIPE_HOME"] == "/data/dlpipe" and env["NCCL_SOCKET_IFNAME"] == "eth0"
+    assert env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9000"
     assert env["HOROVOD_STALL_SHUTDOWN_TIME_SECONDS"] == "30"
