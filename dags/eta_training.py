@@ -16,6 +16,7 @@ from pathlib import Path
 
 from airflow.sdk import DAG, CronDataIntervalTimetable
 
+from dlpipe.errors import ConfigError
 from operators.base import run_params
 from operators.factory import pipeline_tasks
 
@@ -26,6 +27,10 @@ PIPELINE = os.environ.get("DLPIPE_ETA_PIPELINE") or str(
 # DLPIPE_ETA_END_DATE (YYYY-MM-DD): the scheduler creates no run after this date. For test and
 # demo deployments that hold a fixed range of data; triggered runs and backfills up to it still run.
 END_DATE = os.environ.get("DLPIPE_ETA_END_DATE")
+try:
+    END = datetime.fromisoformat(END_DATE) if END_DATE else None
+except ValueError:
+    raise ConfigError("DLPIPE_ETA_END_DATE", END_DATE, "use YYYY-MM-DD, or unset it for no end") from None
 
 with DAG(
     dag_id="eta_training",
@@ -33,7 +38,7 @@ with DAG(
     # A data-interval timetable: the run for logical date D processes [D, D+1 day).
     schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),
     start_date=datetime(2026, 1, 1),
-    end_date=datetime.fromisoformat(END_DATE) if END_DATE else None,
+    end_date=END,
     catchup=False,
     max_active_runs=1,
     tags=["dlpipe", "eta", "example"],

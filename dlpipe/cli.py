@@ -8,15 +8,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from datetime import date
 from typing import Any, Sequence
 
 from dlpipe import audit, commit, registry, settings
-from dlpipe.errors import DlpipeError
+from dlpipe.errors import ConfigError, DlpipeError
 from dlpipe.lineage import manifest_tree
 from dlpipe.runctx import cli_context
-from dlpipe.storage import open_store
+from dlpipe.storage import endpoint_url, open_store
 
 
 def _table(rows: list[dict], columns: list[str]) -> str:
@@ -35,7 +36,7 @@ def _print(obj: Any, as_json: bool, human: str) -> None:
 def cmd_demo_data(args: argparse.Namespace) -> int:
     from dlpipe.demo_data import DemoDataConfig, write_raw
 
-    cfg = DemoDataConfig(start=date.fromisoformat(args.start), days=args.days,
+    cfg = DemoDataConfig(start=args.start, days=args.days,
                          rows_per_day=args.rows_per_day, seed=args.seed)
     results = write_raw(cfg, cli_context("demo-data"))
     rows = [{"partition": r.manifest["partition"], "rows": r.manifest["summary"]["rows"],
@@ -50,14 +51,16 @@ def _store(args: argparse.Namespace):
     if root.startswith("s3://") and getattr(args, "endpoint_url", None):
         import boto3
 
-        client = boto3.client("s3", endpoint_url=args.endpoint_url)
+        client = boto3.client("s3", endpoint_url=endpoint_url(args.endpoint_url))
+    elif root.startswith("s3://") and os.environ.get("AWS_ENDPOINT_URL"):
+        endpoint_url(os.environ["AWS_ENDPOINT_URL"], "AWS_ENDPOINT_URL")
     return open_store(root, client)
 
 
 def cmd_registry_register(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    metrics = json.loads(Path(args.metrics).read_text()) if args.metrics else {}
+    metrics = _metrics_file(Path(args.metrics)) if args.metrics else {}
     record, created = registry.register(
         _store(args), args.name, Path(args.model_dir), metrics=metrics,
         lineage={"source": "external", "registered_from": "dlpipe registry register"},
@@ -65,6 +68,19 @@ def cmd_registry_register(args: argparse.Namespace) -> int:
     ref = f"{record['name']}@{record['version']}"
     _print(record, args.json, f"{ref} {'registered' if created else 'already registered (identical model)'}")
     return 0
+
+
+def _metrics_file(path) -> dict:
+    try:
+        metrics = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError("--metrics", str(path), "no such file; give a JSON file of metrics") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError("--metrics", str(path), f"not JSON ({exc}); give a JSON object such as "
+                                                  '{"val_mae": 3.7}') from None
+    if not isinstance(metrics, dict):
+        raise ConfigError("--metrics", str(path), 'give a JSON object such as {"val_mae": 3.7}')
+    return metrics
 
 
 def cmd_registry_history(args: argparse.Namespace) -> int:
@@ -122,9 +138,10 @@ def cmd_registry_show(args: argparse.Namespace) -> int:
 def cmd_lineage(args: argparse.Namespace) -> int:
     name, version = registry.parse_ref(args.ref)
     record = registry.get_version(_store(args), name, version)
+    training = record["lineage"].get("training")  # absent for a model registered from outside
     tree = {"model": f"{name}@{version}", "model_fingerprint": record["model_fingerprint"],
             "artifacts": record["artifacts"], "registered_by": record["registered_by"],
-            "lineage": record["lineage"], "chain": manifest_tree(record["lineage"]["training"])}
+            "lineage": record["lineage"], "chain": manifest_tree(training) if training else None}
     lines = [f"{name}@{version}  (registered {record['registered_at']} by "
              f"{record['registered_by']['dag_id']}/{record['registered_by']['run_id']})"]
     for art in record["artifacts"]:
@@ -141,7 +158,10 @@ def cmd_lineage(args: argparse.Namespace) -> int:
         for child in node.get("inputs", []):
             walk(child, depth + 1)
 
-    walk(tree["chain"], 1)
+    if tree["chain"] is not None:
+        walk(tree["chain"], 1)
+    else:
+        lines.append(f"  <- no pipeline lineage: {', '.join(f'{k}={v}' for k, v in record['lineage'].items())}")
     _print(tree, args.json, "\n".join(lines))
     return 0
 
@@ -289,13 +309,20 @@ def _summary_details(final: dict[str, dict]) -> list[str]:
     return out
 
 
+def _iso_day(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date; use YYYY-MM-DD, e.g. 2026-01-01") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dlpipe", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo-data", help="generate deterministic raw trip events (one partition per day)")
-    d.add_argument("--start", default="2026-01-01", help="first day, YYYY-MM-DD")
+    d.add_argument("--start", default="2026-01-01", type=_iso_day, help="first day, YYYY-MM-DD")
     d.add_argument("--days", type=int, default=4)
     d.add_argument("--rows-per-day", type=int, default=20_000)
     d.add_argument("--seed", type=int, default=7)
@@ -370,6 +397,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DlpipeError as exc:
         print(f"dlpipe: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        hint = _s3_hint(exc)
+        if hint is None:
+            raise
+        print(f"dlpipe: error: {hint}", file=sys.stderr)
+        return 2
+
+
+def _s3_hint(exc: Exception) -> str | None:
+    """What to do about an S3 client error, or None for an error that is not one (a bug: it
+    keeps its traceback). Endpoint URLs with credentials are refused before any request."""
+    try:
+        from botocore import exceptions as bc
+    except ImportError:
+        return None
+    if isinstance(exc, bc.NoCredentialsError):
+        return ("no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, "
+                "or run where an instance role applies")
+    if isinstance(exc, bc.EndpointConnectionError):
+        return f"{exc}; check --endpoint-url or AWS_ENDPOINT_URL, and that the server is up"
+    if isinstance(exc, bc.ClientError):
+        return f"S3 refused the request: {exc}; check the bucket in --root and the credentials' rights"
+    if isinstance(exc, bc.BotoCoreError):
+        return f"S3 client: {exc}"
+    return None
 
 
 if __name__ == "__main__":

@@ -134,6 +134,10 @@ class S3Store:
 
     def __init__(self, uri: str, client: Any) -> None:
         parsed = urlparse(uri)
+        if "@" in parsed.netloc:  # never echo it: the part before '@' is a key and a secret
+            raise ConfigError("registry root", f"s3://***@{parsed.netloc.rpartition('@')[2]}{parsed.path}",
+                              "credentials do not belong in the URI; name an Airflow AWS connection "
+                              "(registry.aws_conn_id) or use boto3's credential chain")
         if parsed.scheme != "s3" or not parsed.netloc:
             raise ConfigError("registry root", uri, "use s3://BUCKET[/PREFIX]")
         self.uri, self.bucket, self.prefix = uri.rstrip("/"), parsed.netloc, parsed.path.strip("/")
@@ -293,6 +297,25 @@ class S3Store:
         self.client.download_file(self.bucket, self._key(key), str(dest))
 
 
+def shown_url(url: str) -> str:
+    """``url`` fit for a message: a user and password in it replaced by ``***``."""
+    parts = urlparse(url)
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl()
+
+
+def endpoint_url(url: str, field: str = "--endpoint-url") -> str:
+    """An S3 endpoint URL, checked: http(s), a host, and no credentials in it."""
+    parts = urlparse(url)
+    if "@" in parts.netloc:
+        raise ConfigError(field, shown_url(url), "credentials do not belong in the endpoint URL; use "
+                                                 "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(field, url, "use http(s)://HOST[:PORT], e.g. http://127.0.0.1:9000")
+    return url
+
+
 def open_store(uri: str, client: Any = None) -> Store:
     """A Store for a local path or ``s3://`` URI; S3 clients come from boto3's usual chain
     (``AWS_ENDPOINT_URL`` selects an S3-compatible endpoint) unless one is passed in."""
@@ -303,5 +326,5 @@ def open_store(uri: str, client: Any = None) -> Store:
             client = boto3.client("s3")
         return S3Store(uri, client)
     if "://" in uri and not uri.startswith("file://"):
-        raise ConfigError("registry root", uri, "use a local directory or an s3://BUCKET/PREFIX URI")
+        raise ConfigError("registry root", shown_url(uri), "use a local directory or an s3://BUCKET/PREFIX URI")
     return LocalStore(uri.removeprefix("file://"))

@@ -1,0 +1,98 @@
+"""The ``dlpipe`` command on bad input: an error line that names the field, the value and the
+fix (exit 2), never a traceback or a secret, and nothing already there changed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dlpipe import cli
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _model_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "model"
+    d.mkdir()
+    (d / "model.safetensors").write_bytes(b"weights")
+    return d
+
+
+def test_register_names_a_missing_or_broken_metrics_file_and_a_missing_model_dir(capsys, tmp_path):
+    model = _model_dir(tmp_path)
+    code, _, err = _run(capsys, "registry", "register", "eta", str(model), "--metrics", str(tmp_path / "no.json"))
+    assert code == 2 and "invalid --metrics=" in err and "no such file" in err
+    (tmp_path / "bad.json").write_text("{val_mae: 3")
+    code, _, err = _run(capsys, "registry", "register", "eta", str(model), "--metrics", str(tmp_path / "bad.json"))
+    assert code == 2 and "not JSON" in err and '{"val_mae": 3.7}' in err
+    code, _, err = _run(capsys, "registry", "register", "eta", str(tmp_path / "nowhere"))
+    assert code == 2 and "invalid model_dir=" in err and "existing directory" in err
+    code, out, _ = _run(capsys, "registry", "register", "eta", str(model))
+    assert code == 0 and "eta@1 registered" in out
+
+
+def test_lineage_of_a_model_registered_from_outside_a_pipeline(capsys, tmp_path):
+    assert _run(capsys, "registry", "register", "eta", str(_model_dir(tmp_path)))[0] == 0
+    code, out, _ = _run(capsys, "lineage", "eta@1")
+    assert code == 0 and "no pipeline lineage: " in out and "source=external" in out
+    code, out, _ = _run(capsys, "lineage", "eta@1", "--json")
+    assert code == 0 and json.loads(out)["chain"] is None
+
+
+def test_a_failed_download_changes_nothing_in_the_destination(capsys, tmp_path, dlpipe_home):
+    assert _run(capsys, "registry", "register", "eta", str(_model_dir(tmp_path)))[0] == 0
+    [blob] = (dlpipe_home / "registry" / "eta" / "blobs").iterdir()
+    blob.write_bytes(b"tampered")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "model.safetensors").write_bytes(b"mine")
+    code, _, err = _run(capsys, "registry", "download", "eta@1", str(dest))
+    assert code == 2 and "modified" in err and "nothing in" in err
+    assert [p.name for p in dest.iterdir()] == ["model.safetensors"]
+    assert (dest / "model.safetensors").read_bytes() == b"mine"
+    (tmp_path / "afile").write_text("x")
+    code, _, err = _run(capsys, "registry", "download", "eta@1", str(tmp_path / "afile"))
+    assert code == 2 and "invalid dest=" in err and "not a file" in err
+
+
+def test_credentials_in_a_root_or_endpoint_url_are_refused_without_being_shown(capsys, monkeypatch):
+    secret = "wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY"
+    code, _, err = _run(capsys, "registry", "list", "--root", f"s3://AKIAEXAMPLE:{secret}@models/reg")
+    assert code == 2 and "credentials do not belong in the URI" in err and "s3://***@models/reg" in err
+    assert secret not in err and "AKIAEXAMPLE" not in err
+    code, _, err = _run(capsys, "registry", "list", "--root", "s3://models/reg",
+                        "--endpoint-url", f"http://admin:{secret}@127.0.0.1:9000")
+    assert code == 2 and "invalid --endpoint-url=" in err and "***@127.0.0.1:9000" in err
+    assert secret not in err
+    code, _, err = _run(capsys, "registry", "list", "--root", "s3://models/reg", "--endpoint-url", "notaurl")
+    assert code == 2 and "invalid --endpoint-url='notaurl'" in err and "http(s)://HOST" in err
+    monkeypatch.setenv("DLPIPE_REGISTRY_ROOT", f"ftp://u:{secret}@host/x")
+    code, _, err = _run(capsys, "registry", "list")
+    assert code == 2 and "registry root" in err and secret not in err
+
+
+def test_missing_s3_credentials_get_a_hint_not_a_traceback(capsys, monkeypatch, tmp_path):
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    import boto3
+
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # it keeps the credentials it found first
+    code, _, err = _run(capsys, "registry", "list", "--root", "s3://models/reg",
+                        "--endpoint-url", "http://127.0.0.1:9")
+    assert code == 2 and "no AWS credentials" in err and "AWS_ACCESS_KEY_ID" in err
+
+
+def test_demo_data_names_a_bad_start_date(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["demo-data", "--start", "junk"])
+    assert exit_.value.code == 2
+    assert "'junk' is not a date; use YYYY-MM-DD" in capsys.readouterr().err
