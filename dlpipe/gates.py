@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
 
 from dlpipe import commit
 from dlpipe.commit import StageKey, StageResult
@@ -73,8 +73,9 @@ class DataGateConfig(BaseModel):
     """A data-gate suite: row-count floor, per-column rules, any GX expectation, drift, engine."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    min_rows: dict[str, int] = Field(default_factory=lambda: {"train": 1000, "validation": 200},
-                                     description="minimum rows per split (GX passes on empty input)")
+    min_rows: dict[Literal["train", "validation"], NonNegativeInt] = Field(
+        default_factory=lambda: {"train": 1000, "validation": 200},
+        description="minimum rows per split (GX passes on empty input); a split left out needs 1")
     columns: dict[str, ColumnRule] = Field(default_factory=dict, description="shorthand per column")
     expectations: list[ExpectationSpec] = Field(default_factory=list, description="any other GX expectation")
     drift: DriftConfig | None = Field(None, description="compare with the previous dataset version")

@@ -13,10 +13,26 @@ from dlpipe.errors import ConfigError
 M = TypeVar("M", bound=BaseModel)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load, except that a key given twice in one mapping is an error: YAML would keep the
+    last one silently, and ``epochs: 6`` ... ``epochs: 60`` is a mistake, not a setting."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    problem=f"the key {key!r} is given twice, on lines {seen[key]} and {line}; keep one")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_pipeline(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
     except FileNotFoundError as exc:
         raise ConfigError("pipeline_config", str(path), "point at an existing YAML file") from exc
     except yaml.YAMLError as exc:
@@ -29,7 +45,13 @@ def load_pipeline(path: str | Path) -> dict[str, Any]:
 
 def section(pipeline: dict[str, Any], name: str, model: type[M]) -> M:
     """Validate one section; errors name the file, the field path, the value and the rule."""
-    raw = pipeline.get(name) or {}
+    raw = pipeline.get(name)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{pipeline.get('_source', '?')}: {name}", raw,
+                          f"a section is a mapping of fields, e.g. '{name}: {{field: value}}'; "
+                          f"its fields are {sorted(model.model_fields)}")
     try:
         return model(**raw)
     except ValidationError as exc:

@@ -74,6 +74,9 @@ class DlpipeOperator(BaseOperator):
         run = run_context(context)
         try:
             pipeline = load_pipeline(self.pipeline_config)
+            from operators.factory import check_pipeline  # here: factory imports the operators
+
+            check_pipeline(pipeline)
             result = self.run_stage(context, pipeline, run)
         except DETERMINISTIC as exc:
             raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc

@@ -63,25 +63,35 @@ class DagSpec(BaseModel):
         return value
 
 
-def load_spec(path: str | Path) -> tuple[DagSpec, dict[str, Any]]:
-    """Validate a whole spec; ConfigError names the file, the field path, the value and the fix."""
-    path = Path(path) if Path(path).is_absolute() else REPO / path
-    pipeline = load_pipeline(path)
+def check_pipeline(pipeline: dict[str, Any]) -> None:
+    """Every section of a pipeline YAML known to its kind and valid, whichever stage reads it.
+
+    Run when a spec's DAG is parsed and again when any dlpipe task starts, so a misspelt section
+    (``trian:``) fails the first task, naming the file and the section, instead of leaving every
+    default in force."""
+    path = pipeline.get("_source", "?")
     kind = kind_of(pipeline)
     sections = kind.sections()
     known = set(sections) | {"dag", "kind", "model_name", "_source"}
     for key in sorted(set(pipeline) - known):
         raise ConfigError(f"{path}: {key}", pipeline[key],
-                          f"remove it or fix its name; a {kind.name} spec has the sections "
+                          f"remove it or fix its name; a {kind.name} pipeline has the sections "
                           f"{sorted(known - {'_source'})}")
-    if "dag" not in pipeline:
-        raise ConfigError(f"{path}: dag", None, "add a dag: section (dag_id, owner, schedule, start_date, ...)")
-    spec = section(pipeline, "dag", DagSpec)
     for name, model in sections.items():
         section(pipeline, name, model)
     name = pipeline.get("model_name", "model")
     if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9][a-z0-9_\-]{0,62}", name):
         raise ConfigError(f"{path}: model_name", name, "use lower-case letters, digits, '-' and '_'")
+
+
+def load_spec(path: str | Path) -> tuple[DagSpec, dict[str, Any]]:
+    """Validate a whole spec; ConfigError names the file, the field path, the value and the fix."""
+    path = Path(path) if Path(path).is_absolute() else REPO / path
+    pipeline = load_pipeline(path)
+    check_pipeline(pipeline)
+    if "dag" not in pipeline:
+        raise ConfigError(f"{path}: dag", None, "add a dag: section (dag_id, owner, schedule, start_date, ...)")
+    spec = section(pipeline, "dag", DagSpec)
     if spec.end_date and spec.end_date < spec.start_date:
         raise ConfigError(f"{path}: dag.end_date", spec.end_date.isoformat(),
                           f"must not be before dag.start_date {spec.start_date.isoformat()}")

@@ -2,14 +2,34 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Annotated, Any, Sequence
 
 from dlpipe import commit
 from dlpipe.commit import StageResult
+from dlpipe.errors import ConfigError
 from dlpipe.pipeline_config import section
 from dlpipe.proc import kill_group
 from dlpipe.runctx import RunContext
 from operators.base import DlpipeOperator
+
+
+def _argument(task_id: str, key: str) -> str:
+    return f"HorovodTrainOperator(task_id={task_id!r}) argument {key}"
+
+
+def _check_override(task_id: str, key: str, value: Any) -> None:
+    """One scale argument checked by its own rule when the DAG is parsed (the rules that relate
+    several fields, elastic ones, are checked with the YAML's values when the task runs)."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from training.config import ScaleConfig
+
+    info = ScaleConfig.model_fields[key]
+    try:
+        rule = Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
+        TypeAdapter(rule).validate_python(value)
+    except ValidationError as exc:
+        raise ConfigError(_argument(task_id, key), value, exc.errors()[0]["msg"]) from None
 
 
 class HorovodTrainOperator(DlpipeOperator):
@@ -47,6 +67,8 @@ class HorovodTrainOperator(DlpipeOperator):
             "network_interface": network_interface, "start_timeout_s": start_timeout_s,
             "run_timeout_s": run_timeout_s, "min_np": min_np, "max_np": max_np,
             "host_discovery_script": host_discovery_script}.items() if v is not None}
+        for key, value in self.scale_overrides.items():
+            _check_override(self.task_id, key, value)
         self.env = env or {}
         self._proc = None
 
@@ -58,8 +80,14 @@ class HorovodTrainOperator(DlpipeOperator):
 
         kind = kind_of(pipeline)
         cfg = section(pipeline, "train", kind.sections()["train"])
-        scale = section({**pipeline, "scale": {**(pipeline.get("scale") or {}), **self.scale_overrides}},
-                        "scale", ScaleConfig)
+        try:
+            scale = section({**pipeline, "scale": {**(pipeline.get("scale") or {}), **self.scale_overrides}},
+                            "scale", ScaleConfig)
+        except ConfigError as exc:  # blame the operator's argument, not the YAML, where it is one
+            key = exc.field.rpartition("scale.")[2].split(".")[0]
+            if key in self.scale_overrides:
+                raise ConfigError(_argument(self.task_id, key), exc.value, exc.fix) from exc
+            raise
 
         def remember(proc) -> None:
             self._proc = proc

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
 
 class TrainConfig(BaseModel):
     """Hyper-parameters of the ETA MLP regressor."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    hidden: list[int] = Field([64, 64], min_length=1, description="hidden layer widths")
+    hidden: list[PositiveInt] = Field([64, 64], min_length=1, description="hidden layer widths")
     epochs: int = Field(6, ge=1, le=1000, description="passes over the training split")
     batch_size: int = Field(256, ge=1, le=1 << 20, description="rows per step per process")
     learning_rate: float = Field(2e-3, gt=0, le=1.0, description="per-process rate (scaled by world size)")
@@ -25,8 +25,8 @@ class DigitsTrainConfig(BaseModel):
     """Hyper-parameters of the digits CNN classifier."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    channels: list[int] = Field([16, 32], min_length=1, description="3x3 convolution widths")
-    hidden: list[int] = Field([64], description="dense layer widths after the convolutions")
+    channels: list[PositiveInt] = Field([16, 32], min_length=1, description="3x3 convolution widths")
+    hidden: list[PositiveInt] = Field([64], description="dense layer widths after the convolutions")
     epochs: int = Field(15, ge=1, le=1000, description="passes over the training split")
     batch_size: int = Field(64, ge=1, le=1 << 16, description="images per step per process")
     learning_rate: float = Field(2e-3, gt=0, le=1.0, description="per-process rate (scaled by world size)")

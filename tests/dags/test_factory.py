@@ -3,6 +3,7 @@ its own DAG and the DagBag says which file and why."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -58,7 +59,7 @@ def test_kind_decides_which_sections_a_spec_may_have(tmp_path):
     digits["features"] = {"lookback_days": 7}
     path = tmp_path / "digits_with_features.yaml"
     path.write_text(yaml.safe_dump(digits))
-    with pytest.raises(ConfigError, match=r"features.*a digits_classifier spec has the sections"):
+    with pytest.raises(ConfigError, match=r"features.*a digits_classifier pipeline has the sections"):
         load_spec(path)
     digits.pop("features")
     digits["train"]["hidden_layers"] = [64]  # the digits CNN's fields, not the ETA MLP's
@@ -121,3 +122,36 @@ def test_task_log_summary_names_bulky_fields_instead_of_printing_them():
                "ranks": [{"rank": r, "compute_s": 1.3, "data_wait_s": 0.5} for r in range(8)]}
     assert brief({"metrics": metrics}) == ("{'metrics': {'val_mae': 3.74, 'samples_per_s': 51200.8}}; "
                                            "metrics.ranks: in the manifest")
+
+
+def test_a_task_refuses_a_misspelt_section_of_its_pipeline_before_doing_anything(tmp_path):
+    """The shipped eta DAG is not a spec (no dag: section), so its YAML is checked when a task
+    starts: a misspelt section fails the task without retry, instead of leaving the defaults."""
+    from types import SimpleNamespace
+
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from operators import DataGateOperator
+
+    data = yaml.safe_load((ROOT / "pipelines" / "eta_training.yaml").read_text())
+    data["trian"] = data.pop("train")
+    path = tmp_path / "eta.yaml"
+    path.write_text(yaml.safe_dump(data))
+    ti = SimpleNamespace(dag_id="eta_training", run_id="r", task_id="data_gate", try_number=1)
+    context = {"ti": ti, "dag_run": SimpleNamespace(run_type="manual"), "params": {}}
+    op = DataGateOperator(task_id="data_gate", dataset_id="datasets/eta/window_end=2026-01-04@" + "0" * 16,
+                          pipeline_config=str(path))
+    with pytest.raises(AirflowFailException, match=rf"{path}: trian=.*remove it or fix its name.*'train'"):
+        op.execute(context)
+
+
+def test_horovod_arguments_are_checked_when_the_dag_is_parsed_and_named_as_arguments():
+    from operators import HorovodTrainOperator
+
+    for kwargs, shown in [({"num_proc": 0}, "num_proc=0"), ({"hosts": "localhost:x"}, "hosts='localhost:x'"),
+                          ({"controller": "nccl"}, "controller='nccl'")]:
+        with pytest.raises(ConfigError, match=rf"HorovodTrainOperator\(task_id='train'\) argument {re.escape(shown)}"):
+            HorovodTrainOperator(task_id="train", dataset_id="x", pipeline_config="p.yaml", **kwargs)
+    op = HorovodTrainOperator(task_id="train", dataset_id="x", pipeline_config="p.yaml", num_proc=4,
+                              hosts="gpu-1:2,gpu-2:2", host_discovery_script="/opt/discover.sh")
+    assert op.scale_overrides == {"num_proc": 4, "hosts": "gpu-1:2,gpu-2:2", "host_discovery_script": "/opt/discover.sh"}

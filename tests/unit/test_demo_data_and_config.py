@@ -68,6 +68,29 @@ def test_pipeline_section_errors_name_file_field_and_value(tmp_path):
         section(load_pipeline(p), "train", TrainConfig)
 
 
+def test_duplicate_keys_sections_that_are_not_mappings_and_impossible_values_are_refused(tmp_path):
+    from dlpipe.gates import DataGateConfig
+    from training.config import DigitsTrainConfig, TrainConfig
+
+    p = tmp_path / "p.yaml"
+    p.write_text("train:\n  epochs: 6\n  batch_size: 64\n  epochs: 60\n")
+    with pytest.raises(ConfigError, match=r"the key 'epochs' is given twice, on lines 2 and 4; keep one"):
+        load_pipeline(p)
+    p.write_text("train: [1, 2]\n")
+    with pytest.raises(ConfigError, match=r"p.yaml: train=\[1, 2\]: a section is a mapping of fields.*'epochs'"):
+        section(load_pipeline(p), "train", TrainConfig)
+    for widths in ("[-3]", "[0]", "[64, 0]"):
+        p.write_text(f"train: {{hidden: {widths}}}\n")
+        with pytest.raises(ConfigError, match=r"train.hidden.\d+.*greater than 0"):
+            section(load_pipeline(p), "train", TrainConfig)
+    p.write_text("train: {channels: [16, -1]}\n")
+    with pytest.raises(ConfigError, match=r"train.channels.1.*greater than 0"):
+        section(load_pipeline(p), "train", DigitsTrainConfig)
+    p.write_text("data_gate: {min_rows: {trian: 1000}}\n")  # would have left train's floor at 1
+    with pytest.raises(ConfigError, match=r"data_gate.min_rows.trian.*'train' or 'validation'"):
+        section(load_pipeline(p), "data_gate", DataGateConfig)
+
+
 def test_shipped_pipeline_config_is_valid():
     from dlpipe.gates import DataGateConfig, ModelGateConfig
     from feature_jobs.stages import DatasetConfig, FeatureJobConfig
