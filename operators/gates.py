@@ -41,23 +41,35 @@ class ModelGateOperator(DlpipeOperator):
     from the registry named in the pipeline's ``registry`` section, with verified hashes.
 
     :param training_id: manifest id of the training run (templated)
+    :param registry_root: where to find the champion, as for RegisterModelOperator (default: the
+        pipeline's ``registry.root``, then ``DLPIPE_REGISTRY_ROOT``, then ``$DLPIPE_HOME/registry``);
+        give the gate the same registry as the tasks that register and promote
+    :param aws_conn_id: Airflow AWS connection for an S3 registry (default: ``registry.aws_conn_id``)
     """
 
-    template_fields: Sequence[str] = ("pipeline_config", "training_id")
+    template_fields: Sequence[str] = ("pipeline_config", "training_id", "registry_root")
     ui_color = "#fdf2d0"
 
-    def __init__(self, *, training_id: str, **kwargs: Any) -> None:
+    def __init__(self, *, training_id: str, registry_root: str | None = None, aws_conn_id: str | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.training_id = training_id
+        self.registry_root, self.aws_conn_id = registry_root, aws_conn_id
+
+    def champion_store(self, pipeline: dict):
+        """The registry that holds the champion: this operator's arguments, else the YAML's."""
+        from dlpipe.registry import RegistryConfig
+        from operators.registry import registry_store
+
+        reg = section(pipeline, "registry", RegistryConfig)
+        return registry_store(self.registry_root or reg.root, self.aws_conn_id or reg.aws_conn_id)
 
     def run_stage(self, context: Any, pipeline: dict, run: RunContext) -> StageResult:
         import tempfile
 
         from dlpipe import registry
         from dlpipe.gates import ModelGateConfig, run_model_gate
-        from dlpipe.registry import RegistryConfig
         from operators.kinds import kind_of
-        from operators.registry import registry_store
 
         cfg = section(pipeline, "model_gate", ModelGateConfig)
         evaluate = kind_of(pipeline).evaluate
@@ -67,10 +79,12 @@ class ModelGateOperator(DlpipeOperator):
         candidate = evaluate(commit.location(training) / training["summary"]["model_dir"], dataset)
         champion = None
         if cfg.champion_alias:
-            reg = section(pipeline, "registry", RegistryConfig)
-            store = registry_store(reg.root, reg.aws_conn_id)
+            store = self.champion_store(pipeline)
             alias = registry.get_alias(store, name, cfg.champion_alias)
-            if alias is not None:
+            if alias is None:
+                self.log.info("no %s:%s in %s: the candidate is judged as the first model", name,
+                              cfg.champion_alias, store.uri)
+            else:
                 with tempfile.TemporaryDirectory() as tmp:
                     registry.download(store, name, alias["version"], Path(tmp))  # hashes verified
                     champion = {"ref": f"{name}@{alias['version']}", **evaluate(Path(tmp), dataset)}

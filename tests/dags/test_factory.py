@@ -155,3 +155,17 @@ def test_horovod_arguments_are_checked_when_the_dag_is_parsed_and_named_as_argum
     op = HorovodTrainOperator(task_id="train", dataset_id="x", pipeline_config="p.yaml", num_proc=4,
                               hosts="gpu-1:2,gpu-2:2", host_discovery_script="/opt/discover.sh")
     assert op.scale_overrides == {"num_proc": 4, "hosts": "gpu-1:2,gpu-2:2", "host_discovery_script": "/opt/discover.sh"}
+
+
+def test_the_model_gate_looks_for_its_champion_where_the_operator_says(tmp_path):
+    from operators import ModelGateOperator, RegisterModelOperator
+
+    pipeline = {"registry": {"root": str(tmp_path / "from-yaml")}, "_source": "p.yaml"}
+    own = ModelGateOperator(task_id="g", training_id="x", pipeline_config="p.yaml",
+                            registry_root=str(tmp_path / "team-registry"))
+    assert own.champion_store(pipeline).uri == str(tmp_path / "team-registry")
+    register = RegisterModelOperator(task_id="r", training_id="x", pipeline_config="p.yaml",
+                                     registry_root=str(tmp_path / "team-registry"))
+    assert register._settings(pipeline)[1].uri == own.champion_store(pipeline).uri  # the same registry
+    default = ModelGateOperator(task_id="g2", training_id="x", pipeline_config="p.yaml")
+    assert default.champion_store(pipeline).uri == str(tmp_path / "from-yaml")
