@@ -27,6 +27,7 @@ numeric columns are supported (images go through Petastorm's codecs, see feature
 from __future__ import annotations
 
 import collections
+import numbers
 import queue
 import threading
 import time
@@ -42,7 +43,8 @@ import torch
 from training.decode_pool import Decode, DecodePool, SlotRing
 from training import scatter
 from training.scatter import draw_positions, permutation, place_block, place_columns, window_order
-from training.parquet_groups import RowGroup, column_chunks, decode_chunk_bytes, list_row_groups, memory_map_enabled
+from training.parquet_groups import (RowGroup, check_numeric_columns, column_chunks, decode_chunk_bytes,
+                                     list_row_groups, memory_map_enabled)
 
 
 class ShardLoader:
@@ -79,10 +81,12 @@ class ShardLoader:
                  batch_size: int = 1024, seed: int = 0, shuffle: bool = True, shuffle_window: int = 4,
                  workers: int = 4, prefetch: int = 2, drop_last: bool = False, processes: bool = False,
                  device: torch.device | str | None = None) -> None:
-        if not 0 <= rank < size:
-            raise ValueError(f"rank={rank} is outside 0..{size - 1}")
-        if batch_size < 1 or shuffle_window < 1 or workers < 1 or prefetch < 1:
-            raise ValueError("batch_size, shuffle_window, workers and prefetch must all be >= 1")
+        for name, value in (("size", size), ("batch_size", batch_size), ("shuffle_window", shuffle_window),
+                            ("workers", workers), ("prefetch", prefetch)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"{name}={value!r} must be an integer >= 1")
+        if isinstance(rank, bool) or not isinstance(rank, numbers.Integral) or not 0 <= rank < size:
+            raise ValueError(f"rank={rank!r} is outside 0..{size - 1} (size={size})")
         decode_chunk_bytes(), memory_map_enabled()  # a bad DLPIPE_* setting fails here, not in a worker
         if shuffle and scatter.WHY_NOT_COMPILED and scatter.WHY_NOT_COMPILED != "DLPIPE_NO_NUMBA=1":
             warnings.warn(f"numba is not importable ({scatter.WHY_NOT_COMPILED}): the shuffle runs numpy's versions, "
@@ -94,6 +98,7 @@ class ShardLoader:
         self.rank, self.window, self.workers, self.prefetch = rank, shuffle_window, workers, prefetch
         self.device = torch.device(device or "cpu")
         self.fs, groups = list_row_groups(url)
+        check_numeric_columns(self.fs, groups[0], url, [*self.columns, label])
         self.total_row_groups = len(groups)
         self.groups = groups[rank::size]
         self.num_rows = sum(g.rows for g in self.groups)

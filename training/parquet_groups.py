@@ -63,6 +63,20 @@ def list_row_groups(url: str) -> tuple[pafs.FileSystem, list[RowGroup]]:
     return fs, groups
 
 
+def check_numeric_columns(fs: pafs.FileSystem, group: RowGroup, url: str, columns: list[str]) -> None:
+    """Refuse, before any epoch, columns that the dataset lacks or that are not numbers, naming
+    them (the first file's schema stands for all: a committed split has one schema)."""
+    schema = pq.ParquetFile(fs.open_input_file(group.path)).schema_arrow
+    missing = [c for c in columns if c not in schema.names]
+    if missing:
+        raise ValueError(f"columns {missing} are not in the dataset at {shown(url)}; it has {schema.names}")
+    for name in columns:
+        kind = schema.field(name).type
+        if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+            raise ValueError(f"column {name!r} is {kind}: the loader reads integer and float columns only; "
+                             f"encode it as numbers in the dataset job")
+
+
 def shown(url: str) -> str:
     """``url`` fit for a message or a log: without the credentials an S3 URL may carry
     (``s3://KEY:SECRET@bucket/...``) and without its query (server options)."""

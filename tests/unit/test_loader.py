@@ -103,6 +103,22 @@ def test_bad_arguments_are_named(dataset, tmp_path):
         ShardLoader(dataset, COLUMNS, "label", rank=3, size=2)
     with pytest.raises(FileNotFoundError, match="no .parquet files"):
         ShardLoader(f"file://{tmp_path}", COLUMNS, "label")
+    for kwargs, message in [({"batch_size": 0}, "batch_size=0 must be an integer >= 1"),
+                            ({"batch_size": "64"}, "batch_size='64' must be an integer >= 1"),
+                            ({"workers": 0}, "workers=0 must be"), ({"shuffle_window": -1}, "shuffle_window=-1"),
+                            ({"size": 0}, "size=0 must be an integer >= 1"),
+                            ({"rank": 2, "size": 2}, r"rank=2 is outside 0..1 \(size=2\)")]:
+        with pytest.raises(ValueError, match=message):
+            ShardLoader(dataset, COLUMNS, "label", **kwargs)
+    with pytest.raises(ValueError, match=r"columns \['nope'\] are not in the dataset at file://.*it has \['a', 'b', 'c', 'label'\]"):
+        ShardLoader(dataset, ["a", "nope"], "label")
+    with pytest.raises(ValueError, match=r"columns \['target'\] are not in the dataset"):
+        ShardLoader(dataset, COLUMNS, "target")
+    text = tmp_path / "text"
+    text.mkdir()
+    pq.write_table(pa.table({"a": [1.0], "city": ["oslo"], "label": [0.5]}), text / "part-0.parquet")
+    with pytest.raises(ValueError, match="column 'city' is string: the loader reads integer and float columns only"):
+        ShardLoader(f"file://{text}", ["a", "city"], "label")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (scripts/gpu_check.sh runs it)")
