@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from dlpipe.errors import ConfigError
+from dlpipe.storage import shown_url
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -59,6 +60,8 @@ def section(pipeline: dict[str, Any], name: str, model: type[M]) -> M:
         field = ".".join(str(p) for p in (name, *err["loc"]))
         if err["type"] == "missing":  # pydantic's input is then the whole section: not helpful
             raise ConfigError(f"{pipeline.get('_source', '?')}: {field}", "(missing)",
-                              f"{err['msg']}: add {field}") from exc
-        raise ConfigError(f"{pipeline.get('_source', '?')}: {field}", err.get("input"),
-                          err["msg"]) from exc
+                              f"{err['msg']}: add {field}") from None
+        value = err.get("input")
+        if isinstance(value, str):
+            value = shown_url(value)  # a URL's user and password never reach the message
+        raise ConfigError(f"{pipeline.get('_source', '?')}: {field}", value, err["msg"]) from None

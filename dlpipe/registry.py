@@ -23,8 +23,9 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from dlpipe import audit
 from dlpipe.errors import (AliasConflict, CommitConflict, ConfigError, IntegrityError,
@@ -35,7 +36,8 @@ from dlpipe.storage import Store
 
 log = logging.getLogger(__name__)
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
-ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+ALIAS_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"  # staging, production, canary-eu ...
+ALIAS_RE = re.compile(ALIAS_PATTERN)
 _MAX_RACE_RETRIES = 100
 
 
@@ -46,7 +48,23 @@ class RegistryConfig(BaseModel):
     root: str | None = Field(None, description="directory or s3://bucket/prefix; default "
                                                "$DLPIPE_REGISTRY_ROOT or $DLPIPE_HOME/registry")
     aws_conn_id: str | None = Field(None, description="Airflow AWS connection for an s3:// root")
-    promote_to: str | None = Field("staging", description="alias to move to each new version")
+    promote_to: str | None = Field("staging", pattern=ALIAS_PATTERN,
+                                   description="alias to move to each new version (lowercase, e.g. staging)")
+
+    @field_validator("root")
+    @classmethod
+    def _root(cls, value: str | None) -> str | None:
+        """A directory or s3://BUCKET[/PREFIX], checked when the YAML is read, not at registration."""
+        if value is None:
+            return value
+        parts = urlparse(value)
+        if "@" in parts.netloc:  # the message must not show what came before '@'
+            raise ValueError("credentials do not belong in the URI; set aws_conn_id (an Airflow AWS connection)")
+        if value.startswith("s3://") and not parts.netloc:
+            raise ValueError("an s3:// root needs a bucket: s3://BUCKET[/PREFIX]")
+        if "://" in value and not value.startswith(("s3://", "file://")):
+            raise ValueError("use a local directory or s3://BUCKET[/PREFIX]")
+        return value
 
 
 def _check_name(name: str) -> str:

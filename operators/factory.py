@@ -79,6 +79,12 @@ def check_pipeline(pipeline: dict[str, Any]) -> None:
                           f"{sorted(known - {'_source'})}")
     for name, model in sections.items():
         section(pipeline, name, model)
+    gate = section(pipeline, "model_gate", sections["model_gate"])
+    for field in ("metric", "baseline_metric"):
+        value = getattr(gate, field)
+        if value not in kind.gate_metrics:
+            raise ConfigError(f"{path}: model_gate.{field}", value,
+                              f"a {kind.name} training run reports {list(kind.gate_metrics)} (lower is better)")
     name = pipeline.get("model_name", "model")
     if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9][a-z0-9_\-]{0,62}", name):
         raise ConfigError(f"{path}: model_name", name, "use lower-case letters, digits, '-' and '_'")

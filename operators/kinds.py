@@ -41,6 +41,8 @@ class PipelineKind:
     evaluate: Callable[[Path, dict], dict]
     # spec section -> pydantic model that validates it
     sections: Callable[[], dict[str, type[BaseModel]]]
+    # the metrics its training reports that a model gate can judge (lower is better)
+    gate_metrics: tuple[str, ...] = ()
 
 
 def _common_sections() -> dict[str, type[BaseModel]]:
@@ -103,12 +105,14 @@ KINDS: dict[str, PipelineKind] = {
         name="eta_regressor",
         description="tabular regression: raw trips -> daily features -> windowed dataset -> MLP",
         features=_eta_features, dataset=_eta_dataset, train_entry="training.train_eta",
-        evaluate=_eta_evaluate, sections=_eta_sections),
+        evaluate=_eta_evaluate, sections=_eta_sections,
+        gate_metrics=("val_mae", "train_mae", "baseline_mae")),
     "digits_classifier": PipelineKind(
         name="digits_classifier",
         description="image classification: scikit-learn's 8x8 digits -> ndarray dataset -> CNN",
         features=None, dataset=_digits_dataset, train_entry="training.train_digits",
-        evaluate=_digits_evaluate, sections=_digits_sections),
+        evaluate=_digits_evaluate, sections=_digits_sections,
+        gate_metrics=("val_error", "train_error", "baseline_error")),
 }
 
 

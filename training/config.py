@@ -55,8 +55,14 @@ class ScaleConfig(BaseModel):
         return self.min_np is not None
 
     @model_validator(mode="after")
-    def _elastic_consistent(self) -> "ScaleConfig":
+    def _slots_and_elastic_consistent(self) -> "ScaleConfig":
+        slots = [int(entry.rpartition(":")[2]) for entry in self.hosts.split(",")]
+        if min(slots) < 1:
+            raise ValueError(f"hosts={self.hosts!r}: every host needs at least 1 slot")
         if self.min_np is None and self.max_np is None and self.host_discovery_script is None:
+            if self.num_proc > sum(slots):
+                raise ValueError(f"num_proc={self.num_proc} is more than the {sum(slots)} slot(s) in "
+                                 f"hosts={self.hosts!r}: add hosts or slots, or lower num_proc")
             return self
         if self.min_np is None or self.host_discovery_script is None:
             raise ValueError("elastic training needs both min_np and host_discovery_script "

@@ -79,6 +79,15 @@ def test_kind_decides_which_sections_a_spec_may_have(tmp_path):
     ({"dag": None}, "dag", "None", "add a dag: section"),
     ({"kind": "gpt"}, "kind", "gpt", "use one of ['digits_classifier', 'eta_regressor']"),
     ({"features__name": "Team ETA"}, "features.name", "Team ETA", "should match pattern"),
+    ({"model_gate__metric": "val_mea"}, "model_gate.metric", "val_mea", "reports ['val_mae', 'train_mae'"),
+    ({"model_gate__champion_alias": "Prod/x"}, "model_gate.champion_alias", "Prod/x", "should match pattern"),
+    ({"registry__promote_to": "Staging"}, "registry.promote_to", "Staging", "should match pattern"),
+    ({"registry__root": "http://x"}, "registry.root", "http://x", "use a local directory or s3://BUCKET"),
+    ({"registry__root": "s3://"}, "registry.root", "s3://", "needs a bucket"),
+    ({"registry__root": "s3://AKIAX:hunter2@models/reg"}, "registry.root", "s3://***@models/reg",
+     "credentials do not belong in the URI"),
+    ({"scale__hosts": "localhost:0", "scale__num_proc": 1}, "scale", "localhost:0", "at least 1 slot"),
+    ({"scale__hosts": "localhost:2", "scale__num_proc": 8}, "scale", "num_proc=8", "more than the 2 slot(s)"),
 ])
 def test_spec_errors_name_the_file_the_field_the_value_and_the_fix(tmp_path, changes, field, value, fix):
     path = _spec(tmp_path, "team", **changes)
@@ -86,6 +95,7 @@ def test_spec_errors_name_the_file_the_field_the_value_and_the_fix(tmp_path, cha
         load_spec(path)
     message = str(err.value)
     assert str(path) in message and field in message and value in message and fix in message, message
+    assert "hunter2" not in message and "hunter2" not in repr(err.value.__cause__)
 
 
 def test_a_bad_spec_breaks_only_its_own_dag_and_the_dagbag_says_why(tmp_path):
