@@ -408,8 +408,8 @@ class ModelGateConfig(BaseModel):
     baseline_metric: str = Field("baseline_mae", description="the naive predictor's value of it")
     min_improvement: float = Field(0.10, ge=0, lt=1, description="required relative gain over the baseline")
     max_value: float | None = Field(None, gt=0, description="absolute ceiling on the metric")
-    champion_alias: str | None = Field("production", pattern=r"^[a-z][a-z0-9_-]{0,31}$", description="registry alias of the model to beat "
-                                                                 "(null: no champion check)")
+    champion_alias: str | None = Field("production", pattern=r"^[a-z][a-z0-9_-]{0,31}$",
+                                       description="registry alias of the model to beat (null: no champion check)")
     max_regression: float = Field(0.02, ge=0, lt=1, description="how much worse than the champion, "
                                                                 "relative, the candidate may be")
     slice_max_ratio: float | None = Field(1.8, gt=1, description="no slice's metric above this times the overall value")

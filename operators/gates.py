@@ -29,8 +29,8 @@ class DataGateOperator(DlpipeOperator):
         from dlpipe.gates import DataGateConfig, run_data_gate
 
         cfg = section(pipeline, "data_gate", DataGateConfig)
-        return run_data_gate(commit.load_manifest(self.dataset_id, stage="datasets", field="dataset_id"), cfg, run=run,
-                             name=f"{pipeline.get('model_name', 'model')}_data")
+        dataset = commit.load_manifest(self.dataset_id, stage="datasets", field="dataset_id")
+        return run_data_gate(dataset, cfg, run=run, name=f"{pipeline.get('model_name', 'model')}_data")
 
 
 class ModelGateOperator(DlpipeOperator):

@@ -94,8 +94,9 @@ class HorovodTrainOperator(DlpipeOperator):
 
         launch = horovod_launcher(scale, env=self.env, emit=lambda line: self.log.info("%s", line),
                                   on_start=remember)
-        return train_model(commit.load_manifest(self.dataset_id, stage="datasets", field="dataset_id"), config=cfg, scale=scale, run=run,
-                           launch=launch, name=pipeline.get("model_name", "model"), entry=kind.train_entry)
+        dataset = commit.load_manifest(self.dataset_id, stage="datasets", field="dataset_id")
+        return train_model(dataset, config=cfg, scale=scale, run=run, launch=launch,
+                           name=pipeline.get("model_name", "model"), entry=kind.train_entry)
 
     def on_kill(self) -> None:
         if self._proc is not None:
