@@ -20,10 +20,13 @@ from training.launcher import Launcher
 
 HERE = Path(__file__).resolve().parent
 
-# The files each training entry point runs, beyond itself: the code part of its fingerprint.
+# The sources each entry point's training depends on, beyond itself, horovod_loop.py and
+# checkpoint.py: they enter the fingerprint, so a change to any of them (the shuffle stream,
+# decoding, the model) trains afresh instead of skipping or resuming old checkpoints.
+_LOADING = ["loader.py", "scatter.py", "parquet_groups.py", "decode_pool.py"]
 ENTRY_SOURCES = {
-    "training.train_eta": ["loader.py", "model.py"],
-    "training.train_digits": ["image_loader.py", "loader.py", "digits_model.py"],
+    "training.train_eta": [*_LOADING, "model.py"],
+    "training.train_digits": ["image_loader.py", *_LOADING, "digits_model.py"],
 }
 
 
