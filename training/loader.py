@@ -98,7 +98,8 @@ class ShardLoader:
         self.rank, self.window, self.workers, self.prefetch = rank, shuffle_window, workers, prefetch
         self.device = torch.device(device or "cpu")
         self.fs, groups = list_row_groups(url)
-        check_numeric_columns(self.fs, groups[0], url, [*self.columns, label])
+        if groups:  # files without row groups (an empty split) have nothing to check or read
+            check_numeric_columns(self.fs, groups[0], url, [*self.columns, label])
         self.total_row_groups = len(groups)
         self.groups = groups[rank::size]
         self.num_rows = sum(g.rows for g in self.groups)
@@ -175,6 +176,8 @@ class ShardLoader:
     # -- producer side -------------------------------------------------------------------------
 
     def _produce(self, epoch: int, q: queue.Queue, stop: threading.Event) -> None:
+        if self.device.type == "cuda":  # a new thread's current device is 0: on local rank 3 its
+            torch.cuda.set_device(self.device)  # pinning and copies would open a context on GPU 0
         def put(item) -> bool:
             while not stop.is_set():
                 try:

@@ -121,6 +121,15 @@ def test_bad_arguments_are_named(dataset, tmp_path):
         ShardLoader(f"file://{text}", ["a", "city"], "label")
 
 
+def test_an_empty_split_gives_an_empty_shard(tmp_path):
+    """Spark writes a file without row groups for an empty partition: the loader is built (the
+    trainer then reports the empty split by name) instead of failing on the first row group."""
+    pq.ParquetWriter(tmp_path / "part-00000.parquet", pa.schema([("a", pa.float32()), ("label", pa.float32())])).close()
+    loader = ShardLoader(f"file://{tmp_path}", ["a"], "label", batch_size=4)
+    assert (loader.total_row_groups, loader.num_rows, loader.num_batches()) == (0, 0, 0)
+    assert list(loader.epoch(0)) == []
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (scripts/gpu_check.sh runs it)")
 @pytest.mark.parametrize("shuffle", [True, False])
 @pytest.mark.parametrize("processes", [False, True])
