@@ -120,9 +120,15 @@ class Trainer:
             raise SystemExit(f"rank {self.rank} has no training rows: the dataset has "
                              f"{self.train.total_row_groups} row groups for {self.size} ranks; write at "
                              f"least {self.size} files per split")
-        for group in self.opt.param_groups:  # the rate scales with the world (effective batch)
-            group["lr"] = self.cfg.learning_rate * self.size
+        self.scale_learning_rate()
         (self.ckpt_dir / f"rank-{self.rank}.pid").write_text(str(os.getpid()))  # lets tests find ranks
+
+    def scale_learning_rate(self) -> None:
+        """The rate scales with the world (the effective batch): set again after every change of
+        world and after a checkpoint is loaded, which brings back the rate of the world that
+        saved it."""
+        for group in self.opt.param_groups:
+            group["lr"] = self.cfg.learning_rate * self.size
 
     @property
     def wait_s(self) -> float:
@@ -130,7 +136,11 @@ class Trainer:
         return self.earlier_wait_s + self.train.wait_s
 
     def resume(self) -> int:
-        """On rank 0: load the newest checkpoint that verifies; the epoch it completed (0: none)."""
+        """On rank 0: load the newest checkpoint that verifies; the epoch it completed (0: none).
+
+        Call it on the optimizer already wrapped by ``hvd.DistributedOptimizer``: the wrapper is
+        a new optimizer built from the parameter groups alone, so state loaded before wrapping
+        (Adam's moments and step count) would be dropped."""
         from training import checkpoint
 
         if self.rank != 0:
@@ -142,6 +152,7 @@ class Trainer:
         state = checkpoint.load(path)
         self.net.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
+        self.scale_learning_rate()
         log(self.rank, f"resuming from {path.name}: {epoch} of {self.cfg.epochs} epochs done")
         return epoch
 
@@ -177,10 +188,11 @@ def train_static(t: Trainer) -> dict:
 
     hvd = t.hvd
     t.bind()
+    t.opt = hvd.DistributedOptimizer(t.opt, named_parameters=t.net.named_parameters())  # before resume()
     start = int(hvd.broadcast(torch.tensor(t.resume()), root_rank=0).item())
     hvd.broadcast_parameters(t.net.state_dict(), root_rank=0)
-    hvd.broadcast_optimizer_state(t.opt, root_rank=0)
-    t.opt = hvd.DistributedOptimizer(t.opt, named_parameters=t.net.named_parameters())
+    if start:  # a fresh optimizer has no state; Horovod would give it one with a zero-gradient step
+        hvd.broadcast_optimizer_state(t.opt, root_rank=0)
     for epoch in range(start, t.cfg.epochs):
         t.run_epoch(epoch)
     return {"resumed_from_epoch": start, "elastic_resets": 0}
@@ -192,8 +204,8 @@ def train_elastic(t: Trainer) -> dict:
     and go on; the epoch that was interrupted is trained again, from its start."""
     hvd = t.hvd
     t.bind()
+    t.opt = hvd.DistributedOptimizer(t.opt, named_parameters=t.net.named_parameters())  # before resume()
     start = t.resume()
-    t.opt = hvd.DistributedOptimizer(t.opt, named_parameters=t.net.named_parameters())
     state = hvd.elastic.TorchState(model=t.net, optimizer=t.opt, epoch=start, start=start)
     resets = 0  # kept out of the state: a sync restores the state to its last commit
 
