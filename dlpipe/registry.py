@@ -203,17 +203,21 @@ def get_alias(store: Store, name: str, alias: str) -> dict | None:
 
 
 def promote(store: Store, name: str, alias: str, version: int, *, run: RunContext, reason: str = "",
-            expected_version: int | None = None) -> dict:
+            expected_version: int | None = None, expect_unset: bool = False) -> dict:
     """Point ``alias`` at ``version`` by compare-and-swap; every move is kept in its history.
 
-    ``expected_version`` makes the move conditional on where the alias points now (None: any).
-    A concurrent move between our read and our write raises AliasConflict; nothing is changed.
+    ``expected_version`` makes the move conditional on where the alias points now (None: any);
+    ``expect_unset`` makes it conditional on the alias not existing yet. A concurrent move
+    between our read and our write raises AliasConflict; nothing is changed.
     """
     get_version(store, name, version)  # only registered versions can be promoted
     key = _alias_key(name, alias)
     found = store.get_versioned(key)
     doc, token = (json.loads(found[0]), found[1]) if found else (None, None)
     current = doc["version"] if doc else None
+    if expect_unset and doc is not None:
+        raise AliasConflict(f"{name}:{alias} was set to version {current} concurrently; it was expected "
+                            f"not to exist yet: re-read it (dlpipe registry history) and retry")
     if expected_version is not None and current != expected_version:
         raise AliasConflict(f"{name}:{alias} points at version {current}, not the expected "
                             f"{expected_version}; re-read it (dlpipe registry history) and retry")
@@ -271,7 +275,7 @@ def promote_forward(store: Store, name: str, alias: str, version: int, *, run: R
                 return doc, False
         try:
             new = promote(store, name, alias, version, run=run, reason=reason,
-                          expected_version=doc["version"] if doc else None)
+                          expected_version=doc["version"] if doc else None, expect_unset=doc is None)
         except AliasConflict:
             continue  # moved (or created) under us: look again
         return new, doc is None or doc["version"] != version

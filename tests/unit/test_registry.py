@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from dlpipe import registry
-from dlpipe.errors import CommitConflict, ConfigError, IntegrityError, NotCommittedError
+from dlpipe.errors import AliasConflict, CommitConflict, ConfigError, IntegrityError, NotCommittedError
 from dlpipe.runctx import RunContext
 from tests.conftest import run_processes
 from dlpipe.storage import LocalStore, open_store
@@ -138,6 +138,36 @@ def test_promote_forward_never_moves_an_alias_back_to_older_data(store, tmp_path
     newer = _versions_by_day(store, tmp_path, ["2026-01-04"])["2026-01-04"]
     doc, moved = registry.promote_forward(store, "eta", "staging", newer, run=RunContext())
     assert moved and doc["history"][-1]["from_version"] == v["2026-01-03"]
+
+
+class _MovedAfterFirstRead:
+    """A store whose alias is set by another run right after our first read of it: the
+    interleaving that a race on an alias not yet set needs, forced instead of hoped for."""
+
+    def __init__(self, inner, competitor) -> None:
+        self.inner, self.competitor, self.fired = inner, competitor, False
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def get_versioned(self, key: str):
+        found = self.inner.get_versioned(key)
+        if "/aliases/" in key and not self.fired:
+            self.fired = True
+            self.competitor()
+        return found
+
+
+def test_a_forward_promotion_racing_on_an_unset_alias_keeps_the_newer_data(store, tmp_path):
+    v = _versions_by_day(store, tmp_path, ["2026-01-02", "2026-01-03"])
+    newer_first = lambda: registry.promote_forward(store, "eta", "staging", v["2026-01-03"], run=RunContext(run_id="B"))
+    doc, moved = registry.promote_forward(_MovedAfterFirstRead(store, newer_first), "eta", "staging",
+                                          v["2026-01-02"], run=RunContext(run_id="A"))
+    assert not moved and doc["version"] == v["2026-01-03"]
+    history = registry.get_alias(store, "eta", "staging")["history"]
+    assert [(h["to_version"], h["by"]["run_id"]) for h in history] == [(v["2026-01-03"], "B")]
+    with pytest.raises(AliasConflict, match="expected not to exist yet"):
+        registry.promote(store, "eta", "staging", v["2026-01-02"], run=RunContext(), expect_unset=True)
 
 
 def _promote_one(root: str, version: int, alias: str, barrier, results) -> None:
