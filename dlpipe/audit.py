@@ -26,11 +26,37 @@ def utcnow_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
+# Credential values this process was given (Spark settings that hold keys or tokens): a failed
+# attempt's error text can carry them (spark-submit's error repeats its command line), and
+# the audit log outlives every task log, so they are replaced by *** before any event is written.
+_HIDDEN: set[str] = set()
+
+
+def hide(value: str) -> None:
+    """Never write ``value`` to the audit log (values under 4 characters would mask too much)."""
+    if len(value) >= 4:
+        _HIDDEN.add(value)
+
+
+def _masked(value: Any) -> Any:
+    if isinstance(value, str):
+        for secret in sorted(_HIDDEN, key=len, reverse=True):  # the longest first: one may contain another
+            value = value.replace(secret, "***")
+        return value
+    if isinstance(value, dict):
+        return {k: _masked(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_masked(v) for v in value]
+    return value
+
+
 def record(event: str, *, stage: str, run: RunContext, path: Path | None = None, **fields: Any) -> dict:
     """Append one event; returns the record written."""
     if event not in EVENTS:
         raise ValueError(f"unknown audit event {event!r}; expected one of {EVENTS}")
     rec = {"ts": utcnow_iso(), "event": event, "stage": stage, "run": run.as_dict(), **fields}
+    if _HIDDEN:
+        rec = _masked(rec)
     path = path or settings.audit_log_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     line = (canonical_json(rec) + "\n").encode()

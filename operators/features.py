@@ -6,6 +6,7 @@ import logging
 import re
 from typing import Any, Sequence
 
+from dlpipe import audit
 from dlpipe.commit import StageResult
 from dlpipe.errors import ConfigError
 from dlpipe.pipeline_config import section
@@ -26,12 +27,14 @@ SECRET_CONF = re.compile(r"secret|password|passwd|token|credential|account\.key|
 
 def mask_conf_secrets(conf: dict[str, Any]) -> None:
     """Register the values of credential-looking Spark settings with Airflow's secrets masker,
-    so that no task log line (the logged spark-submit command included) shows them."""
+    so that no task log line (the logged spark-submit command included) shows them, and with
+    the audit log, where a failed attempt's error (spark-submit's command line) is recorded."""
     from airflow.sdk.log import mask_secret
 
     for key, value in conf.items():
         if SECRET_CONF.search(key) and value:
             mask_secret(str(value))
+            audit.hide(str(value))
 
 
 def hook_submitter(conn_id: str, conf: dict[str, str] | None, name: str, holder: list,
