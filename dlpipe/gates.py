@@ -15,7 +15,7 @@ import logging
 import math
 import warnings
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
 
@@ -321,6 +321,9 @@ def run_data_gate(dataset: dict, cfg: DataGateConfig, *, run: RunContext, name: 
     reads it into memory, Spark reads its Parquet files in a local SparkSession.
     """
     check_spark_types(cfg)
+    # The drift check's reference is an input like the dataset: a gate that found no earlier
+    # version (a backfill, catch-up runs in parallel) is judged again once one is committed.
+    previous = previous_dataset(dataset) if cfg.drift is not None else None
 
     def produce(attempt: Path) -> dict:
         rows = dataset["summary"].get("rows", {})
@@ -331,7 +334,6 @@ def run_data_gate(dataset: dict, cfg: DataGateConfig, *, run: RunContext, name: 
         failures, evidence = validate_frames(frames, cfg, docs_dir=attempt / "data_docs")
         drift = None
         if cfg.drift is not None:
-            previous = previous_dataset(dataset)
             drift_failures, drift = check_drift(dataset, previous, cfg.drift)
             failures += drift_failures
         evidence["drift"] = drift
@@ -344,7 +346,7 @@ def run_data_gate(dataset: dict, cfg: DataGateConfig, *, run: RunContext, name: 
                 "rows": {s: v["rows"] for s, v in evidence["splits"].items()},
                 "drift": {"previous": (drift or {}).get("previous"), "columns": len((drift or {}).get("columns", {}))}}
 
-    return commit.run_stage(StageKey("gates", name, dataset["partition"]), inputs=[dataset],
+    return commit.run_stage(StageKey("gates", name, dataset["partition"]), inputs=[dataset] + ([previous] if previous else []),
                             config=cfg.model_dump(), code={"sources_hash": sources_hash([__file__])},
                             run=run, produce=produce)
 
@@ -418,6 +420,10 @@ class ModelGateConfig(BaseModel):
                                                   "more than this many of its standard errors (0: by any amount)")
 
 
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
 def judge_model(metrics: dict, cfg: ModelGateConfig) -> list[str]:
     """The failed baseline/ceiling checks on training metrics (empty means they pass)."""
     failures = []
@@ -443,6 +449,11 @@ def judge_champion(candidate: dict, champion: dict | None, cfg: ModelGateConfig)
     if champion is None:
         return [], f"no model holds the {cfg.champion_alias!r} alias yet: the first model passes"
     what = candidate.get("label", "metric")
+    unusable = [f"{who}: {what} is {e.get('value')!r}, not a finite number; evaluate it again (the model or "
+                f"the validation rows give no usable value)" for who, e in (("candidate", candidate),
+                (champion.get("ref", "champion"), champion)) if not _finite(e.get("value"))]
+    if unusable:  # every comparison with NaN is false: it would pass
+        return unusable, f"cannot compare the candidate with {champion.get('ref')}"
     bound = champion["value"] * (1 + cfg.max_regression)
     note = (f"candidate {what} {candidate['value']:.4f} vs {champion['ref']} {what} {champion['value']:.4f} "
             f"on the same {candidate['rows']} rows")
@@ -464,13 +475,19 @@ def judge_slices(evaluation: dict, cfg: ModelGateConfig) -> list[str]:
     still fails a model that gets half of one digit wrong 99% of the time (simulated in
     tests/unit/test_gates.py). An evaluator that reports no ``stderr`` is judged on the value.
     """
-    if cfg.slice_max_ratio is None or not evaluation.get("value"):
+    if cfg.slice_max_ratio is None or evaluation.get("value") == 0:
         return []
     what = evaluation.get("label", "metric")
+    if not _finite(evaluation.get("value")):
+        return [f"slices: the overall {what} is {evaluation.get('value')!r}, not a finite number, so no slice "
+                f"can be judged against it"]
     limit = evaluation["value"] * cfg.slice_max_ratio
     failures = []
     for name, sl in sorted(evaluation["slices"].items()):
         if sl["rows"] < cfg.slice_min_rows or sl["value"] is None:
+            continue
+        if not _finite(sl["value"]):
+            failures.append(f"slice {name}: {what} is {sl['value']!r} on {sl['rows']} rows, not a finite number")
             continue
         stderr = sl.get("stderr") or 0.0
         if sl["value"] - cfg.slice_z * stderr > limit:
@@ -485,8 +502,8 @@ def run_model_gate(training: dict, cfg: ModelGateConfig, *, run: RunContext, nam
     """Judge a training run: baseline, optional ceiling, champion and slices; commit the verdict.
 
     ``candidate`` and ``champion`` are evaluations on the same validation rows (see
-    ``training.evaluate``); the champion's identity enters the fingerprint, so a new production
-    model means a new verdict.
+    ``training.evaluate``); both enter the fingerprint, so a new production model, or an
+    evaluation that changed (new evaluator code, other validation rows), means a new verdict.
     """
     def produce(attempt: Path) -> dict:
         metrics = training["summary"]["metrics"]
@@ -505,7 +522,8 @@ def run_model_gate(training: dict, cfg: ModelGateConfig, *, run: RunContext, nam
                 "champion": champion and {"ref": champion["ref"], champion["metric"]: champion["value"]},
                 "candidate": candidate and {candidate["metric"]: candidate["value"]}}
 
-    config = {**cfg.model_dump(), "champion": champion and champion["ref"], "evaluated": candidate is not None}
+    config = {**cfg.model_dump(), "champion": champion and champion["ref"], "evaluated": candidate is not None,
+              "evaluations": {"candidate": candidate, "champion": champion}}
     return commit.run_stage(StageKey("gates", name, training["partition"]), inputs=[training],
                             config=config, code={"sources_hash": sources_hash([__file__])},
                             run=run, produce=produce)

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dlpipe.gates import ColumnRule, DataGateConfig, ModelGateConfig, judge_model, judge_slices, validate_frames
+from dlpipe.gates import (ColumnRule, DataGateConfig, ModelGateConfig, judge_champion, judge_model, judge_slices,
+                          validate_frames)
 from training.evaluate import slice_summary
 
 CFG = DataGateConfig(min_rows={"train": 10}, columns={
@@ -83,6 +84,29 @@ def test_model_gate(metrics, ok):
 def test_model_gate_message_shows_value_and_threshold():
     [msg] = judge_model({"val_mae": 7.5, "baseline_mae": 8.0}, ModelGateConfig(min_improvement=0.1))
     assert msg == "val_mae=7.5000 must be <= 7.2000 (baseline_mae=8.0000 improved by 10%)"
+
+
+NAN = float("nan")
+
+
+@pytest.mark.parametrize("candidate,champion", [(NAN, 1.0), (1.0, NAN), (float("inf"), 1.0), (None, 1.0)])
+def test_an_evaluation_that_is_not_a_number_fails_the_champion_check(candidate, champion):
+    """Every comparison with NaN is false: without the check, a NaN on either side passed."""
+    ev = lambda v: {"metric": "mae", "label": "MAE", "value": v, "rows": 500, "slices": {}}  # noqa: E731
+    failures, _ = judge_champion(ev(candidate), {**ev(champion), "ref": "eta@3"}, ModelGateConfig())
+    assert len(failures) == 1 and "not a finite number" in failures[0]
+    assert judge_champion(ev(1.0), {**ev(1.0), "ref": "eta@3"}, ModelGateConfig())[0] == []
+
+
+def test_a_slice_or_an_overall_value_that_is_not_a_number_fails_the_slice_check():
+    cfg = ModelGateConfig(slice_max_ratio=4.0, slice_min_rows=25)
+    good = _digits_evaluation({8: 1})
+    assert judge_slices(good, cfg) == []
+    [msg] = judge_slices({**good, "value": NAN}, cfg)
+    assert msg.startswith("slices: the overall error rate is nan")
+    slices = {**good["slices"], "digit=8": {"value": NAN, "rows": 30, "stderr": NAN}}
+    assert judge_slices({**good, "slices": slices}, cfg) == ["slice digit=8: error rate is nan on 30 rows, not a finite number"]
+    assert judge_slices({**good, "value": 0.0}, cfg) == []  # an overall 0 sets no limit to compare with
 
 
 def _digits_evaluation(errors: dict[int, int], rows: int = 30) -> dict:
