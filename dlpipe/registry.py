@@ -100,6 +100,24 @@ def get_version(store: Store, name: str, version: int) -> dict:
                                 f"see `dlpipe registry list`") from None
 
 
+# Gate verdicts are evidence about a model, not part of what it is: a rerun whose model gate
+# judged the same training again (against a champion that has moved since) must find the
+# version it registered before, not register the same files a second time.
+_EVIDENCE = ("gates", "gate_verdicts")
+
+
+def model_identity(artifacts: list[dict], lineage: dict[str, Any]) -> str:
+    """What makes two registrations the same model: its files and where they came from."""
+    return fingerprint({"artifacts": artifacts,
+                        "lineage": {k: v for k, v in lineage.items() if k not in _EVIDENCE}})
+
+
+def _same_model(versions: list[dict], identity: str) -> list[dict]:
+    # computed from each record, not read from its model_fingerprint: records written before
+    # verdicts were left out of the identity are matched too
+    return [r for r in versions if model_identity(r["artifacts"], r.get("lineage") or {}) == identity]
+
+
 def register(store: Store, name: str, model_dir: Path, *, metrics: dict[str, Any],
              lineage: dict[str, Any], run: RunContext, note: str = "",
              committed_files: dict[str, dict] | None = None) -> tuple[dict, bool]:
@@ -119,15 +137,16 @@ def register(store: Store, name: str, model_dir: Path, *, metrics: dict[str, Any
     known = committed_files or {}
     artifacts = [{"name": p.name, "sha256": known[p.name]["sha256"] if p.name in known else sha256_file(p),
                   "size": p.stat().st_size} for p in files]
-    model_fp = fingerprint({"artifacts": artifacts, "lineage": lineage})
+    model_fp = model_identity(artifacts, lineage)
 
-    existing = [r for r in list_versions(store, name) if r["model_fingerprint"] == model_fp]
+    existing = _same_model(list_versions(store, name), model_fp)
     if existing:
         rec = existing[0]
         log.info("%s@%s already holds these artifacts and lineage; not registering again",
                  name, rec["version"])
         audit.record("skipped", stage="registry", run=run, manifest_id=f"{name}@{rec['version']}",
-                     fingerprint=model_fp, reason="identical model already registered")
+                     fingerprint=model_fp, reason="identical model already registered",
+                     gates=lineage.get("gates"))  # this run's verdicts, kept as evidence
         return rec, False
 
     for art, path in zip(artifacts, files):
@@ -139,7 +158,7 @@ def register(store: Store, name: str, model_dir: Path, *, metrics: dict[str, Any
         # listed again after the (possibly long) upload: a concurrent registration of the same
         # model that finished meanwhile is returned instead of duplicated
         versions = list_versions(store, name)
-        same = [r for r in versions if r["model_fingerprint"] == model_fp]
+        same = _same_model(versions, model_fp)
         if same:  # a concurrent registration of the same model won
             return same[0], False
         version = max((r["version"] for r in versions), default=0) + 1

@@ -104,10 +104,16 @@ def test_drift_against_the_previous_dataset_version():
 
     _commit_raw_day(date(2026, 1, 3), pa.Table.from_pandas(df, preserve_index=False))
     submit = local_spark_submit()
-    day2, day3 = _dataset("2026-01-02", submit), _dataset("2026-01-03", submit)
     gate = GATE.model_copy(update={"drift": DriftConfig(max_mean_shift_std=0.5)})
+    # A backfill's order: day 3 is built and gated before day 2 exists; nothing earlier to
+    # compare with, so it passes with a note.
+    day3 = _dataset("2026-01-03", submit)
+    early = run_data_gate(day3, gate, run=RunContext())
+    assert early.manifest["summary"]["drift"]["previous"] is None
+    day2 = _dataset("2026-01-02", submit)
     ok = run_data_gate(day2, gate, run=RunContext())  # nothing earlier: passes with a note
     assert ok.manifest["summary"]["drift"]["previous"] is None
+    # Day 2 is an input of day 3's drift check now: the rerun judges again instead of skipping
     with pytest.raises(GateFailed) as e:
         run_data_gate(day3, gate, run=RunContext())
     drift = [f for f in e.value.failures if f.startswith("drift.")]
