@@ -206,7 +206,7 @@ def train_elastic(t: Trainer) -> dict:
     t.bind()
     t.opt = hvd.DistributedOptimizer(t.opt, named_parameters=t.net.named_parameters())  # before resume()
     start = t.resume()
-    state = hvd.elastic.TorchState(model=t.net, optimizer=t.opt, epoch=start, start=start)
+    state = elastic_state(hvd, t, start)
     resets = 0  # kept out of the state: a sync restores the state to its last commit
 
     def on_reset() -> None:
@@ -219,6 +219,10 @@ def train_elastic(t: Trainer) -> dict:
 
     @hvd.elastic.run
     def loop(state) -> None:
+        # The sync before this call gave every rank rank 0's state (after a resume: the
+        # checkpoint's). It is the rollback point until the first commit: without this save, a
+        # rank that lost rank 0 in that epoch rolled back to its own initial weights.
+        state.save()
         while state.epoch < t.cfg.epochs:
             t.run_epoch(state.epoch)
             state.epoch += 1
@@ -226,6 +230,23 @@ def train_elastic(t: Trainer) -> dict:
 
     loop(state)  # the first sync broadcasts rank 0's resumed state and epoch to every rank
     return {"resumed_from_epoch": state.start, "elastic_resets": resets}
+
+
+def elastic_state(hvd, t: Trainer, start: int):
+    """``hvd.elastic.TorchState`` of the model, optimizer and epoch, whose optimizer is broadcast
+    only once rank 0's has state. Horovod's own handler gives an empty optimizer a zero-gradient
+    step first, so a fresh elastic run's Adam counted one step more than a static run's and
+    trained another model; static and elastic runs share checkpoints, so they must agree."""
+    from horovod.torch.elastic.state import OptimizerStateHandler
+
+    class OptimizerSyncedOnceStateful(OptimizerStateHandler):
+        def sync(self) -> None:
+            if hvd.broadcast_object(bool(self.value.state_dict()["state"]), root_rank=0):
+                super().sync()
+
+    state = hvd.elastic.TorchState(model=t.net, optimizer=t.opt, epoch=start, start=start)
+    state._handlers["optimizer"] = OptimizerSyncedOnceStateful(t.opt)  # Horovod has no public hook per state
+    return state
 
 
 def main(trainer_cls: type[Trainer], argv: list[str] | None = None) -> int:

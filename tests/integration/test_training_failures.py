@@ -204,3 +204,71 @@ def test_elastic_settings_are_checked_before_anything_starts():
         ScaleConfig(num_proc=2, min_np=1)
     with pytest.raises(ValueError, match="need min_np <= num_proc <= max_np"):
         ScaleConfig(num_proc=4, min_np=1, max_np=2, host_discovery_script="/bin/true")
+
+
+def _discovery(tmp_path: Path) -> Path:
+    """Two one-slot hosts on this machine, as elastic Horovod's host discovery sees them."""
+    discover = tmp_path / "discover_hosts.sh"
+    discover.write_text("#!/bin/sh\necho localhost:1\necho 127.0.0.1:1\n")
+    discover.chmod(0o755)
+    return discover
+
+
+def test_an_elastic_job_that_loses_no_rank_trains_the_static_jobs_model(dataset, built, tmp_path, monkeypatch):
+    """Static and elastic runs of one config share a fingerprint and checkpoints, so they must
+    train the same model (Horovod's elastic sync used to give a fresh Adam an extra step)."""
+    config = TrainConfig(epochs=4, batch_size=16)
+    static = _train(dataset, [], ScaleConfig(num_proc=2, hosts="localhost:1,127.0.0.1:1", run_timeout_s=300), config)
+    static_weights = _weights(static)
+    monkeypatch.setenv("DLPIPE_HOME", str(tmp_path / "elastic"))
+    shutil.copytree(built[0], tmp_path / "elastic")
+    scale = ScaleConfig(num_proc=2, min_np=1, max_np=2, host_discovery_script=str(_discovery(tmp_path)),
+                        run_timeout_s=300)
+    elastic = _train(dataset, [], scale, config)
+    assert elastic.manifest["summary"]["metrics"]["elastic_resets"] == 0
+    elastic_weights = _weights(elastic)
+    worst = max(float((static_weights[k] - elastic_weights[k]).abs().max()) for k in static_weights)
+    print(f"[measure] elastic against static: largest weight difference {worst:.2e}")
+    assert worst == 0.0, f"the elastic model differs from the static one by up to {worst:.3g}"
+
+
+def test_an_elastic_job_that_loses_rank_0_after_resuming_keeps_the_checkpoints_state(dataset, tmp_path):
+    """Rank 0 alone reads the checkpoint; the survivors must roll back to the state it
+    broadcast, not to their own initial weights and an empty optimizer."""
+    from training import checkpoint
+
+    killer = _when_epoch(dataset, 2, lambda pid: os.kill(pid, signal.SIGKILL))
+    config = TrainConfig(epochs=6, batch_size=2)  # epochs of a few seconds: time to kill rank 0 inside one
+    with pytest.raises(SubprocessFailed):
+        _train(dataset, [], ScaleConfig(num_proc=2, hosts="localhost:2", run_timeout_s=300), config)
+    killer.join(5)
+    ckpts = _ckpt_dir(dataset)
+    resumed = max(int(p.stem.split("-")[1]) for p in ckpts.glob("epoch-*.sha256"))
+    assert resumed + 2 <= config.epochs
+
+    killed_at: list[float] = []
+
+    def kill_rank_0_once_resumed(line: str) -> None:
+        lines.append(line)
+        if "resuming from" in line and not killed_at:
+            def later() -> None:  # after the first sync, inside the first resumed epoch
+                time.sleep(1.0)
+                killed_at.append(time.time())  # wall clock: compared with a file's mtime
+                os.kill(int((ckpts / "rank-0.pid").read_text()), signal.SIGKILL)
+            threading.Thread(target=later, daemon=True).start()
+
+    lines: list[str] = []
+    scale = ScaleConfig(num_proc=2, min_np=1, max_np=2, host_discovery_script=str(_discovery(tmp_path)),
+                        run_timeout_s=300)
+    result = train_model(dataset, config=config, scale=scale, run=RunContext(),
+                         launch=horovod_launcher(scale, emit=kill_rank_0_once_resumed))
+    m = result.manifest["summary"]["metrics"]
+    assert killed_at and m["elastic_resets"] >= 1 and m["world_size"] == 1, m
+    assert (ckpts / f"epoch-{resumed + 1:04d}.sha256").stat().st_mtime > killed_at[0], \
+        "the first resumed epoch ended before rank 0 was killed: the test did not test anything"
+    steps = lambda epoch: max(int(s["step"]) for s in checkpoint.load(ckpts / f"epoch-{epoch:04d}.pt")["optimizer"]["state"].values())  # noqa: E731
+    # Adam's step count goes on from the checkpoint's: the survivor's first epoch adds as many
+    # steps as its next one (a fresh optimizer would have started again from 0 or 1)
+    per_epoch = steps(resumed + 2) - steps(resumed + 1)
+    assert steps(resumed + 1) == steps(resumed) + per_epoch, [steps(e) for e in range(resumed, resumed + 3)]
+    assert m["val_mae"] < 0.8 * m["baseline_mae"]
