@@ -15,7 +15,7 @@ class TrainConfig(BaseModel):
     epochs: int = Field(6, ge=1, le=1000, description="passes over the training split")
     batch_size: int = Field(256, ge=1, le=1 << 20, description="rows per step per process")
     learning_rate: float = Field(2e-3, gt=0, le=1.0, description="per-process rate (scaled by world size)")
-    seed: int = Field(13, description="seeds init and shuffling: same seed, same model")
+    seed: int = Field(13, ge=0, description="seeds init and shuffling: same seed, same model")
     decode_in: Literal["threads", "processes"] = Field(
         "threads", description="where the training data is decoded: threads of the training process, or "
                                "worker processes that leave its GIL to the training loop (GPU hosts); same batches")
@@ -30,7 +30,7 @@ class DigitsTrainConfig(BaseModel):
     epochs: int = Field(15, ge=1, le=1000, description="passes over the training split")
     batch_size: int = Field(64, ge=1, le=1 << 16, description="images per step per process")
     learning_rate: float = Field(2e-3, gt=0, le=1.0, description="per-process rate (scaled by world size)")
-    seed: int = Field(7, description="seeds init and shuffling: same seed, same model")
+    seed: int = Field(7, ge=0, description="seeds init and shuffling: same seed, same model")
 
 
 class ScaleConfig(BaseModel):

@@ -115,11 +115,13 @@ class Trainer:
                              f"{self.spec['expected_rows']}: the dataset changed after it was committed")
         if self.rows["train"] == 0:
             raise SystemExit("training split is empty on every rank: nothing to train on")
-        self.steps = int(hvd.allreduce(torch.tensor(self.train.num_batches()), op=hvd.Min).item())
+        batches = hvd.allgather_object(self.train.num_batches())  # every rank's, in rank order
+        self.steps = min(batches)
         if self.steps == 0:
-            raise SystemExit(f"rank {self.rank} has no training rows: the dataset has "
-                             f"{self.train.total_row_groups} row groups for {self.size} ranks; write at "
-                             f"least {self.size} files per split")
+            empty = [r for r, n in enumerate(batches) if n == 0]
+            raise SystemExit(f"ranks {empty} of {self.size} have no training rows: a rank reads whole row "
+                             f"groups, and the training split has {self.train.total_row_groups}; write at "
+                             f"least {self.size} non-empty row groups (dataset num_files) or run fewer processes")
         self.scale_learning_rate()
         (self.ckpt_dir / f"rank-{self.rank}.pid").write_text(str(os.getpid()))  # lets tests find ranks
 

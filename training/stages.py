@@ -20,6 +20,16 @@ from training.launcher import Launcher
 
 HERE = Path(__file__).resolve().parent
 
+
+def where_it_ran(scale: ScaleConfig) -> dict:
+    """The manifest's record of the hosts: ``-H`` for a static job; an elastic job never gets
+    ``-H`` (its hosts come from the discovery script), so its bounds and script instead. The
+    world it ended with is in the metrics (``world_size``)."""
+    if scale.elastic:
+        return {"hosts": None, "host_discovery_script": scale.host_discovery_script,
+                "min_np": scale.min_np, "max_np": scale.max_np or scale.num_proc}
+    return {"hosts": scale.hosts}
+
 # The sources each entry point's training depends on, beyond itself, horovod_loop.py and
 # checkpoint.py: they enter the fingerprint, so a change to any of them (the shuffle stream,
 # decoding, the model) trains afresh instead of skipping or resuming old checkpoints.
@@ -73,7 +83,7 @@ def train_model(dataset: dict, *, config: BaseModel, scale: ScaleConfig, run: Ru
         if not metrics_path.exists():
             raise RuntimeError(f"training exited 0 but wrote no {metrics_path}; see the rank output above")
         return {"metrics": json.loads(metrics_path.read_text()), "dataset": dataset["id"],
-                "model_dir": "model", "hosts": scale.hosts}
+                "model_dir": "model", **where_it_ran(scale)}
 
     return commit.run_stage(key, inputs=[dataset], config=fp_config, code=code, run=run,
                             produce=produce, part_hashes=True)  # models go to the registry

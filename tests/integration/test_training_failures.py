@@ -195,6 +195,9 @@ def test_elastic_job_loses_a_rank_and_finishes_with_the_survivor(dataset, tmp_pa
     assert m["elastic_resets"] >= 1 and m["world_size"] == 1 and m["epochs"] == config.epochs, m
     assert m["train_rows"] == dataset["summary"]["rows"]["train"]  # the survivor read every shard
     assert "membership changed: world size is now 1" in "\n".join(lines)
+    summary = result.manifest["summary"]  # -H is never given to an elastic job: its discovery is recorded
+    assert (summary["hosts"], summary["host_discovery_script"], summary["min_np"], summary["max_np"]) == \
+        (None, str(discover), 1, 2)
     assert (_ckpt_dir(dataset) / f"epoch-{config.epochs:04d}.sha256").exists()
     assert m["val_mae"] < 0.8 * m["baseline_mae"]
 
@@ -272,3 +275,14 @@ def test_an_elastic_job_that_loses_rank_0_after_resuming_keeps_the_checkpoints_s
     per_epoch = steps(resumed + 2) - steps(resumed + 1)
     assert steps(resumed + 1) == steps(resumed) + per_epoch, [steps(e) for e in range(resumed, resumed + 3)]
     assert m["val_mae"] < 0.8 * m["baseline_mae"]
+
+
+def test_more_ranks_than_row_groups_names_the_empty_ranks(dataset):
+    """A rank reads whole row groups: a split of one file (one row group here) leaves rank 1
+    of 2 without rows, and the error says which rank and what to change."""
+    one_file = materialize_dataset("2026-01-03", "2026-01-04", config=DatasetConfig(window_days=1, num_files=1),
+                                   run=RunContext(), submit=local_spark_submit()).manifest
+    with pytest.raises(SubprocessFailed) as failure:
+        _train(one_file, [], config=TrainConfig(epochs=1, batch_size=16))
+    assert "ranks [1] of 2 have no training rows" in str(failure.value)
+    assert "write at least 2 non-empty row groups (dataset num_files) or run fewer processes" in str(failure.value)

@@ -86,6 +86,10 @@ def test_duplicate_keys_sections_that_are_not_mappings_and_impossible_values_are
     p.write_text("train: {channels: [16, -1]}\n")
     with pytest.raises(ConfigError, match=r"train.channels.1.*greater than 0"):
         section(load_pipeline(p), "train", DigitsTrainConfig)
+    for kind in (TrainConfig, DigitsTrainConfig):  # the shuffle's generator takes no negative seed:
+        p.write_text("train: {seed: -1}\n")  # before, every rank failed in its first epoch
+        with pytest.raises(ConfigError, match=r"train.seed.*greater than or equal to 0"):
+            section(load_pipeline(p), "train", kind)
     p.write_text("data_gate: {min_rows: {trian: 1000}}\n")  # would have left train's floor at 1
     with pytest.raises(ConfigError, match=r"data_gate.min_rows.trian.*'train' or 'validation'"):
         section(load_pipeline(p), "data_gate", DataGateConfig)
