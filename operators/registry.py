@@ -63,10 +63,19 @@ class RegisterModelOperator(_RegistryOperator):
 
     def run_stage(self, context: Any, pipeline: dict, run: RunContext) -> StageResult:
         training = commit.load_manifest(self.training_id, stage="training", field="training_id")
+        # What a gate may vouch for: this training (the model gate) or the dataset it trained on
+        # (the data gate). A passed verdict on another model (a stale XCom after a task was
+        # cleared, a miswired DAG) must not let this one through.
+        judged = {training["id"], *(i["id"] for i in training["inputs"])}
         for gid in self.gate_ids:  # refuse models whose gates did not commit a pass
-            verdict = commit.load_manifest(gid, stage="gates", field="gate_ids")["summary"].get("verdict")
+            gate = commit.load_manifest(gid, stage="gates", field="gate_ids")
+            verdict = gate["summary"].get("verdict")
             if verdict != "passed":
                 raise NotCommittedError(f"gate {gid} verdict is {verdict!r}, not 'passed'")
+            if not judged & {i["id"] for i in gate["inputs"]}:
+                raise NotCommittedError(
+                    f"gate {gid} judged {[i['id'] for i in gate['inputs']]}, not training {training['id']} "
+                    f"or its dataset: pass the gates of this run (clear the gate tasks with the train task)")
         _, store = self._settings(pipeline)
         name = pipeline.get("model_name", "model")
         audit.record("started", stage="registry", run=run, manifest_id=f"{name}@?", training=training["id"])

@@ -1,0 +1,51 @@
+"""RegisterModelOperator registers a model only on passed verdicts about that model: a passed
+model gate of another training (a stale XCom after `train` was cleared without its gate, or a
+miswired DAG) is refused, without retry, and nothing is registered."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from airflow.sdk.exceptions import AirflowFailException
+
+from dlpipe import commit, registry
+from dlpipe.gates import ModelGateConfig, run_model_gate
+from dlpipe.runctx import RunContext
+from dlpipe.storage import LocalStore
+from operators import RegisterModelOperator
+from tests.conftest import ROOT
+from tests.unit.test_gate_reruns import _evaluation
+
+
+def _training(val_mae: float) -> dict:
+    """A committed dataset and training of their own (the config tells them apart)."""
+    def stage(name: str, inputs: list[dict], produce) -> dict:
+        return commit.run_stage(commit.StageKey(name, "eta", "window_end=2026-01-03"), inputs=inputs,
+                                config={"val_mae": val_mae}, code={"sources_hash": "test"}, run=RunContext(),
+                                produce=produce).manifest
+
+    def train(attempt):
+        (attempt / "model").mkdir()
+        (attempt / "model" / "model.safetensors").write_bytes(f"weights {val_mae}".encode())
+        return {"metrics": {"val_mae": val_mae, "baseline_mae": 8.0}, "model_dir": "model"}
+
+    return stage("training", [stage("datasets", [], lambda attempt: {"rows": {"train": 1, "validation": 1}})], train)
+
+
+def _register(training: dict, gate_ids: list[str], root) -> str:
+    ti = SimpleNamespace(dag_id="eta_training", run_id="r", task_id="register_model", try_number=1)
+    context = {"ti": ti, "dag_run": SimpleNamespace(run_type="manual"), "params": {}}
+    op = RegisterModelOperator(task_id="register_model", training_id=training["id"], gate_ids=gate_ids,
+                               registry_root=str(root), pipeline_config=str(ROOT / "pipelines" / "eta_training.yaml"))
+    return op.execute(context)
+
+
+def test_a_passed_gate_of_another_training_does_not_register_this_one(dlpipe_home):
+    good, bad = _training(3.0), _training(99.0)
+    gate = run_model_gate(good, ModelGateConfig(), run=RunContext(), candidate=_evaluation(3.0), champion=None)
+    root = dlpipe_home / "registry"
+    with pytest.raises(AirflowFailException, match=rf"gate {gate.id} judged .*not training {bad['id']} or its dataset"):
+        _register(bad, [gate.id], root)
+    assert registry.list_versions(LocalStore(root), "eta") == []
+    assert _register(good, [gate.id], root).endswith("@1")  # the model it judged registers
