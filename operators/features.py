@@ -81,15 +81,16 @@ class SparkStageOperator(DlpipeOperator):
     :param spark_resources: SparkSubmitHook resources, e.g. ``{"executor_memory": "8g",
         "total_executor_cores": 64}`` (driver_memory, executor_memory, executor_cores,
         num_executors, total_executor_cores)
-    :param data_interval_start/end: templated; default to the run's data interval
+    :param data_interval_start/end: templated; default to the run's data interval (a manual
+        run triggered without a logical date has none, and fails saying so)
     """
 
     template_fields: Sequence[str] = ("pipeline_config", "data_interval_start", "data_interval_end")
 
     def __init__(self, *, conn_id: str = "dlpipe_spark", spark_conf: dict[str, str] | None = None,
                  spark_resources: dict[str, Any] | None = None,
-                 data_interval_start: str = "{{ data_interval_start }}",
-                 data_interval_end: str = "{{ data_interval_end }}", **kwargs: Any) -> None:
+                 data_interval_start: str | None = None, data_interval_end: str | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         # not "resources": BaseOperator already has an attribute of that name
         self.conn_id, self.spark_conf = conn_id, spark_conf or {}
@@ -103,6 +104,18 @@ class SparkStageOperator(DlpipeOperator):
             raise ConfigError("spark_resources", unknown, f"use only {', '.join(RESOURCE_ARGS)}")
         return hook_submitter(self.conn_id, self.spark_conf, f"{run.dag_id}.{run.task_id}", self._hooks,
                               self.spark_resources)
+
+    def interval(self, context: Any) -> tuple[Any, Any]:
+        """The data interval to process: the arguments when given, else the run's."""
+        start = self.data_interval_start or context.get("data_interval_start")
+        end = self.data_interval_end or context.get("data_interval_end")
+        if start is None or end is None:
+            raise ConfigError("data interval", None,
+                              "this run has none: Airflow 3 gives no data interval to a run triggered without a "
+                              "logical date. Trigger with --logical-date (the run then processes the last "
+                              "complete interval before the trigger), or process chosen days with "
+                              "`airflow backfill create --dag-id DAG --from-date DAY --to-date DAY`")
+        return start, end
 
     def on_kill(self) -> None:
         kill_submissions(self._hooks)
@@ -121,5 +134,5 @@ class SparkFeatureOperator(SparkStageOperator):
                               "this kind has no feature stage: its DAG starts at the dataset "
                               "(remove this task, or use a kind with features)")
         cfg = section(pipeline, "features", kind.sections()["features"])
-        return kind.features(self.data_interval_start, self.data_interval_end, config=cfg,
+        return kind.features(*self.interval(context), config=cfg,
                              run=run, submit=self._submitter(run))

@@ -179,3 +179,23 @@ def test_the_model_gate_looks_for_its_champion_where_the_operator_says(tmp_path)
     assert register._settings(pipeline)[1].uri == own.champion_store(pipeline).uri  # the same registry
     default = ModelGateOperator(task_id="g2", training_id="x", pipeline_config="p.yaml")
     assert default.champion_store(pipeline).uri == str(tmp_path / "from-yaml")
+
+
+def test_a_run_without_a_data_interval_fails_once_saying_how_to_run_a_day():
+    """Airflow 3 gives a run triggered without a logical date no data interval: the Spark
+    stages fail without retry and say what to do (the template used before failed to render,
+    and Airflow retried it)."""
+    from types import SimpleNamespace
+
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from operators import PetastormDatasetOperator, SparkFeatureOperator
+
+    ti = SimpleNamespace(dag_id="eta_training", run_id="manual__x", task_id="t", try_number=1)
+    context = {"ti": ti, "dag_run": SimpleNamespace(run_type="manual"), "params": {},
+               "data_interval_start": None, "data_interval_end": None}
+    for cls in (SparkFeatureOperator, PetastormDatasetOperator):
+        op = cls(task_id="t", pipeline_config=str(ROOT / "pipelines" / "eta_training.yaml"))
+        with pytest.raises(AirflowFailException, match=r"data interval=None: this run has none.*--logical-date.*"
+                                                       r"airflow backfill create"):
+            op.execute(context)
