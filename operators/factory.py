@@ -40,7 +40,8 @@ class DagSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     dag_id: str = Field(pattern=r"^[A-Za-z0-9_.\-]{1,200}$", description="unique DAG id")
     owner: str = Field(min_length=1, description="the team that answers for it")
-    schedule: str = Field("@daily", description="cron expression or @hourly/@daily/@weekly/@monthly")
+    schedule: str = Field("@daily", description="cron expression or @hourly/@daily/@weekly/@monthly; "
+                                                "a kind with a feature stage needs whole UTC days (@daily)")
     start_date: date = Field(description="first data interval")
     end_date: date | None = Field(None, description="no scheduled run after this date")
     catchup: bool = Field(False, description="create the runs missed since start_date")
@@ -90,6 +91,15 @@ def check_pipeline(pipeline: dict[str, Any]) -> None:
         raise ConfigError(f"{path}: model_name", name, "use lower-case letters, digits, '-' and '_'")
 
 
+def _daily_at_midnight(schedule: str) -> bool:
+    """Whether the schedule's intervals are whole UTC days: fires at 00:00, a day apart."""
+    from croniter import croniter
+
+    fires = croniter(schedule, datetime(2026, 1, 1)).all_next(datetime)
+    first, second, third = next(fires), next(fires), next(fires)
+    return (first.hour, first.minute) == (0, 0) and second - first == third - second == timedelta(days=1)
+
+
 def load_spec(path: str | Path) -> tuple[DagSpec, dict[str, Any]]:
     """Validate a whole spec; ConfigError names the file, the field path, the value and the fix."""
     path = Path(path) if Path(path).is_absolute() else REPO / path
@@ -98,6 +108,10 @@ def load_spec(path: str | Path) -> tuple[DagSpec, dict[str, Any]]:
     if "dag" not in pipeline:
         raise ConfigError(f"{path}: dag", None, "add a dag: section (dag_id, owner, schedule, start_date, ...)")
     spec = section(pipeline, "dag", DagSpec)
+    if kind_of(pipeline).features is not None and not _daily_at_midnight(spec.schedule):
+        raise ConfigError(f"{path}: dag.schedule", spec.schedule,
+                          "this kind's feature stage writes one partition per UTC day: use @daily "
+                          "(or a cron that fires once a day at 00:00 UTC, such as '0 0 * * *')")
     if spec.end_date and spec.end_date < spec.start_date:
         raise ConfigError(f"{path}: dag.end_date", spec.end_date.isoformat(),
                           f"must not be before dag.start_date {spec.start_date.isoformat()}")

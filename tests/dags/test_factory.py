@@ -71,6 +71,8 @@ def test_kind_decides_which_sections_a_spec_may_have(tmp_path):
 @pytest.mark.parametrize("changes, field, value, fix", [
     ({"dag__owner": None}, "dag.owner", "(missing)", "Field required: add dag.owner"),
     ({"dag__schedule": "every day at noon"}, "dag.schedule", "every day at noon", "not a cron expression"),
+    ({"dag__schedule": "0 6 * * *"}, "dag.schedule", "0 6 * * *", "one partition per UTC day: use @daily"),
+    ({"dag__schedule": "@hourly"}, "dag.schedule", "@hourly", "one partition per UTC day: use @daily"),
     ({"dag__dag_id": "bad id!"}, "dag.dag_id", "bad id!", "should match pattern"),
     ({"dag__end_date": "2025-12-01"}, "dag.end_date", "2025-12-01", "must not be before dag.start_date"),
     ({"train__epochs": 0}, "train.epochs", "0", "greater than or equal to 1"),
@@ -153,6 +155,11 @@ def test_a_task_refuses_a_misspelt_section_of_its_pipeline_before_doing_anything
                           pipeline_config=str(path))
     with pytest.raises(AirflowFailException, match=rf"{path}: trian=.*remove it or fix its name.*'train'"):
         op.execute(context)
+    from dlpipe import audit  # failed before any stage began, and still audited
+
+    [event] = list(audit.read())
+    assert (event["event"], event["stage"], event["run"]["task_id"]) == ("failed", "DataGateOperator", "data_gate")
+    assert "trian" in event["error"]
 
 
 def test_horovod_arguments_are_checked_when_the_dag_is_parsed_and_named_as_arguments():
@@ -199,3 +206,7 @@ def test_a_run_without_a_data_interval_fails_once_saying_how_to_run_a_day():
         with pytest.raises(AirflowFailException, match=r"data interval=None: this run has none.*--logical-date.*"
                                                        r"airflow backfill create"):
             op.execute(context)
+    from dlpipe import audit
+
+    assert [(e["event"], e["stage"]) for e in audit.read()] == [("failed", "SparkFeatureOperator"),
+                                                               ("failed", "PetastormDatasetOperator")]
