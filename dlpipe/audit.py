@@ -73,6 +73,18 @@ def record(event: str, *, stage: str, run: RunContext, path: Path | None = None,
     return rec
 
 
+def failed(exc: BaseException, *, stage: str, run: RunContext, **fields: Any) -> None:
+    """Record that an attempt failed with ``exc``, once however many layers see it go by (the
+    stage's commit records it with its attempt; the operator records what failed before)."""
+    if getattr(exc, "_dlpipe_audited", False):
+        return
+    record("failed", stage=stage, run=run, error=f"{type(exc).__name__}: {str(exc)[:2000]}", **fields)
+    try:
+        exc._dlpipe_audited = True  # type: ignore[attr-defined]
+    except AttributeError:  # an exception type with __slots__: recorded twice at worst
+        pass
+
+
 def read(path: Path | None = None) -> Iterator[dict]:
     """Every event in order. A line that is not JSON (a write torn by a crash or a full disk)
     is skipped with a warning that names it, so one bad line does not hide the rest."""

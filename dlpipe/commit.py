@@ -274,8 +274,7 @@ def run_stage(
                      winner_attempt_id=winner["attempt_id"], **base)
         return StageResult(winner, skipped=True)
     except BaseException as exc:
-        audit.record("failed", run=run, attempt_id=attempt_id,
-                     error=f"{type(exc).__name__}: {str(exc)[:2000]}", **base)
+        audit.failed(exc, run=run, attempt_id=attempt_id, **base)
         raise
     audit.record("committed", run=run, attempt_id=attempt_id,
                  files=len(manifest["outputs"]["files"]), **base)

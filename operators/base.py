@@ -7,6 +7,7 @@ from typing import Any, Sequence
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
+from dlpipe import audit
 from dlpipe.commit import StageResult
 from dlpipe.errors import ConfigError, GateFailed, IntegrityError, NotCommittedError
 from dlpipe.pipeline_config import load_pipeline
@@ -78,8 +79,13 @@ class DlpipeOperator(BaseOperator):
 
             check_pipeline(pipeline)
             result = self.run_stage(context, pipeline, run)
-        except DETERMINISTIC as exc:
-            raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+        except BaseException as exc:
+            # every attempt leaves an event, also one that failed before its stage began (a bad
+            # spec, an input not committed): `dlpipe audit` and `dlpipe summary` show it
+            audit.failed(exc, stage=type(self).__name__, run=run)
+            if isinstance(exc, DETERMINISTIC):
+                raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+            raise
         verb = "skipped (already committed)" if result.skipped else "committed"
         self.log.info("%s %s; summary: %s", result.id, verb, brief(result.manifest.get("summary") or {}))
         self._committed = result.manifest

@@ -89,8 +89,7 @@ class RegisterModelOperator(_RegistryOperator):
                 lineage=model_lineage(training["id"], list(self.gate_ids)), run=run,
                 committed_files=committed)
         except BaseException as exc:
-            audit.record("failed", stage="registry", run=run, manifest_id=f"{name}@?",
-                         error=f"{type(exc).__name__}: {exc}"[:2000])
+            audit.failed(exc, stage="registry", run=run, manifest_id=f"{name}@?")
             raise
         ref = f"{name}@{record['version']}"
         self.log.info("%s %s in %s", ref, "registered" if created else "already registered", store.uri)
