@@ -18,7 +18,7 @@ from dlpipe import commit
 from dlpipe.commit import StageKey, StageResult
 from dlpipe.demo_data import CITIES, RAW_DATASET
 from dlpipe.errors import ConfigError, NotCommittedError
-from dlpipe.hashing import content_hash, sources_hash
+from dlpipe.hashing import content_hash, fingerprint, sources_hash
 from dlpipe.interval import day_partition, interval_days
 from dlpipe.runctx import RunContext
 from dlpipe.spark_submit import SparkSubmit
@@ -95,6 +95,44 @@ def _committed_days(dataset: str, stage: str, days: list, *, required: bool) -> 
     return found
 
 
+def feature_version(config: FeatureJobConfig) -> tuple[dict, dict]:
+    """(config, code) of the feature stage as its fingerprint takes them: the city vocabulary
+    that defines ``city_code`` is part of the config, since adding a city renumbers the codes."""
+    return ({**config.model_dump(), "cities": sorted(CITIES)},
+            {"sources_hash": sources_hash([eta_features.__file__, __file__])})
+
+
+def _made_by(manifest: dict, config: dict, code: dict) -> bool:
+    return (manifest["code"]["sources_hash"] == code["sources_hash"]
+            and fingerprint(manifest["config"]) == fingerprint(config))
+
+
+def _feature_days(name: str, version: tuple[dict, dict] | None, days: list, *,
+                  required: bool) -> tuple[list[dict], list[str]]:
+    """For each day, the newest partition of feature set ``name`` made by ``version`` (config,
+    code; None: any); (found, days without one). A version made by other code or settings
+    (before a release, or a setting since reverted) is never taken: a window mixing two feature
+    definitions would train on columns that mean different things."""
+    found, missing = [], []
+    for day in days:
+        key = StageKey("features", name, day_partition(day))
+        versions = [m for m in commit.committed(key) if version is None or _made_by(m, *version)]
+        if versions:
+            found.append(versions[-1])
+        elif required:
+            raise NotCommittedError(
+                f"no feature partition {key.relpath} made by the current feature settings and code"
+                f"{' (other versions exist)' if commit.committed(key) else ''}; run the feature stage for "
+                f"{day.isoformat()} first (extract_features, or its Airflow task)")
+        else:
+            missing.append(day.isoformat())
+    if missing:
+        log.warning("feature partitions of %s are missing or were made by other feature settings or code: "
+                    "the dataset leaves them out; backfill the feature task for those days to include them",
+                    missing)
+    return found, missing
+
+
 def extract_features(interval_start, interval_end, *, config: FeatureJobConfig, run: RunContext,
                      submit: SparkSubmit) -> StageResult:
     """Commit the ETA feature partition of one daily interval (skip if already committed)."""
@@ -107,7 +145,7 @@ def extract_features(interval_start, interval_end, *, config: FeatureJobConfig, 
     inputs = (_committed_days(config.raw, "raw", history, required=False)
               + _committed_days(config.raw, "raw", [day], required=True))
     key = StageKey("features", config.name, day_partition(day))
-    code = {"sources_hash": sources_hash([eta_features.__file__, __file__])}
+    fp_config, code = feature_version(config)
 
     def produce(attempt: Path) -> dict:
         out = attempt / "data"
@@ -116,9 +154,8 @@ def extract_features(interval_start, interval_end, *, config: FeatureJobConfig, 
             "interval_start": f"{day.isoformat()}T00:00:00+00:00",
             "interval_end": f"{(day + timedelta(days=1)).isoformat()}T00:00:00+00:00",
             "history_start": f"{history[0].isoformat() if history else day.isoformat()}T00:00:00+00:00",
-            "cities": sorted(CITIES),
             "output_dir": str(out),
-            **config.model_dump(),
+            **fp_config,
         }
         spec_path = write_spec(attempt / "spec.json", spec)
         submit(eta_features.__file__, ["--spec", str(spec_path)])
@@ -127,7 +164,7 @@ def extract_features(interval_start, interval_end, *, config: FeatureJobConfig, 
                 "content_sha256": content_hash(parts, out),
                 "history_days": len(inputs) - 1, "missing_history_days": len(history) - (len(inputs) - 1)}
 
-    return commit.run_stage(key, inputs=inputs, config=config.model_dump(), code=code,
+    return commit.run_stage(key, inputs=inputs, config=fp_config, code=code,
                             run=run, produce=produce)
 
 
@@ -145,14 +182,20 @@ DATASET_COLUMNS: list[tuple[str, str]] = (
 )
 
 
-def materialize_dataset(interval_start, interval_end, *, config: DatasetConfig, run: RunContext,
-                        submit: SparkSubmit) -> StageResult:
-    """Commit a Petastorm dataset over the feature partitions of the window ending at the interval."""
+def materialize_dataset(interval_start, interval_end, *, config: DatasetConfig, features: FeatureJobConfig,
+                        run: RunContext, submit: SparkSubmit) -> StageResult:
+    """Commit a Petastorm dataset over the feature partitions of the window ending at the
+    interval: those that ``features`` (the spec's feature settings) and today's code made."""
     days = interval_days(interval_start, interval_end)
     last = days[-1]
     window = [last - timedelta(days=i) for i in range(config.window_days - 1, -1, -1)]
-    inputs = (_committed_days(config.features, "features", window[:-1], required=False)
-              + _committed_days(config.features, "features", [last], required=True))
+    # The spec's own feature set: the version its settings and today's code make. Another
+    # spec's (dataset.features names it): the version of its newest partition of the last day.
+    version = feature_version(features) if features.name == config.features else None
+    (newest,), _ = _feature_days(config.features, version, [last], required=True)
+    version = version or (newest["config"], {"sources_hash": newest["code"]["sources_hash"]})
+    earlier, missing = _feature_days(config.features, version, window[:-1], required=False)
+    inputs = earlier + [newest]
     key = StageKey("datasets", config.name, f"window_end={last.isoformat()}")
     code = {"sources_hash": sources_hash([materialize.__file__, __file__])}
 
@@ -177,6 +220,7 @@ def materialize_dataset(interval_start, interval_end, *, config: DatasetConfig, 
             "schema": schema_description(DATASET_COLUMNS),
             "splits": sorted(splits),
             "feature_partitions": [m["id"] for m in inputs],
+            "missing_feature_days": missing,
             "columns": DATASET_COLUMNS,
             "features": eta_features.FEATURE_COLUMNS,
             "label": eta_features.LABEL_COLUMN,

@@ -148,14 +148,16 @@ def test_reader_refuses_uncommitted_data_and_reads_committed_data():
         raise RuntimeError("crash before commit")
 
     with pytest.raises(RuntimeError):
-        materialize_dataset(*DAY3, config=DatasetConfig(window_days=1, num_files=2), run=RunContext(), submit=crash)
+        materialize_dataset(*DAY3, config=DatasetConfig(window_days=1, num_files=2), features=CFG, run=RunContext(),
+                            submit=crash)
     [orphan] = (commit.StageKey("datasets", "eta", "window_end=2026-01-03").dir() / "attempts").iterdir()
     with pytest.raises(NotCommittedError, match="not inside any committed dataset"):
         open_reader(str(orphan), "train")
     with pytest.raises(NotCommittedError, match="not inside any committed dataset"):
         resolve(f"file://{orphan}/train")
 
-    ds = materialize_dataset(*DAY3, config=DatasetConfig(window_days=1, num_files=2), run=RunContext(), submit=submit)
+    ds = materialize_dataset(*DAY3, config=DatasetConfig(window_days=1, num_files=2), features=CFG, run=RunContext(),
+                             submit=submit)
     rows = ds.manifest["summary"]["rows"]
     with open_reader(ds.id, "train", num_epochs=1) as reader:  # make_batch_reader
         assert sum(len(b.trip_id) for b in reader) == rows["train"]

@@ -40,7 +40,8 @@ def _commit_raw_day(day: date, table) -> None:
 def _dataset(day: str, submit) -> dict:
     end = f"2026-01-{int(day[-2:]) + 1:02d}"
     extract_features(day, end, config=FeatureJobConfig(lookback_days=1), run=RunContext(), submit=submit)
-    return materialize_dataset(day, end, config=DS, run=RunContext(), submit=submit).manifest
+    return materialize_dataset(day, end, config=DS, features=FeatureJobConfig(lookback_days=1), run=RunContext(),
+                               submit=submit).manifest
 
 
 def test_empty_partition_fails_the_data_gate_and_says_why():
@@ -131,7 +132,8 @@ def test_a_model_worse_than_production_fails_and_production_is_unchanged(small_r
     submit = local_spark_submit()
     extract_features("2026-01-03", "2026-01-04", config=FeatureJobConfig(lookback_days=2), run=RunContext(),
                      submit=submit)
-    ds = materialize_dataset("2026-01-03", "2026-01-04", config=DS, run=RunContext(), submit=submit).manifest
+    ds = materialize_dataset("2026-01-03", "2026-01-04", config=DS, features=FeatureJobConfig(lookback_days=2),
+                             run=RunContext(), submit=submit).manifest
     scale = ScaleConfig(num_proc=2, hosts="localhost:2")
     launch = horovod_launcher(scale)
     good = train_model(ds, config=TrainConfig(epochs=6), scale=scale, run=RunContext(), launch=launch).manifest

@@ -62,6 +62,7 @@ def test_features_dataset_and_training_end_to_end(small_raw, spark_submit):
     assert again.skipped and again.id == feats.id
 
     ds = materialize_dataset("2026-01-03", "2026-01-04", config=DatasetConfig(window_days=1, num_files=4),
+                             features=FeatureJobConfig(lookback_days=2),
                              run=run, submit=spark_submit)
     rows = ds.manifest["summary"]["rows"]
     assert rows["train"] + rows["validation"] == 3000 and 400 < rows["validation"] < 800
@@ -142,12 +143,12 @@ def test_named_feature_sets_and_datasets_keep_specs_apart(small_raw, spark_submi
     own = FeatureJobConfig(name="fraud_eta", lookback_days=1, default_prep_minutes=30.0)
     feats = extract_features("2026-01-03", "2026-01-04", config=own, run=RunContext(), submit=spark_submit)
     assert feats.id.startswith("features/fraud_eta/dt=2026-01-03@")
-    with pytest.raises(NotCommittedError, match=r"features partition eta/dt=2026-01-03"):
-        materialize_dataset("2026-01-03", "2026-01-04", config=DatasetConfig(window_days=1), run=RunContext(),
-                            submit=spark_submit)
+    with pytest.raises(NotCommittedError, match=r"no feature partition features/eta/dt=2026-01-03 made by the current feature settings"):
+        materialize_dataset("2026-01-03", "2026-01-04", config=DatasetConfig(window_days=1), features=FeatureJobConfig(),
+                            run=RunContext(), submit=spark_submit)
     ds = materialize_dataset("2026-01-03", "2026-01-04",
                              config=DatasetConfig(name="fraud_eta", features="fraud_eta", window_days=1, num_files=2),
-                             run=RunContext(), submit=spark_submit)
+                             features=own, run=RunContext(), submit=spark_submit)
     assert ds.id.startswith("datasets/fraud_eta/window_end=2026-01-03@")
     assert [i["id"] for i in ds.manifest["inputs"]] == [feats.id]
     assert not (commit.StageKey("features", "eta", "dt=2026-01-03").dir()).exists()

@@ -37,6 +37,7 @@ def built(tmp_path_factory) -> tuple[Path, dict]:
         extract_features("2026-01-03", "2026-01-04", config=FeatureJobConfig(lookback_days=2), run=RunContext(),
                          submit=submit)
         manifest = materialize_dataset("2026-01-03", "2026-01-04", config=DatasetConfig(window_days=1, num_files=2),
+                                       features=FeatureJobConfig(lookback_days=2),
                                        run=RunContext(), submit=submit).manifest
     return home, manifest
 
@@ -281,6 +282,7 @@ def test_more_ranks_than_row_groups_names_the_empty_ranks(dataset):
     """A rank reads whole row groups: a split of one file (one row group here) leaves rank 1
     of 2 without rows, and the error says which rank and what to change."""
     one_file = materialize_dataset("2026-01-03", "2026-01-04", config=DatasetConfig(window_days=1, num_files=1),
+                                   features=FeatureJobConfig(lookback_days=2),
                                    run=RunContext(), submit=local_spark_submit()).manifest
     with pytest.raises(SubprocessFailed) as failure:
         _train(one_file, [], config=TrainConfig(epochs=1, batch_size=16))

@@ -1,0 +1,100 @@
+"""Which feature partitions a dataset window reads: only those that the spec's feature settings
+and today's code made. Feature manifests are committed for real; the Spark application is
+replaced by a submit that records the job's spec and stops (only the choice of inputs is tested
+here; tests/integration runs the real job)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from dlpipe import commit
+from dlpipe.errors import NotCommittedError
+from dlpipe.runctx import RunContext
+from feature_jobs.stages import DatasetConfig, FeatureJobConfig, feature_version, materialize_dataset
+
+SPEC = FeatureJobConfig(lookback_days=2)
+
+
+def _features(day: str, config: dict, code: dict) -> dict:
+    def produce(attempt: Path) -> dict:
+        (attempt / "data").mkdir()
+        (attempt / "data" / "part-00000.parquet").write_bytes(day.encode())
+        return {"rows": 1}
+
+    return commit.run_stage(commit.StageKey("features", config["name"], f"dt={day}"), inputs=[], config=config,
+                            code=code, run=RunContext(), produce=produce).manifest
+
+
+def _read_by_dataset(window_days: int, features: FeatureJobConfig = SPEC, name: str = "eta") -> list[str]:
+    """The feature manifests whose files the dataset job of 2026-01-03 would read."""
+    seen = {}
+
+    def submit(application: str, args: list[str]) -> None:
+        seen.update(json.loads(Path(args[1]).read_text()))
+        raise RuntimeError("stop before Spark")
+
+    with pytest.raises(RuntimeError, match="stop before Spark"):
+        materialize_dataset("2026-01-03", "2026-01-04", config=DatasetConfig(features=name, window_days=window_days),
+                            features=features, run=RunContext(), submit=submit)
+    return sorted(Path(f).read_text() for f in seen["input_files"])  # each file holds its day
+
+
+def test_a_window_never_mixes_feature_versions_across_a_release(caplog):
+    config, code = feature_version(SPEC)
+    for day in ("2026-01-01", "2026-01-02"):  # made before a release changed the feature code
+        _features(day, config, {"sources_hash": "code before the release"})
+    _features("2026-01-03", config, code)
+    with caplog.at_level(logging.WARNING):
+        assert _read_by_dataset(window_days=3) == ["2026-01-03"]
+    assert "['2026-01-01', '2026-01-02'] are missing or were made by other feature settings" in caplog.text
+    _features("2026-01-02", config, code)  # backfilled with today's code: read again
+    assert _read_by_dataset(window_days=3) == ["2026-01-02", "2026-01-03"]
+
+
+def test_a_setting_reverted_reads_the_version_it_makes_not_the_newest():
+    config, code = feature_version(SPEC)
+    wanted = _features("2026-01-03", config, code)
+    tried, _ = feature_version(SPEC.model_copy(update={"lookback_days": 3}))
+    newer = _features("2026-01-03", tried, code)  # committed later, with a setting since reverted
+    assert newer["committed_at"] >= wanted["committed_at"]
+    seen = {}
+
+    def submit(application: str, args: list[str]) -> None:
+        seen.update(json.loads(Path(args[1]).read_text()))
+        raise RuntimeError("stop before Spark")
+
+    with pytest.raises(RuntimeError):
+        materialize_dataset("2026-01-03", "2026-01-04", config=DatasetConfig(window_days=1), features=SPEC,
+                            run=RunContext(), submit=submit)
+    assert seen["input_files"] == [str(p) for p in commit.files(wanted, ".parquet")]
+
+
+def test_the_last_day_must_have_the_specs_version():
+    config, _ = feature_version(SPEC)
+    _features("2026-01-03", config, {"sources_hash": "other code"})
+    with pytest.raises(NotCommittedError, match=r"no feature partition features/eta/dt=2026-01-03 made by the "
+                                                r"current feature settings and code \(other versions exist\)"):
+        _read_by_dataset(window_days=1)
+
+
+def test_another_specs_feature_set_is_read_at_the_version_of_its_newest_last_day():
+    other = SPEC.model_copy(update={"name": "shared"})
+    config, code = feature_version(other)
+    _features("2026-01-01", config, code)
+    _features("2026-01-02", {**config, "lookback_days": 9}, code)  # another version: left out
+    _features("2026-01-03", config, code)
+    assert _read_by_dataset(window_days=3, name="shared") == ["2026-01-01", "2026-01-03"]
+
+
+def test_the_city_vocabulary_is_part_of_the_feature_version(monkeypatch):
+    """Adding a city renumbers city_code: partitions made with the old list must not be reused."""
+    import feature_jobs.stages as stages
+
+    before, _ = feature_version(SPEC)
+    monkeypatch.setattr(stages, "CITIES", [*stages.CITIES, "lisbon"])
+    after, _ = feature_version(SPEC)
+    assert before["cities"] != after["cities"] and "lisbon" in after["cities"]
