@@ -23,7 +23,7 @@ from dlpipe.interval import day_partition, interval_days
 from dlpipe.runctx import RunContext
 from dlpipe.spark_submit import SparkSubmit
 from dlpipe.spec import write_spec
-from feature_jobs import digits, eta_features, materialize
+from feature_jobs import eta_features, materialize
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
@@ -75,7 +75,7 @@ def name_parts_by_order(out: Path) -> list[Path]:
     return renamed
 
 
-def _parquet_rows(paths: list[Path]) -> int:
+def parquet_rows(paths: list[Path]) -> int:
     import pyarrow.parquet as pq
 
     return sum(pq.ParquetFile(p).metadata.num_rows for p in paths)
@@ -160,7 +160,7 @@ def extract_features(interval_start, interval_end, *, config: FeatureJobConfig, 
         spec_path = write_spec(attempt / "spec.json", spec)
         submit(eta_features.__file__, ["--spec", str(spec_path)])
         parts = name_parts_by_order(out)
-        return {"rows": _parquet_rows(parts), "day": day.isoformat(),
+        return {"rows": parquet_rows(parts), "day": day.isoformat(),
                 "content_sha256": content_hash(parts, out),
                 "history_days": len(inputs) - 1, "missing_history_days": len(history) - (len(inputs) - 1)}
 
@@ -210,7 +210,7 @@ def materialize_dataset(interval_start, interval_end, *, config: DatasetConfig, 
         }
         spec_path = write_spec(attempt / "spec.json", spec)
         submit(materialize.__file__, ["--spec", str(spec_path)])
-        splits = {s: _parquet_rows(sorted((attempt / s).glob("*.parquet"))) for s in ("train", "validation")}
+        splits = {s: parquet_rows(sorted((attempt / s).glob("*.parquet"))) for s in ("train", "validation")}
         data_files = sorted(attempt.glob("*/*.parquet"))
         return {
             "rows": splits,
@@ -229,42 +229,3 @@ def materialize_dataset(interval_start, interval_end, *, config: DatasetConfig, 
 
     return commit.run_stage(key, inputs=inputs, config=config.model_dump(), code=code,
                             run=run, produce=produce)
-
-
-# Manifest column kinds of the digits dataset; "image" holds NdarrayCodec bytes.
-DIGITS_COLUMNS: list[tuple[str, str]] = [("image_id", "int"), ("image", "binary"), ("label", "int")]
-
-
-class DigitsConfig(BaseModel):
-    """The digits image dataset (scikit-learn's bundled 8x8 images)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    validation_percent: int = Field(20, ge=1, le=50, description="share of images in validation")
-    num_files: int = Field(2, ge=1, le=64, description="files per split")
-    row_group_size_mb: int = Field(1, ge=1, le=1024, description="Parquet row-group size")
-
-
-def materialize_digits(*, config: DigitsConfig, run: RunContext, submit: SparkSubmit) -> StageResult:
-    """Commit the digits dataset (skipped when committed with the same config and code)."""
-    import sklearn
-
-    key = StageKey("datasets", "digits", "all")
-    code = {"sources_hash": sources_hash([digits.__file__, __file__]), "scikit_learn": sklearn.__version__}
-
-    def produce(attempt: Path) -> dict:
-        spec_path = write_spec(attempt / "spec.json", {"output_dir": str(attempt), **config.model_dump()})
-        submit(digits.__file__, ["--spec", str(spec_path)])
-        splits = {s: _parquet_rows(sorted((attempt / s).glob("*.parquet"))) for s in ("train", "validation")}
-        return {
-            "rows": splits, "splits": sorted(splits),
-            "content_sha256": content_hash(sorted(attempt.glob("*/*.parquet")), attempt, by_name=False),
-            "stats": json.loads((attempt / "stats.json").read_text()),
-            "columns": DIGITS_COLUMNS, "image": "image", "image_shape": [8, 8], "label": "label",
-            "schema": [{"name": "image_id", "numpy_dtype": "int32", "shape": [], "codec": "ScalarCodec"},
-                       {"name": "image", "numpy_dtype": "float64", "shape": [8, 8], "codec": "NdarrayCodec"},
-                       {"name": "label", "numpy_dtype": "int32", "shape": [], "codec": "ScalarCodec"}],
-            "source": f"sklearn.datasets.load_digits (scikit-learn {sklearn.__version__})",
-        }
-
-    # the bundled data set's version is part of the input: a new scikit-learn re-materializes
-    return commit.run_stage(key, inputs=[], config=config.model_dump(), code=code, run=run, produce=produce)

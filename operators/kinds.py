@@ -62,7 +62,7 @@ def _eta_sections() -> dict[str, type[BaseModel]]:
 
 
 def _digits_sections() -> dict[str, type[BaseModel]]:
-    from feature_jobs.stages import DigitsConfig
+    from feature_jobs.digits_stage import DigitsConfig
     from training.config import DigitsTrainConfig
 
     return {"dataset": DigitsConfig, "train": DigitsTrainConfig, **_common_sections()}
@@ -83,7 +83,7 @@ def _eta_dataset(interval_start: str, interval_end: str, **kw: Any) -> StageResu
 def _digits_dataset(interval_start: str, interval_end: str, **kw: Any) -> StageResult:
     """The digits corpus is one fixed, versioned set of images: the interval selects nothing,
     and every run after the first finds it committed (a new scikit-learn re-materializes it)."""
-    from feature_jobs.stages import materialize_digits
+    from feature_jobs.digits_stage import materialize_digits
 
     return materialize_digits(**kw)
 

@@ -95,8 +95,6 @@ class Trainer:
         return float(self.hvd.allreduce(torch.tensor(float(v), dtype=torch.float64), op=self.hvd.Sum).item())
 
     def bind(self) -> None:
-        import torch
-
         hvd = self.hvd
         if self.train is not None:  # the loader of the previous world
             self.earlier_wait_s += self.train.wait_s

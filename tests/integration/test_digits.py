@@ -8,7 +8,7 @@ import pytest
 from dlpipe.datasets import open_reader
 from dlpipe.runctx import RunContext
 from dlpipe.spark_submit import local_spark_submit
-from feature_jobs.stages import DigitsConfig, materialize_digits
+from feature_jobs.digits_stage import DigitsConfig, materialize_digits
 
 pytestmark = pytest.mark.integration
 

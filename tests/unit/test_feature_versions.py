@@ -98,3 +98,11 @@ def test_the_city_vocabulary_is_part_of_the_feature_version(monkeypatch):
     monkeypatch.setattr(stages, "CITIES", [*stages.CITIES, "lisbon"])
     after, _ = feature_version(SPEC)
     assert before["cities"] != after["cities"] and "lisbon" in after["cities"]
+
+
+def test_the_eta_stages_hash_no_digits_code():
+    """The digits stage lives in its own module: editing it must not change the hash of every
+    ETA feature partition and dataset (design.md: a fingerprint covers its stage's sources)."""
+    import feature_jobs.stages as stages
+
+    assert "digits" not in Path(stages.__file__).read_text().lower()
