@@ -81,20 +81,6 @@ def parquet_rows(paths: list[Path]) -> int:
     return sum(pq.ParquetFile(p).metadata.num_rows for p in paths)
 
 
-def _committed_days(dataset: str, stage: str, days: list, *, required: bool) -> list[dict]:
-    found = []
-    for day in days:
-        try:
-            found.append(commit.latest(StageKey(stage, dataset, day_partition(day))))
-        except NotCommittedError:
-            if required:
-                raise NotCommittedError(
-                    f"no committed {stage} partition {dataset}/{day_partition(day)}; "
-                    f"run the stage that produces it (for demo data: dlpipe demo-data)") from None
-            log.info("%s/%s/%s not committed: treated as missing history", stage, dataset, day)
-    return found
-
-
 def feature_version(config: FeatureJobConfig) -> tuple[dict, dict]:
     """(config, code) of the feature stage as its fingerprint takes them: the city vocabulary
     that defines ``city_code`` is part of the config, since adding a city renumbers the codes."""
@@ -107,29 +93,30 @@ def _made_by(manifest: dict, config: dict, code: dict) -> bool:
             and fingerprint(manifest["config"]) == fingerprint(config))
 
 
-def _feature_days(name: str, version: tuple[dict, dict] | None, days: list, *,
-                  required: bool) -> tuple[list[dict], list[str]]:
-    """For each day, the newest partition of feature set ``name`` made by ``version`` (config,
-    code; None: any); (found, days without one). A version made by other code or settings
-    (before a release, or a setting since reverted) is never taken: a window mixing two feature
-    definitions would train on columns that mean different things."""
+def _committed_days(name: str, stage: str, days: list, *, required: bool,
+                    version: tuple[dict, dict] | None = None) -> tuple[list[dict], list[str]]:
+    """For each day, the newest committed partition of ``stage``/``name``, and only one made by
+    ``version`` (config, code) when it is given; (found, days without one). A dataset passes its
+    feature version: one made by other code or settings (before a release, or a setting since
+    reverted) is never taken, since a window mixing two feature definitions would train on
+    columns that mean different things."""
     found, missing = [], []
     for day in days:
-        key = StageKey("features", name, day_partition(day))
-        versions = [m for m in commit.committed(key) if version is None or _made_by(m, *version)]
-        if versions:
-            found.append(versions[-1])
+        key = StageKey(stage, name, day_partition(day))
+        versions = commit.committed(key)
+        matching = [m for m in versions if version is None or _made_by(m, *version)]
+        if matching:
+            found.append(matching[-1])
+        elif required and version is None:
+            raise NotCommittedError(f"no committed {stage} partition {name}/{day_partition(day)}; "
+                                    f"run the stage that produces it (for demo data: dlpipe demo-data)")
         elif required:
             raise NotCommittedError(
                 f"no feature partition {key.relpath} made by the current feature settings and code"
-                f"{' (other versions exist)' if commit.committed(key) else ''}; run the feature stage for "
+                f"{' (other versions exist)' if versions else ''}; run the feature stage for "
                 f"{day.isoformat()} first (extract_features, or its Airflow task)")
         else:
             missing.append(day.isoformat())
-    if missing:
-        log.warning("feature partitions of %s are missing or were made by other feature settings or code: "
-                    "the dataset leaves them out; backfill the feature task for those days to include them",
-                    missing)
     return found, missing
 
 
@@ -142,8 +129,10 @@ def extract_features(interval_start, interval_end, *, config: FeatureJobConfig, 
                           "the ETA feature job writes one daily partition per run: schedule it @daily")
     day = days[0]
     history = [day - timedelta(days=i) for i in range(config.lookback_days, 0, -1)]
-    inputs = (_committed_days(config.raw, "raw", history, required=False)
-              + _committed_days(config.raw, "raw", [day], required=True))
+    earlier, missing = _committed_days(config.raw, "raw", history, required=False)
+    for absent in missing:
+        log.info("raw/%s/%s not committed: treated as missing history", config.raw, absent)
+    inputs = earlier + _committed_days(config.raw, "raw", [day], required=True)[0]
     key = StageKey("features", config.name, day_partition(day))
     fp_config, code = feature_version(config)
 
@@ -192,9 +181,13 @@ def materialize_dataset(interval_start, interval_end, *, config: DatasetConfig, 
     # The spec's own feature set: the version its settings and today's code make. Another
     # spec's (dataset.features names it): the version of its newest partition of the last day.
     version = feature_version(features) if features.name == config.features else None
-    (newest,), _ = _feature_days(config.features, version, [last], required=True)
+    (newest,), _ = _committed_days(config.features, "features", [last], required=True, version=version)
     version = version or (newest["config"], {"sources_hash": newest["code"]["sources_hash"]})
-    earlier, missing = _feature_days(config.features, version, window[:-1], required=False)
+    earlier, missing = _committed_days(config.features, "features", window[:-1], required=False, version=version)
+    if missing:
+        log.warning("feature partitions of %s are missing or were made by other feature settings or code: "
+                    "the dataset leaves them out; backfill the feature task for those days to include them",
+                    missing)
     inputs = earlier + [newest]
     key = StageKey("datasets", config.name, f"window_end={last.isoformat()}")
     code = {"sources_hash": sources_hash([materialize.__file__, __file__])}

@@ -21,9 +21,9 @@ class PetastormDatasetOperator(SparkStageOperator):
 
         kind = kind_of(pipeline)
         cfg = section(pipeline, "dataset", kind.sections()["dataset"])
-        # a kind with a feature stage reads the partitions that its spec's feature settings make
-        extra = {"features": section(pipeline, "features", kind.sections()["features"])} if kind.features else {}
-        # a windowed dataset ends at the run's interval; the digits corpus selects nothing by it
-        start, end = self.interval(context) if kind.features else (None, None)
-        return kind.dataset(start, end, config=cfg,
-                            run=run, submit=self._submitter(run), **extra)
+        if kind.features:  # a window ending at the run's interval, of the spec's feature version
+            start, end = self.interval(context)
+            extra = {"features": section(pipeline, "features", kind.sections()["features"])}
+        else:  # the digits corpus: the interval selects nothing
+            start, end, extra = None, None, {}
+        return kind.dataset(start, end, config=cfg, run=run, submit=self._submitter(run), **extra)
