@@ -167,16 +167,29 @@ def register(store: Store, name: str, model_dir: Path, *, metrics: dict[str, Any
             "artifacts": artifacts, "metrics": metrics, "lineage": lineage, "note": note,
             "registered_at": audit.utcnow_iso(), "registered_by": run.as_dict(),
         }
+        data = (canonical_json(record) + "\n").encode()
         try:
-            store.put_new(_record_key(name, version), (canonical_json(record) + "\n").encode())
+            store.put_new(_record_key(name, version), data)
         except CommitConflict:
-            log.info("%s@%d was taken by a concurrent registration; retrying", name, version)
-            continue
+            if not _stored_is(store, _record_key(name, version), data):
+                log.info("%s@%d was taken by a concurrent registration; retrying", name, version)
+                continue
+            # our own write: it was stored, its reply lost, and the client's retry refused
+            log.info("%s@%d: the store refused a repeat of this registration's own write", name, version)
         audit.record("committed", stage="registry", run=run, manifest_id=f"{name}@{version}",
                      fingerprint=model_fp, registry=store.uri)
         log.info("registered %s@%d in %s", name, version, store.uri)
         return record, True
     raise CommitConflict(f"could not allocate a version of {name} after {_MAX_RACE_RETRIES} tries")
+
+
+def _stored_is(store: Store, key: str, data: bytes) -> bool:
+    """Whether ``key`` holds exactly ``data``. A create-only write refused because the key
+    exists may have been refused by our own write: boto3 retries a request whose reply was lost,
+    and the repeat finds the first one's object. The record carries this run and a timestamp,
+    so no other writer stores the same bytes."""
+    found = store.get_versioned(key)
+    return found is not None and found[0] == data
 
 
 def download(store: Store, name: str, version: int, dest: Path) -> dict:
@@ -249,14 +262,18 @@ def promote(store: Store, name: str, alias: str, version: int, *, run: RunContex
             "at": audit.utcnow_iso(), "by": run.as_dict(), "run_id": run.run_id, "reason": reason}
     new = {"name": name, "alias": alias, "version": version,
            "history": (doc["history"] if doc else []) + [move]}
+    data = (canonical_json(new) + "\n").encode()
     try:
-        store.put_if_match(key, (canonical_json(new) + "\n").encode(), token)
+        store.put_if_match(key, data, token)
     except CommitConflict as exc:
-        now = get_alias(store, name, alias) or {}
-        raise AliasConflict(
-            f"{name}:{alias} was moved concurrently (now version {now.get('version')}, "
-            f"by {(now.get('history') or [{}])[-1].get('by', {}).get('run_id')}); "
-            f"your move to version {version} was not applied: re-read and retry") from exc
+        if _stored_is(store, key, data):  # our move, stored; the reply was lost and the client's retry refused
+            log.info("%s:%s: the store refused a repeat of this move's own write", name, alias)
+        else:
+            now = get_alias(store, name, alias) or {}
+            raise AliasConflict(
+                f"{name}:{alias} was moved concurrently (now version {now.get('version')}, "
+                f"by {(now.get('history') or [{}])[-1].get('by', {}).get('run_id')}); "
+                f"your move to version {version} was not applied: re-read and retry") from exc
     audit.record("committed", stage="alias", run=run, manifest_id=f"{name}:{alias}",
                  fingerprint=str(version), from_version=current, reason=reason)
     log.info("%s:%s moved %s -> %d", name, alias, current, version)

@@ -3,6 +3,10 @@
 moto's server keeps its data in memory, so restarting the server process itself would lose every
 bucket; stopping this proxy drops every open connection and refuses new ones exactly as a
 restarting server does, while the data behind it survives.
+
+``lose_reply`` models the other network fault a retry must survive: the server carries a request
+out and its success reply never arrives. The client's connection is reset instead, so boto3
+retries a request whose effect is already stored.
 """
 
 from __future__ import annotations
@@ -19,6 +23,14 @@ class TcpProxy:
         self._server: socket.socket | None = None
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
+        self._lose: list[tuple[bytes, bytes]] = []  # (method, path fragment), one reply each
+        self.replies_lost: list[str] = []  # request lines whose success reply was dropped
+
+    def lose_reply(self, method: str, fragment: str) -> None:
+        """Drop the next 2xx reply to a ``method`` request whose request line holds ``fragment``
+        (the server has then done the work), closing the client's connection instead."""
+        with self._lock:
+            self._lose.append((method.encode() + b" ", fragment.encode()))
 
     def start(self) -> "TcpProxy":
         srv = socket.socket()
@@ -53,12 +65,29 @@ class TcpProxy:
             upstream = socket.create_connection(("127.0.0.1", self.target_port))
             with self._lock:
                 self._conns += [client, upstream]
-            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+            request = {"line": b""}  # the latest request line sent on this connection
+            threading.Thread(target=self._pump, args=(client, upstream, True, request), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False, request), daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket, up: bool) -> None:
+    def _drops(self, request: bytes, reply: bytes) -> bool:
+        if not reply.startswith((b"HTTP/1.1 2", b"HTTP/1.0 2")):
+            return False  # a 100 Continue or an error: the request is not done, or did nothing
+        with self._lock:
+            for i, (method, fragment) in enumerate(self._lose):
+                if request.startswith(method) and fragment in request:
+                    del self._lose[i]
+                    self.replies_lost.append(request.decode(errors="replace"))
+                    return True
+        return False
+
+    def _pump(self, src: socket.socket, dst: socket.socket, up: bool, request: dict) -> None:
         try:
             while data := src.recv(65536):
+                if up and data[:8].split(b" ")[0] in (b"GET", b"PUT", b"POST", b"HEAD", b"DELETE"):
+                    request["line"] = data.split(b"\r\n", 1)[0]
+                if not up and self._drops(request["line"], data):
+                    dst.shutdown(socket.SHUT_RDWR)  # wakes the other pump; a close alone would not
+                    return  # the finally closes both ends: the client's read ends with no reply
                 dst.sendall(data)
                 if up:
                     self.bytes_up += len(data)

@@ -260,3 +260,61 @@ def test_large_file_changed_after_commit_is_refused_by_its_committed_part_checks
                                      committed_files=committed)
     assert created
     registry.download(store, "eta", rec["version"], tmp_path / "dl")
+
+
+def _lossy_store(s3_server, s3_client):
+    """A store whose requests pass a proxy that can drop a success reply (boto3 then retries)."""
+    import boto3
+    from botocore.config import Config
+
+    bucket = _bucket(s3_client)
+    proxy = TcpProxy(int(s3_server.rsplit(":", 1)[1])).start()
+    client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{proxy.port}", region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing-secret",
+                          config=Config(retries={"mode": "standard", "max_attempts": 5}))
+    return S3Store(f"s3://{bucket}/registry", client), proxy
+
+
+def test_a_lost_reply_to_a_stored_version_record_still_counts_as_committed(s3_server, s3_client, tmp_path):
+    """The record is stored, its reply lost, and boto3's retry of the create-only write is refused
+    (412): that refusal is this registration's own write, not a concurrent one's."""
+    store, proxy = _lossy_store(s3_server, s3_client)
+    proxy.lose_reply("PUT", "/versions/")
+    run = RunContext(dag_id="d", run_id="lost-reply")
+    rec, created = registry.register(store, "eta", _safetensors_dir(tmp_path, 1), metrics={}, lineage={}, run=run)
+    assert len(proxy.replies_lost) == 1, "no reply was dropped: the test did not test anything"
+    assert created and rec["version"] == 1
+    assert [r["version"] for r in registry.list_versions(store, "eta")] == [1]
+    assert [(e["event"], e["manifest_id"]) for e in audit.read() if e["stage"] == "registry"] == [
+        ("committed", "eta@1")]
+    proxy.stop()
+
+
+def test_a_lost_reply_to_an_alias_move_is_not_reported_as_a_concurrent_move(s3_server, s3_client, tmp_path):
+    store, proxy = _lossy_store(s3_server, s3_client)
+    run = RunContext(dag_id="d", run_id="lost-reply")
+    for value in (1, 2):
+        registry.register(store, "eta", _safetensors_dir(tmp_path, value), metrics={}, lineage={"v": value}, run=run)
+    for version in (1, 2):  # the first creates the alias (If-None-Match), the second moves it (If-Match)
+        proxy.lose_reply("PUT", "/aliases/production.json")
+        doc = registry.promote(store, "eta", "production", version, run=run, reason=f"to {version}")
+        assert doc["version"] == version
+    assert len(proxy.replies_lost) == 2, "no reply was dropped: the test did not test anything"
+    history = registry.get_alias(store, "eta", "production")["history"]
+    assert [(m["from_version"], m["to_version"]) for m in history] == [(None, 1), (1, 2)]
+    assert [e["event"] for e in audit.read() if e["stage"] == "alias"] == ["committed", "committed"]
+    proxy.stop()
+
+
+def test_a_lost_reply_to_a_completed_multipart_upload_still_registers(s3_server, s3_client, tmp_path):
+    """boto3 repeats CompleteMultipartUpload after the object was made (moto answers the repeat
+    with the object); the upload is still checked against its parts' checksums and kept."""
+    store, proxy = _lossy_store(s3_server, s3_client)
+    proxy.lose_reply("POST", "uploadId=")
+    model = _model_dir(tmp_path, os.urandom(20 * 1024 * 1024), "model.bin")  # 2 parts
+    rec, created = registry.register(store, "eta", model, metrics={}, lineage={}, run=RunContext())
+    assert len(proxy.replies_lost) == 1, "no reply was dropped: the test did not test anything"
+    assert created and rec["version"] == 1
+    registry.download(store, "eta", 1, tmp_path / "dl")
+    assert (tmp_path / "dl" / "model.bin").read_bytes() == (model / "model.bin").read_bytes()
+    proxy.stop()
