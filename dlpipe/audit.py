@@ -78,7 +78,8 @@ def failed(exc: BaseException, *, stage: str, run: RunContext, **fields: Any) ->
     stage's commit records it with its attempt; the operator records what failed before)."""
     if getattr(exc, "_dlpipe_audited", False):
         return
-    record("failed", stage=stage, run=run, error=f"{type(exc).__name__}: {str(exc)[:2000]}", **fields)
+    text = _masked(f"{type(exc).__name__}: {exc}")  # masked before it is cut: a cut can split a secret
+    record("failed", stage=stage, run=run, error=text[:2000], **fields)
     try:
         exc._dlpipe_audited = True  # type: ignore[attr-defined]
     except AttributeError:  # an exception type with __slots__: recorded twice at worst

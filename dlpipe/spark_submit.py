@@ -8,16 +8,69 @@ connection); tests and the CLI use :func:`local_spark_submit`, which runs the re
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
-from typing import Callable, Sequence
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
 
 from dlpipe.proc import run_streaming
 
 SparkSubmit = Callable[[str, Sequence[str]], None]
+
+# Spark settings whose values are credentials: S3A keys, session tokens and encryption keys, Azure
+# account keys and SAS tokens, SSL, SASL and authentication secrets, OAuth tokens. They never go on
+# spark-submit's command line, which every local user can read (`ps`): they go in a properties file
+# only this user can read (``secret_properties``), and their values are masked in logs.
+SECRET_CONF = re.compile(r"secret|password|passwd|token|credential|account\.key|access\.key|private"
+                         r"|encryption\.key|\.sas\.|jaas", re.IGNORECASE)
+
+
+def split_secret_conf(conf: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """(plain settings, credential settings) of ``conf``."""
+    secret = {k: str(v) for k, v in conf.items() if SECRET_CONF.search(k)}
+    return {k: v for k, v in conf.items() if k not in secret}, secret
+
+
+def _properties_escape(text: str) -> str:
+    """``text`` as a java.util.Properties key or value (what spark-submit's file reader parses)."""
+    out = text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+    return "\\" + out if out[:1] in (" ", "\t", "\f", "#", "!") else out
+
+
+def _defaults_file() -> Path | None:
+    conf_dir = os.environ.get("SPARK_CONF_DIR") or os.path.join(spark_env()["SPARK_HOME"], "conf")
+    path = Path(conf_dir) / "spark-defaults.conf"
+    return path if path.is_file() else None
+
+
+@contextlib.contextmanager
+def secret_properties(secret: dict[str, str]) -> Iterator[str | None]:
+    """A properties file holding ``secret`` for ``spark-submit --properties-file``, readable by
+    this user alone and removed afterwards; None when there is nothing secret.
+
+    spark-submit reads spark-defaults.conf only when no properties file is given, so the
+    file starts with its contents: a cluster's defaults still apply, and settings given here win."""
+    if not secret:
+        yield None
+        return
+    folder = tempfile.mkdtemp(prefix="dlpipe-spark-")  # mode 0700
+    path = os.path.join(folder, "credentials.properties")
+    defaults = _defaults_file()
+    text = (defaults.read_text() + "\n") if defaults else ""
+    text += "".join(f"{_properties_escape(k)}={_properties_escape(v)}\n" for k, v in secret.items())
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        yield path
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def spark_session(app_name: str, *, master: str | None = None, conf: dict[str, str] | None = None):
@@ -46,8 +99,14 @@ def default_conf() -> dict[str, str]:
     }
 
 
+# Airflow's own secrets (connections, variables, its whole configuration, whose database URL
+# holds a password): a Spark application has no use for them, so they are not passed on.
+AIRFLOW_SECRET_ENV = re.compile(r"AIRFLOW_CONN_|AIRFLOW_VAR_|AIRFLOW__")
+
+
 def spark_env() -> dict[str, str]:
-    """Environment for spark-submit: pyspark's own SPARK_HOME and this interpreter first on PATH.
+    """Environment for spark-submit: pyspark's own SPARK_HOME and this interpreter first on PATH,
+    without Airflow's connections, variables and configuration.
 
     pip's spark-submit script locates SPARK_HOME with whatever ``python3`` is on PATH; outside an
     activated venv that is the system Python, which has no pyspark.
@@ -57,7 +116,7 @@ def spark_env() -> dict[str, str]:
         raise FileNotFoundError("pyspark is not installed in this environment; run `make setup`")
     bindir = os.path.dirname(sys.executable)
     return {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if not AIRFLOW_SECRET_ENV.match(k)},
         "SPARK_HOME": os.environ.get("SPARK_HOME") or list(spec.submodule_search_locations)[0],
         "PATH": bindir + os.pathsep + os.environ.get("PATH", ""),
         "PYSPARK_PYTHON": sys.executable,
@@ -78,11 +137,16 @@ def local_spark_submit(master: str = "local[2]", conf: dict[str, str] | None = N
     if binary is None:
         raise FileNotFoundError("spark-submit not found next to this Python or on PATH; install pyspark")
 
+    plain, secret = split_secret_conf({**default_conf(), **(conf or {})})
+
     def submit(application: str, args: Sequence[str]) -> None:
         argv = [binary, "--master", master]
-        for k, v in {**default_conf(), **(conf or {})}.items():
+        for k, v in plain.items():
             argv += ["--conf", f"{k}={v}"]
-        run_streaming([*argv, application, *args], env=spark_env(), timeout_s=timeout_s,
-                      emit=emit, on_start=on_start)
+        with secret_properties(secret) as properties:
+            if properties:
+                argv += ["--properties-file", properties]
+            run_streaming([*argv, application, *args], env=spark_env(), timeout_s=timeout_s,
+                          emit=emit, on_start=on_start)
 
     return submit

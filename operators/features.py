@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any, Sequence
 
 from dlpipe import audit
@@ -12,23 +11,16 @@ from dlpipe.errors import ConfigError
 from dlpipe.pipeline_config import section
 from dlpipe.proc import kill_process_group
 from dlpipe.runctx import RunContext
-from dlpipe.spark_submit import SparkSubmit, default_conf, spark_env
+from dlpipe.spark_submit import SECRET_CONF, SparkSubmit, default_conf, secret_properties, spark_env, split_secret_conf
 from operators.base import DlpipeOperator
 
 log = logging.getLogger(__name__)
 
 
-# Spark settings whose values are credentials: S3A keys and session tokens, Azure account keys,
-# SSL and authentication secrets, OAuth tokens. SparkSubmitHook masks only keys that contain
-# "secret" or "password" in the command line it logs; these go to Airflow's secrets masker.
-SECRET_CONF = re.compile(r"secret|password|passwd|token|credential|account\.key|access\.key|private",
-                         re.IGNORECASE)
-
-
 def mask_conf_secrets(conf: dict[str, Any]) -> None:
-    """Register the values of credential-looking Spark settings with Airflow's secrets masker,
-    so that no task log line (the logged spark-submit command included) shows them, and with
-    the audit log, where a failed attempt's error (spark-submit's command line) is recorded."""
+    """Register the values of credential settings (``SECRET_CONF``) with Airflow's secrets masker
+    and with the audit log. They are not on spark-submit's command line (``secret_properties``),
+    but a Spark error message or a driver's log can still repeat one."""
     from airflow.sdk.log import mask_secret
 
     for key, value in conf.items():
@@ -45,12 +37,15 @@ def hook_submitter(conn_id: str, conf: dict[str, str] | None, name: str, holder:
 
     mask_conf_secrets(conf or {})
 
+    plain, secret = split_secret_conf({**default_conf(), **(conf or {})})
+
     def submit(application: str, args: Sequence[str]) -> None:
-        hook = SparkSubmitHook(conn_id=conn_id, conf={**default_conf(), **(conf or {})},
-                               application_args=list(args), name=name, **(resources or {}))
-        holder[:] = [hook]  # for on_kill
-        # Its own session, so that on_kill can reach spark-submit's children as one group.
-        hook.submit(application=application, env=spark_env(), start_new_session=True)
+        with secret_properties(secret) as properties:
+            hook = SparkSubmitHook(conn_id=conn_id, conf=plain, properties_file=properties,
+                                   application_args=list(args), name=name, **(resources or {}))
+            holder[:] = [hook]  # for on_kill
+            # Its own session, so that on_kill can reach spark-submit's children as one group.
+            hook.submit(application=application, env=spark_env(), start_new_session=True)
 
     return submit
 

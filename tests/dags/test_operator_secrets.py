@@ -1,6 +1,8 @@
-"""Credentials given to an operator do not reach its task log."""
+"""Credentials given to an operator reach neither its task log nor any command line."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
 from airflow.sdk._shared.secrets_masker import redact
@@ -47,5 +49,99 @@ def test_a_failed_spark_attempt_records_its_error_without_the_credentials(monkey
                          produce=lambda attempt: submit(str(tmp_path / "no_such_app.py"), []))
     text = settings.audit_log_path().read_text()
     (failed,) = [json.loads(line) for line in text.splitlines() if json.loads(line)["event"] == "failed"]
-    assert "Cannot execute" in failed["error"] and "spark.hadoop.fs.s3a.session.token=***" in failed["error"]
+    assert "Cannot execute" in failed["error"] and "--properties-file" in failed["error"]
     assert "never-in-the-audit-log" not in text
+
+
+APP = """
+import glob, json, os, sys
+from pyspark.sql import SparkSession
+conf = SparkSession.builder.getOrCreate().sparkContext.getConf()
+keys = ["spark.hadoop.fs.s3a.session.token", "spark.hadoop.fs.s3a.encryption.key", "spark.dlpipe.from_defaults"]
+seen = []  # processes whose command line shows the token: what any local user could read with ps
+for path in glob.glob("/proc/[0-9]*/cmdline"):
+    try:
+        if sys.argv[2][::-1].encode() in open(path, "rb").read():  # given reversed: argv is a command line
+            seen.append(path)
+    except OSError:
+        pass
+json.dump({"conf": {k: conf.get(k, None) for k in keys}, "seen": seen}, open(sys.argv[1], "w"))
+"""
+
+
+def test_spark_credentials_reach_the_job_but_no_command_line(monkeypatch, tmp_path):
+    """Real spark-submit: credential settings arrive in the application's SparkConf through a
+    properties file only this user can read, no process's command line carries them, the
+    cluster's spark-defaults.conf still applies, and the file is gone afterwards."""
+    import json
+    import tempfile
+
+    monkeypatch.setenv("AIRFLOW_CONN_DLPIPE_SPARK", '{"conn_type": "spark", "host": "local[1]"}')
+    conf_dir = tmp_path / "conf"
+    conf_dir.mkdir()
+    (conf_dir / "spark-defaults.conf").write_text("spark.dlpipe.from_defaults   yes\n")
+    monkeypatch.setenv("SPARK_CONF_DIR", str(conf_dir))
+    token, key = "TOKEN-only-in-a-private-file", "ENCKEY-with=an equals\\and a backslash"
+    conf = {"spark.hadoop.fs.s3a.session.token": token, "spark.hadoop.fs.s3a.encryption.key": key}
+    app, out = tmp_path / "app.py", tmp_path / "out.json"
+    app.write_text(APP)
+    before = set(Path(tempfile.gettempdir()).glob("dlpipe-spark-*"))
+    hooks: list = []
+    hook_submitter("dlpipe_spark", conf, "t.secrets", hooks)(str(app), [str(out), token[::-1]])
+    got = json.loads(out.read_text())
+    assert got["conf"] == {"spark.hadoop.fs.s3a.session.token": token,
+                           "spark.hadoop.fs.s3a.encryption.key": key, "spark.dlpipe.from_defaults": "yes"}
+    assert got["seen"] == [], "the token is on a command line"
+    command = hooks[0]._build_spark_submit_command(str(app))
+    assert not [a for a in command if token in a or key in a]
+    assert set(Path(tempfile.gettempdir()).glob("dlpipe-spark-*")) == before  # the file was removed
+
+
+def test_the_properties_file_is_private_and_parses_back(tmp_path, monkeypatch):
+    import os
+    import stat
+
+    from dlpipe.spark_submit import secret_properties, split_secret_conf
+
+    monkeypatch.setenv("SPARK_CONF_DIR", str(tmp_path))  # no spark-defaults.conf there
+    plain, secret = split_secret_conf({"spark.executor.memory": "8g",
+                                       "spark.hadoop.fs.azure.sas.c.acct.blob.core.windows.net": " sv=1&sig=a\\b",
+                                       "spark.kafka.sasl.jaas.config": "x required;\nnext"})
+    assert list(plain) == ["spark.executor.memory"] and len(secret) == 2
+    with secret_properties(secret) as path:
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
+        text = Path(path).read_text()
+    assert not os.path.exists(path)
+    # java.util.Properties reading, for these escapes: a leading backslash keeps a leading space
+    lines = text.splitlines()
+    assert lines[0] == "spark.hadoop.fs.azure.sas.c.acct.blob.core.windows.net=\\ sv=1&sig=a\\\\b"
+    assert lines[1] == "spark.kafka.sasl.jaas.config=x required;\\nnext"
+    with secret_properties({}) as none:
+        assert none is None
+
+
+def test_a_secret_cut_by_the_audit_logs_length_limit_is_still_masked(tmp_path):
+    """The audit log keeps 2,000 characters of an error: masking comes first, so a secret that
+    straddles the cut leaves no prefix of itself behind."""
+    from dlpipe import audit, settings
+    from dlpipe.runctx import RunContext
+
+    secret = "S3SECRETVALUE-0123456789"
+    audit.hide(secret)
+    error = RuntimeError("x" * 1960 + f" fs.s3a.secret.key={secret} and more")  # cut at 2000
+    audit.failed(error, stage="features", run=RunContext())
+    text = settings.audit_log_path().read_text()
+    assert "S3SEC" not in text and "***" in text
+
+
+def test_spark_submit_gets_no_airflow_connection_variable_or_setting(monkeypatch):
+    from dlpipe.spark_submit import spark_env
+
+    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", "postgres://u:pw@db/x")
+    monkeypatch.setenv("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "postgresql://airflow:pw@db/airflow")
+    monkeypatch.setenv("AIRFLOW_VAR_API", "v")
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    env = spark_env()
+    assert not [k for k in env if k.startswith(("AIRFLOW_CONN_", "AIRFLOW__", "AIRFLOW_VAR_"))]
+    assert env["AWS_REGION"] == "eu-west-1"  # the rest of the environment is passed on
