@@ -44,7 +44,8 @@ class HorovodTrainOperator(DlpipeOperator):
     :param hosts: ``host:slots,...`` (``-H``)
     :param controller: ``gloo`` or ``mpi``
     :param network_interface: NIC for collectives
-    :param env: extra environment variables for every rank
+    :param env: extra environment variables for every rank; no credentials (horovodrun shows
+        them on the ranks' command lines): a name that looks like one is refused
     :param start_timeout_s: horovodrun ``--start-timeout``
     :param run_timeout_s: wall-clock limit for the whole job
     :param min_np: elastic Horovod: keep training while at least this many processes live
@@ -70,6 +71,12 @@ class HorovodTrainOperator(DlpipeOperator):
         for key, value in self.scale_overrides.items():
             _check_override(self.task_id, key, value)
         self.env = env or {}
+        from training.launcher import check_rank_env
+
+        try:  # a credential in a rank's environment is refused when the DAG is parsed
+            check_rank_env(self.env)
+        except ConfigError as exc:
+            raise ConfigError(_argument(self.task_id, "env"), exc.value, exc.fix) from None
         self._proc = None
 
     def run_stage(self, context: Any, pipeline: dict, run: RunContext) -> StageResult:

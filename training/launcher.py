@@ -11,7 +11,7 @@ import subprocess
 import sys
 from typing import Callable, Sequence
 
-from dlpipe.errors import SubprocessFailed
+from dlpipe.errors import ConfigError, SubprocessFailed
 from dlpipe.proc import run_streaming
 from training.config import ScaleConfig
 
@@ -43,13 +43,26 @@ def horovodrun_argv(scale: ScaleConfig, command: Sequence[str]) -> list[str]:
 # Airflow's connections, variables and whole configuration (its database URL holds a password),
 # anything named like a credential, and any value that is a URL with a user and password in it.
 SECRET_ENV = re.compile(r"^(AIRFLOW_CONN_|AIRFLOW_VAR_|AIRFLOW__)|(SECRET|PASSWORD|PASSWD|TOKEN|FERNET|_KEY$"
-                        r"|CREDENTIAL|_DSN$|DATABASE_URL)", re.IGNORECASE)
+                        r"|APIKEY|CREDENTIAL|_DSN$|DATABASE_URL|CONNECTION_STRING|_PASS$|_PW$|_PWD$|_PAT$"
+                        r"|_AUTH|AUTH_CONFIG|JAAS|WEBHOOK|PRIVATE|_SAS_|SAS_TOKEN)", re.IGNORECASE)
 URL_WITH_PASSWORD = re.compile(r"://[^/\s@]*:[^/\s@]*@")
+
+
+def check_rank_env(extra: dict[str, str]) -> None:
+    """Refuse extra rank variables that look like credentials (by name, or a URL with a password):
+    horovodrun would show them on every rank's command line."""
+    for name, value in extra.items():
+        if SECRET_ENV.search(name) or URL_WITH_PASSWORD.search(str(value)):
+            raise ConfigError("env", name, "horovodrun puts every rank's environment on a command line "
+                                           "that any user of the host can read (ps); give ranks credentials "
+                                           "through a file only they can read (AWS_SHARED_CREDENTIALS_FILE, "
+                                           "GOOGLE_APPLICATION_CREDENTIALS) or an instance role, not a variable")
 
 
 def training_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """Every rank runs this interpreter, finds this repository's packages and stays quiet; no
     Airflow connection, variable or other credential in the task's environment reaches it."""
+    check_rank_env(extra or {})
     bindir = os.path.dirname(sys.executable)
     inherited = {k: v for k, v in os.environ.items()
                  if not SECRET_ENV.search(k) and not URL_WITH_PASSWORD.search(v)}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
 from airflow.sdk._shared.secrets_masker import redact
 
@@ -145,3 +147,19 @@ def test_spark_submit_gets_no_airflow_connection_variable_or_setting(monkeypatch
     env = spark_env()
     assert not [k for k in env if k.startswith(("AIRFLOW_CONN_", "AIRFLOW__", "AIRFLOW_VAR_"))]
     assert env["AWS_REGION"] == "eu-west-1"  # the rest of the environment is passed on
+
+
+@pytest.mark.parametrize("extra", [{"DB_PASS": "x"}, {"MY_TOKEN": "x"}, {"BROKER": "redis://u:pw@h:6379"}])
+def test_a_credential_given_to_the_ranks_is_refused_naming_the_variable_not_its_value(extra):
+    """horovodrun shows every rank's environment on its command line (any user's ps)."""
+    import pytest
+
+    from dlpipe.errors import ConfigError
+    from operators.train import HorovodTrainOperator
+
+    with pytest.raises(ConfigError) as err:
+        HorovodTrainOperator(task_id="train", dataset_id="x", pipeline_config="p.yaml", env={"OMP_NUM_THREADS": "2", **extra})
+    (name,) = extra
+    assert "argument env" in str(err.value) and name in str(err.value) and "ps" in str(err.value)
+    assert extra[name] not in str(err.value).replace(name, "")
+    HorovodTrainOperator(task_id="train", dataset_id="x", pipeline_config="p.yaml", env={"OMP_NUM_THREADS": "2", "DLPIPE_HOME": "/d"})

@@ -67,3 +67,16 @@ def test_horovod_ranks_get_no_credentials(monkeypatch):
     assert env["DLPIPE_HOME"] == "/data/dlpipe" and env["NCCL_SOCKET_IFNAME"] == "eth0"
     assert env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9000"
     assert env["HOROVOD_STALL_SHUTDOWN_TIME_SECONDS"] == "30"
+
+
+MORE_SECRETS = ["AZURE_STORAGE_CONNECTION_STRING", "DB_PASS", "GITHUB_PAT", "KAFKA_SASL_JAAS_CONFIG",
+                "DOCKER_AUTH_CONFIG", "SLACK_WEBHOOK_URL", "OPENAI_APIKEY", "NPM_CONFIG__AUTH", "REDIS_PW",
+                "SSH_PRIVATE_KEY_PATH", "AZURE_SAS_TOKEN"]
+
+
+@pytest.mark.parametrize("name", MORE_SECRETS)
+def test_credential_names_of_other_tools_stay_out_of_the_ranks_too(monkeypatch, name):
+    from training.launcher import training_env
+
+    monkeypatch.setenv(name, "value-of-a-credential")
+    assert name not in training_env()
