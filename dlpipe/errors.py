@@ -2,6 +2,26 @@
 
 from __future__ import annotations
 
+import re
+
+# What a message never shows of a value: a URL's user and password, and anything filed under a
+# credential's name. A bad value can be a whole section (a misspelt one, a mapping where a string
+# belongs), and those messages reach Airflow's import errors, task logs and the audit log.
+_URL_USER = re.compile(r"(?<=://)[^\s'\"]*@")  # to the last '@': AWS secret keys hold '/'s
+_SECRET_NAME = re.compile(r"secret|password|passwd|token|credential|private|_key$|\.key$|apikey",
+                          re.IGNORECASE)
+
+
+def redacted(value: object) -> object:
+    """``value`` fit for an error message: URL credentials and credential-named entries masked."""
+    if isinstance(value, str):
+        return _URL_USER.sub("***@", value)
+    if isinstance(value, dict):
+        return {k: "***" if _SECRET_NAME.search(str(k)) else redacted(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redacted(v) for v in value]
+    return value
+
 
 class DlpipeError(Exception):
     """Base class of every error raised by dlpipe."""
@@ -11,8 +31,28 @@ class ConfigError(DlpipeError, ValueError):
     """A configuration value is invalid. Deterministic: retrying will not help."""
 
     def __init__(self, field: str, value: object, fix: str) -> None:
+        self.field, self.value, self.fix = field, redacted(value), fix
+        super().__init__(f"invalid {field}={self.value!r}: {fix}")
+
+
+class FieldValueError(ValueError):
+    """Raised inside a pydantic validator to name the field at fault. A check across fields (a
+    model validator) otherwise reaches the user with no field, only the whole section."""
+
+    def __init__(self, field: str, value: object, fix: str) -> None:
         self.field, self.value, self.fix = field, value, fix
-        super().__init__(f"invalid {field}={value!r}: {fix}")
+        super().__init__(fix)
+
+
+def validation_message(err: dict) -> tuple[tuple, object, str]:
+    """(location, value, message) of one pydantic error, as a user should read it: the field a
+    FieldValueError names, and a validator's own words without pydantic's "Value error, "."""
+    cause = (err.get("ctx") or {}).get("error")
+    if isinstance(cause, FieldValueError):
+        return (*err["loc"], cause.field), cause.value, cause.fix
+    if isinstance(cause, ValueError):
+        return tuple(err["loc"]), err.get("input"), str(cause)
+    return tuple(err["loc"]), err.get("input"), err["msg"]
 
 
 class NotCommittedError(DlpipeError):

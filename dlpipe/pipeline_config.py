@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from dlpipe.errors import ConfigError
+from dlpipe.errors import ConfigError, validation_message
 from dlpipe.storage import shown_url
 
 M = TypeVar("M", bound=BaseModel)
@@ -57,11 +57,11 @@ def section(pipeline: dict[str, Any], name: str, model: type[M]) -> M:
         return model(**raw)
     except ValidationError as exc:
         err = exc.errors()[0]
-        field = ".".join(str(p) for p in (name, *err["loc"]))
+        loc, value, message = validation_message(err)
+        field = ".".join(str(p) for p in (name, *loc))
         if err["type"] == "missing":  # pydantic's input is then the whole section: not helpful
             raise ConfigError(f"{pipeline.get('_source', '?')}: {field}", "(missing)",
                               f"{err['msg']}: add {field}") from None
-        value = err.get("input")
         if isinstance(value, str):
             value = shown_url(value)  # a URL's user and password never reach the message
-        raise ConfigError(f"{pipeline.get('_source', '?')}: {field}", value, err["msg"]) from None
+        raise ConfigError(f"{pipeline.get('_source', '?')}: {field}", value, message) from None

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Sequence
 
 from dlpipe import commit
 from dlpipe.commit import StageResult
-from dlpipe.errors import ConfigError
+from dlpipe.errors import ConfigError, validation_message
 from dlpipe.pipeline_config import section
 from dlpipe.proc import kill_group
 from dlpipe.runctx import RunContext
@@ -29,7 +29,7 @@ def _check_override(task_id: str, key: str, value: Any) -> None:
         rule = Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
         TypeAdapter(rule).validate_python(value)
     except ValidationError as exc:
-        raise ConfigError(_argument(task_id, key), value, exc.errors()[0]["msg"]) from None
+        raise ConfigError(_argument(task_id, key), value, validation_message(exc.errors()[0])[2]) from None
 
 
 class HorovodTrainOperator(DlpipeOperator):

@@ -2,9 +2,42 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PositiveInt, model_validator
+
+from dlpipe.errors import FieldValueError
+
+_HOST = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
+
+
+def _check_hosts(value: str) -> str:
+    """``host:slots,...`` with distinct hosts: horovodrun counts a repeated host's slots twice
+    and gives its ranks inconsistent local and cross ranks."""
+    seen = set()
+    for entry in value.split(","):
+        host, colon, slots = entry.partition(":")
+        if not (colon and _HOST.fullmatch(host) and slots.isdigit()):
+            raise ValueError(f"{entry!r} is not host:slots; write hosts as host:slots,host:slots "
+                             f"(e.g. node1:4,node2:4; no spaces, a host starts with a letter or digit)")
+        if host in seen:
+            raise ValueError(f"host {host!r} is listed twice; give each host once with all its slots")
+        seen.add(host)
+    return value
+
+
+def _check_interface(value: str | None) -> str | None:
+    if value is not None and not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,14}", value):
+        raise ValueError("name a network interface as `ip link` shows it (e.g. eth0, ens5): up to 15 "
+                         "letters, digits, '.', '_' or '-', not starting with '-'")
+    return value
+
+
+def _check_script(value: str | None) -> str | None:
+    if value is not None and (not value.strip() or value.startswith("-")):
+        raise ValueError("give the path of an executable that prints the current host:slots lines")
+    return value
 
 
 class TrainConfig(BaseModel):
@@ -38,16 +71,16 @@ class ScaleConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     num_proc: int = Field(2, ge=1, le=4096, description="total processes (-np)")
-    hosts: str = Field("localhost:2", pattern=r"^[A-Za-z0-9_.\-]+:\d+(,[A-Za-z0-9_.\-]+:\d+)*$",
-                       description="horovodrun -H host:slots,...")
-    controller: str = Field("gloo", pattern="^(gloo|mpi)$", description="gloo or mpi")
-    network_interface: str | None = Field(None, pattern=r"^[A-Za-z0-9_.\-]+$",
-                                          description="NIC for collectives, e.g. eth0")
+    hosts: Annotated[str, AfterValidator(_check_hosts)] = Field(
+        "localhost:2", description="horovodrun -H host:slots,...")
+    controller: Literal["gloo", "mpi"] = Field("gloo", description="gloo or mpi")
+    network_interface: Annotated[str | None, AfterValidator(_check_interface)] = Field(
+        None, description="NIC for collectives, e.g. eth0")
     start_timeout_s: int = Field(60, ge=1, description="horovodrun --start-timeout")
     run_timeout_s: int = Field(3600, ge=1, description="kill the whole job after this long")
     min_np: int | None = Field(None, ge=1, description="elastic: go on while at least this many processes live")
     max_np: int | None = Field(None, ge=1, description="elastic: grow up to this many processes")
-    host_discovery_script: str | None = Field(
+    host_discovery_script: Annotated[str | None, AfterValidator(_check_script)] = Field(
         None, description="elastic: executable printing the current `host:slots` lines")
 
     @property
@@ -58,20 +91,20 @@ class ScaleConfig(BaseModel):
     def _slots_and_elastic_consistent(self) -> "ScaleConfig":
         slots = [int(entry.rpartition(":")[2]) for entry in self.hosts.split(",")]
         if min(slots) < 1:
-            raise ValueError(f"hosts={self.hosts!r}: every host needs at least 1 slot")
+            raise FieldValueError("hosts", self.hosts, "every host needs at least 1 slot")
         if self.min_np is None and self.max_np is None and self.host_discovery_script is None:
             if self.num_proc > sum(slots):
-                raise ValueError(f"num_proc={self.num_proc} is more than the {sum(slots)} slot(s) in "
-                                 f"hosts={self.hosts!r}: add hosts or slots, or lower num_proc")
+                raise FieldValueError("num_proc", self.num_proc, f"more than the {sum(slots)} slot(s) in "
+                                      f"hosts={self.hosts!r}: add hosts or slots, or lower num_proc")
             return self
         if self.min_np is None or self.host_discovery_script is None:
-            raise ValueError("elastic training needs both min_np and host_discovery_script "
-                             f"(got min_np={self.min_np}, host_discovery_script={self.host_discovery_script!r})")
+            missing = "min_np" if self.min_np is None else "host_discovery_script"
+            raise FieldValueError(missing, None, "elastic training needs both min_np and "
+                                  "host_discovery_script (max_np alone does not make a run elastic)")
         top = self.max_np or self.num_proc
         if not self.min_np <= self.num_proc <= top:
-            raise ValueError(f"need min_np <= num_proc <= max_np, got {self.min_np} <= {self.num_proc} <= {top}: "
-                             f"set num_proc between them")
+            raise FieldValueError("num_proc", self.num_proc, f"need min_np <= num_proc <= max_np, got "
+                                  f"{self.min_np} <= {self.num_proc} <= {top}: set num_proc between them")
         if self.controller != "gloo":
-            raise ValueError(f"controller={self.controller!r}: elastic Horovod runs on gloo only")
+            raise FieldValueError("controller", self.controller, "elastic Horovod runs on gloo only")
         return self
-

@@ -76,8 +76,13 @@ def test_kind_decides_which_sections_a_spec_may_have(tmp_path):
     ({"dag__dag_id": "bad id!"}, "dag.dag_id", "bad id!", "should match pattern"),
     ({"dag__end_date": "2025-12-01"}, "dag.end_date", "2025-12-01", "must not be before dag.start_date"),
     ({"train__epochs": 0}, "train.epochs", "0", "greater than or equal to 1"),
-    ({"scale__hosts": "gpu-1 8"}, "scale.hosts", "gpu-1 8", "should match pattern"),
+    ({"scale__hosts": "gpu-1 8"}, "scale.hosts", "gpu-1 8", "write hosts as host:slots,host:slots (e.g. node1:4"),
+    ({"scale__hosts": "a:2,a:2", "scale__num_proc": 4}, "scale.hosts", "a:2,a:2", "host 'a' is listed twice"),
+    ({"scale__network_interface": "--foo"}, "scale.network_interface", "--foo", "not starting with '-'"),
+    ({"scale__max_np": 4}, "scale.min_np", "None", "elastic training needs both min_np and host_discovery_script"),
     ({"trian__epochs": 3}, "trian", "{'epochs': 3}", "remove it or fix its name"),
+    ({"regsitry__root": "s3://AKIAX:hunter2@models/reg"}, "regsitry", "s3://***@models/reg", "remove it or fix its name"),
+    ({"registry": "s3://AKIAX:hun/ter2@models/reg"}, "registry", "s3://***@models/reg", "a section is a mapping"),
     ({"dag": None}, "dag", "None", "add a dag: section"),
     ({"kind": "gpt"}, "kind", "gpt", "use one of ['digits_classifier', 'eta_regressor']"),
     ({"features__name": "Team ETA"}, "features.name", "Team ETA", "should match pattern"),
@@ -88,8 +93,8 @@ def test_kind_decides_which_sections_a_spec_may_have(tmp_path):
     ({"registry__root": "s3://"}, "registry.root", "s3://", "needs a bucket"),
     ({"registry__root": "s3://AKIAX:hunter2@models/reg"}, "registry.root", "s3://***@models/reg",
      "credentials do not belong in the URI"),
-    ({"scale__hosts": "localhost:0", "scale__num_proc": 1}, "scale", "localhost:0", "at least 1 slot"),
-    ({"scale__hosts": "localhost:2", "scale__num_proc": 8}, "scale", "num_proc=8", "more than the 2 slot(s)"),
+    ({"scale__hosts": "localhost:0", "scale__num_proc": 1}, "scale.hosts", "localhost:0", "at least 1 slot"),
+    ({"scale__hosts": "localhost:2", "scale__num_proc": 8}, "scale.num_proc", "8", "more than the 2 slot(s)"),
 ])
 def test_spec_errors_name_the_file_the_field_the_value_and_the_fix(tmp_path, changes, field, value, fix):
     path = _spec(tmp_path, "team", **changes)
@@ -98,6 +103,7 @@ def test_spec_errors_name_the_file_the_field_the_value_and_the_fix(tmp_path, cha
     message = str(err.value)
     assert str(path) in message and field in message and value in message and fix in message, message
     assert "hunter2" not in message and "hunter2" not in repr(err.value.__cause__)
+    assert "Value error" not in message
 
 
 def test_a_bad_spec_breaks_only_its_own_dag_and_the_dagbag_says_why(tmp_path):
@@ -166,7 +172,8 @@ def test_horovod_arguments_are_checked_when_the_dag_is_parsed_and_named_as_argum
     from operators import HorovodTrainOperator
 
     for kwargs, shown in [({"num_proc": 0}, "num_proc=0"), ({"hosts": "localhost:x"}, "hosts='localhost:x'"),
-                          ({"controller": "nccl"}, "controller='nccl'")]:
+                          ({"controller": "nccl"}, "controller='nccl'"), ({"hosts": "a:2,a:2"}, "hosts='a:2,a:2'"),
+                          ({"network_interface": "-x"}, "network_interface='-x'")]:
         with pytest.raises(ConfigError, match=rf"HorovodTrainOperator\(task_id='train'\) argument {re.escape(shown)}"):
             HorovodTrainOperator(task_id="train", dataset_id="x", pipeline_config="p.yaml", **kwargs)
     op = HorovodTrainOperator(task_id="train", dataset_id="x", pipeline_config="p.yaml", num_proc=4,
