@@ -233,6 +233,12 @@ def cmd_summary(args: argparse.Namespace) -> int:
         print(f"no audit events for dag {args.dag_id!r} in {settings.audit_log_path()}", file=sys.stderr)
         return 1
     run_id = args.run_id or events[-1]["run"]["run_id"]
+    if not any(e["run"]["run_id"] == run_id for e in events):
+        # a mistyped run id would otherwise read as a run whose every stage went missing
+        runs = list(dict.fromkeys(e["run"]["run_id"] for e in reversed(events)))[:5]
+        print(f"no run {run_id!r} of dag {args.dag_id!r} in the audit log {settings.audit_log_path()}; "
+              f"its most recent runs, newest first: {', '.join(runs)}", file=sys.stderr)
+        return 1
     final: dict[str, dict] = {}
     seen = set()
     for e in events:

@@ -48,6 +48,8 @@ class DemoDataConfig:
             raise ConfigError("rows_per_day", self.rows_per_day, "use 0 or a positive row count")
         if self.restaurants < 1:
             raise ConfigError("restaurants", self.restaurants, "use at least one restaurant")
+        if self.seed < 0:  # numpy's generators take no negative seed
+            raise ConfigError("seed", self.seed, "use 0 or a positive integer (--seed 7)")
 
 
 def _restaurants(cfg: DemoDataConfig) -> dict[str, np.ndarray]:

@@ -15,9 +15,9 @@ import logging
 import math
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationInfo, field_validator
 
 from dlpipe import commit
 from dlpipe.commit import StageKey, StageResult
@@ -26,6 +26,84 @@ from dlpipe.hashing import sources_hash
 from dlpipe.runctx import RunContext
 
 log = logging.getLogger(__name__)
+
+
+# pandas dtype names (the vocabulary of ColumnRule.type) and the Spark SQL types Parquet columns
+# of that dtype read as; GX's type check on Spark wants the pyspark.sql.types class name.
+SPARK_TYPES: dict[str, str] = {
+    "float32": "FloatType", "float64": "DoubleType", "int8": "ByteType", "int16": "ShortType",
+    "int32": "IntegerType", "int64": "LongType", "bool": "BooleanType", "object": "StringType",
+    "str": "StringType", "string": "StringType",
+}
+# Spark type -> the pandas name used in failure messages, so both engines report alike
+_PANDAS_NAMES = {"StringType": "object", **{v: k for k, v in SPARK_TYPES.items() if v != "StringType"}}
+# Python type names GX's pandas type check also accepts (great_expectations' native_type_type_map)
+_NATIVE_TYPES = {"none", "bool", "int", "long", "float", "bytes", "complex", "str", "string_types", "list", "dict"}
+
+# The expectation types of gx.expectations in the pinned Great Expectations (1.24), by the name
+# a spec gives them. A spec is checked against this list when it is loaded (at DAG parse time),
+# without importing GX (about a second); tests/unit/test_input_checks.py keeps it equal to GX's own.
+GX_EXPECTATIONS: dict[str, str] = {
+    name: "".join(w.title() for w in name.split("_")) for name in (
+        "expect_column_distinct_values_to_be_in_set", "expect_column_distinct_values_to_contain_set",
+        "expect_column_distinct_values_to_equal_set", "expect_column_max_to_be_between",
+        "expect_column_mean_to_be_between", "expect_column_median_to_be_between",
+        "expect_column_min_to_be_between", "expect_column_most_common_value_to_be_in_set",
+        "expect_column_pair_values_a_to_be_greater_than_b", "expect_column_pair_values_to_be_equal",
+        "expect_column_pair_values_to_be_in_set", "expect_column_proportion_of_non_null_values_to_be_between",
+        "expect_column_proportion_of_unique_values_to_be_between", "expect_column_quantile_values_to_be_between",
+        "expect_column_stdev_to_be_between", "expect_column_sum_to_be_between", "expect_column_to_exist",
+        "expect_column_type_to_be", "expect_column_unique_value_count_to_be_between",
+        "expect_column_value_lengths_to_be_between", "expect_column_value_lengths_to_equal",
+        "expect_column_value_z_scores_to_be_less_than", "expect_column_values_to_be_between",
+        "expect_column_values_to_be_dateutil_parseable", "expect_column_values_to_be_decreasing",
+        "expect_column_values_to_be_in_set", "expect_column_values_to_be_in_type_list",
+        "expect_column_values_to_be_increasing", "expect_column_values_to_be_json_parseable",
+        "expect_column_values_to_be_null", "expect_column_values_to_be_of_type",
+        "expect_column_values_to_be_unique", "expect_column_values_to_match_json_schema",
+        "expect_column_values_to_match_like_pattern", "expect_column_values_to_match_like_pattern_list",
+        "expect_column_values_to_match_regex", "expect_column_values_to_match_regex_list",
+        "expect_column_values_to_match_strftime_format", "expect_column_values_to_not_be_in_set",
+        "expect_column_values_to_not_be_null", "expect_column_values_to_not_be_outliers",
+        "expect_column_values_to_not_match_like_pattern", "expect_column_values_to_not_match_like_pattern_list",
+        "expect_column_values_to_not_match_regex", "expect_column_values_to_not_match_regex_list",
+        "expect_compound_columns_to_be_unique", "expect_multicolumn_sum_to_equal",
+        "expect_multicolumn_values_to_be_equal", "expect_multicolumn_values_to_be_unique",
+        "expect_query_results_to_match_comparison", "expect_select_column_values_to_be_unique_within_record",
+        "expect_table_column_count_to_be_between", "expect_table_column_count_to_equal",
+        "expect_table_columns_to_match_ordered_list", "expect_table_columns_to_match_set",
+        "expect_table_row_count_to_be_between", "expect_table_row_count_to_equal",
+        "expect_table_row_count_to_equal_other_table",
+    )
+}
+# GX's name for it does not title-case into its class name (KL is one word)
+GX_EXPECTATIONS["expect_column_kl_divergence_to_be_less_than"] = "ExpectColumnKLDivergenceToBeLessThan"
+
+
+def _close(value: str, known: Iterable[str]) -> str:
+    """' (did you mean X?)' for a likely typo of one of ``known``, else ''."""
+    import difflib
+
+    match = difflib.get_close_matches(value, sorted(known), n=1)
+    return f" (did you mean {match[0]}?)" if match else ""
+
+
+def _dtype_known(name: str) -> bool:
+    """Whether GX's pandas type check can match a column against ``name``: the names it resolves
+    (a numpy dtype, a pandas dtype class such as ``StringDtype``, a Python type name). Any other
+    name fails every column, which the gate would report as bad data."""
+    if name in SPARK_TYPES or name.lower() in _NATIVE_TYPES:
+        return True
+    import numpy as np
+
+    try:
+        np.dtype(name)
+        return True
+    except (TypeError, ValueError):
+        pass
+    import pandas as pd  # only for names that are not numpy's
+
+    return any(isinstance(getattr(mod, name, None), type) for mod in (pd, pd.core.dtypes.dtypes))
 
 
 class ColumnRule(BaseModel):
@@ -37,6 +115,23 @@ class ColumnRule(BaseModel):
     min: float | None = Field(None, description="inclusive lower bound")
     max: float | None = Field(None, description="inclusive upper bound")
 
+    @field_validator("type")
+    @classmethod
+    def _known_dtype(cls, value: str | None) -> str | None:
+        # a misspelt dtype would fail every run as if the data were wrong: refuse it on load
+        if value is not None and not _dtype_known(value):
+            raise ValueError(f"not a dtype the gate can check{_close(value, SPARK_TYPES)}; use a numpy or "
+                             f"pandas dtype name such as {', '.join(SPARK_TYPES)}")
+        return value
+
+    @field_validator("max")
+    @classmethod
+    def _not_below_min(cls, value: float | None, info: ValidationInfo) -> float | None:
+        low = info.data.get("min")
+        if value is not None and low is not None and value < low:
+            raise ValueError(f"below min={low:g}: no value could pass; swap min and max, or fix one")
+        return value
+
 
 class ExpectationSpec(BaseModel):
     """Any Great Expectations 1.x expectation: its type and its arguments."""
@@ -44,6 +139,15 @@ class ExpectationSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     type: str = Field(description="e.g. expect_column_values_to_match_regex")
     kwargs: dict = Field(default_factory=dict, description="the expectation's arguments")
+
+    @field_validator("type")
+    @classmethod
+    def _known_expectation(cls, value: str) -> str:
+        if value not in GX_EXPECTATIONS:
+            raise ValueError(f"not a Great Expectations 1.x expectation type{_close(value, GX_EXPECTATIONS)}; "
+                             f"use one from gx.expectations in snake case, e.g. "
+                             f"expect_column_values_to_be_between")
+        return value
 
 
 class DriftConfig(BaseModel):
@@ -57,17 +161,6 @@ class DriftConfig(BaseModel):
 
 
 Engine = Literal["auto", "pandas", "spark"]
-
-# pandas dtype names (the vocabulary of ColumnRule.type) and the Spark SQL types Parquet columns
-# of that dtype read as; GX's type check on Spark wants the pyspark.sql.types class name.
-SPARK_TYPES: dict[str, str] = {
-    "float32": "FloatType", "float64": "DoubleType", "int8": "ByteType", "int16": "ShortType",
-    "int32": "IntegerType", "int64": "LongType", "bool": "BooleanType", "object": "StringType",
-    "str": "StringType", "string": "StringType",
-}
-# Spark type -> the pandas name used in failure messages, so both engines report alike
-_PANDAS_NAMES = {"StringType": "object", **{v: k for k, v in SPARK_TYPES.items() if v != "StringType"}}
-
 
 class DataGateConfig(BaseModel):
     """A data-gate suite: row-count floor, per-column rules, any GX expectation, drift, engine."""
@@ -112,8 +205,8 @@ def check_spark_types(cfg: DataGateConfig) -> None:
 def _gx_expectation(i: int, spec: ExpectationSpec):
     import great_expectations as gx
 
-    cls = getattr(gx.expectations, "".join(w.title() for w in spec.type.split("_")), None)
-    if cls is None or not spec.type.startswith("expect_"):
+    cls = getattr(gx.expectations, GX_EXPECTATIONS.get(spec.type, ""), None)
+    if cls is None:  # a spec checked on load names one; a GX upgrade may have dropped it
         raise ConfigError(f"data_gate.expectations[{i}].type", spec.type,
                           "use a Great Expectations 1.x expectation type, e.g. expect_column_values_to_be_between")
     try:

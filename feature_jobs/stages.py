@@ -151,7 +151,7 @@ def extract_features(interval_start, interval_end, *, config: FeatureJobConfig, 
         parts = name_parts_by_order(out)
         return {"rows": parquet_rows(parts), "day": day.isoformat(),
                 "content_sha256": content_hash(parts, out),
-                "history_days": len(inputs) - 1, "missing_history_days": len(history) - (len(inputs) - 1)}
+                "history_days": len(inputs) - 1, "missing_history_days": sorted(missing)}
 
     return commit.run_stage(key, inputs=inputs, config=fp_config, code=code,
                             run=run, produce=produce)

@@ -67,8 +67,10 @@ class RegisterModelOperator(_RegistryOperator):
         # (the data gate). A passed verdict on another model (a stale XCom after a task was
         # cleared, a miswired DAG) must not let this one through.
         judged = {training["id"], *(i["id"] for i in training["inputs"])}
+        gates = []
         for gid in self.gate_ids:  # refuse models whose gates did not commit a pass
             gate = commit.load_manifest(gid, stage="gates", field="gate_ids")
+            gates.append(gate)
             verdict = gate["summary"].get("verdict")
             if verdict != "passed":
                 raise NotCommittedError(f"gate {gid} verdict is {verdict!r}, not 'passed'")
@@ -94,7 +96,10 @@ class RegisterModelOperator(_RegistryOperator):
         ref = f"{name}@{record['version']}"
         self.log.info("%s %s in %s", ref, "registered" if created else "already registered", store.uri)
         self.log.info("lineage: %s", json.dumps(record["lineage"], indent=1)[:4000])
-        return StageResult({"id": ref, "summary": {"version": record["version"], "created": created}},
+        # OpenLineage inputs: the training and the verdicts the version was registered on
+        inputs = [{"id": m["id"], "fingerprint": m["fingerprint"]} for m in (training, *gates)]
+        return StageResult({"id": ref, "inputs": inputs,
+                            "summary": {"version": record["version"], "created": created}},
                            skipped=not created)
 
 
@@ -131,5 +136,7 @@ class PromoteModelOperator(_RegistryOperator):
             doc = registry.promote(store, name, alias, version, run=run, reason=reason)
             moved = before is None or before["version"] != doc["version"]
         self.log.info("%s:%s -> version %d (%s)", name, alias, doc["version"], "moved" if moved else "unchanged")
-        return StageResult({"id": f"{name}:{alias}", "summary": {"version": doc["version"], "moved": moved}},
+        # OpenLineage input: the registered version this run asked the alias to point at
+        return StageResult({"id": f"{name}:{alias}", "inputs": [{"id": f"{name}@{version}"}],
+                            "summary": {"version": doc["version"], "moved": moved}},
                            skipped=not moved)

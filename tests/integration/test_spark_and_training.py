@@ -37,7 +37,7 @@ def test_features_dataset_and_training_end_to_end(small_raw, spark_submit):
     assert not feats.skipped
     summary = feats.manifest["summary"]
     assert {k: summary[k] for k in ("rows", "day", "history_days", "missing_history_days")} == {
-        "rows": 3000, "day": "2026-01-03", "history_days": 2, "missing_history_days": 0}
+        "rows": 3000, "day": "2026-01-03", "history_days": 2, "missing_history_days": []}
     assert len(summary["content_sha256"]) == 64
     assert sorted(i["id"] for i in feats.manifest["inputs"]) == sorted(r.id for r in small_raw)
 

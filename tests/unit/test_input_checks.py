@@ -1,0 +1,94 @@
+"""Bad input is refused where it is given, naming the field, the value and the fix: a data_gate
+typo when the spec is loaded (DAG parse time), not as a failed gate; a negative demo-data seed
+as an error line, not a numpy traceback; an unknown run id as such, not as seven missing stages."""
+
+from __future__ import annotations
+
+import pytest
+
+from dlpipe import audit, cli
+from dlpipe.errors import ConfigError
+from dlpipe.gates import GX_EXPECTATIONS, ColumnRule, DataGateConfig, ExpectationSpec, _gx_expectation
+from dlpipe.pipeline_config import section
+from dlpipe.runctx import RunContext
+from tests.dags.test_factory import _spec
+
+
+def _gate(**data_gate) -> DataGateConfig:
+    return section({"_source": "p.yaml", "data_gate": data_gate}, "data_gate", DataGateConfig)
+
+
+def test_a_misspelt_column_type_is_refused_on_load():
+    with pytest.raises(ConfigError) as e:
+        _gate(columns={"distance_km": {"type": "floot"}})
+    assert e.value.field == "p.yaml: data_gate.columns.distance_km.type" and e.value.value == "floot"
+    assert "did you mean float" in e.value.fix and "float32" in e.value.fix
+    # every name GX's pandas type check resolves still loads: numpy, pandas and Python type names
+    for name in ("float32", "float16", "datetime64[ns]", "StringDtype", "int", "object", "string"):
+        assert ColumnRule(type=name).type == name
+
+
+def test_a_min_above_max_is_refused_on_load():
+    with pytest.raises(ConfigError) as e:
+        _gate(columns={"distance_km": {"min": 5, "max": 1}})
+    assert e.value.field == "p.yaml: data_gate.columns.distance_km.max" and e.value.value == 1
+    assert "below min=5" in e.value.fix and "swap min and max" in e.value.fix
+    assert ColumnRule(min=1, max=1).max == 1.0  # one allowed value is a bound, not a typo
+    assert ColumnRule(min=5).min == 5.0 and ColumnRule(max=1).max == 1.0
+
+
+def test_an_unknown_expectation_type_is_refused_on_load():
+    with pytest.raises(ConfigError) as e:
+        _gate(expectations=[{"type": "expect_column_values_to_be_betwen", "kwargs": {"column": "x"}}])
+    assert e.value.field == "p.yaml: data_gate.expectations.0.type"
+    assert e.value.value == "expect_column_values_to_be_betwen"
+    assert "did you mean expect_column_values_to_be_between?" in e.value.fix
+    with pytest.raises(ConfigError, match=r"expectations.0.type.*not a Great Expectations 1.x expectation"):
+        _gate(expectations=[{"type": "ExpectColumnToExist"}])  # the class name, not the type
+
+
+def test_a_typo_in_a_spec_breaks_its_dag_at_parse_time(tmp_path):
+    from operators.factory import load_spec
+
+    bad = _spec(tmp_path, "typo", data_gate__columns={"distance_km": {"type": "floot"}})
+    with pytest.raises(ConfigError, match=r"typo.yaml: data_gate.columns.distance_km.type='floot'"):
+        load_spec(bad)
+
+
+def test_the_expectation_list_is_the_one_of_the_installed_great_expectations():
+    """GX_EXPECTATIONS spares DAG parsing the GX import; it must name exactly GX's expectations
+    (a GX upgrade that adds or drops one fails here), and each must resolve to its class."""
+    import great_expectations as gx
+    from great_expectations.expectations.expectation import Expectation
+
+    classes = {n for n in dir(gx.expectations) if n.startswith("Expect") and n != "Expectation"
+               and isinstance(getattr(gx.expectations, n), type)
+               and issubclass(getattr(gx.expectations, n), Expectation)}
+    assert set(GX_EXPECTATIONS.values()) == classes
+    for name, cls_name in GX_EXPECTATIONS.items():
+        cls = getattr(gx.expectations, cls_name)
+        declared = getattr(cls, "expectation_type", "")
+        assert declared in (name, ""), (name, declared)  # "": a deprecated class declares none
+    exp = _gx_expectation(0, ExpectationSpec(type="expect_column_kl_divergence_to_be_less_than",
+                                             kwargs={"column": "x", "partition_object": None}))
+    assert type(exp).__name__ == "ExpectColumnKLDivergenceToBeLessThan"
+
+
+def test_demo_data_refuses_a_negative_seed(capsys):
+    code = cli.main(["demo-data", "--seed", "-1", "--days", "1", "--rows-per-day", "10"])
+    err = capsys.readouterr().err
+    assert code == 2 and "invalid seed=-1" in err and "0 or a positive integer" in err
+    assert "Traceback" not in err
+
+
+def test_summary_of_an_unknown_run_names_the_runs_there_are(capsys):
+    for run_id in ("manual__1", "manual__2", "manual__1"):
+        audit.record("started", stage="training", run=RunContext(dag_id="eta_training", run_id=run_id,
+                                                                  task_id="train", try_number=1))
+    code = cli.main(["summary", "--dag-id", "eta_training", "--run-id", "no-such-run"])
+    out, err = capsys.readouterr()
+    assert code == 1 and out == ""
+    assert "no run 'no-such-run' of dag 'eta_training' in the audit log" in err
+    assert err.rstrip().endswith("newest first: manual__1, manual__2")
+    assert cli.main(["summary", "--dag-id", "eta_training", "--run-id", "manual__2"]) == 1  # a real run
+    assert "dlpipe run summary: dag eta_training, run manual__2" in capsys.readouterr().out
