@@ -27,7 +27,7 @@ def _check_override(task_id: str, key: str, value: Any) -> None:
     info = ScaleConfig.model_fields[key]
     try:
         rule = Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
-        TypeAdapter(rule).validate_python(value)
+        TypeAdapter(rule).validate_python(value, strict=True)  # as the model checks the YAML
     except ValidationError as exc:
         raise ConfigError(_argument(task_id, key), value, validation_message(exc.errors()[0])[2]) from None
 

@@ -43,7 +43,7 @@ def _check_script(value: str | None) -> str | None:
 class TrainConfig(BaseModel):
     """Hyper-parameters of the ETA MLP regressor."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)  # strict: YAML `yes` is no epoch count
     hidden: list[PositiveInt] = Field([64, 64], min_length=1, description="hidden layer widths")
     epochs: int = Field(6, ge=1, le=1000, description="passes over the training split")
     batch_size: int = Field(256, ge=1, le=1 << 20, description="rows per step per process")
@@ -57,7 +57,7 @@ class TrainConfig(BaseModel):
 class DigitsTrainConfig(BaseModel):
     """Hyper-parameters of the digits CNN classifier."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)  # strict: YAML `yes` is no epoch count
     channels: list[PositiveInt] = Field([16, 32], min_length=1, description="3x3 convolution widths")
     hidden: list[PositiveInt] = Field([64], description="dense layer widths after the convolutions")
     epochs: int = Field(15, ge=1, le=1000, description="passes over the training split")
@@ -69,7 +69,7 @@ class DigitsTrainConfig(BaseModel):
 class ScaleConfig(BaseModel):
     """Where and how wide to run horovodrun."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)  # strict: YAML `yes` is no epoch count
     num_proc: int = Field(2, ge=1, le=4096, description="total processes (-np)")
     hosts: Annotated[str, AfterValidator(_check_hosts)] = Field(
         "localhost:2", description="horovodrun -H host:slots,...")

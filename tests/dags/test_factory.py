@@ -76,6 +76,8 @@ def test_kind_decides_which_sections_a_spec_may_have(tmp_path):
     ({"dag__dag_id": "bad id!"}, "dag.dag_id", "bad id!", "should match pattern"),
     ({"dag__end_date": "2025-12-01"}, "dag.end_date", "2025-12-01", "must not be before dag.start_date"),
     ({"train__epochs": 0}, "train.epochs", "0", "greater than or equal to 1"),
+    ({"train__epochs": True}, "train.epochs", "True", "valid integer"),  # YAML's `yes`
+    ({"scale__num_proc": 2.5}, "scale.num_proc", "2.5", "valid integer"),
     ({"scale__hosts": "gpu-1 8"}, "scale.hosts", "gpu-1 8", "write hosts as host:slots,host:slots (e.g. node1:4"),
     ({"scale__hosts": "a:2,a:2", "scale__num_proc": 4}, "scale.hosts", "a:2,a:2", "host 'a' is listed twice"),
     ({"scale__network_interface": "--foo"}, "scale.network_interface", "--foo", "not starting with '-'"),
