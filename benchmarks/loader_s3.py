@@ -93,7 +93,8 @@ def main() -> None:
             for _ in column_chunks(fs, g, names):
                 pass
 
-        loader = ShardLoader(url, columns, "label", batch_size=8192, workers=args.threads)
+        loader = ShardLoader(url, columns, "label", batch_size=8192, workers=args.threads,
+                             cache_bytes=0)  # every pass reads from S3
         epochs = iter(range(1_000_000))
         ways = {
             BASELINE: lambda: list(pool.map(per_column_chunk, groups)),

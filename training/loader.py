@@ -18,7 +18,10 @@ batch is built, and its BatchedDataLoader then re-buffers them; on a GPU that st
   over the data;
 - on a GPU, pinned blocks go to the device on the loader's own CUDA stream and the same
   reordering runs there, so decoding, the host-to-device copy and the model's compute all
-  overlap. Either way batches are views of one window, and both deliver the same batches.
+  overlap. Either way batches are views of one window, and both deliver the same batches;
+- with threads, decoded row groups are kept (``cache_bytes``) where the shard fits in memory:
+  training makes several epochs over the same rows, and decoding is most of an epoch's CPU
+  time, so later epochs only place rows. The batches do not change.
 
 Petastorm datasets are Parquet files plus metadata, so this reads them directly; only scalar
 numeric columns are supported (images go through Petastorm's codecs, see feature_jobs/digits.py).
@@ -72,6 +75,11 @@ class ShardLoader:
         batches either way. Call ``close()`` (or use ``with``) to stop them; they also stop with
         this process.
     :param device: where batches are delivered; a CUDA device gets pinned, asynchronous copies
+    :param cache_bytes: with threads, keep decoded row groups in memory, up to this many bytes,
+        so that later epochs place them without reading or decoding them again (the same
+        batches). None: the whole shard if it takes at most a quarter of the memory available
+        now, shared by ``size`` ranks (``auto_cache_bytes``); 0: no cache. Process workers
+        decode every epoch.
     """
 
     epoch_wait_s = 5.0  # process mode: how long a new epoch waits for the previous one to close
@@ -80,7 +88,7 @@ class ShardLoader:
     def __init__(self, url: str, columns: list[str], label: str, *, rank: int = 0, size: int = 1,
                  batch_size: int = 1024, seed: int = 0, shuffle: bool = True, shuffle_window: int = 4,
                  workers: int = 4, prefetch: int = 2, drop_last: bool = False, processes: bool = False,
-                 device: torch.device | str | None = None) -> None:
+                 device: torch.device | str | None = None, cache_bytes: int | None = None) -> None:
         for name, value in (("size", size), ("batch_size", batch_size), ("shuffle_window", shuffle_window),
                             ("workers", workers), ("prefetch", prefetch)):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
@@ -114,6 +122,15 @@ class ShardLoader:
         # kept as one epoch has in flight: decoding ahead, delivering, carried, queued)
         self._buffers: SlotRing[np.ndarray] = SlotRing(
             lambda: np.empty((len(self.columns) + 1) * self._window_rows, np.float32), keep=prefetch + 3)
+        if cache_bytes is not None and (isinstance(cache_bytes, bool) or not isinstance(cache_bytes, numbers.Integral)
+                                        or cache_bytes < 0):
+            raise ValueError(f"cache_bytes={cache_bytes!r} must be an integer >= 0 (0: no cache) or None (auto)")
+        shard_bytes = self.num_rows * (len(self.columns) + 1) * 4
+        self.cache_bytes = 0 if processes else (
+            auto_cache_bytes(shard_bytes, size) if cache_bytes is None else int(cache_bytes))
+        self._cache: dict[RowGroup, torch.Tensor] = {}  # row group -> its decoded [f + 1, rows] block
+        self._cache_reserved = 0
+        self._cache_lock = threading.Lock()
 
     def start(self) -> ShardLoader:
         """Start the decoding processes now rather than with the first epoch (no-op for threads)."""
@@ -471,20 +488,60 @@ class ShardLoader:
     def _decode(self, g: RowGroup) -> torch.Tensor:
         """One row group as a column-major ``[f + 1, rows]`` float32 block (label last), pinned
         when the target is a GPU: each column is one contiguous copy out of Arrow's buffer (a
-        row-major fill would stride through memory)."""
+        row-major fill would stride through memory). Kept for later epochs while the cache
+        has room; nothing changes a block once made."""
+        cached = self._cache.get(g)
+        if cached is not None:
+            return cached
         block = torch.empty((len(self.columns) + 1, g.rows), dtype=torch.float32,
                             pin_memory=self.device.type == "cuda")
         out = block.numpy()
         for first, values in self._chunks(g):
             for j, column in enumerate(values, first):
                 out[j] = column
+        if self._reserve(g):
+            self._cache[g] = block
         return block
 
     def _decode_into(self, g: RowGroup, buf: np.ndarray, at: slice | np.ndarray) -> None:
         """Decode a row group into its positions of a window's buffer (see ``_plan``), each chunk
-        of columns placed while it is still in the cache."""
+        of columns placed while it is still in the cache; or place it from the decoded-row-group
+        cache, without reading the file. A row group is kept once it is whole, if there is room."""
+        cached = self._cache.get(g)
+        if cached is not None:
+            place_columns(buf, cached.numpy(), at)
+            return
+        keep = torch.empty((len(self.columns) + 1, g.rows), dtype=torch.float32) if self._reserve(g) else None
+        kept = keep.numpy() if keep is not None else None
         for first, values in self._chunks(g):
             place_columns(buf[first:first + len(values)], values, at)
+            if kept is not None:
+                kept[first:first + len(values)] = values
+        if keep is not None:
+            self._cache[g] = keep
+
+    def _reserve(self, g: RowGroup) -> bool:
+        """Whether the cache has room for ``g`` (then taken for it); each row group asks once,
+        so one that did not fit is decoded every epoch."""
+        nbytes = (len(self.columns) + 1) * g.rows * 4
+        with self._cache_lock:
+            if g in self._cache or self._cache_reserved + nbytes > self.cache_bytes:
+                return False
+            self._cache_reserved += nbytes
+            return True
+
+
+def auto_cache_bytes(shard_bytes: int, ranks: int) -> int:
+    """The default decoded-row-group cache: the whole shard when it takes at most a quarter of
+    the memory available now divided among ``ranks`` (ranks on one host share its memory; the
+    world size bounds how many do), else none. Reading ``MemAvailable`` needs Linux; elsewhere
+    there is no cache by default."""
+    try:
+        with open("/proc/meminfo") as f:
+            available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return 0
+    return shard_bytes if shard_bytes <= available // (4 * max(1, ranks)) else 0
 
 
 def _alive(array: np.ndarray):

@@ -475,3 +475,52 @@ def test_decoding_workers_keep_their_memory_with_mimalloc(setting, backend):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[2])
     assert out.stdout.strip() == backend
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_cached_row_groups_give_the_reference_stream_without_reading_the_files(dataset, monkeypatch, shuffle):
+    import training.loader as loader_module
+
+    loader = ShardLoader(dataset, COLUMNS, "label", batch_size=130, seed=5, shuffle=shuffle, shuffle_window=3,
+                         rank=0, size=2, cache_bytes=10 ** 9)
+    drain(loader, 0)  # the first epoch decodes and keeps every row group
+    assert set(loader._cache) == set(loader.groups)
+
+    def no_reads(*args, **kwargs):
+        raise AssertionError("a cached row group was read again")
+
+    monkeypatch.setattr(loader_module, "column_chunks", no_reads)
+    for epoch in (1, 2):
+        x, y, sizes = drain(loader, epoch)
+        rx, ry, rsizes = reference_stream(loader, epoch)
+        assert sizes == rsizes
+        np.testing.assert_array_equal(x, rx)
+        np.testing.assert_array_equal(y, ry)
+    uncached = ShardLoader(dataset, COLUMNS, "label", batch_size=130, seed=5, shuffle=shuffle, shuffle_window=3,
+                           rank=0, size=2, cache_bytes=0)
+    with pytest.raises(AssertionError, match="read again"):  # the check above can fail
+        drain(uncached, 1)
+
+
+def test_a_cache_too_small_for_the_shard_keeps_what_fits_and_decodes_the_rest(dataset):
+    group_bytes = (len(COLUMNS) + 1) * 250 * 4
+    loader = ShardLoader(dataset, COLUMNS, "label", batch_size=100, seed=2, rank=0, size=1,
+                         cache_bytes=5 * group_bytes + 10)
+    for epoch in (0, 1, 2):
+        x, y, _ = drain(loader, epoch)
+        rx, ry, _ = reference_stream(loader, epoch)
+        np.testing.assert_array_equal(x, rx)
+        np.testing.assert_array_equal(y, ry)
+    assert len(loader._cache) == 5 and loader._cache_reserved == 5 * group_bytes
+
+
+def test_the_cache_default_and_its_bad_values(dataset):
+    from training.loader import auto_cache_bytes
+
+    assert auto_cache_bytes(10 ** 6, ranks=8) == 10 ** 6  # a small shard: kept whole
+    assert auto_cache_bytes(10 ** 15, ranks=1) == 0  # more than any memory: not kept at all
+    assert ShardLoader(dataset, COLUMNS, "label").cache_bytes == 3000 * 4 * 4
+    assert ShardLoader(dataset, COLUMNS, "label", processes=True).cache_bytes == 0  # workers decode every epoch
+    for bad in (-1, 1.5, True, "1GB"):
+        with pytest.raises(ValueError, match=r"cache_bytes=.* must be an integer >= 0"):
+            ShardLoader(dataset, COLUMNS, "label", cache_bytes=bad)
