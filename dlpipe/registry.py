@@ -192,6 +192,14 @@ def _stored_is(store: Store, key: str, data: bytes) -> bool:
     return found is not None and found[0] == data
 
 
+def _move_applied(store: Store, key: str, move: dict) -> bool:
+    """Whether an alias's history holds ``move`` (its time and run make it unique): then a refused
+    compare-and-swap was refused by our own write, which counts, even if another writer has
+    moved the alias again since."""
+    found = store.get_versioned(key)
+    return found is not None and move in json.loads(found[0]).get("history", [])
+
+
 def download(store: Store, name: str, version: int, dest: Path) -> dict:
     """Fetch a version's artifacts into ``dest`` and verify each SHA-256 before returning.
 
@@ -266,7 +274,7 @@ def promote(store: Store, name: str, alias: str, version: int, *, run: RunContex
     try:
         store.put_if_match(key, data, token)
     except CommitConflict as exc:
-        if _stored_is(store, key, data):  # our move, stored; the reply was lost and the client's retry refused
+        if _move_applied(store, key, move):  # stored, its reply lost, the client's retry refused
             log.info("%s:%s: the store refused a repeat of this move's own write", name, alias)
         else:
             now = get_alias(store, name, alias) or {}

@@ -37,9 +37,20 @@ def split_secret_conf(conf: dict[str, str]) -> tuple[dict[str, str], dict[str, s
     return {k: v for k, v in conf.items() if k not in secret}, secret
 
 
-def _properties_escape(text: str) -> str:
-    """``text`` as a java.util.Properties key or value (what spark-submit's file reader parses)."""
+def secret_values(secret: dict[str, str]) -> list[str]:
+    """The values of credential settings worth masking in logs: a switch such as
+    ``spark.security.credentials.hive.enabled=false`` is no secret, and masking "false" would
+    hide every false in every log line."""
+    return [v for v in secret.values() if v and v.strip().lower() not in ("true", "false")]
+
+
+def _properties_escape(text: str, key: bool = False) -> str:
+    """``text`` as a java.util.Properties key or value (what spark-submit's file reader parses).
+    In a key, '=', ':' and whitespace would end it, so they are escaped too."""
     out = text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+    if key:
+        for c in ("=", ":", " ", "\t", "\f"):
+            out = out.replace(c, "\\" + c)
     return "\\" + out if out[:1] in (" ", "\t", "\f", "#", "!") else out
 
 
@@ -47,6 +58,30 @@ def _defaults_file() -> Path | None:
     conf_dir = os.environ.get("SPARK_CONF_DIR") or os.path.join(spark_env()["SPARK_HOME"], "conf")
     path = Path(conf_dir) / "spark-defaults.conf"
     return path if path.is_file() else None
+
+
+_FOLDER_PREFIX = "dlpipe-spark-"
+
+
+def _private_dir() -> str:
+    """Where the credentials file goes: memory (/dev/shm) where there is one, so that a task
+    killed with SIGKILL leaves its file in RAM only, until the next submission removes it."""
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+
+
+def _remove_orphans(parent: str) -> None:
+    """Remove the credential folders of this user's submissions whose process is gone (killed
+    before its cleanup ran); each folder is named after the process that made it."""
+    for folder in Path(parent).glob(f"{_FOLDER_PREFIX}*-*"):
+        try:
+            pid = int(folder.name[len(_FOLDER_PREFIX):].split("-")[0])
+            if folder.stat().st_uid != os.getuid():
+                continue
+            os.kill(pid, 0)  # raises when no such process
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except (ValueError, OSError):  # not ours to judge: another user's process, a stray name
+            continue
 
 
 @contextlib.contextmanager
@@ -59,12 +94,14 @@ def secret_properties(secret: dict[str, str]) -> Iterator[str | None]:
     if not secret:
         yield None
         return
-    folder = tempfile.mkdtemp(prefix="dlpipe-spark-")  # mode 0700
-    path = os.path.join(folder, "credentials.properties")
-    defaults = _defaults_file()
-    text = (defaults.read_text() + "\n") if defaults else ""
-    text += "".join(f"{_properties_escape(k)}={_properties_escape(v)}\n" for k, v in secret.items())
+    parent = _private_dir()
+    _remove_orphans(parent)
+    folder = tempfile.mkdtemp(prefix=f"{_FOLDER_PREFIX}{os.getpid()}-", dir=parent)  # mode 0700
     try:
+        defaults = _defaults_file()
+        text = (defaults.read_text(encoding="utf-8") + "\n") if defaults else ""
+        text += "".join(f"{_properties_escape(k, key=True)}={_properties_escape(v)}\n" for k, v in secret.items())
+        path = os.path.join(folder, "credentials.properties")
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)

@@ -11,22 +11,22 @@ from dlpipe.errors import ConfigError
 from dlpipe.pipeline_config import section
 from dlpipe.proc import kill_process_group
 from dlpipe.runctx import RunContext
-from dlpipe.spark_submit import SECRET_CONF, SparkSubmit, default_conf, secret_properties, spark_env, split_secret_conf
+from dlpipe.spark_submit import (SparkSubmit, default_conf, secret_properties, secret_values, spark_env,
+                                 split_secret_conf)
 from operators.base import DlpipeOperator
 
 log = logging.getLogger(__name__)
 
 
 def mask_conf_secrets(conf: dict[str, Any]) -> None:
-    """Register the values of credential settings (``SECRET_CONF``) with Airflow's secrets masker
-    and with the audit log. They are not on spark-submit's command line (``secret_properties``),
-    but a Spark error message or a driver's log can still repeat one."""
+    """Register the values of credential settings (``dlpipe.spark_submit.SECRET_CONF``) with
+    Airflow's secrets masker and with the audit log. They are not on spark-submit's command line
+    (``secret_properties``), but a Spark error message or a driver's log can still repeat one."""
     from airflow.sdk.log import mask_secret
 
-    for key, value in conf.items():
-        if SECRET_CONF.search(key) and value:
-            mask_secret(str(value))
-            audit.hide(str(value))
+    for value in secret_values(split_secret_conf(conf)[1]):
+        mask_secret(value)
+        audit.hide(value)
 
 
 def hook_submitter(conn_id: str, conf: dict[str, str] | None, name: str, holder: list,

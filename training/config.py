@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt, model_validator
 
 from dlpipe.errors import FieldValueError
 
@@ -25,6 +25,20 @@ def _check_hosts(value: str) -> str:
             raise ValueError(f"host {host!r} is listed twice; give each host once with all its slots")
         seen.add(host)
     return value
+
+
+def _yaml_float(value: object) -> object:
+    """YAML 1.1 reads ``1e-3`` (no dot) as a string; such a string is a number here. Booleans
+    are not: strict validation refuses YAML's ``yes`` for a number."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError("write a number, e.g. 0.002 or 2.0e-3") from None
+    return value
+
+
+YamlFloat = Annotated[float, BeforeValidator(_yaml_float)]
 
 
 def _check_interface(value: str | None) -> str | None:
@@ -47,7 +61,7 @@ class TrainConfig(BaseModel):
     hidden: list[PositiveInt] = Field([64, 64], min_length=1, description="hidden layer widths")
     epochs: int = Field(6, ge=1, le=1000, description="passes over the training split")
     batch_size: int = Field(256, ge=1, le=1 << 20, description="rows per step per process")
-    learning_rate: float = Field(2e-3, gt=0, le=1.0, description="per-process rate (scaled by world size)")
+    learning_rate: YamlFloat = Field(2e-3, gt=0, le=1.0, description="per-process rate (scaled by world size)")
     seed: int = Field(13, ge=0, description="seeds init and shuffling: same seed, same model")
     decode_in: Literal["threads", "processes"] = Field(
         "threads", description="where the training data is decoded: threads of the training process, or "
@@ -62,7 +76,7 @@ class DigitsTrainConfig(BaseModel):
     hidden: list[PositiveInt] = Field([64], description="dense layer widths after the convolutions")
     epochs: int = Field(15, ge=1, le=1000, description="passes over the training split")
     batch_size: int = Field(64, ge=1, le=1 << 16, description="images per step per process")
-    learning_rate: float = Field(2e-3, gt=0, le=1.0, description="per-process rate (scaled by world size)")
+    learning_rate: YamlFloat = Field(2e-3, gt=0, le=1.0, description="per-process rate (scaled by world size)")
     seed: int = Field(7, ge=0, description="seeds init and shuffling: same seed, same model")
 
 

@@ -44,15 +44,25 @@ def horovodrun_argv(scale: ScaleConfig, command: Sequence[str]) -> list[str]:
 # anything named like a credential, and any value that is a URL with a user and password in it.
 SECRET_ENV = re.compile(r"^(AIRFLOW_CONN_|AIRFLOW_VAR_|AIRFLOW__)|(SECRET|PASSWORD|PASSWD|TOKEN|FERNET|_KEY$"
                         r"|APIKEY|CREDENTIAL|_DSN$|DATABASE_URL|CONNECTION_STRING|_PASS$|_PW$|_PWD$|_PAT$"
-                        r"|_AUTH|AUTH_CONFIG|JAAS|WEBHOOK|PRIVATE|_SAS_|SAS_TOKEN)", re.IGNORECASE)
+                        r"|_AUTH$|AUTH_CONFIG|JAAS|WEBHOOK|PRIVATE|_SAS_|SAS_TOKEN)", re.IGNORECASE)
+# Names of that kind that hold where a credential is, not the credential: a file (the way to give
+# ranks credentials), ssh-agent's socket (horovodrun's own ssh to other hosts), a task role's address.
+LOCATOR_ENV = re.compile(r"(_FILE|_PATH|_SOCK|_DIR)$|^GOOGLE_APPLICATION_CREDENTIALS$"
+                         r"|^AWS_CONTAINER_CREDENTIALS_(RELATIVE|FULL)_URI$", re.IGNORECASE)
 URL_WITH_PASSWORD = re.compile(r"://[^/\s@]*:[^/\s@]*@")
+
+
+def _secret(name: str, value: str) -> bool:
+    if URL_WITH_PASSWORD.search(value) or name.upper().startswith(("AIRFLOW_CONN_", "AIRFLOW_VAR_", "AIRFLOW__")):
+        return True
+    return bool(SECRET_ENV.search(name)) and not LOCATOR_ENV.search(name)
 
 
 def check_rank_env(extra: dict[str, str]) -> None:
     """Refuse extra rank variables that look like credentials (by name, or a URL with a password):
     horovodrun would show them on every rank's command line."""
     for name, value in extra.items():
-        if SECRET_ENV.search(name) or URL_WITH_PASSWORD.search(str(value)):
+        if _secret(name, str(value)):
             raise ConfigError("env", name, "horovodrun puts every rank's environment on a command line "
                                            "that any user of the host can read (ps); give ranks credentials "
                                            "through a file only they can read (AWS_SHARED_CREDENTIALS_FILE, "
@@ -64,8 +74,7 @@ def training_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     Airflow connection, variable or other credential in the task's environment reaches it."""
     check_rank_env(extra or {})
     bindir = os.path.dirname(sys.executable)
-    inherited = {k: v for k, v in os.environ.items()
-                 if not SECRET_ENV.search(k) and not URL_WITH_PASSWORD.search(v)}
+    inherited = {k: v for k, v in os.environ.items() if not _secret(k, v)}
     return {
         **inherited,
         **(extra or {}),

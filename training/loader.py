@@ -499,7 +499,7 @@ class ShardLoader:
         for first, values in self._chunks(g):
             for j, column in enumerate(values, first):
                 out[j] = column
-        if self._reserve(g):
+        if self._reserve(g, pinned=block.is_pinned()):
             self._cache[g] = block
         return block
 
@@ -513,22 +513,37 @@ class ShardLoader:
             return
         keep = torch.empty((len(self.columns) + 1, g.rows), dtype=torch.float32) if self._reserve(g) else None
         kept = keep.numpy() if keep is not None else None
-        for first, values in self._chunks(g):
-            place_columns(buf[first:first + len(values)], values, at)
-            if kept is not None:
-                kept[first:first + len(values)] = values
+        try:
+            for first, values in self._chunks(g):
+                place_columns(buf[first:first + len(values)], values, at)
+                if kept is not None:
+                    kept[first:first + len(values)] = values
+        except BaseException:
+            if keep is not None:
+                self._release(g)
+            raise
         if keep is not None:
             self._cache[g] = keep
 
-    def _reserve(self, g: RowGroup) -> bool:
-        """Whether the cache has room for ``g`` (then taken for it); each row group asks once,
-        so one that did not fit is decoded every epoch."""
+    def _cache_cost(self, g: RowGroup, pinned: bool = False) -> int:
         nbytes = (len(self.columns) + 1) * g.rows * 4
+        # torch's pinned-memory allocator rounds every block up to a power of two
+        return 1 << (nbytes - 1).bit_length() if pinned else nbytes
+
+    def _reserve(self, g: RowGroup, pinned: bool = False) -> bool:
+        """Whether the cache has room for ``g`` (then taken for it); a row group that did not fit
+        is decoded every epoch."""
+        cost = self._cache_cost(g, pinned)
         with self._cache_lock:
-            if g in self._cache or self._cache_reserved + nbytes > self.cache_bytes:
+            if g in self._cache or self._cache_reserved + cost > self.cache_bytes:
                 return False
-            self._cache_reserved += nbytes
+            self._cache_reserved += cost
             return True
+
+    def _release(self, g: RowGroup) -> None:
+        """Give back the room taken for a row group whose decoding failed."""
+        with self._cache_lock:
+            self._cache_reserved -= self._cache_cost(g)
 
 
 def auto_cache_bytes(shard_bytes: int, ranks: int) -> int:

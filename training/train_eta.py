@@ -52,7 +52,8 @@ class EtaTrainer(Trainer):
         return ShardLoader(self.spec[f"{split}_url"], self.features, self.label, rank=self.rank,
                            size=self.size, seed=self.cfg.seed, device=self.device, batch_size=batch_size,
                            shuffle=shuffle, workers=min(8, self.cpus),
-                           processes=self.cfg.decode_in == "processes" and shuffle)
+                           processes=self.cfg.decode_in == "processes" and shuffle,
+                           cache_bytes=None if shuffle else 0)  # evaluation reads once: nothing to keep
 
     def loss(self, xb, yb):
         import torch

@@ -77,6 +77,7 @@ def test_kind_decides_which_sections_a_spec_may_have(tmp_path):
     ({"dag__end_date": "2025-12-01"}, "dag.end_date", "2025-12-01", "must not be before dag.start_date"),
     ({"train__epochs": 0}, "train.epochs", "0", "greater than or equal to 1"),
     ({"train__epochs": True}, "train.epochs", "True", "valid integer"),  # YAML's `yes`
+    ({"train__learning_rate": "fast"}, "train.learning_rate", "fast", "write a number, e.g. 0.002"),
     ({"scale__num_proc": 2.5}, "scale.num_proc", "2.5", "valid integer"),
     ({"scale__hosts": "gpu-1 8"}, "scale.hosts", "gpu-1 8", "write hosts as host:slots,host:slots (e.g. node1:4"),
     ({"scale__hosts": "a:2,a:2", "scale__num_proc": 4}, "scale.hosts", "a:2,a:2", "host 'a' is listed twice"),
@@ -219,3 +220,15 @@ def test_a_run_without_a_data_interval_fails_once_saying_how_to_run_a_day():
 
     assert [(e["event"], e["stage"]) for e in audit.read()] == [("failed", "SparkFeatureOperator"),
                                                                ("failed", "PetastormDatasetOperator")]
+
+
+def test_a_learning_rate_written_1e_3_is_a_number(tmp_path):
+    """YAML 1.1 (PyYAML) reads 1e-3, with no dot, as a string; the train section takes it."""
+    from dlpipe.pipeline_config import load_pipeline, section
+    from training.config import TrainConfig
+
+    path = tmp_path / "p.yaml"
+    path.write_text("train: {learning_rate: 1e-3}\n")
+    pipeline = load_pipeline(path)
+    assert pipeline["train"]["learning_rate"] == "1e-3"  # what YAML gives
+    assert section(pipeline, "train", TrainConfig).learning_rate == 0.001

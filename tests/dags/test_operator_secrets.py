@@ -76,7 +76,6 @@ def test_spark_credentials_reach_the_job_but_no_command_line(monkeypatch, tmp_pa
     properties file only this user can read, no process's command line carries them, the
     cluster's spark-defaults.conf still applies, and the file is gone afterwards."""
     import json
-    import tempfile
 
     monkeypatch.setenv("AIRFLOW_CONN_DLPIPE_SPARK", '{"conn_type": "spark", "host": "local[1]"}')
     conf_dir = tmp_path / "conf"
@@ -87,7 +86,9 @@ def test_spark_credentials_reach_the_job_but_no_command_line(monkeypatch, tmp_pa
     conf = {"spark.hadoop.fs.s3a.session.token": token, "spark.hadoop.fs.s3a.encryption.key": key}
     app, out = tmp_path / "app.py", tmp_path / "out.json"
     app.write_text(APP)
-    before = set(Path(tempfile.gettempdir()).glob("dlpipe-spark-*"))
+    from dlpipe.spark_submit import _private_dir
+
+    before = set(Path(_private_dir()).glob("dlpipe-spark-*"))
     hooks: list = []
     hook_submitter("dlpipe_spark", conf, "t.secrets", hooks)(str(app), [str(out), token[::-1]])
     got = json.loads(out.read_text())
@@ -96,7 +97,7 @@ def test_spark_credentials_reach_the_job_but_no_command_line(monkeypatch, tmp_pa
     assert got["seen"] == [], "the token is on a command line"
     command = hooks[0]._build_spark_submit_command(str(app))
     assert not [a for a in command if token in a or key in a]
-    assert set(Path(tempfile.gettempdir()).glob("dlpipe-spark-*")) == before  # the file was removed
+    assert set(Path(_private_dir()).glob("dlpipe-spark-*")) == before  # the file was removed
 
 
 def test_the_properties_file_is_private_and_parses_back(tmp_path, monkeypatch):
@@ -121,6 +122,32 @@ def test_the_properties_file_is_private_and_parses_back(tmp_path, monkeypatch):
     assert lines[1] == "spark.kafka.sasl.jaas.config=x required;\\nnext"
     with secret_properties({}) as none:
         assert none is None
+
+
+def test_keys_with_separators_switches_and_orphaned_files(tmp_path, monkeypatch):
+    """A key holding '=', ':' or a space stays one key; a credential setting that is a switch
+    (true/false) is not masked, which would hide every such word in every log; the folder of a
+    submission killed before its cleanup is removed by the next one."""
+    import os
+    import subprocess
+    import sys
+
+    from dlpipe import spark_submit
+    from dlpipe.spark_submit import _properties_escape, secret_properties, secret_values
+
+    assert _properties_escape("a=b:c d", key=True) == "a\\=b\\:c\\ d"
+    assert secret_values({"spark.security.credentials.hive.enabled": "false", "x.token": "T0KEN"}) == ["T0KEN"]
+    monkeypatch.setattr(spark_submit, "_private_dir", lambda: str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = tmp_path / f"dlpipe-spark-{dead.pid}-abc"
+    orphan.mkdir()
+    (orphan / "credentials.properties").write_text("k=v\n")
+    alive = tmp_path / f"dlpipe-spark-{os.getpid()}-def"  # a submission still running: kept
+    alive.mkdir()
+    with secret_properties({"x.token": "v"}) as path:
+        assert Path(path).parent.parent == tmp_path
+    assert not orphan.exists() and alive.exists()
 
 
 def test_a_secret_cut_by_the_audit_logs_length_limit_is_still_masked(tmp_path):

@@ -524,3 +524,21 @@ def test_the_cache_default_and_its_bad_values(dataset):
     for bad in (-1, 1.5, True, "1GB"):
         with pytest.raises(ValueError, match=r"cache_bytes=.* must be an integer >= 0"):
             ShardLoader(dataset, COLUMNS, "label", cache_bytes=bad)
+
+
+def test_a_failed_decode_gives_its_room_in_the_cache_back(dataset, monkeypatch):
+    import training.loader as loader_module
+
+    real = loader_module.column_chunks
+
+    def fails(*args, **kwargs):
+        raise IOError("a truncated file")
+
+    loader = ShardLoader(dataset, COLUMNS, "label", batch_size=100, workers=1, cache_bytes=10 ** 9)
+    monkeypatch.setattr(loader_module, "column_chunks", fails)
+    with pytest.raises(IOError, match="truncated"):
+        drain(loader, 0)
+    assert loader._cache_reserved == 0 and not loader._cache
+    monkeypatch.setattr(loader_module, "column_chunks", real)
+    drain(loader, 1)
+    assert loader._cache_reserved == sum((len(COLUMNS) + 1) * g.rows * 4 for g in loader.groups)

@@ -71,7 +71,7 @@ def test_horovod_ranks_get_no_credentials(monkeypatch):
 
 MORE_SECRETS = ["AZURE_STORAGE_CONNECTION_STRING", "DB_PASS", "GITHUB_PAT", "KAFKA_SASL_JAAS_CONFIG",
                 "DOCKER_AUTH_CONFIG", "SLACK_WEBHOOK_URL", "OPENAI_APIKEY", "NPM_CONFIG__AUTH", "REDIS_PW",
-                "SSH_PRIVATE_KEY_PATH", "AZURE_SAS_TOKEN"]
+                "SSH_PRIVATE_KEY", "AZURE_SAS_TOKEN"]
 
 
 @pytest.mark.parametrize("name", MORE_SECRETS)
@@ -80,3 +80,20 @@ def test_credential_names_of_other_tools_stay_out_of_the_ranks_too(monkeypatch, 
 
     monkeypatch.setenv(name, "value-of-a-credential")
     assert name not in training_env()
+
+
+@pytest.mark.parametrize("name, value", [
+    ("SSH_AUTH_SOCK", "/tmp/ssh-x/agent.1"), ("AWS_SHARED_CREDENTIALS_FILE", "/home/u/.aws/credentials"),
+    ("GOOGLE_APPLICATION_CREDENTIALS", "/etc/gcp/sa.json"), ("AWS_WEB_IDENTITY_TOKEN_FILE", "/var/run/token"),
+    ("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "/v2/credentials/x"), ("NCCL_SOCKET_IFNAME", "eth0"),
+    ("HOROVOD_GLOO_TIMEOUT_SECONDS", "60"), ("LD_LIBRARY_PATH", "/usr/local/cuda/lib64"), ("OMP_NUM_THREADS", "4"),
+])
+def test_where_credentials_are_and_what_ranks_need_still_reach_them(monkeypatch, name, value):
+    """Credentials travel as files, ssh-agent and roles: the names that point at them pass, as
+    variables in the operator's env= too."""
+    from training.launcher import training_env
+
+    monkeypatch.setenv(name, value)
+    assert training_env()[name] == value
+    assert training_env({name: value})[name] == value  # not refused as a credential
+

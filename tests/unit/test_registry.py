@@ -183,3 +183,34 @@ def test_concurrent_forward_promotions_end_at_the_newest_data(tmp_path):
         run_processes(_promote_one, [(str(root), v["2026-01-03"], alias), (str(root), v["2026-01-02"], alias)],
                       timeout=60, barrier=True)
         assert registry.get_alias(LocalStore(root), "eta", alias)["version"] == v["2026-01-03"]
+
+
+class _ReplyLostThenMovedAgain:
+    """A store whose compare-and-swap writes, then loses its reply while another writer moves
+    the alias once more, so that the client's repeat is refused: what S3 and boto3's retry can
+    do. The writes themselves are the real store's."""
+
+    def __init__(self, inner, other_version: int) -> None:
+        self.inner, self.other_version, self.uri = inner, other_version, inner.uri
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def put_if_match(self, key, data, token):
+        self.inner.put_if_match(key, data, token)
+        registry.promote(self.inner, "eta", "production", self.other_version, run=RunContext(run_id="other"))
+        raise CommitConflict(f"{key} changed since it was read")
+
+
+def test_a_move_whose_reply_was_lost_counts_even_after_another_move(store, tmp_path):
+    from dlpipe import audit
+
+    run = RunContext(dag_id="d", run_id="ours")
+    for i in (1, 2):
+        registry.register(store, "eta", _model(tmp_path, b"w%d" % i), metrics={}, lineage={"i": i}, run=run)
+    doc = registry.promote(_ReplyLostThenMovedAgain(store, other_version=2), "eta", "production", 1, run=run)
+    assert doc["version"] == 1  # our move happened, and is reported as such
+    history = registry.get_alias(store, "eta", "production")["history"]
+    assert [(m["to_version"], m["run_id"]) for m in history] == [(1, "ours"), (2, "other")]
+    assert [(e["event"], e["run"]["run_id"]) for e in audit.read() if e["stage"] == "alias"] == [
+        ("committed", "other"), ("committed", "ours")]
