@@ -61,6 +61,8 @@ class LocalStore:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).expanduser().resolve()
         self.uri = str(self.root)
+        if self.root.exists() and not self.root.is_dir():  # would read as an empty registry
+            raise ConfigError("registry root", str(root), "name a directory (created on first use), not a file")
 
     def _path(self, key: str) -> Path:
         path = (self.root / key).resolve()

@@ -102,6 +102,9 @@ def test_bad_names_and_refs_are_explained(tmp_path):
         registry.get_version(LocalStore(tmp_path), "eta", 7)
     with pytest.raises(ConfigError, match="s3://"):
         open_store("gs://bucket/x")
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(ConfigError, match="registry root=.*a-file.*not a file"):
+        open_store(str(tmp_path / "a-file"))  # it used to list as an empty registry
 
 
 def test_a_file_changed_since_its_commit_is_refused(store, tmp_path):
