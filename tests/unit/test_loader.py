@@ -242,7 +242,11 @@ def reference_stream(loader: ShardLoader, epoch: int) -> tuple[np.ndarray, np.nd
 def test_the_stream_is_exactly_the_reference(dataset, shuffle, window, batch, drop_last, workers):
     loader = ShardLoader(dataset, COLUMNS, "label", batch_size=batch, seed=11, shuffle=shuffle,
                          shuffle_window=window, drop_last=drop_last, workers=workers, rank=1, size=2)
-    for epoch in (0, 1):
+    assert_the_reference_stream(loader, (0, 1))
+
+
+def assert_the_reference_stream(loader: ShardLoader, epochs) -> None:
+    for epoch in epochs:
         x, y, sizes = drain(loader, epoch)
         rx, ry, rsizes = reference_stream(loader, epoch)
         assert sizes == rsizes
@@ -490,12 +494,7 @@ def test_cached_row_groups_give_the_reference_stream_without_reading_the_files(d
         raise AssertionError("a cached row group was read again")
 
     monkeypatch.setattr(loader_module, "column_chunks", no_reads)
-    for epoch in (1, 2):
-        x, y, sizes = drain(loader, epoch)
-        rx, ry, rsizes = reference_stream(loader, epoch)
-        assert sizes == rsizes
-        np.testing.assert_array_equal(x, rx)
-        np.testing.assert_array_equal(y, ry)
+    assert_the_reference_stream(loader, (1, 2))
     uncached = ShardLoader(dataset, COLUMNS, "label", batch_size=130, seed=5, shuffle=shuffle, shuffle_window=3,
                            rank=0, size=2, cache_bytes=0)
     with pytest.raises(AssertionError, match="read again"):  # the check above can fail
@@ -506,11 +505,7 @@ def test_a_cache_too_small_for_the_shard_keeps_what_fits_and_decodes_the_rest(da
     group_bytes = (len(COLUMNS) + 1) * 250 * 4
     loader = ShardLoader(dataset, COLUMNS, "label", batch_size=100, seed=2, rank=0, size=1,
                          cache_bytes=5 * group_bytes + 10)
-    for epoch in (0, 1, 2):
-        x, y, _ = drain(loader, epoch)
-        rx, ry, _ = reference_stream(loader, epoch)
-        np.testing.assert_array_equal(x, rx)
-        np.testing.assert_array_equal(y, ry)
+    assert_the_reference_stream(loader, (0, 1, 2))
     assert len(loader._cache) == 5 and loader._cache_reserved == 5 * group_bytes
 
 
