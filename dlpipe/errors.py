@@ -7,17 +7,28 @@ import re
 # What a message never shows of a value: a URL's user and password, and anything filed under a
 # credential's name. A bad value can be a whole section (a misspelt one, a mapping where a string
 # belongs), and those messages reach Airflow's import errors, task logs and the audit log.
-_URL_USER = re.compile(r"(?<=://)[^\s'\"]*@")  # to the last '@': AWS secret keys hold '/'s
-_SECRET_NAME = re.compile(r"secret|password|passwd|token|credential|private|_key$|\.key$|apikey",
-                          re.IGNORECASE)
+_URL_USER = re.compile(r"(?<=://)([^\s'\"]*)@")  # to the last '@': AWS secret keys hold '/'s
+_SECRET_NAME = re.compile(r"secret|password|passwd|credential|apikey|api_key|private_key|access_key"
+                          r"|account_key|session_token|_token$|^token$", re.IGNORECASE)
+
+
+def _hide_login(match: re.Match) -> str:
+    """``user:password@`` becomes ``***@``; an '@' in a path (``s3://bucket/eta@3/m.pt``) stays."""
+    before = match.group(1)
+    slash = before.find("/")
+    if slash == -1 or 0 <= before.find(":") < slash:
+        return "***@"
+    return match.group(0)
 
 
 def redacted(value: object) -> object:
-    """``value`` fit for an error message: URL credentials and credential-named entries masked."""
+    """``value`` fit for an error message: URL logins, and strings filed under a credential's
+    name, masked (mappings and lists under such a name are looked into, not hidden)."""
     if isinstance(value, str):
-        return _URL_USER.sub("***@", value)
+        return _URL_USER.sub(_hide_login, value)
     if isinstance(value, dict):
-        return {k: "***" if _SECRET_NAME.search(str(k)) else redacted(v) for k, v in value.items()}
+        return {k: "***" if isinstance(v, str) and _SECRET_NAME.search(str(k)) else redacted(v)
+                for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [redacted(v) for v in value]
     return value

@@ -69,18 +69,29 @@ def _private_dir() -> str:
     return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
 
 
+def _owner_tag() -> str:
+    """This process as folder names give it: its PID namespace and pid. A pid means something
+    only in its namespace, and containers can share /dev/shm."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid").strip("pid:[]")
+    except OSError:
+        namespace = "0"
+    return f"{namespace}-{os.getpid()}"
+
+
 def _remove_orphans(parent: str) -> None:
-    """Remove the credential folders of this user's submissions whose process is gone (killed
-    before its cleanup ran); each folder is named after the process that made it."""
-    for folder in Path(parent).glob(f"{_FOLDER_PREFIX}*-*"):
+    """Remove the credential folders of this user's submissions, in this PID namespace, whose
+    process is gone (killed before its cleanup ran)."""
+    namespace = _owner_tag().split("-")[0]
+    for folder in Path(parent).glob(f"{_FOLDER_PREFIX}{namespace}-*-*"):
         try:
-            pid = int(folder.name[len(_FOLDER_PREFIX):].split("-")[0])
+            pid = int(folder.name[len(_FOLDER_PREFIX):].split("-")[1])
             if folder.stat().st_uid != os.getuid():
                 continue
             os.kill(pid, 0)  # raises when no such process
         except ProcessLookupError:
             shutil.rmtree(folder, ignore_errors=True)
-        except (ValueError, OSError):  # not ours to judge: another user's process, a stray name
+        except (ValueError, IndexError, OSError):  # not ours to judge: another user's process, a stray name
             continue
 
 
@@ -96,7 +107,7 @@ def secret_properties(secret: dict[str, str]) -> Iterator[str | None]:
         return
     parent = _private_dir()
     _remove_orphans(parent)
-    folder = tempfile.mkdtemp(prefix=f"{_FOLDER_PREFIX}{os.getpid()}-", dir=parent)  # mode 0700
+    folder = tempfile.mkdtemp(prefix=f"{_FOLDER_PREFIX}{_owner_tag()}-", dir=parent)  # mode 0700
     try:
         defaults = _defaults_file()
         text = (defaults.read_text(encoding="utf-8") + "\n") if defaults else ""

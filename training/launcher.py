@@ -43,7 +43,8 @@ def horovodrun_argv(scale: ScaleConfig, command: Sequence[str]) -> list[str]:
 # Airflow's connections, variables and whole configuration (its database URL holds a password),
 # anything named like a credential, and any value that is a URL with a user and password in it.
 SECRET_ENV = re.compile(r"^(AIRFLOW_CONN_|AIRFLOW_VAR_|AIRFLOW__)|(SECRET|PASSWORD|PASSWD|TOKEN|FERNET|_KEY$"
-                        r"|APIKEY|CREDENTIAL|_DSN$|DATABASE_URL|CONNECTION_STRING|_PASS$|_PW$|_PWD$|_PAT$"
+                        r"|_KEYS$|APIKEY|CREDENTIAL|_DSN$|DATABASE_URL|CONNECTION_STRING|_PASS$|PASSPHRASE"
+                        r"|_PW$|_PWD$|_PAT$"
                         r"|_AUTH$|AUTH_CONFIG|JAAS|WEBHOOK|PRIVATE|_SAS_|SAS_TOKEN)", re.IGNORECASE)
 # Names of that kind that hold where a credential is, not the credential: a file (the way to give
 # ranks credentials), ssh-agent's socket (horovodrun's own ssh to other hosts), a task role's address.
@@ -52,10 +53,15 @@ LOCATOR_ENV = re.compile(r"(_FILE|_PATH|_SOCK|_DIR)$|^GOOGLE_APPLICATION_CREDENT
 URL_WITH_PASSWORD = re.compile(r"://[^/\s@]*:[^/\s@]*@")
 
 
+LOCATION = re.compile(r"^(/|\./|~|https?://)[^\n{]*$")  # a path or an address, not a key pasted in
+
+
 def _secret(name: str, value: str) -> bool:
-    if URL_WITH_PASSWORD.search(value) or name.upper().startswith(("AIRFLOW_CONN_", "AIRFLOW_VAR_", "AIRFLOW__")):
-        return True
-    return bool(SECRET_ENV.search(name)) and not LOCATOR_ENV.search(name)
+    if URL_WITH_PASSWORD.search(value) or "PRIVATE KEY-----" in value \
+            or name.upper().startswith(("AIRFLOW_CONN_", "AIRFLOW_VAR_", "AIRFLOW__")):
+        return True  # by value, whatever the name: a login in a URL, a PEM private key
+    located = LOCATOR_ENV.search(name) and LOCATION.match(value) and "-----BEGIN" not in value
+    return bool(SECRET_ENV.search(name)) and not located
 
 
 def check_rank_env(extra: dict[str, str]) -> None:

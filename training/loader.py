@@ -125,7 +125,8 @@ class ShardLoader:
         if cache_bytes is not None and (isinstance(cache_bytes, bool) or not isinstance(cache_bytes, numbers.Integral)
                                         or cache_bytes < 0):
             raise ValueError(f"cache_bytes={cache_bytes!r} must be an integer >= 0 (0: no cache) or None (auto)")
-        shard_bytes = self.num_rows * (len(self.columns) + 1) * 4
+        pinned = self.device.type == "cuda"  # the GPU path keeps its pinned blocks, rounded up
+        shard_bytes = sum(self._cache_cost(g, pinned) for g in self.groups)
         self.cache_bytes = 0 if processes else (
             auto_cache_bytes(shard_bytes, size) if cache_bytes is None else int(cache_bytes))
         self._cache: dict[RowGroup, torch.Tensor] = {}  # row group -> its decoded [f + 1, rows] block

@@ -140,14 +140,17 @@ def test_keys_with_separators_switches_and_orphaned_files(tmp_path, monkeypatch)
     monkeypatch.setattr(spark_submit, "_private_dir", lambda: str(tmp_path))
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    orphan = tmp_path / f"dlpipe-spark-{dead.pid}-abc"
+    namespace = spark_submit._owner_tag().split("-")[0]
+    orphan = tmp_path / f"dlpipe-spark-{namespace}-{dead.pid}-abc"
     orphan.mkdir()
     (orphan / "credentials.properties").write_text("k=v\n")
-    alive = tmp_path / f"dlpipe-spark-{os.getpid()}-def"  # a submission still running: kept
-    alive.mkdir()
+    alive = tmp_path / f"dlpipe-spark-{namespace}-{os.getpid()}-def"  # a submission still running: kept
+    elsewhere = tmp_path / f"dlpipe-spark-1-{dead.pid}-ghi"  # another PID namespace's: not ours to judge
+    for folder in (alive, elsewhere):
+        folder.mkdir()
     with secret_properties({"x.token": "v"}) as path:
         assert Path(path).parent.parent == tmp_path
-    assert not orphan.exists() and alive.exists()
+    assert not orphan.exists() and alive.exists() and elsewhere.exists()
 
 
 def test_a_secret_cut_by_the_audit_logs_length_limit_is_still_masked(tmp_path):

@@ -107,3 +107,20 @@ def test_shipped_pipeline_config_is_valid():
                         ("scale", ScaleConfig), ("model_gate", ModelGateConfig)]:
         assert section(pipeline, name, model) is not None
     assert section(pipeline, "scale", ScaleConfig).num_proc == 2
+
+
+def test_error_values_hide_logins_and_credentials_but_not_what_the_user_must_fix():
+    from dlpipe.errors import ConfigError
+
+    cases = {
+        "s3://AKIA:wJal/K7MD@bucket/m": "s3://***@bucket/m",  # an AWS secret key holds '/'
+        "http://u:p@h/x and s3://bucket/x": "http://***@h/x and s3://bucket/x",
+        "s3://bucket/models/eta@3/model.pt": "s3://bucket/models/eta@3/model.pt",  # an '@' in a path
+    }
+    for value, shown in cases.items():
+        assert ConfigError("f", value, "fix").value == shown
+    section = {"aws_secret_access_key": "zzz", "session_token": "t", "order_key": {"min": 0},
+               "tokenizer": "bert", "root": "s3://k:s@b/r"}
+    assert ConfigError("f", section, "fix").value == {
+        "aws_secret_access_key": "***", "session_token": "***", "order_key": {"min": 0},
+        "tokenizer": "bert", "root": "s3://***@b/r"}

@@ -158,6 +158,8 @@ def test_the_gpu_paths_windows_give_the_cpu_batches_without_a_gpu(dataset, monke
         def record(self, stream=None) -> None:
             pass
 
+    import training.loader as loader_module
+
     monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
     monkeypatch.setattr(torch.cuda, "Event", Event)
     kw = dict(batch_size=batch, seed=3, shuffle=shuffle, shuffle_window=window, drop_last=drop_last, rank=1, size=2)
@@ -176,6 +178,9 @@ def test_the_gpu_paths_windows_give_the_cpu_batches_without_a_gpu(dataset, monke
             assert xg.is_contiguous()
             torch.testing.assert_close(xg, xc.contiguous(), rtol=0, atol=0)
             torch.testing.assert_close(yg, yc, rtol=0, atol=0)
+        if epoch == 0:  # the GPU path keeps its decoded blocks too: epoch 1 must not read a file
+            assert set(emulated._cache) == set(emulated.groups)
+            monkeypatch.setattr(loader_module, "column_chunks", _no_reads)
 
 
 def _splitmix(s: int) -> int:
@@ -490,10 +495,7 @@ def test_cached_row_groups_give_the_reference_stream_without_reading_the_files(d
     drain(loader, 0)  # the first epoch decodes and keeps every row group
     assert set(loader._cache) == set(loader.groups)
 
-    def no_reads(*args, **kwargs):
-        raise AssertionError("a cached row group was read again")
-
-    monkeypatch.setattr(loader_module, "column_chunks", no_reads)
+    monkeypatch.setattr(loader_module, "column_chunks", _no_reads)
     assert_the_reference_stream(loader, (1, 2))
     uncached = ShardLoader(dataset, COLUMNS, "label", batch_size=130, seed=5, shuffle=shuffle, shuffle_window=3,
                            rank=0, size=2, cache_bytes=0)
@@ -507,6 +509,19 @@ def test_a_cache_too_small_for_the_shard_keeps_what_fits_and_decodes_the_rest(da
                          cache_bytes=5 * group_bytes + 10)
     assert_the_reference_stream(loader, (0, 1, 2))
     assert len(loader._cache) == 5 and loader._cache_reserved == 5 * group_bytes
+
+
+def _no_reads(*args, **kwargs):
+    raise AssertionError("a cached row group was read again")
+
+
+def test_the_gpu_paths_default_cache_holds_the_shard_in_rounded_pinned_blocks(dataset):
+    """torch's pinned-memory allocator rounds a block up to a power of two: the default budget
+    on a GPU counts the blocks so, or part of the shard would be decoded every epoch."""
+    loader = ShardLoader(dataset, COLUMNS, "label", device="cuda")  # nothing touches CUDA before an epoch
+    block = (len(COLUMNS) + 1) * 250 * 4  # 4,000 bytes, kept in 4,096
+    assert loader._cache_cost(loader.groups[0], pinned=True) == 4096
+    assert loader.cache_bytes == 12 * 4096 > 12 * block
 
 
 def test_the_cache_default_and_its_bad_values(dataset):

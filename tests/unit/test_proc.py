@@ -97,3 +97,18 @@ def test_where_credentials_are_and_what_ranks_need_still_reach_them(monkeypatch,
     assert training_env()[name] == value
     assert training_env({name: value})[name] == value  # not refused as a credential
 
+
+@pytest.mark.parametrize("name, value", [
+    ("DB_PASSWORD_FILE", "hunter2"),  # a locator's name, a secret's value
+    ("GOOGLE_APPLICATION_CREDENTIALS", '{"type": "service_account", "private_key": "x"}'),
+    ("SSH_KEY_PATH", "-----BEGIN OPENSSH PRIVATE KEY-----"), ("GPG_PASSPHRASE", "p"), ("OPENAI_API_KEYS", "k1,k2"),
+])
+def test_a_secret_in_a_locators_name_or_a_new_kind_of_name_stays_out(monkeypatch, name, value):
+    from dlpipe.errors import ConfigError
+    from training.launcher import training_env
+
+    monkeypatch.setenv(name, value)
+    assert name not in training_env()
+    with pytest.raises(ConfigError, match=name):
+        training_env({name: value})
+
