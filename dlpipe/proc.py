@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -20,6 +21,10 @@ from typing import Callable, Mapping, Sequence
 from dlpipe.errors import SubprocessFailed
 
 log = logging.getLogger(__name__)
+
+# Airflow's own secrets in a task's environment: its connections, variables and whole
+# configuration (its database URL holds a password). No tool dlpipe starts needs them.
+AIRFLOW_SECRET_ENV = re.compile(r"AIRFLOW_CONN_|AIRFLOW_VAR_|AIRFLOW__")
 
 
 def run_streaming(

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from dlpipe.proc import run_streaming
+from dlpipe.proc import AIRFLOW_SECRET_ENV, run_streaming
 
 SparkSubmit = Callable[[str, Sequence[str]], None]
 
@@ -69,21 +69,24 @@ def _private_dir() -> str:
     return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
 
 
-def _owner_tag() -> str:
-    """This process as folder names give it: its PID namespace and pid. A pid means something
-    only in its namespace, and containers can share /dev/shm."""
+def _pid_namespace() -> str:
+    """This process's PID namespace: a pid means something only there, and containers can
+    share /dev/shm."""
     try:
-        namespace = os.readlink("/proc/self/ns/pid").strip("pid:[]")
+        return os.readlink("/proc/self/ns/pid").strip("pid:[]")
     except OSError:
-        namespace = "0"
-    return f"{namespace}-{os.getpid()}"
+        return "0"
+
+
+def _owner_tag() -> str:
+    """This process as folder names give it: its PID namespace and pid."""
+    return f"{_pid_namespace()}-{os.getpid()}"
 
 
 def _remove_orphans(parent: str) -> None:
     """Remove the credential folders of this user's submissions, in this PID namespace, whose
     process is gone (killed before its cleanup ran)."""
-    namespace = _owner_tag().split("-")[0]
-    for folder in Path(parent).glob(f"{_FOLDER_PREFIX}{namespace}-*-*"):
+    for folder in Path(parent).glob(f"{_FOLDER_PREFIX}{_pid_namespace()}-*-*"):
         try:
             pid = int(folder.name[len(_FOLDER_PREFIX):].split("-")[1])
             if folder.stat().st_uid != os.getuid():
@@ -145,11 +148,6 @@ def default_conf() -> dict[str, str]:
         "spark.sql.session.timeZone": "UTC",
         "spark.ui.showConsoleProgress": "false",
     }
-
-
-# Airflow's own secrets (connections, variables, its whole configuration, whose database URL
-# holds a password): a Spark application has no use for them, so they are not passed on.
-AIRFLOW_SECRET_ENV = re.compile(r"AIRFLOW_CONN_|AIRFLOW_VAR_|AIRFLOW__")
 
 
 def spark_env() -> dict[str, str]:

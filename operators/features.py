@@ -18,13 +18,13 @@ from operators.base import DlpipeOperator
 log = logging.getLogger(__name__)
 
 
-def mask_conf_secrets(conf: dict[str, Any]) -> None:
-    """Register the values of credential settings (``dlpipe.spark_submit.SECRET_CONF``) with
-    Airflow's secrets masker and with the audit log. They are not on spark-submit's command line
+def mask_conf_secrets(secret: dict[str, str]) -> None:
+    """Register the values of credential settings (``split_secret_conf``) with Airflow's secrets
+    masker and with the audit log. They are not on spark-submit's command line
     (``secret_properties``), but a Spark error message or a driver's log can still repeat one."""
     from airflow.sdk.log import mask_secret
 
-    for value in secret_values(split_secret_conf(conf)[1]):
+    for value in secret_values(secret):
         mask_secret(value)
         audit.hide(value)
 
@@ -35,9 +35,8 @@ def hook_submitter(conn_id: str, conf: dict[str, str] | None, name: str, holder:
     ``resources`` are SparkSubmitHook's own arguments (executor_memory, total_executor_cores...)."""
     from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
 
-    mask_conf_secrets(conf or {})
-
     plain, secret = split_secret_conf({**default_conf(), **(conf or {})})
+    mask_conf_secrets(secret)
 
     def submit(application: str, args: Sequence[str]) -> None:
         with secret_properties(secret) as properties:

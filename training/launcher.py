@@ -12,7 +12,7 @@ import sys
 from typing import Callable, Sequence
 
 from dlpipe.errors import ConfigError, SubprocessFailed
-from dlpipe.proc import run_streaming
+from dlpipe.proc import AIRFLOW_SECRET_ENV, run_streaming
 from training.config import ScaleConfig
 
 log = logging.getLogger(__name__)
@@ -42,10 +42,9 @@ def horovodrun_argv(scale: ScaleConfig, command: Sequence[str]) -> list[str]:
 # line of every remote rank (visible to `ps` on that host), so they are not passed on at all:
 # Airflow's connections, variables and whole configuration (its database URL holds a password),
 # anything named like a credential, and any value that is a URL with a user and password in it.
-SECRET_ENV = re.compile(r"^(AIRFLOW_CONN_|AIRFLOW_VAR_|AIRFLOW__)|(SECRET|PASSWORD|PASSWD|TOKEN|FERNET|_KEY$"
-                        r"|_KEYS$|APIKEY|CREDENTIAL|_DSN$|DATABASE_URL|CONNECTION_STRING|_PASS$|PASSPHRASE"
-                        r"|_PW$|_PWD$|_PAT$"
-                        r"|_AUTH$|AUTH_CONFIG|JAAS|WEBHOOK|PRIVATE|_SAS_|SAS_TOKEN)", re.IGNORECASE)
+SECRET_ENV = re.compile(r"SECRET|PASSWORD|PASSWD|TOKEN|FERNET|_KEY$|_KEYS$|APIKEY|CREDENTIAL|_DSN$|DATABASE_URL"
+                        r"|CONNECTION_STRING|_PASS$|PASSPHRASE|_PW$|_PWD$|_PAT$|_AUTH$|AUTH_CONFIG|JAAS|WEBHOOK"
+                        r"|PRIVATE|_SAS_|SAS_TOKEN", re.IGNORECASE)
 # Names of that kind that hold where a credential is, not the credential: a file (the way to give
 # ranks credentials), ssh-agent's socket (horovodrun's own ssh to other hosts), a task role's address.
 LOCATOR_ENV = re.compile(r"(_FILE|_PATH|_SOCK|_DIR)$|^GOOGLE_APPLICATION_CREDENTIALS$"
@@ -57,9 +56,8 @@ LOCATION = re.compile(r"^(/|\./|~|https?://)[^\n{]*$")  # a path or an address, 
 
 
 def _secret(name: str, value: str) -> bool:
-    if URL_WITH_PASSWORD.search(value) or "PRIVATE KEY-----" in value \
-            or name.upper().startswith(("AIRFLOW_CONN_", "AIRFLOW_VAR_", "AIRFLOW__")):
-        return True  # by value, whatever the name: a login in a URL, a PEM private key
+    if AIRFLOW_SECRET_ENV.match(name.upper()) or URL_WITH_PASSWORD.search(value) or "PRIVATE KEY-----" in value:
+        return True  # Airflow's own; and by value, whatever the name: a login in a URL, a PEM private key
     located = LOCATOR_ENV.search(name) and LOCATION.match(value) and "-----BEGIN" not in value
     return bool(SECRET_ENV.search(name)) and not located
 

@@ -494,13 +494,13 @@ class ShardLoader:
         cached = self._cache.get(g)
         if cached is not None:
             return cached
-        block = torch.empty((len(self.columns) + 1, g.rows), dtype=torch.float32,
-                            pin_memory=self.device.type == "cuda")
+        pinned = self.device.type == "cuda"
+        block = torch.empty((len(self.columns) + 1, g.rows), dtype=torch.float32, pin_memory=pinned)
         out = block.numpy()
         for first, values in self._chunks(g):
             for j, column in enumerate(values, first):
                 out[j] = column
-        if self._reserve(g, pinned=block.is_pinned()):
+        if self._reserve(g, pinned):
             self._cache[g] = block
         return block
 
@@ -512,7 +512,8 @@ class ShardLoader:
         if cached is not None:
             place_columns(buf, cached.numpy(), at)
             return
-        keep = torch.empty((len(self.columns) + 1, g.rows), dtype=torch.float32) if self._reserve(g) else None
+        cost = self._reserve(g)
+        keep = torch.empty((len(self.columns) + 1, g.rows), dtype=torch.float32) if cost else None
         kept = keep.numpy() if keep is not None else None
         try:
             for first, values in self._chunks(g):
@@ -520,8 +521,7 @@ class ShardLoader:
                 if kept is not None:
                     kept[first:first + len(values)] = values
         except BaseException:
-            if keep is not None:
-                self._release(g)
+            self._release(cost)
             raise
         if keep is not None:
             self._cache[g] = keep
@@ -531,20 +531,20 @@ class ShardLoader:
         # torch's pinned-memory allocator rounds every block up to a power of two
         return 1 << (nbytes - 1).bit_length() if pinned else nbytes
 
-    def _reserve(self, g: RowGroup, pinned: bool = False) -> bool:
-        """Whether the cache has room for ``g`` (then taken for it); a row group that did not fit
-        is decoded every epoch."""
+    def _reserve(self, g: RowGroup, pinned: bool = False) -> int:
+        """The room taken in the cache for ``g``, 0 when it has none (a row group that did not
+        fit is decoded every epoch)."""
         cost = self._cache_cost(g, pinned)
         with self._cache_lock:
             if g in self._cache or self._cache_reserved + cost > self.cache_bytes:
-                return False
+                return 0
             self._cache_reserved += cost
-            return True
+            return cost
 
-    def _release(self, g: RowGroup) -> None:
-        """Give back the room taken for a row group whose decoding failed."""
+    def _release(self, cost: int) -> None:
+        """Give back the room a reservation took (its row group's decoding failed)."""
         with self._cache_lock:
-            self._cache_reserved -= self._cache_cost(g)
+            self._cache_reserved -= cost
 
 
 def auto_cache_bytes(shard_bytes: int, ranks: int) -> int:

@@ -140,7 +140,7 @@ def test_keys_with_separators_switches_and_orphaned_files(tmp_path, monkeypatch)
     monkeypatch.setattr(spark_submit, "_private_dir", lambda: str(tmp_path))
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    namespace = spark_submit._owner_tag().split("-")[0]
+    namespace = spark_submit._pid_namespace()
     orphan = tmp_path / f"dlpipe-spark-{namespace}-{dead.pid}-abc"
     orphan.mkdir()
     (orphan / "credentials.properties").write_text("k=v\n")
