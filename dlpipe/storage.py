@@ -258,9 +258,7 @@ class S3Store:
             elif len(parts) != len(sent):
                 raise IntegrityError(f"{self.uri}/{key}: the file has {len(sent)} parts, its commit "
                                      f"recorded {len(parts)}; it changed after it was committed")
-            resp = self.client.complete_multipart_upload(
-                Bucket=self.bucket, Key=s3key, UploadId=upload_id,
-                MultipartUpload={"Parts": [p for p, _ in sent]})
+            resp = self._complete(s3key, upload_id, [p for p, _ in sent], [d for _, d in sent])
         except BaseException:
             try:
                 self.client.abort_multipart_upload(Bucket=self.bucket, Key=s3key, UploadId=upload_id)
@@ -268,6 +266,30 @@ class S3Store:
                 log.warning("could not abort multipart upload %s of %s", upload_id, s3key)
             raise
         return resp, [d for _, d in sent]
+
+    def _complete(self, s3key: str, upload_id: str, parts: list[dict], digests: list[bytes]) -> dict:
+        """CompleteMultipartUpload, whose repeat may find the upload gone because it completed.
+
+        boto3 repeats a Complete whose reply was lost. Some S3-compatible stores forget an upload
+        once it is complete and answer that repeat with NoSuchUpload, which also means "aborted
+        or expired". The object stored under the key tells the two apart: if it carries exactly
+        these parts' checksum, it is this upload's, and the answer is its HEAD.
+        """
+        try:
+            return self.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=s3key, UploadId=upload_id, MultipartUpload={"Parts": parts})
+        except Exception as exc:
+            if self._code(exc) != "NoSuchUpload":
+                raise
+            try:
+                head = self.client.head_object(Bucket=self.bucket, Key=s3key, ChecksumMode="ENABLED")
+            except Exception:
+                raise exc from None  # no object (or no answer): the upload's own error says more
+            if (head.get("ChecksumSHA256") or "").split("-")[0] != s3_checksum(digests, multipart=True):
+                raise
+            log.info("s3://%s/%s: the upload was already complete (its repeated Complete found no upload)",
+                     self.bucket, s3key)
+            return head
 
     def get(self, key: str) -> bytes:
         try:

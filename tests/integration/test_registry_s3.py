@@ -306,6 +306,56 @@ def test_a_lost_reply_to_an_alias_move_is_not_reported_as_a_concurrent_move(s3_s
     proxy.stop()
 
 
+NO_SUCH_UPLOAD = (b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>NoSuchUpload</Code><Message>The "
+                  b"specified upload does not exist. The upload ID may be invalid, or the upload may have been "
+                  b"aborted or completed.</Message></Error>")
+
+
+def _reply(status: str, body: bytes) -> bytes:
+    return (f"HTTP/1.1 {status}\r\nContent-Type: application/xml\r\nContent-Length: {len(body)}\r\n"
+            f"x-amz-request-id: proxy\r\n\r\n").encode() + body
+
+
+def test_a_repeated_complete_answered_no_such_upload_registers_what_was_stored(s3_server, s3_client, tmp_path):
+    """Some S3-compatible stores forget an upload once it is complete, and answer boto3's repeat of
+    a CompleteMultipartUpload whose reply was lost with NoSuchUpload (404). moto answers the repeat
+    with the object, so the proxy plays that store for the repeat: the object is there, with our
+    parts' checksum, and the registration goes on."""
+    store, proxy = _lossy_store(s3_server, s3_client)
+    proxy.lose_reply("POST", "uploadId=", then=_reply("404 Not Found", NO_SUCH_UPLOAD))
+    model = _model_dir(tmp_path, os.urandom(20 * 1024 * 1024), "model.bin")  # 2 parts
+    rec, created = registry.register(store, "eta", model, metrics={}, lineage={}, run=RunContext())
+    assert len(proxy.replies_lost) == 1 and len(proxy.replies_answered) == 1, "the fault was not injected"
+    assert created and rec["version"] == 1
+    registry.download(store, "eta", 1, tmp_path / "dl")
+    assert (tmp_path / "dl" / "model.bin").read_bytes() == (model / "model.bin").read_bytes()
+    proxy.stop()
+
+
+def test_no_such_upload_with_no_object_stored_still_fails(s3_server, s3_client, tmp_path):
+    """NoSuchUpload also means an upload aborted or expired before it completed: with no object
+    stored under the key, the upload fails and nothing is registered."""
+    store, proxy = _lossy_store(s3_server, s3_client)
+    proxy.lose_reply("POST", "uploadId=", then=_reply("404 Not Found", NO_SUCH_UPLOAD))
+    # the first Complete's reply is lost after moto stored the object; delete it before the repeat
+    # so that the store's answer is the truth: no upload and no object
+    real_complete = store.client.complete_multipart_upload
+
+    def complete_then_lose_object(**kwargs):
+        try:
+            return real_complete(**kwargs)
+        finally:
+            s3_client.delete_object(Bucket=kwargs["Bucket"], Key=kwargs["Key"])
+
+    store.client.complete_multipart_upload = complete_then_lose_object
+    model = _model_dir(tmp_path, os.urandom(20 * 1024 * 1024), "model.bin")
+    with pytest.raises(Exception, match="NoSuchUpload"):
+        registry.register(store, "eta", model, metrics={}, lineage={}, run=RunContext())
+    assert len(proxy.replies_answered) == 1, "the fault was not injected"
+    assert registry.list_versions(store, "eta") == []
+    proxy.stop()
+
+
 def test_a_lost_reply_to_a_completed_multipart_upload_still_registers(s3_server, s3_client, tmp_path):
     """boto3 repeats CompleteMultipartUpload after the object was made (moto answers the repeat
     with the object); the upload is still checked against its parts' checksums and kept."""
