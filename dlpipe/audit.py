@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from dlpipe import settings
+from dlpipe.errors import redacted
 from dlpipe.hashing import canonical_json
 from dlpipe.runctx import RunContext
 
@@ -78,7 +79,8 @@ def failed(exc: BaseException, *, stage: str, run: RunContext, **fields: Any) ->
     stage's commit records it with its attempt; the operator records what failed before)."""
     if getattr(exc, "_dlpipe_audited", False):
         return
-    text = _masked(f"{type(exc).__name__}: {exc}")  # masked before it is cut: a cut can split a secret
+    # masked before it is cut (a cut can split a secret); URL logins too, whoever registered them
+    text = redacted(_masked(f"{type(exc).__name__}: {exc}"))
     record("failed", stage=stage, run=run, error=text[:2000], **fields)
     try:
         exc._dlpipe_audited = True  # type: ignore[attr-defined]

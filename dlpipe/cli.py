@@ -14,7 +14,7 @@ from datetime import date
 from typing import Any, Sequence
 
 from dlpipe import audit, commit, registry, settings
-from dlpipe.errors import ConfigError, DlpipeError
+from dlpipe.errors import ConfigError, DlpipeError, redacted
 from dlpipe.lineage import manifest_tree
 from dlpipe.runctx import cli_context
 from dlpipe.storage import endpoint_url, open_store
@@ -52,9 +52,7 @@ def _store(args: argparse.Namespace):
         import boto3
 
         client = boto3.client("s3", endpoint_url=endpoint_url(args.endpoint_url))
-    elif root.startswith("s3://") and os.environ.get("AWS_ENDPOINT_URL"):
-        endpoint_url(os.environ["AWS_ENDPOINT_URL"], "AWS_ENDPOINT_URL")
-    return open_store(root, client)
+    return open_store(root, client)  # S3Store refuses an endpoint from the environment with a login
 
 
 def cmd_registry_register(args: argparse.Namespace) -> int:
@@ -422,7 +420,7 @@ def _s3_hint(exc: Exception) -> str | None:
         return ("no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, "
                 "or run where an instance role applies")
     if isinstance(exc, bc.EndpointConnectionError):
-        return f"{exc}; check --endpoint-url or AWS_ENDPOINT_URL, and that the server is up"
+        return f"{redacted(str(exc))}; check --endpoint-url or AWS_ENDPOINT_URL, and that the server is up"
     if isinstance(exc, bc.ClientError):
         return f"S3 refused the request: {exc}; check the bucket in --root and the credentials' rights"
     if isinstance(exc, bc.BotoCoreError):

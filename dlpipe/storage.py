@@ -143,6 +143,13 @@ class S3Store:
         if parsed.scheme != "s3" or not parsed.netloc:
             raise ConfigError("registry root", uri, "use s3://BUCKET[/PREFIX]")
         self.uri, self.bucket, self.prefix = uri.rstrip("/"), parsed.netloc, parsed.path.strip("/")
+        # The client's endpoint may come from AWS_ENDPOINT_URL(_S3), a profile or a connection's
+        # extras; botocore repeats it in connection errors, which reach task logs and the audit
+        # log, so one with a login in it is refused here, whichever way it came.
+        endpoint = getattr(getattr(client, "meta", None), "endpoint_url", None)
+        if isinstance(endpoint, str) and "@" in urlparse(endpoint).netloc:
+            endpoint_url(endpoint, "S3 endpoint URL (AWS_ENDPOINT_URL, AWS_ENDPOINT_URL_S3 or the connection's "
+                                   "endpoint_url)")
         self.client = client
 
     def _key(self, key: str) -> str:

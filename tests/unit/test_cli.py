@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from dlpipe import cli
+from dlpipe.errors import ConfigError
 
 
 def _run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -75,6 +76,40 @@ def test_credentials_in_a_root_or_endpoint_url_are_refused_without_being_shown(c
     monkeypatch.setenv("DLPIPE_REGISTRY_ROOT", f"ftp://u:{secret}@host/x")
     code, _, err = _run(capsys, "registry", "list")
     assert code == 2 and "registry root" in err and secret not in err
+
+
+@pytest.mark.parametrize("var", ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"])
+def test_an_endpoint_with_a_login_from_the_environment_is_refused_everywhere(capsys, monkeypatch, var):
+    """boto3 reads the endpoint from either variable (and from profiles and connection extras);
+    botocore repeats it in connection errors, so the store refuses a client whose endpoint has a
+    login, for the CLI and the operators alike."""
+    from operators.registry import registry_store
+
+    secret = "wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY"
+    for other in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(other, raising=False)
+    monkeypatch.setenv(var, f"http://AKIAEXAMPLE:{secret}@127.0.0.1:1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    code, _, err = _run(capsys, "registry", "list", "--root", "s3://models/reg")
+    assert code == 2 and "S3 endpoint URL" in err and "***@127.0.0.1:1" in err
+    assert secret not in err and "AKIAEXAMPLE" not in err
+    with pytest.raises(ConfigError, match="credentials do not belong in the endpoint URL") as caught:
+        registry_store("s3://models/reg", None)
+    assert secret not in str(caught.value)
+
+
+def test_a_failure_audited_with_a_url_login_in_its_message_is_masked(tmp_path, monkeypatch):
+    monkeypatch.setenv("DLPIPE_HOME", str(tmp_path))
+    from dlpipe import audit
+    from dlpipe.runctx import RunContext
+
+    error = ConnectionError('Could not connect to the endpoint URL: "http://AKIAEXAMPLE:s3cr3tKEY/x@10.0.0.1/b"')
+    audit.failed(error, stage="registry", run=RunContext())
+    [event] = [e for e in audit.read() if e["event"] == "failed"]
+    assert "s3cr3tKEY" not in event["error"] and "AKIAEXAMPLE" not in event["error"]
+    assert "http://***@10.0.0.1/b" in event["error"]
 
 
 def test_missing_s3_credentials_get_a_hint_not_a_traceback(capsys, monkeypatch, tmp_path):
