@@ -131,12 +131,12 @@ def register(store: Store, name: str, model_dir: Path, *, metrics: dict[str, Any
     _check_name(name)
     if not Path(model_dir).is_dir():
         raise ConfigError("model_dir", str(model_dir), "point at an existing directory holding the model files")
-    files = sorted(p for p in Path(model_dir).iterdir() if p.is_file() and not p.name.startswith("."))
+    files = model_files(Path(model_dir))
     if not files:
         raise ConfigError("model_dir", str(model_dir), "point at a directory holding the model files")
     known = committed_files or {}
-    artifacts = [{"name": p.name, "sha256": known[p.name]["sha256"] if p.name in known else sha256_file(p),
-                  "size": p.stat().st_size} for p in files]
+    artifacts = [{"name": rel, "sha256": known[rel]["sha256"] if rel in known else sha256_file(p),
+                  "size": p.stat().st_size} for rel, p in files]
     model_fp = model_identity(artifacts, lineage)
 
     existing = _same_model(list_versions(store, name), model_fp)
@@ -149,10 +149,13 @@ def register(store: Store, name: str, model_dir: Path, *, metrics: dict[str, Any
                      gates=lineage.get("gates"))  # this run's verdicts, kept as evidence
         return rec, False
 
-    for art, path in zip(artifacts, files):
-        key = f"{name}/blobs/{art['sha256']}"
-        if not store.exists(key):
-            store.put_file(key, path, art["sha256"], known.get(path.name, {}).get("parts_sha256"))
+    for art, (rel, path) in zip(artifacts, files):
+        key, parts = f"{name}/blobs/{art['sha256']}", known.get(rel, {}).get("parts_sha256")
+        if store.holds(key, path, art["sha256"], parts):
+            continue  # stored by an earlier version or attempt, and still intact
+        if store.exists(key):  # bytes that no longer match their address: never reuse them
+            log.warning("%s/%s does not match its SHA-256; storing it again", store.uri, key)
+        store.put_file(key, path, art["sha256"], parts)
 
     for _ in range(_MAX_RACE_RETRIES):
         # listed again after the (possibly long) upload: a concurrent registration of the same
@@ -181,6 +184,27 @@ def register(store: Store, name: str, model_dir: Path, *, metrics: dict[str, Any
         log.info("registered %s@%d in %s", name, version, store.uri)
         return record, True
     raise CommitConflict(f"could not allocate a version of {name} after {_MAX_RACE_RETRIES} tries")
+
+
+def model_files(model_dir: Path) -> list[tuple[str, Path]]:
+    """The files a model directory registers, as (name relative to it in POSIX form, path):
+    subfolders included (a tokenizer next to the weights), hidden files and folders left out."""
+    found = []
+    for path in sorted(model_dir.rglob("*")):
+        rel = path.relative_to(model_dir)
+        if path.is_file() and not any(part.startswith(".") for part in rel.parts):
+            found.append((rel.as_posix(), path))
+    return found
+
+
+def _artifact_target(root: Path, name: str, ref: str) -> Path:
+    """Where artifact ``name`` goes under ``root``, refusing a name that would leave it: a
+    version record is data from storage, and whoever can write the bucket can write a record."""
+    parts = name.split("/")
+    if not name or name.startswith("/") or "\\" in name or any(p in ("", ".", "..") or p.startswith(".") for p in parts):
+        raise IntegrityError(f"{ref}: artifact name {name!r} is not a relative path inside the model "
+                             f"directory; the version record was altered; do not load it")
+    return root.joinpath(*parts)
 
 
 def _stored_is(store: Store, key: str, data: bytes) -> bool:
@@ -213,7 +237,7 @@ def download(store: Store, name: str, version: int, dest: Path) -> dict:
     staging = Path(tempfile.mkdtemp(prefix=".download-", dir=dest))
     try:
         for art in record["artifacts"]:
-            target = staging / art["name"]
+            target = _artifact_target(staging, art["name"], f"{name}@{version}")
             store.download(f"{name}/blobs/{art['sha256']}", target)
             actual = sha256_file(target)
             if actual != art["sha256"]:
@@ -222,7 +246,9 @@ def download(store: Store, name: str, version: int, dest: Path) -> dict:
                     f"recorded {art['sha256'][:12]}...; the stored blob was modified; do not load it "
                     f"(nothing in {dest} was changed)")
         for art in record["artifacts"]:
-            os.replace(staging / art["name"], dest / art["name"])
+            final = _artifact_target(dest, art["name"], f"{name}@{version}")
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(_artifact_target(staging, art["name"], f"{name}@{version}"), final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return record
@@ -243,12 +269,15 @@ def get_alias(store: Store, name: str, alias: str) -> dict | None:
 
 
 def promote(store: Store, name: str, alias: str, version: int, *, run: RunContext, reason: str = "",
-            expected_version: int | None = None, expect_unset: bool = False) -> dict:
+            expected_version: int | None = None, expect_unset: bool = False,
+            expected_moves: int | None = None) -> dict:
     """Point ``alias`` at ``version`` by compare-and-swap; every move is kept in its history.
 
     ``expected_version`` makes the move conditional on where the alias points now (None: any);
-    ``expect_unset`` makes it conditional on the alias not existing yet. A concurrent move
-    between our read and our write raises AliasConflict; nothing is changed.
+    ``expect_unset`` makes it conditional on the alias not existing yet; ``expected_moves`` on
+    its history holding exactly that many moves, so that an alias moved away and back since it
+    was read (2 -> 3 -> 2) counts as moved. A concurrent move between our read and our write
+    raises AliasConflict; nothing is changed.
     """
     get_version(store, name, version)  # only registered versions can be promoted
     key = _alias_key(name, alias)
@@ -261,6 +290,11 @@ def promote(store: Store, name: str, alias: str, version: int, *, run: RunContex
     if expected_version is not None and current != expected_version:
         raise AliasConflict(f"{name}:{alias} points at version {current}, not the expected "
                             f"{expected_version}; re-read it (dlpipe registry history) and retry")
+    moves = len(doc["history"]) if doc else 0
+    if expected_moves is not None and moves != expected_moves:
+        raise AliasConflict(f"{name}:{alias} has moved {moves - expected_moves} time(s) since it was read "
+                            f"(latest: {doc['history'][-1]['from_version']} -> {current}); "
+                            f"re-read it (dlpipe registry history) and retry")
     if current == version:
         log.info("%s:%s already points at version %d", name, alias, version)
         audit.record("skipped", stage="alias", run=run, manifest_id=f"{name}:{alias}",
@@ -333,7 +367,7 @@ def rollback(store: Store, name: str, alias: str, *, run: RunContext, reason: st
         raise ConfigError("alias", f"{name}:{alias}", "it has no earlier version to roll back to")
     previous = doc["history"][-1]["from_version"]
     return promote(store, name, alias, previous, run=run, reason=f"rollback: {reason}".rstrip(": "),
-                   expected_version=doc["version"])
+                   expected_version=doc["version"], expected_moves=len(doc["history"]))
 
 
 # --- safe loading ----------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 
 from dlpipe.errors import CommitConflict, ConfigError, IntegrityError, NotCommittedError
 from dlpipe.fsutil import create_exclusive, write_temp
-from dlpipe.hashing import S3_PART_SIZE, sha256_bytes
+from dlpipe.hashing import S3_PART_SIZE, sha256_bytes, sha256_file
 
 PART_SIZE = S3_PART_SIZE  # multipart threshold and part size for S3 uploads
 UPLOAD_THREADS = 8  # parts in flight at once (boto3's upload_file uses 10)
@@ -51,6 +51,7 @@ class Store(Protocol):
     def put_file(self, key: str, path: Path, sha256: str, parts: list[str] | None = None) -> None: ...
     def get(self, key: str) -> bytes: ...
     def exists(self, key: str) -> bool: ...
+    def holds(self, key: str, path: Path, sha256: str, parts: list[str] | None = None) -> bool: ...
     def list(self, prefix: str) -> list[str]: ...
     def download(self, key: str, dest: Path) -> None: ...
 
@@ -118,6 +119,11 @@ class LocalStore:
 
     def exists(self, key: str) -> bool:
         return self._path(key).exists()
+
+    def holds(self, key: str, path: Path, sha256: str, parts: list[str] | None = None) -> bool:
+        """Whether ``key`` holds bytes with SHA-256 ``sha256`` (read again: a file can rot)."""
+        stored = self._path(key)
+        return stored.is_file() and sha256_file(stored) == sha256
 
     def list(self, prefix: str) -> list[str]:
         base = self._path(prefix) if prefix else self.root
@@ -314,6 +320,26 @@ class S3Store:
             if self._code(exc) in ("404", "NoSuchKey", "NotFound"):
                 return False
             raise
+
+    def holds(self, key: str, path: Path, sha256: str, parts: list[str] | None = None) -> bool:
+        """Whether ``key`` holds the bytes of ``path`` (SHA-256 ``sha256``; ``parts`` as for
+        ``put_file``), judged by the checksum S3 computed when they were stored, without
+        reading them back. An object replaced since, or stored with no checksum, does not
+        count: uploading it again is cheap next to publishing bytes that never verify."""
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self._key(key), ChecksumMode="ENABLED")
+        except Exception as exc:
+            if self._code(exc) in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        size = Path(path).stat().st_size
+        if size < PART_SIZE:
+            local = s3_checksum([bytes.fromhex(sha256)], multipart=False)
+        else:
+            digests = [base64.b64decode(d) for d in parts] if parts else file_part_digests(Path(path))
+            local = s3_checksum(digests, multipart=True)
+        remote = (head.get("ChecksumSHA256") or "").split("-")[0]
+        return head.get("ContentLength") == size and remote == local
 
     def list(self, prefix: str) -> list[str]:
         keys = []

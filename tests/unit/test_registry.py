@@ -217,3 +217,85 @@ def test_a_move_whose_reply_was_lost_counts_even_after_another_move(store, tmp_p
     assert [(m["to_version"], m["run_id"]) for m in history] == [(1, "ours"), (2, "other")]
     assert [(e["event"], e["run"]["run_id"]) for e in audit.read() if e["stage"] == "alias"] == [
         ("committed", "other"), ("committed", "ours")]
+
+
+def _tamper(store, key: str, data: bytes) -> None:
+    """Replace a stored object's bytes, the way bit rot or a stray copy would."""
+    if isinstance(store, LocalStore):
+        (store.root / key).write_bytes(data)
+    else:
+        store.client.put_object(Bucket=store.bucket, Key=store._key(key), Body=data)
+
+
+def test_a_damaged_blob_is_stored_again_not_reused_by_a_new_version(store, tmp_path):
+    """A later version with the same file reuses its content-addressed blob only while the blob
+    still verifies; a damaged one is uploaded again, so the new version downloads."""
+    rec1, _ = registry.register(store, "eta", _model(tmp_path, b"good weights"), metrics={},
+                                lineage={"run": 1}, run=RunContext())
+    sha = next(a["sha256"] for a in rec1["artifacts"] if a["name"] == "model.safetensors")
+    _tamper(store, f"eta/blobs/{sha}", b"bit-rotted")
+    rec2, created = registry.register(store, "eta", _model(tmp_path, b"good weights"), metrics={},
+                                      lineage={"run": 2}, run=RunContext())
+    assert created and rec2["version"] == 2
+    registry.download(store, "eta", 2, tmp_path / "dl")
+    assert (tmp_path / "dl" / "model.safetensors").read_bytes() == b"good weights"
+    registry.download(store, "eta", 1, tmp_path / "dl1")  # the blob is shared: version 1 is whole again
+
+
+def test_files_in_subfolders_are_registered_and_downloaded_in_place(store, tmp_path):
+    model = _model(tmp_path, b"weights")
+    (model / "tokenizer").mkdir()
+    (model / "tokenizer" / "vocab.json").write_text('{"a": 1}')
+    (model / ".cache").mkdir()
+    (model / ".cache" / "junk").write_text("not a model file")
+    rec, _ = registry.register(store, "eta", model, metrics={}, lineage={}, run=RunContext())
+    assert [a["name"] for a in rec["artifacts"]] == ["metrics.json", "model.safetensors", "tokenizer/vocab.json"]
+    registry.download(store, "eta", 1, tmp_path / "dl")
+    got = sorted(p.relative_to(tmp_path / "dl").as_posix() for p in (tmp_path / "dl").rglob("*") if p.is_file())
+    assert got == ["metrics.json", "model.safetensors", "tokenizer/vocab.json"]
+    assert (tmp_path / "dl" / "tokenizer" / "vocab.json").read_text() == '{"a": 1}'
+
+
+@pytest.mark.parametrize("name", ["../../outside.sh", "/etc/cron.d/x", "a/../../x", ".hidden", "a//b", "a\\..\\b"])
+def test_a_record_naming_a_path_outside_the_destination_is_refused(tmp_path, name):
+    """A version record is data from storage; whoever can write the bucket can write one. An
+    artifact name that would leave the destination is refused before anything is written."""
+    import hashlib
+    import json
+
+    store = LocalStore(tmp_path / "reg")
+    rec, _ = registry.register(store, "eta", _model(tmp_path, b"weights"), metrics={}, lineage={}, run=RunContext())
+    payload = b"echo pwned\n"
+    sha = hashlib.sha256(payload).hexdigest()
+    (tmp_path / "reg" / "eta" / "blobs" / sha).write_bytes(payload)
+    rec["artifacts"].append({"name": name, "sha256": sha, "size": len(payload)})
+    (tmp_path / "reg" / "eta" / "versions" / "000001.json").write_text(json.dumps(rec))
+    dest = tmp_path / "deploy" / "eta"
+    with pytest.raises(IntegrityError, match="not a relative path inside the model directory"):
+        registry.download(store, "eta", 1, dest)
+    assert not list(tmp_path.rglob("outside.sh")) and not any(dest.iterdir())
+
+
+def test_a_rollback_refuses_an_alias_moved_away_and_back_since_it_was_read(tmp_path, monkeypatch):
+    """rollback undoes the latest move it read. If the alias moved 2 -> 3 -> 2 in between, it
+    points at the same version, but the latest move is another one: rolling back then would
+    undo the wrong move, so it is refused."""
+    store, run = LocalStore(tmp_path / "reg"), RunContext(run_id="r")
+    for v in (1, 2, 3):
+        registry.register(store, "eta", _model(tmp_path, bytes([v])), metrics={}, lineage={"v": v}, run=run)
+    registry.promote(store, "eta", "production", 1, run=run)
+    registry.promote(store, "eta", "production", 2, run=run)
+    read = registry.get_alias
+
+    def read_then_others_move(store_, name, alias):
+        doc = read(store_, name, alias)
+        monkeypatch.setattr(registry, "get_alias", read)
+        registry.promote(store, "eta", "production", 3, run=RunContext(run_id="B"))
+        registry.promote(store, "eta", "production", 2, run=RunContext(run_id="C"))
+        return doc
+
+    monkeypatch.setattr(registry, "get_alias", read_then_others_move)
+    with pytest.raises(AliasConflict, match="has moved 2 time"):
+        registry.rollback(store, "eta", "production", run=RunContext(run_id="A"), reason="undo 2")
+    history = read(store, "eta", "production")["history"]
+    assert [(m["from_version"], m["to_version"]) for m in history] == [(None, 1), (1, 2), (2, 3), (3, 2)]
