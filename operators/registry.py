@@ -74,9 +74,12 @@ class RegisterModelOperator(_RegistryOperator):
             verdict = gate["summary"].get("verdict")
             if verdict != "passed":
                 raise NotCommittedError(f"gate {gid} verdict is {verdict!r}, not 'passed'")
-            if not judged & {i["id"] for i in gate["inputs"]}:
+            # a gate's first input is what it judged; the rest are references (a data gate's
+            # drift baseline is the previous dataset, which a stale verdict must not match)
+            subject = gate["inputs"][0]["id"] if gate["inputs"] else None
+            if subject not in judged:
                 raise NotCommittedError(
-                    f"gate {gid} judged {[i['id'] for i in gate['inputs']]}, not training {training['id']} "
+                    f"gate {gid} judged {subject}, not training {training['id']} "
                     f"or its dataset: pass the gates of this run (clear the gate tasks with the train task)")
         _, store = self._settings(pipeline)
         name = pipeline.get("model_name", "model")

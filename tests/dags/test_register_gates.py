@@ -49,3 +49,29 @@ def test_a_passed_gate_of_another_training_does_not_register_this_one(dlpipe_hom
         _register(bad, [gate.id], root)
     assert registry.list_versions(LocalStore(root), "eta") == []
     assert _register(good, [gate.id], root).endswith("@1")  # the model it judged registers
+
+
+def test_a_data_gate_whose_drift_baseline_is_this_dataset_does_not_vouch_for_it(dlpipe_home):
+    """A data gate with drift lists the previous dataset after the one it judged. Day 4's gate
+    must not let day 3's training through: it judged day 4's dataset, not day 3's."""
+    def dataset(day: str) -> dict:
+        return commit.run_stage(commit.StageKey("datasets", "eta", f"window_end={day}"), inputs=[],
+                                config={"day": day}, code={"sources_hash": "test"}, run=RunContext(),
+                                produce=lambda attempt: {"rows": {"train": 1}}).manifest
+
+    day3, day4 = dataset("2026-01-03"), dataset("2026-01-04")
+    gate4 = commit.run_stage(commit.StageKey("gates", "eta_data", day4["partition"]), inputs=[day4, day3],
+                             config={}, code={"sources_hash": "test"}, run=RunContext(),
+                             produce=lambda attempt: {"verdict": "passed", "dataset": day4["id"]}).manifest
+
+    def train(attempt):
+        (attempt / "model").mkdir()
+        (attempt / "model" / "model.safetensors").write_bytes(b"weights")
+        return {"metrics": {"val_mae": 3.0}, "model_dir": "model"}
+
+    training3 = commit.run_stage(commit.StageKey("training", "eta", day3["partition"]), inputs=[day3], config={},
+                                 code={"sources_hash": "test"}, run=RunContext(), produce=train).manifest
+    root = dlpipe_home / "registry"
+    with pytest.raises(AirflowFailException, match=rf"judged {day4['id']}, not training"):
+        _register(training3, [gate4["id"]], root)
+    assert registry.list_versions(LocalStore(root), "eta") == []
