@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from datetime import date
@@ -78,12 +79,19 @@ def _metrics_file(path) -> dict:
                                                   '{"val_mae": 3.7}') from None
     if not isinstance(metrics, dict):
         raise ConfigError("--metrics", str(path), 'give a JSON object such as {"val_mae": 3.7}')
+    for key, value in metrics.items():  # JSON has no NaN: the version record would not be JSON
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"--metrics {key}", value, "give a finite number, or leave the metric out")
     return metrics
 
 
 def cmd_registry_history(args: argparse.Namespace) -> int:
-    name, _, alias = args.ref.partition(":")
-    doc = registry.get_alias(_store(args), name, alias or "production")
+    name, alias = registry.parse_alias_ref(args.ref, default="production")
+    store = _store(args)
+    doc = registry.get_alias(store, name, alias)
+    if doc is None and not registry.list_versions(store, name):  # a misspelt name, not an unset alias
+        raise ConfigError("model", name, f"no version of it is registered in {store.uri}; "
+                                         f"see `dlpipe registry list`")
     moves = doc["history"] if doc else []
     rows = [{"seq": m["seq"], "at": m["at"], "from": m["from_version"], "to": m["to_version"],
              "by": m["by"]["user"], "run_id": m["run_id"], "reason": m["reason"]} for m in moves]
@@ -100,7 +108,7 @@ def cmd_registry_promote(args: argparse.Namespace) -> int:
 
 
 def cmd_registry_rollback(args: argparse.Namespace) -> int:
-    name, _, alias = args.ref.partition(":")
+    name, alias = registry.parse_alias_ref(args.ref)
     doc = registry.rollback(_store(args), name, alias, run=cli_context("registry rollback"),
                             reason=args.reason or "")
     _print(doc, args.json, f"{name}:{alias} -> version {doc['version']}")

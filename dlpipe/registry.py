@@ -81,6 +81,14 @@ def parse_ref(ref: str) -> tuple[str, int]:
     return _check_name(name), int(ver)
 
 
+def parse_alias_ref(ref: str, default: str | None = None) -> tuple[str, str]:
+    """``name:alias`` -> (name, alias); ``default`` fills in a missing alias where one is meant."""
+    name, sep, alias = ref.partition(":")
+    if "@" in ref or (not sep and default is None) or (sep and not alias):
+        raise ConfigError("alias reference", ref, "use NAME:ALIAS, e.g. eta:production")
+    return _check_name(name), alias or default
+
+
 def _record_key(name: str, version: int) -> str:
     return f"{name}/versions/{version:06d}.json"
 

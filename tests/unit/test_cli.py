@@ -131,3 +131,23 @@ def test_demo_data_names_a_bad_start_date(capsys):
         cli.main(["demo-data", "--start", "junk"])
     assert exit_.value.code == 2
     assert "'junk' is not a date; use YYYY-MM-DD" in capsys.readouterr().err
+
+
+def test_alias_references_and_metrics_are_checked(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("DLPIPE_HOME", str(tmp_path))
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"w")
+    for ref in ("eta", "eta@1", "eta:"):
+        code, _, err = _run(capsys, "registry", "rollback", ref)
+        assert code == 2 and f"invalid alias reference={ref!r}" in err and "NAME:ALIAS" in err
+    code, _, err = _run(capsys, "registry", "history", "eta@1")
+    assert code == 2 and "NAME:ALIAS" in err
+    # a misspelt model is an error; a registered model whose alias was never set is not
+    assert _run(capsys, "registry", "register", "eta", str(model))[0] == 0
+    code, _, err = _run(capsys, "registry", "history", "etaa:production")
+    assert code == 2 and "invalid model='etaa'" in err and "dlpipe registry list" in err
+    assert _run(capsys, "registry", "history", "eta:production")[0] == 0
+    (tmp_path / "nan.json").write_text('{"val_mae": NaN}')
+    code, _, err = _run(capsys, "registry", "register", "eta", str(model), "--metrics", str(tmp_path / "nan.json"))
+    assert code == 2 and "invalid --metrics val_mae=nan" in err and "finite" in err
