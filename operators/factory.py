@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from dlpipe.errors import ConfigError
 from dlpipe.pipeline_config import load_pipeline, section
+from dlpipe.registry import RegistryConfig
 from operators.kinds import kind_of
 
 REPO = Path(__file__).resolve().parent.parent
@@ -92,17 +93,36 @@ def check_pipeline(pipeline: dict[str, Any]) -> None:
 
 
 def _daily_at_midnight(schedule: str) -> bool:
-    """Whether the schedule's intervals are whole UTC days: fires at 00:00, a day apart."""
-    from croniter import croniter
+    """Whether every interval is one whole UTC day: the cron fires at 00:00 every day of every
+    month. Judged from its fields, not from a few firings: '0 0 * * 1-6' fires at midnight a day
+    apart most of the week, and then leaves a two-day interval."""
+    if schedule == "@daily":
+        return True
+    fields = schedule.split()
+    return len(fields) == 5 and [f.lstrip("0") or "0" for f in fields[:2]] == ["0", "0"] and fields[2:] == ["*"] * 3
 
-    fires = croniter(schedule, datetime(2026, 1, 1)).all_next(datetime)
-    first, second, third = next(fires), next(fires), next(fires)
-    return (first.hour, first.minute) == (0, 0) and second - first == third - second == timedelta(days=1)
+
+def spec_path(path: str | Path, dag_file: str | Path | None = None) -> Path:
+    """Where a spec named by ``path`` is: an absolute path as it is; a relative one next to the
+    DAG file that names it, then in that file's parent folder (the project root, as in
+    ``dags/`` beside ``pipelines/``), then in dlpipe's source tree. Not the working directory:
+    the scheduler's and the workers' differ."""
+    path = Path(path)
+    if path.is_absolute():
+        return path
+    bases = [Path(dag_file).resolve().parent, Path(dag_file).resolve().parent.parent] if dag_file else []
+    tried = [base / path for base in [*bases, REPO]]
+    found = next((candidate for candidate in tried if candidate.is_file()), None)
+    if found is None:
+        raise ConfigError("pipeline_config", str(path), "no such spec file; looked in "
+                          f"{', '.join(str(t) for t in tried)}: give an absolute path or one relative "
+                          "to the DAG file's folder or its parent")
+    return found
 
 
-def load_spec(path: str | Path) -> tuple[DagSpec, dict[str, Any]]:
+def load_spec(path: str | Path, dag_file: str | Path | None = None) -> tuple[DagSpec, dict[str, Any]]:
     """Validate a whole spec; ConfigError names the file, the field path, the value and the fix."""
-    path = Path(path) if Path(path).is_absolute() else REPO / path
+    path = spec_path(path, dag_file)
     pipeline = load_pipeline(path)
     check_pipeline(pipeline)
     if "dag" not in pipeline:
@@ -110,8 +130,9 @@ def load_spec(path: str | Path) -> tuple[DagSpec, dict[str, Any]]:
     spec = section(pipeline, "dag", DagSpec)
     if kind_of(pipeline).features is not None and not _daily_at_midnight(spec.schedule):
         raise ConfigError(f"{path}: dag.schedule", spec.schedule,
-                          "this kind's feature stage writes one partition per UTC day: use @daily "
-                          "(or a cron that fires once a day at 00:00 UTC, such as '0 0 * * *')")
+                          "this kind's feature stage writes one partition per UTC day, so every run "
+                          "must cover exactly one day: use @daily (or '0 0 * * *'); a cron that skips "
+                          "days gives some runs several days")
     if spec.end_date and spec.end_date < spec.start_date:
         raise ConfigError(f"{path}: dag.end_date", spec.end_date.isoformat(),
                           f"must not be before dag.start_date {spec.start_date.isoformat()}")
@@ -120,12 +141,15 @@ def load_spec(path: str | Path) -> tuple[DagSpec, dict[str, Any]]:
 
 def pipeline_dag(path: str | Path):
     """The DAG of one spec: [features ->] dataset -> data gate -> train -> model gate -> register
-    -> promote (the feature task only for kinds that have a feature stage)."""
+    -> promote (the feature task only for kinds that have a feature stage). A relative ``path``
+    is found from the calling DAG file (``spec_path``)."""
+    import sys
+
     from airflow.sdk import DAG, CronDataIntervalTimetable
 
     from operators.base import run_params
 
-    spec, pipeline = load_spec(path)
+    spec, pipeline = load_spec(path, sys._getframe(1).f_globals.get("__file__"))
     day = lambda d: datetime(d.year, d.month, d.day) if d else None  # noqa: E731
     with DAG(
         dag_id=spec.dag_id,
@@ -144,13 +168,15 @@ def pipeline_dag(path: str | Path):
         params=run_params(),
     ) as dag:
         pipeline_tasks(train_timeout=timedelta(seconds=spec.train_timeout_s),
-                       features=kind_of(pipeline).features is not None)
+                       features=kind_of(pipeline).features is not None,
+                       promote=section(pipeline, "registry", RegistryConfig).promote_to is not None)
     return dag
 
 
-def pipeline_tasks(*, train_timeout: timedelta, features: bool = True) -> None:
+def pipeline_tasks(*, train_timeout: timedelta, features: bool = True, promote: bool = True) -> None:
     """The stages and their order, added to the DAG being defined (``with DAG(...)``); without
-    ``features`` the chain starts at the dataset.
+    ``features`` the chain starts at the dataset, without ``promote`` (``registry.promote_to:
+    null``) it ends at the registration.
 
     Shared by the factory and by ``dags/eta_training.py``, so every dlpipe DAG runs the same
     chain with the same guarantees.
@@ -168,7 +194,8 @@ def pipeline_tasks(*, train_timeout: timedelta, features: bool = True) -> None:
     model_gate = ModelGateOperator(task_id="model_gate", training_id=train.output)
     register = RegisterModelOperator(task_id="register_model", training_id=train.output,
                                      gate_ids=[data_gate.output, model_gate.output])
-    promote = PromoteModelOperator(task_id="promote_staging", model_ref=register.output)
-    dataset >> data_gate >> train >> model_gate >> register >> promote
+    dataset >> data_gate >> train >> model_gate >> register
+    if promote:
+        register >> PromoteModelOperator(task_id="promote_staging", model_ref=register.output)
     if features:
         SparkFeatureOperator(task_id="extract_features") >> dataset

@@ -71,8 +71,12 @@ def test_kind_decides_which_sections_a_spec_may_have(tmp_path):
 @pytest.mark.parametrize("changes, field, value, fix", [
     ({"dag__owner": None}, "dag.owner", "(missing)", "Field required: add dag.owner"),
     ({"dag__schedule": "every day at noon"}, "dag.schedule", "every day at noon", "not a cron expression"),
-    ({"dag__schedule": "0 6 * * *"}, "dag.schedule", "0 6 * * *", "one partition per UTC day: use @daily"),
-    ({"dag__schedule": "@hourly"}, "dag.schedule", "@hourly", "one partition per UTC day: use @daily"),
+    ({"dag__schedule": "0 6 * * *"}, "dag.schedule", "0 6 * * *", "one partition per UTC day"),
+    ({"dag__schedule": "@hourly"}, "dag.schedule", "@hourly", "one partition per UTC day"),
+    # midnight, a day apart for a while, then a gap: a run would cover several days
+    ({"dag__schedule": "0 0 * * 0,2-6"}, "dag.schedule", "0 0 * * 0,2-6", "a cron that skips days"),
+    ({"dag__schedule": "0 0 1-28 * *"}, "dag.schedule", "0 0 1-28 * *", "a cron that skips days"),
+    ({"dag__schedule": "0 0 * 1-11 *"}, "dag.schedule", "0 0 * 1-11 *", "a cron that skips days"),
     ({"dag__dag_id": "bad id!"}, "dag.dag_id", "bad id!", "should match pattern"),
     ({"dag__end_date": "2025-12-01"}, "dag.end_date", "2025-12-01", "must not be before dag.start_date"),
     ({"train__epochs": 0}, "train.epochs", "0", "greater than or equal to 1"),
@@ -94,6 +98,8 @@ def test_kind_decides_which_sections_a_spec_may_have(tmp_path):
     ({"registry__promote_to": "Staging"}, "registry.promote_to", "Staging", "should match pattern"),
     ({"registry__root": "http://x"}, "registry.root", "http://x", "use a local directory or s3://BUCKET"),
     ({"registry__root": "s3://"}, "registry.root", "s3://", "needs a bucket"),
+    ({"registry__root": "s3:/ml-models/registry"}, "registry.root", "s3:/ml-models/registry", "(two slashes)"),
+    ({"registry__root": "models/registry"}, "registry.root", "models/registry", "another registry on every worker"),
     ({"registry__root": "s3://AKIAX:hunter2@models/reg"}, "registry.root", "s3://***@models/reg",
      "credentials do not belong in the URI"),
     ({"scale__hosts": "localhost:0", "scale__num_proc": 1}, "scale.hosts", "localhost:0", "at least 1 slot"),
@@ -232,3 +238,47 @@ def test_a_learning_rate_written_1e_3_is_a_number(tmp_path):
     pipeline = load_pipeline(path)
     assert pipeline["train"]["learning_rate"] == "1e-3"  # what YAML gives
     assert section(pipeline, "train", TrainConfig).learning_rate == 0.001
+
+
+@pytest.mark.parametrize("schedule", ["@daily", "0 0 * * *", "00 00 * * *"])
+def test_daily_midnight_schedules_are_accepted(tmp_path, schedule):
+    spec, _ = load_spec(_spec(tmp_path, "team", dag__schedule=schedule))
+    assert spec.schedule == schedule
+
+
+def test_a_relative_spec_path_is_found_from_the_dag_file_not_from_dlpipe_or_the_working_directory(tmp_path,
+                                                                                               monkeypatch):
+    """A deployment keeps dags/ and pipelines/ side by side wherever it likes (the image: under
+    /opt/dlpipe/app, with dlpipe installed in site-packages). The DAG file names its spec
+    relative to itself or to its parent folder, and the scheduler's working directory is
+    another one still."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    app = tmp_path / "app"
+    (app / "dags").mkdir(parents=True)
+    (app / "pipelines").mkdir()
+    _spec(app / "pipelines", "team", dag__dag_id="team_beside")
+    (app / "dags" / "team.py").write_text(
+        "# Airflow DAG from a dlpipe spec\nfrom operators.factory import pipeline_dag\n"
+        "dag = pipeline_dag('pipelines/team.yaml')\n")
+    (app / "dags" / "missing.py").write_text(
+        "# Airflow DAG from a dlpipe spec\nfrom operators.factory import pipeline_dag\n"
+        "dag = pipeline_dag('pipelines/nowhere.yaml')\n")
+    monkeypatch.chdir(tmp_path)
+    bag = DagBag(dag_folder=str(app / "dags"))
+    assert set(bag.dags) == {"team_beside"}
+    error = bag.import_errors[str(app / "dags" / "missing.py")]
+    assert "pipelines/nowhere.yaml" in error and str(app / "pipelines" / "nowhere.yaml") in error
+    assert "relative to the DAG file's folder or its parent" in error
+
+
+def test_a_spec_that_promotes_no_alias_gets_no_promote_task(tmp_path):
+    """``registry.promote_to: null`` means register only; before, the DAG still had the promote
+    task, which failed every run after the model was registered."""
+    path = _spec(tmp_path, "team", registry__promote_to=None)
+    data = yaml.safe_load(path.read_text())
+    data["registry"]["promote_to"] = None  # _spec deletes a None; here it must be an explicit null
+    path.write_text(yaml.safe_dump(data))
+    dag = pipeline_dag(path)
+    assert [t.task_id for t in dag.topological_sort()][-1] == "register_model"
+    assert "promote_staging" not in dag.task_ids
