@@ -32,7 +32,7 @@ from dlpipe.errors import (AliasConflict, CommitConflict, ConfigError, Integrity
                            NotCommittedError, UnsafeArtifactError)
 from dlpipe.hashing import canonical_json, fingerprint, sha256_file
 from dlpipe.runctx import RunContext
-from dlpipe.storage import Store
+from dlpipe.storage import Store, misspelt_scheme
 
 log = logging.getLogger(__name__)
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
@@ -54,17 +54,29 @@ class RegistryConfig(BaseModel):
     @field_validator("root")
     @classmethod
     def _root(cls, value: str | None) -> str | None:
-        """A directory or s3://BUCKET[/PREFIX], checked when the YAML is read, not at registration."""
-        if value is None:
-            return value
-        parts = urlparse(value)
-        if "@" in parts.netloc:  # the message must not show what came before '@'
-            raise ValueError("credentials do not belong in the URI; set aws_conn_id (an Airflow AWS connection)")
-        if value.startswith("s3://") and not parts.netloc:
-            raise ValueError("an s3:// root needs a bucket: s3://BUCKET[/PREFIX]")
-        if "://" in value and not value.startswith(("s3://", "file://")):
-            raise ValueError("use a local directory or s3://BUCKET[/PREFIX]")
+        """Checked when the YAML is read, not at registration."""
+        if value is not None and (problem := root_problem(value)):
+            raise ValueError(problem)
         return value
+
+
+def root_problem(value: str) -> str | None:
+    """What is wrong with a pipeline's or an operator's registry root, if anything: it must be
+    an absolute directory or s3://BUCKET[/PREFIX]. (The CLI also takes a relative directory.)"""
+    parts = urlparse(value)
+    if "@" in parts.netloc:  # the message must not show what came before '@'
+        return "credentials do not belong in the URI; set aws_conn_id (an Airflow AWS connection)"
+    if value.startswith("s3://") and not parts.netloc:
+        return "an s3:// root needs a bucket: s3://BUCKET[/PREFIX]"
+    if "://" in value and not value.startswith(("s3://", "file://")):
+        return "use a local directory or s3://BUCKET[/PREFIX]"
+    if misspelt_scheme(value):
+        return "use s3://BUCKET[/PREFIX] (two slashes) or an absolute directory"
+    if not value.startswith("s3://") and not Path(value.removeprefix("file://")).expanduser().is_absolute():
+        # tasks run in other working directories on other workers: each would get its own registry
+        return ("a relative directory means another registry on every worker: give an absolute "
+                "directory or s3://BUCKET[/PREFIX]")
+    return None
 
 
 def _check_name(name: str) -> str:

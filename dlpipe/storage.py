@@ -12,6 +12,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
@@ -373,9 +374,17 @@ def endpoint_url(url: str, field: str = "--endpoint-url") -> str:
     return url
 
 
+def misspelt_scheme(uri: str) -> bool:
+    """Whether ``uri`` starts like a URL but not like one we read (``s3:/bucket``, ``s3:bucket``,
+    ``S3://``): taken as a local path, it would make a folder named ``s3:`` and register there."""
+    return bool(re.match(r"[A-Za-z][A-Za-z0-9+.-]*:", uri)) and not uri.startswith(("s3://", "file://"))
+
+
 def open_store(uri: str, client: Any = None) -> Store:
     """A Store for a local path or ``s3://`` URI; S3 clients come from boto3's usual chain
     (``AWS_ENDPOINT_URL`` selects an S3-compatible endpoint) unless one is passed in."""
+    if misspelt_scheme(uri) and "://" not in uri:
+        raise ConfigError("registry root", shown_url(uri), "use s3://BUCKET[/PREFIX] (two slashes) or a directory")
     if uri.startswith("s3://"):
         if client is None:
             import boto3

@@ -89,13 +89,14 @@ class SparkStageOperator(DlpipeOperator):
         # not "resources": BaseOperator already has an attribute of that name
         self.conn_id, self.spark_conf = conn_id, spark_conf or {}
         self.spark_resources = spark_resources or {}
+        unknown = sorted(set(self.spark_resources) - set(RESOURCE_ARGS))
+        if unknown:  # at parse time, like the Horovod operator's arguments
+            raise ConfigError(f"{type(self).__name__}(task_id={self.task_id!r}) argument spark_resources", unknown,
+                              f"use only {', '.join(RESOURCE_ARGS)}")
         self.data_interval_start, self.data_interval_end = data_interval_start, data_interval_end
         self._hooks: list = []
 
     def _submitter(self, run: RunContext) -> SparkSubmit:
-        unknown = sorted(set(self.spark_resources) - set(RESOURCE_ARGS))
-        if unknown:
-            raise ConfigError("spark_resources", unknown, f"use only {', '.join(RESOURCE_ARGS)}")
         return hook_submitter(self.conn_id, self.spark_conf, f"{run.dag_id}.{run.task_id}", self._hooks,
                               self.spark_resources)
 
@@ -109,6 +110,11 @@ class SparkStageOperator(DlpipeOperator):
                               "logical date. Trigger with --logical-date (the run then processes the last "
                               "complete interval before the trigger), or process chosen days with "
                               "`airflow backfill create --dag-id DAG --from-date DAY --to-date DAY`")
+        if not (self.data_interval_start or self.data_interval_end) and start == end:
+            raise ConfigError("data interval", f"{start} .. {end}",
+                              "this DAG's timetable gives runs an empty interval (Airflow 3 reads "
+                              "schedule='@daily' as CronTriggerTimetable): build the DAG with "
+                              "schedule=CronDataIntervalTimetable('@daily', timezone='UTC')")
         return start, end
 
     def on_kill(self) -> None:

@@ -12,13 +12,15 @@ from dlpipe.lineage import model_lineage
 from dlpipe.pipeline_config import section
 from dlpipe.registry import RegistryConfig
 from dlpipe.runctx import RunContext
-from dlpipe.storage import Store, open_store
+from dlpipe.storage import Store, open_store, shown_url
 from operators.base import DlpipeOperator
 
 
 def registry_store(root: str | None, aws_conn_id: str | None) -> Store:
     """The registry store; for ``s3://`` roots the boto3 client comes from an Airflow AWS
     connection (Amazon provider's S3Hook) when one is named, else from boto3's own chain."""
+    if root and (problem := registry.root_problem(root)):  # an operator's argument, rendered
+        raise ConfigError("registry_root", shown_url(root), problem)
     root = root or settings.registry_root()
     client = None
     if root.startswith("s3://") and aws_conn_id:
@@ -57,7 +59,7 @@ class RegisterModelOperator(_RegistryOperator):
 
     template_fields: Sequence[str] = ("pipeline_config", "training_id", "gate_ids", "registry_root")
 
-    def __init__(self, *, training_id: str, gate_ids: list[str] | None = None, **kwargs: Any) -> None:
+    def __init__(self, *, training_id: str, gate_ids: list[str] | str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.training_id, self.gate_ids = training_id, gate_ids or []
 
@@ -68,7 +70,9 @@ class RegisterModelOperator(_RegistryOperator):
         # cleared, a miswired DAG) must not let this one through.
         judged = {training["id"], *(i["id"] for i in training["inputs"])}
         gates = []
-        for gid in self.gate_ids:  # refuse models whose gates did not commit a pass
+        # one gate's XCom (gate_ids=gate.output) renders as a string, not a list of one
+        gate_ids = [self.gate_ids] if isinstance(self.gate_ids, str) else self.gate_ids
+        for gid in gate_ids:  # refuse models whose gates did not commit a pass
             gate = commit.load_manifest(gid, stage="gates", field="gate_ids")
             gates.append(gate)
             verdict = gate["summary"].get("verdict")
@@ -91,7 +95,7 @@ class RegisterModelOperator(_RegistryOperator):
             record, created = registry.register(
                 store, name, commit.location(training) / model_dir,
                 metrics=training["summary"]["metrics"],
-                lineage=model_lineage(training["id"], list(self.gate_ids)), run=run,
+                lineage=model_lineage(training["id"], list(gate_ids)), run=run,
                 committed_files=committed)
         except BaseException as exc:
             audit.failed(exc, stage="registry", run=run, manifest_id=f"{name}@?")
@@ -129,7 +133,8 @@ class PromoteModelOperator(_RegistryOperator):
         cfg, store = self._settings(pipeline)
         alias = self.alias or cfg.promote_to
         if not alias:
-            raise ConfigError("alias", alias, "pass alias= or set registry.promote_to in the pipeline")
+            raise ConfigError("alias", alias, "registry.promote_to is null in the pipeline, so it promotes no alias: "
+                                              "set it, pass alias=, or leave this task out of the DAG")
         name, version = registry.parse_ref(self.model_ref)
         reason = self.reason or f"{run.dag_id} {run.run_id}"
         if self.only_forward:

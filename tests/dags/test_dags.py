@@ -245,8 +245,25 @@ def test_spark_operators_take_resources_and_refuse_unknown_ones():
     with DAG("resources_check", schedule=None, start_date=datetime(2026, 1, 1)):
         op = SparkFeatureOperator(task_id="f", pipeline_config="x.yaml",
                                   spark_resources={"executor_memory": "8g", "total_executor_cores": 64})
-        bad = PetastormDatasetOperator(task_id="d", pipeline_config="x.yaml", spark_resources={"gpus": 8})
+        # refused when the DAG file is parsed, naming the task, not when the task runs
+        with pytest.raises(ConfigError, match=r"invalid PetastormDatasetOperator\(task_id='d'\) argument "
+                                              r"spark_resources=\['gpus'\]: use only driver_memory"):
+            PetastormDatasetOperator(task_id="d", pipeline_config="x.yaml", spark_resources={"gpus": 8})
     assert op.spark_resources == {"executor_memory": "8g", "total_executor_cores": 64}
     op._submitter(RunContext())  # accepted: builds the hook-backed submitter
-    with pytest.raises(ConfigError, match=r"invalid spark_resources=\['gpus'\]: use only driver_memory"):
-        bad._submitter(RunContext())
+
+
+def test_a_timetable_with_empty_intervals_gets_the_fix_not_a_date_comparison():
+    """Airflow 3 reads schedule='@daily' as CronTriggerTimetable: its runs' data interval is
+    empty, and the feature stage needs a whole day."""
+    from datetime import datetime, timezone
+
+    from dlpipe.errors import ConfigError
+    from operators import SparkFeatureOperator
+
+    op = SparkFeatureOperator(task_id="f", pipeline_config="x.yaml")
+    at = datetime(2026, 1, 5, tzinfo=timezone.utc)
+    with pytest.raises(ConfigError, match=r"empty interval.*CronDataIntervalTimetable\('@daily'"):
+        op.interval({"data_interval_start": at, "data_interval_end": at})
+    day = op.interval({"data_interval_start": at.replace(day=4), "data_interval_end": at})
+    assert day == (at.replace(day=4), at)

@@ -75,3 +75,21 @@ def test_a_data_gate_whose_drift_baseline_is_this_dataset_does_not_vouch_for_it(
     with pytest.raises(AirflowFailException, match=rf"judged {day4['id']}, not training"):
         _register(training3, [gate4["id"]], root)
     assert registry.list_versions(LocalStore(root), "eta") == []
+
+
+def test_one_gate_given_without_a_list_is_one_gate(dlpipe_home):
+    """gate_ids=gate.output renders as the id itself, a string; it used to be read a character
+    at a time ("malformed gate_ids 'g'")."""
+    good = _training(3.0)
+    gate = run_model_gate(good, ModelGateConfig(), run=RunContext(), candidate=_evaluation(3.0), champion=None)
+    assert _register(good, gate.id, dlpipe_home / "registry").endswith("@1")
+
+
+@pytest.mark.parametrize("root", ["models/registry", "s3:/ml-models/registry"])
+def test_an_operator_registry_root_that_would_be_a_worker_local_folder_is_refused(dlpipe_home, root, monkeypatch):
+    good = _training(3.0)
+    gate = run_model_gate(good, ModelGateConfig(), run=RunContext(), candidate=_evaluation(3.0), champion=None)
+    monkeypatch.chdir(dlpipe_home)
+    with pytest.raises(AirflowFailException, match=rf"invalid registry_root='{root}'"):
+        _register(good, [gate.id], root)
+    assert not (dlpipe_home / root).exists() and not (dlpipe_home / "s3:").exists()

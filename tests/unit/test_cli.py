@@ -71,6 +71,8 @@ def test_credentials_in_a_root_or_endpoint_url_are_refused_without_being_shown(c
                         "--endpoint-url", f"http://admin:{secret}@127.0.0.1:9000")
     assert code == 2 and "invalid --endpoint-url=" in err and "***@127.0.0.1:9000" in err
     assert secret not in err
+    code, _, err = _run(capsys, "registry", "list", "--root", "s3:/models/reg")  # would be a folder 's3:'
+    assert code == 2 and "invalid registry root='s3:/models/reg'" in err and "(two slashes)" in err
     code, _, err = _run(capsys, "registry", "list", "--root", "s3://models/reg", "--endpoint-url", "notaurl")
     assert code == 2 and "invalid --endpoint-url='notaurl'" in err and "http(s)://HOST" in err
     monkeypatch.setenv("DLPIPE_REGISTRY_ROOT", f"ftp://u:{secret}@host/x")
