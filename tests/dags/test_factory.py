@@ -80,6 +80,7 @@ def test_kind_decides_which_sections_a_spec_may_have(tmp_path):
     ({"dag__dag_id": "bad id!"}, "dag.dag_id", "bad id!", "should match pattern"),
     ({"dag__end_date": "2025-12-01"}, "dag.end_date", "2025-12-01", "must not be before dag.start_date"),
     ({"train__epochs": 0}, "train.epochs", "0", "greater than or equal to 1"),
+    ({"scale__run_timeout_s": 14400}, "dag.train_timeout_s", "7200", "longer than scale.run_timeout_s=14400"),
     ({"train__epochs": True}, "train.epochs", "True", "valid integer"),  # YAML's `yes`
     ({"train__learning_rate": "fast"}, "train.learning_rate", "fast", "write a number, e.g. 0.002"),
     ({"scale__num_proc": 2.5}, "scale.num_proc", "2.5", "valid integer"),
