@@ -93,3 +93,16 @@ def test_an_operator_registry_root_that_would_be_a_worker_local_folder_is_refuse
     with pytest.raises(AirflowFailException, match=rf"invalid registry_root='{root}'"):
         _register(good, [gate.id], root)
     assert not (dlpipe_home / root).exists() and not (dlpipe_home / "s3:").exists()
+
+
+def test_promote_arguments_are_checked_when_the_dag_is_parsed():
+    from dlpipe.errors import ConfigError
+    from operators import PromoteModelOperator
+
+    with pytest.raises(ConfigError, match=r"task_id='p'\) argument only_forward='false': pass True or False"):
+        PromoteModelOperator(task_id="p", model_ref="eta@1", only_forward="false", pipeline_config="x.yaml")
+    with pytest.raises(ConfigError, match=r"argument alias='Production': use 1-32 lowercase"):
+        PromoteModelOperator(task_id="p", model_ref="eta@1", alias="Production", pipeline_config="x.yaml")
+    templated = PromoteModelOperator(task_id="p", model_ref="eta@1", alias="{{ params.alias }}",
+                                     pipeline_config="x.yaml")
+    assert templated.alias == "{{ params.alias }}"  # checked once rendered, when the task runs
