@@ -10,7 +10,8 @@ code hash, partition). ``run_stage`` skips when a manifest with that fingerprint
 otherwise writes a fresh attempt and publishes it with an exclusive create (write a temporary
 file, fsync, then ``os.link`` it to its final name, which fails if the name exists). A crash
 before the link leaves an attempt nobody references; two attempts racing both write, exactly
-one link wins, and the loser reports the winner's manifest.
+one link wins, and the loser reports the winner's manifest. An error after our link (the
+directory fsync, an interrupt) does not undo the commit: it is audited as ``committed``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from dlpipe import __version__, audit, settings
-from dlpipe.errors import CommitConflict, ConfigError, IntegrityError, NotCommittedError
+from dlpipe.errors import CommitConflict, ConfigError, IntegrityError, NotCommittedError, redacted
 from dlpipe.fsutil import create_exclusive
 from dlpipe.hashing import S3_PART_SIZE, canonical_json, fingerprint, sha256_file, sha256_with_parts
 from dlpipe.runctx import RunContext
@@ -195,6 +196,65 @@ def git_version() -> dict[str, Any]:
     return {"git_commit": head.stdout.strip(), "git_dirty": bool(dirty.stdout.strip())}
 
 
+def code_identity(code: dict[str, Any]) -> Any:
+    """What of a stage's ``code`` enters its fingerprint. The sources hash alone stays a bare
+    string, so that every fingerprint committed before other keys counted keeps its value (a
+    year of ETA partitions is not recomputed); a stage that records more (the digits dataset's
+    scikit-learn version, whose bundled images it reads) has all of it hashed, so a new version
+    re-commits."""
+    sources = code["sources_hash"]  # required of every stage
+    return sources if len(code) == 1 else code
+
+
+def stage_fingerprint(key: StageKey, inputs: list[dict], config: dict[str, Any], code: dict[str, Any]) -> str:
+    """The fingerprint of a stage output: everything it is a function of (design.md)."""
+    return fingerprint({
+        "stage": key.relpath,
+        "inputs": sorted((m["id"], m["fingerprint"]) for m in inputs),
+        "config": config,
+        "code": code_identity(code),
+    })
+
+
+def _read_committed(path: Path) -> dict | None:
+    """The manifest at ``path``, or None when it is absent or cannot be read (an I/O error while
+    another is being handled must not replace it)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _publish(path: Path, manifest: dict) -> dict | None:
+    """Link ``manifest`` into place. None when this attempt committed it; the winner's manifest
+    when a concurrent attempt linked first. Only this link decides a conflict: a CommitConflict
+    raised by a stage body is that body's failure."""
+    try:
+        create_exclusive(path, (canonical_json(manifest) + "\n").encode())
+    except FileExistsError as exc:
+        winner = _read_committed(path)
+        if winner is None:
+            raise CommitConflict(f"{manifest['id']} was committed by a concurrent attempt, but its "
+                                 f"manifest {path} cannot be read; check the disk, then retry") from exc
+        return winner
+    return None
+
+
+def _committed_despite(exc: BaseException, path: Path, attempt_id: str, *, run: RunContext,
+                       base: dict[str, Any]) -> dict | None:
+    """This attempt's manifest when ``exc`` came after its link (a directory fsync error, a task
+    timeout or SIGTERM landing in create_exclusive's tail): the commit happened, readers see it
+    and a retry skips on it, so it is audited as ``committed``, with the error, not ``failed``."""
+    manifest = _read_committed(path)
+    if manifest is None or manifest.get("attempt_id") != attempt_id:
+        return None
+    error = redacted(f"{type(exc).__name__}: {exc}")
+    log.warning("%s: attempt %s committed, but then: %s", base["manifest_id"], attempt_id, error)
+    audit.record("committed", run=run, attempt_id=attempt_id, files=len(manifest["outputs"]["files"]),
+                 error_after_commit=error, **base)
+    return manifest
+
+
 # What a stage body returns: a small summary (rows, metrics...) recorded in the manifest.
 Producer = Callable[[Path], dict]
 
@@ -214,15 +274,11 @@ def run_stage(
 
     ``inputs`` are the upstream manifests (their ids and fingerprints enter this stage's
     fingerprint). ``produce(attempt_dir)`` writes the outputs into a fresh directory and returns
-    a summary dict. ``code`` must hold ``sources_hash``; git commit and version are recorded too.
+    a summary dict. ``code`` must hold ``sources_hash``; any other key (a library version) enters
+    the fingerprint too (``code_identity``); git commit and version are recorded.
     ``part_hashes`` records S3 part digests of large outputs (see ``describe_files``).
     """
-    fp = fingerprint({
-        "stage": key.relpath,
-        "inputs": sorted((m["id"], m["fingerprint"]) for m in inputs),
-        "config": config,
-        "code": code["sources_hash"],
-    })
+    fp = stage_fingerprint(key, inputs, config, code)
     mid = manifest_id(key, fp)
     base = {"stage": key.stage, "manifest_id": mid, "fingerprint": fp}
 
@@ -239,6 +295,7 @@ def run_stage(
     started_at = audit.utcnow_iso()
     audit.record("started", run=run, attempt_id=attempt_id, **base)
     log.info("%s: attempt %s writing to %s", mid, attempt_id, attempt_dir)
+    path = _manifest_path(key, fp, home)
     try:
         summary = produce(attempt_dir)
         manifest = {
@@ -261,21 +318,21 @@ def run_stage(
             "started_at": started_at,
             "committed_at": audit.utcnow_iso(),
         }
-        try:
-            create_exclusive(_manifest_path(key, fp, home), (canonical_json(manifest) + "\n").encode())
-        except FileExistsError as exc:
-            raise CommitConflict(f"{mid} was committed by a concurrent attempt") from exc
-    except CommitConflict:
-        winner = find_committed(key, fp, home)
-        assert winner is not None  # the link that beat us exists
+        winner = _publish(path, manifest)
+    except BaseException as exc:
+        ours = _committed_despite(exc, path, attempt_id, run=run, base=base)
+        if ours is None:
+            audit.failed(exc, run=run, attempt_id=attempt_id, **base)
+            raise
+        if not isinstance(exc, Exception):
+            raise  # an interrupt (task timeout, SIGTERM): the commit stands, the task still stops
+        return StageResult(ours, skipped=False)
+    if winner is not None:
         log.warning("%s: a concurrent attempt committed first; attempt %s is discarded",
                     mid, attempt_id)
         audit.record("conflict", run=run, attempt_id=attempt_id,
                      winner_attempt_id=winner["attempt_id"], **base)
         return StageResult(winner, skipped=True)
-    except BaseException as exc:
-        audit.failed(exc, run=run, attempt_id=attempt_id, **base)
-        raise
     audit.record("committed", run=run, attempt_id=attempt_id,
                  files=len(manifest["outputs"]["files"]), **base)
     log.info("%s: committed attempt %s (%d files)", mid, attempt_id,

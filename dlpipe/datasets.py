@@ -11,15 +11,22 @@ from pathlib import Path
 from typing import Any
 
 from dlpipe import commit, settings
-from dlpipe.errors import NotCommittedError
+from dlpipe.errors import ConfigError, NotCommittedError
 
 
 def split_url(dataset_manifest: dict, split: str) -> str:
-    """``file://`` URL of one split of a committed dataset (refuses anything else)."""
-    if dataset_manifest.get("stage") != "datasets" or split not in dataset_manifest["summary"].get("splits", []):
+    """``file://`` URL of one split of a committed dataset (refuses anything else).
+
+    A wrong manifest and a wrong split name are told apart: the fix differs (pass the dataset
+    stage's id; pick one of the splits it committed)."""
+    splits = dataset_manifest.get("summary", {}).get("splits") or []
+    if dataset_manifest.get("stage") != "datasets" or not splits:
         raise NotCommittedError(
-            f"{dataset_manifest.get('id')!r} is not a committed dataset with a {split!r} split; "
+            f"{dataset_manifest.get('id')!r} is not a committed dataset with splits; "
             f"pass the manifest id that the dataset stage returned")
+    if split not in splits:
+        raise ConfigError("split", split, f"dataset {dataset_manifest.get('id')} has the splits {sorted(splits)}; "
+                                          f"use one of them")
     return f"file://{commit.location(dataset_manifest)}/{split}"
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 def write_temp(path: Path, data: bytes) -> Path:
@@ -18,13 +21,27 @@ def write_temp(path: Path, data: bytes) -> Path:
     return tmp
 
 
+def _remove_temp(tmp: Path) -> None:
+    """Remove a temporary file whose link has been tried. The link decided the outcome (created,
+    or FileExistsError for the loser of a race); a failed removal leaves only a hidden file that
+    nothing reads, and must not replace that outcome with its own error."""
+    try:
+        tmp.unlink()
+    except OSError as exc:
+        log.warning("could not remove the temporary file %s (%s); it is unused, delete it by hand", tmp, exc)
+
+
 def create_exclusive(path: Path, data: bytes) -> None:
-    """Create ``path`` holding ``data``; raise FileExistsError if it exists (one winner of a race)."""
+    """Create ``path`` holding ``data``; raise FileExistsError if it exists (one winner of a race).
+
+    An error of the final directory fsync is raised although ``path`` then exists: whether the
+    new name survives a power loss is in doubt, and only the caller knows whether it can stand
+    (``commit.run_stage`` checks whose manifest the name holds)."""
     tmp = write_temp(path, data)
     try:
         os.link(tmp, path)  # atomic, and fails if another writer linked first
     finally:
-        tmp.unlink()
+        _remove_temp(tmp)
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)

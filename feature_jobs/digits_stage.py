@@ -39,7 +39,8 @@ def materialize_digits(*, config: DigitsConfig, run: RunContext, submit: SparkSu
     import sklearn
 
     key = StageKey("datasets", "digits", "all")
-    # stages.py for the file helpers it shares with the ETA stages
+    # stages.py for the file helpers it shares with the ETA stages; the scikit-learn version
+    # enters the fingerprint beside the sources (commit.code_identity): its bundled images are the input
     code = {"sources_hash": sources_hash([digits.__file__, __file__, stages.__file__]),
             "scikit_learn": sklearn.__version__}
 
@@ -58,5 +59,4 @@ def materialize_digits(*, config: DigitsConfig, run: RunContext, submit: SparkSu
             "source": f"sklearn.datasets.load_digits (scikit-learn {sklearn.__version__})",
         }
 
-    # the bundled data set's version is part of the input: a new scikit-learn re-materializes
     return commit.run_stage(key, inputs=[], config=config.model_dump(), code=code, run=run, produce=produce)

@@ -164,3 +164,131 @@ def test_dlpipe_home_must_be_a_directory(monkeypatch, tmp_path):
     monkeypatch.setenv("DLPIPE_HOME", "")
     monkeypatch.chdir(tmp_path)
     assert audit.settings.home() == tmp_path / ".dlpipe"  # empty means the default, as unset does
+
+
+# -- what enters the fingerprint ---------------------------------------------------------------
+
+def test_a_sources_hash_alone_keeps_the_fingerprint_it_always_had():
+    """Every ETA stage passes ``code={"sources_hash": ...}`` alone: its fingerprints must keep
+    the values they had before extra code keys entered the fingerprint (the value below was
+    computed by the code before that change), or a year of partitions would be recomputed."""
+    r = run_stage(KEY, inputs=[], config={"n": 3}, code=CODE, run=RunContext(), produce=_write(3))
+    assert r.manifest["fingerprint"] == "a0aa5ac1ce26b87ed3cd2fa98d72fc4e9d70766a1a1bae2788154f9934d4a61b"
+
+
+def test_a_library_version_recorded_beside_the_sources_hash_enters_the_fingerprint():
+    """The digits stage records the scikit-learn version whose bundled images it reads: another
+    version is another input, committed anew (before, only ``sources_hash`` was hashed)."""
+    run = RunContext()
+    old = run_stage(KEY, inputs=[], config={}, code={**CODE, "scikit_learn": "1.9.1"}, run=run, produce=_write(1))
+    same = run_stage(KEY, inputs=[], config={}, code={**CODE, "scikit_learn": "1.9.1"}, run=run, produce=_write(1))
+    new = run_stage(KEY, inputs=[], config={}, code={**CODE, "scikit_learn": "99.0.0"}, run=run, produce=_write(1))
+    assert same.skipped and same.id == old.id
+    assert not new.skipped and new.id != old.id
+    assert new.manifest["code"]["scikit_learn"] == "99.0.0"
+
+
+# -- a failure after the manifest was linked: the commit happened ------------------------------
+
+def _events() -> list[tuple[str, str | None]]:
+    return [(e["event"], e.get("attempt_id")) for e in audit.read()]
+
+
+def _fail_on_directory_fsync(monkeypatch, error: BaseException) -> None:
+    """Fault injection: fsync of a directory (create_exclusive's last step, after the link)
+    raises ``error``; file fsyncs work."""
+    import os
+    import stat
+
+    from dlpipe import fsutil
+
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise error
+        real_fsync(fd)
+
+    monkeypatch.setattr(fsutil.os, "fsync", fsync)
+
+
+def test_an_error_after_the_link_is_audited_as_the_commit_it_is(monkeypatch, caplog):
+    """The directory fsync fails (EIO, injected) after os.link published the manifest: readers
+    already see the commit and a retry would skip on it, so the attempt reports it committed,
+    with the error in the event and a warning, instead of 'failed' and no 'committed' ever."""
+    import errno
+
+    with monkeypatch.context() as m:
+        _fail_on_directory_fsync(m, OSError(errno.EIO, "Input/output error"))
+        r = run_stage(KEY, inputs=[], config={}, code=CODE, run=RunContext(), produce=_write(1))
+    assert not r.skipped and commit.latest(KEY) == r.manifest
+    attempt = r.manifest["attempt_id"]
+    assert _events() == [("started", attempt), ("committed", attempt)]
+    committed = list(audit.read())[-1]
+    assert "Input/output error" in committed["error_after_commit"]
+    assert "committed, but" in caplog.text and "Input/output error" in caplog.text
+    again = run_stage(KEY, inputs=[], config={}, code=CODE, run=RunContext(try_number=2), produce=_write(1))
+    assert again.skipped and again.manifest == r.manifest
+
+
+def test_an_interrupt_after_the_link_is_audited_as_a_commit_and_still_stops_the_task(monkeypatch):
+    """A task timeout or SIGTERM that lands after the link (injected as a KeyboardInterrupt from
+    the directory fsync) still stops the task, but the audit log says the attempt committed."""
+    with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
+        _fail_on_directory_fsync(m, KeyboardInterrupt())
+        run_stage(KEY, inputs=[], config={}, code=CODE, run=RunContext(), produce=_write(1))
+    attempt = commit.latest(KEY)["attempt_id"]
+    assert _events() == [("started", attempt), ("committed", attempt)]
+
+
+def _fail_to_remove_temp_files(monkeypatch) -> None:
+    """Fault injection: removing create_exclusive's temporary file fails."""
+    from dlpipe import fsutil
+
+    real_unlink = Path.unlink
+
+    def unlink(self: Path, missing_ok: bool = False) -> None:
+        if self.name.endswith(".tmp"):
+            raise PermissionError(13, "Permission denied", str(self))
+        real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(fsutil.Path, "unlink", unlink)
+
+
+def test_a_temp_file_that_cannot_be_removed_does_not_fail_a_commit(monkeypatch, caplog):
+    """The link decided the outcome; the temporary file is only litter. Before, the unlink
+    error was raised after the link, and the commit was audited 'failed'."""
+    _fail_to_remove_temp_files(monkeypatch)
+    r = run_stage(KEY, inputs=[], config={}, code=CODE, run=RunContext(), produce=_write(1))
+    assert not r.skipped and commit.latest(KEY) == r.manifest
+    assert _events() == [("started", r.manifest["attempt_id"]), ("committed", r.manifest["attempt_id"])]
+    assert "could not remove the temporary file" in caplog.text
+
+
+def test_a_temp_file_that_cannot_be_removed_does_not_hide_a_lost_race(monkeypatch, tmp_path):
+    """Before, the unlink error replaced the FileExistsError of a lost race: run_stage then
+    audited a failure instead of reporting the winner's commit."""
+    from dlpipe.fsutil import create_exclusive
+
+    target = tmp_path / "m.json"
+    create_exclusive(target, b"winner")
+    _fail_to_remove_temp_files(monkeypatch)
+    with pytest.raises(FileExistsError):
+        create_exclusive(target, b"loser")
+    assert target.read_bytes() == b"winner"
+
+
+def test_a_commit_conflict_raised_by_a_stage_body_is_audited_as_a_failure():
+    """Only the manifest's own link decides a conflict. A CommitConflict from the body (a store
+    it writes to) met an ``assert`` that failed (or, under python -O, a TypeError) inside the
+    handler, and the 'failed' event was never written."""
+    from dlpipe.errors import CommitConflict
+
+    def body(attempt: Path) -> dict:
+        raise CommitConflict("s3://bucket/x already exists")
+
+    with pytest.raises(CommitConflict, match="already exists"):
+        run_stage(KEY, inputs=[], config={}, code=CODE, run=RunContext(), produce=body)
+    events = list(audit.read())
+    assert [e["event"] for e in events] == ["started", "failed"]
+    assert "CommitConflict: s3://bucket/x already exists" in events[-1]["error"]

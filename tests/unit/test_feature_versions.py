@@ -102,3 +102,27 @@ def test_the_eta_stages_hash_no_digits_code():
     import feature_jobs.stages as stages
 
     assert "digits" not in Path(stages.__file__).read_text().lower()
+
+
+def test_the_eta_fingerprints_hash_the_sources_hash_as_they_always_did():
+    """Extra keys of a stage's ``code`` (the digits stage's scikit-learn version) now enter its
+    fingerprint. The ETA stages record none, so their fingerprints keep the values that the rule
+    of before gives (recomputed here by that rule): no committed partition is recomputed."""
+    from dlpipe import audit
+    from dlpipe.hashing import fingerprint, sources_hash
+    from feature_jobs import materialize
+    from feature_jobs import stages
+
+    config, code = feature_version(SPEC)
+    assert list(code) == ["sources_hash"]
+    feature = _features("2026-01-03", config, code)
+    assert feature["fingerprint"] == fingerprint({"stage": "features/eta/dt=2026-01-03", "inputs": [],
+                                                  "config": config, "code": code["sources_hash"]})
+    _input_files(window_days=1)  # the dataset stage, stopped before Spark: its fingerprint is audited
+    started = [e for e in audit.read() if e["event"] == "started"][-1]
+    assert started["fingerprint"] == fingerprint({
+        "stage": "datasets/eta/window_end=2026-01-03",
+        "inputs": [(feature["id"], feature["fingerprint"])],
+        "config": DatasetConfig(features="eta", window_days=1).model_dump(),
+        "code": sources_hash([materialize.__file__, stages.__file__]),
+    })

@@ -92,3 +92,29 @@ def test_summary_of_an_unknown_run_names_the_runs_there_are(capsys):
     assert err.rstrip().endswith("newest first: manual__1, manual__2")
     assert cli.main(["summary", "--dag-id", "eta_training", "--run-id", "manual__2"]) == 1  # a real run
     assert "dlpipe run summary: dag eta_training, run manual__2" in capsys.readouterr().out
+
+
+def test_a_wrong_split_name_is_refused_as_a_split_not_as_a_dataset(tmp_path):
+    """'valid' for 'validation': the error names the split field, the value and the splits the
+    committed dataset has. Before, it blamed the dataset id (NotCommittedError)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dlpipe import commit, datasets
+    from dlpipe.errors import NotCommittedError
+
+    def produce(attempt):
+        for split in ("train", "validation"):
+            (attempt / split).mkdir()
+            pq.write_table(pa.table({"x": [1]}), attempt / split / "part-00000.parquet")
+        return {"splits": ["train", "validation"]}
+
+    ds = commit.run_stage(commit.StageKey("datasets", "eta", "window_end=2026-01-04"), inputs=[], config={},
+                          code={"sources_hash": "x"}, run=RunContext(), produce=produce)
+    with pytest.raises(ConfigError) as e:
+        datasets.split_url(datasets.resolve(ds.id), "valid")
+    assert e.value.field == "split" and e.value.value == "valid"
+    assert "['train', 'validation']" in e.value.fix and ds.id in e.value.fix
+    assert datasets.split_url(ds.manifest, "validation").endswith("/validation")
+    with pytest.raises(NotCommittedError, match="not a committed dataset"):  # another stage's manifest
+        datasets.split_url({**ds.manifest, "stage": "features"}, "train")
