@@ -12,6 +12,34 @@ _SECRET_NAME = re.compile(r"secret|password|passwd|credential|apikey|api_key|pri
                           r"|account_key|session_token|_token$|^token$", re.IGNORECASE)
 
 
+# Environment variables that hold credentials, whatever environment they are for: Horovod's ranks
+# (training/launcher.py, which keeps a copy of these rules until it imports them) and the ones
+# Spark settings give its driver and executors (dlpipe/spark_submit.py).
+SECRET_ENV = re.compile(r"SECRET|PASSWORD|PASSWD|TOKEN|FERNET|_KEY$|_KEYS$|APIKEY|CREDENTIAL|_DSN$|DATABASE_URL"
+                        r"|CONNECTION_STRING|_PASS$|PASSPHRASE|_PW$|_PWD$|_PAT$|_AUTH$|AUTH_CONFIG|JAAS|WEBHOOK"
+                        r"|PRIVATE|_SAS_|SAS_TOKEN", re.IGNORECASE)
+# Names of that kind that hold where a credential is, not the credential: a file (the way to give
+# ranks credentials), ssh-agent's socket (horovodrun's own ssh to other hosts), a task role's address.
+LOCATOR_ENV = re.compile(r"(_FILE|_PATH|_SOCK|_DIR)$|^GOOGLE_APPLICATION_CREDENTIALS$"
+                         r"|^AWS_CONTAINER_CREDENTIALS_(RELATIVE|FULL)_URI$", re.IGNORECASE)
+LOCATION = re.compile(r"^(/|\./|~|https?://)[^\n{]*$")  # a path or an address, not a key pasted in
+URL_WITH_PASSWORD = re.compile(r"://[^/\s@]*:[^/\s@]*@")
+
+
+def credential_value(value: str) -> bool:
+    """A value that is a credential whatever it is filed under: a URL with a login, a PEM private key."""
+    return bool(URL_WITH_PASSWORD.search(value)) or "PRIVATE KEY-----" in value
+
+
+def credential_env(name: str, value: str) -> bool:
+    """Whether the environment variable ``name=value`` holds a credential: by its value, or by
+    its name unless the name says where one is and the value is a path or address."""
+    if credential_value(value):
+        return True
+    located = LOCATOR_ENV.search(name) and LOCATION.match(value) and "-----BEGIN" not in value
+    return bool(SECRET_ENV.search(name)) and not located
+
+
 def _hide_login(match: re.Match) -> str:
     """``user:password@`` becomes ``***@``; an '@' in a path (``s3://bucket/eta@3/m.pt``) stays."""
     before = match.group(1)
@@ -21,17 +49,37 @@ def _hide_login(match: re.Match) -> str:
     return match.group(0)
 
 
+def _hidden_under(name: object, value: object) -> bool:
+    """Whether ``value``, filed under ``name``, is hidden: a string or a number (YAML reads a
+    numeric key as one) under a credential's name. A mapping or list under such a name is looked
+    into instead, and a switch (true/false) says nothing."""
+    return (isinstance(value, (str, bytes, int, float)) and not isinstance(value, bool)
+            and bool(_SECRET_NAME.search(str(name))))
+
+
 def redacted(value: object) -> object:
-    """``value`` fit for an error message: URL logins, and strings filed under a credential's
+    """``value`` fit for an error message: URL logins, and values filed under a credential's
     name, masked (mappings and lists under such a name are looked into, not hidden)."""
     if isinstance(value, str):
         return _URL_USER.sub(_hide_login, value)
     if isinstance(value, dict):
-        return {k: "***" if isinstance(v, str) and _SECRET_NAME.search(str(k)) else redacted(v)
-                for k, v in value.items()}
+        return {k: "***" if _hidden_under(k, v) else redacted(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [redacted(v) for v in value]
     return value
+
+
+def _last_name(field: str) -> str:
+    """The last name of a field path: ``p.yaml: registry.aws_secret_access_key`` gives
+    ``aws_secret_access_key`` (the file's name, before ': ', never counts)."""
+    return field.rsplit(": ", 1)[-1].rsplit(".", 1)[-1]
+
+
+def shown_value(field: str, value: object) -> object:
+    """``value`` of ``field`` as an error message may show it: '***' when the field itself is
+    named like a credential (a key misplaced in a section, or at the top level of a YAML),
+    else ``redacted``."""
+    return "***" if _hidden_under(_last_name(field), value) else redacted(value)
 
 
 class DlpipeError(Exception):
@@ -42,7 +90,7 @@ class ConfigError(DlpipeError, ValueError):
     """A configuration value is invalid. Deterministic: retrying will not help."""
 
     def __init__(self, field: str, value: object, fix: str) -> None:
-        self.field, self.value, self.fix = field, redacted(value), fix
+        self.field, self.value, self.fix = field, shown_value(field, value), fix
         super().__init__(f"invalid {field}={self.value!r}: {fix}")
 
 

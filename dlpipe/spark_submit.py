@@ -19,21 +19,41 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
+from dlpipe.errors import credential_env, credential_value
 from dlpipe.proc import AIRFLOW_SECRET_ENV, run_streaming
 
 SparkSubmit = Callable[[str, Sequence[str]], None]
 
 # Spark settings whose values are credentials: S3A keys, session tokens and encryption keys, Azure
-# account keys and SAS tokens, SSL, SASL and authentication secrets, OAuth tokens. They never go on
-# spark-submit's command line, which every local user can read (`ps`): they go in a properties file
-# only this user can read (``secret_properties``), and their values are masked in logs.
-SECRET_CONF = re.compile(r"secret|password|passwd|token|credential|account\.key|access\.key|private"
-                         r"|encryption\.key|\.sas\.|jaas", re.IGNORECASE)
+# account keys and SAS tokens, SSL, SASL and authentication secrets, OAuth tokens, API keys. They
+# never go on spark-submit's command line, which every local user can read (`ps`): they go in a
+# properties file only this user can read (``secret_properties``), and their values are masked in
+# logs. A key (access, account, encryption) counts as a whole name part: spark.io.encryption.keySizeBits
+# is a number, not a key.
+SECRET_CONF = re.compile(r"secret|password|passwd|passphrase|token|credential|(account|access|encryption)\.key(\.|$)"
+                         r"|api[._-]?key|private|\.sas\.|jaas", re.IGNORECASE)
+# Settings that set an environment variable of Spark's driver, executors or YARN application
+# master: the variable is judged as an environment variable (``is_secret_conf``).
+ENV_CONF = re.compile(r"^spark\.(executorEnv|yarn\.appMasterEnv|kubernetes\.driverEnv|mesos\.driverEnv)\.(?P<name>.+)$")
+
+
+def is_secret_conf(key: str, value: str) -> bool:
+    """Whether the Spark setting ``key=value`` holds a credential: named like one, a value that
+    is one (a URL with a login, a PEM key), or an environment variable that Horovod's ranks would
+    be denied (``errors.credential_env``: *_KEY, *_PASS, *_PWD, *_TOKEN, Airflow's own...), so that
+    one policy decides what a credential in an environment is. A setting caught wrongly still
+    reaches Spark, through the properties file; only its value is masked in logs."""
+    if SECRET_CONF.search(key) or credential_value(value):
+        return True
+    env = ENV_CONF.match(key)
+    if env is None:
+        return False
+    return bool(AIRFLOW_SECRET_ENV.match(env["name"].upper())) or credential_env(env["name"], value)
 
 
 def split_secret_conf(conf: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
     """(plain settings, credential settings) of ``conf``."""
-    secret = {k: str(v) for k, v in conf.items() if SECRET_CONF.search(k)}
+    secret = {k: str(v) for k, v in conf.items() if is_secret_conf(k, str(v))}
     return {k: v for k, v in conf.items() if k not in secret}, secret
 
 

@@ -124,3 +124,51 @@ def test_error_values_hide_logins_and_credentials_but_not_what_the_user_must_fix
     assert ConfigError("f", section, "fix").value == {
         "aws_secret_access_key": "***", "session_token": "***", "order_key": {"min": 0},
         "tokenizer": "bert", "root": "s3://***@b/r"}
+
+
+SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+
+
+def _validate(pipeline: dict) -> None:
+    """What loading a spec does: its top-level keys are checked, then each section."""
+    from dlpipe.registry import RegistryConfig
+    from operators.factory import check_pipeline
+    from training.config import TrainConfig
+
+    check_pipeline(pipeline)
+    section(pipeline, "registry", RegistryConfig)
+    section(pipeline, "train", TrainConfig)
+
+
+@pytest.mark.parametrize("yaml_text, field", [
+    (f"registry:\n  root: s3://models/eta\n  aws_secret_access_key: {SECRET}\n", "registry.aws_secret_access_key"),
+    (f"aws_secret_access_key: {SECRET}\n", "aws_secret_access_key"),  # a line misplaced at the top level
+    ("train:\n  api_key: 1234567890123\n", "train.api_key"),  # YAML reads it as a number
+])
+def test_a_credential_misplaced_in_the_yaml_is_not_echoed(tmp_path, yaml_text, field):
+    """A ConfigError whose field path ends in a credential's name shows '***' for the value,
+    whatever raised it (a section's validation, the check of top-level keys), so neither the task
+    log nor the audit log's 'failed' event holds it. Before, only credentials inside a shown
+    mapping (a misspelt section) were masked."""
+    from dlpipe import audit
+
+    p = tmp_path / "p.yaml"
+    p.write_text(yaml_text)
+    with pytest.raises(ConfigError) as e:
+        _validate(load_pipeline(p))
+    message = str(e.value)
+    assert f"{p}: {field}='***'" in message, message
+    audit.failed(e.value, stage="t", run=cli_context("t"))
+    log = audit.settings.audit_log_path().read_text()
+    assert SECRET not in log and "1234567890123" not in log and field in log
+
+
+def test_only_the_value_under_a_credentials_name_is_hidden():
+    assert ConfigError("p.yaml: registry.session_token", "t0k3n", "fix").value == "***"
+    assert ConfigError("p.yaml: registry.root", "s3://bucket/x", "fix").value == "s3://bucket/x"
+    assert ConfigError("p.yaml: train.tokenizer", "bert", "fix").value == "bert"  # not a token
+    assert ConfigError("my.secrets.d/p.yaml: train.epochs", 0, "fix").value == 0  # the file's name does not count
+    assert ConfigError("p.yaml: registry.use_credentials", True, "fix").value is True  # a switch says nothing
+    # a mapping under such a name is looked into, as in a shown section
+    assert ConfigError("p.yaml: credentials", {"region": "eu", "secret": "s"}, "fix").value == {
+        "region": "eu", "secret": "***"}

@@ -1,0 +1,114 @@
+"""Which Spark settings are credentials: those go in a private properties file, never on
+spark-submit's command line (which `ps` shows every local user, and SparkSubmitHook's error text
+repeats into task logs and the audit log). Settings that set an environment variable of the
+driver, the executors or YARN's application master are judged by the variable's name and value,
+with the rules that keep credentials out of Horovod's ranks: one policy for a credential in an
+environment, wherever the environment is."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from dlpipe import errors
+from dlpipe.spark_submit import is_secret_conf, local_spark_submit, split_secret_conf
+
+CREDENTIALS = {
+    "spark.executorEnv.OPENAI_API_KEY": "sk-live-9f8e7d6c5b4a3210",
+    "spark.yarn.appMasterEnv.DB_PASS": "p4ss",
+    "spark.kubernetes.driverEnv.REDIS_PWD": "p4ss",
+    "spark.executorEnv.GITHUB_TOKEN": "ghp_x",
+    "spark.executorEnv.STRIPE_KEY": "sk_x",
+    "spark.executorEnv.GITHUB_PAT": "pat",
+    "spark.executorEnv.KAFKA_SASL_JAAS_CONFIG": "x required;",
+    "spark.executorEnv.AIRFLOW_CONN_WAREHOUSE": "postgres://db/w",  # Airflow's own, whatever its value
+    "spark.executorEnv.DB_PASSWORD_FILE": "hunter2",  # a locator's name, a secret's value
+    "spark.openlineage.transport.auth.apiKey": "ol-key",  # a Spark setting named like an API key
+    "spark.hadoop.javax.jdo.option.ConnectionURL": "jdbc:postgresql://hive:pw@db:5432/metastore",  # a login
+    "spark.hadoop.fs.s3a.secret.key": "s3secret",  # caught before, still caught
+}
+
+ORDINARY = {
+    "spark.sql.shuffle.partitions": "8",
+    "spark.executor.memory": "8g",
+    "spark.executorEnv.PYTHONPATH": "/opt/dlpipe",
+    "spark.yarn.appMasterEnv.JAVA_HOME": "/usr/lib/jvm/java-17",
+    "spark.executorEnv.HADOOP_CONF_DIR": "/etc/hadoop/conf",
+    "spark.executorEnv.SSH_AUTH_SOCK": "/tmp/ssh-x/agent.1",
+    "spark.hadoop.fs.s3a.endpoint": "http://127.0.0.1:9000",
+    "spark.kerberos.keytab": "/etc/security/keytabs/dlpipe.keytab",  # where a key is, not a key
+    "spark.kerberos.principal": "dlpipe@EXAMPLE.COM",
+    "spark.io.encryption.keySizeBits": "256",
+    "spark.jars.packages": "org.apache.hadoop:hadoop-aws:3.4.1",
+}
+
+
+@pytest.mark.parametrize("key", sorted(CREDENTIALS))
+def test_credential_settings_go_to_the_properties_file(key):
+    plain, secret = split_secret_conf({key: CREDENTIALS[key], **ORDINARY})
+    assert secret == {key: CREDENTIALS[key]} and plain == ORDINARY
+
+
+@pytest.mark.parametrize("key", sorted(ORDINARY))
+def test_ordinary_settings_stay_on_the_command_line(key):
+    assert not is_secret_conf(key, ORDINARY[key])
+
+
+def test_the_environment_rules_are_the_horovod_ranks_rules():
+    """training/launcher.py keeps its own copy of the rank rules until it imports them from
+    dlpipe.errors: the two must not drift apart. Every variable a rank is denied is denied to
+    Spark's environments too."""
+    from training import launcher
+    from tests.unit.test_proc import MORE_SECRETS
+
+    for name in ("SECRET_ENV", "LOCATOR_ENV", "LOCATION", "URL_WITH_PASSWORD"):
+        assert getattr(errors, name).pattern == getattr(launcher, name).pattern, name
+    samples = [(n, "value-of-a-credential") for n in MORE_SECRETS] + [
+        ("AWS_SECRET_ACCESS_KEY", "s"), ("DB_PASSWORD_FILE", "hunter2"), ("GOOGLE_APPLICATION_CREDENTIALS", "/etc/sa.json"),
+        ("HTTPS_PROXY", "http://user:pw@proxy:3128"), ("NCCL_SOCKET_IFNAME", "eth0"), ("PYTHONPATH", "/opt/x")]
+    for name, value in samples:
+        if launcher._secret(name, value):
+            assert is_secret_conf(f"spark.executorEnv.{name}", value), name
+
+
+APP_THAT_FAILS = "import sys; sys.exit(3)\n"
+
+
+def test_local_spark_submit_puts_no_credential_on_its_command_line(tmp_path):
+    """Real spark-submit, on an application that exits 3: the command it ran (as `ps` shows it)
+    carries the properties file, not the credential."""
+    app = tmp_path / "app.py"
+    app.write_text(APP_THAT_FAILS)
+    started = []
+    conf = {"spark.executorEnv.OPENAI_API_KEY": CREDENTIALS["spark.executorEnv.OPENAI_API_KEY"],
+            "spark.executorEnv.PYTHONPATH": "/opt/dlpipe", "spark.sql.shuffle.partitions": "8"}
+    submit = local_spark_submit("local[1]", conf=conf, emit=lambda line: None, on_start=started.append)
+    with pytest.raises(errors.SubprocessFailed, match="exited with code 3"):
+        submit(str(app), [])
+    argv = started[0].args
+    assert not [a for a in argv if "sk-live" in a] and "--properties-file" in argv
+    assert "spark.executorEnv.PYTHONPATH=/opt/dlpipe" in argv  # ordinary settings stay there
+
+
+def test_a_failed_spark_attempt_keeps_an_env_credential_out_of_the_audit_log(monkeypatch, tmp_path):
+    """The reviewer's case: SparkSubmitHook's error repeats its command line, and run_stage
+    writes that error to the audit log (real spark-submit through the operator's submitter)."""
+    from dlpipe import commit, settings
+    from dlpipe.runctx import RunContext
+    from operators.features import hook_submitter
+
+    monkeypatch.setenv("AIRFLOW_CONN_DLPIPE_SPARK", '{"conn_type": "spark", "host": "local[1]"}')
+    app = tmp_path / "app.py"
+    app.write_text(APP_THAT_FAILS)
+    value = "sk-live-never-in-the-audit-log"
+    submit = hook_submitter("dlpipe_spark", {"spark.executorEnv.OPENAI_API_KEY": value}, "t.env", [])
+    with pytest.raises(Exception, match="Cannot execute"):
+        commit.run_stage(commit.StageKey("features", "eta", "dt=2026-01-03"), inputs=[], config={},
+                         code={"sources_hash": "x"}, run=RunContext(),
+                         produce=lambda attempt: submit(str(app), []))
+    text = settings.audit_log_path().read_text()
+    (failed,) = [json.loads(line) for line in text.splitlines() if json.loads(line)["event"] == "failed"]
+    assert "--properties-file" in failed["error"] and "never-in-the-audit-log" not in text
