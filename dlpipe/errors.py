@@ -13,8 +13,8 @@ _SECRET_NAME = re.compile(r"secret|password|passwd|credential|apikey|api_key|pri
 
 
 # Environment variables that hold credentials, whatever environment they are for: Horovod's ranks
-# (training/launcher.py, which keeps a copy of these rules until it imports them) and the ones
-# Spark settings give its driver and executors (dlpipe/spark_submit.py).
+# (training/launcher.py) and the ones Spark settings give its driver and executors
+# (dlpipe/spark_submit.py), both through dlpipe.proc.secret_env.
 SECRET_ENV = re.compile(r"SECRET|PASSWORD|PASSWD|TOKEN|FERNET|_KEY$|_KEYS$|APIKEY|CREDENTIAL|_DSN$|DATABASE_URL"
                         r"|CONNECTION_STRING|_PASS$|PASSPHRASE|_PW$|_PWD$|_PAT$|_AUTH$|AUTH_CONFIG|JAAS|WEBHOOK"
                         r"|PRIVATE|_SAS_|SAS_TOKEN", re.IGNORECASE)

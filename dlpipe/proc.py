@@ -18,13 +18,20 @@ import time
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from dlpipe.errors import SubprocessFailed
+from dlpipe.errors import SubprocessFailed, credential_env
 
 log = logging.getLogger(__name__)
 
 # Airflow's own secrets in a task's environment: its connections, variables and whole
 # configuration (its database URL holds a password). No tool dlpipe starts needs them.
 AIRFLOW_SECRET_ENV = re.compile(r"AIRFLOW_CONN_|AIRFLOW_VAR_|AIRFLOW__")
+
+
+def secret_env(name: str, value: str) -> bool:
+    """Whether the environment variable ``name=value`` must not reach a tool's environment or a
+    command line: Airflow's own, or a credential by name or value (``errors.credential_env``).
+    The one policy for Horovod's ranks and for the environments Spark settings give."""
+    return bool(AIRFLOW_SECRET_ENV.match(name.upper())) or credential_env(name, value)
 
 
 def run_streaming(

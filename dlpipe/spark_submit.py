@@ -19,8 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from dlpipe.errors import credential_env, credential_value
-from dlpipe.proc import AIRFLOW_SECRET_ENV, run_streaming
+from dlpipe.errors import credential_value
+from dlpipe.proc import AIRFLOW_SECRET_ENV, run_streaming, secret_env
 
 SparkSubmit = Callable[[str, Sequence[str]], None]
 
@@ -40,7 +40,7 @@ ENV_CONF = re.compile(r"^spark\.(executorEnv|yarn\.appMasterEnv|kubernetes\.driv
 def is_secret_conf(key: str, value: str) -> bool:
     """Whether the Spark setting ``key=value`` holds a credential: named like one, a value that
     is one (a URL with a login, a PEM key), or an environment variable that Horovod's ranks would
-    be denied (``errors.credential_env``: *_KEY, *_PASS, *_PWD, *_TOKEN, Airflow's own...), so that
+    be denied (``proc.secret_env``: *_KEY, *_PASS, *_PWD, *_TOKEN, Airflow's own...), so that
     one policy decides what a credential in an environment is. A setting caught wrongly still
     reaches Spark, through the properties file; only its value is masked in logs."""
     if SECRET_CONF.search(key) or credential_value(value):
@@ -48,7 +48,7 @@ def is_secret_conf(key: str, value: str) -> bool:
     env = ENV_CONF.match(key)
     if env is None:
         return False
-    return bool(AIRFLOW_SECRET_ENV.match(env["name"].upper())) or credential_env(env["name"], value)
+    return secret_env(env["name"], value)
 
 
 def split_secret_conf(conf: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:

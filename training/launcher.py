@@ -12,7 +12,7 @@ import sys
 from typing import Callable, Sequence
 
 from dlpipe.errors import ConfigError, SubprocessFailed
-from dlpipe.proc import AIRFLOW_SECRET_ENV, run_streaming
+from dlpipe.proc import run_streaming, secret_env
 from training.config import ScaleConfig
 
 log = logging.getLogger(__name__)
@@ -41,32 +41,43 @@ def horovodrun_argv(scale: ScaleConfig, command: Sequence[str]) -> list[str]:
 # Credentials the ranks never need. horovodrun copies its whole environment onto the command
 # line of every remote rank (visible to `ps` on that host), so they are not passed on at all:
 # Airflow's connections, variables and whole configuration (its database URL holds a password),
-# anything named like a credential, and any value that is a URL with a user and password in it.
-SECRET_ENV = re.compile(r"SECRET|PASSWORD|PASSWD|TOKEN|FERNET|_KEY$|_KEYS$|APIKEY|CREDENTIAL|_DSN$|DATABASE_URL"
-                        r"|CONNECTION_STRING|_PASS$|PASSPHRASE|_PW$|_PWD$|_PAT$|_AUTH$|AUTH_CONFIG|JAAS|WEBHOOK"
-                        r"|PRIVATE|_SAS_|SAS_TOKEN", re.IGNORECASE)
-# Names of that kind that hold where a credential is, not the credential: a file (the way to give
-# ranks credentials), ssh-agent's socket (horovodrun's own ssh to other hosts), a task role's address.
-LOCATOR_ENV = re.compile(r"(_FILE|_PATH|_SOCK|_DIR)$|^GOOGLE_APPLICATION_CREDENTIALS$"
-                         r"|^AWS_CONTAINER_CREDENTIALS_(RELATIVE|FULL)_URI$", re.IGNORECASE)
-URL_WITH_PASSWORD = re.compile(r"://[^/\s@]*:[^/\s@]*@")
+# anything named like a credential, and any value that is a URL with a user and password in it
+# (``dlpipe.proc.secret_env``, the rules Spark's environments get too).
+_secret = secret_env
 
 
-LOCATION = re.compile(r"^(/|\./|~|https?://)[^\n{]*$")  # a path or an address, not a key pasted in
+EXAMPLE = "e.g. {'OMP_NUM_THREADS': '4'}"
 
 
-def _secret(name: str, value: str) -> bool:
-    if AIRFLOW_SECRET_ENV.match(name.upper()) or URL_WITH_PASSWORD.search(value) or "PRIVATE KEY-----" in value:
-        return True  # Airflow's own; and by value, whatever the name: a login in a URL, a PEM private key
-    located = LOCATOR_ENV.search(name) and LOCATION.match(value) and "-----BEGIN" not in value
-    return bool(SECRET_ENV.search(name)) and not located
+def _unusable(name: object, value: object) -> tuple[object, str] | None:
+    """(what to show of the name, the fix) when Popen would refuse the variable at task run, a
+    bare TypeError or ValueError that Airflow retries; None when it is fine. Only the name is
+    shown, and only the part of it that cannot be a pasted value: a number, the text before '='."""
+    if not isinstance(name, str):
+        shown = name if isinstance(name, (int, float)) or name is None else f"<a {type(name).__name__}>"
+        return shown, f"the name is of type {type(name).__name__}; give names as strings, {EXAMPLE}"
+    if not name:
+        return name, "a variable needs a name"
+    if "=" in name:
+        return name.partition("=")[0] + "=...", "a name cannot contain '=' (it ends the name); give {'NAME': 'value'}"
+    if not isinstance(value, str):
+        return name, f"its value is of type {type(value).__name__}; give values as strings, {EXAMPLE}"
+    if "\0" in name or "\0" in value:
+        return name, "a name or value cannot contain a NUL character"
+    return None
 
 
 def check_rank_env(extra: dict[str, str]) -> None:
-    """Refuse extra rank variables that look like credentials (by name, or a URL with a password):
-    horovodrun would show them on every rank's command line."""
+    """Refuse extra rank variables that Popen cannot pass (a name or value that is not a string,
+    an empty name, a name with '='), and ones that look like credentials (by name, or a URL with
+    a password): horovodrun would show them on every rank's command line."""
+    if not isinstance(extra, dict):
+        raise ConfigError("env", type(extra).__name__, f"give a mapping of names to strings, {EXAMPLE}")
     for name, value in extra.items():
-        if _secret(name, str(value)):
+        unusable = _unusable(name, value)
+        if unusable is not None:
+            raise ConfigError("env", *unusable)
+        if _secret(name, value):
             raise ConfigError("env", name, "horovodrun puts every rank's environment on a command line "
                                            "that any user of the host can read (ps); give ranks credentials "
                                            "through a file only they can read (AWS_SHARED_CREDENTIALS_FILE, "
