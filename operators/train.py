@@ -44,8 +44,10 @@ class HorovodTrainOperator(DlpipeOperator):
     :param hosts: ``host:slots,...`` (``-H``)
     :param controller: ``gloo`` or ``mpi``
     :param network_interface: NIC for collectives
-    :param env: extra environment variables for every rank; no credentials (horovodrun shows
-        them on the ranks' command lines): a name that looks like one is refused
+    :param env: extra environment variables for every rank, names and values as strings
+        (``{'OMP_NUM_THREADS': '4'}``: anything else is refused when the DAG is parsed, not
+        when the task runs); no credentials (horovodrun shows them on the ranks' command
+        lines): a name that looks like one is refused
     :param start_timeout_s: horovodrun ``--start-timeout``
     :param run_timeout_s: wall-clock limit for the whole job
     :param min_np: elastic Horovod: keep training while at least this many processes live
@@ -73,7 +75,7 @@ class HorovodTrainOperator(DlpipeOperator):
         self.env = env or {}
         from training.launcher import check_rank_env
 
-        try:  # a credential in a rank's environment is refused when the DAG is parsed
+        try:  # a credential or a non-string in a rank's environment is refused when the DAG is parsed
             check_rank_env(self.env)
         except ConfigError as exc:
             raise ConfigError(_argument(self.task_id, "env"), exc.value, exc.fix) from None

@@ -54,6 +54,10 @@ def _check_script(value: str | None) -> str | None:
     return value
 
 
+# torch.manual_seed takes an unsigned 64-bit seed; a larger one failed on every rank, after start.
+MAX_SEED = 2 ** 64 - 1
+
+
 class TrainConfig(BaseModel):
     """Hyper-parameters of the ETA MLP regressor."""
 
@@ -62,7 +66,7 @@ class TrainConfig(BaseModel):
     epochs: int = Field(6, ge=1, le=1000, description="passes over the training split")
     batch_size: int = Field(256, ge=1, le=1 << 20, description="rows per step per process")
     learning_rate: YamlFloat = Field(2e-3, gt=0, le=1.0, description="per-process rate (scaled by world size)")
-    seed: int = Field(13, ge=0, description="seeds init and shuffling: same seed, same model")
+    seed: int = Field(13, ge=0, le=MAX_SEED, description="seeds init and shuffling: same seed, same model")
     decode_in: Literal["threads", "processes"] = Field(
         "threads", description="where the training data is decoded: threads of the training process, or "
                                "worker processes that leave its GIL to the training loop (GPU hosts); same batches")
@@ -77,7 +81,7 @@ class DigitsTrainConfig(BaseModel):
     epochs: int = Field(15, ge=1, le=1000, description="passes over the training split")
     batch_size: int = Field(64, ge=1, le=1 << 16, description="images per step per process")
     learning_rate: YamlFloat = Field(2e-3, gt=0, le=1.0, description="per-process rate (scaled by world size)")
-    seed: int = Field(7, ge=0, description="seeds init and shuffling: same seed, same model")
+    seed: int = Field(7, ge=0, le=MAX_SEED, description="seeds init and shuffling: same seed, same model")
 
 
 class ScaleConfig(BaseModel):
@@ -115,6 +119,9 @@ class ScaleConfig(BaseModel):
             missing = "min_np" if self.min_np is None else "host_discovery_script"
             raise FieldValueError(missing, None, "elastic training needs both min_np and "
                                   "host_discovery_script (max_np alone does not make a run elastic)")
+        if self.max_np is not None and self.max_np < self.min_np:  # before num_proc, which no value fits
+            raise FieldValueError("max_np", self.max_np, f"below min_np={self.min_np}: set max_np >= min_np "
+                                  f"(the most processes the job grows to, at least the fewest it goes on with)")
         top = self.max_np or self.num_proc
         if not self.min_np <= self.num_proc <= top:
             raise FieldValueError("num_proc", self.num_proc, f"need min_np <= num_proc <= max_np, got "

@@ -39,6 +39,15 @@ def pick_device(local_rank: int):
     return torch.device("cpu")
 
 
+def close_loader(loader: Any) -> None:
+    """Stop what a loader runs besides the training loop (``ShardLoader``'s decoding processes)
+    now, rather than whenever the garbage collector finds it. Loaders that hold nothing to stop
+    (``ImageShardLoader``) have no ``close()``."""
+    close = getattr(loader, "close", None)
+    if close is not None:
+        close()
+
+
 class Trainer:
     """One rank's view of the job. ``bind()`` (re)reads the world: rank, size, this rank's shard,
     steps per epoch and the learning rate. Static jobs bind once; elastic jobs bind again after
@@ -96,8 +105,10 @@ class Trainer:
 
     def bind(self) -> None:
         hvd = self.hvd
-        if self.train is not None:  # the loader of the previous world
+        if self.train is not None:  # the loader of the previous world: its shard is not ours now
             self.earlier_wait_s += self.train.wait_s
+            close_loader(self.train)  # its decoding processes and their shared memory, now
+            self.train = None
         self.rank, self.size = hvd.rank(), hvd.size()
         self.train = self.loader("train", batch_size=self.cfg.batch_size)
         log(self.rank, f"shard: {self.train.num_rows} training rows in {len(self.train.groups)} of "
@@ -106,8 +117,10 @@ class Trainer:
         # Row counts come from the Parquet footers before anything is read; the loader then
         # checks each row group against its footer, so a partial read fails instead of training
         # on less.
+        validation = self.loader("validation", batch_size=8192)
+        close_loader(validation)  # only its row count is needed here
         self.rows = {"train": int(self.total(self.train.num_rows)),
-                     "validation": int(self.total(self.loader("validation", batch_size=8192).num_rows))}
+                     "validation": int(self.total(validation.num_rows))}
         if self.rows != self.spec["expected_rows"]:
             raise SystemExit(f"the ranks found {self.rows} rows, the dataset's manifest commits "
                              f"{self.spec['expected_rows']}: the dataset changed after it was committed")

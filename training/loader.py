@@ -43,7 +43,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from training.decode_pool import Decode, DecodePool, SlotRing
+from training.decode_pool import Decode, DecodePool, Slot, SlotRing
 from training import scatter
 from training.scatter import draw_positions, permutation, place_block, place_columns, window_order
 from training.parquet_groups import (RowGroup, check_numeric_columns, column_chunks, decode_chunk_bytes,
@@ -119,9 +119,10 @@ class ShardLoader:
         self._close = lambda: None
         self._one_epoch = threading.Lock()
         # thread mode, CPU: window buffers, reused across windows and epochs (at most as many
-        # kept as one epoch has in flight: decoding ahead, delivering, carried, queued)
-        self._buffers: SlotRing[np.ndarray] = SlotRing(
-            lambda: np.empty((len(self.columns) + 1) * self._window_rows, np.float32), keep=prefetch + 3)
+        # kept as one epoch has in flight: decoding ahead, delivering, carried, queued). The
+        # factory holds the size, not the loader: see _decoders
+        values = (len(self.columns) + 1) * self._window_rows
+        self._buffers: SlotRing[np.ndarray] = SlotRing(lambda: np.empty(values, np.float32), keep=prefetch + 3)
         if cache_bytes is not None and (isinstance(cache_bytes, bool) or not isinstance(cache_bytes, numbers.Integral)
                                         or cache_bytes < 0):
             raise ValueError(f"cache_bytes={cache_bytes!r} must be an integer >= 0 (0: no cache) or None (auto)")
@@ -152,8 +153,10 @@ class ShardLoader:
 
     @property
     def _window_rows(self) -> int:
-        """The most rows a window can hold: its row groups plus fewer than a batch carried in."""
-        return self.batch_size - 1 + sum(sorted(g.rows for g in self.groups)[-self.window:])
+        """The most rows a window can hold: its row groups plus fewer than a batch carried in.
+        At least 1: a shard of empty row groups (batch_size 1) still plans empty windows, and a
+        shared slot of 0 bytes cannot be mapped."""
+        return max(1, self.batch_size - 1 + sum(sorted(g.rows for g in self.groups)[-self.window:]))
 
     def num_batches(self) -> int:
         full, rest = divmod(self.num_rows, self.batch_size)
@@ -309,10 +312,16 @@ class ShardLoader:
         if self._pool is None:
             pool = DecodePool(self.workers, label=f"decode-rank{self.rank}", answer_timeout_s=self.decode_timeout_s)
             self._close = weakref.finalize(self, _stop_decoders, pool, self._pinned)
-            def new_slot():
-                slot = pool.new_slot(len(self.columns) + 1, self._window_rows)
-                if self.device.type == "cuda":
-                    self._pin(slot)
+            # The slot factory holds what it needs, not the loader: a loader in a reference
+            # cycle (loader -> ring -> factory -> loader) kept its processes and shared memory
+            # until a cyclic collection, which for old objects may never come in a long run.
+            width, rows, pinned = len(self.columns) + 1, self._window_rows, self._pinned
+            pin = self.device.type == "cuda"
+
+            def new_slot() -> Slot:
+                slot = pool.new_slot(width, rows)
+                if pin:
+                    _pin(slot, pinned)
                 return slot
 
             self._ring = SlotRing(new_slot)
@@ -328,14 +337,6 @@ class ShardLoader:
             raise RuntimeError("a ShardLoader with processes=True runs one epoch at a time: close the previous "
                                "epoch's generator (contextlib.closing) before starting the next")
         return decoders
-
-    def _pin(self, slot) -> None:
-        """Register a slot with CUDA as page-locked memory, so copies from it are asynchronous."""
-        view = np.frombuffer(slot.mm, np.uint8)
-        err = int(torch.cuda.cudart().cudaHostRegister(view.ctypes.data, slot.nbytes, 0))
-        if err:
-            raise RuntimeError(f"cudaHostRegister of a {slot.nbytes}-byte decode slot failed (cudaError {err})")
-        self._pinned.append((view.ctypes.data, view))
 
     def _windows_procs(self, rng: np.random.Generator, stop: threading.Event) -> Iterator[tuple]:
         """``_windows_cpu`` with the decoding in worker processes. The plan (and so the stream) is
@@ -361,19 +362,20 @@ class ShardLoader:
             pending.append((w, slot, [pool.submit(t) for t in tasks]))
 
         prev = None  # (slot, its carried rows, liveness of its delivery) of the previous window
+        taken = None  # the slot of the window being waited for, until it becomes prev
         try:
             for _ in range(max(2, -(-self.workers // self.window) + 1)):  # enough windows to keep all busy
                 submit()
             while pending and not stop.is_set():
-                w, slot, tickets = pending.popleft()
+                w, taken, tickets = pending.popleft()
                 pool.wait(tickets)
-                buf = slot.window(w.n)
+                buf = taken.window(w.n)
                 if w.carried:
                     place_block(buf, prev[1], w.places[0])
                 if prev is not None:
                     ring.retire(prev[0], prev[2])
                 delivered = buf[:, :w.usable]  # torch's storage holds this very array
-                prev = (slot, buf[:, w.usable:], _alive(delivered))
+                prev, taken = (taken, buf[:, w.usable:], _alive(delivered)), None
                 submit()
                 if w.usable:
                     t = torch.from_numpy(delivered)
@@ -385,6 +387,8 @@ class ShardLoader:
             pool.drain()
             if prev is not None:
                 ring.retire(prev[0], prev[2])
+            if taken is not None:  # its wait failed (a decode error): nothing of it was delivered
+                ring.retire(taken, lambda: False)
             for _, slot, _ in pending:
                 ring.retire(slot, lambda: False)
             self._one_epoch.release()
@@ -416,12 +420,14 @@ class ShardLoader:
                 submit()
             while pending and not stop.is_set():
                 slot, n, tickets = pending.popleft()
-                pool.wait(tickets)
-                submit()
-                yield [torch.from_numpy(slot.window(n))], not pending
-                copied = torch.cuda.Event()
-                copied.record(stream)
-                ring.retire(slot, lambda ev=copied: not ev.query())
+                try:
+                    pool.wait(tickets)
+                    submit()
+                    yield [torch.from_numpy(slot.window(n))], not pending
+                finally:  # delivered, failed, or stopped at the yield after its copy was queued
+                    copied = torch.cuda.Event()
+                    copied.record(stream)
+                    ring.retire(slot, lambda ev=copied: not ev.query())
         finally:
             pool.cancel()  # whatever is still queued is for windows nobody will read
             pool.drain()
@@ -566,6 +572,16 @@ def _alive(array: np.ndarray):
     do, since they point past it to the memory's owner."""
     ref = weakref.ref(array)
     return lambda: ref() is not None
+
+
+def _pin(slot: Slot, pinned: list) -> None:
+    """Register a slot with CUDA as page-locked memory, so copies from it are asynchronous;
+    ``pinned`` lists what ``_stop_decoders`` unregisters."""
+    view = np.frombuffer(slot.mm, np.uint8)
+    err = int(torch.cuda.cudart().cudaHostRegister(view.ctypes.data, slot.nbytes, 0))
+    if err:
+        raise RuntimeError(f"cudaHostRegister of a {slot.nbytes}-byte decode slot failed (cudaError {err})")
+    pinned.append((view.ctypes.data, view))
 
 
 def _stop_decoders(pool: DecodePool, pinned: list) -> None:

@@ -179,15 +179,17 @@ def test_two_hosts_one_slot_each(dataset):
     assert any(line.startswith("[1]") for line in lines) and any(line.startswith("[0]") for line in lines)
 
 
-def test_elastic_job_loses_a_rank_and_finishes_with_the_survivor(dataset, tmp_path):
+@pytest.mark.parametrize("decode_in", ["threads", "processes"])
+def test_elastic_job_loses_a_rank_and_finishes_with_the_survivor(dataset, tmp_path, decode_in):
     """Elastic Horovod (--min-np 1): a rank is killed at epoch 2, its host is dropped, and the
-    survivor rolls back to the last committed epoch, takes over every shard and completes."""
+    survivor rolls back to the last committed epoch, takes over every shard and completes. With
+    decoding processes, the survivor's new bind stops the interrupted loader's processes first."""
     discover = tmp_path / "discover_hosts.sh"
     discover.write_text("#!/bin/sh\necho localhost:1\necho 127.0.0.1:1\n")
     discover.chmod(0o755)
     scale = ScaleConfig(num_proc=2, min_np=1, max_np=2, host_discovery_script=str(discover), run_timeout_s=300)
     lines: list[str] = []
-    config = TrainConfig(epochs=10, batch_size=16)
+    config = TrainConfig(epochs=10, batch_size=16, decode_in=decode_in)
     killer = _when_epoch(dataset, 2, lambda pid: os.kill(pid, signal.SIGKILL))
     result = _train(dataset, lines, scale, config)
     killer.join(5)

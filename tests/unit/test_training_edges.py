@@ -1,0 +1,235 @@
+"""Edges of the training side: elastic rebinding, failed decodes, empty ranks and the settings
+that used to pass the checks and fail later, on every rank or at task run."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import threading
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from dlpipe.errors import ConfigError
+from dlpipe.pipeline_config import section
+from training.config import DigitsTrainConfig, ScaleConfig, TrainConfig
+from training.loader import ShardLoader
+
+
+def write_split(root: Path, tables: list[pa.Table], row_group_size: int) -> str:
+    root.mkdir(parents=True)
+    for k, table in enumerate(tables):
+        pq.write_table(table, root / f"part-{k:05d}.parquet", row_group_size=row_group_size)
+    return f"file://{root}"
+
+
+def rows(n: int) -> pa.Table:
+    i = np.arange(n, dtype=np.float32)
+    return pa.table({"a": i, "label": i + 0.5})
+
+
+def drain(loader: ShardLoader, epoch: int) -> int:
+    """Rows delivered; batches are dropped at once, as a training step does."""
+    return sum(len(y) for _, y in loader.epoch(epoch))
+
+
+def assert_every_slot_is_back(loader: ShardLoader) -> None:
+    """Each slot made is back in the ring (reusable once nothing views it): none is lost."""
+    ring = loader._ring
+    assert len(ring._retired) == ring.size, f"{ring.size} slots made, {len(ring._retired)} back in the ring"
+
+
+# -- elastic rebinding --------------------------------------------------------------------------
+
+@pytest.fixture
+def torch_globals():
+    """A Trainer seeds torch and sets its thread count for the whole process: put them back for
+    the tests that run after this one in the same process."""
+    threads, rng = torch.get_num_threads(), torch.get_rng_state()
+    yield
+    torch.set_num_threads(threads)
+    torch.set_rng_state(rng)
+
+
+@pytest.fixture
+def horovod(torch_globals):
+    """Real Horovod, a world of one process (no horovodrun needed)."""
+    import horovod.torch as hvd
+
+    hvd.init()
+    yield hvd
+    hvd.shutdown()
+
+
+def eta_spec(tmp_path: Path) -> dict:
+    train = write_split(tmp_path / "train", [rows(4000)], 100)
+    validation = write_split(tmp_path / "validation", [rows(400)], 100)
+    (tmp_path / "ckpt").mkdir()
+    return {"train": {"decode_in": "processes", "batch_size": 64, "epochs": 1}, "checkpoint_dir": str(tmp_path / "ckpt"),
+            "train_url": train, "validation_url": validation, "features": ["a"], "label": "label",
+            "stats": {"a": {"mean": 0, "std": 1}, "label": {"mean": 0, "std": 1}},
+            "expected_rows": {"train": 4000, "validation": 400}}
+
+
+def test_rebinding_after_a_membership_change_stops_the_previous_loaders_decoders(horovod, tmp_path):
+    """train_elastic's reset callback binds again after every membership change; each bind used
+    to leave the previous world's decoding processes (and their shared memory) running."""
+    from training.train_eta import EtaTrainer
+
+    trainer = EtaTrainer(eta_spec(tmp_path), horovod)
+    loaders, procs = [], []
+    for _ in range(3):
+        trainer.bind()
+        with contextlib.closing(trainer.train.epoch(0)) as batches:
+            next(batches)  # part of an epoch, then the membership changes
+        loaders.append(trainer.train)  # held here, so only an explicit close() stops its workers
+        procs.append(list(trainer.train._pool._procs))
+    assert all(p.poll() is not None for world in procs[:-1] for p in world), "a past world's decoders still run"
+    assert all(p.poll() is None for p in procs[-1])
+    trainer.train.close()
+    assert all(p.poll() is not None for p in procs[-1])
+
+
+def test_a_dropped_loader_stops_its_decoders_without_the_cyclic_collector(tmp_path):
+    """A loader nobody refers to any more stops its processes at once: it is in no reference
+    cycle, so it does not wait for a cyclic collection (rare for old objects) to go."""
+    url = write_split(tmp_path / "train", [rows(1000)], 100)
+    loader = ShardLoader(url, ["a"], "label", batch_size=64, workers=2, processes=True)
+    assert drain(loader, 0) == 1000
+    procs = list(loader._pool._procs)
+    gc.disable()
+    try:
+        del loader
+        assert all(p.poll() is not None for p in procs), "the workers outlived their loader"
+    finally:
+        gc.enable()
+
+
+# -- a failed decode gives its slot back ---------------------------------------------------------
+
+@pytest.fixture
+def null_label(tmp_path) -> str:
+    """20 row groups of 100 rows; row 1500's label is null, so the epoch fails when the window
+    holding its row group is waited for (shuffled: a different window every epoch). The null is
+    the fault; decoding, the pool and the slots are real."""
+    i = np.arange(2000, dtype=np.float32)
+    label = pa.array([None if k == 1500 else float(k) for k in range(2000)], pa.float32())
+    return write_split(tmp_path / "nulls", [pa.table({"a": i, "label": label})], 100)
+
+
+def test_a_failed_decode_gives_its_slot_back_every_epoch(null_label):
+    with ShardLoader(null_label, ["a"], "label", batch_size=64, workers=2, shuffle_window=2,
+                     processes=True) as loader:
+        made = []
+        for epoch in range(8):
+            with pytest.raises(ValueError, match="column 'label' has 1 nulls"):
+                drain(loader, epoch)
+            assert_every_slot_is_back(loader)
+            gc.collect()  # the error's traceback holds the epoch's last batch, in a cycle
+            made.append(loader._ring.size)
+        # at most what an epoch holds at once (2 windows decoding, 1 being placed, 2 queued
+        # and 1 with the consumer), reused; it used to grow by a slot a failed epoch
+        assert made[-1] <= 6, made
+
+
+class _CopiedEvent:
+    """torch.cuda.Event without a GPU: every copy has run. Stubbed only because this machine has
+    none (scripts/gpu_check.sh runs the GPU tests); the pool, the slots and the ring are real."""
+
+    def record(self, stream=None) -> None:
+        pass
+
+    def query(self) -> bool:
+        return True
+
+
+def test_the_gpu_paths_failed_or_stopped_windows_give_their_slots_back(null_label, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "Event", _CopiedEvent)
+    with ShardLoader(null_label, ["a"], "label", batch_size=64, workers=2, shuffle_window=2, seed=5,
+                     processes=True) as loader:
+        for epoch in range(6):
+            rng = np.random.Generator(np.random.PCG64([5, epoch, 0]))
+            with pytest.raises(ValueError, match="column 'label' has 1 nulls"):
+                for _ in loader._decoded_windows_procs(rng, threading.Event(), None):
+                    pass
+            assert_every_slot_is_back(loader)
+        for epoch in range(6):  # stopped after its first window (a membership change, an early stop)
+            windows = loader._decoded_windows_procs(np.random.Generator(np.random.PCG64([5, 0, 0])),
+                                                    threading.Event(), None)
+            next(windows)
+            windows.close()
+            assert_every_slot_is_back(loader)
+        assert loader._ring.size <= 6
+
+
+# -- a rank whose row groups hold no rows ----------------------------------------------------------
+
+@pytest.mark.parametrize("processes", [False, True])
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_a_rank_with_only_empty_row_groups_gives_no_batches(tmp_path, processes, batch_size):
+    """Rank 1 of 2 is dealt the only row group of a 0-row file: no batches, in either mode (a
+    shared slot of 0 rows used to be an empty file, which mmap refuses)."""
+    url = write_split(tmp_path / "split", [rows(100), rows(0)], 100)
+    with ShardLoader(url, ["a"], "label", rank=1, size=2, batch_size=batch_size, processes=processes) as loader:
+        assert ([g.rows for g in loader.groups], loader.num_batches()) == ([0], 0)
+        assert [list(loader.epoch(epoch)) for epoch in (0, 1)] == [[], []]
+
+
+# -- settings refused when they are read, naming the field ----------------------------------------
+
+@pytest.mark.parametrize("model", [TrainConfig, DigitsTrainConfig])
+def test_a_seed_torch_cannot_take_is_refused_naming_the_field(model, torch_globals):
+    """torch.manual_seed takes seeds below 2**64: a larger one failed on every rank after start."""
+    with pytest.raises(ConfigError, match=r"train\.seed=18446744073709551616: .*less than or equal to "
+                                          r"18446744073709551615"):
+        section({"train": {"seed": 2 ** 64}, "_source": "p.yaml"}, "train", model)
+    largest = section({"train": {"seed": 2 ** 64 - 1}}, "train", model).seed
+    torch.manual_seed(largest)  # what every rank does with it
+    assert torch.initial_seed() == largest
+
+
+def test_max_np_below_min_np_is_blamed_on_max_np():
+    with pytest.raises(ConfigError, match=r"p\.yaml: scale\.max_np=2: .*below min_np=4.*max_np"):
+        section({"scale": {"min_np": 4, "max_np": 2, "num_proc": 4, "host_discovery_script": "/d.sh"},
+                 "_source": "p.yaml"}, "scale", ScaleConfig)
+    with pytest.raises(ConfigError, match=r"scale\.num_proc=5: need min_np <= num_proc <= max_np"):
+        section({"scale": {"min_np": 2, "max_np": 4, "num_proc": 5, "host_discovery_script": "/d.sh"}},
+                "scale", ScaleConfig)
+
+
+ARGUMENT = r"HorovodTrainOperator\(task_id='train'\) argument env"
+
+
+@pytest.mark.parametrize("env, shown, fix", [
+    ({"OMP_NUM_THREADS": 48151623}, "'OMP_NUM_THREADS'",
+     r"its value is of type int; give values as strings, e\.g\. \{'OMP_NUM_THREADS': '4'\}"),
+    ({"NCCL_DEBUG": None}, "'NCCL_DEBUG'", "its value is of type NoneType; give values as strings"),
+    ({7: "s3cr3t"}, "7", "the name is of type int; give names as strings"),
+    ({b"TOKEN=s3cr3t": "x"}, "'<a bytes>'", "give names as strings"),
+    ({"": "s3cr3t"}, "''", "a variable needs a name"),
+    ({"TOKEN=s3cr3t": "s3cr3t"}, r"'TOKEN=\.\.\.'", "a name cannot contain '='"),
+    ({"NCCL_DEBUG": "s3cr3t\0"}, "'NCCL_DEBUG'", "NUL"),
+])
+def test_rank_variables_that_popen_refuses_are_refused_when_the_dag_is_parsed(env, shown, fix):
+    """Popen refused them only when the task ran (a bare TypeError, retried by Airflow). The
+    error names the variable, never its value (a value may be a credential)."""
+    from operators.train import HorovodTrainOperator
+
+    with pytest.raises(ConfigError, match=rf"{ARGUMENT}={shown}: .*{fix}") as err:
+        HorovodTrainOperator(task_id="train", dataset_id="x", pipeline_config="p.yaml",
+                             env={"NCCL_SOCKET_IFNAME": "eth0", **env})
+    assert "s3cr3t" not in str(err.value) and "48151623" not in str(err.value)
+
+
+def test_rank_variables_must_be_a_mapping_and_strings_at_run_time_too():
+    from training.launcher import training_env
+
+    with pytest.raises(ConfigError, match=r"env='list': give a mapping of names to strings"):
+        training_env(["OMP_NUM_THREADS=4"])
+    with pytest.raises(ConfigError, match=r"env='OMP_NUM_THREADS': .*give values as strings"):
+        training_env({"OMP_NUM_THREADS": 4})
+    assert training_env({"OMP_NUM_THREADS": "4"})["OMP_NUM_THREADS"] == "4"
