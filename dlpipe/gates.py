@@ -28,17 +28,22 @@ from dlpipe.runctx import RunContext
 log = logging.getLogger(__name__)
 
 
-# pandas dtype names (the vocabulary of ColumnRule.type) and the Spark SQL types Parquet columns
-# of that dtype read as; GX's type check on Spark wants the pyspark.sql.types class name.
-SPARK_TYPES: dict[str, str] = {
-    "float32": "FloatType", "float64": "DoubleType", "int8": "ByteType", "int16": "ShortType",
-    "int32": "IntegerType", "int64": "LongType", "bool": "BooleanType", "object": "StringType",
-    "str": "StringType", "string": "StringType",
+# ColumnRule.type -> the (pandas dtype, Spark type) pairs a column may have, one pair per dtype:
+# the pandas name goes to GX's pandas type check, the pyspark.sql.types class name to its Spark
+# one, so the same columns pass on both engines. int and float (Python's names) allow every
+# width; str, string and StringDtype a string column (GX's pandas check on 'str': every non-null
+# value is a str; it knows neither 'string' nor what the StringDtype class stands for).
+_INTS = (("int8", "ByteType"), ("int16", "ShortType"), ("int32", "IntegerType"), ("int64", "LongType"))
+_FLOATS = (("float32", "FloatType"), ("float64", "DoubleType"))
+_STRING = (("str", "StringType"),)
+COLUMN_TYPES: dict[str, tuple[tuple[str, str], ...]] = {
+    **{pandas: ((pandas, spark),) for pandas, spark in _INTS + _FLOATS},
+    "bool": (("bool", "BooleanType"),), "object": (("object", "StringType"),),
+    "str": _STRING, "string": _STRING, "StringDtype": _STRING,
+    "int": _INTS, "long": _INTS, "float": _FLOATS,
 }
 # Spark type -> the pandas name used in failure messages, so both engines report alike
-_PANDAS_NAMES = {"StringType": "object", **{v: k for k, v in SPARK_TYPES.items() if v != "StringType"}}
-# Python type names GX's pandas type check also accepts (great_expectations' native_type_type_map)
-_NATIVE_TYPES = {"none", "bool", "int", "long", "float", "bytes", "complex", "str", "string_types", "list", "dict"}
+_PANDAS_NAMES = {"StringType": "object", "BooleanType": "bool", **{spark: pandas for pandas, spark in _INTS + _FLOATS}}
 
 # The expectation types of gx.expectations in the pinned Great Expectations (1.24), by the name
 # a spec gives them. A spec is checked against this list when it is loaded (at DAG parse time),
@@ -88,11 +93,12 @@ def _close(value: str, known: Iterable[str]) -> str:
     return f" (did you mean {match[0]}?)" if match else ""
 
 
-def _dtype_known(name: str) -> bool:
-    """Whether GX's pandas type check can match a column against ``name``: the names it resolves
-    (a numpy dtype, a pandas dtype class such as ``StringDtype``, a Python type name). Any other
-    name fails every column, which the gate would report as bad data."""
-    if name in SPARK_TYPES or name.lower() in _NATIVE_TYPES:
+def _type_known(name: str) -> bool:
+    """Whether a column can ever pass a ColumnRule.type of ``name``: one of COLUMN_TYPES, or
+    another numpy dtype name (float16, datetime64[ns]: pandas engine only). GX's pandas check
+    also resolves names that no column's dtype ever matches (Int, Float: Python names in another
+    case; pandas dtype classes such as Int64Dtype; list, dict); the gate would fail every run."""
+    if name in COLUMN_TYPES:
         return True
     import numpy as np
 
@@ -100,10 +106,7 @@ def _dtype_known(name: str) -> bool:
         np.dtype(name)
         return True
     except (TypeError, ValueError):
-        pass
-    import pandas as pd  # only for names that are not numpy's
-
-    return any(isinstance(getattr(mod, name, None), type) for mod in (pd, pd.core.dtypes.dtypes))
+        return False
 
 
 class ColumnRule(BaseModel):
@@ -117,11 +120,21 @@ class ColumnRule(BaseModel):
 
     @field_validator("type")
     @classmethod
-    def _known_dtype(cls, value: str | None) -> str | None:
-        # a misspelt dtype would fail every run as if the data were wrong: refuse it on load
-        if value is not None and not _dtype_known(value):
-            raise ValueError(f"not a dtype the gate can check{_close(value, SPARK_TYPES)}; use a numpy or "
-                             f"pandas dtype name such as {', '.join(SPARK_TYPES)}")
+    def _known_type(cls, value: str | None) -> str | None:
+        # a misspelt type would fail every run as if the data were wrong: refuse it on load
+        if value is not None and not _type_known(value):
+            raise ValueError(f"not a column type the gate can check{_close(value, COLUMN_TYPES)}; use one of "
+                             f"{', '.join(COLUMN_TYPES)} (both engines), or another numpy dtype name such as "
+                             f"float16 (pandas engine only)")
+        return value
+
+    @field_validator("min", "max")
+    @classmethod
+    def _finite_bound(cls, value: float | None, info: ValidationInfo) -> float | None:
+        # every comparison with NaN is false (every value would fail); an infinite bound is none
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"{value} is not a finite number, so no value could be judged against it; "
+                             f"give a number, or leave {info.field_name} out for no bound")
         return value
 
     @field_validator("max")
@@ -185,13 +198,22 @@ class DataGateConfig(BaseModel):
         return "spark" if rows >= self.spark_min_rows else "pandas"
 
 
-def spark_type(column: str, type_: str) -> str:
-    """The Spark type name of a ColumnRule.type; a clear ConfigError when it has none."""
-    if type_ in SPARK_TYPES:
-        return SPARK_TYPES[type_]
+def spark_types(column: str, type_: str) -> tuple[str, ...]:
+    """The Spark type names a ColumnRule.type allows; a clear ConfigError when it has none."""
+    if type_ in COLUMN_TYPES:
+        return tuple(spark for _, spark in COLUMN_TYPES[type_])
     raise ConfigError(f"data_gate.columns.{column}.type", type_,
-                      f"the Spark engine knows {sorted(SPARK_TYPES)}; use one of them, or set "
+                      f"the Spark engine knows {sorted(COLUMN_TYPES)}; use one of them, or set "
                       f"data_gate.engine: pandas to keep this pandas dtype")
+
+
+def spark_type(column: str, type_: str) -> str:
+    """The Spark type name of a ColumnRule.type that names one dtype (benchmarks/gates.py compares
+    a schema with it); int and float allow several, see spark_types."""
+    names = spark_types(column, type_)
+    if len(names) != 1:
+        raise ValueError(f"data_gate.columns.{column}.type {type_!r} allows {list(names)}: use spark_types")
+    return names[0]
 
 
 def check_spark_types(cfg: DataGateConfig) -> None:
@@ -199,7 +221,22 @@ def check_spark_types(cfg: DataGateConfig) -> None:
     if cfg.engine != "pandas":
         for col, rule in sorted(cfg.columns.items()):
             if rule.type:
-                spark_type(col, rule.type)
+                spark_types(col, rule.type)
+
+
+def _type_expectation(column: str, type_: str, engine: str):
+    """GX's type check of a ColumnRule.type in the engine's names (COLUMN_TYPES): one type, or a
+    type list for a name that allows several. A numpy name outside COLUMN_TYPES (pandas only)
+    goes to GX as it is."""
+    import great_expectations as gx
+
+    if engine == "spark":
+        names = spark_types(column, type_)
+    else:
+        names = tuple(pandas for pandas, _ in COLUMN_TYPES.get(type_, ((type_, ""),)))
+    if len(names) == 1:
+        return gx.expectations.ExpectColumnValuesToBeOfType(column=column, type_=names[0])
+    return gx.expectations.ExpectColumnValuesToBeInTypeList(column=column, type_list=list(names))
 
 
 def _gx_expectation(i: int, spec: ExpectationSpec):
@@ -224,8 +261,7 @@ def _expectations(cfg: DataGateConfig, engine: str = "pandas") -> list:
     for col, rule in sorted(cfg.columns.items()):
         out.append(E.ExpectColumnToExist(column=col))
         if rule.type:
-            type_ = spark_type(col, rule.type) if engine == "spark" else rule.type
-            out.append(E.ExpectColumnValuesToBeOfType(column=col, type_=type_))
+            out.append(_type_expectation(col, rule.type, engine))
         # Aggregate expectations (one number per column) rather than row-wise ones: the same
         # verdict, an observed value in the message, and 7x faster on 1M rows (docs/benchmarks.md).
         if rule.not_null:
@@ -246,17 +282,42 @@ def _expectations(cfg: DataGateConfig, engine: str = "pandas") -> list:
     return unique
 
 
+def _in_config_words(conf, r: dict, cfg: DataGateConfig) -> tuple[dict, dict]:
+    """(kwargs, result) of a type check as the config says it, the same on both engines: the
+    rule's own type name for the check it generated (GX was given 'str' or 'StringType' for
+    'string'), pandas names for Spark's type names in a type list and in the observed type."""
+    kwargs = {k: v for k, v in conf.kwargs.items() if k not in ("batch_id", "column")}
+    if conf.type not in ("expect_column_values_to_be_of_type", "expect_column_values_to_be_in_type_list"):
+        return kwargs, r
+    rule = cfg.columns.get(conf.kwargs.get("column"))
+    generated = {name for pair in COLUMN_TYPES.get(rule.type, ()) for name in pair} if rule and rule.type else set()
+    if kwargs.get("type_") in generated:
+        kwargs["type_"] = rule.type
+    elif kwargs.get("type_") in _PANDAS_NAMES:  # a Spark name in the spec's own expectations
+        kwargs["type_"] = _PANDAS_NAMES[kwargs["type_"]]
+    if "type_list" in kwargs:
+        kwargs["type_list"] = [_PANDAS_NAMES.get(t, t) for t in kwargs["type_list"]]
+    if r.get("observed_value") in _PANDAS_NAMES:
+        r = {**r, "observed_value": _PANDAS_NAMES[r["observed_value"]]}
+    return kwargs, r
+
+
+def _gx_errors(exception_info: dict | None) -> list[str]:
+    """The messages of the exceptions GX caught for one result, each once. GX 1.x keys a metric's
+    exception by the metric's id ({id: {raised_exception, exception_message, ...}}); an error
+    raised by the expectation itself is one flat record."""
+    if not exception_info:
+        return []
+    records = [exception_info] if "raised_exception" in exception_info else list(exception_info.values())
+    messages = [rec.get("exception_message") or "no message" for rec in records
+                if isinstance(rec, dict) and rec.get("raised_exception")]
+    return list(dict.fromkeys(messages))
+
+
 def _describe_failure(split: str, res, columns, cfg: DataGateConfig) -> str:
     conf = res.expectation_config
-    kwargs = {k: v for k, v in conf.kwargs.items() if k not in ("batch_id", "column")}
-    r = res.result or {}
+    kwargs, r = _in_config_words(conf, res.result or {}, cfg)
     column = conf.kwargs.get("column")
-    if conf.type == "expect_column_values_to_be_of_type" and kwargs.get("type_") in _PANDAS_NAMES:
-        # the Spark engine checks Spark type names: say it in the config's (pandas) vocabulary
-        rule = cfg.columns.get(column)
-        kwargs["type_"] = rule.type if rule and rule.type else _PANDAS_NAMES[kwargs["type_"]]
-        if r.get("observed_value") in _PANDAS_NAMES:
-            r = {**r, "observed_value": _PANDAS_NAMES[r["observed_value"]]}
     if "observed_value" in r:
         observed = f"observed {_shown(r['observed_value'])}"
     elif "unexpected_count" in r:
@@ -266,8 +327,9 @@ def _describe_failure(split: str, res, columns, cfg: DataGateConfig) -> str:
         observed = "column missing"
     else:
         observed = "no result"
-    if res.exception_info and res.exception_info.get("raised_exception"):
-        observed += f" (error: {res.exception_info.get('exception_message')})"
+    errors = _gx_errors(res.exception_info)
+    if errors:
+        observed += f" (error: {'; '.join(errors)})"
     return f"{split}.{column or '*'}: {conf.type} {kwargs or ''} -> {observed}"
 
 
@@ -375,6 +437,45 @@ def previous_dataset(dataset: dict) -> dict | None:
     return max(candidates, key=lambda m: (m["partition"], m["committed_at"]), default=None)
 
 
+def _null_rate(st: dict) -> float:
+    return st["nulls"] / max(1, st["count"] + st["nulls"])
+
+
+def _not_finite(st: dict) -> str:
+    """'mean nan, std inf' for a column's statistics that are not finite numbers, else ''. NaN
+    and infinity compare false with every threshold: a drift check on them would always pass."""
+    return ", ".join(f"{k} {st[k]!r}" for k in ("mean", "std")
+                     if st.get(k) is not None and not math.isfinite(st[k]))
+
+
+def _column_drift(c: str, a: dict, b: dict, ids: dict[str, str], cfg: DriftConfig) -> tuple[list[str], dict]:
+    """(failures, report) of one column: ``a`` its statistics in this dataset, ``b`` in the
+    previous one; ``ids`` names both datasets ('this', 'the previous') for the messages."""
+    failures = []
+    nulls = _null_rate(a) - _null_rate(b)
+    unusable = {which: _not_finite(st) for which, st in (("this", a), ("the previous", b))}
+    for which, stats in unusable.items():
+        if stats:
+            failures.append(f"drift.{c}: {stats} in {which} dataset: not finite numbers, so its drift cannot be "
+                            f"judged; the column holds infinite values, or the statistics predate NaN counting as "
+                            f"missing: materialize it again ({ids[which]})")
+    # one side without usable values: only the null rate compares (an all-null column has no mean)
+    comparable = not any(unusable.values()) and a.get("mean") is not None and b.get("mean") is not None
+    shift = ratio = None
+    if comparable:
+        shift = abs(a["mean"] - b["mean"]) / b["std"] if b.get("std") else 0.0
+        ratio = max(a["std"] / b["std"], b["std"] / a["std"]) if a.get("std") and b.get("std") else 1.0
+        if cfg.max_mean_shift_std is not None and shift > cfg.max_mean_shift_std:
+            failures.append(f"drift.{c}: mean moved {shift:.2f} previous std ({b['mean']:.4g} -> "
+                            f"{a['mean']:.4g}), threshold {cfg.max_mean_shift_std}")
+        if cfg.max_std_ratio is not None and ratio > cfg.max_std_ratio:
+            failures.append(f"drift.{c}: std changed {ratio:.2f}x ({b['std']:.4g} -> {a['std']:.4g}), "
+                            f"threshold {cfg.max_std_ratio}")
+    if cfg.max_null_rate_increase is not None and nulls > cfg.max_null_rate_increase:
+        failures.append(f"drift.{c}: null rate rose by {nulls:.4f}, threshold {cfg.max_null_rate_increase}")
+    return failures, {"mean_shift_std": shift, "std_ratio": ratio, "null_rate_increase": nulls}
+
+
 def check_drift(dataset: dict, previous: dict | None, cfg: DriftConfig) -> tuple[list[str], dict]:
     """Compare per-column mean, std and null rate with the previous version (train split)."""
     if previous is None:
@@ -384,26 +485,17 @@ def check_drift(dataset: dict, previous: dict | None, cfg: DriftConfig) -> tuple
     old = previous["summary"].get("stats", {}).get("train")
     if not cur or not old:
         return [], {"previous": previous["id"], "note": "no column statistics to compare", "columns": {}}
-    cols = cfg.columns or [c for c, st in cur.items() if st.get("mean") is not None and c in old]
+    # numeric columns: a mean in either version (a column that lost every value has none now)
+    cols = cfg.columns or [c for c, st in cur.items()
+                           if c in old and (st.get("mean") is not None or old[c].get("mean") is not None)]
     failures, report = [], {}
+    ids = {"this": dataset["id"], "the previous": previous["id"]}
     for c in cols:
         if c not in cur or c not in old:
             failures.append(f"drift.{c}: column missing from {'this' if c not in cur else 'the previous'} dataset")
             continue
-        a, b = cur[c], old[c]
-        null_rate = lambda st: st["nulls"] / max(1, st["count"] + st["nulls"])  # noqa: E731
-        shift = abs(a["mean"] - b["mean"]) / b["std"] if b.get("std") else 0.0
-        ratio = max(a["std"] / b["std"], b["std"] / a["std"]) if a.get("std") and b.get("std") else 1.0
-        nulls = null_rate(a) - null_rate(b)
-        report[c] = {"mean_shift_std": shift, "std_ratio": ratio, "null_rate_increase": nulls}
-        if cfg.max_mean_shift_std is not None and shift > cfg.max_mean_shift_std:
-            failures.append(f"drift.{c}: mean moved {shift:.2f} previous std ({b['mean']:.4g} -> "
-                            f"{a['mean']:.4g}), threshold {cfg.max_mean_shift_std}")
-        if cfg.max_std_ratio is not None and ratio > cfg.max_std_ratio:
-            failures.append(f"drift.{c}: std changed {ratio:.2f}x ({b['std']:.4g} -> {a['std']:.4g}), "
-                            f"threshold {cfg.max_std_ratio}")
-        if cfg.max_null_rate_increase is not None and nulls > cfg.max_null_rate_increase:
-            failures.append(f"drift.{c}: null rate rose by {nulls:.4f}, threshold {cfg.max_null_rate_increase}")
+        column_failures, report[c] = _column_drift(c, cur[c], old[c], ids, cfg)
+        failures += column_failures
     return failures, {"previous": previous["id"], "columns": report}
 
 

@@ -29,16 +29,25 @@ def unischema(columns: list[tuple[str, str]]):
 
 
 def column_stats(df, columns: list[str]) -> dict:
-    """count, nulls, min, max, mean and std (numeric columns) of each column, in one Spark pass."""
-    from pyspark.sql import functions as F
-    from pyspark.sql.types import NumericType
+    """count, nulls, min, max, mean and std (numeric columns) of each column, in one Spark pass.
 
-    numeric = {f.name for f in df.schema.fields if isinstance(f.dataType, NumericType)}
+    NaN counts as missing, as in the data gate (pandas, and its Spark engine's NaN-as-null):
+    Spark would count it as a value, and its mean, std and max of a column holding one are NaN,
+    which the drift check cannot compare with anything.
+    """
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import DoubleType, FloatType, NumericType
+
+    kinds = {f.name: f.dataType for f in df.schema.fields}
     aggs = [F.count(F.lit(1)).alias("__rows")]
     for c in columns:
-        aggs += [F.count(c).alias(f"{c}__count"), F.min(c).alias(f"{c}__min"), F.max(c).alias(f"{c}__max")]
-        if c in numeric:
-            aggs += [F.avg(c).alias(f"{c}__mean"), F.stddev_pop(c).alias(f"{c}__std")]
+        value = F.col(c)
+        if isinstance(kinds.get(c), (FloatType, DoubleType)):
+            value = F.when(~F.isnan(value), value)  # NaN -> null
+        aggs += [F.count(value).alias(f"{c}__count"), F.min(value).alias(f"{c}__min"),
+                 F.max(value).alias(f"{c}__max")]
+        if isinstance(kinds.get(c), NumericType):
+            aggs += [F.avg(value).alias(f"{c}__mean"), F.stddev_pop(value).alias(f"{c}__std")]
     row = df.agg(*aggs).collect()[0].asDict()
     out = {}
     for c in columns:

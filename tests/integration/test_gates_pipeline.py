@@ -4,6 +4,7 @@ Expectations and horovodrun: empty data, bad data, drift, and a model worse than
 from __future__ import annotations
 
 import json
+import math
 from datetime import date
 from pathlib import Path
 
@@ -64,8 +65,16 @@ def test_nulls_and_out_of_range_values_fail_with_the_expectations_named():
     df.loc[20:24, "dropoff_lat"] = 89.0  # 5 trips "delivered" near the North Pole
     import pyarrow as pa
 
-    _commit_raw_day(date(2026, 1, 2), pa.Table.from_pandas(df, preserve_index=False))
+    table = pa.Table.from_pandas(df, preserve_index=False)  # NaN becomes a Parquet null
+    # 5 of the 10 as a stored NaN instead, as a computation upstream leaves it
+    lat = pa.array(df["pickup_lat"].to_numpy(), mask=np.arange(len(df)) < 5)
+    table = table.set_column(table.schema.get_field_index("pickup_lat"), "pickup_lat", lat)
+    _commit_raw_day(date(2026, 1, 2), table)
     ds = _dataset("2026-01-02", local_spark_submit())
+    # the dataset's statistics (the drift check's input) count NaN as missing, as the gate does
+    stats = [ds["summary"]["stats"][split]["pickup_lat"] for split in ("train", "validation")]
+    assert sum(st["nulls"] for st in stats) == 10
+    assert all(math.isfinite(st[k]) for st in stats for k in ("min", "max", "mean", "std"))
     with pytest.raises(GateFailed) as e:
         run_data_gate(ds, GATE, run=RunContext())
     text = "\n".join(e.value.failures)

@@ -1,14 +1,17 @@
-"""Rerunning the model gate and the registration (RELIABILITY.md rows 2 and 12): a verdict is
-judged again when what it judged changed, and judging the same training again never registers
-its files as a second version. Stage manifests are committed for real, without Spark or
-training: only their ids, fingerprints and model files matter here."""
+"""Rerunning the gates and the registration (RELIABILITY.md rows 2 and 12): a verdict is judged
+again when what it judged changed, and judging the same training again never registers its
+files as a second version. Stage manifests are committed for real, without Spark or training:
+only their ids, fingerprints, statistics and files matter here."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from dlpipe import audit, commit, registry
-from dlpipe.gates import ModelGateConfig, run_model_gate
+from dlpipe.errors import GateFailed
+from dlpipe.gates import ColumnRule, DataGateConfig, DriftConfig, ModelGateConfig, run_data_gate, run_model_gate
 from dlpipe.lineage import model_lineage
 from dlpipe.runctx import RunContext
 from dlpipe.storage import LocalStore
@@ -69,3 +72,41 @@ def test_a_changed_evaluation_is_judged_again(dlpipe_home):
                              champion={**_evaluation(1.0), "ref": "eta@3"})
     assert not changed.skipped and changed.id != first.id
     assert changed.manifest["summary"]["candidate"] == {"mae": 0.9}
+
+
+def _dataset(partition: str, stats: dict, config: dict) -> dict:
+    """A committed one-split dataset of 3 float32 rows whose manifest carries ``stats`` for them."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def produce(attempt: Path) -> dict:
+        (attempt / "train").mkdir()
+        pq.write_table(pa.table({"x": np.array([4.0, 5.0, 6.0], np.float32)}), attempt / "train" / "part-0.parquet")
+        return {"rows": {"train": 3}, "splits": ["train"], "columns": [["x", "float"]], "stats": {"train": stats}}
+
+    return commit.run_stage(commit.StageKey("datasets", "eta", partition), inputs=[], config=config,
+                            code={"sources_hash": "test"}, run=RunContext(), produce=produce).manifest
+
+
+def test_statistics_that_are_not_numbers_fail_the_drift_check_until_the_reference_is_rebuilt(dlpipe_home):
+    """Statistics committed before NaN counted as missing can hold NaN; every comparison with it
+    was false, so the drift check passed. Now the gate fails, every rerun alike, until the
+    previous dataset is materialized again: its new version is the gate's input, so the rerun
+    judges again and passes."""
+    finite = {"count": 3, "nulls": 0, "min": 4.0, "max": 6.0, "mean": 5.0, "std": 0.8165}
+    old = _dataset("window_end=2026-01-02", {"x": {**finite, "mean": float("nan"), "std": float("nan")}}, {})
+    current = _dataset("window_end=2026-01-03", {"x": finite}, {})
+    cfg = DataGateConfig(engine="pandas", min_rows={"train": 1}, columns={"x": ColumnRule(type="float32")},
+                         drift=DriftConfig())
+    for _ in range(2):
+        with pytest.raises(GateFailed) as e:
+            run_data_gate(current, cfg, run=RunContext())
+        [failure] = e.value.failures
+        assert failure.startswith("drift.x: mean nan, std nan in the previous dataset: not finite numbers")
+        assert f"materialize it again ({old['id']})" in failure
+
+    rebuilt = _dataset("window_end=2026-01-02", {"x": finite}, {"code": "NaN counted as missing"})
+    gate = run_data_gate(current, cfg, run=RunContext())
+    assert not gate.skipped and gate.manifest["summary"]["drift"] == {"previous": rebuilt["id"], "columns": 1}
+    assert [i["id"] for i in gate.manifest["inputs"]] == [current["id"], rebuilt["id"]]

@@ -309,3 +309,161 @@ def test_bad_engine_or_spark_type_is_a_config_error():
     assert e.value.field == "data_gate.columns.distance_km.type" and e.value.value == "float16"
     assert "engine: pandas" in e.value.fix and "float32" in e.value.fix
     validate_frames({"train": _frame()}, cfg.model_copy(update={"engine": "pandas"}))  # pandas: any dtype
+
+
+# --- column types: one meaning on both engines, or refused when the spec is loaded ---
+
+
+def _load_gate(**data_gate) -> DataGateConfig:
+    from dlpipe.pipeline_config import section
+
+    return section({"_source": "p.yaml", "data_gate": data_gate}, "data_gate", DataGateConfig)
+
+
+def test_documented_string_type_names_pass_a_string_column_on_both_engines(tmp_path, spark):
+    """docs/gates.md maps object, str and string to Spark's StringType. GX's pandas check did not
+    know 'string' and failed every string column with 'no result', while Spark passed it."""
+    df = pd.DataFrame({"a": [f"t{i}" for i in range(20)], "b": [f"u{i}" for i in range(20)],
+                       "c": [f"v{i}" for i in range(20)], "code": np.arange(20, dtype=np.int32)})
+    cfg = DataGateConfig(min_rows={"train": 1}, columns={
+        "a": ColumnRule(type="string"), "b": ColumnRule(type="str"), "c": ColumnRule(type="StringDtype"),
+        "code": ColumnRule(type="string")})
+    out = _both_engines(df, tmp_path, spark, cfg)
+    assert out["pandas"][0] == out["spark"][0] == [
+        "train.code: expect_column_values_to_be_of_type {'type_': 'string'} -> observed 'int32'"]
+
+
+def test_int_and_float_mean_any_width_on_both_engines(tmp_path, spark):
+    """Python's int and float name every integer and every float column alike on both engines
+    (GX's pandas check read them as numpy's int64 and float64 only, and failed int32/float32)."""
+    df = pd.DataFrame({"f32": np.arange(20, dtype=np.float32), "f64": np.arange(20, dtype=np.float64),
+                       "i32": np.arange(20, dtype=np.int32), "i64": np.arange(20, dtype=np.int64),
+                       "bad": np.arange(20, dtype=np.float32)})
+    cfg = DataGateConfig(min_rows={"train": 1}, columns={
+        "f32": ColumnRule(type="float"), "f64": ColumnRule(type="float"), "i32": ColumnRule(type="int"),
+        "i64": ColumnRule(type="long"), "bad": ColumnRule(type="int")})
+    out = _both_engines(df, tmp_path, spark, cfg)
+    assert out["pandas"][0] == out["spark"][0] == [
+        ("train.bad: expect_column_values_to_be_in_type_list {'type_list': ['int8', 'int16', 'int32', 'int64']} "
+         "-> observed 'float32'")]
+
+
+@pytest.mark.parametrize("name", ["Int", "Float", "Str", "FLOAT32", "list", "dict", "none", "string_types",
+                                  "Int64Dtype", "CategoricalDtype"])
+def test_a_type_name_that_matches_no_column_is_refused_on_load(name):
+    """These loaded (GX resolves them, case-insensitively for Python names), then failed every
+    column on every run: a Python name in another case, a pandas dtype class, a container type."""
+    from dlpipe.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        _load_gate(columns={"distance_km": {"type": name}})
+    assert e.value.field == "p.yaml: data_gate.columns.distance_km.type" and e.value.value == name
+    assert ("use one of int8, int16, int32, int64, float32, float64, bool, object, str, string, StringDtype, "
+            "int, long, float (both engines), or another numpy dtype name such as float16 (pandas engine only)"
+            in e.value.fix)
+
+
+@pytest.mark.parametrize("bound", ["min", "max"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_a_bound_that_is_not_a_finite_number_is_refused_on_load(bound, value):
+    """YAML's .nan passed every check on load, then failed every value on every run (every
+    comparison with NaN is false); .inf is no bound at all."""
+    import yaml
+
+    from dlpipe.errors import ConfigError
+
+    loaded = yaml.safe_load(f"{{type: float32, {bound}: {yaml.safe_dump(value).splitlines()[0]}}}")
+    with pytest.raises(ConfigError) as e:
+        _load_gate(columns={"distance_km": loaded})
+    assert e.value.field == f"p.yaml: data_gate.columns.distance_km.{bound}"
+    assert "not a finite number" in e.value.fix and f"leave {bound} out" in e.value.fix
+
+
+# --- GX's own exception text reaches the failure message ---
+
+
+def test_an_expectation_that_raises_names_the_error_on_both_engines(spark):
+    """GX 1.x keys a metric's exception by its metric id (pandas here); an error in the
+    expectation itself is one flat record (Spark here). Both reach the message."""
+    from dlpipe.gates import ExpectationSpec
+
+    cfg = DataGateConfig(min_rows={"train": 1}, expectations=[
+        ExpectationSpec(type="expect_column_values_to_be_of_type", kwargs={"column": "s", "type_": "no_such_type"})])
+    [on_pandas], _ = validate_frames({"train": pd.DataFrame({"s": ["a", "b"]})}, cfg)
+    assert on_pandas == ("train.s: expect_column_values_to_be_of_type {'type_': 'no_such_type'} -> no result "
+                         "(error: Unrecognized numpy/python type: no_such_type)")
+    [on_spark], _ = validate_frames({"train": spark.createDataFrame([("a",), ("b",)], "s string")}, cfg)
+    assert on_spark.endswith("-> no result (error: No recognized spark types in expected_types_list)")
+
+
+# --- drift: NaN is missing, and a statistic that is not a number fails ---
+
+
+def test_column_stats_count_nan_as_null_like_the_gate(spark):
+    """Spark counted NaN as a value and gave NaN means: a column that turned half NaN passed the
+    drift check, since every comparison with NaN is false."""
+    import json
+
+    from dlpipe.gates import DriftConfig, check_drift
+    from feature_jobs.materialize import column_stats
+
+    rows = [(float(i % 10), float(i % 10), i) for i in range(100)]
+    old = spark.createDataFrame(rows, "x double, y float, n int")
+    new = spark.createDataFrame([(x if i % 2 else float("nan"), y, n) for i, (x, y, n) in enumerate(rows)],
+                                "x double, y float, n int")
+    stats = json.loads(json.dumps(column_stats(new, ["x", "y", "n"])))  # as stats.json round-trips it
+    assert {k: stats["x"][k] for k in ("count", "nulls", "min", "max")} == {"count": 50, "nulls": 50, "min": 1.0,
+                                                                              "max": 9.0}
+    assert stats["x"]["mean"] == 5.0 and stats["x"]["std"] == pytest.approx(np.std([1, 3, 5, 7, 9]))
+    assert stats["y"] == json.loads(json.dumps(column_stats(old, ["y"])))["y"]  # no NaN: as before
+    assert stats["n"]["nulls"] == 0 and stats["n"]["mean"] == 49.5
+
+    def manifest(st: dict, day: int) -> dict:
+        return {"id": f"datasets/d/window_end=2026-01-0{day}@{day}", "summary": {"stats": {"train": st}}}
+
+    failures, report = check_drift(manifest(stats, 3), manifest(column_stats(old, ["x", "y", "n"]), 2),
+                                   DriftConfig())
+    assert failures == ["drift.x: null rate rose by 0.5000, threshold 0.01"]
+    assert report["columns"]["x"]["null_rate_increase"] == 0.5
+
+
+def _stats(mean: float, std: float, count: int = 100, nulls: int = 0) -> dict:
+    return {"count": count, "nulls": nulls, "min": 0.0, "max": 10.0, "mean": mean, "std": std}
+
+
+@pytest.mark.parametrize("cur,old,expected", [
+    (_stats(float("nan"), float("nan")), _stats(5.0, 2.0),
+     "drift.x: mean nan, std nan in this dataset: not finite numbers, so its drift cannot be judged"),
+    (_stats(float("inf"), float("nan")), _stats(5.0, 2.0),
+     "drift.x: mean inf, std nan in this dataset: not finite numbers, so its drift cannot be judged"),
+    (_stats(5.0, 2.0), _stats(float("nan"), float("nan")),
+     "drift.x: mean nan, std nan in the previous dataset: not finite numbers, so its drift cannot be judged"),
+])
+def test_drift_fails_on_a_statistic_that_is_not_a_finite_number(cur, old, expected):
+    """A statistic that is NaN or infinite (a column holding inf, or statistics committed before
+    NaN counted as missing) compares false with every threshold: it passed. It fails, saying so."""
+    import json
+
+    from dlpipe.gates import DriftConfig, check_drift
+
+    def manifest(st: dict, day: int) -> dict:  # through JSON, as the manifest stores it
+        return json.loads(json.dumps({"id": f"datasets/d/window_end=2026-01-0{day}@{day}",
+                                      "summary": {"stats": {"train": {"x": st, "ok": _stats(5.0, 2.0)}}}}))
+
+    failures, report = check_drift(manifest(cur, 3), manifest(old, 2), DriftConfig())
+    assert len(failures) == 1 and failures[0].startswith(expected), failures
+    assert report["columns"]["x"]["mean_shift_std"] is None and report["columns"]["ok"]["mean_shift_std"] == 0.0
+    json.dumps(report, allow_nan=False)  # the evidence stays plain JSON
+
+
+def test_a_column_that_lost_every_value_is_still_judged():
+    """With NaN counted as missing, an all-NaN column has no mean: it must not drop out of the
+    default column list, which took only columns with a mean in this version."""
+    from dlpipe.gates import DriftConfig, check_drift
+
+    empty = {"count": 0, "nulls": 100, "min": None, "max": None, "mean": None, "std": None}
+    cur = {"id": "c", "summary": {"stats": {"train": {"x": empty, "s": {**empty, "count": 100, "nulls": 0}}}}}
+    old = {"id": "o", "summary": {"stats": {"train": {"x": _stats(5.0, 2.0),
+                                                      "s": {**empty, "count": 100, "nulls": 0}}}}}
+    failures, _ = check_drift(cur, old, DriftConfig())
+    assert failures == ["drift.x: null rate rose by 1.0000, threshold 0.01"]
