@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 from dlpipe import __version__, audit, settings
 from dlpipe.errors import CommitConflict, ConfigError, IntegrityError, NotCommittedError, redacted
-from dlpipe.fsutil import create_exclusive
+from dlpipe.fsutil import create_exclusive, sync_tree
 from dlpipe.hashing import S3_PART_SIZE, canonical_json, fingerprint, sha256_file, sha256_with_parts
 from dlpipe.runctx import RunContext
 
@@ -298,6 +298,7 @@ def run_stage(
     path = _manifest_path(key, fp, home)
     try:
         summary = produce(attempt_dir)
+        sync_tree(attempt_dir)  # the data is durable before the manifest that names it
         manifest = {
             "manifest_version": MANIFEST_VERSION,
             "id": mid,

@@ -21,6 +21,21 @@ def write_temp(path: Path, data: bytes) -> Path:
     return tmp
 
 
+def sync_tree(root: Path) -> None:
+    """fsync every file under ``root``, then every folder (their entries) up to ``root``.
+
+    A manifest names files that a tool wrote without fsync (Spark, torch.save); it is fsynced
+    itself before its link. Without this, a power loss could keep the manifest, which readers
+    and skips trust, and lose or truncate the data it names."""
+    paths = sorted(root.rglob("*"))
+    for path in [p for p in paths if p.is_file()] + [p for p in reversed(paths) if p.is_dir()] + [root]:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def _remove_temp(tmp: Path) -> None:
     """Remove a temporary file whose link has been tried. The link decided the outcome (created,
     or FileExistsError for the loser of a race); a failed removal leaves only a hidden file that

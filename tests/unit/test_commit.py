@@ -205,8 +205,8 @@ def _fail_on_directory_fsync(monkeypatch, error: BaseException) -> None:
     real_fsync = os.fsync
 
     def fsync(fd: int) -> None:
-        if stat.S_ISDIR(os.fstat(fd).st_mode):
-            raise error
+        if stat.S_ISDIR(os.fstat(fd).st_mode) and os.readlink(f"/proc/self/fd/{fd}").endswith("/manifests"):
+            raise error  # the manifest's folder: after its link (the attempt's folders are synced before)
         real_fsync(fd)
 
     monkeypatch.setattr(fsutil.os, "fsync", fsync)
@@ -292,3 +292,36 @@ def test_a_commit_conflict_raised_by_a_stage_body_is_audited_as_a_failure():
     events = list(audit.read())
     assert [e["event"] for e in events] == ["started", "failed"]
     assert "CommitConflict: s3://bucket/x already exists" in events[-1]["error"]
+
+
+def test_every_output_file_and_folder_is_fsynced_before_the_manifest(monkeypatch):
+    """Spark and torch write without fsync. The manifest is what readers and skips trust, so
+    the data it names must be on disk before it is: every file and folder of the attempt is
+    fsynced before the manifest's own write. (os.fsync is wrapped to record what it syncs and
+    in which order; it still syncs.)"""
+    import os
+
+    from dlpipe import fsutil
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(fsutil.os, "fsync", recording_fsync)
+
+    def produce(attempt: Path) -> dict:
+        (attempt / "train").mkdir()
+        (attempt / "train" / "part-0.parquet").write_bytes(b"data")
+        (attempt / "model.bin").write_bytes(b"weights")
+        return {}
+
+    result = run_stage(KEY, inputs=[], config={}, code=CODE, run=RunContext(), produce=produce)
+    attempt = commit.location(result.manifest)
+    manifest_write = next(i for i, p in enumerate(synced) if "/manifests/" in p)
+    before = set(synced[:manifest_write])
+    expected = {str(attempt / "train" / "part-0.parquet"), str(attempt / "model.bin"),
+                str(attempt / "train"), str(attempt)}
+    assert expected <= before, expected - before
