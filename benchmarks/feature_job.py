@@ -27,7 +27,7 @@ def run_size(rows: int, workdir: Path) -> dict:
     from dlpipe.demo_data import DemoDataConfig, write_raw
     from dlpipe.runctx import RunContext
     from dlpipe.spark_submit import local_spark_submit
-    from feature_jobs.stages import FeatureJobConfig, extract_features
+    from feature_jobs.feature_stage import FeatureJobConfig, extract_features
 
     t = time.perf_counter()
     write_raw(DemoDataConfig(start=date(2026, 1, 1), days=2, rows_per_day=rows // 2), RunContext())

@@ -544,7 +544,7 @@ def split_fingerprint(dataset: dict, split: str) -> str:
     return hashlib.sha256(json.dumps(files).encode()).hexdigest()
 
 
-# Manifest column kinds (feature_jobs.stages.DATASET_COLUMNS) as a pandas dtype and a Spark type
+# Manifest column kinds (feature_jobs.dataset_stage.DATASET_COLUMNS) as a pandas dtype and a Spark type
 _KINDS = {"string": ("object", "string"), "float": ("float32", "float"), "int": ("int32", "int"),
           "binary": ("object", "binary")}
 

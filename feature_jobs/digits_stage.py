@@ -1,7 +1,7 @@
 """The digits dataset stage under dlpipe's commit protocol.
 
-Apart from the ETA stages in ``feature_jobs.stages`` so that an edit here leaves the hash of
-every ETA feature partition and dataset as it was (a fingerprint covers its stage's own
+Apart from the ETA stages (``feature_jobs.feature_stage``, ``feature_jobs.dataset_stage``) so
+that an edit here leaves the hash of every ETA feature partition and dataset as it was (a fingerprint covers its stage's own
 sources; a year of ETA partitions must not be recomputed for a digits change).
 """
 
@@ -18,8 +18,8 @@ from dlpipe.hashing import content_hash, sources_hash
 from dlpipe.runctx import RunContext
 from dlpipe.spark_submit import SparkSubmit
 from dlpipe.spec import write_spec
-from feature_jobs import digits, stages
-from feature_jobs.stages import parquet_rows
+from feature_jobs import digits, materialize
+from feature_jobs.stage_files import SHARED_SOURCES, parquet_rows
 
 # Manifest column kinds of the digits dataset; "image" holds NdarrayCodec bytes.
 DIGITS_COLUMNS: list[tuple[str, str]] = [("image_id", "int"), ("image", "binary"), ("label", "int")]
@@ -39,9 +39,9 @@ def materialize_digits(*, config: DigitsConfig, run: RunContext, submit: SparkSu
     import sklearn
 
     key = StageKey("datasets", "digits", "all")
-    # stages.py for the file helpers it shares with the ETA stages; the scikit-learn version
+    # materialize.py for the column statistics digits.py takes from it; the scikit-learn version
     # enters the fingerprint beside the sources (commit.code_identity): its bundled images are the input
-    code = {"sources_hash": sources_hash([digits.__file__, __file__, stages.__file__]),
+    code = {"sources_hash": sources_hash([digits.__file__, __file__, materialize.__file__, *SHARED_SOURCES]),
             "scikit_learn": sklearn.__version__}
 
     def produce(attempt: Path) -> dict:

@@ -55,7 +55,8 @@ def _common_sections() -> dict[str, type[BaseModel]]:
 
 
 def _eta_sections() -> dict[str, type[BaseModel]]:
-    from feature_jobs.stages import DatasetConfig, FeatureJobConfig
+    from feature_jobs.dataset_stage import DatasetConfig
+    from feature_jobs.feature_stage import FeatureJobConfig
     from training.config import TrainConfig
 
     return {"features": FeatureJobConfig, "dataset": DatasetConfig, "train": TrainConfig, **_common_sections()}
@@ -69,13 +70,13 @@ def _digits_sections() -> dict[str, type[BaseModel]]:
 
 
 def _eta_features(interval_start: str, interval_end: str, **kw: Any) -> StageResult:
-    from feature_jobs.stages import extract_features
+    from feature_jobs.feature_stage import extract_features
 
     return extract_features(interval_start, interval_end, **kw)
 
 
 def _eta_dataset(interval_start: str, interval_end: str, **kw: Any) -> StageResult:
-    from feature_jobs.stages import materialize_dataset
+    from feature_jobs.dataset_stage import materialize_dataset
 
     return materialize_dataset(interval_start, interval_end, **kw)
 

@@ -21,7 +21,8 @@ from dlpipe.errors import NotCommittedError, SubprocessFailed
 from dlpipe.proc import kill_group
 from dlpipe.runctx import RunContext
 from dlpipe.spark_submit import local_spark_submit
-from feature_jobs.stages import DatasetConfig, FeatureJobConfig, extract_features, materialize_dataset
+from feature_jobs.dataset_stage import DatasetConfig, materialize_dataset
+from feature_jobs.feature_stage import FeatureJobConfig, extract_features
 from tests.conftest import run_processes
 
 pytestmark = pytest.mark.integration

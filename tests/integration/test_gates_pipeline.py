@@ -19,7 +19,8 @@ from dlpipe.gates import DataGateConfig, DriftConfig, ModelGateConfig, run_data_
 from dlpipe.pipeline_config import load_pipeline, section
 from dlpipe.runctx import RunContext
 from dlpipe.spark_submit import local_spark_submit
-from feature_jobs.stages import DatasetConfig, FeatureJobConfig, extract_features, materialize_dataset
+from feature_jobs.dataset_stage import DatasetConfig, materialize_dataset
+from feature_jobs.feature_stage import FeatureJobConfig, extract_features
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration

@@ -15,8 +15,8 @@ from dlpipe.errors import ConfigError, NotCommittedError
 from dlpipe.runctx import RunContext
 from dlpipe.spark_submit import local_spark_submit
 from dlpipe.datasets import split_url
-from feature_jobs.stages import (DatasetConfig, FeatureJobConfig, extract_features,
-                                 materialize_dataset)
+from feature_jobs.dataset_stage import DatasetConfig, materialize_dataset
+from feature_jobs.feature_stage import FeatureJobConfig, extract_features
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ import pytest
 
 from dlpipe.runctx import RunContext
 from dlpipe.spark_submit import spark_env
-from feature_jobs.stages import FeatureJobConfig, extract_features
+from feature_jobs.feature_stage import FeatureJobConfig, extract_features
 
 pytestmark = pytest.mark.integration
 

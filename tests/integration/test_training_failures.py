@@ -16,7 +16,8 @@ from dlpipe import audit, commit
 from dlpipe.errors import SubprocessFailed
 from dlpipe.runctx import RunContext
 from dlpipe.spark_submit import local_spark_submit
-from feature_jobs.stages import DatasetConfig, FeatureJobConfig, extract_features, materialize_dataset
+from feature_jobs.dataset_stage import DatasetConfig, materialize_dataset
+from feature_jobs.feature_stage import FeatureJobConfig, extract_features
 from training.config import ScaleConfig, TrainConfig
 from training.launcher import horovod_launcher
 from training.stages import train_model

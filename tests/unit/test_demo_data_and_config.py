@@ -97,7 +97,8 @@ def test_duplicate_keys_sections_that_are_not_mappings_and_impossible_values_are
 
 def test_shipped_pipeline_config_is_valid():
     from dlpipe.gates import DataGateConfig, ModelGateConfig
-    from feature_jobs.stages import DatasetConfig, FeatureJobConfig
+    from feature_jobs.dataset_stage import DatasetConfig
+    from feature_jobs.feature_stage import FeatureJobConfig
     from training.config import ScaleConfig, TrainConfig
     from tests.conftest import ROOT
 

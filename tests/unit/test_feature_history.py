@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from dlpipe.runctx import RunContext
-from feature_jobs.stages import FeatureJobConfig, extract_features
+from feature_jobs.feature_stage import FeatureJobConfig, extract_features
 
 
 def _fake_spark_job(app: str, args: list[str]) -> None:

@@ -14,7 +14,8 @@ import pytest
 from dlpipe import commit
 from dlpipe.errors import NotCommittedError
 from dlpipe.runctx import RunContext
-from feature_jobs.stages import DatasetConfig, FeatureJobConfig, feature_version, materialize_dataset
+from feature_jobs.dataset_stage import DatasetConfig, materialize_dataset
+from feature_jobs.feature_stage import FeatureJobConfig, feature_version
 
 SPEC = FeatureJobConfig(lookback_days=2)
 
@@ -88,20 +89,28 @@ def test_another_specs_feature_set_is_read_at_the_version_of_its_newest_last_day
 
 def test_the_city_vocabulary_is_part_of_the_feature_version(monkeypatch):
     """Adding a city renumbers city_code: partitions made with the old list must not be reused."""
-    import feature_jobs.stages as stages
+    import feature_jobs.feature_stage as stage
 
     before, _ = feature_version(SPEC)
-    monkeypatch.setattr(stages, "CITIES", [*stages.CITIES, "lisbon"])
+    monkeypatch.setattr(stage, "CITIES", [*stage.CITIES, "lisbon"])
     after, _ = feature_version(SPEC)
     assert before["cities"] != after["cities"] and "lisbon" in after["cities"]
 
 
-def test_the_eta_stages_hash_no_digits_code():
-    """The digits stage lives in its own module: editing it must not change the hash of every
-    ETA feature partition and dataset (design.md: a fingerprint covers its stage's sources)."""
-    import feature_jobs.stages as stages
+def test_each_stage_hashes_its_own_sources_and_the_shared_ones_only():
+    """A fingerprint covers its stage's own sources (design.md): an edit to the dataset stage
+    must not recompute every feature partition, nor a digits edit any ETA one. The feature
+    stage hashes exactly its job, its stage module and the shared helpers (the dataset stage's
+    files: the next test); neither ETA module holds another stage's code."""
+    from dlpipe.hashing import sources_hash
+    from feature_jobs import dataset_stage, eta_features, feature_stage
+    from feature_jobs.stage_files import SHARED_SOURCES
 
-    assert "digits" not in Path(stages.__file__).read_text().lower()
+    assert feature_version(SPEC)[1]["sources_hash"] == sources_hash(
+        [eta_features.__file__, feature_stage.__file__, *SHARED_SOURCES])
+    assert "def materialize_dataset" not in Path(feature_stage.__file__).read_text()
+    for module in (feature_stage, dataset_stage):
+        assert "digits" not in Path(module.__file__).read_text().lower()
 
 
 def test_the_eta_fingerprints_hash_the_sources_hash_as_they_always_did():
@@ -110,8 +119,8 @@ def test_the_eta_fingerprints_hash_the_sources_hash_as_they_always_did():
     of before gives (recomputed here by that rule): no committed partition is recomputed."""
     from dlpipe import audit
     from dlpipe.hashing import fingerprint, sources_hash
-    from feature_jobs import materialize
-    from feature_jobs import stages
+    from feature_jobs import dataset_stage, materialize
+    from feature_jobs.stage_files import SHARED_SOURCES
 
     config, code = feature_version(SPEC)
     assert list(code) == ["sources_hash"]
@@ -124,5 +133,5 @@ def test_the_eta_fingerprints_hash_the_sources_hash_as_they_always_did():
         "stage": "datasets/eta/window_end=2026-01-03",
         "inputs": [(feature["id"], feature["fingerprint"])],
         "config": DatasetConfig(features="eta", window_days=1).model_dump(),
-        "code": sources_hash([materialize.__file__, stages.__file__]),
+        "code": sources_hash([materialize.__file__, dataset_stage.__file__, *SHARED_SOURCES]),
     })
