@@ -118,6 +118,11 @@ class NotCommittedError(DlpipeError):
     """A reader was pointed at data that no committed manifest vouches for."""
 
 
+class InputNotReady(NotCommittedError):
+    """The interval's own raw data is not committed yet. Unlike the other NotCommittedErrors it
+    may be on its way (late ingestion), so operators let Airflow retry it."""
+
+
 class IntegrityError(DlpipeError):
     """Stored bytes do not match the SHA-256 recorded when they were committed."""
 

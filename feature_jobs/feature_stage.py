@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from dlpipe import commit
 from dlpipe.commit import StageKey, StageResult
 from dlpipe.demo_data import CITIES, RAW_DATASET
-from dlpipe.errors import ConfigError, NotCommittedError
+from dlpipe.errors import ConfigError, InputNotReady, NotCommittedError
 from dlpipe.hashing import content_hash, fingerprint, sources_hash
 from dlpipe.interval import day_partition, interval_days
 from dlpipe.runctx import RunContext
@@ -69,8 +69,9 @@ def committed_days(name: str, stage: str, days: list, *, required: bool,
         if matching:
             found.append(matching[-1])
         elif required and version is None:
-            raise NotCommittedError(f"no committed {stage} partition {name}/{day_partition(day)}; "
-                                    f"run the stage that produces it (for demo data: dlpipe demo-data)")
+            raise InputNotReady(f"no committed {stage} partition {name}/{day_partition(day)} yet; the "
+                                f"task retries in case it is late; run the stage that produces it "
+                                f"(for demo data: dlpipe demo-data)")
         elif required:
             raise NotCommittedError(
                 f"no feature partition {key.relpath} made by the current feature settings and code"

@@ -9,11 +9,12 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from dlpipe import audit
 from dlpipe.commit import StageResult
-from dlpipe.errors import ConfigError, GateFailed, IntegrityError, NotCommittedError
+from dlpipe.errors import ConfigError, GateFailed, InputNotReady, IntegrityError, NotCommittedError
 from dlpipe.pipeline_config import load_pipeline
 from dlpipe.runctx import RunContext
 
-# Failures that will fail the same way on every retry: fail the task without retrying.
+# Failures that will fail the same way on every retry: fail the task without retrying (except
+# InputNotReady: the interval's raw data may land late).
 DETERMINISTIC = (ConfigError, GateFailed, IntegrityError, NotCommittedError)
 
 
@@ -83,7 +84,7 @@ class DlpipeOperator(BaseOperator):
             # every attempt leaves an event, also one that failed before its stage began (a bad
             # spec, an input not committed): `dlpipe audit` and `dlpipe summary` show it
             audit.failed(exc, stage=type(self).__name__, run=run)
-            if isinstance(exc, DETERMINISTIC):
+            if isinstance(exc, DETERMINISTIC) and not isinstance(exc, InputNotReady):
                 raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
             raise
         verb = "skipped (already committed)" if result.skipped else "committed"

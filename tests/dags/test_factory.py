@@ -283,3 +283,25 @@ def test_a_spec_that_promotes_no_alias_gets_no_promote_task(tmp_path):
     dag = pipeline_dag(path)
     assert [t.task_id for t in dag.topological_sort()][-1] == "register_model"
     assert "promote_staging" not in dag.task_ids
+
+
+def test_a_day_whose_raw_data_is_not_committed_yet_is_retried_not_failed(dlpipe_home):
+    """Late ingestion: the interval's raw partition may land after the run starts. The feature
+    task raises InputNotReady, which Airflow retries (retries, retry_delay), where the other
+    uncommitted inputs (a wrong dataset id) fail at once. It fails before any Spark job."""
+    from datetime import datetime, timezone
+    from types import SimpleNamespace
+
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from dlpipe.errors import InputNotReady
+    from operators import SparkFeatureOperator
+
+    ti = SimpleNamespace(dag_id="eta_training", run_id="scheduled__x", task_id="t", try_number=1)
+    day = datetime(2030, 1, 1, tzinfo=timezone.utc)
+    context = {"ti": ti, "dag_run": SimpleNamespace(run_type="scheduled"), "params": {},
+               "data_interval_start": day, "data_interval_end": day.replace(day=2)}
+    op = SparkFeatureOperator(task_id="t", pipeline_config=str(ROOT / "pipelines" / "eta_training.yaml"))
+    with pytest.raises(InputNotReady, match=r"no committed raw partition trips/dt=2030-01-01 yet.*retries") as err:
+        op.execute(context)
+    assert not isinstance(err.value, AirflowFailException)
