@@ -125,12 +125,19 @@ def cmd_registry_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _validation_metrics(metrics: dict) -> str:
+    """A version's validation metrics, whichever its kind reports (val_mae, val_error...)."""
+    shown = [f"{k}={_fmt(v)}" for k, v in sorted(metrics.items())
+             if k.startswith("val_") and isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return " ".join(shown) or "-"
+
+
 def cmd_registry_list(args: argparse.Namespace) -> int:
     records = registry.list_versions(_store(args), args.name)
-    rows = [{"model": f"{r['name']}@{r['version']}", "val_mae": _fmt(r["metrics"].get("val_mae")),
+    rows = [{"model": f"{r['name']}@{r['version']}", "validation": _validation_metrics(r["metrics"]),
              "dataset": r["lineage"].get("dataset", "-"), "registered_at": r["registered_at"],
              "run_id": r["registered_by"].get("run_id")} for r in records]
-    _print(records, args.json, _table(rows, ["model", "val_mae", "dataset", "registered_at", "run_id"]))
+    _print(records, args.json, _table(rows, ["model", "validation", "dataset", "registered_at", "run_id"]))
     return 0
 
 

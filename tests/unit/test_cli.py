@@ -150,6 +150,13 @@ def test_alias_references_and_metrics_are_checked(capsys, tmp_path, monkeypatch)
     code, _, err = _run(capsys, "registry", "history", "etaa:production")
     assert code == 2 and "invalid model='etaa'" in err and "dlpipe registry list" in err
     assert _run(capsys, "registry", "history", "eta:production")[0] == 0
+    # the list shows the validation metrics a version has, whichever its kind reports
+    (tmp_path / "m.json").write_text('{"val_error": 0.031, "train_error": 0.01, "samples_per_s": 9}')
+    (model / "model.safetensors").write_bytes(b"w2")
+    assert _run(capsys, "registry", "register", "digits", str(model), "--metrics", str(tmp_path / "m.json"))[0] == 0
+    code, out, _ = _run(capsys, "registry", "list")
+    assert code == 0 and "val_error=0.031" in out and "train_error" not in out
+    assert [line.split()[1] for line in out.splitlines() if line.startswith("eta@1")] == ["-"]
     (tmp_path / "nan.json").write_text('{"val_mae": NaN}')
     code, _, err = _run(capsys, "registry", "register", "eta", str(model), "--metrics", str(tmp_path / "nan.json"))
     assert code == 2 and "invalid --metrics val_mae=nan" in err and "finite" in err
