@@ -9,8 +9,9 @@ compared with ours, the create-only version record); the ratio says what that co
 - pipeline: the model comes from a committed training manifest, which already holds each file's
   SHA-256 and its S3 part digests (RegisterModelOperator); they go to S3 as the part checksums,
   so S3 verifies the bytes against the commit and the client hashes nothing;
-- external: ``dlpipe registry register DIR``; the file is hashed first (the blob is stored under
-  its hash, and a blob already stored is not uploaded again), then hashed again while uploaded.
+- external: ``dlpipe registry register NAME DIR``; the file is hashed first (the blob is stored
+  under its hash, and a blob already stored that still verifies is not uploaded again), then
+  hashed again while uploaded.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Append-only audit log: one JSON line per attempt event (started, skipped, committed, failed).
+"""Append-only audit log: one JSON line per attempt event (started, skipped, committed, conflict, failed).
 
 Lines are appended with O_APPEND under an exclusive flock, so concurrent writers (two attempts
 of the same task, several DAG runs) never interleave partial lines.

@@ -1,4 +1,5 @@
-"""Load a pipeline's YAML file. Each section is validated by the stage that owns it."""
+"""Load a pipeline's YAML file. ``section`` validates one section; every task validates all of
+them before its stage runs (``operators.factory.check_pipeline``)."""
 
 from __future__ import annotations
 
