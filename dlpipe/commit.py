@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import re
 import subprocess
 import uuid
@@ -168,6 +169,10 @@ def describe_files(root: Path, with_parts: bool = False) -> list[dict]:
     the committed checksums, so S3 itself verifies the bytes it receives against the commit.
     """
     out = []
+    for link in (p for p in root.rglob("*") if p.is_symlink()):
+        # a manifest vouches for bytes in the attempt; a link's bytes are wherever it points
+        raise IntegrityError(f"{link} is a symbolic link (to {os.readlink(link)}); a stage writes its outputs "
+                             f"as files in its attempt directory")
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         if path.name.endswith(_IGNORED_SUFFIXES) or path.name == "_SUCCESS":
             continue

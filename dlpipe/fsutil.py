@@ -27,7 +27,7 @@ def sync_tree(root: Path) -> None:
     A manifest names files that a tool wrote without fsync (Spark, torch.save); it is fsynced
     itself before its link. Without this, a power loss could keep the manifest, which readers
     and skips trust, and lose or truncate the data it names."""
-    paths = sorted(root.rglob("*"))
+    paths = sorted(p for p in root.rglob("*") if not p.is_symlink())  # links: refused by describe_files
     for path in [p for p in paths if p.is_file()] + [p for p in reversed(paths) if p.is_dir()] + [root]:
         fd = os.open(path, os.O_RDONLY)
         try:

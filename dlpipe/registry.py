@@ -144,14 +144,15 @@ def register(store: Store, name: str, model_dir: Path, *, metrics: dict[str, Any
     """Register the files of ``model_dir``; return (version record, created).
 
     ``committed_files`` maps file names to their entries in a committed manifest (``sha256`` and,
-    for large files, ``parts_sha256``). They spare hashing the files again: the upload carries
-    the committed checksums and S3's answer must match them, so a file changed since its commit
-    is refused.
+    for large files, ``parts_sha256``); then exactly those files are registered, whatever else
+    the folder holds now (readers only open files a manifest lists). They also spare hashing the
+    files again: the upload carries the committed checksums and S3's answer must match them, so
+    a file changed since its commit is refused.
     """
     _check_name(name)
     if not Path(model_dir).is_dir():
         raise ConfigError("model_dir", str(model_dir), "point at an existing directory holding the model files")
-    files = model_files(Path(model_dir))
+    files = _committed_model_files(Path(model_dir), committed_files) if committed_files else model_files(Path(model_dir))
     if not files:
         raise ConfigError("model_dir", str(model_dir), "point at a directory holding the model files")
     known = committed_files or {}
@@ -208,12 +209,31 @@ def register(store: Store, name: str, model_dir: Path, *, metrics: dict[str, Any
 
 def model_files(model_dir: Path) -> list[tuple[str, Path]]:
     """The files a model directory registers, as (name relative to it in POSIX form, path):
-    subfolders included (a tokenizer next to the weights), hidden files and folders left out."""
+    subfolders included (a tokenizer next to the weights), hidden files and folders left out.
+    A symbolic link is refused: the bytes stored would be those of whatever it points at."""
     found = []
     for path in sorted(model_dir.rglob("*")):
         rel = path.relative_to(model_dir)
-        if path.is_file() and not any(part.startswith(".") for part in rel.parts):
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        if path.is_symlink():
+            raise ConfigError("model_dir", str(path), f"a symbolic link (to {os.readlink(path)}): copy the file "
+                                                      f"into the model directory, or remove the link")
+        if path.is_file():
             found.append((rel.as_posix(), path))
+    return found
+
+
+def _committed_model_files(model_dir: Path, committed: dict[str, dict]) -> list[tuple[str, Path]]:
+    """Exactly the files a training manifest commits under its model folder (hidden ones left
+    out, as ``model_files`` leaves them out)."""
+    found = []
+    for rel in sorted(r for r in committed if not any(part.startswith(".") for part in r.split("/"))):
+        path = _artifact_target(model_dir, rel, str(model_dir))
+        if path.is_symlink() or not path.is_file():
+            raise IntegrityError(f"{model_dir}: committed file {rel} is missing or was replaced by a link; "
+                                 f"the training output changed after its commit: train again")
+        found.append((rel, path))
     return found
 
 

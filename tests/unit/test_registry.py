@@ -299,3 +299,48 @@ def test_a_rollback_refuses_an_alias_moved_away_and_back_since_it_was_read(tmp_p
         registry.rollback(store, "eta", "production", run=RunContext(run_id="A"), reason="undo 2")
     history = read(store, "eta", "production")["history"]
     assert [(m["from_version"], m["to_version"]) for m in history] == [(None, 1), (1, 2), (2, 3), (3, 2)]
+
+
+def test_a_symbolic_link_in_a_model_directory_is_refused(tmp_path):
+    """Registering follows nothing out of the model directory: a link's bytes (a credentials
+    file, say) would be stored as an artifact."""
+    secret = tmp_path / "credentials"
+    secret.write_text("aws_secret_access_key=TOPSECRET")
+    model = _model(tmp_path, b"weights")
+    (model / "tokenizer.txt").symlink_to(secret)
+    store = LocalStore(tmp_path / "reg")
+    with pytest.raises(ConfigError, match=r"tokenizer.txt.*a symbolic link"):
+        registry.register(store, "eta", model, metrics={}, lineage={}, run=RunContext())
+    assert registry.list_versions(store, "eta") == []
+
+
+def test_a_training_registers_exactly_the_files_its_manifest_commits(dlpipe_home, tmp_path):
+    """A file added to a committed training folder afterwards (or a link planted there) is not
+    registered: readers only open files a manifest lists."""
+    from dlpipe import commit
+
+    def train(attempt: Path) -> dict:
+        (attempt / "model").mkdir()
+        (attempt / "model" / "model.safetensors").write_bytes(b"weights")
+        return {"model_dir": "model", "metrics": {}}
+
+    training = commit.run_stage(commit.StageKey("training", "eta", "window_end=2026-01-03"), inputs=[], config={},
+                                code={"sources_hash": "t"}, run=RunContext(), produce=train).manifest
+    model = commit.location(training) / "model"
+    (model / "extra.txt").symlink_to(tmp_path)
+    committed = {f["path"].split("/", 1)[1]: f for f in training["outputs"]["files"]}
+    rec, _ = registry.register(LocalStore(tmp_path / "reg"), "eta", model, metrics={}, lineage={}, run=RunContext(),
+                               committed_files=committed)
+    assert [a["name"] for a in rec["artifacts"]] == ["model.safetensors"]
+
+
+def test_a_stage_output_that_is_a_symbolic_link_is_not_committed(dlpipe_home, tmp_path):
+    from dlpipe import commit
+
+    def produce(attempt: Path) -> dict:
+        (attempt / "data.bin").symlink_to(tmp_path / "elsewhere")
+        return {}
+
+    with pytest.raises(IntegrityError, match="data.bin is a symbolic link"):
+        commit.run_stage(commit.StageKey("training", "eta", "window_end=2026-01-04"), inputs=[], config={},
+                         code={"sources_hash": "t"}, run=RunContext(), produce=produce)
