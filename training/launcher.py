@@ -47,6 +47,10 @@ _secret = secret_env
 
 
 EXAMPLE = "e.g. {'OMP_NUM_THREADS': '4'}"
+# What a shell takes as a variable name. horovodrun writes each rank's environment into a shell
+# command as NAME=quoted-value: the value is quoted, the name is not, so any other character in
+# a name ("A;touch /tmp/x;B") would run as a command.
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _unusable(name: object, value: object) -> tuple[object, str] | None:
@@ -60,10 +64,13 @@ def _unusable(name: object, value: object) -> tuple[object, str] | None:
         return name, "a variable needs a name"
     if "=" in name:
         return name.partition("=")[0] + "=...", "a name cannot contain '=' (it ends the name); give {'NAME': 'value'}"
+    if not ENV_NAME.fullmatch(name):
+        return name[:40], ("a variable name is letters, digits and '_', not starting with a digit: horovodrun "
+                           "passes it to a shell unquoted")
     if not isinstance(value, str):
         return name, f"its value is of type {type(value).__name__}; give values as strings, {EXAMPLE}"
-    if "\0" in name or "\0" in value:
-        return name, "a name or value cannot contain a NUL character"
+    if "\0" in value:
+        return name, "a value cannot contain a NUL character"
     return None
 
 
@@ -89,7 +96,8 @@ def training_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     Airflow connection, variable or other credential in the task's environment reaches it."""
     check_rank_env(extra or {})
     bindir = os.path.dirname(sys.executable)
-    inherited = {k: v for k, v in os.environ.items() if not _secret(k, v)}
+    # names a shell would not take as one (see ENV_NAME) are not passed on either
+    inherited = {k: v for k, v in os.environ.items() if ENV_NAME.fullmatch(k) and not _secret(k, v)}
     return {
         **inherited,
         **(extra or {}),

@@ -213,6 +213,9 @@ ARGUMENT = r"HorovodTrainOperator\(task_id='train'\) argument env"
     ({"": "s3cr3t"}, "''", "a variable needs a name"),
     ({"TOKEN=s3cr3t": "s3cr3t"}, r"'TOKEN=\.\.\.'", "a name cannot contain '='"),
     ({"NCCL_DEBUG": "s3cr3t\0"}, "'NCCL_DEBUG'", "NUL"),
+    # horovodrun writes NAME=quoted-value into a shell command: the name is not quoted
+    ({"A;touch${IFS}/tmp/pwned;B": "1"}, r"'A;touch\$\{IFS\}/tmp/pwned;B'", "passes it to a shell unquoted"),
+    ({"1ST": "1"}, "'1ST'", "not starting with a digit"),
 ])
 def test_rank_variables_that_popen_refuses_are_refused_when_the_dag_is_parsed(env, shown, fix):
     """Popen refused them only when the task ran (a bare TypeError, retried by Airflow). The
@@ -223,6 +226,15 @@ def test_rank_variables_that_popen_refuses_are_refused_when_the_dag_is_parsed(en
         HorovodTrainOperator(task_id="train", dataset_id="x", pipeline_config="p.yaml",
                              env={"NCCL_SOCKET_IFNAME": "eth0", **env})
     assert "s3cr3t" not in str(err.value) and "48151623" not in str(err.value)
+
+
+def test_inherited_variables_whose_names_a_shell_would_run_are_not_passed_to_ranks(monkeypatch):
+    from training.launcher import training_env
+
+    monkeypatch.setenv("A;touch${IFS}/tmp/pwned;B", "1")
+    monkeypatch.setenv("DLPIPE_TEST_PLAIN", "1")
+    env = training_env()
+    assert "DLPIPE_TEST_PLAIN" in env and not any(";" in name for name in env)
 
 
 def test_rank_variables_must_be_a_mapping_and_strings_at_run_time_too():
