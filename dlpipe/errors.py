@@ -17,7 +17,7 @@ _SECRET_NAME = re.compile(r"secret|password|passwd|credential|apikey|api_key|pri
 # (dlpipe/spark_submit.py), both through dlpipe.proc.secret_env.
 SECRET_ENV = re.compile(r"SECRET|PASSWORD|PASSWD|TOKEN|FERNET|_KEY$|_KEYS$|APIKEY|CREDENTIAL|_DSN$|DATABASE_URL"
                         r"|CONNECTION_STRING|_PASS$|PASSPHRASE|_PW$|_PWD$|_PAT$|_AUTH$|AUTH_CONFIG|JAAS|WEBHOOK"
-                        r"|PRIVATE|_SAS_|SAS_TOKEN", re.IGNORECASE)
+                        r"|PRIVATE|_SAS_|SAS_TOKEN|_CREDS$|_JWT$", re.IGNORECASE)
 # Names of that kind that hold where a credential is, not the credential: a file (the way to give
 # ranks credentials), ssh-agent's socket (horovodrun's own ssh to other hosts), a task role's address.
 LOCATOR_ENV = re.compile(r"(_FILE|_PATH|_SOCK|_DIR)$|^GOOGLE_APPLICATION_CREDENTIALS$"

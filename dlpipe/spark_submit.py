@@ -32,6 +32,10 @@ SparkSubmit = Callable[[str, Sequence[str]], None]
 # is a number, not a key.
 SECRET_CONF = re.compile(r"secret|password|passwd|passphrase|token|credential|(account|access|encryption)\.key(\.|$)"
                          r"|api[._-]?key|private|\.sas\.|jaas", re.IGNORECASE)
+# A credential passed inside a setting's value: JVM options (-Djavax.net.ssl.keyStorePassword=...,
+# -Dfs.s3a.secret.key=...) and JDBC URLs (...?user=hive&password=...).
+SECRET_IN_VALUE = re.compile(r"(secret|password|passwd|passphrase|token|credential)[\w.-]*=|[?&;](pwd|pass)=",
+                             re.IGNORECASE)
 # Settings that set an environment variable of Spark's driver, executors or YARN application
 # master: the variable is judged as an environment variable (``is_secret_conf``).
 ENV_CONF = re.compile(r"^spark\.(executorEnv|yarn\.appMasterEnv|kubernetes\.driverEnv|mesos\.driverEnv)\.(?P<name>.+)$")
@@ -43,7 +47,7 @@ def is_secret_conf(key: str, value: str) -> bool:
     be denied (``proc.secret_env``: *_KEY, *_PASS, *_PWD, *_TOKEN, Airflow's own...), so that
     one policy decides what a credential in an environment is. A setting caught wrongly still
     reaches Spark, through the properties file; only its value is masked in logs."""
-    if SECRET_CONF.search(key) or credential_value(value):
+    if SECRET_CONF.search(key) or credential_value(value) or SECRET_IN_VALUE.search(value):
         return True
     env = ENV_CONF.match(key)
     if env is None:

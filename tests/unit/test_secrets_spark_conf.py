@@ -27,6 +27,11 @@ CREDENTIALS = {
     "spark.openlineage.transport.auth.apiKey": "ol-key",  # a Spark setting named like an API key
     "spark.hadoop.javax.jdo.option.ConnectionURL": "jdbc:postgresql://hive:pw@db:5432/metastore",  # a login
     "spark.hadoop.fs.s3a.secret.key": "s3secret",  # caught before, still caught
+    # credentials inside a value: JVM options and a JDBC URL's query
+    "spark.driver.extraJavaOptions": "-XX:+UseG1GC -Djavax.net.ssl.keyStorePassword=KsPw1234",
+    "spark.sql.catalog.hive.uri": "jdbc:mysql://db/hive?user=hive&password=HivePw99",
+    "spark.executorEnv.DB_CREDS": "user:pw",
+    "spark.executorEnv.CI_JOB_JWT": "eyJhbGciOi",
 }
 
 ORDINARY = {
@@ -41,6 +46,7 @@ ORDINARY = {
     "spark.kerberos.principal": "dlpipe@EXAMPLE.COM",
     "spark.io.encryption.keySizeBits": "256",
     "spark.jars.packages": "org.apache.hadoop:hadoop-aws:3.4.1",
+    "spark.executor.extraJavaOptions": "-XX:+UseG1GC -Dlog4j.configuration=file:/opt/log4j.properties",
 }
 
 
