@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 from datetime import date
 from typing import Any, Sequence
@@ -21,10 +22,19 @@ from dlpipe.runctx import cli_context
 from dlpipe.storage import endpoint_url, open_store
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _shown(value: Any) -> str:
+    """``value`` for a terminal: control characters escaped. A run's reason or an error is
+    anyone's text; a newline or an escape sequence in it could forge lines of the output."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), str(value))
+
+
 def _table(rows: list[dict], columns: list[str]) -> str:
     if not rows:
         return "(none)"
-    cells = [[str(r.get(c, "")) for c in columns] for r in rows]
+    cells = [[_shown(r.get(c, "")) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()  # noqa: E731
     return "\n".join([line(columns), line(["-" * w for w in widths]), *map(line, cells)])
@@ -79,10 +89,21 @@ def _metrics_file(path) -> dict:
                                                   '{"val_mae": 3.7}') from None
     if not isinstance(metrics, dict):
         raise ConfigError("--metrics", str(path), 'give a JSON object such as {"val_mae": 3.7}')
-    for key, value in metrics.items():  # JSON has no NaN: the version record would not be JSON
-        if isinstance(value, float) and not math.isfinite(value):
+    for key, value in _numbers(metrics):  # JSON has no NaN: the version record would not be JSON
+        if not math.isfinite(value):
             raise ConfigError(f"--metrics {key}", value, "give a finite number, or leave the metric out")
     return metrics
+
+
+def _numbers(value: Any, path: str = "") -> list[tuple[str, float]]:
+    """Every float in nested metrics, with its dotted path (``eval.mae``)."""
+    if isinstance(value, float):
+        return [(path, value)]
+    if isinstance(value, dict):
+        return [n for k, v in value.items() for n in _numbers(v, f"{path}.{k}" if path else str(k))]
+    if isinstance(value, list):
+        return [n for i, v in enumerate(value) for n in _numbers(v, f"{path}[{i}]")]
+    return []
 
 
 def cmd_registry_history(args: argparse.Namespace) -> int:
@@ -226,7 +247,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
              "try": e["run"]["try_number"], "user": e["run"]["user"], "manifest": e.get("manifest_id"),
              "why": e.get("reason") or e.get("error", "")[:80]} for e in events]
     reasons = {e["run"]["run_id"]: e["run"].get("reason") for e in events if e["run"].get("reason")}
-    header = "".join(f"run {run}: {why}\n" for run, why in reasons.items())
+    header = "".join(f"run {_shown(run)}: {_shown(why)}\n" for run, why in reasons.items())
     _print(events, args.json, header + _table(rows, ["ts", "event", "task", "try", "user", "manifest", "why"]))
     return 0
 
@@ -413,6 +434,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
+    except BrokenPipeError:  # `dlpipe audit | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
     except DlpipeError as exc:
         print(f"dlpipe: error: {exc}", file=sys.stderr)
         return 2

@@ -95,7 +95,7 @@ def load_manifest(mid: str, home: Path | None = None, *, stage: str | None = Non
         rel, fp16 = str(mid).rsplit("@", 1)
         stage_, name, partition = rel.split("/")
         key = StageKey(stage_, name, partition)
-        if not _FP_PREFIX.match(fp16):
+        if not _FP_PREFIX.fullmatch(fp16):
             raise ValueError(fp16)
     except (ValueError, TypeError) as exc:
         raise NotCommittedError(

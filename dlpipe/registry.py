@@ -80,7 +80,7 @@ def root_problem(value: str) -> str | None:
 
 
 def _check_name(name: str) -> str:
-    if not NAME_RE.match(name or ""):
+    if not NAME_RE.fullmatch(name or ""):  # match() and $ take a trailing newline
         raise ConfigError("model name", name, "use 1-64 lowercase letters, digits, '.', '_' or '-'")
     return name
 
@@ -297,7 +297,7 @@ def download(store: Store, name: str, version: int, dest: Path) -> dict:
 # --- aliases -------------------------------------------------------------------------------
 
 def _alias_key(name: str, alias: str) -> str:
-    if not ALIAS_RE.match(alias or ""):
+    if not ALIAS_RE.fullmatch(alias or ""):
         raise ConfigError("alias", alias, "use 1-32 lowercase letters, digits, '_' or '-', starting with a letter")
     return f"{_check_name(name)}/aliases/{alias}.json"
 

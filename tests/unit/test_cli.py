@@ -160,3 +160,26 @@ def test_alias_references_and_metrics_are_checked(capsys, tmp_path, monkeypatch)
     (tmp_path / "nan.json").write_text('{"val_mae": NaN}')
     code, _, err = _run(capsys, "registry", "register", "eta", str(model), "--metrics", str(tmp_path / "nan.json"))
     assert code == 2 and "invalid --metrics val_mae=nan" in err and "finite" in err
+
+
+def test_names_with_a_trailing_newline_and_control_characters_in_output(capsys, tmp_path, monkeypatch):
+    """'demo\\n' passed a ^...$ check (match() and $ take a final newline) and made a look-alike
+    model; a reason with a newline or an escape sequence could forge lines of `dlpipe audit`."""
+    from dlpipe import audit
+    from dlpipe.runctx import RunContext
+
+    monkeypatch.setenv("DLPIPE_HOME", str(tmp_path))
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"w")
+    code, _, err = _run(capsys, "registry", "register", "demo\n", str(model))
+    assert code == 2 and "invalid model name" in err
+    assert _run(capsys, "registry", "register", "demo", str(model))[0] == 0
+    code, _, err = _run(capsys, "registry", "promote", "demo@1", "production\n")
+    assert code == 2 and "invalid alias" in err
+    audit.record("started", stage="s", run=RunContext(run_id="r1", reason="ok\x1b[2K\rrun r0: approved\nforged"))
+    code, out, _ = _run(capsys, "audit")
+    assert code == 0 and "\x1b" not in out and "\\x1b[2K\\rrun r0: approved\\nforged" in out
+    (tmp_path / "nested.json").write_text('{"val_mae": 3.0, "eval": {"mae": NaN}}')
+    code, _, err = _run(capsys, "registry", "register", "demo", str(model), "--metrics", str(tmp_path / "nested.json"))
+    assert code == 2 and "invalid --metrics eval.mae=nan" in err
