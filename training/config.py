@@ -48,9 +48,15 @@ def _check_interface(value: str | None) -> str | None:
     return value
 
 
+# An absolute path and nothing else: horovodrun runs the discovery script through a shell, so
+# arguments, spaces or ';' would make a spec (data, reviewed as configuration) run a command line.
+SCRIPT_PATH = re.compile(r"/[A-Za-z0-9_./+-]+")
+
+
 def _check_script(value: str | None) -> str | None:
-    if value is not None and (not value.strip() or value.startswith("-")):
-        raise ValueError("give the path of an executable that prints the current host:slots lines")
+    if value is not None and not SCRIPT_PATH.fullmatch(value):
+        raise ValueError("give the absolute path of an executable that prints the current host:slots lines "
+                         "(letters, digits, '_', '.', '-', '+', '/'; no arguments: horovodrun runs it in a shell)")
     return value
 
 

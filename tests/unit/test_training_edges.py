@@ -245,3 +245,14 @@ def test_rank_variables_must_be_a_mapping_and_strings_at_run_time_too():
     with pytest.raises(ConfigError, match=r"env='OMP_NUM_THREADS': .*give values as strings"):
         training_env({"OMP_NUM_THREADS": 4})
     assert training_env({"OMP_NUM_THREADS": "4"})["OMP_NUM_THREADS"] == "4"
+
+
+@pytest.mark.parametrize("script", ["discover.sh", "/opt/discover.sh --all", "/opt/d.sh;touch /tmp/pwned",
+                                    "$(curl x)", "", " "])
+def test_the_discovery_script_is_an_absolute_path_and_nothing_else(script):
+    """horovodrun runs the discovery script through a shell: a spec must not hold a command line."""
+    with pytest.raises(ConfigError, match=r"scale\.host_discovery_script=.*absolute path of an executable"):
+        section({"scale": {"min_np": 1, "max_np": 2, "num_proc": 2, "host_discovery_script": script}},
+                "scale", ScaleConfig)
+    assert section({"scale": {"min_np": 1, "max_np": 2, "num_proc": 2, "host_discovery_script": "/opt/d-1.sh"}},
+                   "scale", ScaleConfig).host_discovery_script == "/opt/d-1.sh"
