@@ -11,6 +11,7 @@ import collections
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -34,6 +35,20 @@ def secret_env(name: str, value: str) -> bool:
     return bool(AIRFLOW_SECRET_ENV.match(name.upper())) or credential_env(name, value)
 
 
+# A line longer than this is passed on in pieces of this size: one 30 MB line without a newline
+# would otherwise sit whole in the tail, the failure message and the task log.
+MAX_LINE = 8192
+
+
+def with_parent_death_signal(argv: list[str]) -> list[str]:
+    """``argv`` run so that it gets SIGTERM when the thread that starts it dies (util-linux's
+    ``setpriv --pdeathsig``, which then execs it: same pid), where setpriv exists. The tool's
+    session of its own keeps it out of a kill of ours, so without this a SIGKILLed task left it
+    running, and its run timeout, a thread of the task, died with the task."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--", *argv] if setpriv else argv
+
+
 def run_streaming(
     argv: Sequence[str],
     *,
@@ -44,11 +59,17 @@ def run_streaming(
     tail_lines: int = 60,
     on_start: Callable[[subprocess.Popen], None] | None = None,
 ) -> list[str]:
-    """Run ``argv`` to completion; return its last lines. Raise SubprocessFailed on failure."""
+    """Run ``argv`` to completion; return its last lines. Raise SubprocessFailed on failure.
+
+    The tool runs in a session of its own (``kill_group`` reaches all it starts) and gets
+    SIGTERM if this process dies first (``with_parent_death_signal``): a task SIGKILLed by
+    Airflow must not leave horovodrun and its ranks running. Its output is read as UTF-8 with
+    undecodable bytes escaped, a line longer than ``MAX_LINE`` characters in pieces."""
     emit = emit or (lambda line: log.info("%s", line))
     tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
     proc = subprocess.Popen(
-        list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+        with_parent_death_signal(list(argv)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        encoding="utf-8", errors="backslashreplace", bufsize=1,
         env=dict(env) if env is not None else None, cwd=cwd, start_new_session=True,
     )
     if on_start:
@@ -65,7 +86,7 @@ def run_streaming(
         timer.start()
     try:
         assert proc.stdout is not None
-        for line in proc.stdout:
+        for line in iter(lambda: proc.stdout.readline(MAX_LINE), ""):
             line = line.rstrip("\n")
             tail.append(line)
             emit(line)

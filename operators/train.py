@@ -80,6 +80,7 @@ class HorovodTrainOperator(DlpipeOperator):
         except ConfigError as exc:
             raise ConfigError(_argument(self.task_id, "env"), exc.value, exc.fix) from None
         self._proc = None
+        self._killed = False  # set by on_kill, which can come before horovodrun starts
 
     def run_stage(self, context: Any, pipeline: dict, run: RunContext) -> StageResult:
         from operators.kinds import kind_of
@@ -98,15 +99,18 @@ class HorovodTrainOperator(DlpipeOperator):
                 raise ConfigError(_argument(self.task_id, key), exc.value, exc.fix) from exc
             raise
 
-        def remember(proc) -> None:
-            self._proc = proc
-
         launch = horovod_launcher(scale, env=self.env, emit=lambda line: self.log.info("%s", line),
-                                  on_start=remember)
+                                  on_start=self._started)
         dataset = commit.load_manifest(self.dataset_id, stage="datasets", field="dataset_id")
         return train_model(dataset, config=cfg, scale=scale, run=run, launch=launch,
                            name=pipeline.get("model_name", "model"), entry=kind.train_entry)
 
+    def _started(self, proc) -> None:
+        self._proc = proc
+        if self._killed:  # Airflow's SIGTERM handler returns, and the task went on to start it
+            kill_group(proc)
+
     def on_kill(self) -> None:
+        self._killed = True
         if self._proc is not None:
             kill_group(self._proc)

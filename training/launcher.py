@@ -104,6 +104,11 @@ def training_env(extra: dict[str, str] | None = None) -> dict[str, str]:
         "PATH": bindir + os.pathsep + os.environ.get("PATH", ""),
         "PYTHONWARNINGS": "ignore:pyarrow.localfs is deprecated:FutureWarning",
         "PYTHONUNBUFFERED": "1",
+        # horovodrun forwards each rank's output decoding it strictly, and one undecodable byte
+        # ends that rank's forwarding (the rank then blocks on a full pipe until the run timeout).
+        # Python's own writes then stay valid UTF-8, a str holding a lone surrogate included;
+        # raw bytes a native library writes cannot be helped here (docs/operators.md).
+        "PYTHONIOENCODING": "utf-8:backslashreplace",
         # A rank that stops answering (killed, frozen, partitioned) must end the job instead of
         # leaving the others waiting in a collective forever: Horovod's stall inspector shuts
         # down a job whose collectives have waited this long.

@@ -112,3 +112,61 @@ def test_a_secret_in_a_locators_name_or_a_new_kind_of_name_stays_out(monkeypatch
     with pytest.raises(ConfigError, match=name):
         training_env({name: value})
 
+
+
+def test_undecodable_output_is_escaped_not_fatal():
+    """A tool writing bytes that are not UTF-8 (a native library, a Latin-1 file name) kept
+    running; reading its output raised UnicodeDecodeError, killed it and lost every line."""
+    seen = []
+    tail = run_streaming(["sh", "-c", r"echo working; printf 'caf\351\n'; echo done"], emit=seen.append)
+    assert seen == ["working", "caf\\xe9", "done"] and tail == seen
+
+
+def test_a_line_without_end_comes_in_pieces_of_bounded_size():
+    from dlpipe.proc import MAX_LINE
+
+    code = "import sys\nsys.stdout.write('x' * 30000)\nsys.exit(2)"
+    with pytest.raises(SubprocessFailed) as e:
+        run_streaming([sys.executable, "-c", code], emit=lambda _: None)
+    assert e.value.tail and all(len(line) <= MAX_LINE for line in e.value.tail)
+    assert sum(len(line) for line in e.value.tail) == 30000
+
+
+def test_a_tool_ends_when_the_process_that_started_it_is_killed(tmp_path):
+    """The tool runs in a session of its own, beyond a kill of its parent's group; SIGKILL of
+    the parent (Airflow escalating a task kill) must not leave it running, nor what it started
+    (horovodrun's middlemen end the ranks when horovodrun dies)."""
+    import os
+    import signal
+    import subprocess
+
+    pidfile = tmp_path / "tool.pid"
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import sys\n"
+        "from dlpipe.proc import run_streaming\n"
+        f"run_streaming(['sleep', '60'], on_start=lambda p: open({str(pidfile)!r}, 'w').write(str(p.pid)))\n")])
+    deadline = time.monotonic() + 30
+    while not (pidfile.exists() and pidfile.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    tool = int(pidfile.read_text())
+    assert _alive(tool)
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while _alive(tool) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(tool), "the tool outlived the process that started it"
+
+
+def test_a_training_task_killed_before_horovodrun_starts_ends_it_at_once():
+    """Airflow 3's SIGTERM handler calls on_kill and returns: a kill during the task's set-up
+    found no horovodrun to stop, and the task went on to start it."""
+    import subprocess
+
+    from operators.train import HorovodTrainOperator
+
+    op = HorovodTrainOperator(task_id="train", dataset_id="x", pipeline_config="p.yaml")
+    op.on_kill()
+    proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    op._started(proc)
+    assert proc.wait(timeout=15) != 0
