@@ -49,6 +49,26 @@ def with_parent_death_signal(argv: list[str]) -> list[str]:
     return [setpriv, "--pdeathsig", "TERM", "--", *argv] if setpriv else argv
 
 
+def set_parent_death_signal() -> None:
+    """For ``Popen(preexec_fn=...)`` where the command line is not ours to prefix (the Spark
+    provider's spark-submit): the child gets SIGTERM when the thread that started it dies, as
+    ``with_parent_death_signal`` does. Linux only; elsewhere nothing."""
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _libc_prctl():
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the child only calls it
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _libc_prctl()
+
+
 def run_streaming(
     argv: Sequence[str],
     *,

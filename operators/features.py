@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from dlpipe import audit
 from dlpipe.commit import StageResult
-from dlpipe.errors import ConfigError
+from dlpipe.errors import ConfigError, SubprocessFailed
 from dlpipe.pipeline_config import section
-from dlpipe.proc import kill_process_group
+from dlpipe.proc import kill_process_group, set_parent_death_signal
 from dlpipe.runctx import RunContext
 from dlpipe.spark_submit import (SparkSubmit, default_conf, secret_properties, secret_values, spark_env,
                                  split_secret_conf)
@@ -30,9 +30,12 @@ def mask_conf_secrets(secret: dict[str, str]) -> None:
 
 
 def hook_submitter(conn_id: str, conf: dict[str, str] | None, name: str, holder: list,
-                   resources: dict[str, Any] | None = None) -> SparkSubmit:
+                   resources: dict[str, Any] | None = None,
+                   killed: Callable[[], bool] = lambda: False) -> SparkSubmit:
     """A SparkSubmit backed by SparkSubmitHook: master and deploy mode come from ``conn_id``;
-    ``resources`` are SparkSubmitHook's own arguments (executor_memory, total_executor_cores...)."""
+    ``resources`` are SparkSubmitHook's own arguments (executor_memory, total_executor_cores...).
+    Nothing is submitted once ``killed()``: Airflow's SIGTERM handler calls on_kill and returns,
+    and a kill during the task's set-up would otherwise be followed by a submission."""
     from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
 
     plain, secret = split_secret_conf({**default_conf(), **(conf or {})})
@@ -43,8 +46,12 @@ def hook_submitter(conn_id: str, conf: dict[str, str] | None, name: str, holder:
             hook = SparkSubmitHook(conn_id=conn_id, conf=plain, properties_file=properties,
                                    application_args=list(args), name=name, **(resources or {}))
             holder[:] = [hook]  # for on_kill
-            # Its own session, so that on_kill can reach spark-submit's children as one group.
-            hook.submit(application=application, env=spark_env(), start_new_session=True)
+            if killed():
+                raise SubprocessFailed("the task was killed before spark-submit started; nothing was submitted")
+            # Its own session, so that on_kill can reach spark-submit's children as one group;
+            # SIGTERM when the task process dies, SIGKILL included, so that none outlives it.
+            hook.submit(application=application, env=spark_env(), start_new_session=True,
+                        preexec_fn=set_parent_death_signal)
 
     return submit
 
@@ -95,10 +102,11 @@ class SparkStageOperator(DlpipeOperator):
                               f"use only {', '.join(RESOURCE_ARGS)}")
         self.data_interval_start, self.data_interval_end = data_interval_start, data_interval_end
         self._hooks: list = []
+        self._killed = False  # set by on_kill, which can come before spark-submit starts
 
     def _submitter(self, run: RunContext) -> SparkSubmit:
         return hook_submitter(self.conn_id, self.spark_conf, f"{run.dag_id}.{run.task_id}", self._hooks,
-                              self.spark_resources)
+                              self.spark_resources, killed=lambda: self._killed)
 
     def interval(self, context: Any) -> tuple[Any, Any]:
         """The data interval to process: the arguments when given, else the run's."""
@@ -118,6 +126,7 @@ class SparkStageOperator(DlpipeOperator):
         return start, end
 
     def on_kill(self) -> None:
+        self._killed = True
         kill_submissions(self._hooks)
 
 

@@ -132,7 +132,19 @@ def test_a_line_without_end_comes_in_pieces_of_bounded_size():
     assert sum(len(line) for line in e.value.tail) == 30000
 
 
-def test_a_tool_ends_when_the_process_that_started_it_is_killed(tmp_path):
+START_TOOL = {
+    # run_streaming: the command line is ours (setpriv --pdeathsig)
+    "run_streaming": "from dlpipe.proc import run_streaming\n"
+                     "run_streaming(['sleep', '60'], on_start=lambda p: open(PIDFILE, 'w').write(str(p.pid)))\n",
+    # the Spark provider's Popen: its command line is not ours (preexec_fn)
+    "preexec_fn": "import subprocess, time\nfrom dlpipe.proc import set_parent_death_signal\n"
+                  "p = subprocess.Popen(['sleep', '60'], start_new_session=True, preexec_fn=set_parent_death_signal)\n"
+                  "open(PIDFILE, 'w').write(str(p.pid))\ntime.sleep(60)\n",
+}
+
+
+@pytest.mark.parametrize("how", sorted(START_TOOL))
+def test_a_tool_ends_when_the_process_that_started_it_is_killed(tmp_path, how):
     """The tool runs in a session of its own, beyond a kill of its parent's group; SIGKILL of
     the parent (Airflow escalating a task kill) must not leave it running, nor what it started
     (horovodrun's middlemen end the ranks when horovodrun dies)."""
@@ -141,10 +153,7 @@ def test_a_tool_ends_when_the_process_that_started_it_is_killed(tmp_path):
     import subprocess
 
     pidfile = tmp_path / "tool.pid"
-    parent = subprocess.Popen([sys.executable, "-c", (
-        "import sys\n"
-        "from dlpipe.proc import run_streaming\n"
-        f"run_streaming(['sleep', '60'], on_start=lambda p: open({str(pidfile)!r}, 'w').write(str(p.pid)))\n")])
+    parent = subprocess.Popen([sys.executable, "-c", f"PIDFILE = {str(pidfile)!r}\n" + START_TOOL[how]])
     deadline = time.monotonic() + 30
     while not (pidfile.exists() and pidfile.read_text()) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -170,3 +179,15 @@ def test_a_training_task_killed_before_horovodrun_starts_ends_it_at_once():
     proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
     op._started(proc)
     assert proc.wait(timeout=15) != 0
+
+
+def test_a_spark_task_killed_before_spark_submit_starts_submits_nothing():
+    from operators import SparkFeatureOperator
+
+    op = SparkFeatureOperator(task_id="f", pipeline_config="x.yaml")
+    op.on_kill()
+    from dlpipe.runctx import RunContext
+
+    submit = op._submitter(RunContext())
+    with pytest.raises(SubprocessFailed, match="killed before spark-submit started"):
+        submit("app.py", [])
