@@ -55,12 +55,14 @@ def _made_by(manifest: dict, config: dict, code: dict) -> bool:
 
 
 def committed_days(name: str, stage: str, days: list, *, required: bool,
-                    version: tuple[dict, dict] | None = None) -> tuple[list[dict], list[str]]:
+                    version: tuple[dict, dict] | None = None, late_ok: bool = False) -> tuple[list[dict], list[str]]:
     """For each day, the newest committed partition of ``stage``/``name``, and only one made by
     ``version`` (config, code) when it is given; (found, days without one). A dataset passes its
     feature version: one made by other code or settings (before a release, or a setting since
     reverted) is never taken, since a window mixing two feature definitions would train on
-    columns that mean different things."""
+    columns that mean different things. ``late_ok``: a required day that is missing raises
+    InputNotReady, which Airflow retries (the interval's raw data may land late), not
+    NotCommittedError."""
     found, missing = [], []
     for day in days:
         key = StageKey(stage, name, day_partition(day))
@@ -68,10 +70,13 @@ def committed_days(name: str, stage: str, days: list, *, required: bool,
         matching = [m for m in versions if version is None or _made_by(m, *version)]
         if matching:
             found.append(matching[-1])
-        elif required and version is None:
+        elif required and late_ok:  # the interval's raw data, which may land late
             raise InputNotReady(f"no committed {stage} partition {name}/{day_partition(day)} yet; the "
                                 f"task retries in case it is late; run the stage that produces it "
                                 f"(for demo data: dlpipe demo-data)")
+        elif required and version is None:
+            raise NotCommittedError(f"no committed {stage} partition {key.relpath}; run the stage that "
+                                    f"produces it for {day.isoformat()} first")
         elif required:
             raise NotCommittedError(
                 f"no feature partition {key.relpath} made by the current feature settings and code"
@@ -94,7 +99,7 @@ def extract_features(interval_start, interval_end, *, config: FeatureJobConfig, 
     earlier, missing = committed_days(config.raw, "raw", history, required=False)
     for absent in missing:
         log.info("raw/%s/%s not committed: treated as missing history", config.raw, absent)
-    inputs = earlier + committed_days(config.raw, "raw", [day], required=True)[0]
+    inputs = earlier + committed_days(config.raw, "raw", [day], required=True, late_ok=True)[0]
     key = StageKey("features", config.name, day_partition(day))
     fp_config, code = feature_version(config)
 

@@ -135,3 +135,13 @@ def test_the_eta_fingerprints_hash_the_sources_hash_as_they_always_did():
         "config": DatasetConfig(features="eta", window_days=1).model_dump(),
         "code": sources_hash([materialize.__file__, dataset_stage.__file__, *SHARED_SOURCES]),
     })
+
+
+def test_another_specs_missing_feature_partition_fails_at_once_not_retried():
+    """Only the interval's raw data may be late (InputNotReady, retried). A dataset over another
+    spec's feature set whose last day is not committed fails without retry."""
+    from dlpipe.errors import InputNotReady
+
+    with pytest.raises(NotCommittedError, match=r"no committed features partition features/shared/dt=2026-01-03") as err:
+        _input_files(window_days=1, name="shared")
+    assert not isinstance(err.value, InputNotReady)
