@@ -389,6 +389,9 @@ def open_store(uri: str, client: Any = None) -> Store:
         if client is None:
             import boto3
 
+            for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):  # boto3 reads both; say which is wrong
+                if os.environ.get(var):
+                    endpoint_url(os.environ[var], var)
             client = boto3.client("s3")
         return S3Store(uri, client)
     if "://" in uri and not uri.startswith("file://"):

@@ -95,11 +95,14 @@ def test_an_endpoint_with_a_login_from_the_environment_is_refused_everywhere(cap
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     code, _, err = _run(capsys, "registry", "list", "--root", "s3://models/reg")
-    assert code == 2 and "S3 endpoint URL" in err and "***@127.0.0.1:1" in err
+    assert code == 2 and f"invalid {var}=" in err and "***@127.0.0.1:1" in err
     assert secret not in err and "AKIAEXAMPLE" not in err
     with pytest.raises(ConfigError, match="credentials do not belong in the endpoint URL") as caught:
         registry_store("s3://models/reg", None)
     assert secret not in str(caught.value)
+    monkeypatch.setenv(var, "127.0.0.1:9000")  # no scheme: boto3 raised a bare ValueError
+    code, _, err = _run(capsys, "registry", "list", "--root", "s3://models/reg")
+    assert code == 2 and f"invalid {var}='127.0.0.1:9000'" in err and "http(s)://HOST" in err
 
 
 def test_a_failure_audited_with_a_url_login_in_its_message_is_masked(tmp_path, monkeypatch):
