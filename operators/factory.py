@@ -96,10 +96,14 @@ def _daily_at_midnight(schedule: str) -> bool:
     """Whether every interval is one whole UTC day: the cron fires at 00:00 every day of every
     month. Judged from its fields, not from a few firings: '0 0 * * 1-6' fires at midnight a day
     apart most of the week, and then leaves a two-day interval."""
-    if schedule == "@daily":
+    from croniter import croniter
+
+    if schedule in ("@daily", "@midnight"):
         return True
-    fields = schedule.split()
-    return len(fields) == 5 and [f.lstrip("0") or "0" for f in fields[:2]] == ["0", "0"] and fields[2:] == ["*"] * 3
+    # each field as the values it allows; croniter writes a field that allows all of them
+    # ('*', '*/1', '1-31', '0-6') as ['*']
+    expanded, _ = croniter.expand(schedule)
+    return expanded == [[0], [0], ["*"], ["*"], ["*"]]
 
 
 def spec_path(path: str | Path, dag_file: str | Path | None = None) -> Path:

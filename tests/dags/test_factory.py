@@ -241,7 +241,8 @@ def test_a_learning_rate_written_1e_3_is_a_number(tmp_path):
     assert section(pipeline, "train", TrainConfig).learning_rate == 0.001
 
 
-@pytest.mark.parametrize("schedule", ["@daily", "0 0 * * *", "00 00 * * *"])
+@pytest.mark.parametrize("schedule", ["@daily", "@midnight", "0 0 * * *", "00 00 * * *", "0 0 */1 * *",
+                                      "0 0 * * 0-6", "0 0 1-31 * *"])
 def test_daily_midnight_schedules_are_accepted(tmp_path, schedule):
     spec, _ = load_spec(_spec(tmp_path, "team", dag__schedule=schedule))
     assert spec.schedule == schedule

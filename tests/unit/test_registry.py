@@ -327,7 +327,7 @@ def test_a_training_registers_exactly_the_files_its_manifest_commits(dlpipe_home
     training = commit.run_stage(commit.StageKey("training", "eta", "window_end=2026-01-03"), inputs=[], config={},
                                 code={"sources_hash": "t"}, run=RunContext(), produce=train).manifest
     model = commit.location(training) / "model"
-    (model / "extra.txt").symlink_to(tmp_path)
+    (model / "extra.txt").write_text("added after the commit")
     committed = {f["path"].split("/", 1)[1]: f for f in training["outputs"]["files"]}
     rec, _ = registry.register(LocalStore(tmp_path / "reg"), "eta", model, metrics={}, lineage={}, run=RunContext(),
                                committed_files=committed)
