@@ -220,6 +220,8 @@ def model_files(model_dir: Path) -> list[tuple[str, Path]]:
             raise ConfigError("model_dir", str(path), f"a symbolic link (to {os.readlink(path)}): copy the file "
                                                       f"into the model directory, or remove the link")
         if path.is_file():
+            if "\\" in rel.as_posix():  # download could never place it: refuse it now, not then
+                raise ConfigError("model_dir", str(path), "a file name with '\\' in it: rename the file")
             found.append((rel.as_posix(), path))
     return found
 

@@ -344,3 +344,10 @@ def test_a_stage_output_that_is_a_symbolic_link_is_not_committed(dlpipe_home, tm
     with pytest.raises(IntegrityError, match="data.bin is a symbolic link"):
         commit.run_stage(commit.StageKey("training", "eta", "window_end=2026-01-04"), inputs=[], config={},
                          code={"sources_hash": "t"}, run=RunContext(), produce=produce)
+
+
+def test_a_file_name_download_could_not_place_is_refused_at_registration(tmp_path):
+    model = _model(tmp_path, b"weights")
+    (model / "a\\b").write_bytes(b"x")
+    with pytest.raises(ConfigError, match=r"a file name with '\\' in it"):
+        registry.register(LocalStore(tmp_path / "reg"), "eta", model, metrics={}, lineage={}, run=RunContext())

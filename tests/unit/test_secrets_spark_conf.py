@@ -62,17 +62,19 @@ def test_ordinary_settings_stay_on_the_command_line(key):
 
 
 def test_the_environment_rules_are_the_horovod_ranks_rules():
-    """Every variable a rank is denied is denied to Spark's environments too (one policy,
-    dlpipe.proc.secret_env)."""
+    """Every variable a rank is denied is denied to each of Spark's environments too (one
+    policy, dlpipe.proc.secret_env), and a variable a rank may have stays on the command line."""
+    from dlpipe import proc
     from training import launcher
     from tests.unit.test_proc import MORE_SECRETS
 
-    samples = [(n, "value-of-a-credential") for n in MORE_SECRETS] + [
-        ("AWS_SECRET_ACCESS_KEY", "s"), ("DB_PASSWORD_FILE", "hunter2"), ("GOOGLE_APPLICATION_CREDENTIALS", "/etc/sa.json"),
-        ("HTTPS_PROXY", "http://user:pw@proxy:3128"), ("NCCL_SOCKET_IFNAME", "eth0"), ("PYTHONPATH", "/opt/x")]
-    for name, value in samples:
-        if launcher._secret(name, value):
-            assert is_secret_conf(f"spark.executorEnv.{name}", value), name
+    assert launcher._secret is proc.secret_env
+    prefixes = ("spark.executorEnv.", "spark.yarn.appMasterEnv.", "spark.kubernetes.driverEnv.",
+                "spark.mesos.driverEnv.")
+    for name in MORE_SECRETS:
+        assert all(is_secret_conf(prefix + name, "value-of-a-credential") for prefix in prefixes), name
+    for name, value in (("NCCL_SOCKET_IFNAME", "eth0"), ("PYTHONPATH", "/opt/x"), ("HADOOP_CONF_DIR", "/etc/h")):
+        assert not any(is_secret_conf(prefix + name, value) for prefix in prefixes), name
 
 
 APP_THAT_FAILS = "import sys; sys.exit(3)\n"
