@@ -570,7 +570,7 @@ def read_split(dataset: dict, split: str, spark=None):
     from dlpipe.gx_pandas import FINGERPRINT
 
     if paths:
-        df = pq.ParquetDataset(paths).read().to_pandas()
+        df = pq.ParquetDataset(paths, partitioning=None).read().to_pandas()  # no column from the path (window_end=...)
     else:
         df = pd.DataFrame({c: pd.Series([], dtype=t[0]) for c, t in columns})
     df.attrs[FINGERPRINT] = split_fingerprint(dataset, split)

@@ -51,12 +51,14 @@ def parquet_rows_hash(path: str | Path) -> str:
 
     Spark's Parquet writer (parquet-mr) does not produce byte-identical files for identical
     rows: the footer lists each column's encodings from a Java hash set, whose order changes
-    between JVMs. Hashing the Arrow IPC form of the decoded table is stable.
+    between JVMs. Hashing the Arrow IPC form of the decoded table is stable. The schema's
+    key-value metadata is left out: it holds the writer's version (org.apache.spark.version),
+    which a Spark upgrade changes for the same rows.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path).combine_chunks()
+    table = pq.read_table(path).combine_chunks().replace_schema_metadata(None)
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
@@ -67,11 +69,12 @@ def content_hash(paths: list[Path], root: Path, by_name: bool = True) -> str:
     """One hash of the rows of a set of Parquet files.
 
     ``by_name=True`` hashes (relative path, rows hash) pairs: for outputs whose file names are
-    deterministic. ``by_name=False`` hashes the sorted rows hashes only: for outputs whose writer
-    names files at random (Spark under Petastorm), so equal content gives an equal hash.
+    deterministic. ``by_name=False`` hashes (folder, rows hash) pairs: for outputs whose writer
+    names files at random (Spark under Petastorm), so equal content gives an equal hash, while
+    rows moved from one folder (split) to another do not.
     """
     hashes = [(Path(p).relative_to(root).as_posix(), parquet_rows_hash(p)) for p in paths]
-    return fingerprint(sorted(hashes) if by_name else sorted(h for _, h in hashes))
+    return fingerprint(sorted(hashes) if by_name else sorted((str(Path(n).parent), h) for n, h in hashes))
 
 
 def sources_hash(paths: list[str | Path]) -> str:

@@ -23,6 +23,14 @@ FEATURE_COLUMNS = [
 ]
 LABEL_COLUMN = "delivery_minutes"
 KEY_COLUMN = "trip_id"
+# The raw columns this job reads, by kind. Spark takes a schema from one file and reads a column
+# another file lacks as nulls, so the stage checks every input file against this first
+# (feature_stage.check_raw_files).
+RAW_COLUMNS = {
+    "trip_id": "string", "order_ts": "timestamp", "pickup_ts": "timestamp", "restaurant_id": "integer",
+    "city": "string", "pickup_lat": "floating", "pickup_lon": "floating", "dropoff_lat": "floating",
+    "dropoff_lon": "floating", "prep_minutes": "floating", LABEL_COLUMN: "floating",
+}
 
 
 def build_features(spark, spec: dict):
@@ -34,10 +42,16 @@ def build_features(spark, spec: dict):
     in_interval = (F.col("order_ts") >= F.lit(start).cast("timestamp")) & (
         F.col("order_ts") < F.lit(end).cast("timestamp"))
     history_start = F.lit(spec["history_start"]).cast("timestamp")
-    history = raw.where((F.col("order_ts") >= history_start) & (F.col("order_ts") < F.lit(start).cast("timestamp")))
+    # Trips picked up before the interval: a prep time is known only once the order is picked
+    # up, so an order of D-1 23:50 picked up at D 00:20 is not history for D's orders.
+    history = raw.where((F.col("order_ts") >= history_start) & (F.col("pickup_ts") < F.lit(start).cast("timestamp")))
+    prep = F.when(~F.isnan("prep_minutes"), F.col("prep_minutes"))  # NaN counts as unknown, like null
+    history_days = max(1, int(spec["history_days"]))  # days of history committed (some may be missing)
     per_restaurant = history.groupBy("restaurant_id").agg(
-        F.avg("prep_minutes").alias("restaurant_prep_mean"),
-        F.count(F.lit(1)).cast("double").alias("restaurant_trips"),
+        F.avg(prep).alias("restaurant_prep_mean"),
+        # per day of history present: the same restaurant scores alike on a day with 3 days of
+        # history and on one with 7
+        (F.count(F.lit(1)) / F.lit(float(history_days))).alias("restaurant_trips"),
     )
     cities = spec["cities"]
     city_code = F.lit(-1)

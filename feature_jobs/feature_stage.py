@@ -87,6 +87,26 @@ def committed_days(name: str, stage: str, days: list, *, required: bool,
     return found, missing
 
 
+def check_raw_files(paths: list[Path]) -> None:
+    """Every raw input file has the columns the feature job reads, of the right kind (from its
+    Parquet footer). Spark would read a column missing from one file as nulls for its rows, and
+    the gate's ranges would not notice a history day without prep times."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    kinds = {"string": lambda t: pa.types.is_string(t) or pa.types.is_large_string(t),
+             "timestamp": pa.types.is_timestamp, "integer": pa.types.is_integer,
+             "floating": pa.types.is_floating}
+    for path in paths:
+        schema = pq.read_schema(path)
+        for column, kind in eta_features.RAW_COLUMNS.items():
+            found = schema.field(column).type if column in schema.names else None
+            if found is None or not kinds[kind](found):
+                raise ConfigError(f"raw file {path}: column {column}", str(found) if found else "(missing)",
+                                  f"the ETA feature job reads it as {kind}; fix the ingestion that wrote "
+                                  f"this partition, then commit it again")
+
+
 def extract_features(interval_start, interval_end, *, config: FeatureJobConfig, run: RunContext,
                      submit: SparkSubmit) -> StageResult:
     """Commit the ETA feature partition of one daily interval (skip if already committed)."""
@@ -103,13 +123,17 @@ def extract_features(interval_start, interval_end, *, config: FeatureJobConfig, 
     key = StageKey("features", config.name, day_partition(day))
     fp_config, code = feature_version(config)
 
+    input_files = [p for m in inputs for p in commit.files(m, ".parquet")]
+    check_raw_files(input_files)
+
     def produce(attempt: Path) -> dict:
         out = attempt / "data"
         spec = {
-            "input_files": [str(p) for m in inputs for p in commit.files(m, ".parquet")],
+            "input_files": [str(p) for p in input_files],
             "interval_start": f"{day.isoformat()}T00:00:00+00:00",
             "interval_end": f"{(day + timedelta(days=1)).isoformat()}T00:00:00+00:00",
             "history_start": f"{history[0].isoformat() if history else day.isoformat()}T00:00:00+00:00",
+            "history_days": len(earlier),
             "output_dir": str(out),
             **fp_config,
         }

@@ -31,3 +31,24 @@ def test_missing_history_days_are_listed_as_dates(small_raw):
                                submit=_fake_spark_job).manifest["summary"]
     assert summary["history_days"] == 2
     assert summary["missing_history_days"] == ["2025-12-30", "2025-12-31"]
+
+
+def test_a_history_day_without_a_column_the_job_reads_is_refused_before_spark(small_raw):
+    """Spark takes a schema from one file and reads a column another file lacks as nulls: a
+    history day written by an older ingestion without prep_minutes would quietly drop out of
+    the restaurant means. The stage reads every input's footer first and names the file."""
+    import pyarrow.parquet as pq
+    import pytest
+
+    from dlpipe import commit
+    from dlpipe.errors import ConfigError
+
+    day2 = commit.latest(commit.StageKey("raw", "trips", "dt=2026-01-02"))
+    [path] = commit.files(day2, ".parquet")
+    pq.write_table(pq.read_table(path).drop(["prep_minutes"]), path)  # the older ingestion's file
+    submitted = []
+    start = datetime(2026, 1, 3, tzinfo=timezone.utc)
+    with pytest.raises(ConfigError, match=r"raw file .*dt=2026-01-02.*column prep_minutes='\(missing\)'.*floating"):
+        extract_features(start, start.replace(day=4), config=FeatureJobConfig(lookback_days=4), run=RunContext(),
+                         submit=lambda app, args: submitted.append(app))
+    assert submitted == []

@@ -467,3 +467,23 @@ def test_a_column_that_lost_every_value_is_still_judged():
                                                       "s": {**empty, "count": 100, "nulls": 0}}}}}
     failures, _ = check_drift(cur, old, DriftConfig())
     assert failures == ["drift.x: null rate rose by 1.0000, threshold 0.01"]
+
+
+def test_a_split_is_read_without_columns_made_from_its_path(dlpipe_home):
+    """The dataset lives under datasets/eta/window_end=.../: pyarrow's dataset reader added a
+    window_end column from that path, which the gate then judged (or let through) as data."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dlpipe import commit
+    from dlpipe.gates import read_split
+    from dlpipe.runctx import RunContext
+
+    def produce(attempt) -> dict:
+        (attempt / "train").mkdir()
+        pq.write_table(pa.table({"x": [1.0, 2.0]}), attempt / "train" / "part-0.parquet")
+        return {"columns": [("x", "float")], "splits": ["train"]}
+
+    dataset = commit.run_stage(commit.StageKey("datasets", "eta", "window_end=2026-01-04"), inputs=[], config={},
+                               code={"sources_hash": "t"}, run=RunContext(), produce=produce).manifest
+    assert list(read_split(dataset, "train").columns) == ["x"]

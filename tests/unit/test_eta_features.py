@@ -1,0 +1,87 @@
+"""The ETA feature job's logic on real Spark (build_features on a few hand-written trips): what
+counts as a restaurant's history, and what a NaN does; and what a content hash covers."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from feature_jobs import eta_features
+
+DAY = datetime(2026, 1, 4, tzinfo=timezone.utc)
+
+
+@pytest.fixture(scope="module")
+def spark():
+    from dlpipe.spark_submit import spark_session
+
+    session = spark_session("test_eta_features", master="local[1]")
+    yield session
+    session.stop()
+
+
+def _trip(trip_id: str, restaurant: int, order: datetime, pickup_after_min: float, prep: float) -> dict:
+    return {"trip_id": trip_id, "order_ts": order, "pickup_ts": order + timedelta(minutes=pickup_after_min),
+            "dropoff_ts": order + timedelta(minutes=40), "restaurant_id": restaurant, "city": "berlin",
+            "pickup_lat": 52.5, "pickup_lon": 13.4, "dropoff_lat": 52.51, "dropoff_lon": 13.41,
+            "prep_minutes": prep, "delivery_minutes": 30.0}
+
+
+def _features(spark, tmp_path: Path, trips: list[dict], history_days: int) -> dict:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "raw.parquet"
+    table = pa.Table.from_pylist(trips)
+    table = table.cast(table.schema.set(table.schema.get_field_index("restaurant_id"),
+                                        pa.field("restaurant_id", pa.int32())))
+    pq.write_table(table, path)
+    spec = {"input_files": [str(path)], "interval_start": DAY.isoformat(),
+            "interval_end": (DAY + timedelta(days=1)).isoformat(),
+            "history_start": (DAY - timedelta(days=7)).isoformat(), "history_days": history_days,
+            "cities": ["berlin"], "default_prep_minutes": 15.0}
+    rows = eta_features.build_features(spark, spec).collect()
+    return {r["trip_id"]: r.asDict() for r in rows}
+
+
+def test_history_is_what_was_known_before_the_interval(spark, tmp_path):
+    """An order of D-1 23:50 picked up at D 00:20 is not history: its prep time was not known
+    at midnight. A NaN prep time counts as unknown, like a null (it made the mean NaN for a
+    week of partitions)."""
+    trips = [
+        _trip("h1", 1, DAY - timedelta(days=1, hours=-12), 10, 10.0),   # D-1 12:00: history
+        _trip("h2", 1, DAY - timedelta(minutes=10), 30, 50.0),          # D-1 23:50, picked up after midnight
+        _trip("h3", 1, DAY - timedelta(days=2), 10, float("nan")),      # NaN prep: unknown
+        _trip("d1", 1, DAY + timedelta(minutes=5), 10, 12.0),           # the interval's trip
+    ]
+    got = _features(spark, tmp_path, trips, history_days=2)
+    assert list(got) == ["d1"]
+    assert got["d1"]["restaurant_prep_mean"] == pytest.approx(10.0)  # h1 only
+    assert not math.isnan(got["d1"]["restaurant_prep_mean"])
+
+
+def test_restaurant_trips_are_per_day_of_history_present(spark, tmp_path):
+    """A day computed with 3 days of history and one with 7 must score a restaurant alike."""
+    trips = [_trip(f"h{i}", 1, DAY - timedelta(days=1 + i % 3, hours=-12), 10, 10.0) for i in range(6)]
+    trips.append(_trip("d1", 1, DAY + timedelta(hours=12), 10, 12.0))
+    assert _features(spark, tmp_path, trips, history_days=3)["d1"]["restaurant_trips"] == pytest.approx(2.0)
+
+
+def test_a_content_hash_covers_rows_and_splits_not_the_writers_metadata(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dlpipe.hashing import content_hash
+
+    table = pa.table({"k": ["a", "b"], "v": [1.0, 2.0]})
+    for folder in ("train", "validation"):
+        (tmp_path / folder).mkdir()
+    pq.write_table(table.replace_schema_metadata({"org.apache.spark.version": "4.0.0"}), tmp_path / "train/x.parquet")
+    before = content_hash([tmp_path / "train/x.parquet"], tmp_path, by_name=False)
+    pq.write_table(table.replace_schema_metadata({"org.apache.spark.version": "4.0.1"}), tmp_path / "train/x.parquet")
+    assert content_hash([tmp_path / "train/x.parquet"], tmp_path, by_name=False) == before  # a Spark upgrade
+    (tmp_path / "train/x.parquet").rename(tmp_path / "validation/x.parquet")  # the same rows, in another split
+    assert content_hash([tmp_path / "validation/x.parquet"], tmp_path, by_name=False) != before
