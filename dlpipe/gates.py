@@ -626,6 +626,20 @@ def judge_model(metrics: dict, cfg: ModelGateConfig) -> list[str]:
     return failures
 
 
+def split_mismatch(champion_record: dict, dataset: dict) -> str | None:
+    """Why the champion cannot be scored fairly on ``dataset``'s validation rows, if it cannot:
+    it was trained under another ``validation_percent``, so some of these validation rows were
+    in its training split (the split is by key hash: a larger share moves training keys into
+    validation), and the comparison would favour it."""
+    trained = (((champion_record.get("lineage") or {}).get("config") or {}).get("dataset") or {})
+    before, now = trained.get("validation_percent"), (dataset.get("config") or {}).get("validation_percent")
+    if before is None or now is None or before == now:
+        return None
+    return (f"{champion_record['name']}@{champion_record['version']} was trained with validation_percent={before}, "
+            f"this dataset splits with {now}: part of these validation rows were its training rows; judge the "
+            f"first model after a split change by hand and promote it with `dlpipe registry promote`")
+
+
 def judge_champion(candidate: dict, champion: dict | None, cfg: ModelGateConfig) -> tuple[list[str], str]:
     """Candidate vs the production model, both evaluated on the same rows: (failures, note).
 
@@ -633,6 +647,8 @@ def judge_champion(candidate: dict, champion: dict | None, cfg: ModelGateConfig)
     ``training.evaluate``)."""
     if champion is None:
         return [], f"no model holds the {cfg.champion_alias!r} alias yet: the first model passes"
+    if champion.get("split_mismatch"):
+        return [f"champion: {champion['split_mismatch']}"], f"cannot compare the candidate with {champion.get('ref')}"
     what = candidate.get("label", "metric")
     unusable = [f"{who}: {what} is {e.get('value')!r}, not a finite number; evaluate it again (the model or "
                 f"the validation rows give no usable value)" for who, e in (("candidate", candidate),

@@ -68,7 +68,7 @@ class ModelGateOperator(DlpipeOperator):
         import tempfile
 
         from dlpipe import registry
-        from dlpipe.gates import ModelGateConfig, run_model_gate
+        from dlpipe.gates import ModelGateConfig, run_model_gate, split_mismatch
         from operators.kinds import kind_of
 
         cfg = section(pipeline, "model_gate", ModelGateConfig)
@@ -86,8 +86,10 @@ class ModelGateOperator(DlpipeOperator):
                               cfg.champion_alias, store.uri)
             else:
                 with tempfile.TemporaryDirectory() as tmp:
-                    registry.download(store, name, alias["version"], Path(tmp))  # hashes verified
+                    record = registry.download(store, name, alias["version"], Path(tmp))  # hashes verified
                     champion = {"ref": f"{name}@{alias['version']}", **evaluate(Path(tmp), dataset)}
+                if why := split_mismatch(record, dataset):  # only then: other verdicts keep their fingerprint
+                    champion["split_mismatch"] = why
                 self.log.info("champion %s:%s = %s: %s %.4f on the candidate's validation rows",
                               name, cfg.champion_alias, champion["ref"], champion["label"], champion["value"])
         return run_model_gate(training, cfg, run=run, name=f"{name}_model",

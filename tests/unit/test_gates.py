@@ -89,6 +89,22 @@ def test_model_gate_message_shows_value_and_threshold():
 NAN = float("nan")
 
 
+def test_a_champion_trained_under_another_split_is_not_compared_on_rows_it_trained_on():
+    """validation_percent 20 -> 30: keys in buckets 20-29 were the champion's training rows and
+    are now scored as validation, which favours it. The gate fails, saying why and what to do."""
+    from dlpipe.gates import split_mismatch
+
+    record = {"name": "eta", "version": 3, "lineage": {"config": {"dataset": {"validation_percent": 20}}}}
+    dataset = {"config": {"validation_percent": 30}}
+    why = split_mismatch(record, dataset)
+    assert why and "eta@3 was trained with validation_percent=20, this dataset splits with 30" in why
+    assert split_mismatch(record, {"config": {"validation_percent": 20}}) is None
+    assert split_mismatch({"name": "eta", "version": 1, "lineage": {}}, dataset) is None  # registered elsewhere
+    ev = {"metric": "mae", "label": "MAE", "value": 1.0, "rows": 500, "slices": {}}
+    failures, note = judge_champion(ev, {**ev, "value": 9.0, "ref": "eta@3", "split_mismatch": why}, ModelGateConfig())
+    assert failures == [f"champion: {why}"] and "cannot compare" in note
+
+
 @pytest.mark.parametrize("candidate,champion", [(NAN, 1.0), (1.0, NAN), (float("inf"), 1.0), (None, 1.0)])
 def test_an_evaluation_that_is_not_a_number_fails_the_champion_check(candidate, champion):
     """Every comparison with NaN is false: without the check, a NaN on either side passed."""
