@@ -29,6 +29,9 @@ CITIES = {
     "paris": (48.86, 2.35, 14.0),
     "rome": (41.90, 12.50, 15.0),
 }
+# Each city's time zone: hour-of-day and weekend features are local (a lunch order is 12:30 in
+# Paris in summer and in winter, while UTC shifts by an hour at each DST change).
+CITY_TIME_ZONES = {"berlin": "Europe/Berlin", "madrid": "Europe/Madrid", "paris": "Europe/Paris", "rome": "Europe/Rome"}
 
 
 @dataclass(frozen=True)

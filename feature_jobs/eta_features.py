@@ -61,7 +61,11 @@ def build_features(spark, spec: dict):
     lat1, lon1 = F.radians("pickup_lat"), F.radians("pickup_lon")
     lat2, lon2 = F.radians("dropoff_lat"), F.radians("dropoff_lon")
     a = F.sin((lat2 - lat1) / 2) ** 2 + F.cos(lat1) * F.cos(lat2) * F.sin((lon2 - lon1) / 2) ** 2
-    hour = F.hour("order_ts") + F.minute("order_ts") / 60.0
+    # hour and weekday on the city's clock (a city without a zone stays on UTC)
+    local_ts = F.col("order_ts")
+    for name, zone in sorted(spec.get("city_time_zones", {}).items()):
+        local_ts = F.when(F.col("city") == name, F.from_utc_timestamp("order_ts", zone)).otherwise(local_ts)
+    hour = F.hour(local_ts) + F.minute(local_ts) / 60.0
     trips = raw.where(in_interval)
     return (trips.join(per_restaurant, "restaurant_id", "left")
             .select(
@@ -70,7 +74,7 @@ def build_features(spark, spec: dict):
                 (6371.0 * 2 * F.asin(F.sqrt(a))).cast("float").alias("distance_km"),
                 F.sin(hour * (2 * 3.141592653589793 / 24)).cast("float").alias("hour_sin"),
                 F.cos(hour * (2 * 3.141592653589793 / 24)).cast("float").alias("hour_cos"),
-                F.dayofweek("order_ts").isin(1, 7).cast("float").alias("is_weekend"),
+                F.dayofweek(local_ts).isin(1, 7).cast("float").alias("is_weekend"),
                 city_code.cast("int").alias("city_code"),
                 F.coalesce(F.col("restaurant_prep_mean"), F.lit(spec["default_prep_minutes"]))
                 .cast("float").alias("restaurant_prep_mean"),

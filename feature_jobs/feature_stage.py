@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from dlpipe import commit
 from dlpipe.commit import StageKey, StageResult
-from dlpipe.demo_data import CITIES, RAW_DATASET
+from dlpipe.demo_data import CITIES, CITY_TIME_ZONES, RAW_DATASET
 from dlpipe.errors import ConfigError, InputNotReady, NotCommittedError
 from dlpipe.hashing import content_hash, fingerprint, sources_hash
 from dlpipe.interval import day_partition, interval_days
@@ -45,7 +45,7 @@ class FeatureJobConfig(BaseModel):
 def feature_version(config: FeatureJobConfig) -> tuple[dict, dict]:
     """(config, code) of the feature stage as its fingerprint takes them: the city vocabulary
     that defines ``city_code`` is part of the config, since adding a city renumbers the codes."""
-    return ({**config.model_dump(), "cities": sorted(CITIES)},
+    return ({**config.model_dump(), "cities": sorted(CITIES), "city_time_zones": CITY_TIME_ZONES},
             {"sources_hash": sources_hash([eta_features.__file__, __file__, *SHARED_SOURCES])})
 
 

@@ -23,14 +23,15 @@ def spark():
     session.stop()
 
 
-def _trip(trip_id: str, restaurant: int, order: datetime, pickup_after_min: float, prep: float) -> dict:
+def _trip(trip_id: str, restaurant: int, order: datetime, pickup_after_min: float, prep: float,
+          city: str = "berlin") -> dict:
     return {"trip_id": trip_id, "order_ts": order, "pickup_ts": order + timedelta(minutes=pickup_after_min),
-            "dropoff_ts": order + timedelta(minutes=40), "restaurant_id": restaurant, "city": "berlin",
+            "dropoff_ts": order + timedelta(minutes=40), "restaurant_id": restaurant, "city": city,
             "pickup_lat": 52.5, "pickup_lon": 13.4, "dropoff_lat": 52.51, "dropoff_lon": 13.41,
             "prep_minutes": prep, "delivery_minutes": 30.0}
 
 
-def _features(spark, tmp_path: Path, trips: list[dict], history_days: int) -> dict:
+def _features(spark, tmp_path: Path, trips: list[dict], history_days: int, day: datetime = DAY) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -39,10 +40,12 @@ def _features(spark, tmp_path: Path, trips: list[dict], history_days: int) -> di
     table = table.cast(table.schema.set(table.schema.get_field_index("restaurant_id"),
                                         pa.field("restaurant_id", pa.int32())))
     pq.write_table(table, path)
-    spec = {"input_files": [str(path)], "interval_start": DAY.isoformat(),
-            "interval_end": (DAY + timedelta(days=1)).isoformat(),
-            "history_start": (DAY - timedelta(days=7)).isoformat(), "history_days": history_days,
-            "cities": ["berlin"], "default_prep_minutes": 15.0}
+    from dlpipe.demo_data import CITY_TIME_ZONES
+
+    spec = {"input_files": [str(path)], "interval_start": day.isoformat(),
+            "interval_end": (day + timedelta(days=1)).isoformat(),
+            "history_start": (day - timedelta(days=7)).isoformat(), "history_days": history_days,
+            "cities": sorted(CITY_TIME_ZONES), "city_time_zones": CITY_TIME_ZONES, "default_prep_minutes": 15.0}
     rows = eta_features.build_features(spark, spec).collect()
     return {r["trip_id"]: r.asDict() for r in rows}
 
@@ -68,6 +71,20 @@ def test_restaurant_trips_are_per_day_of_history_present(spark, tmp_path):
     trips = [_trip(f"h{i}", 1, DAY - timedelta(days=1 + i % 3, hours=-12), 10, 10.0) for i in range(6)]
     trips.append(_trip("d1", 1, DAY + timedelta(hours=12), 10, 12.0))
     assert _features(spark, tmp_path, trips, history_days=3)["d1"]["restaurant_trips"] == pytest.approx(2.0)
+
+
+def test_hour_and_weekend_are_on_the_citys_clock(spark, tmp_path):
+    """Paris, summer: Friday 22:30 UTC is Saturday 00:30 in Paris (a weekend order at half past
+    midnight); in winter a 11:30 UTC order is 12:30 local, the same lunch hour as in summer."""
+    summer = datetime(2026, 7, 10, tzinfo=timezone.utc)  # a Friday
+    trips = [_trip("sat", 1, summer + timedelta(hours=22, minutes=30), 10, 10.0, city="paris"),
+             _trip("fri", 1, summer + timedelta(hours=12), 10, 10.0, city="paris")]
+    got = _features(spark, tmp_path, trips, history_days=0, day=summer)
+    assert got["sat"]["is_weekend"] == 1.0 and got["fri"]["is_weekend"] == 0.0
+    from training.evaluate import hour_of_day
+
+    assert hour_of_day(got["sat"]["hour_sin"], got["sat"]["hour_cos"]) == pytest.approx(0.5, abs=1e-3)
+    assert hour_of_day(got["fri"]["hour_sin"], got["fri"]["hour_cos"]) == pytest.approx(14.0, abs=1e-3)
 
 
 def test_a_content_hash_covers_rows_and_splits_not_the_writers_metadata(tmp_path):
