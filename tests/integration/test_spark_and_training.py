@@ -47,7 +47,7 @@ def test_features_dataset_and_training_end_to_end(small_raw, spark_submit):
     got = pd.concat(parts)
     assert got["trip_id"].is_unique and len(got) == 3000
     raw = _raw_frame([r.manifest for r in small_raw])
-    hist = raw[raw.order_ts < pd.Timestamp("2026-01-03", tz="UTC")]
+    hist = raw[raw.pickup_ts < pd.Timestamp("2026-01-03", tz="UTC")]  # known (picked up) before the day
     prep = hist.groupby("restaurant_id").prep_minutes.mean()
     day = raw[raw.order_ts >= pd.Timestamp("2026-01-03", tz="UTC")].set_index("trip_id").loc[got.trip_id]
     np.testing.assert_allclose(got["distance_km"], haversine_km(day.pickup_lat, day.pickup_lon,
