@@ -220,8 +220,8 @@ def model_files(model_dir: Path) -> list[tuple[str, Path]]:
             raise ConfigError("model_dir", str(path), f"a symbolic link (to {os.readlink(path)}): copy the file "
                                                       f"into the model directory, or remove the link")
         if path.is_file():
-            if "\\" in rel.as_posix():  # download could never place it: refuse it now, not then
-                raise ConfigError("model_dir", str(path), "a file name with '\\' in it: rename the file")
+            if problem := _name_problem(rel.as_posix()):  # download could never place it: refuse it now
+                raise ConfigError("model_dir", str(path), f"{problem}: rename the file")
             found.append((rel.as_posix(), path))
     return found
 
@@ -239,14 +239,23 @@ def _committed_model_files(model_dir: Path, committed: dict[str, dict]) -> list[
     return found
 
 
+def _name_problem(name: str) -> str | None:
+    """Why an artifact name is not a plain relative path inside a model directory, if it is not
+    ('..', absolute, hidden, a backslash): the one rule for registering and for downloading."""
+    if "\\" in name:
+        return "a file name with '\\' in it"
+    if not name or name.startswith("/") or any(p in ("", ".", "..") or p.startswith(".") for p in name.split("/")):
+        return "not a relative path inside the model directory"
+    return None
+
+
 def _artifact_target(root: Path, name: str, ref: str) -> Path:
     """Where artifact ``name`` goes under ``root``, refusing a name that would leave it: a
     version record is data from storage, and whoever can write the bucket can write a record."""
-    parts = name.split("/")
-    if not name or name.startswith("/") or "\\" in name or any(p in ("", ".", "..") or p.startswith(".") for p in parts):
+    if _name_problem(name):
         raise IntegrityError(f"{ref}: artifact name {name!r} is not a relative path inside the model "
                              f"directory; the version record was altered; do not load it")
-    return root.joinpath(*parts)
+    return root.joinpath(*name.split("/"))
 
 
 def _stored_is(store: Store, key: str, data: bytes) -> bool:
@@ -277,9 +286,11 @@ def download(store: Store, name: str, version: int, dest: Path) -> dict:
         raise ConfigError("dest", str(dest), "name a directory (it is created if missing), not a file")
     dest.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".download-", dir=dest))
+    ref = f"{name}@{version}"
     try:
-        for art in record["artifacts"]:
-            target = _artifact_target(staging, art["name"], f"{name}@{version}")
+        places = [(_artifact_target(staging, art["name"], ref), _artifact_target(dest, art["name"], ref))
+                  for art in record["artifacts"]]  # every name checked before anything is fetched
+        for art, (target, _) in zip(record["artifacts"], places):
             store.download(f"{name}/blobs/{art['sha256']}", target)
             actual = sha256_file(target)
             if actual != art["sha256"]:
@@ -287,10 +298,9 @@ def download(store: Store, name: str, version: int, dest: Path) -> dict:
                     f"{name}@{version}: artifact {art['name']} has sha256 {actual[:12]}..., the registry "
                     f"recorded {art['sha256'][:12]}...; the stored blob was modified; do not load it "
                     f"(nothing in {dest} was changed)")
-        for art in record["artifacts"]:
-            final = _artifact_target(dest, art["name"], f"{name}@{version}")
+        for target, final in places:
             final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(_artifact_target(staging, art["name"], f"{name}@{version}"), final)
+            os.replace(target, final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return record
@@ -298,10 +308,14 @@ def download(store: Store, name: str, version: int, dest: Path) -> dict:
 
 # --- aliases -------------------------------------------------------------------------------
 
-def _alias_key(name: str, alias: str) -> str:
-    if not ALIAS_RE.fullmatch(alias or ""):
+def check_alias(alias: str | None) -> str:
+    if not ALIAS_RE.fullmatch(alias or ""):  # match() and $ take a trailing newline
         raise ConfigError("alias", alias, "use 1-32 lowercase letters, digits, '_' or '-', starting with a letter")
-    return f"{_check_name(name)}/aliases/{alias}.json"
+    return alias
+
+
+def _alias_key(name: str, alias: str) -> str:
+    return f"{_check_name(name)}/aliases/{check_alias(alias)}.json"
 
 
 def get_alias(store: Store, name: str, alias: str) -> dict | None:

@@ -33,6 +33,12 @@ def s3_checksum(part_digests: list[bytes], multipart: bool) -> str:
     return base64.b64encode(hashlib.sha256(b"".join(part_digests)).digest()).decode()
 
 
+def reported_checksum(response: dict) -> str:
+    """The SHA-256 checksum in an S3 answer, without the ``-N`` part count of a multipart one
+    ('' when the server gives none)."""
+    return (response.get("ChecksumSHA256") or "").split("-")[0]
+
+
 def file_part_digests(path: Path, part_size: int = 0) -> list[bytes]:
     """SHA-256 of each ``part_size`` slice of a file (to check an S3 object's checksum)."""
     part_size = part_size or PART_SIZE
@@ -220,9 +226,8 @@ class S3Store:
             resp, digests = self._multipart(key, Path(path), sha256, parts)
         # S3 answers with the checksum it computed over what it stored; servers that leave it out
         # of the answer (moto, some S3-compatible stores) are asked for it explicitly.
-        remote = resp.get("ChecksumSHA256") or self.client.head_object(
-            Bucket=self.bucket, Key=s3key, ChecksumMode="ENABLED").get("ChecksumSHA256") or ""
-        remote = remote.split("-")[0]
+        remote = reported_checksum(resp) or reported_checksum(self.client.head_object(
+            Bucket=self.bucket, Key=s3key, ChecksumMode="ENABLED"))
         local = s3_checksum(digests, multipart=size >= PART_SIZE)
         if not remote:
             log.warning("%s/%s: the server reports no SHA-256 checksum; the upload is verified "
@@ -299,7 +304,7 @@ class S3Store:
                 head = self.client.head_object(Bucket=self.bucket, Key=s3key, ChecksumMode="ENABLED")
             except Exception:
                 raise exc from None  # no object (or no answer): the upload's own error says more
-            if (head.get("ChecksumSHA256") or "").split("-")[0] != s3_checksum(digests, multipart=True):
+            if reported_checksum(head) != s3_checksum(digests, multipart=True):
                 raise
             log.info("s3://%s/%s: the upload was already complete (its repeated Complete found no upload)",
                      self.bucket, s3key)
@@ -339,8 +344,7 @@ class S3Store:
         else:
             digests = [base64.b64decode(d) for d in parts] if parts else file_part_digests(Path(path))
             local = s3_checksum(digests, multipart=True)
-        remote = (head.get("ChecksumSHA256") or "").split("-")[0]
-        return head.get("ContentLength") == size and remote == local
+        return head.get("ContentLength") == size and reported_checksum(head) == local
 
     def list(self, prefix: str) -> list[str]:
         keys = []

@@ -130,9 +130,11 @@ class PromoteModelOperator(_RegistryOperator):
         where = f"PromoteModelOperator(task_id={self.task_id!r}) argument"
         if not isinstance(only_forward, bool):  # the string "false" would count as True
             raise ConfigError(f"{where} only_forward", only_forward, "pass True or False, not a string")
-        if isinstance(alias, str) and "{{" not in alias and not registry.ALIAS_RE.fullmatch(alias):
-            raise ConfigError(f"{where} alias", alias, "use 1-32 lowercase letters, digits, '_' or '-', "
-                                                       "starting with a letter (e.g. staging)")
+        if isinstance(alias, str) and "{{" not in alias:  # a templated one is checked once rendered
+            try:
+                registry.check_alias(alias)
+            except ConfigError as exc:
+                raise ConfigError(f"{where} alias", exc.value, exc.fix) from None
         self.model_ref, self.alias, self.reason, self.only_forward = model_ref, alias, reason, only_forward
 
     def run_stage(self, context: Any, pipeline: dict, run: RunContext) -> StageResult:
