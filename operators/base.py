@@ -68,6 +68,12 @@ class DlpipeOperator(BaseOperator):
     def __init__(self, *, pipeline_config: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.pipeline_config = pipeline_config
+        self._killed = False  # set by on_kill, which can come before the stage starts its tool
+
+    def on_kill(self) -> None:
+        """Airflow 3's SIGTERM handler calls this and returns, so the task may go on: operators
+        that start a tool check ``_killed`` before or as they start it."""
+        self._killed = True
 
     def run_stage(self, context: Any, pipeline: dict, run: RunContext) -> StageResult:
         raise NotImplementedError

@@ -102,7 +102,6 @@ class SparkStageOperator(DlpipeOperator):
                               f"use only {', '.join(RESOURCE_ARGS)}")
         self.data_interval_start, self.data_interval_end = data_interval_start, data_interval_end
         self._hooks: list = []
-        self._killed = False  # set by on_kill, which can come before spark-submit starts
 
     def _submitter(self, run: RunContext) -> SparkSubmit:
         return hook_submitter(self.conn_id, self.spark_conf, f"{run.dag_id}.{run.task_id}", self._hooks,
@@ -126,7 +125,7 @@ class SparkStageOperator(DlpipeOperator):
         return start, end
 
     def on_kill(self) -> None:
-        self._killed = True
+        super().on_kill()
         kill_submissions(self._hooks)
 
 

@@ -80,7 +80,6 @@ class HorovodTrainOperator(DlpipeOperator):
         except ConfigError as exc:
             raise ConfigError(_argument(self.task_id, "env"), exc.value, exc.fix) from None
         self._proc = None
-        self._killed = False  # set by on_kill, which can come before horovodrun starts
 
     def run_stage(self, context: Any, pipeline: dict, run: RunContext) -> StageResult:
         from operators.kinds import kind_of
@@ -111,6 +110,6 @@ class HorovodTrainOperator(DlpipeOperator):
             kill_group(proc)
 
     def on_kill(self) -> None:
-        self._killed = True
+        super().on_kill()
         if self._proc is not None:
             kill_group(self._proc)
