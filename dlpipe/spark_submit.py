@@ -30,12 +30,12 @@ SparkSubmit = Callable[[str, Sequence[str]], None]
 # properties file only this user can read (``secret_properties``), and their values are masked in
 # logs. A key (access, account, encryption) counts as a whole name part: spark.io.encryption.keySizeBits
 # is a number, not a key.
-SECRET_CONF = re.compile(r"secret|password|passwd|passphrase|token|credential|(account|access|encryption)\.key(\.|$)"
+_CREDENTIAL_WORDS = r"secret|password|passwd|passphrase|token|credential"
+SECRET_CONF = re.compile(rf"{_CREDENTIAL_WORDS}|(account|access|encryption)\.key(\.|$)"
                          r"|api[._-]?key|private|\.sas\.|jaas", re.IGNORECASE)
 # A credential passed inside a setting's value: JVM options (-Djavax.net.ssl.keyStorePassword=...,
 # -Dfs.s3a.secret.key=...) and JDBC URLs (...?user=hive&password=...).
-SECRET_IN_VALUE = re.compile(r"(secret|password|passwd|passphrase|token|credential)[\w.-]*=|[?&;](pwd|pass)=",
-                             re.IGNORECASE)
+SECRET_IN_VALUE = re.compile(rf"({_CREDENTIAL_WORDS})[\w.-]*=|[?&;](pwd|pass)=", re.IGNORECASE)
 # Settings that set an environment variable of Spark's driver, executors or YARN application
 # master: the variable is judged as an environment variable (``is_secret_conf``).
 ENV_CONF = re.compile(r"^spark\.(executorEnv|yarn\.appMasterEnv|kubernetes\.driverEnv|mesos\.driverEnv)\.(?P<name>.+)$")
