@@ -39,11 +39,12 @@ _STRING = (("str", "StringType"),)
 COLUMN_TYPES: dict[str, tuple[tuple[str, str], ...]] = {
     **{pandas: ((pandas, spark),) for pandas, spark in _INTS + _FLOATS},
     "bool": (("bool", "BooleanType"),), "object": (("object", "StringType"),),
+    "binary": (("object", "BinaryType"),),  # bytes (Petastorm's ndarray and image fields) read as object
     "str": _STRING, "string": _STRING, "StringDtype": _STRING,
     "int": _INTS, "long": _INTS, "float": _FLOATS,
 }
 # Spark type -> the pandas name used in failure messages, so both engines report alike
-_PANDAS_NAMES = {"StringType": "object", "BooleanType": "bool", **{spark: pandas for pandas, spark in _INTS + _FLOATS}}
+_PANDAS_NAMES = {"StringType": "object", "BinaryType": "object", "BooleanType": "bool", **{spark: pandas for pandas, spark in _INTS + _FLOATS}}
 
 # The expectation types of gx.expectations in the pinned Great Expectations (1.24), by the name
 # a spec gives them. A spec is checked against this list when it is loaded (at DAG parse time),

@@ -58,6 +58,15 @@ def test_digits_classifier_trains_with_horovod_and_a_worse_model_fails_its_gate(
                       run=RunContext(), submit=local_spark_submit()).manifest
     gate = run_data_gate(ds, section(pipeline, "data_gate", DataGateConfig), run=RunContext(), name="digits_data")
     assert gate.manifest["summary"]["verdict"] == "passed"
+    # the same spec on the Spark engine: the image column is BinaryType there (type: binary)
+    from dlpipe.gates import data_gate_spark
+
+    try:
+        on_spark = run_data_gate(ds, section(pipeline, "data_gate", DataGateConfig).model_copy(
+            update={"engine": "spark"}), run=RunContext(), name="digits_data_spark")
+    finally:
+        data_gate_spark().stop()
+    assert on_spark.manifest["summary"]["verdict"] == "passed"
 
     scale = section(pipeline, "scale", ScaleConfig)
     launch = horovod_launcher(scale)
