@@ -428,14 +428,21 @@ def render_data_docs(result) -> str:
 
 
 def previous_dataset(dataset: dict) -> dict | None:
-    """The newest committed version of the same dataset whose partition comes before this one."""
+    """The version the drift check compares with: the newest committed version of the same
+    dataset whose partition comes before this one, else (the first window, or a dataset with a
+    single partition such as the digits corpus) the newest version of this partition committed
+    before this one, for instance by older code or an older scikit-learn."""
     root = commit.StageKey(dataset["stage"], dataset["name"]).dir().parent
-    candidates = []
+    earlier, same = [], []
     for mfile in root.glob("*/manifests/*.json"):
         m = json.loads(mfile.read_text())
-        if m["id"] != dataset["id"] and m["partition"] < dataset["partition"]:
-            candidates.append(m)
-    return max(candidates, key=lambda m: (m["partition"], m["committed_at"]), default=None)
+        if m["id"] == dataset["id"]:
+            continue
+        if m["partition"] < dataset["partition"]:
+            earlier.append(m)
+        elif m["partition"] == dataset["partition"] and m["committed_at"] < dataset["committed_at"]:
+            same.append(m)
+    return max(earlier or same, key=lambda m: (m["partition"], m["committed_at"]), default=None)
 
 
 def _null_rate(st: dict) -> float:

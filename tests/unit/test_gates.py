@@ -503,3 +503,39 @@ def test_a_split_is_read_without_columns_made_from_its_path(dlpipe_home):
     dataset = commit.run_stage(commit.StageKey("datasets", "eta", "window_end=2026-01-04"), inputs=[], config={},
                                code={"sources_hash": "t"}, run=RunContext(), produce=produce).manifest
     assert list(read_split(dataset, "train").columns) == ["x"]
+
+
+def test_drift_compares_a_single_partition_dataset_with_its_earlier_version(tmp_path, monkeypatch):
+    """The digits corpus has one partition ('all'): a new version (another scikit-learn, say)
+    is compared with the one committed before it. An earlier partition, where there is one,
+    still comes first."""
+    import json
+
+    from dlpipe.commit import StageKey
+    from dlpipe.gates import DriftConfig, check_drift, previous_dataset
+
+    monkeypatch.setenv("DLPIPE_HOME", str(tmp_path))
+
+    def manifest(name, partition, fp, when, label_mean):
+        m = {"id": f"datasets/{name}/{partition}@{fp[:16]}", "stage": "datasets", "name": name,
+             "partition": partition, "fingerprint": fp, "committed_at": when, "inputs": [],
+             "summary": {"stats": {"train": {"label": {"count": 1400, "nulls": 0, "min": 0, "max": 9,
+                                                       "mean": label_mean, "std": 2.9}}}}}
+        folder = StageKey("datasets", name, partition).dir() / "manifests"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{fp}.json").write_text(json.dumps(m))
+        return m
+
+    old = manifest("digits", "all", "a" * 64, "2026-01-05T00:00:00.000+00:00", 4.5)
+    new = manifest("digits", "all", "b" * 64, "2026-02-05T00:00:00.000+00:00", 8.0)
+    assert previous_dataset(old) is None  # the first version has nothing before it
+    assert previous_dataset(new)["id"] == old["id"]
+    failures, report = check_drift(new, previous_dataset(new), DriftConfig(columns=["label"]))
+    assert report["previous"] == old["id"] and failures == [
+        "drift.label: mean moved 1.21 previous std (4.5 -> 8), threshold 0.5"]
+
+    day1 = manifest("eta", "window_end=2026-01-02", "c" * 64, "2026-01-02T01:00:00.000+00:00", 4.0)
+    day2_old = manifest("eta", "window_end=2026-01-03", "d" * 64, "2026-01-03T01:00:00.000+00:00", 4.0)
+    day2_new = manifest("eta", "window_end=2026-01-03", "e" * 64, "2026-01-04T01:00:00.000+00:00", 4.0)
+    assert previous_dataset(day2_new)["id"] == day1["id"]  # the window before, not an older build of this one
+    assert previous_dataset(day2_old)["id"] == day1["id"]
