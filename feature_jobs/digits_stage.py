@@ -29,6 +29,8 @@ class DigitsConfig(BaseModel):
     """The digits image dataset (scikit-learn's bundled 8x8 images)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field("digits", pattern=r"^[a-z0-9][a-z0-9_\-]{0,62}$",
+                      description="the dataset; specs with different dataset settings need different names")
     validation_percent: int = Field(20, ge=1, le=50, description="share of images in validation")
     num_files: int = Field(2, ge=1, le=64, description="files per split")
     row_group_size_mb: int = Field(1, ge=1, le=1024, description="Parquet row-group size")
@@ -38,7 +40,7 @@ def materialize_digits(*, config: DigitsConfig, run: RunContext, submit: SparkSu
     """Commit the digits dataset (skipped when committed with the same config and code)."""
     import sklearn
 
-    key = StageKey("datasets", "digits", "all")
+    key = StageKey("datasets", config.name, "all")
     # materialize.py for the column statistics digits.py takes from it; the scikit-learn version
     # enters the fingerprint beside the sources (commit.code_identity): its bundled images are the input
     code = {"sources_hash": sources_hash([digits.__file__, __file__, materialize.__file__, *SHARED_SOURCES]),
