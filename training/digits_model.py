@@ -37,12 +37,20 @@ class DigitsModel:
         self.channels, self.hidden, self.classes = channels, hidden, classes
 
     def predict(self, images):
-        """Class ids of raw images ``[n, H, W]`` or ``[n, 1, H, W]`` (grey levels as stored)."""
+        """Class ids of raw images ``[n, H, W]``, ``[n, 1, H, W]`` or flat ``[n, H*W]`` (as
+        scikit-learn's ``digits.data``), grey levels as stored."""
         import torch
 
         x = torch.as_tensor(images, dtype=torch.float32)
+        side, given = self.side, list(x.shape)
+        if x.dim() == 2 and x.shape[1] == side * side:
+            x = x.reshape(-1, side, side)
         if x.dim() == 3:
             x = x.unsqueeze(1)
+        if x.dim() != 4 or tuple(x.shape[1:]) != (1, side, side):
+            raise ValueError(f"images: shape {given} is not a batch of {side}x{side} grey images; "
+                             f"pass [n, {side}, {side}], [n, 1, {side}, {side}] or [n, {side * side}] "
+                             f"(one image: images[None])")
         with torch.no_grad():
             return self.net.eval()(x / self.scale).argmax(dim=1)
 

@@ -72,3 +72,25 @@ def test_mixed_image_shapes_are_refused_with_the_field_named(tmp_path):
     assert loader.num_rows == 20  # from the footers: nothing is read before the first epoch
     with pytest.raises(ValueError, match=r"'image': expected 2-D images of one shape"):
         next(loader.epoch(0))
+
+
+def test_digits_model_predict_accepts_the_usual_shapes_and_names_a_wrong_one():
+    """scikit-learn's flat ``digits.data`` and its ``digits.images`` give the same classes; an
+    image of another size is refused with the argument, its shape and the shapes accepted, not
+    a torch error from deep inside the network."""
+    import numpy as np
+    import pytest
+    import torch
+
+    from training.digits_model import DigitsModel, build_cnn
+
+    torch.manual_seed(0)
+    model = DigitsModel(build_cnn(8, [4], [8], 10), side=8, scale=16.0, channels=[4], hidden=[8], classes=10)
+    images = np.random.default_rng(0).integers(0, 17, size=(5, 8, 8)).astype(np.float64)
+    expected = model.predict(images)
+    assert expected.shape == (5,)
+    assert torch.equal(model.predict(images.reshape(5, 64)), expected)
+    assert torch.equal(model.predict(images[:, None]), expected)
+    for bad in (np.zeros((3, 16, 16)), np.zeros((8, 8)), np.zeros((2, 63))):
+        with pytest.raises(ValueError, match=r"images: shape \[.*\] is not a batch of 8x8 grey images; pass"):
+            model.predict(bad)
