@@ -35,6 +35,9 @@ def pick_device(local_rank: int):
 
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
+        # cuDNN may otherwise pick convolution algorithms whose sums differ from run to run: a
+        # resumed or elastic run must train the weights an uninterrupted one does
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
 
