@@ -20,6 +20,8 @@ fi
 
 # 2. The virtual environment.
 if [ ! -x "$VENV/bin/python" ]; then
+  "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null \
+    || { echo "[setup] error: $PYTHON cannot create virtual environments; on Debian: apt-get install -y python3.11-venv" >&2; exit 1; }
   say "creating $VENV"
   "$PYTHON" -m venv "$VENV"
 fi
@@ -30,15 +32,15 @@ want=$(cat pyproject.toml requirements/constraints.txt scripts/setup.sh | sha256
 stamp="$VENV/.dlpipe-deps"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   say "installing Python packages (pinned by requirements/constraints.txt)"
-  "$VENV/bin/pip" install -q --disable-pip-version-check "pip>=24" 2>&1 | grep -v "^WARNING: Location" || true
+  "$VENV/bin/pip" install -q --disable-pip-version-check "pip>=24" 2>&1 | { grep -v "^WARNING: Location" || true; }
   # torch first and exactly: pip takes the CPU build from this machine's wheel folder; an
   # unpinned torch pulled in by another package would download a multi-GB CUDA build.
-  "$VENV/bin/pip" install -q -c requirements/constraints.txt "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
-  "$VENV/bin/pip" install -q -c requirements/constraints.txt -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
+  "$VENV/bin/pip" install -q -c requirements/constraints.txt "torch==2.13.0" 2>&1 | { grep -v "^WARNING: Location" || true; }
+  "$VENV/bin/pip" install -q -c requirements/constraints.txt -e ".[test]" 2>&1 | { grep -v "^WARNING: Location" || true; }
   # petastorm 0.13.1 declares setuptools<70 while torch 2.13 needs setuptools>=77; on Python 3.11
   # petastorm runs fine with new setuptools (stdlib distutils still exists), so it is installed
   # without its dependency metadata. Its real runtime requirements are in pyproject.toml.
-  "$VENV/bin/pip" install -q --no-deps "petastorm==0.13.1" 2>&1 | grep -v "^WARNING: Location" || true
+  "$VENV/bin/pip" install -q --no-deps "petastorm==0.13.1" 2>&1 | { grep -v "^WARNING: Location" || true; }
   "$VENV/bin/python" -c "import torch, airflow, pyspark, petastorm, great_expectations, boto3" >/dev/null \
     || { echo "[setup] error: the package install did not complete; see pip's output above" >&2; exit 1; }
   echo "$want" > "$stamp"
@@ -61,10 +63,13 @@ fi
 # 4. Horovod (built once per machine, reused from a wheelhouse afterwards).
 bash "$ROOT/scripts/build_horovod.sh" "$VENV"
 
-# 5. The project-local Airflow home and its SQLite metadata database.
+# 5. The project-local Airflow home and its SQLite metadata database. A database this shell
+#    names itself (a shared Airflow's, say) is not migrated behind its owner's back.
 source "$ROOT/scripts/env.sh"
 mkdir -p "$AIRFLOW_HOME"
-if [ ! -f "$AIRFLOW_HOME/airflow.db" ] || ! airflow db check-migrations -t 0 >/dev/null 2>&1; then
+if [ -n "${AIRFLOW__DATABASE__SQL_ALCHEMY_CONN:-}" ]; then
+  say "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN is set in this shell: not touching that database (run 'airflow db migrate' yourself if it is yours)"
+elif [ ! -f "$AIRFLOW_HOME/airflow.db" ] || ! airflow db check-migrations -t 0 >/dev/null 2>&1; then
   say "initialising the Airflow database in $AIRFLOW_HOME"
   airflow db migrate >/dev/null
 else
