@@ -122,6 +122,19 @@ class SparkStageOperator(DlpipeOperator):
                               "this DAG's timetable gives runs an empty interval (Airflow 3 reads "
                               "schedule='@daily' as CronTriggerTimetable): build the DAG with "
                               "schedule=CronDataIntervalTimetable('@daily', timezone='UTC')")
+        logical = context.get("logical_date")
+        if not (self.data_interval_start or self.data_interval_end) and logical is not None \
+                and not start <= logical < end + (end - start):
+            # `airflow dags trigger --logical-date D` takes the interval from the trigger time, not
+            # from D: the run would show D in the Grid while it processes another day, and a later
+            # backfill of D would find a successful run there and skip it
+            raise ConfigError("logical date", f"{logical} with data interval {start} .. {end}",
+                              "this run's data interval does not belong to its logical date (`airflow dags "
+                              "trigger --logical-date` takes the interval from the time of the trigger): to "
+                              "process a chosen day use `airflow backfill create --dag-id DAG --from-date DAY "
+                              "--to-date DAY`, or trigger from the UI or REST API, which give a logical date "
+                              "its own interval; to process the last complete day, trigger with the current "
+                              "time as the logical date")
         return start, end
 
     def on_kill(self) -> None:

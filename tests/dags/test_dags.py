@@ -267,3 +267,27 @@ def test_a_timetable_with_empty_intervals_gets_the_fix_not_a_date_comparison():
         op.interval({"data_interval_start": at, "data_interval_end": at})
     day = op.interval({"data_interval_start": at.replace(day=4), "data_interval_end": at})
     assert day == (at.replace(day=4), at)
+
+
+def test_a_logical_date_outside_the_runs_interval_is_refused():
+    """`airflow dags trigger --logical-date 2026-01-05` (Airflow 3.3) gives the run the interval
+    of the trigger's own time: processing it would put December's data under January 5th's run."""
+    from datetime import datetime, timedelta, timezone
+
+    from dlpipe.errors import ConfigError
+    from operators import SparkFeatureOperator
+
+    op = SparkFeatureOperator(task_id="f", pipeline_config="x.yaml")
+    day = timedelta(days=1)
+    jan5, dec6 = datetime(2026, 1, 5, tzinfo=timezone.utc), datetime(2026, 12, 6, tzinfo=timezone.utc)
+    with pytest.raises(ConfigError, match=r"logical date.*2026-01-05.*2026-12-05.*airflow backfill create"):
+        op.interval({"logical_date": jan5, "data_interval_start": dec6 - day, "data_interval_end": dec6})
+    # scheduled and backfill runs (logical date = interval start), UI triggers (logical date =
+    # interval end), and a CLI trigger at the current time are all accepted
+    for logical, start in ((jan5 - day, jan5 - day), (jan5, jan5 - day), (dec6 + timedelta(hours=20), dec6 - day)):
+        assert op.interval({"logical_date": logical, "data_interval_start": start,
+                            "data_interval_end": start + day}) == (start, start + day)
+    # explicit interval arguments are the user's choice
+    op = SparkFeatureOperator(task_id="f", pipeline_config="x.yaml", data_interval_start="2026-01-04",
+                              data_interval_end="2026-01-05")
+    assert op.interval({"logical_date": dec6}) == ("2026-01-04", "2026-01-05")
