@@ -29,9 +29,11 @@ def run_params() -> dict:
 def run_context(context: Any) -> RunContext:
     """The Airflow run/task/try (and who triggered it) for manifests and audit events."""
     ti, dag_run = context["ti"], context["dag_run"]
+    run_type = getattr(dag_run, "run_type", "-")
     return RunContext(
         dag_id=ti.dag_id, run_id=ti.run_id, task_id=ti.task_id, try_number=int(ti.try_number),
-        triggered_by=getattr(dag_run, "triggering_user_name", None) or str(getattr(dag_run, "run_type", "-")),
+        # the Task SDK's DagRunType prints as 'DagRunType.SCHEDULED': its value is 'scheduled'
+        triggered_by=getattr(dag_run, "triggering_user_name", None) or str(getattr(run_type, "value", run_type)),
         reason=str((context.get("params") or {}).get("reason") or ""),
     )
 

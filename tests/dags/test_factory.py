@@ -306,3 +306,18 @@ def test_a_day_whose_raw_data_is_not_committed_yet_is_retried_not_failed(dlpipe_
     with pytest.raises(InputNotReady, match=r"no committed raw partition trips/dt=2030-01-01 yet.*retries") as err:
         op.execute(context)
     assert not isinstance(err.value, AirflowFailException)
+
+
+def test_run_context_records_the_run_type_by_its_value():
+    """Audit events of scheduled runs say 'scheduled', not the Task SDK enum's repr."""
+    from types import SimpleNamespace
+
+    from airflow.sdk.api.datamodels._generated import DagRunType
+
+    from operators.base import run_context
+
+    ti = SimpleNamespace(dag_id="d", run_id="scheduled__x", task_id="t", try_number=1)
+    for dag_run, who in ((SimpleNamespace(run_type=DagRunType.SCHEDULED), "scheduled"),
+                         (SimpleNamespace(run_type="manual"), "manual"),
+                         (SimpleNamespace(run_type=DagRunType.MANUAL, triggering_user_name="ana"), "ana")):
+        assert run_context({"ti": ti, "dag_run": dag_run, "params": {}}).triggered_by == who
