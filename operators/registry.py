@@ -50,7 +50,7 @@ class RegisterModelOperator(_RegistryOperator):
     Registering the same model (same artifacts and lineage) again returns the existing version.
 
     :param training_id: manifest id of the training run (templated)
-    :param gate_ids: manifest ids of the gates it passed (templated)
+    :param gate_ids: manifest ids of the gates it passed (templated; required, not empty)
     :param registry_root: directory or ``s3://bucket/prefix`` (default: the pipeline's
         ``registry.root``, then ``DLPIPE_REGISTRY_ROOT``, then ``$DLPIPE_HOME/registry``)
     :param aws_conn_id: Airflow AWS connection for S3 (default: the pipeline's ``registry.aws_conn_id``,
@@ -59,9 +59,14 @@ class RegisterModelOperator(_RegistryOperator):
 
     template_fields: Sequence[str] = ("pipeline_config", "training_id", "gate_ids", "registry_root")
 
-    def __init__(self, *, training_id: str, gate_ids: list[str] | str | None = None, **kwargs: Any) -> None:
+    def __init__(self, *, training_id: str, gate_ids: list[str] | str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.training_id, self.gate_ids = training_id, gate_ids or []
+        if not gate_ids:  # a model no gate passed would become a deployable version unnoticed
+            raise ConfigError(f"RegisterModelOperator(task_id={self.task_id!r}) argument gate_ids", gate_ids,
+                              "name the gates this model passed, e.g. gate_ids=[data_gate.output, "
+                              "model_gate.output]; a model from outside a pipeline registers with "
+                              "`dlpipe registry register`")
+        self.training_id, self.gate_ids = training_id, gate_ids
 
     def run_stage(self, context: Any, pipeline: dict, run: RunContext) -> StageResult:
         training = commit.load_manifest(self.training_id, stage="training", field="training_id")

@@ -106,3 +106,15 @@ def test_promote_arguments_are_checked_when_the_dag_is_parsed():
     templated = PromoteModelOperator(task_id="p", model_ref="eta@1", alias="{{ params.alias }}",
                                      pipeline_config="x.yaml")
     assert templated.alias == "{{ params.alias }}"  # checked once rendered, when the task runs
+
+
+def test_registration_without_gates_is_refused_when_the_dag_is_parsed():
+    """A hand-written DAG that forgets gate_ids must not register ungated models."""
+    from dlpipe.errors import ConfigError
+
+    spec = str(ROOT / "pipelines" / "eta_training.yaml")
+    with pytest.raises(TypeError, match=r"missing keyword argument 'gate_ids'"):
+        RegisterModelOperator(task_id="register_model", training_id="t", pipeline_config=spec)
+    for empty in ([], ""):
+        with pytest.raises(ConfigError, match=r"argument gate_ids=.*: name the gates .*gate_ids=\[data_gate.output"):
+            RegisterModelOperator(task_id="register_model", training_id="t", pipeline_config=spec, gate_ids=empty)
