@@ -198,7 +198,7 @@ def test_the_model_gate_looks_for_its_champion_where_the_operator_says(tmp_path)
     own = ModelGateOperator(task_id="g", training_id="x", pipeline_config="p.yaml",
                             registry_root=str(tmp_path / "team-registry"))
     assert own.champion_store(pipeline).uri == str(tmp_path / "team-registry")
-    register = RegisterModelOperator(task_id="r", training_id="x", pipeline_config="p.yaml",
+    register = RegisterModelOperator(task_id="r", training_id="x", pipeline_config="p.yaml", gate_ids=["g"],
                                      registry_root=str(tmp_path / "team-registry"))
     assert register._settings(pipeline)[1].uri == own.champion_store(pipeline).uri  # the same registry
     default = ModelGateOperator(task_id="g2", training_id="x", pipeline_config="p.yaml")
