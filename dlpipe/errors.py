@@ -59,8 +59,11 @@ def _hidden_under(name: object, value: object) -> bool:
 
 def redacted(value: object) -> object:
     """``value`` fit for an error message: URL logins, and values filed under a credential's
-    name, masked (mappings and lists under such a name are looked into, not hidden)."""
+    name, masked (mappings and lists under such a name are looked into, not hidden), and a PEM
+    private key whatever it is filed under."""
     if isinstance(value, str):
+        if "PRIVATE KEY-----" in value:
+            return "***"
         return _URL_USER.sub(_hide_login, value)
     if isinstance(value, dict):
         return {k: "***" if _hidden_under(k, v) else redacted(v) for k, v in value.items()}
@@ -96,7 +99,8 @@ class ConfigError(DlpipeError, ValueError):
 
 class FieldValueError(ValueError):
     """Raised inside a pydantic validator to name the field at fault. A check across fields (a
-    model validator) otherwise reaches the user with no field, only the whole section."""
+    model validator) otherwise reaches the user with no field, only the whole section. A field
+    validator gives field "" to name its own field while showing ``value`` instead of the input."""
 
     def __init__(self, field: str, value: object, fix: str) -> None:
         self.field, self.value, self.fix = field, value, fix
@@ -107,8 +111,8 @@ def validation_message(err: dict) -> tuple[tuple, object, str]:
     """(location, value, message) of one pydantic error, as a user should read it: the field a
     FieldValueError names, and a validator's own words without pydantic's "Value error, "."""
     cause = (err.get("ctx") or {}).get("error")
-    if isinstance(cause, FieldValueError):
-        return (*err["loc"], cause.field), cause.value, cause.fix
+    if isinstance(cause, FieldValueError):  # field "": the validated field itself, another value shown
+        return (*err["loc"], *filter(None, [cause.field])), cause.value, cause.fix
     if isinstance(cause, ValueError):
         return tuple(err["loc"]), err.get("input"), str(cause)
     return tuple(err["loc"]), err.get("input"), err["msg"]
