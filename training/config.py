@@ -90,6 +90,19 @@ class DigitsTrainConfig(BaseModel):
     seed: int = Field(7, ge=0, le=MAX_SEED, description="seeds init and shuffling: same seed, same model")
 
 
+def _check_env(value: dict[str, str]) -> dict[str, str]:
+    """The ranks' extra variables under the same rules as HorovodTrainOperator's ``env``: shell
+    names, string values, no credentials (horovodrun shows them on a command line)."""
+    from dlpipe.errors import ConfigError
+    from training.launcher import check_rank_env
+
+    try:
+        check_rank_env(value)
+    except ConfigError as exc:  # exc.value: the part of the name that is safe to show, never a value
+        raise FieldValueError("", exc.value, exc.fix) from None
+    return value
+
+
 class ScaleConfig(BaseModel):
     """Where and how wide to run horovodrun."""
 
@@ -106,6 +119,9 @@ class ScaleConfig(BaseModel):
     max_np: int | None = Field(None, ge=1, description="elastic: grow up to this many processes")
     host_discovery_script: Annotated[str | None, AfterValidator(_check_script)] = Field(
         None, description="elastic: executable printing the current `host:slots` lines")
+    env: Annotated[dict[str, str], AfterValidator(_check_env)] = Field(
+        default_factory=dict, description="extra variables for every rank, e.g. NCCL_SOCKET_IFNAME "
+                                          "(the operator's env= adds to them and wins)")
 
     @property
     def elastic(self) -> bool:

@@ -153,7 +153,10 @@ class RankTails:
 def horovod_launcher(scale: ScaleConfig, *, env: dict[str, str] | None = None,
                      emit: Callable[[str], None] | None = None,
                      on_start: Callable[[subprocess.Popen], None] | None = None) -> Launcher:
-    """A Launcher running ``horovodrun``; ``on_start`` receives the process (to kill it)."""
+    """A Launcher running ``horovodrun``; ``on_start`` receives the process (to kill it).
+    The ranks get ``scale.env`` (the spec's) and ``env`` (the operator's), ``env`` winning."""
+    env = {**scale.env, **(env or {})}
+
     def launch(command: Sequence[str]) -> None:
         tails = RankTails()
         out = emit or (lambda line: log.info("%s", line))

@@ -256,3 +256,37 @@ def test_the_discovery_script_is_an_absolute_path_and_nothing_else(script):
                 "scale", ScaleConfig)
     assert section({"scale": {"min_np": 1, "max_np": 2, "num_proc": 2, "host_discovery_script": "/opt/d-1.sh"}},
                    "scale", ScaleConfig).host_discovery_script == "/opt/d-1.sh"
+
+
+@pytest.mark.parametrize("env, shown, fix", [
+    ({"AWS_SECRET_ACCESS_KEY": "s3cr3t"}, "'AWS_SECRET_ACCESS_KEY'", "command line that any user"),
+    ({"DB": "postgres://u:s3cr3t@h/db"}, "'DB'", "command line that any user"),
+    ({"K": "-----BEGIN PRIVATE KEY-----s3cr3t"}, "'K'", "command line that any user"),
+    ({"bad name": "s3cr3t"}, "'bad name'", "passes it to a shell unquoted"),
+])
+def test_a_specs_rank_variables_follow_the_operators_rules(env, shown, fix):
+    """scale.env in the YAML: the same refusals as the operator's env=, naming the variable and
+    never its value."""
+    with pytest.raises(ConfigError, match=rf"p\.yaml: scale\.env={shown}: .*{fix}") as err:
+        section({"_source": "p.yaml", "scale": {"env": {"NCCL_SOCKET_IFNAME": "eth0", **env}}}, "scale", ScaleConfig)
+    assert "s3cr3t" not in str(err.value)
+    with pytest.raises(ConfigError, match=r"scale\.env\.OMP_NUM_THREADS=4: Input should be a valid string"):
+        section({"_source": "p.yaml", "scale": {"env": {"OMP_NUM_THREADS": 4}}}, "scale", ScaleConfig)
+
+
+def test_ranks_get_the_specs_variables_and_the_operators_win(monkeypatch):
+    from training import launcher
+
+    seen = {}
+    monkeypatch.setattr(launcher, "run_streaming", lambda argv, *, env, **kw: seen.update(env))
+    scale = section({"scale": {"env": {"NCCL_SOCKET_IFNAME": "eth0", "NCCL_DEBUG": "WARN"}}}, "scale", ScaleConfig)
+    launcher.horovod_launcher(scale, env={"NCCL_DEBUG": "INFO"})(["python", "-c", "pass"])
+    assert seen["NCCL_SOCKET_IFNAME"] == "eth0" and seen["NCCL_DEBUG"] == "INFO"
+    launcher.horovod_launcher(scale)(["python", "-c", "pass"])
+    assert seen["NCCL_DEBUG"] == "WARN"
+
+
+def test_a_private_key_in_an_error_message_is_masked_whatever_its_name():
+    from dlpipe.errors import ConfigError as Error
+
+    assert "s3cr3t" not in str(Error("deploy.note", "-----BEGIN OPENSSH PRIVATE KEY-----\ns3cr3t", "remove it"))
