@@ -131,9 +131,10 @@ def test_a_failed_decode_gives_its_slot_back_every_epoch(null_label):
             assert_every_slot_is_back(loader)
             gc.collect()  # the error's traceback holds the epoch's last batch, in a cycle
             made.append(loader._ring.size)
-        # at most what an epoch holds at once (2 windows decoding, 1 being placed, 2 queued
-        # and 1 with the consumer), reused; it used to grow by a slot a failed epoch
-        assert made[-1] <= 6, made
+        # at most what an epoch holds at once (2 windows decoding, 1 waiting to be queued, 2
+        # queued, 1 with the consumer, and the one its last batch still views while the next
+        # window arrives: seen under load), reused; it used to grow by a slot a failed epoch
+        assert made[-1] <= 7, made
 
 
 class _CopiedEvent:
