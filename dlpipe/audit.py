@@ -10,6 +10,7 @@ import fcntl
 import json
 import logging
 import os
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
@@ -51,8 +52,27 @@ def _masked(value: Any) -> Any:
     return value
 
 
-def record(event: str, *, stage: str, run: RunContext, path: Path | None = None, **fields: Any) -> dict:
-    """Append one event; returns the record written."""
+def _lock(fd: int, wait_s: float | None) -> bool:
+    """Take the log's lock: wait as long as it takes, or at most ``wait_s`` (False if not got)."""
+    if wait_s is None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return True
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+
+
+def record(event: str, *, stage: str, run: RunContext, path: Path | None = None,
+           lock_wait_s: float | None = None, **fields: Any) -> dict | None:
+    """Append one event; returns the record written. With ``lock_wait_s``, give up (None, and a
+    warning) when the lock is not free within that time: a signal handler must not wait for a
+    lock that the code it interrupted holds."""
     if event not in EVENTS:
         raise ValueError(f"unknown audit event {event!r}; expected one of {EVENTS}")
     rec = {"ts": utcnow_iso(), "event": event, "stage": stage, "run": run.as_dict(), **fields}
@@ -63,12 +83,20 @@ def record(event: str, *, stage: str, run: RunContext, path: Path | None = None,
     line = (canonical_json(rec) + "\n").encode()
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        if not _lock(fd, lock_wait_s):
+            log.warning("audit log %s busy for %.1f s: %s event of %s not written", path, lock_wait_s, event, stage)
+            return None
         size = os.fstat(fd).st_size
         if size and os.pread(fd, 1, size - 1) != b"\n":  # a line torn by a crash: end it first,
             line = b"\n" + line  # so that this event stays a line of its own
-        os.write(fd, line)
-        os.fsync(fd)
+        try:
+            written = 0
+            while written < len(line):  # a write may take only part of the line
+                written += os.write(fd, line[written:])
+            os.fsync(fd)
+        except BaseException:  # a full disk, a file-size limit: no half event left behind
+            os.ftruncate(fd, size)
+            raise
     finally:
         os.close(fd)
     return rec

@@ -156,6 +156,65 @@ def test_a_torn_audit_line_is_skipped_with_a_warning_that_names_it(caplog):
     assert "events.jsonl line 2 is not a JSON event" in caplog.text
 
 
+def test_a_partial_or_failed_audit_write_leaves_whole_lines_only(monkeypatch):
+    """os.write may take part of a line (a signal, a pipe-like file system), or fail half way
+    (a full disk, a file-size limit): the rest is written, or the half line taken back."""
+    import errno
+    import os
+
+    run = RunContext()
+    audit.record("started", stage="s", run=run)
+    real = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: real(fd, bytes(data[:7])))  # 7 bytes a call
+    audit.record("committed", stage="s", run=run, manifest_id="m" * 50)
+    calls = []
+
+    def full_disk(fd, data):
+        calls.append(1)
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, bytes(data[:20]))
+
+    monkeypatch.setattr(os, "write", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        audit.record("failed", stage="s", run=run)
+    monkeypatch.setattr(os, "write", real)
+    text = audit.settings.audit_log_path().read_text()
+    assert text.endswith("\n") and [e["event"] for e in audit.read()] == ["started", "committed"]
+    assert next(e for e in audit.read() if e["event"] == "committed")["manifest_id"] == "m" * 50
+
+
+def test_an_event_written_from_a_signal_handler_does_not_wait_for_a_held_lock(caplog):
+    """on_kill runs in Airflow's SIGTERM handler: if the code it interrupted holds the log's
+    lock, waiting for it would hang the task until SIGKILL."""
+    import fcntl
+    import os
+    import time
+
+    run = RunContext()
+    audit.record("started", stage="s", run=run)
+    fd = os.open(audit.settings.audit_log_path(), os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        began = time.monotonic()
+        assert audit.record("failed", stage="s", run=run, lock_wait_s=0.3) is None
+        assert 0.3 <= time.monotonic() - began < 3
+    finally:
+        os.close(fd)
+    assert "failed event of s not written" in caplog.text
+    assert audit.record("failed", stage="s", run=run, lock_wait_s=0.3)["event"] == "failed"
+    assert [e["event"] for e in audit.read()] == ["started", "failed"]
+
+
+def test_the_recorded_user_is_the_account_not_the_user_variable(monkeypatch):
+    import os
+    import pwd
+
+    monkeypatch.setenv("USER", "mallory")
+    monkeypatch.setenv("LOGNAME", "mallory")
+    assert RunContext().user == pwd.getpwuid(os.geteuid()).pw_name != "mallory"
+
+
 def test_dlpipe_home_must_be_a_directory(monkeypatch, tmp_path):
     (tmp_path / "afile").write_text("x")
     monkeypatch.setenv("DLPIPE_HOME", str(tmp_path / "afile"))
