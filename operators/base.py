@@ -74,14 +74,26 @@ class DlpipeOperator(BaseOperator):
 
     def on_kill(self) -> None:
         """Airflow 3's SIGTERM handler calls this and returns, so the task may go on: operators
-        that start a tool check ``_killed`` before or as they start it."""
+        that start a tool check ``_killed`` before or as they start it. The kill is audited here:
+        a stage with no tool to stop (a gate, an upload) is SIGKILLed seconds later and would
+        leave only its ``started`` event, which reads like a task still running."""
         self._killed = True
+        run = getattr(self, "_run", None)
+        if run is None or getattr(self, "_kill_audited", False):
+            return
+        self._kill_audited = True
+        try:  # in a signal handler: never wait for a lock the interrupted code may hold
+            audit.record("failed", stage=type(self).__name__, run=run, lock_wait_s=2.0,
+                         error="killed: Airflow stopped the task (SIGTERM: its execution_timeout, a clear "
+                               "or mark from the UI, or a lost heartbeat)")
+        except Exception as exc:  # the kill goes on whatever the log does
+            self.log.warning("could not audit the kill: %s", exc)
 
     def run_stage(self, context: Any, pipeline: dict, run: RunContext) -> StageResult:
         raise NotImplementedError
 
     def execute(self, context: Any) -> str:
-        run = run_context(context)
+        run = self._run = run_context(context)
         try:
             pipeline = load_pipeline(self.pipeline_config)
             from operators.factory import check_pipeline  # here: factory imports the operators

@@ -321,3 +321,33 @@ def test_run_context_records_the_run_type_by_its_value():
                          (SimpleNamespace(run_type="manual"), "manual"),
                          (SimpleNamespace(run_type=DagRunType.MANUAL, triggering_user_name="ana"), "ana")):
         assert run_context({"ti": ti, "dag_run": dag_run, "params": {}}).triggered_by == who
+
+
+def test_a_killed_task_leaves_a_failed_event_even_with_the_log_locked(dlpipe_home):
+    """Airflow's SIGTERM handler calls on_kill and SIGKILL follows: a gate or an upload, which
+    has no tool to stop, would otherwise leave only its 'started' event."""
+    import fcntl
+    import os
+
+    from dlpipe import audit, settings
+    from dlpipe.runctx import RunContext
+    from operators import DataGateOperator
+
+    op = DataGateOperator(task_id="data_gate", dataset_id="x", pipeline_config="p.yaml")
+    op.on_kill()  # before execute: nothing to audit yet, and no error
+    op._run = RunContext(dag_id="eta_training", run_id="r", task_id="data_gate", try_number=1)
+    op.on_kill()
+    op.on_kill()  # Airflow may signal twice: one event
+    events = [e for e in audit.read() if e["event"] == "failed"]
+    assert len(events) == 1 and events[0]["error"].startswith("killed: Airflow stopped the task")
+    assert events[0]["stage"] == "DataGateOperator" and events[0]["run"]["task_id"] == "data_gate"
+
+    op2 = DataGateOperator(task_id="data_gate2", dataset_id="x", pipeline_config="p.yaml")
+    op2._run = RunContext(task_id="data_gate2")
+    fd = os.open(settings.audit_log_path(), os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # the interrupted code was writing an event
+        op2.on_kill()  # returns after its short wait instead of hanging
+    finally:
+        os.close(fd)
+    assert op2._killed
