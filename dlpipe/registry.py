@@ -184,6 +184,9 @@ def register(store: Store, name: str, model_dir: Path, *, metrics: dict[str, Any
         versions = list_versions(store, name)
         same = _same_model(versions, model_fp)
         if same:  # a concurrent registration of the same model won
+            audit.record("skipped", stage="registry", run=run, manifest_id=f"{name}@{same[0]['version']}",
+                         fingerprint=model_fp, reason="a concurrent registration of the same model won",
+                         gates=lineage.get("gates"))
             return same[0], False
         version = max((r["version"] for r in versions), default=0) + 1
         record = {

@@ -351,3 +351,27 @@ def test_a_file_name_download_could_not_place_is_refused_at_registration(tmp_pat
     (model / "a\\b").write_bytes(b"x")
     with pytest.raises(ConfigError, match=r"a file name with '\\' in it"):
         registry.register(LocalStore(tmp_path / "reg"), "eta", model, metrics={}, lineage={}, run=RunContext())
+
+
+def test_a_registration_that_loses_the_race_to_the_same_model_is_audited(store, tmp_path, monkeypatch):
+    """The same model registered meanwhile by another attempt: the version it got is in the
+    audit log, or `dlpipe summary` shows the task as missing."""
+    from dlpipe import audit
+
+    model = _model(tmp_path, b"weights")
+    winner, _ = registry.register(store, "eta", model, metrics={}, lineage={"run": 1}, run=RunContext())
+    real, looks = registry.list_versions, []
+
+    def before_the_winner_on_the_first_look(store, name=None):
+        looks.append(1)
+        return [] if len(looks) == 1 else real(store, name)
+
+    monkeypatch.setattr(registry, "list_versions", before_the_winner_on_the_first_look)
+    before = len(list(audit.read()))
+    rec, created = registry.register(store, "eta", model, metrics={}, lineage={"run": 1},
+                                     run=RunContext(task_id="register_model"))
+    assert (rec["version"], created) == (winner["version"], False)
+    events = list(audit.read())[before:]
+    assert [(e["event"], e["manifest_id"], e["run"]["task_id"]) for e in events] == [
+        ("skipped", "eta@1", "register_model")]
+    assert "concurrent registration" in events[0]["reason"]
