@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import getpass
 import os
+import pwd
 import socket
 from dataclasses import asdict, dataclass, field
 
@@ -27,10 +27,12 @@ class RunContext:
 
 
 def _user() -> str:
+    """The account the process runs as, from the password database: not ``$USER`` or
+    ``$LOGNAME`` (what getpass reads first), which anyone can set to another name."""
     try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return str(os.getuid())
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:  # a uid with no entry (containers run with an arbitrary uid)
+        return str(os.geteuid())
 
 
 def cli_context(command: str) -> RunContext:
