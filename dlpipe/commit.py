@@ -20,6 +20,7 @@ import functools
 import json
 import logging
 import os
+import platform
 import re
 import subprocess
 import uuid
@@ -185,9 +186,32 @@ def describe_files(root: Path, with_parts: bool = False) -> list[dict]:
     return out
 
 
+# Packages whose version can change a stage's output: recorded in every manifest (not part of
+# the fingerprint: a patch release of numpy must not recompute a year of partitions).
+RECORDED_PACKAGES = ("numpy", "pandas", "pyarrow", "pyspark", "petastorm", "torch", "horovod",
+                     "great_expectations", "scikit-learn", "numba")
+
+
+@functools.lru_cache(maxsize=1)
+def package_versions() -> dict[str, str | None]:
+    """The installed version of each of RECORDED_PACKAGES (None: not installed), and Python's."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found: dict[str, str | None] = {"python": platform.python_version()}
+    for name in RECORDED_PACKAGES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = None
+    return found
+
+
 @functools.lru_cache(maxsize=1)
 def git_version() -> dict[str, Any]:
-    """The git commit of the checkout the code runs from (and whether it had local edits)."""
+    """The git commit of the checkout the code runs from (and whether it had local edits); in an
+    image, where dlpipe is an installed package, the commit it was built from
+    (``DLPIPE_GIT_COMMIT``, a build argument of the images)."""
+    baked = os.environ.get("DLPIPE_GIT_COMMIT") or None
     repo = Path(__file__).resolve().parent.parent
     try:
         head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,
@@ -195,9 +219,9 @@ def git_version() -> dict[str, Any]:
         dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
-        return {"git_commit": None}
+        return {"git_commit": baked}
     if head.returncode != 0:
-        return {"git_commit": None}  # an installed package, not a checkout
+        return {"git_commit": baked}  # an installed package, not a checkout
     return {"git_commit": head.stdout.strip(), "git_dirty": bool(dirty.stdout.strip())}
 
 
@@ -313,7 +337,7 @@ def run_stage(
             "fingerprint": fp,
             "inputs": [{"id": m["id"], "fingerprint": m["fingerprint"]} for m in inputs],
             "config": config,
-            "code": {**code, "dlpipe_version": __version__, **git_version()},
+            "code": {**code, "dlpipe_version": __version__, **git_version(), "packages": package_versions()},
             "outputs": {
                 "location": attempt_dir.relative_to(home or settings.home()).as_posix(),
                 "files": describe_files(attempt_dir, with_parts=part_hashes),

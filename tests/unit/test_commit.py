@@ -144,6 +144,29 @@ def test_manifest_is_valid_json_with_run_identity():
     assert on_disk == r.manifest
     assert on_disk["run"]["try_number"] == 3 and on_disk["run"]["dag_id"] == "eta"
     assert on_disk["code"]["sources_hash"] == "abc" and "dlpipe_version" in on_disk["code"]
+    # the versions that can change an output are recorded, outside the fingerprint
+    import numpy
+    import pyarrow
+
+    packages = on_disk["code"]["packages"]
+    assert packages["numpy"] == numpy.__version__ and packages["pyarrow"] == pyarrow.__version__
+    assert packages["python"].count(".") == 2 and set(commit.RECORDED_PACKAGES) <= set(packages)
+    assert r.manifest["fingerprint"] == commit.stage_fingerprint(KEY, [], {"a": 1}, CODE)
+
+
+def test_an_image_records_the_commit_it_was_built_from(monkeypatch, tmp_path):
+    """In an image dlpipe is an installed package with no checkout: the build argument
+    DLPIPE_GIT_COMMIT is the commit recorded."""
+    import subprocess
+
+    commit.git_version.cache_clear()
+    monkeypatch.setenv("DLPIPE_GIT_COMMIT", "0123abc")
+    real = subprocess.run
+    monkeypatch.setattr(subprocess, "run", lambda argv, **kw: real(["false"], **kw))  # not a checkout
+    try:
+        assert commit.git_version() == {"git_commit": "0123abc"}
+    finally:
+        commit.git_version.cache_clear()
 
 
 def test_a_torn_audit_line_is_skipped_with_a_warning_that_names_it(caplog):
