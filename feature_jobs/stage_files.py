@@ -11,7 +11,7 @@ from pathlib import Path
 from feature_jobs import session
 
 # The sources every Spark stage's fingerprint covers besides its own: these helpers and the
-# Spark session settings every application starts with.
+# session settings that change a job's output (session.OUTPUT_CONF).
 SHARED_SOURCES = [__file__, session.__file__]
 
 
