@@ -7,7 +7,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt, model_validator
 
-from dlpipe.errors import FieldValueError
+from dlpipe.errors import ConfigError, FieldValueError
+from dlpipe.proc import secret_env
 
 _HOST = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
 
@@ -90,12 +91,62 @@ class DigitsTrainConfig(BaseModel):
     seed: int = Field(7, ge=0, le=MAX_SEED, description="seeds init and shuffling: same seed, same model")
 
 
+# Credentials the ranks never need. horovodrun copies its whole environment onto the command
+# line of every remote rank (visible to `ps` on that host), so they are not passed on at all:
+# Airflow's connections, variables and whole configuration (its database URL holds a password),
+# anything named like a credential, and any value that is a URL with a user and password in it
+# (``dlpipe.proc.secret_env``, the rules Spark's environments get too).
+_secret = secret_env
+
+
+EXAMPLE = "e.g. {'OMP_NUM_THREADS': '4'}"
+# What a shell takes as a variable name. horovodrun writes each rank's environment into a shell
+# command as NAME=quoted-value: the value is quoted, the name is not, so any other character in
+# a name ("A;touch /tmp/x;B") would run as a command.
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _unusable(name: object, value: object) -> tuple[object, str] | None:
+    """(what to show of the name, the fix) when Popen would refuse the variable at task run, a
+    bare TypeError or ValueError that Airflow retries; None when it is fine. Only the name is
+    shown, and only the part of it that cannot be a pasted value: a number, the text before '='."""
+    if not isinstance(name, str):
+        shown = name if isinstance(name, (int, float)) or name is None else f"<a {type(name).__name__}>"
+        return shown, f"the name is of type {type(name).__name__}; give names as strings, {EXAMPLE}"
+    if not name:
+        return name, "a variable needs a name"
+    if "=" in name:
+        return name.partition("=")[0] + "=...", "a name cannot contain '=' (it ends the name); give {'NAME': 'value'}"
+    if not ENV_NAME.fullmatch(name):
+        return name[:40], ("a variable name is letters, digits and '_', not starting with a digit: horovodrun "
+                           "passes it to a shell unquoted")
+    if not isinstance(value, str):
+        return name, f"its value is of type {type(value).__name__}; give values as strings, {EXAMPLE}"
+    if "\0" in value:
+        return name, "a value cannot contain a NUL character"
+    return None
+
+
+def check_rank_env(extra: dict[str, str]) -> None:
+    """Refuse extra rank variables that Popen cannot pass (a name or value that is not a string,
+    an empty name, a name with '='), and ones that look like credentials (by name, or a URL with
+    a password): horovodrun would show them on every rank's command line."""
+    if not isinstance(extra, dict):
+        raise ConfigError("env", type(extra).__name__, f"give a mapping of names to strings, {EXAMPLE}")
+    for name, value in extra.items():
+        unusable = _unusable(name, value)
+        if unusable is not None:
+            raise ConfigError("env", *unusable)
+        if _secret(name, value):
+            raise ConfigError("env", name, "horovodrun puts every rank's environment on a command line "
+                                           "that any user of the host can read (ps); give ranks credentials "
+                                           "through a file only they can read (AWS_SHARED_CREDENTIALS_FILE, "
+                                           "GOOGLE_APPLICATION_CREDENTIALS) or an instance role, not a variable")
+
+
 def _check_env(value: dict[str, str]) -> dict[str, str]:
     """The ranks' extra variables under the same rules as HorovodTrainOperator's ``env``: shell
     names, string values, no credentials (horovodrun shows them on a command line)."""
-    from dlpipe.errors import ConfigError
-    from training.launcher import check_rank_env
-
     try:
         check_rank_env(value)
     except ConfigError as exc:  # exc.value: the part of the name that is safe to show, never a value
