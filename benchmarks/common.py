@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import socket
@@ -9,7 +10,28 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
+
+
+def int_at_least(low: int, why: str = "") -> Callable[[str], int]:
+    """An argparse ``type`` for whole numbers >= ``low``. argparse puts the flag in front of the
+    message, so a bad value stops the script before any data is written, naming the flag, the
+    value and the fix; ``why`` says what needs the bound (e.g. ``", the medians leave out round
+    1"``)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; give one >= {low}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is below {low}{why}; give {low} or more")
+        return value
+    parse.__name__ = f"int >= {low}"  # what argparse calls the type in its own messages
+    return parse
+
+
+positive_int = int_at_least(1)
+non_negative_int = int_at_least(0)
 
 
 def machine() -> str:

@@ -19,7 +19,7 @@ import time
 from datetime import date
 from pathlib import Path
 
-from benchmarks.common import machine, table
+from benchmarks.common import int_at_least, machine, table
 
 
 def run_size(rows: int, workdir: Path) -> dict:
@@ -50,7 +50,8 @@ def run_size(rows: int, workdir: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 4_000_000])
+    ap.add_argument("--rows", nargs="+", default=[1_000_000, 4_000_000],
+                    type=int_at_least(2, ": the rows are two days of N/2 trips each"))
     args = ap.parse_args()
     results = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks.common import machine, table
+from benchmarks.common import machine, positive_int, table
 
 
 def frame(rows: int) -> pd.DataFrame:
@@ -145,8 +145,8 @@ def _measure(label: str, gates: dict, by_hand, cfg, docs: Path, repeats: int) ->
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", type=int, default=1_000_000)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--rows", type=positive_int, default=1_000_000)
+    ap.add_argument("--repeats", type=positive_int, default=3, help="the table gives the median of N")
     ap.add_argument("--no-spark", action="store_true", help="only the pandas engine")
     args = ap.parse_args()
 
@@ -159,6 +159,10 @@ def main() -> None:
     from dlpipe.pipeline_config import load_pipeline, section
 
     cfg = section(load_pipeline("pipelines/eta_training.yaml"), "data_gate", DataGateConfig)
+    floor = cfg.min_rows.get("train", 1)
+    if args.rows < floor:  # the gate would fail its row-count check and the run stop on an assert
+        ap.error(f"--rows {args.rows} is below the suite's row-count floor for train ({floor}, "
+                 f"pipelines/eta_training.yaml); give --rows {floor} or more")
     df = frame(args.rows)
     out, results = [], {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -8,13 +8,16 @@ of pyarrow's threads or all cores, whole row groups or a few columns at a time, 
 memory-mapped or read with pread (the fastest of four ways), no copy, no batching, no
 shuffling, no training. Passes run in rounds over all loaders, N each; the ratios are given
 from each loader's best pass and from its median pass after the first round (steadier on a
-noisy machine). With a GPU it
+noisy machine). An untimed pass of a plain ShardLoader comes first, so that the process's
+one-off costs (numba's compiled code loaded, files mapped) fall on no loader's round 1. With a GPU it
 also trains the issue's reference model (an MLP 64-2048-2048-1 in bf16) fed by each loader, and
 reports the stall fraction: the share of wall time the GPU waits compared with batches already
 on the GPU.
 
-The dataset is plain Parquet written by pyarrow in the layout our dataset stage produces (several
-files, 64k-row groups, snappy); Petastorm's ``make_batch_reader`` reads such files as they are.
+The dataset is plain Parquet written by pyarrow (8 files, row groups of at most 65,536 rows, each
+file's last one smaller, snappy), the kind of files our dataset stage produces, though it sizes
+its row groups in MB; Petastorm's ``make_batch_reader`` reads such files as they are. ``--data``
+is replaced only when it is empty or holds a dataset this script wrote.
 Petastorm runs twice: in storage order (its fastest), and shuffled through a shuffling queue as
 large as our shuffle window, to compare like for like with our shuffled rows.
 """
@@ -22,11 +25,13 @@ large as our shuffle window, to compare like for like with our shuffled rows.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import os
 import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -35,34 +40,85 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from benchmarks.common import machine, table
+from benchmarks.common import int_at_least, machine, non_negative_int, positive_int, table
 from training.loader import ShardLoader
 from training.parquet_groups import CHUNK_BYTES, column_chunks, list_row_groups, read_row_group
 
 
-GROUP_ROWS = 65536  # rows per Parquet row group, as our dataset stage writes them
+GROUP_ROWS = 65536  # the most rows per Parquet row group here (our dataset stage sizes them in MB)
 SHUFFLE_WINDOW = 4  # ShardLoader's default: row groups mixed by one permutation
+DATASET_FILES = 8  # Parquet files in a benchmark dataset
+MARKER = "_rows="  # the name of a dataset's marker file starts so: only make_dataset writes one
 
 
-def make_dataset(path: Path, rows: int, features: int, files: int = 8, group_rows: int = GROUP_ROWS) -> list[str]:
-    """Write (or reuse) ``rows`` x ``features`` float32 columns plus a label, as ``files`` Parquet files."""
+def require_dataset_rows(ap: argparse.ArgumentParser, rows: int, flag: str = "--rows") -> None:
+    """Stop through argparse when ``make_dataset`` could not give each of its files a row."""
+    if rows < DATASET_FILES:
+        ap.error(f"{flag} {rows} is below {DATASET_FILES}: the dataset has {DATASET_FILES} files and each "
+                 f"needs a row; give {flag} {DATASET_FILES} or more")
+
+
+def make_dataset(path: Path, rows: int, features: int, files: int = DATASET_FILES,
+                 group_rows: int = GROUP_ROWS) -> list[str]:
+    """Write (or reuse) ``rows`` x ``features`` float32 columns plus a label, as ``files`` Parquet
+    files. A folder holding another size is replaced, but only one this function wrote (or an
+    empty one): ``--data`` may name a folder of real files by mistake."""
+    if rows < files:
+        raise ValueError(f"rows={rows} is below files={files}: each file needs a row; give rows >= {files}")
     columns = [f"f{i:02d}" for i in range(features)]
-    marker = path / f"_rows={rows},features={features}"
+    marker = path / f"{MARKER}{rows},features={features}"
     if marker.exists():
         return columns
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True)
+    remove_own_dataset(path)
+    path.mkdir(parents=True, exist_ok=True)
+    writing = path / f"{MARKER}incomplete"  # claims the folder before the first file: a write cut
+    writing.touch()                         # short is still recognised as ours and replaced
     rng = np.random.default_rng(0)
     w = rng.normal(size=features).astype(np.float32)
-    per_file = -(-rows // files)
+    base, extra = divmod(rows, files)  # every file gets a row (the first ``extra`` one more)
     for k in range(files):
-        n = min(per_file, rows - k * per_file)
+        n = base + (k < extra)
         x = rng.normal(size=(n, features)).astype(np.float32)
         data = {c: x[:, i] for i, c in enumerate(columns)}
         data["label"] = x @ w + rng.normal(size=n).astype(np.float32)
         pq.write_table(pa.table(data), path / f"part-{k:05d}.parquet", row_group_size=group_rows)
-    marker.touch()
+    writing.rename(marker)
     return columns
+
+
+def remove_own_dataset(path: Path) -> None:
+    """Remove ``path`` when it is a dataset ``make_dataset`` wrote (its marker file and nothing
+    but part-*.parquet files); leave an empty folder to be written into; otherwise stop and
+    leave it as it is."""
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise SystemExit(f"--data {path} is a file, not a folder: give --data a new or empty folder")
+    entries = list(path.iterdir())
+    if not entries:
+        return
+    def ours(e: Path) -> bool:
+        return e.is_file() and not e.is_symlink() and (
+            e.name.startswith(MARKER) or fnmatch.fnmatchcase(e.name, "part-*.parquet"))
+
+    foreign = sorted(e.name for e in entries if not ours(e))
+    if foreign or not any(e.name.startswith(MARKER) for e in entries):
+        shown = (", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "") if foreign
+                 else f"part-*.parquet files but no {MARKER}... marker")
+        raise SystemExit(f"--data {path} holds files this benchmark did not write ({shown}); it replaces only "
+                         f"an empty folder or a dataset it wrote (a {MARKER}... marker and part-*.parquet "
+                         f"files). Give --data a new or empty folder, or remove this one yourself")
+    shutil.rmtree(path)
+
+
+def decoded_bytes(path: Path, features: int, pinned: bool = False) -> int:
+    """The dataset decoded, as ShardLoader counts its cache: float32 features and label, each row
+    group's block rounded up to a power of two on the GPU path (pinned memory). Given as the
+    cache's budget it keeps every row group, where the automatic budget keeps none once the data
+    is over a quarter of the memory available."""
+    _, groups = list_row_groups(f"file://{path}")
+    sizes = [(features + 1) * g.rows * 4 for g in groups]
+    return sum(1 << (n - 1).bit_length() if pinned else n for n in sizes)
 
 
 def timed(name: str, batches: Callable[[], Iterable], rows_expected: int) -> dict:
@@ -169,15 +225,17 @@ def pyarrow_one_thread(path: Path, columns: list[str], batch: int) -> Callable[[
 
 def ours(path: Path, columns: list[str], batch: int, workers: int, device: str = "cpu",
          shuffle: bool = True, processes: bool = False, pread: bool = False,
-         cache: bool = False) -> Callable[[], Iterable]:
+         cache_bytes: int = 0) -> Callable[[], Iterable]:
     """ShardLoader's epochs; ``pread`` (threads only) reads the files with pread instead of kept
     memory maps, as ShardLoader did before 2026-12-03's evening: the baseline of that change.
-    ``cache`` keeps decoded row groups in memory (ShardLoader's default where the shard fits):
-    every pass after the first then decodes nothing. Without it every pass decodes, which is
-    what the ceiling measures."""
+    ``cache_bytes`` keeps up to that many bytes of decoded row groups in memory (ShardLoader's
+    default where the shard fits; ``decoded_bytes`` for all of them): every pass after the first
+    then decodes nothing. Without it every pass decodes, which is what the ceiling measures. The
+    budget is explicit, not ShardLoader's automatic one, which is 0 where the data is over a
+    quarter of the memory available and would time an uncached loader under the cached name."""
     loader = ShardLoader(f"file://{path}", columns, "label", batch_size=batch, workers=workers, device=device,
                          shuffle=shuffle, shuffle_window=SHUFFLE_WINDOW, processes=processes,
-                         cache_bytes=None if cache else 0).start()  # worker start-up is not timed
+                         cache_bytes=cache_bytes).start()  # worker start-up is not timed
     epochs = iter(range(1_000_000))
 
     def with_pread(batches: Iterable) -> Iterator:
@@ -305,9 +363,13 @@ def beside_gil_holder(loaders: dict[str, Callable[[], Iterable]], rows: int) -> 
     return out
 
 
-def gpu_stall(loaders: dict[str, Callable[[], Iterable]], features: int, batch: int, rows: int) -> list[dict]:
-    """Train the reference MLP from each loader; stall = 1 - pre-staged time / fed time."""
-    dev = torch.device("cuda")
+def gpu_stall(loaders: dict[str, Callable[[], Iterable]], features: int, batch: int, rows: int,
+              device: str = "cuda") -> list[dict]:
+    """Train the reference MLP from each loader; stall = 1 - pre-staged time / fed time. The
+    pre-staged baseline and every loader get the best of 2 passes alike. ``device`` "cpu" runs
+    the same code without a GPU, for tests only. Needs ``rows >= batch``: the baseline stages
+    whole batches."""
+    dev = torch.device(device)
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(features, 2048), torch.nn.ReLU(), torch.nn.Linear(2048, 2048),
                               torch.nn.ReLU(), torch.nn.Linear(2048, 1)).to(dev, torch.bfloat16)
@@ -321,26 +383,24 @@ def gpu_stall(loaders: dict[str, Callable[[], Iterable]], features: int, batch: 
         torch.nn.functional.mse_loss(net(x).squeeze(-1), y).backward()
         opt.step()
 
-    staged = [(torch.randn(batch, features, device=dev), torch.randn(batch, device=dev))
-              for _ in range(rows // batch)]
-    for x, y in staged[:20]:  # warm-up: kernels, allocator
-        step(x, y)
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for x, y in staged:
-        step(x, y)
-    torch.cuda.synchronize()
-    per_row = (time.perf_counter() - t) / (len(staged) * batch)
-    del staged
-    out = [{"fed by": "batches already on the GPU", "rows_per_s": 1 / per_row, "stall": 0.0, "data wait": "-"}]
-
     def train(batches: Iterable) -> int:
         n = 0
         for x, y in batches:
             step(x, y)
             n += len(x)
-        torch.cuda.synchronize()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
         return n
+
+    staged = [(torch.randn(batch, features, device=dev), torch.randn(batch, device=dev))
+              for _ in range(rows // batch)]
+    if not staged:
+        raise ValueError(f"rows={rows} is below batch={batch}: the baseline needs a whole batch")
+    train(staged[:20])  # warm-up: kernels, allocator
+    best, _, n = best_pass(partial(iter, staged), train)  # best of 2, as each loader's below
+    per_row = best / n
+    del staged
+    out = [{"fed by": "batches already on the GPU", "rows_per_s": 1 / per_row, "stall": 0.0, "data wait": "-"}]
 
     for name, batches in loaders.items():
         best, wait, n = best_pass(batches, train)  # the first pass also warms the pinned-memory cache
@@ -351,21 +411,32 @@ def gpu_stall(loaders: dict[str, Callable[[], Iterable]], features: int, batch: 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", type=int, default=2_000_000)
-    ap.add_argument("--features", type=int, default=64)
-    ap.add_argument("--batch", type=int, default=8192)
-    ap.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
-    ap.add_argument("--repeats", type=int, default=3, help="best of N passes per loader")
+    ap.add_argument("--rows", type=positive_int, default=2_000_000, help="at least --batch and 8 (the files)")
+    ap.add_argument("--features", type=positive_int, default=64)
+    ap.add_argument("--batch", type=positive_int, default=8192)
+    ap.add_argument("--workers", type=positive_int, default=min(8, os.cpu_count() or 1))
+    ap.add_argument("--repeats", default=3, help="passes per loader, in rounds: best of N, medians of all but round 1",
+                    type=int_at_least(2, ": the medians leave out round 1, and the cached loader decodes nothing "
+                                         "only from its second pass"))
     ap.add_argument("--no-gpu", action="store_true", help="CPU loaders only, even where there is a GPU")
-    ap.add_argument("--launch-ops", type=int, default=3000,
+    ap.add_argument("--launch-ops", type=non_negative_int, default=3000,
                     help="tiny torch ops per batch in the GIL-contention run (0 skips it)")
-    ap.add_argument("--data", type=Path, default=Path(os.environ.get("DLPIPE_HOME", ".dlpipe")) / "bench" / "loader")
+    ap.add_argument("--data", type=Path, default=Path(os.environ.get("DLPIPE_HOME", ".dlpipe")) / "bench" / "loader",
+                    help="the dataset's folder: replaced only when empty or written by this script")
     args = ap.parse_args()
+    require_dataset_rows(ap, args.rows)
+    if args.rows < args.batch:
+        ap.error(f"--rows {args.rows} is below --batch {args.batch}: the GPU baseline stages whole batches; "
+                 f"give --rows {args.batch} or more, or a smaller --batch")
     args.data = args.data.resolve()  # file:// URLs need an absolute path
 
     print(f"machine: {machine()}; torch {torch.__version__}, pyarrow {pa.__version__}", flush=True)
     print(f"dataset: {args.rows:,} rows x {args.features} float32 features at {args.data}", flush=True)
     columns = make_dataset(args.data, args.rows, args.features)
+    cache_bytes = decoded_bytes(args.data, args.features)
+    print(f"row groups cached: a cache of {cache_bytes / 2**20:,.1f} MiB, the whole dataset decoded, given "
+          f"explicitly (ShardLoader's automatic budget is 0 where that is over a quarter of the memory "
+          f"available)", flush=True)
     cores = os.cpu_count() or 1
     ceilings = {  # the fastest of these is the ceiling
         "raw pyarrow decode: row group by row group, all threads": pyarrow_decode_groups(args.data, columns),
@@ -392,8 +463,8 @@ def main() -> None:
                                                                           args.workers, shuffle=False),
         pread_name: ours(args.data, columns, args.batch, args.workers, pread=True),
         # not against the ceiling: after its first pass it decodes nothing (the decoded-row-group
-        # cache, on by default where the shard fits in memory)
-        cached_name: ours(args.data, columns, args.batch, args.workers, cache=True),
+        # cache, with room for the whole dataset whatever the memory available)
+        cached_name: ours(args.data, columns, args.batch, args.workers, cache_bytes=cache_bytes),
         f"dlpipe ShardLoader ({args.workers} processes, shuffled)": ours(args.data, columns, args.batch,
                                                                        args.workers, processes=True),
         f"dlpipe ShardLoader ({args.workers} processes, storage order)": ours(
@@ -408,6 +479,11 @@ def main() -> None:
         print(f"{name}: skipped (petastorm is not importable here)", flush=True)
         del candidates[name]
     passes: dict[str, list[dict]] = {name: [] for name in [*candidates, *whole]}
+    # Untimed: the process's one-off costs (numba's compiled code loaded at the first window's
+    # draw, 0.275 s against 0.002 s later; files mapped) would fall on the first ShardLoader of
+    # round 1, the plain shuffled one, against which the cached loader's first pass is compared.
+    warm_up = timed("warm-up", ours(args.data, columns, args.batch, args.workers), args.rows)
+    print(f"warm-up: one untimed pass of a plain ShardLoader, {warm_up['seconds']:.3f} s", flush=True)
     for round_ in range(1, args.repeats + 1):  # rounds over all loaders: drifting load hits each alike
         for name, fn in candidates.items():
             passes[name].append(timed(name, fn, args.rows))
@@ -451,7 +527,7 @@ def main() -> None:
     if mapped and cached_name in by_name:
         print(f"row groups cached against decoded every pass, ShardLoader on {args.workers} threads, shuffled: "
               f"{by_name[cached_name] / mapped:.2f}x (medians {median[cached_name] / median[mapped_name]:.2f}x); "
-              f"the first round, where the cached loader also keeps what it decodes: "
+              f"the first round (after the warm-up pass), where the cached loader also keeps what it decodes: "
               f"{passes[cached_name][0]['seconds']:.3f} s against {passes[mapped_name][0]['seconds']:.3f} s")
 
     if args.launch_ops:
@@ -488,7 +564,8 @@ def main() -> None:
                     for w in sorted({4, 8, args.workers})})
         # the second of gpu_stall's passes reads every row group from pinned memory, decoded once
         fed[f"dlpipe ShardLoader -> GPU, {args.workers} threads, row groups cached"] = ours(
-            args.data, columns, args.batch, args.workers, "cuda", cache=True)
+            args.data, columns, args.batch, args.workers, "cuda",
+            cache_bytes=decoded_bytes(args.data, args.features, pinned=True))
         fed["pyarrow iter_batches, one thread"] = pyarrow_one_thread(args.data, columns, args.batch)
         res = gpu_stall(fed, args.features, args.batch, args.rows)
         for r in res:

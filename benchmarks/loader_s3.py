@@ -2,8 +2,8 @@
 
     python -m benchmarks.loader_s3 [--rows 524288] [--features 64] [--threads N] [--repeats 2]
 
-A dataset of ``--rows`` x ``--features`` float32 columns plus a label (64k-row groups, as our
-dataset stage writes them) goes into a bucket of moto's S3 server, a separate process on
+A dataset of ``--rows`` x ``--features`` float32 columns plus a label (2 files, row groups of
+at most 65,536 rows; our dataset stage sizes its row groups in MB instead) goes into a bucket of moto's S3 server, a separate process on
 loopback. Each way of reading every row group on ``--threads`` threads is then timed, best of
 ``--repeats``:
 
@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from benchmarks.common import machine, s3_server, table
+from benchmarks.common import machine, positive_int, s3_server, table
 from training.loader import ShardLoader
 from training.parquet_groups import column_chunks, list_row_groups, read_row_group
 
@@ -64,10 +64,10 @@ def best_s(fn: Callable[[], object], repeats: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", type=int, default=8 * GROUP_ROWS)
-    ap.add_argument("--features", type=int, default=64)
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--rows", type=positive_int, default=8 * GROUP_ROWS)
+    ap.add_argument("--features", type=positive_int, default=64)
+    ap.add_argument("--threads", type=positive_int, default=os.cpu_count() or 1)
+    ap.add_argument("--repeats", type=positive_int, default=2, help="best of N")
     args = ap.parse_args()
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench-secret")

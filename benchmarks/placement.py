@@ -30,6 +30,10 @@ draw of a window, from the generator to the positions: a permutation plus ``batc
 ``--loader-epochs N`` (default 10; 0 skips it) then runs ShardLoader's shuffled epochs on the
 whole dataset, threads, in N interleaved rounds with the window's draw made either way: what the
 draw's cost is worth to the loader, where it shares the cores with decoding.
+
+The dataset is the loader benchmark's, in the same default folder (``--data``): one of another
+size there (``benchmarks.loader --rows 4000000``, say) is rewritten at 2M rows, and the loader
+benchmark rewrites it back on its next run. Give each its own ``--data`` to keep both.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from typing import Callable
 import numba
 import numpy as np
 
-from benchmarks.common import machine, table
+from benchmarks.common import machine, non_negative_int, positive_int, table
 from benchmarks.loader import GROUP_ROWS, make_dataset
 from training import scatter
 from training.parquet_groups import column_chunks, list_row_groups, read_row_group
@@ -90,12 +94,15 @@ def best_ms(fn: Callable[[], object], repeats: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--window", type=int, default=4, help="row groups in the window")
-    ap.add_argument("--batch", type=int, default=8192)
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--repeats", type=int, default=15)
-    ap.add_argument("--loader-epochs", type=int, default=10, help="rounds of ShardLoader epochs, each draw (0 skips)")
-    ap.add_argument("--data", type=Path, default=Path(os.environ.get("DLPIPE_HOME", ".dlpipe")) / "bench" / "loader")
+    ap.add_argument("--window", type=positive_int, default=4, help="row groups in the window")
+    ap.add_argument("--batch", type=positive_int, default=8192)
+    ap.add_argument("--threads", type=positive_int, default=os.cpu_count() or 1)
+    ap.add_argument("--repeats", type=positive_int, default=15)
+    ap.add_argument("--loader-epochs", type=non_negative_int, default=10,
+                    help="rounds of ShardLoader epochs, each draw (0 skips)")
+    ap.add_argument("--data", type=Path, default=Path(os.environ.get("DLPIPE_HOME", ".dlpipe")) / "bench" / "loader",
+                    help="the loader benchmark's dataset folder, shared: rewritten at 2M rows when it holds "
+                         "another size, refused when it holds files the benchmarks did not write")
     args = ap.parse_args()
     args.data = args.data.resolve()  # file:// URLs need an absolute path
 

@@ -24,13 +24,13 @@ import time
 import uuid
 from pathlib import Path
 
-from benchmarks.common import machine, s3_server, table
+from benchmarks.common import machine, positive_int, s3_server, table
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--mb", type=int, default=100)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--mb", type=positive_int, default=100)
+    ap.add_argument("--repeats", type=positive_int, default=3, help="the table gives the median of N")
     args = ap.parse_args()
 
     import boto3

@@ -12,7 +12,7 @@
 #   pyarrow is too new for it.
 # numba is not in the kit (llvmlite's wheel alone is 60 MB): the H200 image has it. Where it is
 # missing, the shuffle's draw runs training/scatter.py's numpy version (50-60 ms a window, in
-# Python, holding the GIL: it would show as stall), and gpu_check.sh's first step says so.
+# Python, holding the GIL: it would show as stall), and gpu_check.sh's checks step fails and says so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KIT=${1:-.gpu}
