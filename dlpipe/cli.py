@@ -16,8 +16,8 @@ from datetime import date
 from typing import Any, Sequence
 
 from dlpipe import audit, commit, registry, settings
-from dlpipe.errors import ConfigError, DlpipeError, redacted
-from dlpipe.lineage import manifest_tree
+from dlpipe.errors import ConfigError, DlpipeError, NotCommittedError, redacted
+from dlpipe.lineage import manifest_tree, tree_problems
 from dlpipe.runctx import cli_context
 from dlpipe.storage import endpoint_url, open_store
 
@@ -169,35 +169,69 @@ def cmd_registry_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _record_problems(record: dict) -> list[str]:
+    """A version record that no longer matches itself, or whose artifacts are not the model
+    files its training committed."""
+    problems = []
+    ref = f"{record['name']}@{record['version']}"
+    if registry.model_identity(record["artifacts"], record["lineage"]) != record["model_fingerprint"]:
+        problems.append(f"{ref}: its artifacts and lineage do not give its model_fingerprint (edited after registration)")
+    training_id = record["lineage"].get("training")
+    try:
+        training = commit.load_manifest(training_id) if training_id else None
+    except (NotCommittedError, OSError, ValueError):
+        return problems  # the chain below reports it
+    if training is not None:
+        model_dir = training["summary"].get("model_dir", "")
+        committed = {f["path"].split("/", 1)[1]: f["sha256"] for f in training["outputs"]["files"]
+                     if f["path"].startswith(model_dir + "/")}
+        for art in record["artifacts"]:
+            if committed.get(art["name"]) != art["sha256"]:
+                problems.append(f"{ref}: artifact {art['name']} is not the file {training_id} committed")
+    return problems
+
+
 def cmd_lineage(args: argparse.Namespace) -> int:
     name, version = registry.parse_ref(args.ref)
     record = registry.get_version(_store(args), name, version)
     training = record["lineage"].get("training")  # absent for a model registered from outside
+    chain = manifest_tree(training, verify_files=args.verify) if training else None
+    problems = _record_problems(record) + tree_problems(chain)
     tree = {"model": f"{name}@{version}", "model_fingerprint": record["model_fingerprint"],
             "artifacts": record["artifacts"], "registered_by": record["registered_by"],
-            "lineage": record["lineage"], "chain": manifest_tree(training) if training else None}
+            "lineage": record["lineage"], "chain": chain, "problems": problems,
+            "files_verified": bool(args.verify)}
     lines = [f"{name}@{version}  (registered {record['registered_at']} by "
              f"{record['registered_by']['dag_id']}/{record['registered_by']['run_id']})"]
     for art in record["artifacts"]:
         lines.append(f"  artifact {art['name']}  sha256={art['sha256'][:16]}  {art['size']} bytes")
+    for gate, verdict in (record["lineage"].get("gate_verdicts") or {}).items():
+        lines.append(f"  gate {gate}: {verdict.get('verdict', '?')}")
 
     def walk(node: dict, depth: int) -> None:
         pad = "  " * depth
-        if node.get("missing"):
-            lines.append(f"{pad}<- {node['id']}  (manifest not found under {settings.home()})")
+        flag = "  !! see below" if node.get("problems") else ""
+        if "run" not in node:  # missing or unreadable
+            lines.append(f"{pad}<- {node['id']}{flag}")
             return
         summary = ", ".join(f"{k}={v}" for k, v in node["summary"].items() if k != "metrics")
         lines.append(f"{pad}<- {node['id']}  [{node['run']['dag_id']}/{node['run']['task_id']} "
-                     f"try {node['run']['try_number']}] {summary}")
+                     f"try {node['run']['try_number']}] {summary}{flag}")
         for child in node.get("inputs", []):
             walk(child, depth + 1)
 
-    if tree["chain"] is not None:
-        walk(tree["chain"], 1)
+    if chain is not None:
+        walk(chain, 1)
     else:
         lines.append(f"  <- no pipeline lineage: {', '.join(f'{k}={v}' for k, v in record['lineage'].items())}")
+    if problems:
+        lines += [f"!! {p}" for p in problems]
+        lines.append(f"{len(problems)} problem(s): this lineage cannot be trusted as shown")
+    else:
+        lines.append("every link checked: fingerprints match" + (", files re-hashed" if args.verify else
+                                                                  " (add --verify to re-hash every file)"))
     _print(tree, args.json, "\n".join(lines))
-    return 0
+    return 1 if problems else 0
 
 
 def gate_verdicts(dataset: dict) -> list[dict]:
@@ -402,6 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ln = sub.add_parser("lineage", help="model version -> training -> dataset -> features -> raw")
     ln.add_argument("ref", help="NAME@VERSION")
+    ln.add_argument("--verify", action="store_true",
+                    help="also re-hash every file of every manifest in the chain (reads all the data)")
     ln.set_defaults(func=cmd_lineage)
     for sp in (rr, rl, rs, rh, rp, rb, rd, ln):
         sp.add_argument("--root", help="registry root (dir or s3://...); default $DLPIPE_REGISTRY_ROOT "

@@ -235,6 +235,18 @@ def code_identity(code: dict[str, Any]) -> Any:
     return sources if len(code) == 1 else code
 
 
+# Keys run_stage adds to a manifest's ``code`` for the record only: not part of the fingerprint.
+RECORDED_CODE_KEYS = ("dlpipe_version", "git_commit", "git_dirty", "packages")
+
+
+def recomputed_fingerprint(manifest: dict) -> str:
+    """The fingerprint a manifest's own stage, inputs, config and code give: equal to its
+    ``fingerprint`` unless the manifest was edited after its commit (lineage checks this)."""
+    code = {k: v for k, v in manifest["code"].items() if k not in RECORDED_CODE_KEYS}
+    key = StageKey(manifest["stage"], manifest["name"], manifest["partition"])
+    return stage_fingerprint(key, manifest["inputs"], manifest["config"], code)
+
+
 def stage_fingerprint(key: StageKey, inputs: list[dict], config: dict[str, Any], code: dict[str, Any]) -> str:
     """The fingerprint of a stage output: everything it is a function of (design.md)."""
     return fingerprint({

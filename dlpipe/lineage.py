@@ -1,26 +1,68 @@
-"""Lineage: the chain of manifests behind a registered model version."""
+"""Lineage: the chain of manifests behind a registered model version, checked as it is read."""
 
 from __future__ import annotations
 
 from dlpipe import commit
-from dlpipe.errors import NotCommittedError
+from dlpipe.errors import IntegrityError, NotCommittedError
 
 
-def manifest_tree(mid: str, depth: int = 0, max_depth: int = 16) -> dict:
-    """A manifest and, recursively, the manifests it was computed from."""
+def manifest_problems(m: dict, mid: str, expected: str | None, verify_files: bool) -> list[str]:
+    """What makes a manifest untrustworthy as a link of a lineage: a fingerprint its own stage,
+    inputs, config and code no longer give (edited after its commit), one that is not the id's
+    or not the one its consumer recorded, and with ``verify_files`` a file whose bytes changed.
+    Fields outside the fingerprint (run, summary) are not covered: the files and the config are."""
+    problems = []
+    fp = m["fingerprint"]
+    if commit.recomputed_fingerprint(m) != fp:
+        problems.append("edited after its commit: its stage, inputs, config and code do not give its fingerprint")
+    if not fp.startswith(mid.rpartition("@")[2]) or m["id"] != mid.partition("@")[0] + "@" + fp[:16]:
+        problems.append(f"its fingerprint {fp[:16]} is not the one in its id {mid}")
+    if expected is not None and fp != expected:
+        problems.append(f"its fingerprint {fp[:16]} is not the {expected[:16]} its consumer was computed from")
+    if verify_files:
+        try:
+            commit.verify(m)
+        except IntegrityError as exc:
+            problems.append(str(exc))
+    return problems
+
+
+def manifest_tree(mid: str, depth: int = 0, max_depth: int = 16, *, expected: str | None = None,
+                  verify_files: bool = False) -> dict:
+    """A manifest and, recursively, the manifests it was computed from; each node lists its
+    ``problems`` (none: the link holds), so a tampered or missing link is never shown as sound."""
     try:
         m = commit.load_manifest(mid)
-    except NotCommittedError:
-        return {"id": mid, "missing": True}
-    node = {
-        "id": m["id"], "stage": m["stage"], "fingerprint": m["fingerprint"],
-        "committed_at": m["committed_at"], "run": {k: m["run"][k] for k in ("dag_id", "run_id", "task_id", "try_number")},
-        "files": [{"path": f["path"], "sha256": f["sha256"]} for f in m["outputs"]["files"] if not f["path"].endswith(".json")],
-        "summary": {k: v for k, v in m["summary"].items() if k in ("rows", "metrics", "verdict", "window", "day")},
-    }
+    except NotCommittedError as exc:
+        return {"id": mid, "missing": True, "problems": [str(exc)]}
+    except (OSError, ValueError) as exc:  # a torn or unreadable file (JSONDecodeError is a ValueError)
+        return {"id": mid, "problems": [f"manifest unreadable: {type(exc).__name__}: {exc}"]}
+    try:
+        node = {
+            "id": m["id"], "stage": m["stage"], "fingerprint": m["fingerprint"],
+            "committed_at": m["committed_at"],
+            "run": {k: m["run"][k] for k in ("dag_id", "run_id", "task_id", "try_number")},
+            "files": [{"path": f["path"], "sha256": f["sha256"]} for f in m["outputs"]["files"]
+                      if not f["path"].endswith(".json")],
+            "summary": {k: v for k, v in m["summary"].items() if k in ("rows", "metrics", "verdict", "window", "day")},
+            "problems": manifest_problems(m, mid, expected, verify_files),
+        }
+    except (KeyError, TypeError) as exc:
+        return {"id": mid, "problems": [f"not a dlpipe manifest: no field {exc}"]}
     if depth < max_depth:
-        node["inputs"] = [manifest_tree(i["id"], depth + 1, max_depth) for i in m["inputs"]]
+        node["inputs"] = [manifest_tree(i["id"], depth + 1, max_depth, expected=i["fingerprint"],
+                                        verify_files=verify_files) for i in m["inputs"]]
     return node
+
+
+def tree_problems(node: dict | None) -> list[str]:
+    """Every problem in a tree, each with the id of the manifest it concerns."""
+    if node is None:
+        return []
+    found = [f"{node['id']}: {p}" for p in node.get("problems", [])]
+    for child in node.get("inputs", []):
+        found += tree_problems(child)
+    return found
 
 
 def model_lineage(training_id: str, gate_ids: list[str]) -> dict:

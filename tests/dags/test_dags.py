@@ -122,7 +122,8 @@ def test_eta_dag_end_to_end_then_rerun_skips(tmp_path, airflow_env, dlpipe_home,
     assert v["registered_by"]["try_number"] == 1
     assert lin["code"]["sources_hash"] and lin["config"]["train"]["num_proc"] == 2
 
-    tree = json.loads(_dlpipe(cli_env, "lineage", "eta@1", "--json"))
+    tree = json.loads(_dlpipe(cli_env, "lineage", "eta@1", "--json", "--verify"))  # exit 0: every link holds
+    assert tree["problems"] == [] and tree["files_verified"]
     chain = tree["chain"]
     assert chain["stage"] == "training"
     assert chain["inputs"][0]["stage"] == "datasets"

@@ -65,3 +65,62 @@ def test_register_and_promote_report_their_inputs_to_openlineage(dlpipe_home):
     lineage = promote.get_openlineage_facets_on_complete(None)
     assert _names(lineage.inputs) == [("registry/eta", "1")]
     assert _names(lineage.outputs) == [("registry/eta:staging", None)]
+
+
+def test_lineage_checks_every_link_and_reports_what_was_tampered_with(dlpipe_home, capsys, monkeypatch):
+    """`dlpipe lineage` is evidence: a manifest edited after its commit, a changed file (with
+    --verify), a torn manifest or an edited version record must show, with exit 1, never a
+    confident tree."""
+    import json
+
+    from dlpipe import cli
+
+    training = _training(3.0)
+    dataset = commit.load_manifest(training["inputs"][0]["id"])
+    gates = [_passed_data_gate(dataset)["id"],
+             run_model_gate(training, ModelGateConfig(), run=RunContext(), candidate=_evaluation(3.0),
+                            champion=None).manifest["id"]]
+    root = dlpipe_home / "registry"
+    RegisterModelOperator(task_id="register_model", training_id=training["id"], gate_ids=gates,
+                          registry_root=str(root), pipeline_config=PIPELINE).execute(_context("register_model"))
+    monkeypatch.setenv("DLPIPE_REGISTRY_ROOT", str(root))
+
+    def lineage(*flags: str) -> tuple[int, str]:
+        code = cli.main(["lineage", "eta@1", *flags])
+        return code, capsys.readouterr().out
+
+    code, out = lineage("--verify")
+    assert code == 0 and "every link checked: fingerprints match, files re-hashed" in out
+    assert f"gate {gates[0]}: passed" in out
+
+    # a changed file: only --verify reads the data
+    data = commit.files(training)[0]
+    original = data.read_bytes()
+    data.write_bytes(b"other rows")
+    assert lineage()[0] == 0
+    code, out = lineage("--verify")
+    assert code == 1 and "the stored data was modified after commit" in out and "cannot be trusted" in out
+    data.write_bytes(original)
+
+    # the dataset's manifest edited after its commit (its config), then torn
+    mfile = next((commit.location(dataset).parent.parent / "manifests").glob("*.json"))
+    text = mfile.read_text()
+    edited = json.loads(text)
+    edited["config"] = {**edited["config"], "edited": True}
+    mfile.write_text(json.dumps(edited))
+    code, out = lineage()
+    assert code == 1 and f"{dataset['id']}  [" in out and "edited after its commit" in out
+    mfile.write_text(text[: len(text) // 2])
+    code, out = lineage("--json")
+    problems = json.loads(out)["problems"]
+    assert code == 1 and any(p.startswith(f"{dataset['id']}: manifest unreadable") for p in problems)
+    mfile.write_text(text)
+    assert lineage()[0] == 0
+
+    # the version record edited: its artifacts no longer give its model fingerprint
+    rfile = root / "eta" / "versions" / "000001.json"
+    record = json.loads(rfile.read_text())
+    record["artifacts"][0]["sha256"] = "0" * 64
+    rfile.write_text(json.dumps(record))
+    code, out = lineage()
+    assert code == 1 and "edited after registration" in out and "is not the file" in out
