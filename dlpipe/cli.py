@@ -6,6 +6,7 @@ Tables for people by default, ``--json`` for machines.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -13,12 +14,12 @@ import os
 import re
 import sys
 from datetime import date
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from dlpipe import audit, commit, registry, settings
 from dlpipe.errors import ConfigError, DlpipeError, NotCommittedError, redacted
 from dlpipe.lineage import manifest_tree, tree_problems
-from dlpipe.runctx import cli_context
+from dlpipe.runctx import RunContext, cli_context
 from dlpipe.storage import endpoint_url, open_store
 
 
@@ -66,14 +67,27 @@ def _store(args: argparse.Namespace):
     return open_store(root, client)  # S3Store refuses an endpoint from the environment with a login
 
 
+@contextlib.contextmanager
+def _audited(command: str, target: str) -> Iterator[RunContext]:
+    """The context of a registry change made by hand; a refused or failed one leaves a 'failed'
+    event too (a compare-and-swap conflict, a version that does not exist), as a task's does."""
+    run = cli_context(command)
+    try:
+        yield run
+    except Exception as exc:
+        audit.failed(exc, stage="registry", run=run, manifest_id=target)
+        raise
+
+
 def cmd_registry_register(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     metrics = _metrics_file(Path(args.metrics)) if args.metrics else {}
-    record, created = registry.register(
-        _store(args), args.name, Path(args.model_dir), metrics=metrics,
-        lineage={"source": "external", "registered_from": "dlpipe registry register"},
-        run=cli_context("registry register"), note=args.note or "")
+    with _audited("registry register", f"{args.name}@?") as run:
+        record, created = registry.register(
+            _store(args), args.name, Path(args.model_dir), metrics=metrics,
+            lineage={"source": "external", "registered_from": "dlpipe registry register"},
+            run=run, note=args.note or "")
     ref = f"{record['name']}@{record['version']}"
     _print(record, args.json, f"{ref} {'registered' if created else 'already registered (identical model)'}")
     return 0
@@ -122,16 +136,17 @@ def cmd_registry_history(args: argparse.Namespace) -> int:
 
 def cmd_registry_promote(args: argparse.Namespace) -> int:
     name, version = registry.parse_ref(args.ref)
-    doc = registry.promote(_store(args), name, args.alias, version, run=cli_context("registry promote"),
-                           reason=args.reason or "", expected_version=args.expect_version)
+    with _audited("registry promote", f"{name}:{args.alias}") as run:
+        doc = registry.promote(_store(args), name, args.alias, version, run=run,
+                               reason=args.reason or "", expected_version=args.expect_version)
     _print(doc, args.json, f"{name}:{args.alias} -> version {doc['version']}")
     return 0
 
 
 def cmd_registry_rollback(args: argparse.Namespace) -> int:
     name, alias = registry.parse_alias_ref(args.ref)
-    doc = registry.rollback(_store(args), name, alias, run=cli_context("registry rollback"),
-                            reason=args.reason or "")
+    with _audited("registry rollback", f"{name}:{alias}") as run:
+        doc = registry.rollback(_store(args), name, alias, run=run, reason=args.reason or "")
     _print(doc, args.json, f"{name}:{alias} -> version {doc['version']}")
     return 0
 

@@ -186,3 +186,21 @@ def test_names_with_a_trailing_newline_and_control_characters_in_output(capsys, 
     (tmp_path / "nested.json").write_text('{"val_mae": 3.0, "eval": {"mae": NaN}}')
     code, _, err = _run(capsys, "registry", "register", "demo", str(model), "--metrics", str(tmp_path / "nested.json"))
     assert code == 2 and "invalid --metrics eval.mae=nan" in err
+
+
+def test_a_refused_promotion_by_hand_leaves_a_failed_event(capsys, tmp_path):
+    """Production moves are made by hand: a refused one (no such version, a compare-and-swap
+    that lost) is in the audit log beside the ones that went through."""
+    from dlpipe import audit
+
+    model = _model_dir(tmp_path)
+    assert _run(capsys, "registry", "register", "eta", str(model))[0] == 0
+    code, _, err = _run(capsys, "registry", "promote", "eta@7", "production")
+    assert code == 2 and "not registered" in err
+    assert _run(capsys, "registry", "promote", "eta@1", "production")[0] == 0
+    code, _, err = _run(capsys, "registry", "promote", "eta@1", "production", "--expect-version", "3")
+    assert code == 2
+    failed = [e for e in audit.read() if e["event"] == "failed"]
+    assert [(e["stage"], e["manifest_id"], e["run"]["task_id"]) for e in failed] == [
+        ("registry", "eta:production", "registry promote")] * 2
+    assert "eta@7 is not registered" in failed[0]["error"]
