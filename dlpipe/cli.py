@@ -120,6 +120,14 @@ def _numbers(value: Any, path: str = "") -> list[tuple[str, float]]:
     return []
 
 
+def _mover(by: dict) -> str:
+    """Who moved an alias: the account, for a move by hand; for a task, its DAG and who
+    triggered the run (the worker's account, the same for every task, says nothing)."""
+    if by.get("dag_id") in (None, "-", "cli"):
+        return by.get("user", "-")
+    return f"{by['dag_id']}.{by.get('task_id', '-')} ({by.get('triggered_by', '-')})"
+
+
 def cmd_registry_history(args: argparse.Namespace) -> int:
     name, alias = registry.parse_alias_ref(args.ref, default="production")
     store = _store(args)
@@ -129,7 +137,7 @@ def cmd_registry_history(args: argparse.Namespace) -> int:
                                          f"see `dlpipe registry list`")
     moves = doc["history"] if doc else []
     rows = [{"seq": m["seq"], "at": m["at"], "from": m["from_version"], "to": m["to_version"],
-             "by": m["by"]["user"], "run_id": m["run_id"], "reason": m["reason"]} for m in moves]
+             "by": _mover(m["by"]), "run_id": m["run_id"], "reason": m["reason"]} for m in moves]
     _print(doc or {}, args.json, _table(rows, ["seq", "at", "from", "to", "by", "run_id", "reason"]))
     return 0
 

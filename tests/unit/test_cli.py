@@ -204,3 +204,20 @@ def test_a_refused_promotion_by_hand_leaves_a_failed_event(capsys, tmp_path):
     assert [(e["stage"], e["manifest_id"], e["run"]["task_id"]) for e in failed] == [
         ("registry", "eta:production", "registry promote")] * 2
     assert "eta@7 is not registered" in failed[0]["error"]
+
+
+def test_alias_history_names_the_person_or_the_dag_run_that_moved_it(capsys, tmp_path):
+    from dlpipe import registry, settings
+    from dlpipe.runctx import RunContext
+    from dlpipe.storage import open_store
+
+    model = _model_dir(tmp_path)
+    assert _run(capsys, "registry", "register", "eta", str(model))[0] == 0
+    store = open_store(str(settings.registry_root()))
+    registry.promote(store, "eta", "staging", 1, reason="nightly", run=RunContext(
+        dag_id="eta_training", run_id="scheduled__x", task_id="promote_staging", triggered_by="scheduled"))
+    assert _run(capsys, "registry", "promote", "eta@1", "production", "--reason", "launch")[0] == 0
+    _, staging, _ = _run(capsys, "registry", "history", "eta:staging")
+    _, production, _ = _run(capsys, "registry", "history", "eta:production")
+    assert "eta_training.promote_staging (scheduled)" in staging
+    assert RunContext().user in production
