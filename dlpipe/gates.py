@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationInf
 
 from dlpipe import commit
 from dlpipe.commit import StageKey, StageResult
-from dlpipe.errors import ConfigError, GateFailed
+from dlpipe.errors import ConfigError, GateFailed, credential_value
 from dlpipe.hashing import sources_hash
 from dlpipe.runctx import RunContext
 
@@ -191,6 +191,16 @@ class DataGateConfig(BaseModel):
     spark_min_rows: int = Field(2_000_000, ge=1, description="with engine auto: the split size from "
                                                              "which Spark validates it instead of pandas")
     spark_master: str = Field("local[*]", description="master of the gate's in-process SparkSession")
+
+    @field_validator("spark_master")
+    @classmethod
+    def _no_login(cls, value: str) -> str:
+        # the gate's config is written into its manifest and shown in errors
+        if credential_value(value):
+            raise ValueError("holds a login: the gate's config is kept in its manifest; give the master "
+                             "without credentials (spark://host:7077, k8s://https://host) and the "
+                             "credentials through Spark's own settings")
+        return value
 
     def engine_for(self, rows: int) -> str:
         """The engine that validates a split of ``rows`` rows (the manifest's count: no data read)."""

@@ -374,7 +374,7 @@ def test_a_type_name_that_matches_no_column_is_refused_on_load(name):
     with pytest.raises(ConfigError) as e:
         _load_gate(columns={"distance_km": {"type": name}})
     assert e.value.field == "p.yaml: data_gate.columns.distance_km.type" and e.value.value == name
-    assert ("use one of int8, int16, int32, int64, float32, float64, bool, object, str, string, StringDtype, "
+    assert ("use one of int8, int16, int32, int64, float32, float64, bool, object, binary, str, string, StringDtype, "
             "int, long, float (both engines), or another numpy dtype name such as float16 (pandas engine only)"
             in e.value.fix)
 
@@ -539,3 +539,17 @@ def test_drift_compares_a_single_partition_dataset_with_its_earlier_version(tmp_
     day2_new = manifest("eta", "window_end=2026-01-03", "e" * 64, "2026-01-04T01:00:00.000+00:00", 4.0)
     assert previous_dataset(day2_new)["id"] == day1["id"]  # the window before, not an older build of this one
     assert previous_dataset(day2_old)["id"] == day1["id"]
+
+
+def test_a_gate_spark_master_with_a_login_is_refused_without_showing_it():
+    """The gate's config is written into its manifest: a master URL with a password would be too."""
+    from dlpipe.errors import ConfigError
+    from dlpipe.gates import DataGateConfig
+    from dlpipe.pipeline_config import section
+
+    with pytest.raises(ConfigError, match=r"data_gate\.spark_master=.*holds a login") as err:
+        section({"_source": "p.yaml", "data_gate": {"spark_master": "k8s://https://admin:s3cr3t@api:6443"}},
+                "data_gate", DataGateConfig)
+    assert "s3cr3t" not in str(err.value)
+    assert section({"data_gate": {"spark_master": "spark://master:7077"}}, "data_gate",
+                   DataGateConfig).spark_master == "spark://master:7077"
