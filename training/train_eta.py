@@ -53,7 +53,9 @@ class EtaTrainer(Trainer):
                            size=self.size, seed=self.cfg.seed, device=self.device, batch_size=batch_size,
                            shuffle=shuffle, workers=min(8, self.cpus),
                            processes=self.cfg.decode_in == "processes" and shuffle,
-                           cache_bytes=None if shuffle else 0)  # evaluation reads once: nothing to keep
+                           # what is read once (evaluation, a one-epoch run) is not kept: keeping
+                           # makes a first epoch 1.7x to 2.7x slower (docs/benchmarks.md)
+                           cache_bytes=None if shuffle and self.cfg.epochs > 1 else 0)
 
     def loss(self, xb, yb):
         import torch
