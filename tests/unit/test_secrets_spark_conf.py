@@ -65,10 +65,10 @@ def test_the_environment_rules_are_the_horovod_ranks_rules():
     """Every variable a rank is denied is denied to each of Spark's environments too (one
     policy, dlpipe.proc.secret_env), and a variable a rank may have stays on the command line."""
     from dlpipe import proc
-    from training import launcher
+    from training import config, launcher
     from tests.unit.test_proc import MORE_SECRETS
 
-    assert launcher._secret is proc.secret_env
+    assert config._secret is proc.secret_env and launcher.secret_env is proc.secret_env
     prefixes = ("spark.executorEnv.", "spark.yarn.appMasterEnv.", "spark.kubernetes.driverEnv.",
                 "spark.mesos.driverEnv.")
     for name in MORE_SECRETS:
