@@ -89,14 +89,14 @@ def record(event: str, *, stage: str, run: RunContext, path: Path | None = None,
         size = os.fstat(fd).st_size
         if size and os.pread(fd, 1, size - 1) != b"\n":  # a line torn by a crash: end it first,
             line = b"\n" + line  # so that this event stays a line of its own
+        written = 0
         try:
-            written = 0
             while written < len(line):  # a write may take only part of the line
                 written += os.write(fd, line[written:])
-            os.fsync(fd)
         except BaseException:  # a full disk, a file-size limit: no half event left behind
             os.ftruncate(fd, size)
             raise
+        os.fsync(fd)  # an interrupt here leaves the whole line: it stays
     finally:
         os.close(fd)
     return rec
