@@ -74,10 +74,13 @@ class DlpipeOperator(BaseOperator):
 
     def on_kill(self) -> None:
         """Airflow 3's SIGTERM handler calls this and returns, so the task may go on: operators
-        that start a tool check ``_killed`` before or as they start it. The kill is audited here:
-        a stage with no tool to stop (a gate, an upload) is SIGKILLed seconds later and would
-        leave only its ``started`` event, which reads like a task still running."""
+        that start a tool check ``_killed`` before or as they start it. The tool is stopped
+        first, then the kill audited: a stage with no tool to stop (a gate, an upload) is
+        SIGKILLed seconds later and would leave only its ``started`` event, which reads like a
+        task still running. Outside ``execute`` (a kill after the task finished, Airflow's call
+        after a timeout that ``execute`` already audited) nothing is audited."""
         self._killed = True
+        self.stop_tools()
         run = getattr(self, "_run", None)
         if run is None or getattr(self, "_kill_audited", False):
             return
@@ -88,6 +91,9 @@ class DlpipeOperator(BaseOperator):
                                "or mark from the UI, or a lost heartbeat)")
         except Exception as exc:  # the kill goes on whatever the log does
             self.log.warning("could not audit the kill: %s", exc)
+
+    def stop_tools(self) -> None:
+        """Stop the tools this task started (spark-submit, horovodrun); none here."""
 
     def run_stage(self, context: Any, pipeline: dict, run: RunContext) -> StageResult:
         raise NotImplementedError
@@ -102,11 +108,15 @@ class DlpipeOperator(BaseOperator):
             result = self.run_stage(context, pipeline, run)
         except BaseException as exc:
             # every attempt leaves an event, also one that failed before its stage began (a bad
-            # spec, an input not committed): `dlpipe audit` and `dlpipe summary` show it
-            audit.failed(exc, stage=type(self).__name__, run=run)
+            # spec, an input not committed): `dlpipe audit` and `dlpipe summary` show it; a
+            # kill that on_kill audited is not audited again as what it caused
+            if not getattr(self, "_kill_audited", False):
+                audit.failed(exc, stage=type(self).__name__, run=run)
             if isinstance(exc, DETERMINISTIC) and not isinstance(exc, InputNotReady):
                 raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
             raise
+        finally:
+            self._run = None  # a kill from now on is not this attempt's to audit
         verb = "skipped (already committed)" if result.skipped else "committed"
         self.log.info("%s %s; summary: %s", result.id, verb, brief(result.manifest.get("summary") or {}))
         self._committed = result.manifest

@@ -137,8 +137,7 @@ class SparkStageOperator(DlpipeOperator):
                               "time as the logical date")
         return start, end
 
-    def on_kill(self) -> None:
-        super().on_kill()
+    def stop_tools(self) -> None:
         kill_submissions(self._hooks)
 
 

@@ -109,7 +109,6 @@ class HorovodTrainOperator(DlpipeOperator):
         if self._killed:  # Airflow's SIGTERM handler returns, and the task went on to start it
             kill_group(proc)
 
-    def on_kill(self) -> None:
-        super().on_kill()
+    def stop_tools(self) -> None:
         if self._proc is not None:
             kill_group(self._proc)

@@ -342,12 +342,44 @@ def test_a_killed_task_leaves_a_failed_event_even_with_the_log_locked(dlpipe_hom
     assert len(events) == 1 and events[0]["error"].startswith("killed: Airflow stopped the task")
     assert events[0]["stage"] == "DataGateOperator" and events[0]["run"]["task_id"] == "data_gate"
 
+    import time
+
     op2 = DataGateOperator(task_id="data_gate2", dataset_id="x", pipeline_config="p.yaml")
     op2._run = RunContext(task_id="data_gate2")
     fd = os.open(settings.audit_log_path(), os.O_RDWR)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # the interrupted code was writing an event
+        began = time.monotonic()
         op2.on_kill()  # returns after its short wait instead of hanging
+        assert time.monotonic() - began < 5
     finally:
         os.close(fd)
-    assert op2._killed
+    assert op2._killed and not [e for e in audit.read() if e["run"]["task_id"] == "data_gate2"]
+
+
+def test_a_kill_is_audited_once_and_only_while_the_task_runs(dlpipe_home, monkeypatch):
+    """Airflow calls on_kill again after a timeout that execute already audited, and a late
+    SIGTERM can come after the task's output was committed: neither adds a 'failed' event. A
+    kill that makes the stage fail is one event, not two."""
+    from types import SimpleNamespace
+
+    import operators.base as base
+    from dlpipe import audit
+    from operators import DataGateOperator
+
+    ti = SimpleNamespace(dag_id="eta_training", run_id="r", task_id="data_gate", try_number=1)
+    context = {"ti": ti, "dag_run": SimpleNamespace(run_type="manual"), "params": {}}
+    op = DataGateOperator(task_id="data_gate", dataset_id="x", pipeline_config="p.yaml")
+
+    def killed_mid_stage(context, pipeline, run):
+        op.on_kill()  # SIGTERM arrives while the stage runs; the stage then fails because of it
+        raise RuntimeError("the gate was interrupted")
+
+    monkeypatch.setattr(op, "run_stage", killed_mid_stage)
+    monkeypatch.setattr(base, "load_pipeline", lambda path: {"kind": "eta_regression", "_source": path})
+    monkeypatch.setattr("operators.factory.check_pipeline", lambda pipeline: None)
+    with pytest.raises(RuntimeError):
+        op.execute(context)
+    op.on_kill()  # Airflow's call after the failure: nothing more
+    failed = [e for e in audit.read() if e["event"] == "failed"]
+    assert len(failed) == 1 and failed[0]["error"].startswith("killed:")
