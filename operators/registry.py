@@ -77,6 +77,10 @@ class RegisterModelOperator(_RegistryOperator):
         gates = []
         # one gate's XCom (gate_ids=gate.output) renders as a string, not a list of one
         gate_ids = [self.gate_ids] if isinstance(self.gate_ids, str) else self.gate_ids
+        if not gate_ids or not all(gate_ids):  # a template or XCom that rendered to nothing
+            raise ConfigError(f"RegisterModelOperator(task_id={self.task_id!r}) argument gate_ids", self.gate_ids,
+                              "rendered to no gate: pass the gates' outputs (gate_ids=[data_gate.output, "
+                              "model_gate.output]); a model no gate passed is not registered")
         for gid in gate_ids:  # refuse models whose gates did not commit a pass
             gate = commit.load_manifest(gid, stage="gates", field="gate_ids")
             gates.append(gate)

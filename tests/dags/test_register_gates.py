@@ -118,3 +118,19 @@ def test_registration_without_gates_is_refused_when_the_dag_is_parsed():
     for empty in ([], ""):
         with pytest.raises(ConfigError, match=r"argument gate_ids=.*: name the gates .*gate_ids=\[data_gate.output"):
             RegisterModelOperator(task_id="register_model", training_id="t", pipeline_config=spec, gate_ids=empty)
+
+
+def test_gate_ids_that_render_to_nothing_at_run_time_are_refused(dlpipe_home):
+    """A template or XCom can render to an empty list when the task runs, after the parse-time check."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    good = _training(3.0)
+    root = dlpipe_home / "registry"
+    for empty in ([], [""]):
+        ti = SimpleNamespace(dag_id="eta_training", run_id="r", task_id="register_model", try_number=1)
+        op = RegisterModelOperator(task_id="register_model", training_id=good["id"], gate_ids=["placeholder"],
+                                   registry_root=str(root), pipeline_config=str(ROOT / "pipelines" / "eta_training.yaml"))
+        op.gate_ids = empty  # as rendered
+        with pytest.raises(AirflowFailException, match="rendered to no gate"):
+            op.execute({"ti": ti, "dag_run": SimpleNamespace(run_type="manual"), "params": {}})
+    assert registry.list_versions(LocalStore(root), "eta") == []
