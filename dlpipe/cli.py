@@ -192,18 +192,20 @@ def cmd_registry_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _record_problems(record: dict) -> list[str]:
+def _record_problems(record: dict, verify_files: bool = False) -> list[str]:
     """A version record that no longer matches itself, or whose artifacts are not the model
     files its training committed."""
     problems = []
     ref = f"{record['name']}@{record['version']}"
-    if registry.model_identity(record["artifacts"], record["lineage"]) != record["model_fingerprint"]:
+    if not registry.record_is_intact(record):
         problems.append(f"{ref}: its artifacts and lineage do not give its model_fingerprint (edited after registration)")
     training_id = record["lineage"].get("training")
     try:
         training = commit.load_manifest(training_id) if training_id else None
     except (NotCommittedError, OSError, ValueError):
         return problems  # the chain below reports it
+    if training is not None:
+        problems += _gate_problems(record, training, verify_files)
     if training is not None:
         model_dir = training["summary"].get("model_dir", "")
         committed = {f["path"].split("/", 1)[1]: f["sha256"] for f in training["outputs"]["files"]
@@ -214,12 +216,39 @@ def _record_problems(record: dict) -> list[str]:
     return problems
 
 
+def _gate_problems(record: dict, training: dict, verify_files: bool = False) -> list[str]:
+    """The gates a version was registered on, checked against their own manifests: each one
+    committed and intact, its verdict 'passed' and the one the record carries, and judging this
+    training or its dataset. The record's copy of the verdicts is outside its fingerprint."""
+    ref = f"{record['name']}@{record['version']}"
+    gates = record["lineage"].get("gates") or []
+    carried = record["lineage"].get("gate_verdicts") or {}
+    problems = [] if gates else [f"{ref}: registered on no gate"]
+    if set(carried) != set(gates):
+        problems.append(f"{ref}: its gate verdicts name {sorted(carried)}, its gates {sorted(gates)}")
+    judged = {training["id"], *(i["id"] for i in training["inputs"])}
+    for gid in gates:
+        node = manifest_tree(gid, max_depth=0, verify_files=verify_files)
+        problems += [f"{gid}: {p}" for p in node.get("problems", [])]
+        if "summary" not in node:
+            continue
+        gate = commit.load_manifest(gid)
+        verdict = gate["summary"].get("verdict")
+        if verdict != "passed" or (carried.get(gid) or {}).get("verdict") != verdict:
+            problems.append(f"{gid}: verdict {verdict!r}, the record says "
+                            f"{(carried.get(gid) or {}).get('verdict')!r}")
+        subject = gate["inputs"][0]["id"] if gate["inputs"] else None
+        if subject not in judged:
+            problems.append(f"{gid}: judged {subject}, not {training['id']} or its dataset")
+    return problems
+
+
 def cmd_lineage(args: argparse.Namespace) -> int:
     name, version = registry.parse_ref(args.ref)
     record = registry.get_version(_store(args), name, version)
     training = record["lineage"].get("training")  # absent for a model registered from outside
     chain = manifest_tree(training, verify_files=args.verify) if training else None
-    problems = _record_problems(record) + tree_problems(chain)
+    problems = _record_problems(record, args.verify) + tree_problems(chain)
     tree = {"model": f"{name}@{version}", "model_fingerprint": record["model_fingerprint"],
             "artifacts": record["artifacts"], "registered_by": record["registered_by"],
             "lineage": record["lineage"], "chain": chain, "problems": problems,

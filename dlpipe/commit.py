@@ -239,12 +239,16 @@ def code_identity(code: dict[str, Any]) -> Any:
 RECORDED_CODE_KEYS = ("dlpipe_version", "git_commit", "git_dirty", "packages")
 
 
-def recomputed_fingerprint(manifest: dict) -> str:
-    """The fingerprint a manifest's own stage, inputs, config and code give: equal to its
-    ``fingerprint`` unless the manifest was edited after its commit (lineage checks this)."""
+def recomputed_fingerprints(manifest: dict) -> set[str]:
+    """The fingerprints a manifest's own stage, inputs, config and code give: its
+    ``fingerprint`` is one of them unless the manifest was edited after its commit (lineage
+    checks this). Two, where its code records more than its sources: manifests committed
+    before other code versions entered the fingerprint (the digits dataset's scikit-learn,
+    before 2026-12-06) were fingerprinted by their sources alone."""
     code = {k: v for k, v in manifest["code"].items() if k not in RECORDED_CODE_KEYS}
     key = StageKey(manifest["stage"], manifest["name"], manifest["partition"])
-    return stage_fingerprint(key, manifest["inputs"], manifest["config"], code)
+    return {stage_fingerprint(key, manifest["inputs"], manifest["config"], c)
+            for c in (code, {"sources_hash": code["sources_hash"]})}
 
 
 def stage_fingerprint(key: StageKey, inputs: list[dict], config: dict[str, Any], code: dict[str, Any]) -> str:

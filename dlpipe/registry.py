@@ -132,6 +132,14 @@ def model_identity(artifacts: list[dict], lineage: dict[str, Any]) -> str:
                         "lineage": {k: v for k, v in lineage.items() if k not in _EVIDENCE}})
 
 
+def record_is_intact(record: dict) -> bool:
+    """Whether a version record's artifacts and lineage still give its model_fingerprint: the
+    identity without the gate evidence, or, for a record written before the evidence was left
+    out of it, with it."""
+    whole = fingerprint({"artifacts": record["artifacts"], "lineage": record["lineage"]})
+    return record["model_fingerprint"] in (model_identity(record["artifacts"], record["lineage"]), whole)
+
+
 def _same_model(versions: list[dict], identity: str) -> list[dict]:
     # computed from each record, not read from its model_fingerprint: records written before
     # verdicts were left out of the identity are matched too

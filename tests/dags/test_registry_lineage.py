@@ -117,10 +117,53 @@ def test_lineage_checks_every_link_and_reports_what_was_tampered_with(dlpipe_hom
     mfile.write_text(text)
     assert lineage()[0] == 0
 
-    # the version record edited: its artifacts no longer give its model fingerprint
+    # the gate evidence the record carries is outside its fingerprint: checked against the gates
     rfile = root / "eta" / "versions" / "000001.json"
+    original_record = rfile.read_text()
+    record = json.loads(original_record)
+    record["lineage"]["gate_verdicts"][gates[1]]["verdict"] = "failed"
+    rfile.write_text(json.dumps(record))
+    code, out = lineage()
+    assert code == 1 and f"!! {gates[1]}: verdict 'passed', the record says 'failed'" in out
+    rfile.write_text(original_record)
+    gate_file = next((commit.location(commit.load_manifest(gates[0])).parent.parent / "manifests").glob("*.json"))
+    gate_text = gate_file.read_text()
+    gate_file.unlink()
+    code, out = lineage()
+    assert code == 1 and f"!! {gates[0]}: no committed manifest" in out
+    gate_file.write_text(gate_text)
+    assert lineage()[0] == 0
+
+    # the version record edited: its artifacts no longer give its model fingerprint
     record = json.loads(rfile.read_text())
     record["artifacts"][0]["sha256"] = "0" * 64
     rfile.write_text(json.dumps(record))
     code, out = lineage()
     assert code == 1 and "edited after registration" in out and "is not the file" in out
+
+
+def test_lineage_accepts_records_and_manifests_written_under_earlier_rules(dlpipe_home):
+    """A version record whose model fingerprint still covered its gate verdicts, and a manifest
+    whose fingerprint covered its sources only though its code recorded more (the digits
+    dataset before scikit-learn's version counted), are intact, not tampered with."""
+    from dlpipe import registry
+    from dlpipe.hashing import fingerprint
+    from dlpipe.lineage import manifest_problems
+
+    record = {"name": "eta", "version": 1, "artifacts": [{"name": "m", "sha256": "a" * 64, "size": 1}],
+              "lineage": {"training": "t", "gates": ["g"], "gate_verdicts": {"g": {"verdict": "passed"}}}}
+    record["model_fingerprint"] = fingerprint({"artifacts": record["artifacts"], "lineage": record["lineage"]})
+    assert registry.record_is_intact(record)
+    record["model_fingerprint"] = registry.model_identity(record["artifacts"], record["lineage"])
+    assert registry.record_is_intact(record)
+    record["artifacts"][0]["size"] = 2
+    assert not registry.record_is_intact(record)
+
+    key = commit.StageKey("datasets", "digits", "all")
+    old_fp = commit.stage_fingerprint(key, [], {"validation_percent": 20}, {"sources_hash": "s"})
+    manifest = {"id": f"{key.relpath}@{old_fp[:16]}", "stage": "datasets", "name": "digits", "partition": "all",
+                "fingerprint": old_fp, "inputs": [], "config": {"validation_percent": 20},
+                "code": {"sources_hash": "s", "scikit_learn": "1.5.2", "dlpipe_version": "0.1.0"}}
+    assert manifest_problems(manifest, manifest["id"], None, False) == []
+    manifest["config"] = {"validation_percent": 30}
+    assert "edited after its commit" in manifest_problems(manifest, manifest["id"], None, False)[0]
