@@ -291,3 +291,10 @@ def test_a_private_key_in_an_error_message_is_masked_whatever_its_name():
     from dlpipe.errors import ConfigError as Error
 
     assert "s3cr3t" not in str(Error("deploy.note", "-----BEGIN OPENSSH PRIVATE KEY-----\ns3cr3t", "remove it"))
+
+
+def test_a_numeric_value_under_a_variable_named_like_a_credential_is_not_shown():
+    """Strict validation refuses a number as a string and shows the input: not under MY_PASS."""
+    with pytest.raises(ConfigError, match=r"scale\.env\.MY_PASS='\*\*\*': Input should be a valid string") as err:
+        section({"_source": "p.yaml", "scale": {"env": {"MY_PASS": 123456}}}, "scale", ScaleConfig)
+    assert "123456" not in str(err.value)
