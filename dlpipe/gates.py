@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Literal
@@ -196,7 +197,7 @@ class DataGateConfig(BaseModel):
     @classmethod
     def _no_login(cls, value: str) -> str:
         # the gate's config is written into its manifest and shown in errors
-        if credential_value(value):
+        if credential_value(value) or re.search(r"://[^/\s@]+@", value):  # user:password@ or token@
             raise ValueError("holds a login: the gate's config is kept in its manifest; give the master "
                              "without credentials (spark://host:7077, k8s://https://host) and the "
                              "credentials through Spark's own settings")

@@ -551,5 +551,8 @@ def test_a_gate_spark_master_with_a_login_is_refused_without_showing_it():
         section({"_source": "p.yaml", "data_gate": {"spark_master": "k8s://https://admin:s3cr3t@api:6443"}},
                 "data_gate", DataGateConfig)
     assert "s3cr3t" not in str(err.value)
+    with pytest.raises(ConfigError, match=r"holds a login") as err:  # a token alone is a login too
+        section({"data_gate": {"spark_master": "k8s://https://s3cr3t@api:6443"}}, "data_gate", DataGateConfig)
+    assert "s3cr3t" not in str(err.value)
     assert section({"data_gate": {"spark_master": "spark://master:7077"}}, "data_gate",
                    DataGateConfig).spark_master == "spark://master:7077"
