@@ -149,8 +149,10 @@ def secret_properties(secret: dict[str, str]) -> Iterator[str | None]:
 
 
 def spark_session(app_name: str, *, master: str | None = None, conf: dict[str, str] | None = None):
-    """A SparkSession with the settings every dlpipe job shares: UTC timestamps, 8 shuffle
-    partitions, WARN logs. Under spark-submit leave ``master`` unset: spark-submit sets it."""
+    """A SparkSession with UTC timestamps, 8 shuffle partitions and WARN logs. The Spark stages
+    pass their own output settings (``feature_jobs.session.OUTPUT_CONF``, which their
+    fingerprints hash) over these defaults; other sessions (the data gate's) use them as they
+    are. Under spark-submit leave ``master`` unset: spark-submit sets it."""
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder.appName(app_name)

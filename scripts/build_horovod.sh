@@ -48,7 +48,7 @@ if ! ls "$WHEELHOUSE"/horovod-*.whl >/dev/null 2>&1; then
   # Build requirements must already be in the venv: --no-build-isolation compiles against the
   # installed torch.
   "$VENV/bin/pip" install -q -c "$(dirname "$0")/../requirements/constraints.txt" \
-    cffi cloudpickle psutil pyyaml packaging "wheel==0.48.0" "setuptools>=70"
+    cffi cloudpickle psutil pyyaml packaging "wheel==0.48.0" "setuptools==84.2.1"
   CXX="$(cd "$(dirname "$0")" && pwd)/cxx17" \
   HOROVOD_WITH_PYTORCH=1 HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1 \
   HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 HOROVOD_CPU_OPERATIONS=GLOO \
