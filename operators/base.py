@@ -74,23 +74,30 @@ class DlpipeOperator(BaseOperator):
 
     def on_kill(self) -> None:
         """Airflow 3's SIGTERM handler calls this and returns, so the task may go on: operators
-        that start a tool check ``_killed`` before or as they start it. The tool is stopped
-        first, then the kill audited: a stage with no tool to stop (a gate, an upload) is
-        SIGKILLed seconds later and would leave only its ``started`` event, which reads like a
-        task still running. Outside ``execute`` (a kill after the task finished, Airflow's call
-        after a timeout that ``execute`` already audited) nothing is audited."""
+        that start a tool check ``_killed`` before or as they start it. The kill is audited
+        first (a stage with no tool to stop, a gate or an upload, is SIGKILLed 5 s later and
+        would leave only its ``started`` event, which reads like a task still running), then
+        the tool is stopped, whose own wait or failure must not lose the event. Outside
+        ``execute`` (a kill after the task finished, Airflow's call after a timeout that
+        ``execute`` already audited) nothing is audited."""
         self._killed = True
-        self.stop_tools()
+        try:
+            self._audit_kill()
+        finally:
+            self.stop_tools()
+
+    def _audit_kill(self) -> None:
         run = getattr(self, "_run", None)
         if run is None or getattr(self, "_kill_audited", False):
             return
-        self._kill_audited = True
-        try:  # in a signal handler: never wait for a lock the interrupted code may hold
-            audit.record("failed", stage=type(self).__name__, run=run, lock_wait_s=2.0,
-                         error="killed: Airflow stopped the task (SIGTERM: its execution_timeout, a clear "
-                               "or mark from the UI, or a lost heartbeat)")
+        try:  # in a signal handler: never wait long for a lock the interrupted code may hold
+            written = audit.record("failed", stage=type(self).__name__, run=run, lock_wait_s=1.0,
+                                   error="killed: Airflow stopped the task (SIGTERM: its execution_timeout, "
+                                         "a clear or mark from the UI, or a lost heartbeat)")
         except Exception as exc:  # the kill goes on whatever the log does
             self.log.warning("could not audit the kill: %s", exc)
+            return
+        self._kill_audited = written is not None  # not written: the failure it causes is audited instead
 
     def stop_tools(self) -> None:
         """Stop the tools this task started (spark-submit, horovodrun); none here."""
@@ -100,6 +107,7 @@ class DlpipeOperator(BaseOperator):
 
     def execute(self, context: Any) -> str:
         run = self._run = run_context(context)
+        self._kill_audited = False
         try:
             pipeline = load_pipeline(self.pipeline_config)
             from operators.factory import check_pipeline  # here: factory imports the operators

@@ -383,3 +383,45 @@ def test_a_kill_is_audited_once_and_only_while_the_task_runs(dlpipe_home, monkey
     op.on_kill()  # Airflow's call after the failure: nothing more
     failed = [e for e in audit.read() if e["event"] == "failed"]
     assert len(failed) == 1 and failed[0]["error"].startswith("killed:")
+
+
+def test_a_timeout_audited_by_execute_is_not_audited_again_by_the_kill_after_it(dlpipe_home, monkeypatch):
+    """Airflow's task runner calls on_kill after execute raised its timeout: one event."""
+    from types import SimpleNamespace
+
+    import operators.base as base
+    from dlpipe import audit
+    from operators import DataGateOperator
+
+    ti = SimpleNamespace(dag_id="eta_training", run_id="r", task_id="data_gate", try_number=1)
+    context = {"ti": ti, "dag_run": SimpleNamespace(run_type="manual"), "params": {}}
+    op = DataGateOperator(task_id="data_gate", dataset_id="x", pipeline_config="p.yaml")
+
+    def times_out(context, pipeline, run):
+        raise TimeoutError("Timeout, PID: 1")  # as AirflowTaskTimeout would, from execute
+
+    monkeypatch.setattr(op, "run_stage", times_out)
+    monkeypatch.setattr(base, "load_pipeline", lambda path: {"kind": "eta_regression", "_source": path})
+    monkeypatch.setattr("operators.factory.check_pipeline", lambda pipeline: None)
+    with pytest.raises(TimeoutError):
+        op.execute(context)
+    op.on_kill()
+    failed = [e for e in audit.read() if e["event"] == "failed"]
+    assert len(failed) == 1 and failed[0]["error"].startswith("TimeoutError")
+
+
+def test_a_kill_is_audited_even_when_stopping_the_tool_fails(dlpipe_home):
+    from dlpipe import audit
+    from dlpipe.runctx import RunContext
+    from operators import SparkFeatureOperator
+
+    op = SparkFeatureOperator(task_id="extract_features", pipeline_config="p.yaml")
+    op._run = RunContext(task_id="extract_features")
+
+    def broken_stop():
+        raise FileNotFoundError("yarn")  # the provider's kill of a YARN application without `yarn`
+
+    op.stop_tools = broken_stop
+    with pytest.raises(FileNotFoundError):
+        op.on_kill()
+    assert [e["error"][:7] for e in audit.read() if e["event"] == "failed"] == ["killed:"]
