@@ -233,10 +233,13 @@ def _gate_problems(record: dict, training: dict, verify_files: bool = False) -> 
         if "summary" not in node:
             continue
         gate = commit.load_manifest(gid)
-        verdict = gate["summary"].get("verdict")
-        if verdict != "passed" or (carried.get(gid) or {}).get("verdict") != verdict:
-            problems.append(f"{gid}: verdict {verdict!r}, the record says "
-                            f"{(carried.get(gid) or {}).get('verdict')!r}")
+        verdict, copy = gate["summary"].get("verdict"), carried.get(gid)
+        if verdict != "passed":
+            problems.append(f"{gid}: verdict {verdict!r}, not 'passed'")
+        if copy != gate["summary"]:  # registration copies the gate's whole summary
+            shown = copy.get("verdict") if isinstance(copy, dict) else copy
+            problems.append(f"{gid}: the record's copy of its verdict and evidence is not the gate's "
+                            f"(verdict {verdict!r}, the record says {shown!r})")
         subject = gate["inputs"][0]["id"] if gate["inputs"] else None
         if subject not in judged:
             problems.append(f"{gid}: judged {subject}, not {training['id']} or its dataset")

@@ -247,8 +247,10 @@ def recomputed_fingerprints(manifest: dict) -> set[str]:
     before 2026-12-06) were fingerprinted by their sources alone."""
     code = {k: v for k, v in manifest["code"].items() if k not in RECORDED_CODE_KEYS}
     key = StageKey(manifest["stage"], manifest["name"], manifest["partition"])
-    return {stage_fingerprint(key, manifest["inputs"], manifest["config"], c)
-            for c in (code, {"sources_hash": code["sources_hash"]})}
+    forms = [code]
+    if set(code) == {"sources_hash", "scikit_learn"}:  # the one such key there was
+        forms.append({"sources_hash": code["sources_hash"]})
+    return {stage_fingerprint(key, manifest["inputs"], manifest["config"], c) for c in forms}
 
 
 def stage_fingerprint(key: StageKey, inputs: list[dict], config: dict[str, Any], code: dict[str, Any]) -> str:

@@ -124,7 +124,12 @@ def test_lineage_checks_every_link_and_reports_what_was_tampered_with(dlpipe_hom
     record["lineage"]["gate_verdicts"][gates[1]]["verdict"] = "failed"
     rfile.write_text(json.dumps(record))
     code, out = lineage()
-    assert code == 1 and f"!! {gates[1]}: verdict 'passed', the record says 'failed'" in out
+    assert code == 1 and f"!! {gates[1]}: the record's copy of its verdict and evidence is not the gate's " \
+                         f"(verdict 'passed', the record says 'failed')" in out
+    record = json.loads(original_record)
+    record["lineage"]["gate_verdicts"][gates[1]]["evidence"] = "edited"  # the verdict kept, its evidence not
+    rfile.write_text(json.dumps(record))
+    assert lineage()[0] == 1
     rfile.write_text(original_record)
     gate_file = next((commit.location(commit.load_manifest(gates[0])).parent.parent / "manifests").glob("*.json"))
     gate_text = gate_file.read_text()
@@ -165,5 +170,7 @@ def test_lineage_accepts_records_and_manifests_written_under_earlier_rules(dlpip
                 "fingerprint": old_fp, "inputs": [], "config": {"validation_percent": 20},
                 "code": {"sources_hash": "s", "scikit_learn": "1.5.2", "dlpipe_version": "0.1.0"}}
     assert manifest_problems(manifest, manifest["id"], None, False) == []
+    forged = {**manifest, "code": {**manifest["code"], "torch": "9.9"}}  # the legacy form covers scikit-learn only
+    assert "edited after its commit" in manifest_problems(forged, forged["id"], None, False)[0]
     manifest["config"] = {"validation_percent": 30}
     assert "edited after its commit" in manifest_problems(manifest, manifest["id"], None, False)[0]
