@@ -54,7 +54,7 @@ def _hidden_under(name: object, value: object) -> bool:
     numeric key as one) under a credential's name. A mapping or list under such a name is looked
     into instead, and a switch (true/false) says nothing."""
     return (isinstance(value, (str, bytes, int, float)) and not isinstance(value, bool)
-            and bool(_SECRET_NAME.search(str(name)) or SECRET_ENV.search(str(name))))
+            and bool(_SECRET_NAME.search(str(name))))
 
 
 def redacted(value: object) -> object:

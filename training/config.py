@@ -144,7 +144,7 @@ def check_rank_env(extra: dict[str, str]) -> None:
                                            "GOOGLE_APPLICATION_CREDENTIALS) or an instance role, not a variable")
 
 
-def _check_env(value: dict[str, str]) -> dict[str, str]:
+def _check_env(value: object) -> object:
     """The ranks' extra variables under the same rules as HorovodTrainOperator's ``env``: shell
     names, string values, no credentials (horovodrun shows them on a command line)."""
     try:
@@ -170,7 +170,9 @@ class ScaleConfig(BaseModel):
     max_np: int | None = Field(None, ge=1, description="elastic: grow up to this many processes")
     host_discovery_script: Annotated[str | None, AfterValidator(_check_script)] = Field(
         None, description="elastic: executable printing the current `host:slots` lines")
-    env: Annotated[dict[str, str], AfterValidator(_check_env)] = Field(
+    # checked before pydantic's own type checks, whose errors would show a value (a number under
+    # MY_PASS); the rules refuse non-string values themselves, naming only the variable
+    env: Annotated[dict[str, str], BeforeValidator(_check_env)] = Field(
         default_factory=dict, description="extra variables for every rank, e.g. NCCL_SOCKET_IFNAME "
                                           "(the operator's env= adds to them and wins)")
 

@@ -271,7 +271,7 @@ def test_a_specs_rank_variables_follow_the_operators_rules(env, shown, fix):
     with pytest.raises(ConfigError, match=rf"p\.yaml: scale\.env={shown}: .*{fix}") as err:
         section({"_source": "p.yaml", "scale": {"env": {"NCCL_SOCKET_IFNAME": "eth0", **env}}}, "scale", ScaleConfig)
     assert "s3cr3t" not in str(err.value)
-    with pytest.raises(ConfigError, match=r"scale\.env\.OMP_NUM_THREADS=4: Input should be a valid string"):
+    with pytest.raises(ConfigError, match=r"scale\.env='OMP_NUM_THREADS': its value is of type int"):
         section({"_source": "p.yaml", "scale": {"env": {"OMP_NUM_THREADS": 4}}}, "scale", ScaleConfig)
 
 
@@ -295,6 +295,6 @@ def test_a_private_key_in_an_error_message_is_masked_whatever_its_name():
 
 def test_a_numeric_value_under_a_variable_named_like_a_credential_is_not_shown():
     """Strict validation refuses a number as a string and shows the input: not under MY_PASS."""
-    with pytest.raises(ConfigError, match=r"scale\.env\.MY_PASS='\*\*\*': Input should be a valid string") as err:
+    with pytest.raises(ConfigError, match=r"scale\.env='MY_PASS': its value is of type int; give values as strings") as err:
         section({"_source": "p.yaml", "scale": {"env": {"MY_PASS": 123456}}}, "scale", ScaleConfig)
     assert "123456" not in str(err.value)
