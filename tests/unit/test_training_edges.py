@@ -298,3 +298,23 @@ def test_a_numeric_value_under_a_variable_named_like_a_credential_is_not_shown()
     with pytest.raises(ConfigError, match=r"scale\.env='MY_PASS': its value is of type int; give values as strings") as err:
         section({"_source": "p.yaml", "scale": {"env": {"MY_PASS": 123456}}}, "scale", ScaleConfig)
     assert "123456" not in str(err.value)
+
+
+@pytest.mark.parametrize("epochs, kept", [(1, False), (3, False), (4, True), (6, True)])
+def test_decoded_row_groups_are_kept_only_for_runs_long_enough_to_pay_for_it(horovod, tmp_path, epochs, kept):
+    """Keeping makes the first epoch 1.7x to 2.7x slower and later ones 3.4x to 3.8x faster: it
+    breaks even at about 3.7 to 3.9 epochs (docs/benchmarks.md). Evaluation reads once."""
+    from training.train_eta import EtaTrainer
+
+    spec = eta_spec(tmp_path)
+    spec["train"] = {**spec["train"], "decode_in": "threads", "epochs": epochs}
+    trainer = EtaTrainer(spec, horovod)
+    trainer.bind()  # the training loader, as a run makes it
+    train = trainer.train
+    validation = trainer.loader("validation", batch_size=64, shuffle=False)
+    try:
+        assert (train.cache_bytes > 0) is kept
+        assert validation.cache_bytes == 0
+    finally:
+        train.close()
+        validation.close()
