@@ -18,7 +18,7 @@ from typing import Any, Iterator, Sequence
 
 from dlpipe import audit, commit, registry, settings
 from dlpipe.errors import ConfigError, DlpipeError, NotCommittedError, redacted
-from dlpipe.lineage import manifest_tree, tree_problems
+from dlpipe.lineage import checked_manifest, judged, manifest_tree, model_files, tree_problems, vouches_for
 from dlpipe.runctx import RunContext, cli_context
 from dlpipe.storage import endpoint_url, open_store
 
@@ -206,12 +206,9 @@ def _record_problems(record: dict, verify_files: bool = False) -> list[str]:
         return problems  # the chain below reports it
     if training is not None:
         problems += _gate_problems(record, training, verify_files)
-    if training is not None:
-        model_dir = training["summary"].get("model_dir", "")
-        committed = {f["path"].split("/", 1)[1]: f["sha256"] for f in training["outputs"]["files"]
-                     if f["path"].startswith(model_dir + "/")}
+        committed = model_files(training)
         for art in record["artifacts"]:
-            if committed.get(art["name"]) != art["sha256"]:
+            if (committed.get(art["name"]) or {}).get("sha256") != art["sha256"]:
                 problems.append(f"{ref}: artifact {art['name']} is not the file {training_id} committed")
     return problems
 
@@ -226,13 +223,11 @@ def _gate_problems(record: dict, training: dict, verify_files: bool = False) -> 
     problems = [] if gates else [f"{ref}: registered on no gate"]
     if set(carried) != set(gates):
         problems.append(f"{ref}: its gate verdicts name {sorted(carried)}, its gates {sorted(gates)}")
-    judged = {training["id"], *(i["id"] for i in training["inputs"])}
     for gid in gates:
-        node = manifest_tree(gid, max_depth=0, verify_files=verify_files)
-        problems += [f"{gid}: {p}" for p in node.get("problems", [])]
-        if "summary" not in node:
+        gate, status = checked_manifest(gid, verify_files=verify_files)
+        problems += [f"{gid}: {p}" for p in status["problems"]]
+        if gate is None:
             continue
-        gate = commit.load_manifest(gid)
         verdict, copy = gate["summary"].get("verdict"), carried.get(gid)
         if verdict != "passed":
             problems.append(f"{gid}: verdict {verdict!r}, not 'passed'")
@@ -240,9 +235,8 @@ def _gate_problems(record: dict, training: dict, verify_files: bool = False) -> 
             shown = copy.get("verdict") if isinstance(copy, dict) else copy
             problems.append(f"{gid}: the record's copy of its verdict and evidence is not the gate's "
                             f"(verdict {verdict!r}, the record says {shown!r})")
-        subject = gate["inputs"][0]["id"] if gate["inputs"] else None
-        if subject not in judged:
-            problems.append(f"{gid}: judged {subject}, not {training['id']} or its dataset")
+        if not vouches_for(gate, training):
+            problems.append(f"{gid}: judged {judged(gate)}, not {training['id']} or its dataset")
     return problems
 
 

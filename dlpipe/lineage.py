@@ -27,16 +27,29 @@ def manifest_problems(m: dict, mid: str, expected: str | None, verify_files: boo
     return problems
 
 
+def checked_manifest(mid: str, *, expected: str | None = None,
+                     verify_files: bool = False) -> tuple[dict | None, dict]:
+    """(the manifest, or None when it cannot be used, and its status: ``problems``, and
+    ``missing`` when no commit holds it), as a lineage shows one link."""
+    try:
+        m = commit.load_manifest(mid)
+    except NotCommittedError as exc:
+        return None, {"missing": True, "problems": [str(exc)]}
+    except (OSError, ValueError) as exc:  # a torn or unreadable file (JSONDecodeError is a ValueError)
+        return None, {"problems": [f"manifest unreadable: {type(exc).__name__}: {exc}"]}
+    try:
+        return m, {"problems": manifest_problems(m, mid, expected, verify_files)}
+    except (KeyError, TypeError) as exc:
+        return None, {"problems": [f"not a dlpipe manifest: no field {exc}"]}
+
+
 def manifest_tree(mid: str, depth: int = 0, max_depth: int = 16, *, expected: str | None = None,
                   verify_files: bool = False) -> dict:
     """A manifest and, recursively, the manifests it was computed from; each node lists its
     ``problems`` (none: the link holds), so a tampered or missing link is never shown as sound."""
-    try:
-        m = commit.load_manifest(mid)
-    except NotCommittedError as exc:
-        return {"id": mid, "missing": True, "problems": [str(exc)]}
-    except (OSError, ValueError) as exc:  # a torn or unreadable file (JSONDecodeError is a ValueError)
-        return {"id": mid, "problems": [f"manifest unreadable: {type(exc).__name__}: {exc}"]}
+    m, status = checked_manifest(mid, expected=expected, verify_files=verify_files)
+    if m is None:
+        return {"id": mid, **status}
     try:
         node = {
             "id": m["id"], "stage": m["stage"], "fingerprint": m["fingerprint"],
@@ -45,7 +58,7 @@ def manifest_tree(mid: str, depth: int = 0, max_depth: int = 16, *, expected: st
             "files": [{"path": f["path"], "sha256": f["sha256"]} for f in m["outputs"]["files"]
                       if not f["path"].endswith(".json")],
             "summary": {k: v for k, v in m["summary"].items() if k in ("rows", "metrics", "verdict", "window", "day")},
-            "problems": manifest_problems(m, mid, expected, verify_files),
+            **status,
         }
     except (KeyError, TypeError) as exc:
         return {"id": mid, "problems": [f"not a dlpipe manifest: no field {exc}"]}
@@ -63,6 +76,27 @@ def tree_problems(node: dict | None) -> list[str]:
     for child in node.get("inputs", []):
         found += tree_problems(child)
     return found
+
+
+def model_files(training: dict) -> dict[str, dict]:
+    """The model files a training committed (its manifest's file entries), by their name inside
+    its model directory: what registering sends, and what a registered version must hold."""
+    model_dir = training["summary"].get("model_dir", "")
+    return {f["path"].split("/", 1)[1]: f for f in training["outputs"]["files"]
+            if f["path"].startswith(model_dir + "/")}
+
+
+def judged(gate: dict) -> str | None:
+    """What a gate judged: its first input; the rest are references (a data gate's drift
+    baseline is the previous dataset)."""
+    return gate["inputs"][0]["id"] if gate["inputs"] else None
+
+
+def vouches_for(gate: dict, training: dict) -> bool:
+    """Whether a gate judged this training (the model gate) or the dataset it trained on (the
+    data gate): a passed verdict on another model (a stale XCom after a task was cleared, a
+    miswired DAG) must not let this one through."""
+    return judged(gate) in {training["id"], *(i["id"] for i in training["inputs"])}
 
 
 def model_lineage(training_id: str, gate_ids: list[str]) -> dict:

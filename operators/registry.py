@@ -8,7 +8,7 @@ from typing import Any, Sequence
 from dlpipe import audit, commit, registry, settings
 from dlpipe.commit import StageResult
 from dlpipe.errors import ConfigError, NotCommittedError
-from dlpipe.lineage import model_lineage
+from dlpipe.lineage import judged, model_files, model_lineage, vouches_for
 from dlpipe.pipeline_config import section
 from dlpipe.registry import RegistryConfig
 from dlpipe.runctx import RunContext
@@ -61,51 +61,44 @@ class RegisterModelOperator(_RegistryOperator):
 
     def __init__(self, *, training_id: str, gate_ids: list[str] | str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if not gate_ids:  # a model no gate passed would become a deployable version unnoticed
+        self._gate_list(gate_ids, "no gate given")  # when the DAG is parsed; again once rendered
+        self.training_id, self.gate_ids = training_id, gate_ids
+
+    def _gate_list(self, gate_ids: Any, why: str) -> Any:
+        """``gate_ids`` as a list (one gate's XCom renders as a string, not a list of one), or as
+        it is while it is still a template or an XCom. None, or an empty id, is refused: a model
+        no gate passed would become a deployable version unnoticed."""
+        listed = [gate_ids] if isinstance(gate_ids, str) else gate_ids
+        if not listed or (isinstance(listed, (list, tuple)) and not all(listed)):
             raise ConfigError(f"RegisterModelOperator(task_id={self.task_id!r}) argument gate_ids", gate_ids,
-                              "name the gates this model passed, e.g. gate_ids=[data_gate.output, "
+                              f"{why}: name the gates this model passed, e.g. gate_ids=[data_gate.output, "
                               "model_gate.output]; a model from outside a pipeline registers with "
                               "`dlpipe registry register`")
-        self.training_id, self.gate_ids = training_id, gate_ids
+        return listed
 
     def run_stage(self, context: Any, pipeline: dict, run: RunContext) -> StageResult:
         training = commit.load_manifest(self.training_id, stage="training", field="training_id")
-        # What a gate may vouch for: this training (the model gate) or the dataset it trained on
-        # (the data gate). A passed verdict on another model (a stale XCom after a task was
-        # cleared, a miswired DAG) must not let this one through.
-        judged = {training["id"], *(i["id"] for i in training["inputs"])}
         gates = []
-        # one gate's XCom (gate_ids=gate.output) renders as a string, not a list of one
-        gate_ids = [self.gate_ids] if isinstance(self.gate_ids, str) else self.gate_ids
-        if not gate_ids or not all(gate_ids):  # a template or XCom that rendered to nothing
-            raise ConfigError(f"RegisterModelOperator(task_id={self.task_id!r}) argument gate_ids", self.gate_ids,
-                              "rendered to no gate: pass the gates' outputs (gate_ids=[data_gate.output, "
-                              "model_gate.output]); a model no gate passed is not registered")
+        gate_ids = self._gate_list(self.gate_ids, "rendered to no gate")  # a template or XCom, as run
         for gid in gate_ids:  # refuse models whose gates did not commit a pass
             gate = commit.load_manifest(gid, stage="gates", field="gate_ids")
             gates.append(gate)
             verdict = gate["summary"].get("verdict")
             if verdict != "passed":
                 raise NotCommittedError(f"gate {gid} verdict is {verdict!r}, not 'passed'")
-            # a gate's first input is what it judged; the rest are references (a data gate's
-            # drift baseline is the previous dataset, which a stale verdict must not match)
-            subject = gate["inputs"][0]["id"] if gate["inputs"] else None
-            if subject not in judged:
+            if not vouches_for(gate, training):
                 raise NotCommittedError(
-                    f"gate {gid} judged {subject}, not training {training['id']} "
+                    f"gate {gid} judged {judged(gate)}, not training {training['id']} "
                     f"or its dataset: pass the gates of this run (clear the gate tasks with the train task)")
         _, store = self._settings(pipeline)
         name = pipeline.get("model_name", "model")
         audit.record("started", stage="registry", run=run, manifest_id=f"{name}@?", training=training["id"])
         try:
-            model_dir = training["summary"]["model_dir"]
-            committed = {f["path"].split("/", 1)[1]: f for f in training["outputs"]["files"]
-                         if f["path"].startswith(model_dir + "/")}
             record, created = registry.register(
-                store, name, commit.location(training) / model_dir,
+                store, name, commit.location(training) / training["summary"]["model_dir"],
                 metrics=training["summary"]["metrics"],
                 lineage=model_lineage(training["id"], list(gate_ids)), run=run,
-                committed_files=committed)
+                committed_files=model_files(training))
         except BaseException as exc:
             audit.failed(exc, stage="registry", run=run, manifest_id=f"{name}@?")
             raise
