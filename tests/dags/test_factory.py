@@ -357,27 +357,33 @@ def test_a_killed_task_leaves_a_failed_event_even_with_the_log_locked(dlpipe_hom
     assert op2._killed and not [e for e in audit.read() if e["run"]["task_id"] == "data_gate2"]
 
 
+def _gate_task_whose_stage(monkeypatch, stage):
+    """A data gate task whose stage is ``stage(op)`` (called in place of its run_stage), on a
+    spec it does not read: (operator, Airflow context)."""
+    from types import SimpleNamespace
+
+    import operators.base as base
+    from operators import DataGateOperator
+
+    op = DataGateOperator(task_id="data_gate", dataset_id="x", pipeline_config="p.yaml")
+    monkeypatch.setattr(op, "run_stage", lambda context, pipeline, run: stage(op))
+    monkeypatch.setattr(base, "load_pipeline", lambda path: {"kind": "eta_regression", "_source": path})
+    monkeypatch.setattr("operators.factory.check_pipeline", lambda pipeline: None)
+    ti = SimpleNamespace(dag_id="eta_training", run_id="r", task_id="data_gate", try_number=1)
+    return op, {"ti": ti, "dag_run": SimpleNamespace(run_type="manual"), "params": {}}
+
+
 def test_a_kill_is_audited_once_and_only_while_the_task_runs(dlpipe_home, monkeypatch):
     """Airflow calls on_kill again after a timeout that execute already audited, and a late
     SIGTERM can come after the task's output was committed: neither adds a 'failed' event. A
     kill that makes the stage fail is one event, not two."""
-    from types import SimpleNamespace
-
-    import operators.base as base
     from dlpipe import audit
-    from operators import DataGateOperator
 
-    ti = SimpleNamespace(dag_id="eta_training", run_id="r", task_id="data_gate", try_number=1)
-    context = {"ti": ti, "dag_run": SimpleNamespace(run_type="manual"), "params": {}}
-    op = DataGateOperator(task_id="data_gate", dataset_id="x", pipeline_config="p.yaml")
-
-    def killed_mid_stage(context, pipeline, run):
+    def killed_mid_stage(op):
         op.on_kill()  # SIGTERM arrives while the stage runs; the stage then fails because of it
         raise RuntimeError("the gate was interrupted")
 
-    monkeypatch.setattr(op, "run_stage", killed_mid_stage)
-    monkeypatch.setattr(base, "load_pipeline", lambda path: {"kind": "eta_regression", "_source": path})
-    monkeypatch.setattr("operators.factory.check_pipeline", lambda pipeline: None)
+    op, context = _gate_task_whose_stage(monkeypatch, killed_mid_stage)
     with pytest.raises(RuntimeError):
         op.execute(context)
     op.on_kill()  # Airflow's call after the failure: nothing more
@@ -387,22 +393,12 @@ def test_a_kill_is_audited_once_and_only_while_the_task_runs(dlpipe_home, monkey
 
 def test_a_timeout_audited_by_execute_is_not_audited_again_by_the_kill_after_it(dlpipe_home, monkeypatch):
     """Airflow's task runner calls on_kill after execute raised its timeout: one event."""
-    from types import SimpleNamespace
-
-    import operators.base as base
     from dlpipe import audit
-    from operators import DataGateOperator
 
-    ti = SimpleNamespace(dag_id="eta_training", run_id="r", task_id="data_gate", try_number=1)
-    context = {"ti": ti, "dag_run": SimpleNamespace(run_type="manual"), "params": {}}
-    op = DataGateOperator(task_id="data_gate", dataset_id="x", pipeline_config="p.yaml")
-
-    def times_out(context, pipeline, run):
+    def times_out(op):
         raise TimeoutError("Timeout, PID: 1")  # as AirflowTaskTimeout would, from execute
 
-    monkeypatch.setattr(op, "run_stage", times_out)
-    monkeypatch.setattr(base, "load_pipeline", lambda path: {"kind": "eta_regression", "_source": path})
-    monkeypatch.setattr("operators.factory.check_pipeline", lambda pipeline: None)
+    op, context = _gate_task_whose_stage(monkeypatch, times_out)
     with pytest.raises(TimeoutError):
         op.execute(context)
     op.on_kill()
