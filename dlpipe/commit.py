@@ -162,6 +162,11 @@ def verify(manifest: dict, home: Path | None = None) -> None:
             )
 
 
+def ignored_file(name: str) -> bool:
+    """Files a commit does not list: Spark's checksum side files and its ``_SUCCESS`` marker."""
+    return name.endswith(_IGNORED_SUFFIXES) or name == "_SUCCESS"
+
+
 def describe_files(root: Path, with_parts: bool = False) -> list[dict]:
     """Every file under an attempt directory with its size and SHA-256, sorted by path.
 
@@ -175,7 +180,7 @@ def describe_files(root: Path, with_parts: bool = False) -> list[dict]:
         raise IntegrityError(f"{link} is a symbolic link (to {os.readlink(link)}); a stage writes its outputs "
                              f"as files in its attempt directory")
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        if path.name.endswith(_IGNORED_SUFFIXES) or path.name == "_SUCCESS":
+        if ignored_file(path.name):
             continue
         entry = {"path": path.relative_to(root).as_posix(), "size": path.stat().st_size}
         if with_parts and entry["size"] >= S3_PART_SIZE:

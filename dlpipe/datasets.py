@@ -1,17 +1,24 @@
 """Opening committed datasets: readers get URLs only through a manifest that vouches for them.
 
 Petastorm stores its Unischema as a pickle in the Parquet metadata, so opening a dataset
-unpickles: only datasets committed by this platform may be opened.
+unpickles: only datasets committed by this platform may be opened, and only while their metadata
+files still hash as committed (``check_split``).
 """
 
 from __future__ import annotations
 
 import json
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
 from dlpipe import commit, settings
-from dlpipe.errors import ConfigError, NotCommittedError
+from dlpipe.errors import ConfigError, IntegrityError, NotCommittedError
+from dlpipe.hashing import sha256_file
+
+# Parquet metadata files: Petastorm unpickles the Unischema stored in them
+_METADATA = frozenset({"_common_metadata", "_metadata"})
 
 
 def split_url(dataset_manifest: dict, split: str) -> str:
@@ -27,7 +34,37 @@ def split_url(dataset_manifest: dict, split: str) -> str:
     if split not in splits:
         raise ConfigError("split", split, f"dataset {dataset_manifest.get('id')} has the splits {sorted(splits)}; "
                                           f"use one of them")
+    check_split(dataset_manifest, split)
     return f"file://{commit.location(dataset_manifest)}/{split}"
+
+
+def check_split(manifest: dict, split: str) -> None:
+    """Refuse a split whose directory no longer holds what its manifest lists.
+
+    Petastorm reads every Parquet file in the directory, so a file deleted early (retention done
+    in the wrong order, a partial copy) would silently train on part of the data, and a stray one
+    on data nobody committed. This costs one listing and a stat per file; the metadata files,
+    which get unpickled, are also re-hashed. ``dlpipe lineage ID --verify`` re-hashes everything.
+    """
+    root, mid = commit.location(manifest), manifest["id"]
+    fix = (f"the dataset was changed after its commit. To recompute it, delete "
+           f"{manifest['stage']}/{manifest['name']}/{manifest['partition']}/manifests/{manifest['fingerprint']}.json "
+           f"and run its task again (docs/operations.md, Retention)")
+    listed = {f["path"]: f for f in manifest["outputs"]["files"] if f["path"].startswith(f"{split}/")}
+    for rel, entry in listed.items():
+        path = root / rel
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise IntegrityError(f"{mid}: {rel} is missing from {root}; {fix}") from None
+        if size != entry["size"] or (path.name in _METADATA and sha256_file(path) != entry["sha256"]):
+            raise IntegrityError(f"{mid}: {rel} is not the file that was committed "
+                                 f"({size} bytes, committed {entry['size']}); {fix}")
+    for path in (root / split).rglob("*"):
+        rel = path.relative_to(root).as_posix()
+        if rel not in listed and path.is_file() and not commit.ignored_file(path.name):
+            raise IntegrityError(f"{mid}: {rel} is in the dataset's directory but not in its manifest; "
+                                 f"remove it, or {fix}")
 
 
 def resolve(ref: str) -> dict:
@@ -51,20 +88,49 @@ def resolve(ref: str) -> dict:
     raise NotCommittedError(
         f"{ref} is not inside any committed dataset under {root}: it may be an attempt that never "
         f"committed (or was superseded). Use the dataset id a committed run reported "
-        f"(`dlpipe audit`), e.g. datasets/eta/window_end=2026-01-03@<fingerprint>")
+        f"(`dlpipe audit`), e.g. datasets/eta/window_end=2026-01-03@<fingerprint>{_versions_hint(ref, path, root)}")
+
+
+def _versions_hint(ref: str, path: Path, root: Path) -> str:
+    """Where ``ref`` names a dataset partition (its directory, or its id without ``@``), which
+    committed versions there are to choose from: several may be, so none is picked silently."""
+    for d in (path, root.parent / ref):
+        d = d.parent if d.name == "manifests" else d
+        if d.parent.parent == root:
+            found = [json.loads(p.read_text()) for p in (d / "manifests").glob("*.json")]
+            ids = [m["id"] for m in sorted(found, key=lambda m: m["committed_at"], reverse=True)]
+            if ids:
+                return f". {ref} is a dataset partition; pass one of its committed versions (newest first): {', '.join(ids)}"
+    return ""
 
 
 def open_reader(ref: str, split: str, *, batch: bool = True, **kwargs: Any):
     """Petastorm's ``make_batch_reader`` (or ``make_reader`` with ``batch=False``) on a split of a
     committed dataset; ``kwargs`` go to Petastorm (sharding, schema_fields, num_epochs...)."""
-    import warnings
-
-    warnings.filterwarnings("ignore", category=FutureWarning, module="petastorm")
-    warnings.filterwarnings("ignore", message="Please use make_reader", category=UserWarning)
-    from petastorm import make_batch_reader, make_reader
-
-    url = split_url(resolve(ref), split)
+    manifest = resolve(ref)
+    url = split_url(manifest, split)
+    if batch:
+        _refuse_undecoded(manifest, kwargs.get("schema_fields"))
     # petastorm 0.13.1 with pyarrow 14 sometimes ends an epoch with no rows when row groups are
     # shuffled (measured: 5 of 100 reads of one 605-row split; 0 of 300 without shuffling).
     kwargs.setdefault("shuffle_row_groups", False)
-    return (make_batch_reader if batch else make_reader)(url, **kwargs)
+    with warnings.catch_warnings():  # the caller's own warning filters stay as they were
+        warnings.filterwarnings("ignore", category=FutureWarning, module="petastorm")
+        warnings.filterwarnings("ignore", message="Please use make_reader", category=UserWarning)
+        from petastorm import make_batch_reader, make_reader
+
+        return (make_batch_reader if batch else make_reader)(url, **kwargs)
+
+
+def _refuse_undecoded(manifest: dict, schema_fields: Any) -> None:
+    """``make_batch_reader`` returns Petastorm-encoded fields (an image's NdarrayCodec) as raw
+    bytes: refuse that instead of handing a team bytes where it expects arrays."""
+    schema = manifest.get("summary", {}).get("schema") or []
+    encoded = [f["name"] for f in schema if f.get("codec", "ScalarCodec") != "ScalarCodec"]
+    if schema_fields is not None:  # names or regular expressions, as Petastorm takes them
+        wanted = [getattr(f, "name", f) for f in schema_fields]
+        encoded = [n for n in encoded if any(re.fullmatch(str(w), n) for w in wanted)]
+    if encoded:
+        raise ConfigError("batch", True, f"dataset {manifest['id']} stores {encoded} with a Petastorm codec, "
+                                         f"which make_batch_reader does not decode; pass batch=False "
+                                         f"(make_reader decodes them), or leave them out of schema_fields")
