@@ -87,6 +87,12 @@ def check_pipeline(pipeline: dict[str, Any]) -> None:
         if value not in kind.gate_metrics:
             raise ConfigError(f"{path}: model_gate.{field}", value,
                               f"a {kind.name} training run reports {list(kind.gate_metrics)} (lower is better)")
+    from training.stages import ENTRY_SOURCES
+
+    if kind.train_entry not in ENTRY_SOURCES:  # else the train task fails after three stages committed
+        raise ConfigError(f"{path}: kind", kind.name,
+                          f"its train_entry {kind.train_entry!r} has no entry in training/stages.py ENTRY_SOURCES; "
+                          f"list the training modules it runs there")
     name = pipeline.get("model_name", "model")
     if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9][a-z0-9_\-]{0,62}", name):
         raise ConfigError(f"{path}: model_name", name, "use lower-case letters, digits, '-' and '_'")

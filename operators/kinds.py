@@ -6,8 +6,10 @@ how they are validated, which Spark application builds its dataset, which Horovo
 trains it, and how a trained model is evaluated for the model gate. A spec picks its kind with
 the top-level key ``kind:`` (default ``eta_regressor``).
 
-Adding a kind means writing those four things and one entry in ``KINDS``; the operators, the DAG
-factory and the documentation of the sections follow from it.
+Adding a kind means writing those four things, one entry in ``KINDS``, and the list of training
+modules its entry point runs in ``training.stages.ENTRY_SOURCES`` (they enter the training
+fingerprint; ``check_pipeline`` refuses a kind without one). The operators, the DAG factory and
+the documentation of the sections follow from it.
 """
 
 from __future__ import annotations

@@ -68,6 +68,30 @@ def test_kind_decides_which_sections_a_spec_may_have(tmp_path):
         load_spec(path)
 
 
+def test_a_kind_whose_training_sources_are_not_listed_is_refused_when_parsed(tmp_path, monkeypatch):
+    """Otherwise its feature, dataset and data-gate stages commit before the train task fails."""
+    import dataclasses
+
+    from operators import kinds
+
+    fraud = dataclasses.replace(kinds.KINDS["eta_regressor"], name="fraud_classifier", train_entry="training.train_fraud")
+    monkeypatch.setitem(kinds.KINDS, "fraud_classifier", fraud)
+    spec = yaml.safe_load(SPEC.read_text())
+    path = tmp_path / "fraud.yaml"
+    path.write_text(yaml.safe_dump({**spec, "kind": "fraud_classifier"}))
+    with pytest.raises(ConfigError) as e:
+        load_spec(path)
+    assert e.value.field.endswith("fraud.yaml: kind") and e.value.value == "fraud_classifier"
+    assert "'training.train_fraud'" in e.value.fix and "ENTRY_SOURCES" in e.value.fix
+
+
+def test_every_shipped_kind_lists_its_training_sources():
+    from operators.kinds import KINDS
+    from training.stages import ENTRY_SOURCES
+
+    assert {k.train_entry for k in KINDS.values()} <= set(ENTRY_SOURCES)
+
+
 @pytest.mark.parametrize("changes, field, value, fix", [
     ({"dag__owner": None}, "dag.owner", "(missing)", "Field required: add dag.owner"),
     ({"dag__schedule": "every day at noon"}, "dag.schedule", "every day at noon", "not a cron expression"),
