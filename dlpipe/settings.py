@@ -14,11 +14,20 @@ import os
 from pathlib import Path
 
 
+_NOT_IN_URLS = " #?%"
+
+
 def home() -> Path:
     """The dlpipe root directory (created on first use). An empty ``DLPIPE_HOME`` means the
     default, as an empty ``DLPIPE_REGISTRY_ROOT`` does."""
     value = os.environ.get("DLPIPE_HOME") or ".dlpipe"
     root = Path(value).expanduser().resolve()
+    unsafe = sorted(set(str(root)) & set(_NOT_IN_URLS))
+    if unsafe:  # readers and training open datasets through file:// URLs, which these break
+        from dlpipe.errors import ConfigError
+
+        raise ConfigError("DLPIPE_HOME", str(root), f"Petastorm and pyarrow read datasets through file:// "
+                                                    f"URLs, which break on {unsafe}; use a path without them")
     try:
         root.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError) as exc:

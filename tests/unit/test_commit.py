@@ -407,3 +407,14 @@ def test_every_output_file_and_folder_is_fsynced_before_the_manifest(monkeypatch
     expected = {str(attempt / "train" / "part-0.parquet"), str(attempt / "model.bin"),
                 str(attempt / "train"), str(attempt)}
     assert expected <= before, expected - before
+
+
+@pytest.mark.parametrize("name", ["my data", "run#1", "what?", "100%"])
+def test_dlpipe_home_must_be_usable_in_a_file_url(monkeypatch, tmp_path, name):
+    """Training opens datasets with pyarrow's FileSystem.from_uri, which cannot parse a space;
+    Petastorm cuts a path at '#': refused up front, not by the train task."""
+    monkeypatch.setenv("DLPIPE_HOME", str(tmp_path / name))
+    with pytest.raises(ConfigError) as e:
+        audit.settings.home()
+    assert e.value.field == "DLPIPE_HOME" and e.value.value.endswith(name) and "file://" in e.value.fix
+    assert not (tmp_path / name).exists()
