@@ -32,7 +32,7 @@ from dlpipe.errors import (AliasConflict, CommitConflict, ConfigError, Integrity
                            NotCommittedError, UnsafeArtifactError)
 from dlpipe.hashing import canonical_json, fingerprint, sha256_file
 from dlpipe.runctx import RunContext
-from dlpipe.storage import Store, misspelt_scheme
+from dlpipe.storage import Store, has_login, misspelt_scheme
 
 log = logging.getLogger(__name__)
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
@@ -64,7 +64,7 @@ def root_problem(value: str) -> str | None:
     """What is wrong with a pipeline's or an operator's registry root, if anything: it must be
     an absolute directory or s3://BUCKET[/PREFIX]. (The CLI also takes a relative directory.)"""
     parts = urlparse(value)
-    if "@" in parts.netloc:  # the message must not show what came before '@'
+    if has_login(value):  # the message must not show what came before '@'
         return "credentials do not belong in the URI; set aws_conn_id (an Airflow AWS connection)"
     if value.startswith("s3://") and not parts.netloc:
         return "an s3:// root needs a bucket: s3://BUCKET[/PREFIX]"

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
-from dlpipe.errors import CommitConflict, ConfigError, IntegrityError, NotCommittedError
+from dlpipe.errors import CommitConflict, ConfigError, IntegrityError, NotCommittedError, redacted
 from dlpipe.fsutil import create_exclusive, write_temp
 from dlpipe.hashing import S3_PART_SIZE, sha256_bytes, sha256_file
 
@@ -144,23 +144,28 @@ class LocalStore:
         dest.write_bytes(self.get(key))
 
 
+_BUCKET = re.compile(r"[A-Za-z0-9._-]{3,255}")  # botocore's own check, which would echo the name
+
 class S3Store:
     """``s3://bucket/prefix`` through a boto3 S3 client (any S3-compatible endpoint)."""
 
     def __init__(self, uri: str, client: Any) -> None:
-        parsed = urlparse(uri)
-        if "@" in parsed.netloc:  # never echo it: the part before '@' is a key and a secret
-            raise ConfigError("registry root", f"s3://***@{parsed.netloc.rpartition('@')[2]}{parsed.path}",
+        if has_login(uri):  # never echo it: the part before '@' is a key and a secret
+            raise ConfigError("registry root", shown_url(uri),
                               "credentials do not belong in the URI; name an Airflow AWS connection "
                               "(registry.aws_conn_id) or use boto3's credential chain")
+        parsed = urlparse(uri)
         if parsed.scheme != "s3" or not parsed.netloc:
             raise ConfigError("registry root", uri, "use s3://BUCKET[/PREFIX]")
+        if not _BUCKET.fullmatch(parsed.netloc):  # else botocore's message repeats it
+            raise ConfigError("registry root", uri, "a bucket name is 3-255 letters, digits, '.', '-' or '_' "
+                                                    "(3-63 lower-case for new buckets): use s3://BUCKET[/PREFIX]")
         self.uri, self.bucket, self.prefix = uri.rstrip("/"), parsed.netloc, parsed.path.strip("/")
         # The client's endpoint may come from AWS_ENDPOINT_URL(_S3), a profile or a connection's
         # extras; botocore repeats it in connection errors, which reach task logs and the audit
         # log, so one with a login in it is refused here, whichever way it came.
         endpoint = getattr(getattr(client, "meta", None), "endpoint_url", None)
-        if isinstance(endpoint, str) and "@" in urlparse(endpoint).netloc:
+        if isinstance(endpoint, str) and has_login(endpoint):
             endpoint_url(endpoint, "S3 endpoint URL (AWS_ENDPOINT_URL, AWS_ENDPOINT_URL_S3 or the connection's "
                                    "endpoint_url)")
         self.client = client
@@ -360,17 +365,27 @@ class S3Store:
 
 
 def shown_url(url: str) -> str:
-    """``url`` fit for a message: a user and password in it replaced by ``***``."""
-    parts = urlparse(url)
-    if "@" not in parts.netloc:
-        return url
-    return parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl()
+    """``url`` fit for a message: a user and password in it replaced by ``***``.
+
+    urlparse's host part ends at the first '/', and AWS secret keys hold '/'s, so the login runs
+    to the last '@' (``errors.redacted``'s reading). A scheme misspelt without '//'
+    (``s3:KEY:SECRET@bucket``) is masked up to its last '@' too."""
+    if "://" in url:
+        return str(redacted(url))
+    head, at, tail = url.rpartition("@")
+    scheme = re.match(r"[A-Za-z][A-Za-z0-9+.-]*:/?", head)
+    return f"{scheme.group(0)}***@{tail}" if at and scheme and misspelt_scheme(url) else url
+
+
+def has_login(url: str) -> bool:
+    """Whether ``url`` carries a user or password (see ``shown_url``)."""
+    return shown_url(url) != url
 
 
 def endpoint_url(url: str, field: str = "--endpoint-url") -> str:
     """An S3 endpoint URL, checked: http(s), a host, and no credentials in it."""
     parts = urlparse(url)
-    if "@" in parts.netloc:
+    if has_login(url):
         raise ConfigError(field, shown_url(url), "credentials do not belong in the endpoint URL; use "
                                                  "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile")
     if parts.scheme not in ("http", "https") or not parts.hostname:

@@ -16,6 +16,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from dlpipe.errors import redacted
+
 # Decoded bytes per read in ``column_chunks``: two float32 columns of a 64k-row group. Small
 # enough that a read's input and output stay in the core's cache until they are used.
 # DLPIPE_DECODE_CHUNK_BYTES overrides it (decoding worker processes inherit it).
@@ -80,9 +82,8 @@ def check_numeric_columns(fs: pafs.FileSystem, group: RowGroup, url: str, column
 def shown(url: str) -> str:
     """``url`` fit for a message or a log: without the credentials an S3 URL may carry
     (``s3://KEY:SECRET@bucket/...``) and without its query (server options)."""
-    parts = urlsplit(url)
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+    parts = urlsplit(str(redacted(url)))  # the login runs to the last '@': secret keys hold '/'s
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
 
 
 def memory_map_enabled() -> bool:

@@ -80,6 +80,31 @@ def test_credentials_in_a_root_or_endpoint_url_are_refused_without_being_shown(c
     assert code == 2 and "registry root" in err and secret not in err
 
 
+def test_a_login_whose_secret_holds_a_slash_is_refused_without_being_shown(capsys, tmp_path):
+    """urlparse ends the host part at the first '/', and AWS secret keys hold '/'s: such a root
+    got through every check, became a bucket named 'KEY:SEC', and botocore's error repeated it to
+    stderr and the audit log. A misspelt scheme with a login is masked too."""
+    from dlpipe import audit
+    from dlpipe.pipeline_config import section
+    from dlpipe.registry import RegistryConfig
+
+    secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+    roots = [f"s3://AKIAEXAMPLE:{secret}@models/reg", f"s3:AKIAEXAMPLE:{secret}@models/reg"]
+    for root in roots:
+        code, _, err = _run(capsys, "registry", "register", "eta", str(tmp_path), "--root", root)
+        assert code == 2 and "***@models/reg" in err, err
+        assert "AKIAEXAMPLE" not in err and "wJalr" not in err
+    code, _, err = _run(capsys, "registry", "list", "--root", "s3://models/reg",
+                        "--endpoint-url", f"http://AKIAEXAMPLE:{secret}@127.0.0.1:9")
+    assert code == 2 and "credentials do not belong in the endpoint URL" in err and "AKIAEXAMPLE" not in err
+    with pytest.raises(ConfigError, match="credentials do not belong") as e:  # as a spec's section
+        section({"_source": "p.yaml", "registry": {"root": roots[0]}}, "registry", RegistryConfig)
+    assert "AKIAEXAMPLE" not in str(e.value) and "wJalr" not in str(e.value)
+    assert all("AKIAEXAMPLE" not in json.dumps(event) for event in audit.read())
+    code, _, err = _run(capsys, "registry", "list", "--root", "s3://KEY:not_a_bucket/reg")
+    assert code == 2 and "a bucket name is" in err  # refused before botocore repeats it
+
+
 @pytest.mark.parametrize("var", ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"])
 def test_an_endpoint_with_a_login_from_the_environment_is_refused_everywhere(capsys, monkeypatch, var):
     """boto3 reads the endpoint from either variable (and from profiles and connection extras);

@@ -68,6 +68,7 @@ def test_a_missing_directory_is_named(tmp_path):
 def test_urls_are_shown_without_credentials_or_query():
     assert shown("s3://KEY:SECRET@bucket/ds/train?endpoint_override=h:9000&scheme=http") == "s3://bucket/ds/train"
     assert shown("file:///data/ds/train") == "file:///data/ds/train"
+    assert shown("s3://KEY:SEC/RET@bucket/ds/train") == "s3://bucket/ds/train"  # secret keys hold '/'s
 
 
 def test_local_files_are_mapped_once_and_the_map_reused(one_file, monkeypatch):
