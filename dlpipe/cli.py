@@ -366,8 +366,12 @@ def cmd_summary(args: argparse.Namespace) -> int:
     # The chain starts at its first stage that ran: kinds without a feature stage start at the
     # dataset. Every stage after it must have committed or skipped.
     first = next((i for i, t in enumerate(SUMMARY_TASKS) if t in seen), 0)
+    expected = SUMMARY_TASKS[first:]
+    if "promote_staging" not in seen and final.get("register_model", {}).get("event") in ("committed", "skipped"):
+        # a DAG with registry.promote_to: null has no promotion task: nothing is missing after registration
+        expected = expected[:-1]
     rows, ok = [], True
-    for task in SUMMARY_TASKS[first:]:
+    for task in expected:
         e = final.get(task)
         outcome = e["event"] if e else "missing"
         ok &= outcome in ("committed", "skipped", "conflict")
@@ -391,15 +395,14 @@ def _summary_details(final: dict[str, dict]) -> list[str]:
         e = final.get(task)
         if not e or e["event"] == "failed" or "@" not in str(e.get("manifest_id")):
             return None
-        try:
-            return commit.load_manifest(e["manifest_id"])
-        except DlpipeError:
-            return None
+        return _manifest_or_none(e["manifest_id"])
 
     feats = load("extract_features")
     if feats:
-        raw_rows = sum(commit.load_manifest(i["id"])["summary"]["rows"] for i in feats["inputs"])
-        out.append(f"raw rows read:      {raw_rows} from {len(feats['inputs'])} raw partition(s)")
+        raw = [m for m in map(_manifest_or_none, (i["id"] for i in feats["inputs"])) if m]
+        gone = len(feats["inputs"]) - len(raw)  # retention may delete raw partitions (docs/operations.md)
+        out.append(f"raw rows read:      {sum(m['summary']['rows'] for m in raw)} from {len(raw)} raw partition(s)"
+                   + (f" ({gone} more since deleted)" if gone else ""))
         out.append(f"feature rows:       {feats['summary']['rows']} ({feats['partition']})")
     ds = load("materialize_dataset")
     if ds:
@@ -427,9 +430,16 @@ def _summary_details(final: dict[str, dict]) -> list[str]:
         out.append(f"model:              {reg['manifest_id']} {verb}; dlpipe lineage {reg['manifest_id']}")
     promo = final.get("promote_staging")
     if promo and promo["event"] in ("committed", "skipped"):
-        out.append(f"alias:              {promo['manifest_id']} -> version {promo.get('fingerprint')}"
-                   f" ({'moved' if promo['event'] == 'committed' else 'already there'})")
+        how = "moved" if promo["event"] == "committed" else promo.get("reason") or "already there"
+        out.append(f"alias:              {promo['manifest_id']} -> version {promo.get('fingerprint')} ({_shown(how)})")
     return out
+
+
+def _manifest_or_none(mid: str) -> dict | None:
+    try:
+        return commit.load_manifest(mid)
+    except DlpipeError:
+        return None
 
 
 def _iso_day(text: str) -> date:

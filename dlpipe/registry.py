@@ -416,7 +416,7 @@ def promote_forward(store: Store, name: str, alias: str, version: int, *, run: R
                        f"version {version} has older data ({candidate[0]})")
                 log.info("%s", why)
                 audit.record("skipped", stage="alias", run=run, manifest_id=f"{name}:{alias}",
-                             fingerprint=str(version), reason=why)
+                             fingerprint=str(doc["version"]), candidate_version=version, reason=why)
                 return doc, False
         try:
             new = promote(store, name, alias, version, run=run, reason=reason,

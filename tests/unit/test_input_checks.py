@@ -118,3 +118,61 @@ def test_a_wrong_split_name_is_refused_as_a_split_not_as_a_dataset(tmp_path):
     assert datasets.split_url(ds.manifest, "validation").endswith("/validation")
     with pytest.raises(NotCommittedError, match="not a committed dataset"):  # another stage's manifest
         datasets.split_url({**ds.manifest, "stage": "features"}, "train")
+
+
+def _run_events(run_id: str, tasks: list[str]) -> RunContext:
+    for task in tasks:
+        audit.record("committed", stage=task, run=RunContext(dag_id="d", run_id=run_id, task_id=task, try_number=1),
+                     manifest_id=f"{task}-output")
+    return RunContext(dag_id="d", run_id=run_id, task_id="promote_staging", try_number=1)
+
+
+def test_summary_shows_where_a_forward_only_promotion_left_the_alias(capsys, tmp_path):
+    """A backfill of an older day does not move the alias back; the summary said the alias
+    pointed at the backfilled version ('already there')."""
+    from dlpipe import registry
+    from dlpipe.storage import LocalStore
+
+    store = LocalStore(tmp_path / "reg")
+    for day in ("2026-01-03", "2026-01-02"):  # the older day registered later: version 2
+        model = tmp_path / day
+        model.mkdir()
+        (model / "model.safetensors").write_bytes(day.encode())
+        registry.register(store, "eta", model, metrics={}, lineage={"dataset": f"datasets/eta/window_end={day}@abc"},
+                          run=RunContext())
+    registry.promote_forward(store, "eta", "staging", 1, run=RunContext())
+    run = _run_events("backfill__2026-01-02", ["materialize_dataset", "data_gate", "train", "model_gate",
+                                               "register_model"])
+    registry.promote_forward(store, "eta", "staging", 2, run=run)
+    assert cli.main(["summary", "--dag-id", "d"]) == 0
+    [line] = [x for x in capsys.readouterr().out.splitlines() if x.startswith("alias:")]
+    assert "eta:staging -> version 1 (eta:staging stays at version 1" in line and "version 2 has older data" in line
+
+
+def test_summary_of_a_dag_without_a_promotion_task_passes(capsys):
+    """registry.promote_to: null builds no promote_staging task: a whole run is not 'missing' one."""
+    _run_events("manual__1", ["extract_features", "materialize_dataset", "data_gate", "train", "model_gate",
+                              "register_model"])
+    assert cli.main(["summary", "--dag-id", "d"]) == 0
+    assert "promote_staging" not in capsys.readouterr().out
+    _run_events("manual__2", ["extract_features", "materialize_dataset", "data_gate", "train", "model_gate"])
+    assert cli.main(["summary", "--dag-id", "d"]) == 1  # no registration: still incomplete
+    assert "register_model       missing" in capsys.readouterr().out
+
+
+def test_summary_survives_raw_partitions_deleted_by_retention(capsys):
+    from dlpipe import commit
+
+    def rows(n):
+        return lambda attempt: {"rows": n}
+
+    code = {"sources_hash": "x"}
+    raw = [commit.run_stage(commit.StageKey("raw", "trips", f"dt=2026-01-0{d}"), inputs=[], config={}, code=code,
+                            run=RunContext(), produce=rows(10 * d)).manifest for d in (1, 2)]
+    feats = commit.run_stage(commit.StageKey("features", "eta", "dt=2026-01-02"), inputs=raw, config={}, code=code,
+                             run=RunContext(), produce=rows(5))
+    audit.record("committed", stage="features", manifest_id=feats.id,
+                 run=RunContext(dag_id="d", run_id="r", task_id="extract_features", try_number=1))
+    commit.StageKey("raw", "trips", "dt=2026-01-01").dir().joinpath("manifests", f"{raw[0]['fingerprint']}.json").unlink()
+    assert cli.main(["summary", "--dag-id", "d"]) == 1  # the later stages are missing
+    assert "raw rows read:      20 from 1 raw partition(s) (1 more since deleted)" in capsys.readouterr().out
