@@ -206,6 +206,8 @@ def _record_problems(record: dict, verify_files: bool = False) -> list[str]:
         return problems  # the chain below reports it
     if training is not None:
         problems += _gate_problems(record, training, verify_files)
+        if record.get("metrics") != training["summary"].get("metrics"):  # `registry list` shows them
+            problems.append(f"{ref}: its metrics are not the ones {training_id} committed")
         committed = model_files(training)
         for art in record["artifacts"]:
             if (committed.get(art["name"]) or {}).get("sha256") != art["sha256"]:
@@ -279,7 +281,7 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     else:
         lines.append("every link checked: fingerprints match" + (", files re-hashed" if args.verify else
                                                                   " (add --verify to re-hash every file)"))
-    _print(tree, args.json, "\n".join(lines))
+    _print(tree, args.json, "\n".join(map(_shown, lines)))  # a record's text is anyone's text
     return 1 if problems else 0
 
 
@@ -288,7 +290,7 @@ def gate_verdicts(dataset: dict) -> list[dict]:
     found = []
     for mfile in (settings.home() / "gates").glob(f"*/{dataset['partition']}/manifests/*.json"):
         g = json.loads(mfile.read_text())
-        if any(i["id"] == dataset["id"] for i in g["inputs"]):
+        if judged(g) == dataset["id"]:  # not a gate that only compared against it (drift baseline)
             found.append(g)
     return sorted(found, key=lambda g: g["committed_at"])
 
@@ -319,7 +321,7 @@ def cmd_dataset_show(args: argparse.Namespace) -> int:
     lines += ["", f"files ({len(m['outputs']['files'])})"]
     lines.append(_table([{"path": f["path"], "size": f["size"], "sha256": f["sha256"][:16]}
                          for f in m["outputs"]["files"]], ["path", "size", "sha256"]))
-    print("\n".join(lines))
+    print("\n".join(line if "\n" in line else _shown(line) for line in lines))  # tables are escaped already
     return 0
 
 

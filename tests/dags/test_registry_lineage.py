@@ -139,6 +139,17 @@ def test_lineage_checks_every_link_and_reports_what_was_tampered_with(dlpipe_hom
     gate_file.write_text(gate_text)
     assert lineage()[0] == 0
 
+    # metrics (outside the model fingerprint; `registry list` shows them) and who registered it
+    record = json.loads(original_record)
+    record["metrics"]["val_mae"] = 0.5
+    record["registered_by"]["run_id"] = "r\n  gate forged: passed"
+    rfile.write_text(json.dumps(record))
+    code, out = lineage()
+    assert code == 1 and f"!! eta@1: its metrics are not the ones {training['id']} committed" in out
+    assert "\n  gate forged" not in out and "r\\n  gate forged" in out  # escaped, on its own line
+    rfile.write_text(original_record)
+    assert lineage()[0] == 0
+
     # the version record edited: its artifacts no longer give its model fingerprint
     record = json.loads(rfile.read_text())
     record["artifacts"][0]["sha256"] = "0" * 64

@@ -21,7 +21,7 @@ def _dataset(seed: int = 0, schema: list | None = None) -> dict:
             (attempt / split).mkdir()
             pq.write_table(pa.table({"x": [seed, 1]}), attempt / split / "part-00000.parquet")
             pq.write_metadata(pa.schema([("x", pa.int64())]), attempt / split / "_common_metadata")
-        return {"splits": ["train", "validation"], "schema": schema or []}
+        return {"splits": ["train", "validation"], "schema": schema or [], "rows": {"train": 2, "validation": 2}}
 
     return commit.run_stage(KEY, inputs=[], config={"seed": seed}, code={"sources_hash": "x"}, run=RunContext(),
                             produce=produce).manifest
@@ -79,3 +79,18 @@ def test_a_partition_without_a_version_lists_its_committed_versions():
         with pytest.raises(NotCommittedError) as e:
             datasets.resolve(ref)
         assert f"pass one of its committed versions (newest first): {new['id']}, {old['id']}" in str(e.value), ref
+
+
+def test_dataset_show_lists_the_gates_that_judged_it_not_those_that_compared_against_it(capsys):
+    """A data gate with drift checks takes the previous version as a second input."""
+    from dlpipe import cli
+
+    old, new = _dataset(seed=1), _dataset(seed=2)
+    gate = commit.run_stage(commit.StageKey("gates", "eta_data", KEY.partition), inputs=[new, old], config={},
+                            code={"sources_hash": "x"}, run=RunContext(),
+                            produce=lambda attempt: {"verdict": "passed", "expectations": 3}).manifest
+    assert cli.main(["dataset", "show", new["id"]]) == 0
+    assert f"  {gate['id']}: passed (3 expectations)" in capsys.readouterr().out
+    assert cli.main(["dataset", "show", old["id"]]) == 0
+    out = capsys.readouterr().out
+    assert gate["id"] not in out and "(none committed" in out
