@@ -49,6 +49,10 @@ class DemoDataConfig:
             raise ConfigError("days", self.days, "generate at least one day (--days 1 or more)")
         if self.rows_per_day < 0:
             raise ConfigError("rows_per_day", self.rows_per_day, "use 0 or a positive row count")
+        room = (date.max - self.start).days + 1
+        if self.days > room:  # else it commits some days, then overflows
+            raise ConfigError("days", self.days, f"the last day would be after {date.max}; use --days "
+                                                 f"{room} or fewer, or an earlier --start")
         if self.restaurants < 1:
             raise ConfigError("restaurants", self.restaurants, "use at least one restaurant")
         if self.seed < 0:  # numpy's generators take no negative seed

@@ -88,7 +88,7 @@ def _check_name(name: str) -> str:
 def parse_ref(ref: str) -> tuple[str, int]:
     """``name@version`` -> (name, version)."""
     name, sep, ver = ref.partition("@")
-    if not sep or not ver.isdigit():
+    if not sep or not re.fullmatch(r"[0-9]+", ver):  # isdigit() takes '²', which int() refuses
         raise ConfigError("model reference", ref, "use NAME@VERSION, e.g. eta@1")
     return _check_name(name), int(ver)
 

@@ -176,3 +176,20 @@ def test_summary_survives_raw_partitions_deleted_by_retention(capsys):
     commit.StageKey("raw", "trips", "dt=2026-01-01").dir().joinpath("manifests", f"{raw[0]['fingerprint']}.json").unlink()
     assert cli.main(["summary", "--dag-id", "d"]) == 1  # the later stages are missing
     assert "raw rows read:      20 from 1 raw partition(s) (1 more since deleted)" in capsys.readouterr().out
+
+
+def test_demo_data_refuses_days_past_the_calendar_before_committing_any(capsys):
+    code = cli.main(["demo-data", "--start", "9999-12-30", "--days", "3", "--rows-per-day", "5"])
+    err = capsys.readouterr().err
+    assert code == 2 and "invalid days=3" in err and "use --days 2 or fewer" in err and "Traceback" not in err
+    assert list(audit.read()) == []  # nothing committed
+    assert cli.main(["demo-data", "--start", "9999-12-31", "--days", "1", "--rows-per-day", "5"]) == 0
+
+
+@pytest.mark.parametrize("ref", ["eta@²", "eta@１", "eta@1.0"])
+def test_a_version_is_ascii_digits(ref):
+    from dlpipe.registry import parse_ref
+
+    with pytest.raises(ConfigError) as e:
+        parse_ref(ref)
+    assert e.value.field == "model reference" and "NAME@VERSION" in e.value.fix
