@@ -556,3 +556,19 @@ def test_a_gate_spark_master_with_a_login_is_refused_without_showing_it():
     assert "s3cr3t" not in str(err.value)
     assert section({"data_gate": {"spark_master": "spark://master:7077"}}, "data_gate",
                    DataGateConfig).spark_master == "spark://master:7077"
+
+
+def test_the_shipped_eta_gates_refuse_a_trip_twice_in_a_split():
+    """A trip filed under two days' raw partitions reaches a dataset window twice."""
+    import yaml
+
+    from dlpipe.pipeline_config import section
+    from tests.conftest import ROOT
+
+    for spec in ("eta_training.yaml", "marketplace_eta.yaml"):
+        cfg = section({"_source": spec, **yaml.safe_load((ROOT / "pipelines" / spec).read_text())}, "data_gate",
+                      DataGateConfig).model_copy(update={"min_rows": {}, "columns": {}})
+        ids = pd.DataFrame({"trip_id": ["a", "b", "c"]})
+        assert validate_frames({"train": ids}, cfg)[0] == []
+        failures = validate_frames({"train": pd.concat([ids, ids.iloc[:1]])}, cfg)[0]
+        assert len(failures) == 1 and "train.trip_id: expect_column_values_to_be_unique" in failures[0], spec
