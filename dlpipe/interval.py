@@ -28,8 +28,10 @@ def interval_days(start: str | datetime | date, end: str | datetime | date) -> l
     s, e = parse_instant(start, "data_interval_start"), parse_instant(end, "data_interval_end")
     for field, v in (("data_interval_start", s), ("data_interval_end", e)):
         if (v.hour, v.minute, v.second, v.microsecond) != (0, 0, 0, 0):
-            raise ConfigError(field, v.isoformat(), "daily partitions need intervals on UTC midnight "
-                                                    "(schedule the DAG @daily)")
+            raise ConfigError(field, v.isoformat(),
+                              "daily partitions need intervals on UTC midnight: give the DAG schedule="
+                              "CronDataIntervalTimetable('@daily', timezone='UTC') (airflow.sdk); a plain "
+                              "'@daily' follows the time zone of its start_date or of the Airflow install")
     if e <= s:
         raise ConfigError("data_interval_end", e.isoformat(), f"must be after data_interval_start {s.isoformat()}")
     n = (e - s).days

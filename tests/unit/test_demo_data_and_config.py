@@ -46,7 +46,7 @@ def test_bad_demo_config():
 
 def test_intervals_must_be_whole_days():
     assert interval_days("2026-01-03", "2026-01-05") == [date(2026, 1, 3), date(2026, 1, 4)]
-    with pytest.raises(ConfigError, match="UTC midnight"):
+    with pytest.raises(ConfigError, match="UTC midnight.*CronDataIntervalTimetable\\('@daily', timezone='UTC'\\)"):
         interval_days("2026-01-03T05:00:00+00:00", "2026-01-04")
     with pytest.raises(ConfigError, match="ISO-8601"):
         interval_days("x; touch /tmp/pwned", "2026-01-04")
