@@ -177,11 +177,15 @@ def _validation_metrics(metrics: dict) -> str:
 
 
 def cmd_registry_list(args: argparse.Namespace) -> int:
-    records = registry.list_versions(_store(args), args.name)
+    store = _store(args)
+    records = registry.list_versions(store, args.name)
     rows = [{"model": f"{r['name']}@{r['version']}", "validation": _validation_metrics(r["metrics"]),
              "dataset": r["lineage"].get("dataset", "-"), "registered_at": r["registered_at"],
              "run_id": r["registered_by"].get("run_id")} for r in records]
-    _print(records, args.json, _table(rows, ["model", "validation", "dataset", "registered_at", "run_id"]))
+    # an empty list says where it looked: a wrong working directory or DLPIPE_HOME reads another registry
+    human = _table(rows, ["model", "validation", "dataset", "registered_at", "run_id"]) if rows else \
+        f"(no versions{f' of {args.name}' if args.name else ''} in the registry {store.uri})"
+    _print(records, args.json, human)
     return 0
 
 

@@ -246,3 +246,11 @@ def test_alias_history_names_the_person_or_the_dag_run_that_moved_it(capsys, tmp
     _, production, _ = _run(capsys, "registry", "history", "eta:production")
     assert "eta_training.promote_staging (scheduled)" in staging
     assert RunContext().user in production
+
+
+def test_an_empty_registry_list_says_which_registry_it_read(capsys, tmp_path):
+    """A wrong working directory or DLPIPE_HOME reads another (empty) registry: say where."""
+    code, out, _ = _run(capsys, "registry", "list", "--root", str(tmp_path / "reg"))
+    assert code == 0 and out.strip() == f"(no versions in the registry {tmp_path / 'reg'})"
+    code, out, _ = _run(capsys, "registry", "list", "eta", "--root", str(tmp_path / "reg"), "--json")
+    assert code == 0 and out.strip() == "[]"
