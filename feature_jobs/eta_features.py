@@ -11,6 +11,7 @@ the same rows in the same order.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -33,11 +34,39 @@ RAW_COLUMNS = {
 }
 
 
+def deduplicated(raw):
+    """One row per trip: ingestion delivers at least once, so a trip can arrive twice (in one
+    day's partition, or in two). A copy would count twice in ``restaurant_trips`` and be trained
+    on twice. The row kept is the greatest of the copies by every column read, so which one is
+    kept does not depend on the order Spark read the files in."""
+    from pyspark.sql import functions as F
+
+    rest = [c for c in RAW_COLUMNS if c != KEY_COLUMN]
+    return raw.groupBy(KEY_COLUMN).agg(F.max(F.struct(*rest)).alias("_row")).select(KEY_COLUMN, "_row.*")
+
+
+def input_stats(spark, spec: dict) -> dict:
+    """What the features leave out, for the manifest: duplicate rows across the input files,
+    and rows of the interval's own partition ordered outside the interval. A row filed in
+    ``dt=D`` but ordered on an earlier day is in no feature partition (that day's run never read
+    ``dt=D``); one ordered on a later day is picked up by that day's run, through its lookback."""
+    from pyspark.sql import functions as F
+
+    totals = spark.read.parquet(*spec["input_files"]).agg(
+        F.count(F.lit(1)).alias("rows"), F.countDistinct(KEY_COLUMN).alias("trips")).first()
+    ts = F.col("order_ts")
+    own = spark.read.parquet(*spec["interval_files"]).agg(
+        F.sum((ts < F.lit(spec["interval_start"]).cast("timestamp")).cast("int")).alias("before"),
+        F.sum((ts >= F.lit(spec["interval_end"]).cast("timestamp")).cast("int")).alias("after")).first()
+    return {"input_rows": totals["rows"], "duplicate_rows": totals["rows"] - totals["trips"],
+            "ordered_before_interval": own["before"] or 0, "ordered_after_interval": own["after"] or 0}
+
+
 def build_features(spark, spec: dict):
     """The feature DataFrame for the spec's interval (pure function of the listed inputs)."""
     from pyspark.sql import functions as F
 
-    raw = spark.read.parquet(*spec["input_files"])
+    raw = deduplicated(spark.read.parquet(*spec["input_files"]))
     start, end = spec["interval_start"], spec["interval_end"]
     in_interval = (F.col("order_ts") >= F.lit(start).cast("timestamp")) & (
         F.col("order_ts") < F.lit(end).cast("timestamp"))
@@ -45,7 +74,9 @@ def build_features(spark, spec: dict):
     # Trips picked up before the interval: a prep time is known only once the order is picked
     # up, so an order of D-1 23:50 picked up at D 00:20 is not history for D's orders.
     history = raw.where((F.col("order_ts") >= history_start) & (F.col("pickup_ts") < F.lit(start).cast("timestamp")))
-    prep = F.when(~F.isnan("prep_minutes"), F.col("prep_minutes"))  # NaN counts as unknown, like null
+    # NaN and an infinity count as unknown, like null: one inf would make a restaurant's mean inf
+    # for every trip of the next lookback_days
+    prep = F.when(~F.isnan("prep_minutes") & (F.abs("prep_minutes") != F.lit(float("inf"))), F.col("prep_minutes"))
     history_days = max(1, int(spec["history_days"]))  # days of history committed (some may be missing)
     per_restaurant = history.groupBy("restaurant_id").agg(
         F.avg(prep).alias("restaurant_prep_mean"),
@@ -100,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         (features.repartition(int(spec["num_files"]), KEY_COLUMN)
          .sortWithinPartitions(KEY_COLUMN)
          .write.mode("errorifexists").parquet(spec["output_dir"]))
+        if spec.get("stats_path"):
+            with open(spec["stats_path"], "w") as f:
+                json.dump(input_stats(spark, spec), f)
         print(f"[eta_features] job done in {time.perf_counter() - t1:.2f}s: wrote {spec['output_dir']}",
               flush=True)
     finally:

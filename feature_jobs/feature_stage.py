@@ -8,9 +8,11 @@ given (SparkSubmitHook in Airflow, plain spark-submit in tests).
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -25,6 +27,9 @@ from dlpipe.spark_submit import SparkSubmit
 from dlpipe.spec import write_spec
 from feature_jobs import eta_features
 from feature_jobs.stage_files import SHARED_SOURCES, name_parts_by_order, parquet_rows
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
@@ -87,24 +92,104 @@ def committed_days(name: str, stage: str, days: list, *, required: bool,
     return found, missing
 
 
-def check_raw_files(paths: list[Path]) -> None:
-    """Every raw input file has the columns the feature job reads, of the right kind (from its
-    Parquet footer). Spark would read a column missing from one file as nulls for its rows, and
-    the gate's ranges would not notice a history day without prep times."""
+_COMMIT_AGAIN = "then commit the partition again"
+
+
+def _spark_type(found: pa.DataType, physical: str | None) -> str:
+    """The type Spark reads a raw column as, for comparing files: Parquet stores a dictionary
+    column as its values (pyarrow's dictionary is pandas' category, restored from the file's
+    metadata), a large string as a string, and any time zone as UTC. An INT96 timestamp
+    (Spark's and Hive's legacy encoding) shows in pyarrow as ns, but Spark reads it as a
+    timestamp, so it is a type of its own."""
     import pyarrow as pa
+
+    if pa.types.is_dictionary(found):
+        found = found.value_type
+    if pa.types.is_timestamp(found):
+        if physical == "INT96":
+            return "timestamp (Parquet INT96)"
+        return f"timestamp[{found.unit}{', tz=UTC' if found.tz else ''}]"
+    return "string" if pa.types.is_large_string(found) else str(found)
+
+
+def _raw_type_fix(kind: str, found: pa.DataType | None, physical: str | None) -> str | None:
+    """What to do about a raw column stored as ``found`` (None: missing) that Spark cannot read
+    as ``kind``; None when it can. The kind alone is not enough: Spark fails on a ns timestamp
+    or an unsigned integer in the middle of the job, naming neither the column nor the file."""
+    import pyarrow as pa
+
+    reads_as = f"the ETA feature job reads it as {kind}; fix the ingestion that wrote this partition, {_COMMIT_AGAIN}"
+    if found is None:
+        return reads_as
+    value = found.value_type if pa.types.is_dictionary(found) else found
+    if kind == "timestamp" and pa.types.is_timestamp(value) and physical != "INT96" \
+            and value.unit not in ("ms", "us"):
+        return (f"Spark cannot read a {value.unit} Parquet timestamp as a timestamp (it fails with 'actual "
+                f"Parquet type INT64'); write it with coerce_timestamps='us' (pyarrow) or as microseconds, "
+                f"{_COMMIT_AGAIN}")
+    if kind == "integer" and pa.types.is_unsigned_integer(value):
+        return (f"Spark cannot read unsigned Parquet integers; write it as a signed integer (int32 or int64, "
+                f"as in the other partitions), {_COMMIT_AGAIN}")
+    accepted = {"string": lambda t: pa.types.is_string(t) or pa.types.is_large_string(t),
+                "timestamp": pa.types.is_timestamp, "integer": pa.types.is_signed_integer,
+                "floating": pa.types.is_floating}
+    return None if accepted[kind](value) else reads_as
+
+
+def check_raw_files(paths: list[Path]) -> None:
+    """Every raw input file has the columns the feature job reads, of types Spark reads as their
+    kind, and the same type for each column in every file (from the Parquet footers). Spark
+    would read a column missing from one file as nulls for its rows, and the gate's ranges would
+    not notice a history day without prep times; it takes the schema from one file and fails on
+    another file's int64 where that one had int32, without naming the column or the file."""
     import pyarrow.parquet as pq
 
-    kinds = {"string": lambda t: pa.types.is_string(t) or pa.types.is_large_string(t),
-             "timestamp": pa.types.is_timestamp, "integer": pa.types.is_integer,
-             "floating": pa.types.is_floating}
+    first: dict[str, tuple[Path, str, str]] = {}  # column -> (first file, its type, as Spark reads it)
     for path in paths:
-        schema = pq.read_schema(path)
+        meta = pq.read_metadata(path)
+        schema = meta.schema.to_arrow_schema()  # pyarrow's types: dictionaries, time zones
+        physical = {meta.schema.column(i).path: meta.schema.column(i).physical_type
+                    for i in range(len(meta.schema))}
         for column, kind in eta_features.RAW_COLUMNS.items():
             found = schema.field(column).type if column in schema.names else None
-            if found is None or not kinds[kind](found):
-                raise ConfigError(f"raw file {path}: column {column}", str(found) if found else "(missing)",
-                                  f"the ETA feature job reads it as {kind}; fix the ingestion that wrote "
-                                  f"this partition, then commit it again")
+            shown = "(missing)" if found is None else \
+                f"{found}{' (Parquet INT96)' if physical.get(column) == 'INT96' else ''}"
+            fix = _raw_type_fix(kind, found, physical.get(column))
+            if fix:
+                raise ConfigError(f"raw file {path}: column {column}", shown, fix)
+            spark_type = _spark_type(found, physical.get(column))
+            other, other_shown, other_spark = first.setdefault(column, (path, shown, spark_type))
+            if spark_type != other_spark:
+                raise ConfigError(
+                    f"raw file {path}: column {column}", shown,
+                    f"{other} has it as {other_shown}; Spark reads every input file as one file's type "
+                    f"and fails on the others: write the partition whose type differs from the rest again "
+                    f"with theirs, {_COMMIT_AGAIN}")
+
+
+def check_interval_partition(manifest: dict, raw: StageKey) -> int:
+    """The rows of the interval's own raw partition (from its Parquet footers), refusing none.
+    An empty day would commit as an empty feature partition, and the dataset over it; with no
+    file and no history, Spark fails without saying which partition. A history day may be
+    empty: the restaurant features then count it as a day without trips."""
+    files = commit.files(manifest, ".parquet")
+    rows = parquet_rows(files)
+    if rows == 0:
+        raise ConfigError(f"raw partition {raw.relpath}", f"0 rows in {len(files)} file(s)",
+                          "the interval's own partition is empty, so its feature partition would be "
+                          "too; commit the day's data again through ingestion, then clear the task")
+    return rows
+
+
+def _warn_about_left_out(stats: dict, raw: StageKey) -> None:
+    """Say what the features left out; the counts are in the manifest's summary too."""
+    if stats["duplicate_rows"]:
+        log.warning("%d raw row(s) repeated a trip_id already read (at-least-once delivery): each trip "
+                    "counted once", stats["duplicate_rows"])
+    if stats["ordered_before_interval"]:
+        log.warning("%d row(s) of %s were ordered before its day: they are in no feature partition. Raw "
+                    "partitions must be keyed by the UTC day of order_ts; file them under their order day "
+                    "and run that day's features again", stats["ordered_before_interval"], raw.relpath)
 
 
 def extract_features(interval_start, interval_end, *, config: FeatureJobConfig, run: RunContext,
@@ -119,7 +204,9 @@ def extract_features(interval_start, interval_end, *, config: FeatureJobConfig, 
     earlier, missing = committed_days(config.raw, "raw", history, required=False)
     for absent in missing:
         log.info("raw/%s/%s not committed: treated as missing history", config.raw, absent)
-    inputs = earlier + committed_days(config.raw, "raw", [day], required=True, late_ok=True)[0]
+    interval = committed_days(config.raw, "raw", [day], required=True, late_ok=True)[0]
+    interval_rows = check_interval_partition(interval[0], StageKey("raw", config.raw, day_partition(day)))
+    inputs = earlier + interval
     key = StageKey("features", config.name, day_partition(day))
     fp_config, code = feature_version(config)
 
@@ -135,14 +222,19 @@ def extract_features(interval_start, interval_end, *, config: FeatureJobConfig, 
             "history_start": f"{history[0].isoformat() if history else day.isoformat()}T00:00:00+00:00",
             "history_days": len(earlier),
             "output_dir": str(out),
+            "interval_files": [str(p) for p in commit.files(interval[0], ".parquet")],
+            "stats_path": str(attempt / "input_stats.json"),
             **fp_config,
         }
         spec_path = write_spec(attempt / "spec.json", spec)
         submit(eta_features.__file__, ["--spec", str(spec_path)])
         parts = name_parts_by_order(out)
+        stats = json.loads((attempt / "input_stats.json").read_text())
+        _warn_about_left_out(stats, StageKey("raw", config.raw, day_partition(day)))
         return {"rows": parquet_rows(parts), "day": day.isoformat(),
                 "content_sha256": content_hash(parts, out),
-                "history_days": len(inputs) - 1, "missing_history_days": sorted(missing)}
+                "history_days": len(inputs) - 1, "missing_history_days": sorted(missing),
+                "interval_raw_rows": interval_rows, **stats}
 
     return commit.run_stage(key, inputs=inputs, config=fp_config, code=code,
                             run=run, produce=produce)

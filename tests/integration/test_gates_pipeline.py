@@ -46,15 +46,18 @@ def _dataset(day: str, submit) -> dict:
                                submit=submit).manifest
 
 
-def test_empty_partition_fails_the_data_gate_and_says_why():
-    cfg = DemoDataConfig(start=date(2026, 1, 2), days=1, rows_per_day=0)
+def test_too_little_data_fails_the_data_gate_and_says_why():
+    """An empty day never gets this far (the feature stage refuses it); a nearly empty one
+    commits its features and dataset, and the gate refuses it."""
+    cfg = DemoDataConfig(start=date(2026, 1, 2), days=1, rows_per_day=12)
     _commit_raw_day(date(2026, 1, 2), generate_day(cfg, date(2026, 1, 2)))
     ds = _dataset("2026-01-02", local_spark_submit())
-    assert ds["summary"]["rows"] == {"train": 0, "validation": 0}
+    rows = ds["summary"]["rows"]
+    assert rows["train"] + rows["validation"] == 12
     with pytest.raises(GateFailed) as e:
         run_data_gate(ds, GATE, run=RunContext())
-    assert "train: row count 0 is below the minimum 1000" in str(e.value)
-    assert "validation: row count 0 is below the minimum 200" in str(e.value)
+    assert f"train: row count {rows['train']} is below the minimum 1000" in str(e.value)
+    assert f"validation: row count {rows['validation']} is below the minimum 200" in str(e.value)
     assert commit.committed(StageKey("gates", "eta_data", ds["partition"])) == []
     assert [ev["event"] for ev in audit.read() if ev["stage"] == "gates"] == ["started", "failed"]
 

@@ -102,3 +102,41 @@ def test_a_content_hash_covers_rows_and_splits_not_the_writers_metadata(tmp_path
     assert content_hash([tmp_path / "train/x.parquet"], tmp_path, by_name=False) == before  # a Spark upgrade
     (tmp_path / "train/x.parquet").rename(tmp_path / "validation/x.parquet")  # the same rows, in another split
     assert content_hash([tmp_path / "validation/x.parquet"], tmp_path, by_name=False) != before
+
+
+def test_a_trip_delivered_twice_counts_once(spark, tmp_path):
+    """At-least-once ingestion: an exact copy in one day, and a copy filed in the next day's
+    partition too. Each counted twice in restaurant_trips, and the interval's copy was a second
+    training row."""
+    h = _trip("h1", 1, DAY - timedelta(days=1, hours=-12), 10, 10.0)
+    d = _trip("d1", 1, DAY + timedelta(hours=12), 10, 12.0)
+    trips = [h, dict(h), _trip("h2", 1, DAY - timedelta(days=2, hours=-12), 10, 20.0), d, dict(d)]
+    got = _features(spark, tmp_path, trips, history_days=2)
+    assert list(got) == ["d1"]
+    assert got["d1"]["restaurant_trips"] == pytest.approx(1.0)  # h1 and h2 over 2 days, not 3 trips
+    assert got["d1"]["restaurant_prep_mean"] == pytest.approx(15.0)
+    later = {**d, "pickup_ts": d["pickup_ts"] + timedelta(minutes=1)}  # a corrected copy: the kept row is fixed
+    assert _features(spark, tmp_path, [later, d], 0) == _features(spark, tmp_path, [d, later], 0)
+
+
+def test_an_infinite_prep_time_counts_as_unknown(spark, tmp_path):
+    trips = [_trip("h1", 1, DAY - timedelta(hours=12), 10, 10.0), _trip("h2", 1, DAY - timedelta(hours=13), 10, float("inf")),
+             _trip("d1", 1, DAY + timedelta(hours=1), 10, 12.0)]
+    assert _features(spark, tmp_path, trips, history_days=1)["d1"]["restaurant_prep_mean"] == pytest.approx(10.0)
+
+
+def test_input_stats_count_copies_and_rows_filed_under_another_day(spark, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    d = _trip("d1", 1, DAY + timedelta(hours=1), 10, 12.0)
+    own = [d, dict(d), _trip("late", 1, DAY - timedelta(hours=2), 10, 9.0),
+           _trip("early", 1, DAY + timedelta(days=1, hours=1), 10, 9.0)]
+    files = []
+    for name, rows in (("history", [_trip("h1", 1, DAY - timedelta(hours=5), 10, 9.0)]), ("own", own)):
+        files.append(str(tmp_path / f"{name}.parquet"))
+        pq.write_table(pa.Table.from_pylist(rows), files[-1])
+    stats = eta_features.input_stats(spark, {"input_files": files, "interval_files": files[1:],
+                                             "interval_start": DAY.isoformat(),
+                                             "interval_end": (DAY + timedelta(days=1)).isoformat()})
+    assert stats == {"input_rows": 5, "duplicate_rows": 1, "ordered_before_interval": 1, "ordered_after_interval": 1}
