@@ -145,9 +145,17 @@ def cmd_registry_history(args: argparse.Namespace) -> int:
 def cmd_registry_promote(args: argparse.Namespace) -> int:
     name, version = registry.parse_ref(args.ref)
     with _audited("registry promote", f"{name}:{args.alias}") as run:
-        doc = registry.promote(_store(args), name, args.alias, version, run=run,
+        store = _store(args)
+        before = registry.get_alias(store, name, args.alias)
+        doc = registry.promote(store, name, args.alias, version, run=run,
                                reason=args.reason or "", expected_version=args.expect_version)
-    _print(doc, args.json, f"{name}:{args.alias} -> version {doc['version']}")
+    if before is None:
+        how = "set"
+    elif before["version"] == doc["version"]:
+        how = "already there: nothing changed"
+    else:
+        how = f"moved from version {before['version']}"
+    _print(doc, args.json, f"{name}:{args.alias} -> version {doc['version']} ({how})")
     return 0
 
 

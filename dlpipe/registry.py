@@ -430,8 +430,13 @@ def promote_forward(store: Store, name: str, alias: str, version: int, *, run: R
 def rollback(store: Store, name: str, alias: str, *, run: RunContext, reason: str = "") -> dict:
     """Move ``alias`` back to the version it pointed at before its latest move."""
     doc = get_alias(store, name, alias)
-    if not doc or doc["history"][-1]["from_version"] is None:
-        raise ConfigError("alias", f"{name}:{alias}", "it has no earlier version to roll back to")
+    if not doc:
+        raise ConfigError("alias", f"{name}:{alias}", f"it was never set, so there is nothing to roll back; set it "
+                                                      f"with `dlpipe registry promote {name}@VERSION {alias}`")
+    if doc["history"][-1]["from_version"] is None:
+        raise ConfigError("alias", f"{name}:{alias}", f"it has pointed only at version {doc['version']}, so there is "
+                                                      f"no earlier version to roll back to; promote another "
+                                                      f"(`dlpipe registry promote {name}@VERSION {alias}`)")
     previous = doc["history"][-1]["from_version"]
     return promote(store, name, alias, previous, run=run, reason=f"rollback: {reason}".rstrip(": "),
                    expected_version=doc["version"], expected_moves=len(doc["history"]))

@@ -254,3 +254,20 @@ def test_an_empty_registry_list_says_which_registry_it_read(capsys, tmp_path):
     assert code == 0 and out.strip() == f"(no versions in the registry {tmp_path / 'reg'})"
     code, out, _ = _run(capsys, "registry", "list", "eta", "--root", str(tmp_path / "reg"), "--json")
     assert code == 0 and out.strip() == "[]"
+
+
+def test_promote_says_whether_it_moved_and_rollback_says_what_to_do_instead(capsys, tmp_path):
+    model = tmp_path / "m"
+    model.mkdir()
+    for weights in (b"w1", b"w2"):
+        (model / "model.safetensors").write_bytes(weights)
+        assert _run(capsys, "registry", "register", "eta", str(model))[0] == 0
+    code, _, err = _run(capsys, "registry", "rollback", "eta:production")
+    assert code == 2 and "it was never set" in err and "dlpipe registry promote eta@VERSION production" in err
+    assert _run(capsys, "registry", "promote", "eta@1", "production")[1].strip() == "eta:production -> version 1 (set)"
+    code, _, err = _run(capsys, "registry", "rollback", "eta:production")
+    assert code == 2 and "pointed only at version 1" in err
+    out = _run(capsys, "registry", "promote", "eta@1", "production")[1]
+    assert out.strip() == "eta:production -> version 1 (already there: nothing changed)"
+    out = _run(capsys, "registry", "promote", "eta@2", "production")[1]
+    assert out.strip() == "eta:production -> version 2 (moved from version 1)"
