@@ -34,46 +34,69 @@ RAW_COLUMNS = {
 }
 
 
-def deduplicated(raw):
+def one_row_per_trip(rows, columns: list[str]):
     """One row per trip: ingestion delivers at least once, so a trip can arrive twice (in one
     day's partition, or in two). A copy would count twice in ``restaurant_trips`` and be trained
-    on twice. The row kept is the greatest of the copies by every column read, so which one is
-    kept does not depend on the order Spark read the files in."""
+    on twice. The row kept is the greatest of the copies by ``columns``, a NaN counting as a null
+    (below every value: a corrected copy wins over one without a label), so which one is kept
+    does not depend on the order Spark read the files in. Rows without a trip_id are all kept
+    (the data gate's not-null check names them). On rows already hash-partitioned by trip this
+    adds no shuffle, only a sort within each partition."""
+    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    rest = [c for c in RAW_COLUMNS if c != KEY_COLUMN]
-    return raw.groupBy(KEY_COLUMN).agg(F.max(F.struct(*rest)).alias("_row")).select(KEY_COLUMN, "_row.*")
+    def rank(c: str):
+        value = F.when(~F.isnan(c), F.col(c)) if RAW_COLUMNS.get(c) == "floating" else F.col(c)
+        return value.desc_nulls_last()
+
+    order = Window.partitionBy(KEY_COLUMN).orderBy(*map(rank, columns))
+    kept = F.col(KEY_COLUMN).isNull() | (F.col("_copy") == 1)
+    return rows.withColumn("_copy", F.row_number().over(order)).where(kept).drop("_copy")
 
 
 def input_stats(spark, spec: dict) -> dict:
-    """What the features leave out, for the manifest: duplicate rows across the input files,
-    and rows of the interval's own partition ordered outside the interval. A row filed in
-    ``dt=D`` but ordered on an earlier day is in no feature partition (that day's run never read
-    ``dt=D``); one ordered on a later day is picked up by that day's run, through its lookback."""
+    """For the manifest: the input rows ordered in the interval (the stage subtracts the rows it
+    wrote to count copies of a trip), and the rows of the interval's own partition ordered
+    outside it. A row filed in ``dt=D`` but ordered on an earlier day is in no feature partition
+    (that day's run never read ``dt=D``) unless it is a second copy of a trip filed under its
+    own day: ``lost_before_interval`` counts those not found in the lookback partitions. A row
+    ordered on a later day is picked up by that day's run, through its lookback. Scans of
+    ``order_ts`` only, and a join on trip ids only when some rows were ordered before the day."""
     from pyspark.sql import functions as F
 
-    totals = spark.read.parquet(*spec["input_files"]).agg(
-        F.count(F.lit(1)).alias("rows"), F.countDistinct(KEY_COLUMN).alias("trips")).first()
-    ts = F.col("order_ts")
-    own = spark.read.parquet(*spec["interval_files"]).agg(
-        F.sum((ts < F.lit(spec["interval_start"]).cast("timestamp")).cast("int")).alias("before"),
-        F.sum((ts >= F.lit(spec["interval_end"]).cast("timestamp")).cast("int")).alias("after")).first()
-    return {"input_rows": totals["rows"], "duplicate_rows": totals["rows"] - totals["trips"],
-            "ordered_before_interval": own["before"] or 0, "ordered_after_interval": own["after"] or 0}
+    ts, start, end = F.col("order_ts"), F.lit(spec["interval_start"]).cast("timestamp"), \
+        F.lit(spec["interval_end"]).cast("timestamp")
+    read = spark.read.parquet(*spec["input_files"]).select("order_ts").agg(
+        F.count(F.lit(1)).alias("rows"), F.sum(((ts >= start) & (ts < end)).cast("int")).alias("in_interval")).first()
+    own = spark.read.parquet(*spec["interval_files"])
+    counts = own.select("order_ts").agg(F.sum((ts < start).cast("int")).alias("before"),
+                                        F.sum((ts >= end).cast("int")).alias("after")).first()
+    lost = before = counts["before"] or 0
+    history_files = [f for f in spec["input_files"] if f not in set(spec["interval_files"])]
+    if before and history_files:
+        earlier = spark.read.parquet(*history_files).select(KEY_COLUMN)
+        lost = own.where(ts < start).select(KEY_COLUMN).join(earlier, KEY_COLUMN, "left_anti").count()
+    return {"input_rows": read["rows"], "rows_in_interval": read["in_interval"] or 0,
+            "ordered_before_interval": before, "lost_before_interval": lost,
+            "ordered_after_interval": counts["after"] or 0}
 
 
-def build_features(spark, spec: dict):
-    """The feature DataFrame for the spec's interval (pure function of the listed inputs)."""
+def build_features(spark, spec: dict, partitions: int = 1):
+    """The feature DataFrame for the spec's interval (pure function of the listed inputs), in
+    ``partitions`` partitions by hash of ``trip_id``: the output files, so the same input gives
+    the same rows in each file whatever order the inputs were read in."""
     from pyspark.sql import functions as F
 
-    raw = deduplicated(spark.read.parquet(*spec["input_files"]))
+    raw = spark.read.parquet(*spec["input_files"])
     start, end = spec["interval_start"], spec["interval_end"]
     in_interval = (F.col("order_ts") >= F.lit(start).cast("timestamp")) & (
         F.col("order_ts") < F.lit(end).cast("timestamp"))
     history_start = F.lit(spec["history_start"]).cast("timestamp")
     # Trips picked up before the interval: a prep time is known only once the order is picked
     # up, so an order of D-1 23:50 picked up at D 00:20 is not history for D's orders.
-    history = raw.where((F.col("order_ts") >= history_start) & (F.col("pickup_ts") < F.lit(start).cast("timestamp")))
+    history = one_row_per_trip(  # only the columns the aggregation reads are shuffled
+        raw.where((F.col("order_ts") >= history_start) & (F.col("pickup_ts") < F.lit(start).cast("timestamp")))
+        .select(KEY_COLUMN, "restaurant_id", "prep_minutes"), ["restaurant_id", "prep_minutes"])
     # NaN and an infinity count as unknown, like null: one inf would make a restaurant's mean inf
     # for every trip of the next lookback_days
     prep = F.when(~F.isnan("prep_minutes") & (F.abs("prep_minutes") != F.lit(float("inf"))), F.col("prep_minutes"))
@@ -97,8 +120,9 @@ def build_features(spark, spec: dict):
     for name, zone in sorted(spec.get("city_time_zones", {}).items()):
         local_ts = F.when(F.col("city") == name, F.from_utc_timestamp("order_ts", zone)).otherwise(local_ts)
     hour = F.hour(local_ts) + F.minute(local_ts) / 60.0
-    trips = raw.where(in_interval)
-    return (trips.join(per_restaurant, "restaurant_id", "left")
+    trips = one_row_per_trip(raw.where(in_interval).select(*RAW_COLUMNS).repartition(partitions, KEY_COLUMN),
+                             [c for c in RAW_COLUMNS if c != KEY_COLUMN])
+    return (trips.join(F.broadcast(per_restaurant), "restaurant_id", "left")
             .select(
                 F.col("trip_id"),
                 F.to_date("order_ts").cast("string").alias("dt"),
@@ -125,17 +149,17 @@ def main(argv: list[str] | None = None) -> int:
     t1 = time.perf_counter()
     print(f"[eta_features] session ready in {t1 - t0:.2f}s", flush=True)
     try:
-        features = build_features(spark, spec)
         # Hash partitioning (unlike range partitioning, which samples) puts each key in the same
         # file whatever order the inputs were read in: the same input gives the same bytes.
-        (features.repartition(int(spec["num_files"]), KEY_COLUMN)
-         .sortWithinPartitions(KEY_COLUMN)
+        features = build_features(spark, spec, partitions=int(spec["num_files"]))
+        (features.sortWithinPartitions(KEY_COLUMN)
          .write.mode("errorifexists").parquet(spec["output_dir"]))
+        t2 = time.perf_counter()
+        print(f"[eta_features] job done in {t2 - t1:.2f}s: wrote {spec['output_dir']}", flush=True)
         if spec.get("stats_path"):
             with open(spec["stats_path"], "w") as f:
                 json.dump(input_stats(spark, spec), f)
-        print(f"[eta_features] job done in {time.perf_counter() - t1:.2f}s: wrote {spec['output_dir']}",
-              flush=True)
+            print(f"[eta_features] input stats in {time.perf_counter() - t2:.2f}s", flush=True)
     finally:
         spark.stop()
     return 0

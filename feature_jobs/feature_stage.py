@@ -98,24 +98,22 @@ _COMMIT_AGAIN = "then commit the partition again"
 def _spark_type(found: pa.DataType, physical: str | None) -> str:
     """The type Spark reads a raw column as, for comparing files: Parquet stores a dictionary
     column as its values (pyarrow's dictionary is pandas' category, restored from the file's
-    metadata), a large string as a string, and any time zone as UTC. An INT96 timestamp
-    (Spark's and Hive's legacy encoding) shows in pyarrow as ns, but Spark reads it as a
-    timestamp, so it is a type of its own."""
+    metadata) and a large string as a string; a timestamp in ms or us with any time zone, or in
+    INT96 (Spark's own default, which pyarrow shows as naive ns), is one timestamp type to Spark.
+    A naive ms or us timestamp is kept apart: Spark may read it as TIMESTAMP_NTZ."""
     import pyarrow as pa
 
     if pa.types.is_dictionary(found):
         found = found.value_type
     if pa.types.is_timestamp(found):
-        if physical == "INT96":
-            return "timestamp (Parquet INT96)"
-        return f"timestamp[{found.unit}{', tz=UTC' if found.tz else ''}]"
+        return "timestamp" if physical == "INT96" or found.tz else "timestamp without time zone"
     return "string" if pa.types.is_large_string(found) else str(found)
 
 
 def _raw_type_fix(kind: str, found: pa.DataType | None, physical: str | None) -> str | None:
     """What to do about a raw column stored as ``found`` (None: missing) that Spark cannot read
     as ``kind``; None when it can. The kind alone is not enough: Spark fails on a ns timestamp
-    or an unsigned integer in the middle of the job, naming neither the column nor the file."""
+    in the middle of the job, naming neither the column nor the file."""
     import pyarrow as pa
 
     reads_as = f"the ETA feature job reads it as {kind}; fix the ingestion that wrote this partition, {_COMMIT_AGAIN}"
@@ -127,11 +125,8 @@ def _raw_type_fix(kind: str, found: pa.DataType | None, physical: str | None) ->
         return (f"Spark cannot read a {value.unit} Parquet timestamp as a timestamp (it fails with 'actual "
                 f"Parquet type INT64'); write it with coerce_timestamps='us' (pyarrow) or as microseconds, "
                 f"{_COMMIT_AGAIN}")
-    if kind == "integer" and pa.types.is_unsigned_integer(value):
-        return (f"Spark cannot read unsigned Parquet integers; write it as a signed integer (int32 or int64, "
-                f"as in the other partitions), {_COMMIT_AGAIN}")
     accepted = {"string": lambda t: pa.types.is_string(t) or pa.types.is_large_string(t),
-                "timestamp": pa.types.is_timestamp, "integer": pa.types.is_signed_integer,
+                "timestamp": pa.types.is_timestamp, "integer": pa.types.is_integer,
                 "floating": pa.types.is_floating}
     return None if accepted[kind](value) else reads_as
 
@@ -177,19 +172,26 @@ def check_interval_partition(manifest: dict, raw: StageKey) -> int:
     if rows == 0:
         raise ConfigError(f"raw partition {raw.relpath}", f"0 rows in {len(files)} file(s)",
                           "the interval's own partition is empty, so its feature partition would be "
-                          "too; commit the day's data again through ingestion, then clear the task")
+                          "too; commit the day's data again through ingestion, then clear the task. If the "
+                          "day truly had no trips, mark this run's tasks skipped: later windows then list "
+                          "the day in missing_feature_days")
     return rows
 
 
-def _warn_about_left_out(stats: dict, raw: StageKey) -> None:
+def _warn_about_left_out(stats: dict, raw: StageKey, lookback_days: int) -> None:
     """Say what the features left out; the counts are in the manifest's summary too."""
     if stats["duplicate_rows"]:
-        log.warning("%d raw row(s) repeated a trip_id already read (at-least-once delivery): each trip "
-                    "counted once", stats["duplicate_rows"])
-    if stats["ordered_before_interval"]:
-        log.warning("%d row(s) of %s were ordered before its day: they are in no feature partition. Raw "
-                    "partitions must be keyed by the UTC day of order_ts; file them under their order day "
-                    "and run that day's features again", stats["ordered_before_interval"], raw.relpath)
+        log.warning("%d raw row(s) of the day's trips repeated a trip_id (at-least-once delivery): each trip "
+                    "was kept once", stats["duplicate_rows"])
+    if stats["lost_before_interval"]:
+        log.warning("%d row(s) of %s were ordered before its day and are not in the lookback days: they are "
+                    "in no feature partition. Raw partitions must be keyed by the UTC day of order_ts; file "
+                    "them under their order day and run that day's features again",
+                    stats["lost_before_interval"], raw.relpath)
+    if stats["ordered_after_interval"] and lookback_days == 0:
+        log.warning("%d row(s) of %s were ordered after its day, and with lookback_days 0 no later run reads "
+                    "this partition: they are in no feature partition", stats["ordered_after_interval"],
+                    raw.relpath)
 
 
 def extract_features(interval_start, interval_end, *, config: FeatureJobConfig, run: RunContext,
@@ -229,9 +231,11 @@ def extract_features(interval_start, interval_end, *, config: FeatureJobConfig, 
         spec_path = write_spec(attempt / "spec.json", spec)
         submit(eta_features.__file__, ["--spec", str(spec_path)])
         parts = name_parts_by_order(out)
+        rows = parquet_rows(parts)
         stats = json.loads((attempt / "input_stats.json").read_text())
-        _warn_about_left_out(stats, StageKey("raw", config.raw, day_partition(day)))
-        return {"rows": parquet_rows(parts), "day": day.isoformat(),
+        stats["duplicate_rows"] = stats["rows_in_interval"] - rows  # copies of a trip the job dropped
+        _warn_about_left_out(stats, StageKey("raw", config.raw, day_partition(day)), config.lookback_days)
+        return {"rows": rows, "day": day.isoformat(),
                 "content_sha256": content_hash(parts, out),
                 "history_days": len(inputs) - 1, "missing_history_days": sorted(missing),
                 "interval_raw_rows": interval_rows, **stats}

@@ -50,6 +50,21 @@ def _features(spark, tmp_path: Path, trips: list[dict], history_days: int, day: 
     return {r["trip_id"]: r.asDict() for r in rows}
 
 
+def _features_rows(spark, tmp_path: Path, trips: list[dict]) -> list[dict]:
+    """The rows themselves: trips without an id would collapse into one key of a dict."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from dlpipe.demo_data import CITY_TIME_ZONES
+
+    path = tmp_path / "raw_rows.parquet"
+    pq.write_table(pa.Table.from_pylist(trips), path)
+    spec = {"input_files": [str(path)], "interval_start": DAY.isoformat(),
+            "interval_end": (DAY + timedelta(days=1)).isoformat(), "history_start": DAY.isoformat(),
+            "history_days": 0, "cities": sorted(CITY_TIME_ZONES), "city_time_zones": CITY_TIME_ZONES,
+            "default_prep_minutes": 15.0}
+    return [r.asDict() for r in eta_features.build_features(spark, spec, partitions=2).collect()]
+
+
 def test_history_is_what_was_known_before_the_interval(spark, tmp_path):
     """An order of D-1 23:50 picked up at D 00:20 is not history: its prep time was not known
     at midnight. A NaN prep time counts as unknown, like a null (it made the mean NaN for a
@@ -119,6 +134,15 @@ def test_a_trip_delivered_twice_counts_once(spark, tmp_path):
     assert _features(spark, tmp_path, [later, d], 0) == _features(spark, tmp_path, [d, later], 0)
 
 
+def test_a_copy_with_values_wins_over_one_with_nan_and_trips_without_an_id_are_kept(spark, tmp_path):
+    d = _trip("d1", 1, DAY + timedelta(hours=12), 10, 12.0)
+    got = _features(spark, tmp_path, [{**d, "delivery_minutes": float("nan")}, d], 0)
+    assert got["d1"]["delivery_minutes"] == pytest.approx(30.0)  # Spark sorts NaN above every number
+    anonymous = [{**d, "trip_id": None}, {**d, "trip_id": None, "prep_minutes": 3.0}]
+    rows = _features_rows(spark, tmp_path, [*anonymous, d])
+    assert sorted(r["trip_id"] or "" for r in rows) == ["", "", "d1"]
+
+
 def test_an_infinite_prep_time_counts_as_unknown(spark, tmp_path):
     trips = [_trip("h1", 1, DAY - timedelta(hours=12), 10, 10.0), _trip("h2", 1, DAY - timedelta(hours=13), 10, float("inf")),
              _trip("d1", 1, DAY + timedelta(hours=1), 10, 12.0)]
@@ -139,4 +163,12 @@ def test_input_stats_count_copies_and_rows_filed_under_another_day(spark, tmp_pa
     stats = eta_features.input_stats(spark, {"input_files": files, "interval_files": files[1:],
                                              "interval_start": DAY.isoformat(),
                                              "interval_end": (DAY + timedelta(days=1)).isoformat()})
-    assert stats == {"input_rows": 5, "duplicate_rows": 1, "ordered_before_interval": 1, "ordered_after_interval": 1}
+    assert stats == {"input_rows": 5, "rows_in_interval": 2, "ordered_before_interval": 1, "lost_before_interval": 1,
+                     "ordered_after_interval": 1}
+    # a second copy of a trip already filed under its own day is not lost
+    redelivered = _trip("h1", 1, DAY - timedelta(hours=5), 10, 9.0)
+    pq.write_table(pa.Table.from_pylist([*own, redelivered]), files[1])
+    stats = eta_features.input_stats(spark, {"input_files": files, "interval_files": files[1:],
+                                             "interval_start": DAY.isoformat(),
+                                             "interval_end": (DAY + timedelta(days=1)).isoformat()})
+    assert stats["ordered_before_interval"] == 2 and stats["lost_before_interval"] == 1

@@ -52,7 +52,8 @@ def _commit_raw(day: date, table: pa.Table | None) -> None:
                      code={"sources_hash": "test"}, run=RunContext(), produce=produce)
 
 
-NOTHING_LEFT_OUT = {"input_rows": 30, "duplicate_rows": 0, "ordered_before_interval": 0, "ordered_after_interval": 0}
+NOTHING_LEFT_OUT = {"input_rows": 30, "rows_in_interval": 1, "ordered_before_interval": 0, "lost_before_interval": 0,
+                    "ordered_after_interval": 0}
 
 
 def _extract(lookback_days: int = 1, stats: dict = NOTHING_LEFT_OUT) -> tuple[dict | None, list[str]]:
@@ -90,14 +91,14 @@ def test_ns_timestamps_are_refused_with_the_writer_setting_that_fixes_them(tmp_p
                             coerce_timestamps="us")])
 
 
-def test_unsigned_integers_are_refused(tmp_path):
-    """Spark fails on them with java.lang.UnsupportedOperationException (PlainIntegerDictionary)."""
+def test_unsigned_integers_are_accepted_and_must_agree_across_files(tmp_path):
+    """Spark 4.3 reads an unsigned column alone as it reads a signed one; mixed with the
+    int32 files of other days it fails, as any two integer widths do."""
     table = _day()
-    path = _write(tmp_path / "u.parquet", _with(table, "restaurant_id", table["restaurant_id"].cast(pa.uint32())))
-    with pytest.raises(ConfigError, match=re.escape(
-            f"invalid raw file {path}: column restaurant_id='uint32': Spark cannot read unsigned Parquet "
-            f"integers; write it as a signed integer")):
-        check_raw_files([path])
+    unsigned = _write(tmp_path / "u.parquet", _with(table, "restaurant_id", table["restaurant_id"].cast(pa.uint32())))
+    check_raw_files([unsigned])
+    with pytest.raises(ConfigError, match=re.escape(f"column restaurant_id='int32': {unsigned} has it as uint32")):
+        check_raw_files([unsigned, _write(tmp_path / "s.parquet", table)])
 
 
 @pytest.mark.parametrize("order", ["int64 first", "int32 first"])
@@ -117,14 +118,21 @@ def test_files_that_disagree_on_a_column_type_are_refused_naming_both(tmp_path, 
         f"{paths[0]} has it as {types[paths[0]]}; Spark reads every input file as one file's type")
 
 
-def test_timestamp_units_must_agree_across_files(tmp_path):
+def test_timestamps_spark_reads_alike_may_mix_and_naive_ones_may_not(tmp_path):
+    """ms, us and INT96 (Spark's own default) with a time zone are one timestamp type to Spark;
+    a naive timestamp may be read as TIMESTAMP_NTZ, so it must not mix with them."""
     table = _day()
     ms = _write(tmp_path / "ms.parquet", table, coerce_timestamps="ms", allow_truncated_timestamps=True)
     us = _write(tmp_path / "us.parquet", table)
-    check_raw_files([ms])  # ms alone is a timestamp Spark reads
+    int96 = _write(tmp_path / "int96.parquet", table, use_deprecated_int96_timestamps=True, store_schema=False)
+    check_raw_files([ms, us, int96])
+    naive = table
+    for column in ("order_ts", "pickup_ts"):
+        naive = _with(naive, column, table[column].cast(pa.timestamp("us")))
+    naive_path = _write(tmp_path / "naive.parquet", naive)
     with pytest.raises(ConfigError, match=re.escape(
-            f"column order_ts='timestamp[us, tz=UTC]': {ms} has it as timestamp[ms, tz=UTC]")):
-        check_raw_files([ms, us])
+            f"column order_ts='timestamp[us]': {us} has it as timestamp[us, tz=UTC]")):
+        check_raw_files([us, naive_path])
 
 
 def test_a_pandas_category_city_is_a_string(tmp_path):
@@ -161,7 +169,8 @@ def test_an_empty_interval_partition_is_refused_before_spark():
     assert str(e.value) == (
         "invalid raw partition raw/trips/dt=2026-01-03='0 rows in 1 file(s)': the interval's own partition is "
         "empty, so its feature partition would be too; commit the day's data again through ingestion, then "
-        "clear the task")
+        "clear the task. If the day truly had no trips, mark this run's tasks skipped: later windows then list "
+        "the day in missing_feature_days")
     assert commit.committed(StageKey("features", "eta", "dt=2026-01-03")) == []
 
 
@@ -189,10 +198,12 @@ def test_an_empty_history_day_is_allowed_and_the_interval_rows_are_recorded():
 def test_what_the_job_left_out_is_in_the_summary_and_the_log(caplog):
     """Rows of dt=D ordered on an earlier day are in no feature partition: said, not silent."""
     _commit_raw(DAY, _day())
-    left_out = {**NOTHING_LEFT_OUT, "duplicate_rows": 2, "ordered_before_interval": 3}
+    left_out = {**NOTHING_LEFT_OUT, "rows_in_interval": 3, "ordered_before_interval": 5,  # the job wrote 1 row
+                "lost_before_interval": 3, "ordered_after_interval": 4}
     with caplog.at_level("WARNING", logger="feature_jobs.feature_stage"):
         manifest, _ = _extract(lookback_days=0, stats=left_out)
-    assert {k: manifest["summary"][k] for k in left_out} == left_out
+    assert {k: manifest["summary"][k] for k in left_out} == left_out and manifest["summary"]["duplicate_rows"] == 2
     text = caplog.text
-    assert "2 raw row(s) repeated a trip_id already read" in text
-    assert "3 row(s) of raw/trips/dt=2026-01-03 were ordered before its day: they are in no feature partition" in text
+    assert "2 raw row(s) of the day's trips repeated a trip_id" in text
+    assert "3 row(s) of raw/trips/dt=2026-01-03 were ordered before its day and are not in the lookback days" in text
+    assert "4 row(s) of raw/trips/dt=2026-01-03 were ordered after its day, and with lookback_days 0" in text
