@@ -62,7 +62,8 @@ def check_split(manifest: dict, split: str) -> None:
                                  f"({size} bytes, committed {entry['size']}); {fix}")
     for path in (root / split).rglob("*"):
         rel = path.relative_to(root).as_posix()
-        if rel not in listed and path.is_file() and not commit.ignored_file(path.name):
+        # readers skip hidden names (.DS_Store, NFS's .nfsXXXX); Petastorm does read '_metadata'
+        if rel not in listed and path.is_file() and not commit.ignored_file(path.name) and not path.name.startswith("."):
             raise IntegrityError(f"{mid}: {rel} is in the dataset's directory but not in its manifest; "
                                  f"remove it, or {fix}")
 

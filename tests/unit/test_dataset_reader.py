@@ -46,7 +46,12 @@ def test_a_stray_data_file_is_refused_and_spark_side_files_are_not():
     split = commit.location(ds) / "train"
     (split / "._SUCCESS.crc").write_text("")
     (split / "_SUCCESS").write_text("")
+    (split / ".nfs000000001").write_text("")  # hidden: no reader opens it
     datasets.split_url(ds, "train")
+    (split / "_metadata").write_bytes((split / "_common_metadata").read_bytes())  # Petastorm reads this one
+    with pytest.raises(IntegrityError, match=r"train/_metadata is in the dataset's directory but not in its manifest"):
+        datasets.split_url(ds, "train")
+    (split / "_metadata").unlink()
     (split / "part-00001.parquet").write_bytes((split / "part-00000.parquet").read_bytes())
     with pytest.raises(IntegrityError, match=r"train/part-00001.parquet is in the dataset's directory but not in its manifest"):
         datasets.split_url(ds, "train")
