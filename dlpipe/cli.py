@@ -315,25 +315,27 @@ def cmd_dataset_show(args: argparse.Namespace) -> int:
         _print(m, True, "")
         return 0
     s = m["summary"]
-    lines = [f"dataset   {m['id']}", f"location  {commit.location(m)}",
-             f"committed {m['committed_at']} by {m['run']['dag_id']}/{m['run']['run_id']} "
-             f"(task {m['run']['task_id']}, try {m['run']['try_number']}, user {m['run']['user']})",
-             f"content   sha256 {s.get('content_sha256', '-')}",
-             f"rows      {s['rows']}", f"window    {s.get('window')}",
-             "inputs    " + ", ".join(i["id"] for i in m["inputs"]), "", "schema"]
-    lines.append(_table(s.get("schema", []), ["name", "numpy_dtype", "shape", "codec"]))
+    # manifest text is anyone's text: each line is escaped (the tables escape their cells)
+    lines = [_shown(line) for line in (
+        f"dataset   {m['id']}", f"location  {commit.location(m)}",
+        f"committed {m['committed_at']} by {m['run']['dag_id']}/{m['run']['run_id']} "
+        f"(task {m['run']['task_id']}, try {m['run']['try_number']}, user {m['run']['user']})",
+        f"content   sha256 {s.get('content_sha256', '-')}",
+        f"rows      {s['rows']}", f"window    {s.get('window')}",
+        "inputs    " + ", ".join(i["id"] for i in m["inputs"]))]
+    lines += ["", "schema", _table(s.get("schema", []), ["name", "numpy_dtype", "shape", "codec"])]
     for split, cols in sorted(s.get("stats", {}).items()):
-        lines += ["", f"column statistics ({split})"]
+        lines += ["", _shown(f"column statistics ({split})")]
         lines.append(_table([{"column": c, **{k: _fmt(v) for k, v in st.items()}} for c, st in cols.items()],
                             ["column", "count", "nulls", "min", "max", "mean"]))
     verdicts = gate_verdicts(m)
-    lines += ["", "gates"] + ([f"  {g['id']}: {g['summary'].get('verdict')} "
-                               f"({g['summary'].get('expectations', '-')} expectations)" for g in verdicts]
+    lines += ["", "gates"] + ([_shown(f"  {g['id']}: {g['summary'].get('verdict')} "
+                                      f"({g['summary'].get('expectations', '-')} expectations)") for g in verdicts]
                               or ["  (none committed: a failed gate leaves its reason in `dlpipe audit`)"])
     lines += ["", f"files ({len(m['outputs']['files'])})"]
     lines.append(_table([{"path": f["path"], "size": f["size"], "sha256": f["sha256"][:16]}
                          for f in m["outputs"]["files"]], ["path", "size", "sha256"]))
-    print("\n".join(line if "\n" in line else _shown(line) for line in lines))  # tables are escaped already
+    print("\n".join(lines))
     return 0
 
 

@@ -99,3 +99,19 @@ def test_dataset_show_lists_the_gates_that_judged_it_not_those_that_compared_aga
     assert cli.main(["dataset", "show", old["id"]]) == 0
     out = capsys.readouterr().out
     assert gate["id"] not in out and "(none committed" in out
+
+
+def test_dataset_show_escapes_manifest_text(capsys):
+    """A run id with a newline and an escape sequence must not forge a line of the output."""
+    import json
+
+    from dlpipe import cli
+
+    ds = _dataset()
+    mfile = KEY.dir() / "manifests" / f"{ds['fingerprint']}.json"
+    forged = json.loads(mfile.read_text())
+    forged["run"]["run_id"] = "r1\ngates\n  gates/eta_data/x@y: passed (99 expectations)\x1b[2J"
+    mfile.write_text(json.dumps(forged))
+    assert cli.main(["dataset", "show", ds["id"]]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\n  gates/eta_data/x@y" not in out and "r1\\ngates\\n" in out
