@@ -158,6 +158,13 @@ def test_summary_of_a_dag_without_a_promotion_task_passes(capsys):
     _run_events("manual__2", ["extract_features", "materialize_dataset", "data_gate", "train", "model_gate"])
     assert cli.main(["summary", "--dag-id", "d"]) == 1  # no registration: still incomplete
     assert "register_model       missing" in capsys.readouterr().out
+    # a DAG that has promoted in some run: a run whose promotion left no event is incomplete
+    _run_events("manual__3", ["extract_features", "materialize_dataset", "data_gate", "train", "model_gate",
+                              "register_model", "promote_staging"])
+    _run_events("manual__4", ["extract_features", "materialize_dataset", "data_gate", "train", "model_gate",
+                              "register_model"])
+    assert cli.main(["summary", "--dag-id", "d"]) == 1
+    assert "promote_staging      missing" in capsys.readouterr().out
 
 
 def test_summary_survives_raw_partitions_deleted_by_retention(capsys):
