@@ -11,10 +11,13 @@ Everything lives under one root, ``DLPIPE_HOME`` (default ``./.dlpipe``):
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 
-_NOT_IN_URLS = " #?%"
+# what a file:// URL carries unchanged through pyarrow's FileSystem.from_uri (a space, '%', '[' or
+# a non-ASCII letter fails to parse; '#' and '?' cut the path short)
+_URL_SAFE = re.compile(r"[A-Za-z0-9._\-/+=,:@~]")
 
 
 def home() -> Path:
@@ -22,12 +25,13 @@ def home() -> Path:
     default, as an empty ``DLPIPE_REGISTRY_ROOT`` does."""
     value = os.environ.get("DLPIPE_HOME") or ".dlpipe"
     root = Path(value).expanduser().resolve()
-    unsafe = sorted(set(str(root)) & set(_NOT_IN_URLS))
+    unsafe = sorted(set(_URL_SAFE.sub("", str(root))))
     if unsafe:  # readers and training open datasets through file:// URLs, which these break
         from dlpipe.errors import ConfigError
 
         raise ConfigError("DLPIPE_HOME", str(root), f"Petastorm and pyarrow read datasets through file:// "
-                                                    f"URLs, which break on {unsafe}; use a path without them")
+                                                    f"URLs, which break on {unsafe}; use a path of ASCII letters, "
+                                                    f"digits and . _ - / + = , : @ ~ only")
     try:
         root.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError) as exc:

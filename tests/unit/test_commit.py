@@ -409,7 +409,7 @@ def test_every_output_file_and_folder_is_fsynced_before_the_manifest(monkeypatch
     assert expected <= before, expected - before
 
 
-@pytest.mark.parametrize("name", ["my data", "run#1", "what?", "100%"])
+@pytest.mark.parametrize("name", ["my data", "run#1", "what?", "100%", "h[1]", "caf\u00e9", "a|b"])
 def test_dlpipe_home_must_be_usable_in_a_file_url(monkeypatch, tmp_path, name):
     """Training opens datasets with pyarrow's FileSystem.from_uri, which cannot parse a space;
     Petastorm cuts a path at '#': refused up front, not by the train task."""
@@ -418,3 +418,11 @@ def test_dlpipe_home_must_be_usable_in_a_file_url(monkeypatch, tmp_path, name):
         audit.settings.home()
     assert e.value.field == "DLPIPE_HOME" and e.value.value.endswith(name) and "file://" in e.value.fix
     assert not (tmp_path / name).exists()
+
+
+def test_every_dlpipe_home_accepted_survives_a_file_url(monkeypatch, tmp_path):
+    import pyarrow.fs as pafs
+
+    monkeypatch.setenv("DLPIPE_HOME", str(tmp_path / "a.b_c-d+e=f,g:h@i~j"))
+    home = audit.settings.home()
+    assert pafs.FileSystem.from_uri(f"file://{home}/x")[1] == f"{home}/x"
