@@ -40,16 +40,11 @@ def credential_env(name: str, value: str) -> bool:
     return bool(SECRET_ENV.search(name)) and not located
 
 
-_HOST_PORT = re.compile(r"[^:@/]+:[0-9]{1,5}")
-
-
 def _hide_login(match: re.Match) -> str:
-    """``user:password@`` becomes ``***@``; an '@' in a path (``s3://bucket/eta@3/m.pt``,
-    ``http://minio:9000/team@x``) stays. The login runs to the last '@', since AWS secret keys
-    hold '/'s."""
+    """``user:password@`` becomes ``***@``; an '@' in a path (``s3://bucket/eta@3/m.pt``) stays."""
     before = match.group(1)
     slash = before.find("/")
-    if slash == -1 or (0 <= before.find(":") < slash and not _HOST_PORT.fullmatch(before[:slash])):
+    if slash == -1 or 0 <= before.find(":") < slash:
         return "***@"
     return match.group(0)
 
