@@ -383,9 +383,10 @@ def cmd_summary(args: argparse.Namespace) -> int:
     # dataset. Every stage after it must have committed or skipped.
     first = next((i for i, t in enumerate(SUMMARY_TASKS) if t in seen), 0)
     expected = SUMMARY_TASKS[first:]
-    promotes = any(e["run"]["task_id"] == "promote_staging" for e in events)  # in any run of this DAG
-    if not promotes and final.get("register_model", {}).get("event") in ("committed", "skipped"):
-        # a DAG with registry.promote_to: null has no promotion task: nothing is missing after registration
+    # a DAG with registry.promote_to: null has no promotion task: its registration says what follows it
+    follows = [e.get("downstream") for e in events if e["run"]["run_id"] == run_id
+               and e["run"]["task_id"] == "register_model" and e["event"] == "started"]
+    if follows and follows[-1] is not None and "promote_staging" not in follows[-1]:
         expected = expected[:-1]
     rows, ok = [], True
     for task in expected:

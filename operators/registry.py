@@ -92,7 +92,9 @@ class RegisterModelOperator(_RegistryOperator):
                     f"or its dataset: pass the gates of this run (clear the gate tasks with the train task)")
         _, store = self._settings(pipeline)
         name = pipeline.get("model_name", "model")
-        audit.record("started", stage="registry", run=run, manifest_id=f"{name}@?", training=training["id"])
+        # what runs after registration in this DAG: `dlpipe summary` expects a promotion only where there is one
+        audit.record("started", stage="registry", run=run, manifest_id=f"{name}@?", training=training["id"],
+                     downstream=sorted(self.downstream_task_ids))
         try:
             record, created = registry.register(
                 store, name, commit.location(training) / training["summary"]["model_dir"],

@@ -134,3 +134,26 @@ def test_gate_ids_that_render_to_nothing_at_run_time_are_refused(dlpipe_home):
         with pytest.raises(AirflowFailException, match="rendered to no gate"):
             op.execute({"ti": ti, "dag_run": SimpleNamespace(run_type="manual"), "params": {}})
     assert registry.list_versions(LocalStore(root), "eta") == []
+
+
+def test_registration_records_what_follows_it_in_its_dag(dlpipe_home):
+    """`dlpipe summary` expects a promotion only in a DAG that has one (promote_to: null has none)."""
+    from airflow.providers.standard.operators.empty import EmptyOperator
+    from airflow.sdk import DAG
+
+    from dlpipe import audit
+
+    good = _training(3.0)
+    gate = run_model_gate(good, ModelGateConfig(), run=RunContext(), candidate=_evaluation(3.0), champion=None)
+    for dag_id, follows in (("with_promotion", ["promote_staging"]), ("without", [])):
+        with DAG(dag_id, schedule=None):
+            op = RegisterModelOperator(task_id="register_model", training_id=good["id"], gate_ids=[gate.id],
+                                       registry_root=str(dlpipe_home / "registry"),
+                                       pipeline_config=str(ROOT / "pipelines" / "eta_training.yaml"))
+            if follows:
+                op >> EmptyOperator(task_id="promote_staging")
+        ti = SimpleNamespace(dag_id=dag_id, run_id="r", task_id="register_model", try_number=1)
+        op.execute({"ti": ti, "dag_run": SimpleNamespace(run_type="manual"), "params": {}})
+        [started] = [e for e in audit.read() if e["run"]["dag_id"] == dag_id and e["event"] == "started"
+                     and e["stage"] == "registry"]
+        assert started["downstream"] == follows

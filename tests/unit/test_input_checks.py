@@ -120,10 +120,13 @@ def test_a_wrong_split_name_is_refused_as_a_split_not_as_a_dataset(tmp_path):
         datasets.split_url({**ds.manifest, "stage": "features"}, "train")
 
 
-def _run_events(run_id: str, tasks: list[str]) -> RunContext:
+def _run_events(run_id: str, tasks: list[str], after_registration: list[str] | None = None) -> RunContext:
+    """Each task's commit; ``register_model`` also says what follows it in the DAG, as the operator does."""
     for task in tasks:
-        audit.record("committed", stage=task, run=RunContext(dag_id="d", run_id=run_id, task_id=task, try_number=1),
-                     manifest_id=f"{task}-output")
+        run = RunContext(dag_id="d", run_id=run_id, task_id=task, try_number=1)
+        if task == "register_model" and after_registration is not None:
+            audit.record("started", stage="registry", run=run, manifest_id="eta@?", downstream=after_registration)
+        audit.record("committed", stage=task, run=run, manifest_id=f"{task}-output")
     return RunContext(dag_id="d", run_id=run_id, task_id="promote_staging", try_number=1)
 
 
@@ -142,29 +145,28 @@ def test_summary_shows_where_a_forward_only_promotion_left_the_alias(capsys, tmp
                           run=RunContext())
     registry.promote_forward(store, "eta", "staging", 1, run=RunContext())
     run = _run_events("backfill__2026-01-02", ["materialize_dataset", "data_gate", "train", "model_gate",
-                                               "register_model"])
+                                               "register_model"], after_registration=["promote_staging"])
     registry.promote_forward(store, "eta", "staging", 2, run=run)
     assert cli.main(["summary", "--dag-id", "d"]) == 0
     [line] = [x for x in capsys.readouterr().out.splitlines() if x.startswith("alias:")]
     assert "eta:staging -> version 1 (eta:staging stays at version 1" in line and "version 2 has older data" in line
 
 
-def test_summary_of_a_dag_without_a_promotion_task_passes(capsys):
-    """registry.promote_to: null builds no promote_staging task: a whole run is not 'missing' one."""
-    _run_events("manual__1", ["extract_features", "materialize_dataset", "data_gate", "train", "model_gate",
-                              "register_model"])
+def test_summary_expects_a_promotion_only_where_the_dag_has_one(capsys):
+    """registry.promote_to: null builds no promote_staging task: registration records what follows
+    it, so a whole run is not 'missing' a promotion, and a run whose promotion left no event is."""
+    stages = ["extract_features", "materialize_dataset", "data_gate", "train", "model_gate", "register_model"]
+    _run_events("manual__1", stages, after_registration=[])
     assert cli.main(["summary", "--dag-id", "d"]) == 0
     assert "promote_staging" not in capsys.readouterr().out
-    _run_events("manual__2", ["extract_features", "materialize_dataset", "data_gate", "train", "model_gate"])
+    _run_events("manual__2", stages[:-1], after_registration=[])
     assert cli.main(["summary", "--dag-id", "d"]) == 1  # no registration: still incomplete
     assert "register_model       missing" in capsys.readouterr().out
-    # a DAG that has promoted in some run: a run whose promotion left no event is incomplete
-    _run_events("manual__3", ["extract_features", "materialize_dataset", "data_gate", "train", "model_gate",
-                              "register_model", "promote_staging"])
-    _run_events("manual__4", ["extract_features", "materialize_dataset", "data_gate", "train", "model_gate",
-                              "register_model"])
+    _run_events("manual__3", stages, after_registration=["promote_staging"])  # promotion never started
     assert cli.main(["summary", "--dag-id", "d"]) == 1
     assert "promote_staging      missing" in capsys.readouterr().out
+    _run_events("manual__4", stages)  # events from before registration said what follows: expected, as before
+    assert cli.main(["summary", "--dag-id", "d"]) == 1
 
 
 def test_summary_survives_raw_partitions_deleted_by_retention(capsys):
