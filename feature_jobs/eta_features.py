@@ -45,11 +45,13 @@ def one_row_per_trip(rows, columns: list[str]):
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    def rank(c: str):
-        value = F.when(~F.isnan(c), F.col(c)) if RAW_COLUMNS.get(c) == "floating" else F.col(c)
-        return value.desc_nulls_last()
+    def rank(c: str) -> list:
+        if RAW_COLUMNS.get(c) != "floating":
+            return [F.col(c).desc_nulls_last()]
+        # a value first, then NaN before null: copies that differ only there still have one order
+        return [F.when(~F.isnan(c), F.col(c)).desc_nulls_last(), F.col(c).desc_nulls_last()]
 
-    order = Window.partitionBy(KEY_COLUMN).orderBy(*map(rank, columns))
+    order = Window.partitionBy(KEY_COLUMN).orderBy(*(key for c in columns for key in rank(c)))
     kept = F.col(KEY_COLUMN).isNull() | (F.col("_copy") == 1)
     return rows.withColumn("_copy", F.row_number().over(order)).where(kept).drop("_copy")
 
@@ -59,26 +61,32 @@ def input_stats(spark, spec: dict) -> dict:
     wrote to count copies of a trip), and the rows of the interval's own partition ordered
     outside it. A row filed in ``dt=D`` but ordered on an earlier day is in no feature partition
     (that day's run never read ``dt=D``) unless it is a second copy of a trip filed under its
-    own day: ``lost_before_interval`` counts those not found in the lookback partitions. A row
-    ordered on a later day is picked up by that day's run, through its lookback. Scans of
-    ``order_ts`` only, and a join on trip ids only when some rows were ordered before the day."""
+    own day: ``before_interval_not_in_lookback`` counts those whose trip is not in this run's
+    lookback partitions. A row ordered on a later day is picked up by the runs whose lookback
+    reaches back to ``dt=D``: ``after_lookback_reach`` counts those ordered later than that.
+    Scans of ``order_ts`` only, and a join on trip ids only when some rows were ordered before
+    the day."""
+    from datetime import datetime, timedelta
+
     from pyspark.sql import functions as F
 
     ts, start, end = F.col("order_ts"), F.lit(spec["interval_start"]).cast("timestamp"), \
         F.lit(spec["interval_end"]).cast("timestamp")
+    reach = datetime.fromisoformat(spec["interval_end"]) + timedelta(days=int(spec.get("lookback_days", 0)))
     read = spark.read.parquet(*spec["input_files"]).select("order_ts").agg(
         F.count(F.lit(1)).alias("rows"), F.sum(((ts >= start) & (ts < end)).cast("int")).alias("in_interval")).first()
     own = spark.read.parquet(*spec["interval_files"])
-    counts = own.select("order_ts").agg(F.sum((ts < start).cast("int")).alias("before"),
-                                        F.sum((ts >= end).cast("int")).alias("after")).first()
-    lost = before = counts["before"] or 0
+    counts = own.select("order_ts").agg(
+        F.sum((ts < start).cast("int")).alias("before"), F.sum((ts >= end).cast("int")).alias("after"),
+        F.sum((ts >= F.lit(reach.isoformat()).cast("timestamp")).cast("int")).alias("beyond")).first()
+    missing = before = counts["before"] or 0
     history_files = [f for f in spec["input_files"] if f not in set(spec["interval_files"])]
     if before and history_files:
         earlier = spark.read.parquet(*history_files).select(KEY_COLUMN)
-        lost = own.where(ts < start).select(KEY_COLUMN).join(earlier, KEY_COLUMN, "left_anti").count()
+        missing = own.where(ts < start).select(KEY_COLUMN).join(earlier, KEY_COLUMN, "left_anti").count()
     return {"input_rows": read["rows"], "rows_in_interval": read["in_interval"] or 0,
-            "ordered_before_interval": before, "lost_before_interval": lost,
-            "ordered_after_interval": counts["after"] or 0}
+            "ordered_before_interval": before, "before_interval_not_in_lookback": missing,
+            "ordered_after_interval": counts["after"] or 0, "after_lookback_reach": counts["beyond"] or 0}
 
 
 def build_features(spark, spec: dict, partitions: int = 1):

@@ -178,19 +178,20 @@ def check_interval_partition(manifest: dict, raw: StageKey) -> int:
     return rows
 
 
-def _warn_about_left_out(stats: dict, raw: StageKey, lookback_days: int) -> None:
+def _warn_about_left_out(stats: dict, raw: StageKey) -> None:
     """Say what the features left out; the counts are in the manifest's summary too."""
     if stats["duplicate_rows"]:
         log.warning("%d raw row(s) of the day's trips repeated a trip_id (at-least-once delivery): each trip "
                     "was kept once", stats["duplicate_rows"])
-    if stats["lost_before_interval"]:
-        log.warning("%d row(s) of %s were ordered before its day and are not in the lookback days: they are "
-                    "in no feature partition. Raw partitions must be keyed by the UTC day of order_ts; file "
-                    "them under their order day and run that day's features again",
-                    stats["lost_before_interval"], raw.relpath)
-    if stats["ordered_after_interval"] and lookback_days == 0:
-        log.warning("%d row(s) of %s were ordered after its day, and with lookback_days 0 no later run reads "
-                    "this partition: they are in no feature partition", stats["ordered_after_interval"],
+    if stats["before_interval_not_in_lookback"]:
+        log.warning("%d row(s) of %s were ordered before its day, and their trips are not in the lookback "
+                    "partitions: unless filed under their order day before that, they are in no feature "
+                    "partition. Raw partitions must be keyed by the UTC day of order_ts; file them under their "
+                    "order day and run that day's features again", stats["before_interval_not_in_lookback"],
+                    raw.relpath)
+    if stats["after_lookback_reach"]:
+        log.warning("%d row(s) of %s were ordered later than lookback_days after its day: no run reads this "
+                    "partition for them, so they are in no feature partition", stats["after_lookback_reach"],
                     raw.relpath)
 
 
@@ -234,7 +235,7 @@ def extract_features(interval_start, interval_end, *, config: FeatureJobConfig, 
         rows = parquet_rows(parts)
         stats = json.loads((attempt / "input_stats.json").read_text())
         stats["duplicate_rows"] = stats["rows_in_interval"] - rows  # copies of a trip the job dropped
-        _warn_about_left_out(stats, StageKey("raw", config.raw, day_partition(day)), config.lookback_days)
+        _warn_about_left_out(stats, StageKey("raw", config.raw, day_partition(day)))
         return {"rows": rows, "day": day.isoformat(),
                 "content_sha256": content_hash(parts, out),
                 "history_days": len(inputs) - 1, "missing_history_days": sorted(missing),

@@ -138,6 +138,9 @@ def test_a_copy_with_values_wins_over_one_with_nan_and_trips_without_an_id_are_k
     d = _trip("d1", 1, DAY + timedelta(hours=12), 10, 12.0)
     got = _features(spark, tmp_path, [{**d, "delivery_minutes": float("nan")}, d], 0)
     assert got["d1"]["delivery_minutes"] == pytest.approx(30.0)  # Spark sorts NaN above every number
+    nan, null = {**d, "delivery_minutes": float("nan")}, {**d, "delivery_minutes": None}
+    for copies in ([nan, null], [null, nan]):  # copies tied but for NaN and null: one order still
+        assert math.isnan(_features(spark, tmp_path, copies, 0)["d1"]["delivery_minutes"])
     anonymous = [{**d, "trip_id": None}, {**d, "trip_id": None, "prep_minutes": 3.0}]
     rows = _features_rows(spark, tmp_path, [*anonymous, d])
     assert sorted(r["trip_id"] or "" for r in rows) == ["", "", "d1"]
@@ -155,20 +158,21 @@ def test_input_stats_count_copies_and_rows_filed_under_another_day(spark, tmp_pa
 
     d = _trip("d1", 1, DAY + timedelta(hours=1), 10, 12.0)
     own = [d, dict(d), _trip("late", 1, DAY - timedelta(hours=2), 10, 9.0),
-           _trip("early", 1, DAY + timedelta(days=1, hours=1), 10, 9.0)]
+           _trip("early", 1, DAY + timedelta(days=1, hours=1), 10, 9.0),  # read by D+1's run (lookback 1)
+           _trip("too early", 1, DAY + timedelta(days=2, hours=1), 10, 9.0)]  # read by no run
     files = []
     for name, rows in (("history", [_trip("h1", 1, DAY - timedelta(hours=5), 10, 9.0)]), ("own", own)):
         files.append(str(tmp_path / f"{name}.parquet"))
         pq.write_table(pa.Table.from_pylist(rows), files[-1])
     stats = eta_features.input_stats(spark, {"input_files": files, "interval_files": files[1:],
-                                             "interval_start": DAY.isoformat(),
+                                             "interval_start": DAY.isoformat(), "lookback_days": 1,
                                              "interval_end": (DAY + timedelta(days=1)).isoformat()})
-    assert stats == {"input_rows": 5, "rows_in_interval": 2, "ordered_before_interval": 1, "lost_before_interval": 1,
-                     "ordered_after_interval": 1}
+    assert stats == {"input_rows": 6, "rows_in_interval": 2, "ordered_before_interval": 1,
+                     "before_interval_not_in_lookback": 1, "ordered_after_interval": 2, "after_lookback_reach": 1}
     # a second copy of a trip already filed under its own day is not lost
     redelivered = _trip("h1", 1, DAY - timedelta(hours=5), 10, 9.0)
     pq.write_table(pa.Table.from_pylist([*own, redelivered]), files[1])
     stats = eta_features.input_stats(spark, {"input_files": files, "interval_files": files[1:],
-                                             "interval_start": DAY.isoformat(),
+                                             "interval_start": DAY.isoformat(), "lookback_days": 1,
                                              "interval_end": (DAY + timedelta(days=1)).isoformat()})
-    assert stats["ordered_before_interval"] == 2 and stats["lost_before_interval"] == 1
+    assert stats["ordered_before_interval"] == 2 and stats["before_interval_not_in_lookback"] == 1

@@ -22,7 +22,8 @@ def _fake_spark_job(app: str, args: list[str]) -> None:
     pq.write_table(pa.table({"trip_id": ["a"], "n_inputs": [len(spec["input_files"])]}),
                    out / "part-00000-0c9e.snappy.parquet")
     Path(spec["stats_path"]).write_text(json.dumps({"input_rows": 1, "rows_in_interval": 1, "ordered_before_interval": 0,
-                                                    "lost_before_interval": 0, "ordered_after_interval": 0}))
+                                                    "before_interval_not_in_lookback": 0, "ordered_after_interval": 0,
+                                                    "after_lookback_reach": 0}))
 
 
 def test_missing_history_days_are_listed_as_dates(small_raw):

@@ -52,8 +52,8 @@ def _commit_raw(day: date, table: pa.Table | None) -> None:
                      code={"sources_hash": "test"}, run=RunContext(), produce=produce)
 
 
-NOTHING_LEFT_OUT = {"input_rows": 30, "rows_in_interval": 1, "ordered_before_interval": 0, "lost_before_interval": 0,
-                    "ordered_after_interval": 0}
+NOTHING_LEFT_OUT = {"input_rows": 30, "rows_in_interval": 1, "ordered_before_interval": 0, "before_interval_not_in_lookback": 0,
+                    "ordered_after_interval": 0, "after_lookback_reach": 0}
 
 
 def _extract(lookback_days: int = 1, stats: dict = NOTHING_LEFT_OUT) -> tuple[dict | None, list[str]]:
@@ -199,11 +199,12 @@ def test_what_the_job_left_out_is_in_the_summary_and_the_log(caplog):
     """Rows of dt=D ordered on an earlier day are in no feature partition: said, not silent."""
     _commit_raw(DAY, _day())
     left_out = {**NOTHING_LEFT_OUT, "rows_in_interval": 3, "ordered_before_interval": 5,  # the job wrote 1 row
-                "lost_before_interval": 3, "ordered_after_interval": 4}
+                "before_interval_not_in_lookback": 3, "ordered_after_interval": 6, "after_lookback_reach": 4}
     with caplog.at_level("WARNING", logger="feature_jobs.feature_stage"):
         manifest, _ = _extract(lookback_days=0, stats=left_out)
     assert {k: manifest["summary"][k] for k in left_out} == left_out and manifest["summary"]["duplicate_rows"] == 2
     text = caplog.text
     assert "2 raw row(s) of the day's trips repeated a trip_id" in text
-    assert "3 row(s) of raw/trips/dt=2026-01-03 were ordered before its day and are not in the lookback days" in text
-    assert "4 row(s) of raw/trips/dt=2026-01-03 were ordered after its day, and with lookback_days 0" in text
+    assert "3 row(s) of raw/trips/dt=2026-01-03 were ordered before its day, and their trips are not in the " \
+           "lookback partitions" in text
+    assert "4 row(s) of raw/trips/dt=2026-01-03 were ordered later than lookback_days after its day" in text
