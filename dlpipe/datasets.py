@@ -86,23 +86,27 @@ def resolve(ref: str) -> dict:
         location = commit.location(manifest)
         if path == location or location in path.parents:
             return manifest
+    versions = _partition_versions(ref, path, root)
+    if versions:
+        raise NotCommittedError(f"{ref} is a dataset partition, which may hold several versions; pass one of "
+                                f"its committed versions (newest first): {', '.join(versions)}")
     raise NotCommittedError(
         f"{ref} is not inside any committed dataset under {root}: it may be an attempt that never "
         f"committed (or was superseded). Use the dataset id a committed run reported "
-        f"(`dlpipe audit`), e.g. datasets/eta/window_end=2026-01-03@<fingerprint>{_versions_hint(ref, path, root)}")
+        f"(`dlpipe audit`), e.g. datasets/eta/window_end=2026-01-03@<fingerprint>")
 
 
-def _versions_hint(ref: str, path: Path, root: Path) -> str:
-    """Where ``ref`` names a dataset partition (its directory, or its id without ``@``), which
-    committed versions there are to choose from: several may be, so none is picked silently."""
+def _partition_versions(ref: str, path: Path, root: Path) -> list[str]:
+    """Where ``ref`` names a dataset partition (its directory, or its id without ``@``), the ids
+    of its committed versions, newest first: several may exist, so none is picked silently."""
     for d in (path, root.parent / ref):
         d = d.parent if d.name == "manifests" else d
         if d.parent.parent == root:
             found = [json.loads(p.read_text()) for p in (d / "manifests").glob("*.json")]
             ids = [m["id"] for m in sorted(found, key=lambda m: m["committed_at"], reverse=True)]
             if ids:
-                return f". {ref} is a dataset partition; pass one of its committed versions (newest first): {', '.join(ids)}"
-    return ""
+                return ids
+    return []
 
 
 def open_reader(ref: str, split: str, *, batch: bool = True, **kwargs: Any):
