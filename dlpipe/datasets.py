@@ -102,8 +102,11 @@ def _partition_versions(ref: str, path: Path, root: Path) -> list[str]:
     for d in (path, root.parent / ref):
         d = d.parent if d.name == "manifests" else d
         if d.parent.parent == root:
-            found = [json.loads(p.read_text()) for p in (d / "manifests").glob("*.json")]
-            ids = [m["id"] for m in sorted(found, key=lambda m: m["committed_at"], reverse=True)]
+            try:
+                key = commit.StageKey("datasets", d.parent.name, d.name)
+            except ValueError:  # a name no stage could have written
+                continue
+            ids = [m["id"] for m in reversed(commit.committed(key))]
             if ids:
                 return ids
     return []
