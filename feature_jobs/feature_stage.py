@@ -208,7 +208,8 @@ def extract_features(interval_start, interval_end, *, config: FeatureJobConfig, 
     for absent in missing:
         log.info("raw/%s/%s not committed: treated as missing history", config.raw, absent)
     interval = committed_days(config.raw, "raw", [day], required=True, late_ok=True)[0]
-    interval_rows = check_interval_partition(interval[0], StageKey("raw", config.raw, day_partition(day)))
+    raw_key = StageKey("raw", config.raw, day_partition(day))
+    interval_rows = check_interval_partition(interval[0], raw_key)
     inputs = earlier + interval
     key = StageKey("features", config.name, day_partition(day))
     fp_config, code = feature_version(config)
@@ -235,7 +236,7 @@ def extract_features(interval_start, interval_end, *, config: FeatureJobConfig, 
         rows = parquet_rows(parts)
         stats = json.loads((attempt / "input_stats.json").read_text())
         stats["duplicate_rows"] = stats["rows_in_interval"] - rows  # copies of a trip the job dropped
-        _warn_about_left_out(stats, StageKey("raw", config.raw, day_partition(day)))
+        _warn_about_left_out(stats, raw_key)
         return {"rows": rows, "day": day.isoformat(),
                 "content_sha256": content_hash(parts, out),
                 "history_days": len(inputs) - 1, "missing_history_days": sorted(missing),
