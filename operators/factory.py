@@ -82,11 +82,13 @@ def check_pipeline(pipeline: dict[str, Any]) -> None:
     for name, model in sections.items():
         section(pipeline, name, model)
     gate = section(pipeline, "model_gate", sections["model_gate"])
-    for field in ("metric", "baseline_metric"):
+    for field, allowed, what in (("metric", kind.gate_metrics, "the model's metric on the validation split"),
+                                 ("baseline_metric", kind.baseline_metrics, "the naive predictor's value of it")):
         value = getattr(gate, field)
-        if value not in kind.gate_metrics:
+        if value not in allowed:
             raise ConfigError(f"{path}: model_gate.{field}", value,
-                              f"a {kind.name} training run reports {list(kind.gate_metrics)} (lower is better)")
+                              f"use one of {list(allowed)}: {what} in a {kind.name} training run (lower is "
+                              f"better); training-split metrics are not judged, as an overfit model wins them")
     from training.stages import ENTRY_SOURCES
 
     if kind.train_entry not in ENTRY_SOURCES:  # else the train task fails after three stages committed

@@ -118,7 +118,14 @@ def test_every_shipped_kind_lists_its_training_sources():
     ({"dag": None}, "dag", "None", "add a dag: section"),
     ({"kind": "gpt"}, "kind", "gpt", "use one of ['digits_classifier', 'eta_regressor']"),
     ({"features__name": "Team ETA"}, "features.name", "Team ETA", "should match pattern"),
-    ({"model_gate__metric": "val_mea"}, "model_gate.metric", "val_mea", "reports ['val_mae', 'train_mae'"),
+    ({"model_gate__metric": "val_mea"}, "model_gate.metric", "val_mea", "use one of ['val_mae']"),
+    # the pair reversed passed models worse than the baseline; a metric against itself passed all;
+    # the training split's error passed an overfit model
+    ({"model_gate__metric": "baseline_mae", "model_gate__baseline_metric": "val_mae"},
+     "model_gate.metric", "baseline_mae", "use one of ['val_mae']"),
+    ({"model_gate__baseline_metric": "val_mae"}, "model_gate.baseline_metric", "val_mae",
+     "use one of ['baseline_mae']"),
+    ({"model_gate__metric": "train_mae"}, "model_gate.metric", "train_mae", "an overfit model wins them"),
     ({"model_gate__champion_alias": "Prod/x"}, "model_gate.champion_alias", "Prod/x", "should match pattern"),
     ({"registry__promote_to": "Staging"}, "registry.promote_to", "Staging", "should match pattern"),
     ({"registry__root": "http://x"}, "registry.root", "http://x", "use a local directory or s3://BUCKET"),
