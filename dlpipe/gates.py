@@ -24,6 +24,7 @@ from dlpipe import commit
 from dlpipe.commit import StageKey, StageResult
 from dlpipe.errors import ConfigError, GateFailed, credential_value
 from dlpipe.hashing import sources_hash
+from dlpipe.pipeline_config import YamlFloat, YamlNumber
 from dlpipe.runctx import RunContext
 
 log = logging.getLogger(__name__)
@@ -114,11 +115,11 @@ def _type_known(name: str) -> bool:
 class ColumnRule(BaseModel):
     """What one column must satisfy."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)  # strict: YAML's `yes` is no bound
     type: str | None = Field(None, description="pandas dtype name, e.g. float32, int32, object")
     not_null: bool = Field(True, description="no nulls allowed")
-    min: float | None = Field(None, description="inclusive lower bound")
-    max: float | None = Field(None, description="inclusive upper bound")
+    min: YamlNumber | None = Field(None, description="inclusive lower bound")
+    max: YamlNumber | None = Field(None, description="inclusive upper bound")
 
     @field_validator("type")
     @classmethod
@@ -168,11 +169,12 @@ class ExpectationSpec(BaseModel):
 class DriftConfig(BaseModel):
     """How far a dataset's columns may move from the previous committed version of the dataset."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)  # strict: YAML's `yes` is no limit
     columns: list[str] | None = Field(None, description="numeric columns to watch (default: all numeric)")
-    max_mean_shift_std: float | None = Field(0.5, gt=0, description="|mean - previous mean| / previous std")
-    max_std_ratio: float | None = Field(2.0, gt=1, description="max(std/prev std, prev std/std)")
-    max_null_rate_increase: float | None = Field(0.01, ge=0, description="null rate minus previous null rate")
+    # null turns a check off; infinity is refused rather than read as "off"
+    max_mean_shift_std: YamlFloat | None = Field(0.5, gt=0, description="|mean - previous mean| / previous std")
+    max_std_ratio: YamlFloat | None = Field(2.0, gt=1, description="max(std/prev std, prev std/std)")
+    max_null_rate_increase: YamlFloat | None = Field(0.01, ge=0, description="null rate minus previous null rate")
 
 
 Engine = Literal["auto", "pandas", "spark"]
@@ -180,7 +182,7 @@ Engine = Literal["auto", "pandas", "spark"]
 class DataGateConfig(BaseModel):
     """A data-gate suite: row-count floor, per-column rules, any GX expectation, drift, engine."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)  # strict: YAML's `yes` is no row count
     min_rows: dict[Literal["train", "validation"], NonNegativeInt] = Field(
         default_factory=lambda: {"train": 1000, "validation": 200},
         description="minimum rows per split (GX passes on empty input); a split left out needs 1")
@@ -609,18 +611,21 @@ def data_gate_spark(master: str = "local[*]"):
 class ModelGateConfig(BaseModel):
     """Model thresholds: beat the naive baseline, do not lose to production, no bad slice."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: YAML's `yes` is no threshold (it read as 1.0, no ceiling on an error rate); YamlFloat:
+    # NaN or infinity would turn a check off
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
     metric: str = Field("val_mae", description="metric to judge (lower is better)")
     baseline_metric: str = Field("baseline_mae", description="the naive predictor's value of it")
-    min_improvement: float = Field(0.10, ge=0, lt=1, description="required relative gain over the baseline")
-    max_value: float | None = Field(None, gt=0, description="absolute ceiling on the metric")
+    min_improvement: YamlFloat = Field(0.10, ge=0, lt=1, description="required relative gain over the baseline")
+    max_value: YamlFloat | None = Field(None, gt=0, description="absolute ceiling on the metric")
     champion_alias: str | None = Field("production", pattern=r"^[a-z][a-z0-9_-]{0,31}$",
                                        description="registry alias of the model to beat (null: no champion check)")
-    max_regression: float = Field(0.02, ge=0, lt=1, description="how much worse than the champion, "
-                                                                "relative, the candidate may be")
-    slice_max_ratio: float | None = Field(1.8, gt=1, description="no slice's metric above this times the overall value")
+    max_regression: YamlFloat = Field(0.02, ge=0, lt=1, description="how much worse than the champion, "
+                                                                    "relative, the candidate may be")
+    slice_max_ratio: YamlFloat | None = Field(1.8, gt=1, description="no slice's metric above this times the "
+                                                                     "overall value")
     slice_min_rows: int = Field(50, ge=1, description="slices with fewer rows are reported, not judged")
-    slice_z: float = Field(1.0, ge=0, description="a slice fails only when its metric is above the limit by "
+    slice_z: YamlFloat = Field(1.0, ge=0, description="a slice fails only when its metric is above the limit by "
                                                   "more than this many of its standard errors (0: by any amount)")
 
 

@@ -3,16 +3,40 @@ them before its stage runs (``operators.factory.check_pipeline``)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, BeforeValidator, ValidationError
 
 from dlpipe.errors import ConfigError, validation_message
 from dlpipe.storage import shown_url
 
 M = TypeVar("M", bound=BaseModel)
+
+
+def _yaml_number(value: object) -> object:
+    """YAML 1.1 reads ``1e-3`` (no dot) as a string; such a string is a number here. Booleans
+    are not: strict models refuse YAML's ``yes`` for a number."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError("write a number, e.g. 0.002 or 2.0e-3") from None
+    return value
+
+
+def _finite(value: object) -> object:
+    """NaN and infinity are refused: every comparison with NaN is false, and an infinite
+    threshold turns its check off."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{value} is not a finite number; write one, e.g. 0.002 or 2.0e-3")
+    return value
+
+
+YamlNumber = Annotated[float, BeforeValidator(_yaml_number)]  # a field's own validator judges NaN
+YamlFloat = Annotated[float, BeforeValidator(_finite), BeforeValidator(_yaml_number)]  # finite
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt, model_validator
 
 from dlpipe.errors import ConfigError, FieldValueError
+from dlpipe.pipeline_config import YamlFloat
 from dlpipe.proc import secret_env
 
 _HOST = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
@@ -28,18 +29,6 @@ def _check_hosts(value: str) -> str:
     return value
 
 
-def _yaml_float(value: object) -> object:
-    """YAML 1.1 reads ``1e-3`` (no dot) as a string; such a string is a number here. Booleans
-    are not: strict validation refuses YAML's ``yes`` for a number."""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            raise ValueError("write a number, e.g. 0.002 or 2.0e-3") from None
-    return value
-
-
-YamlFloat = Annotated[float, BeforeValidator(_yaml_float)]
 
 
 def _check_interface(value: str | None) -> str | None:
