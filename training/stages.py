@@ -40,6 +40,27 @@ ENTRY_SOURCES = {
 }
 
 
+def check_world_fits(train_url: str, scale: ScaleConfig) -> None:
+    """Refuse a world with more ranks than the training split can feed, before any rank starts.
+
+    Each rank reads whole row groups (every ``size``-th one, as the loaders deal them), so a
+    rank left without rows would stop the job only after horovodrun started every process, and
+    the failure would read like a crash and be retried. The largest world is checked: an
+    elastic job may grow to ``max_np``."""
+    from training.parquet_groups import list_row_groups
+
+    field = "max_np" if scale.elastic and scale.max_np else "num_proc"
+    size = getattr(scale, field)
+    _, groups = list_row_groups(train_url)
+    empty = [rank for rank in range(size) if not any(g.rows for g in groups[rank::size])]
+    if empty:
+        raise ConfigError(f"scale.{field}", size,
+                          f"ranks {empty} would get no training rows: each rank reads whole row groups and "
+                          f"the training split has {len(groups)} ({sum(1 for g in groups if g.rows)} non-empty); "
+                          f"run at most {sum(1 for g in groups if g.rows)} processes, or write more files "
+                          f"(dataset num_files) so there are at least {size}")
+
+
 def train_model(dataset: dict, *, config: BaseModel, scale: ScaleConfig, run: RunContext,
                 launch: Launcher, name: str = "eta", entry: str = "training.train_eta") -> StageResult:
     """Train on a committed dataset with ``launch`` (horovodrun running ``python -m entry``)
@@ -77,6 +98,7 @@ def train_model(dataset: dict, *, config: BaseModel, scale: ScaleConfig, run: Ru
             "output_dir": str(attempt / "model"),
             "elastic": scale.elastic,
         }
+        check_world_fits(spec["train_url"], scale)
         spec_path = write_spec(attempt / "spec.json", spec)
         launch([sys.executable, "-m", entry, "--spec", str(spec_path)])
         metrics_path = attempt / "model" / "metrics.json"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from dlpipe import audit, commit
-from dlpipe.errors import SubprocessFailed
+from dlpipe.errors import ConfigError, SubprocessFailed
 from dlpipe.runctx import RunContext
 from dlpipe.spark_submit import local_spark_submit
 from feature_jobs.dataset_stage import DatasetConfig, materialize_dataset
@@ -281,13 +281,17 @@ def test_an_elastic_job_that_loses_rank_0_after_resuming_keeps_the_checkpoints_s
     assert m["val_mae"] < 0.8 * m["baseline_mae"]
 
 
-def test_more_ranks_than_row_groups_names_the_empty_ranks(dataset):
+def test_more_ranks_than_row_groups_is_refused_before_any_rank_starts(dataset):
     """A rank reads whole row groups: a split of one file (one row group here) leaves rank 1
-    of 2 without rows, and the error says which rank and what to change."""
+    of 2 without rows. That is a configuration error, found from the footers before horovodrun
+    starts (it used to stop the started job, which read as a crash and was retried)."""
     one_file = materialize_dataset("2026-01-03", "2026-01-04", config=DatasetConfig(window_days=1, num_files=1),
                                    features=FeatureJobConfig(lookback_days=2),
                                    run=RunContext(), submit=local_spark_submit()).manifest
-    with pytest.raises(SubprocessFailed) as failure:
-        _train(one_file, [], config=TrainConfig(epochs=1, batch_size=16))
-    assert "ranks [1] of 2 have no training rows" in str(failure.value)
-    assert "write at least 2 non-empty row groups (dataset num_files) or run fewer processes" in str(failure.value)
+    lines: list[str] = []
+    with pytest.raises(ConfigError) as refused:
+        _train(one_file, lines, config=TrainConfig(epochs=1, batch_size=16))
+    assert refused.value.field == "scale.num_proc" and refused.value.value == 2
+    assert "ranks [1] would get no training rows" in refused.value.fix
+    assert "run at most 1 processes, or write more files (dataset num_files)" in refused.value.fix
+    assert lines == [], "horovodrun was started"

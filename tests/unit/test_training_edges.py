@@ -180,6 +180,24 @@ def test_a_rank_with_only_empty_row_groups_gives_no_batches(tmp_path, processes,
         assert [list(loader.epoch(epoch)) for epoch in (0, 1)] == [[], []]
 
 
+def test_a_world_larger_than_the_splits_row_groups_is_refused_before_launch(tmp_path):
+    """The same dealing as the loaders' (every size-th row group): refused from the footers,
+    naming the field, the ranks left without rows and the fix; elastic jobs are checked at max_np."""
+    from training.stages import check_world_fits
+
+    url = write_split(tmp_path / "split", [rows(100), rows(50), rows(0)], 100)
+    check_world_fits(url, ScaleConfig(num_proc=2, hosts="localhost:2"))  # rank 0: groups 0 and 2, rank 1: 1
+    with pytest.raises(ConfigError) as refused:
+        check_world_fits(url, ScaleConfig(num_proc=3, hosts="localhost:3"))
+    assert (refused.value.field, refused.value.value) == ("scale.num_proc", 3)
+    assert "ranks [2] would get no training rows" in refused.value.fix and "3 (2 non-empty)" in refused.value.fix
+    elastic = ScaleConfig(num_proc=2, min_np=1, max_np=4, host_discovery_script="/d.sh")
+    with pytest.raises(ConfigError) as refused:
+        check_world_fits(url, elastic)
+    assert (refused.value.field, refused.value.value) == ("scale.max_np", 4)
+    assert "ranks [2, 3] would get no training rows" in refused.value.fix
+
+
 # -- settings refused when they are read, naming the field ----------------------------------------
 
 @pytest.mark.parametrize("model", [TrainConfig, DigitsTrainConfig])
