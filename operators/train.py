@@ -72,6 +72,12 @@ class HorovodTrainOperator(DlpipeOperator):
             "host_discovery_script": host_discovery_script}.items() if v is not None}
         for key, value in self.scale_overrides.items():
             _check_override(self.task_id, key, value)
+        if run_timeout_s is not None and self.execution_timeout is not None \
+                and run_timeout_s >= self.execution_timeout.total_seconds():  # else found when it runs
+            raise ConfigError(_argument(self.task_id, "run_timeout_s"), run_timeout_s,
+                              f"must be shorter than execution_timeout ({self.execution_timeout}): Airflow would "
+                              f"kill the task first and retry it, instead of dlpipe ending the job with every "
+                              f"rank's output")
         self.env = env or {}
         from training.launcher import check_rank_env
 
@@ -83,26 +89,52 @@ class HorovodTrainOperator(DlpipeOperator):
 
     def run_stage(self, context: Any, pipeline: dict, run: RunContext) -> StageResult:
         from operators.kinds import kind_of
-        from training.config import ScaleConfig
         from training.launcher import horovod_launcher
         from training.stages import train_model
 
         kind = kind_of(pipeline)
         cfg = section(pipeline, "train", kind.sections()["train"])
-        try:
-            scale = section({**pipeline, "scale": {**(pipeline.get("scale") or {}), **self.scale_overrides}},
-                            "scale", ScaleConfig)
-        except ConfigError as exc:  # blame the operator's argument, not the YAML, where it is one
-            key = exc.field.rpartition("scale.")[2].split(".")[0]
-            if key in self.scale_overrides:
-                raise ConfigError(_argument(self.task_id, key), exc.value, exc.fix) from exc
-            raise
+        scale = self._scale(pipeline)
 
         launch = horovod_launcher(scale, env=self.env, emit=lambda line: self.log.info("%s", line),
                                   on_start=self._started)
         dataset = commit.load_manifest(self.dataset_id, stage="datasets", field="dataset_id")
         return train_model(dataset, config=cfg, scale=scale, run=run, launch=launch,
                            name=pipeline.get("model_name", "model"), entry=kind.train_entry)
+
+    def _scale(self, pipeline: dict) -> Any:
+        """The YAML's scale section with this operator's arguments over it, checked as a whole.
+        An error is blamed on the operator where its arguments made it: the argument named, or,
+        for a rule between fields (slots and num_proc, the elastic bounds), every argument given
+        when the YAML's own section passes."""
+        from training.config import ScaleConfig
+
+        try:
+            scale = section({**pipeline, "scale": {**(pipeline.get("scale") or {}), **self.scale_overrides}},
+                            "scale", ScaleConfig)
+        except ConfigError as exc:
+            key = exc.field.rpartition("scale.")[2].split(".")[0]
+            if key in self.scale_overrides:
+                raise ConfigError(_argument(self.task_id, key), exc.value, exc.fix) from exc
+            if self.scale_overrides:
+                try:
+                    section(pipeline, "scale", ScaleConfig)
+                except ConfigError:
+                    raise exc from None  # the YAML is wrong on its own
+                given = ", ".join(f"{k}={v!r}" for k, v in sorted(self.scale_overrides.items()))
+                raise ConfigError(f"HorovodTrainOperator(task_id={self.task_id!r}) arguments {given} over "
+                                  f"{pipeline.get('_source', '?')}'s scale section: scale.{key}", exc.value,
+                                  exc.fix) from exc
+            raise
+        limit = self.execution_timeout.total_seconds() if self.execution_timeout else None
+        if limit is not None and scale.run_timeout_s >= limit:
+            where = (_argument(self.task_id, "run_timeout_s") if "run_timeout_s" in self.scale_overrides
+                     else f"{pipeline.get('_source', '?')}: scale.run_timeout_s")
+            raise ConfigError(where, scale.run_timeout_s,
+                              f"must be shorter than the task's execution_timeout ({limit:g} s): Airflow would "
+                              f"kill the training task first and retry it, instead of dlpipe ending the job "
+                              f"with every rank's output; lower it or raise execution_timeout")
+        return scale
 
     def _started(self, proc) -> None:
         self._proc = proc

@@ -461,3 +461,44 @@ def test_a_kill_is_audited_even_when_stopping_the_tool_fails(dlpipe_home):
     with pytest.raises(FileNotFoundError):
         op.on_kill()
     assert [e["error"][:7] for e in audit.read() if e["event"] == "failed"] == ["killed:"]
+
+
+def test_run_timeout_must_be_shorter_than_the_tasks_execution_timeout(tmp_path):
+    """A hand-written DAG has no spec-level check: Airflow's kill at execution_timeout came
+    first and was retried. Refused when parsed (both given) or when run (from the YAML)."""
+    from datetime import timedelta
+
+    from operators import HorovodTrainOperator
+
+    with pytest.raises(ConfigError) as refused:
+        HorovodTrainOperator(task_id="train", dataset_id="x", pipeline_config="p.yaml", run_timeout_s=7200,
+                             execution_timeout=timedelta(hours=2))
+    assert refused.value.field == "HorovodTrainOperator(task_id='train') argument run_timeout_s"
+    assert "shorter than execution_timeout (2:00:00)" in refused.value.fix
+    op = HorovodTrainOperator(task_id="train", dataset_id="x", pipeline_config="p.yaml",
+                              execution_timeout=timedelta(hours=2))
+    pipeline = yaml.safe_load(SPEC.read_text()) | {"_source": "p.yaml"}
+    pipeline["scale"] = {**pipeline["scale"], "run_timeout_s": 14400}
+    with pytest.raises(ConfigError) as refused:
+        op._scale(pipeline)
+    assert (refused.value.field, refused.value.value) == ("p.yaml: scale.run_timeout_s", 14400)
+    pipeline["scale"]["run_timeout_s"] = 3600
+    assert op._scale(pipeline).run_timeout_s == 3600
+
+
+def test_a_rule_between_fields_broken_by_the_operators_arguments_is_blamed_on_them():
+    """hosts='localhost:1' from the operator against the YAML's num_proc=2: the YAML alone is
+    valid, so the message names the operator's arguments, not only the YAML's field."""
+    from operators import HorovodTrainOperator
+
+    pipeline = yaml.safe_load(SPEC.read_text()) | {"_source": "p.yaml"}
+    pipeline["scale"] = {**pipeline["scale"], "num_proc": 2, "hosts": "localhost:2"}
+    op = HorovodTrainOperator(task_id="train", dataset_id="x", pipeline_config="p.yaml", hosts="localhost:1")
+    with pytest.raises(ConfigError) as refused:
+        op._scale(pipeline)
+    assert refused.value.field.startswith("HorovodTrainOperator(task_id='train') arguments hosts='localhost:1' "
+                                          "over p.yaml's scale section: scale.num_proc"), refused.value.field
+    pipeline["scale"]["hosts"] = "localhost:x"  # wrong in the YAML itself: the YAML is named
+    with pytest.raises(ConfigError) as refused:
+        HorovodTrainOperator(task_id="train", dataset_id="x", pipeline_config="p.yaml", num_proc=1)._scale(pipeline)
+    assert refused.value.field == "p.yaml: scale.hosts"
