@@ -652,12 +652,13 @@ def judge_model(metrics: dict, cfg: ModelGateConfig) -> list[str]:
 
 def split_mismatch(champion_record: dict, dataset: dict) -> str | None:
     """Why the champion cannot be scored fairly on ``dataset``'s validation rows, if it cannot:
-    it was trained under another ``validation_percent``, so some of these validation rows were
-    in its training split (the split is by key hash: a larger share moves training keys into
-    validation), and the comparison would favour it."""
+    it was trained under a smaller ``validation_percent``, so some of these validation rows were
+    in its training split (the split is by key hash, validation below the percentage: a larger
+    share moves training keys into validation), and the comparison would favour it. A smaller
+    share keeps a subset of its validation keys: a fair comparison."""
     trained = (((champion_record.get("lineage") or {}).get("config") or {}).get("dataset") or {})
     before, now = trained.get("validation_percent"), (dataset.get("config") or {}).get("validation_percent")
-    if before is None or now is None or before == now:
+    if before is None or now is None or now <= before:
         return None
     return (f"{champion_record['name']}@{champion_record['version']} was trained with validation_percent={before}, "
             f"this dataset splits with {now}: part of these validation rows were its training rows; judge the "
@@ -669,6 +670,8 @@ def judge_champion(candidate: dict, champion: dict | None, cfg: ModelGateConfig)
 
     Evaluations are ``{"label", "value", "rows", "slices"}`` with lower values better (see
     ``training.evaluate``)."""
+    if cfg.champion_alias is None:
+        return [], "no champion check (model_gate.champion_alias is null)"
     if champion is None:
         return [], f"no model holds the {cfg.champion_alias!r} alias yet: the first model passes"
     if champion.get("split_mismatch"):

@@ -37,8 +37,9 @@ class ModelGateOperator(DlpipeOperator):
     """Judge a committed training run against the ``model_gate`` thresholds.
 
     The candidate and the model behind the ``champion_alias`` (default ``production``) are both
-    evaluated on the candidate's validation rows, overall and per slice; the champion is read
-    from the registry named in the pipeline's ``registry`` section, with verified hashes.
+    evaluated on the candidate's validation rows; the champion check judges the overall value
+    (both models' per-slice values are recorded in the verdict, not compared). The champion is
+    read from the registry named in the pipeline's ``registry`` section, with verified hashes.
 
     :param training_id: manifest id of the training run (templated)
     :param registry_root: where to find the champion, as for RegisterModelOperator (default: the

@@ -99,6 +99,8 @@ def test_a_champion_trained_under_another_split_is_not_compared_on_rows_it_train
     why = split_mismatch(record, dataset)
     assert why and "eta@3 was trained with validation_percent=20, this dataset splits with 30" in why
     assert split_mismatch(record, {"config": {"validation_percent": 20}}) is None
+    # a smaller share: the new validation keys were all the champion's validation keys (it was refused)
+    assert split_mismatch(record, {"config": {"validation_percent": 10}}) is None
     assert split_mismatch({"name": "eta", "version": 1, "lineage": {}}, dataset) is None  # registered elsewhere
     ev = {"metric": "mae", "label": "MAE", "value": 1.0, "rows": 500, "slices": {}}
     failures, note = judge_champion(ev, {**ev, "value": 9.0, "ref": "eta@3", "split_mismatch": why}, ModelGateConfig())
@@ -112,6 +114,13 @@ def test_an_evaluation_that_is_not_a_number_fails_the_champion_check(candidate, 
     failures, _ = judge_champion(ev(candidate), {**ev(champion), "ref": "eta@3"}, ModelGateConfig())
     assert len(failures) == 1 and "not a finite number" in failures[0]
     assert judge_champion(ev(1.0), {**ev(1.0), "ref": "eta@3"}, ModelGateConfig())[0] == []
+
+
+def test_the_note_says_when_the_champion_check_is_off():
+    ev = {"metric": "mae", "label": "MAE", "value": 1.0, "rows": 500, "slices": {}}
+    assert judge_champion(ev, None, ModelGateConfig(champion_alias=None)) == \
+        ([], "no champion check (model_gate.champion_alias is null)")  # it said "the None alias"
+    assert "no model holds the 'production' alias yet" in judge_champion(ev, None, ModelGateConfig())[1]
 
 
 def test_a_slice_or_an_overall_value_that_is_not_a_number_fails_the_slice_check():
