@@ -11,7 +11,7 @@ were committed before, so retries, clears and backfills are safe. Configuration 
 from __future__ import annotations
 
 import os
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from airflow.sdk import DAG, CronDataIntervalTimetable
@@ -29,6 +29,8 @@ PIPELINE = os.environ.get("DLPIPE_ETA_PIPELINE") or str(
 END_DATE = os.environ.get("DLPIPE_ETA_END_DATE")
 try:
     END = datetime.fromisoformat(END_DATE) if END_DATE else None
+    if END is not None and END.tzinfo is None:  # a UTC day, whatever Airflow's default_timezone
+        END = END.replace(tzinfo=timezone.utc)
 except ValueError:
     raise ConfigError("DLPIPE_ETA_END_DATE", END_DATE, "use YYYY-MM-DD, or unset it for no end") from None
 
@@ -37,7 +39,7 @@ with DAG(
     description="Daily ETA regressor: Spark features, Petastorm dataset, GX gate, Horovod, registry",
     # A data-interval timetable: the run for logical date D processes [D, D+1 day).
     schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),
-    start_date=datetime(2026, 1, 1),
+    start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),  # naive: Airflow's default_timezone
     end_date=END,
     catchup=False,
     max_active_runs=1,

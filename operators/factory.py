@@ -20,7 +20,7 @@ break only its own DAG while the DagBag names the file and the reason.
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -168,7 +168,9 @@ def pipeline_dag(path: str | Path):
     from operators.base import run_params
 
     spec, pipeline = load_spec(path, sys._getframe(1).f_globals.get("__file__"))
-    day = lambda d: datetime(d.year, d.month, d.day) if d else None  # noqa: E731
+    # UTC midnight: a naive datetime is read in Airflow's [core] default_timezone, which west of
+    # UTC would skip the spec's first day
+    day = lambda d: datetime(d.year, d.month, d.day, tzinfo=timezone.utc) if d else None  # noqa: E731
     with DAG(
         dag_id=spec.dag_id,
         description=spec.description or f"dlpipe pipeline from {Path(pipeline['_source']).name}",

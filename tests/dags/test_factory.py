@@ -502,3 +502,22 @@ def test_a_rule_between_fields_broken_by_the_operators_arguments_is_blamed_on_th
     with pytest.raises(ConfigError) as refused:
         HorovodTrainOperator(task_id="train", dataset_id="x", pipeline_config="p.yaml", num_proc=1)._scale(pipeline)
     assert refused.value.field == "p.yaml: scale.hosts"
+
+
+@pytest.mark.parametrize("dag_file", ["spec", "dags/eta_training.py"])
+def test_start_and_end_dates_are_utc_days_whatever_airflows_default_timezone(tmp_path, dag_file):
+    """A naive start_date is read in [core] default_timezone: west of UTC the first interval
+    began a day late (2026-01-01 05:00 UTC in New York), so the spec's first day never ran."""
+    import os
+    import subprocess
+    import sys
+
+    if dag_file == "spec":
+        spec = _spec(tmp_path, "team", dag__end_date="2026-03-01")
+        build = f"from operators.factory import pipeline_dag; dag = pipeline_dag({str(spec)!r})"
+    else:
+        build = "import runpy; dag = runpy.run_path('dags/eta_training.py')['dag']"
+    code = f"{build}; print(dag.start_date.isoformat(), dag.end_date and dag.end_date.isoformat())"
+    env = {**os.environ, "AIRFLOW__CORE__DEFAULT_TIMEZONE": "America/New_York", "DLPIPE_ETA_END_DATE": "2026-03-01"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.split()[-2:] == ["2026-01-01T00:00:00+00:00", "2026-03-01T00:00:00+00:00"], out.stdout
