@@ -135,6 +135,16 @@ class SparkStageOperator(DlpipeOperator):
                               "--to-date DAY`, or trigger from the UI or REST API, which give a logical date "
                               "its own interval; to process the last complete day, trigger with the current "
                               "time as the logical date")
+        if not (self.data_interval_start or self.data_interval_end) and logical is not None and logical == end:
+            # a UI/REST trigger or `airflow dags test DAG D` at midnight D: Airflow keeps one run
+            # per logical date, and D is the scheduled run of [D, D+1)'s, so that day would never run
+            raise ConfigError("logical date", f"{logical} with data interval {start} .. {end}",
+                              f"this run's logical date is the first instant of the next day, which is that "
+                              f"day's own run in Airflow (one run per logical date): the scheduler would never "
+                              f"run the day starting at {end}, and a backfill of it would skip it. To process "
+                              f"[{start}, {end}), backfill it (`airflow backfill create --dag-id DAG --from-date "
+                              f"{start:%Y-%m-%d} --to-date {start:%Y-%m-%d}`), or give a logical date inside the next "
+                              f"day, e.g. `airflow dags test DAG {end:%Y-%m-%d}T06:00:00+00:00` or the current time")
         return start, end
 
     def stop_tools(self) -> None:

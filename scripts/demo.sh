@@ -11,9 +11,10 @@ START=${DEMO_START:-2026-01-01}
 echo "[demo] raw demo data: $DAYS days from $START under $DLPIPE_HOME/raw"
 dlpipe demo-data --start "$START" --days "$DAYS"
 
-# A @daily run covers the interval that ends at its run date: the run dated the day after the
-# last demo day processes that last day.
-RUN_DATE=$(python -c "import datetime as d; print(d.date.fromisoformat('$START') + d.timedelta(days=$DAYS))")
+# A run dated inside a day processes the last whole day before it: the run dated 06:00 the day
+# after the last demo day processes that last day. Not midnight: a run dated at midnight takes
+# the logical date of that day's own scheduled run, and the Spark stages refuse it.
+RUN_DATE=$(python -c "import datetime as d; print(d.date.fromisoformat('$START') + d.timedelta(days=$DAYS))")T06:00:00+00:00
 LOG="$DLPIPE_HOME/logs/demo-$(date -u +%Y%m%dT%H%M%SZ).log"
 mkdir -p "$(dirname "$LOG")"
 echo "[demo] airflow dags test eta_training $RUN_DATE (full log: $LOG)"

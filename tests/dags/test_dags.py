@@ -91,7 +91,7 @@ def test_eta_dag_end_to_end_then_rerun_skips(tmp_path, airflow_env, dlpipe_home,
     })
     cli_env = {**airflow_env, "DLPIPE_REGISTRY_ROOT": "s3://ml-models/registry", "AWS_ENDPOINT_URL": s3_server}
     # the run dated 2026-01-04 processes the interval [2026-01-03, 2026-01-04)
-    first = airflow_cli(task_env, "dags", "test", "eta_training", "2026-01-04", "--conf",
+    first = airflow_cli(task_env, "dags", "test", "eta_training", "2026-01-04T06:00:00+00:00", "--conf",
                      json.dumps({"reason": "end-to-end test"}))
     keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket="ml-models")["Contents"]]
     assert "registry/eta/versions/000001.json" in keys and "registry/eta/aliases/staging.json" in keys
@@ -149,7 +149,7 @@ def test_eta_dag_end_to_end_then_rerun_skips(tmp_path, airflow_env, dlpipe_home,
     assert f"run {run_id}: end-to-end test" in _dlpipe(cli_env, "audit", "--run-id", run_id)
 
     # Second run of the same date: every stage skips, no second model version.
-    second_run = airflow_cli(task_env, "dags", "test", "eta_training", "2026-01-04")
+    second_run = airflow_cli(task_env, "dags", "test", "eta_training", "2026-01-04T06:00:00+00:00")
     assert len(json.loads(_dlpipe(cli_env, "registry", "list", "--json"))) == 1
     run_ids = [e["run"]["run_id"] for e in _events(dlpipe_home) if e["run"]["dag_id"] == "eta_training"]
     second = [e for e in _events(dlpipe_home) if e["run"]["run_id"] == run_ids[-1] and e["event"] != "started"]
@@ -177,7 +177,7 @@ def test_eta_dag_end_to_end_then_rerun_skips(tmp_path, airflow_env, dlpipe_home,
 def test_digits_dag_end_to_end_then_next_week_skips(airflow_env, dlpipe_home):
     """The second shipped pipeline through Airflow: an image dataset, GX, a Horovod CNN, the
     registry. Its corpus is fixed, so the next week's run finds every stage committed."""
-    first = airflow_cli(airflow_env, "dags", "test", "digits_classifier", "2026-01-12")
+    first = airflow_cli(airflow_env, "dags", "test", "digits_classifier", "2026-01-12T06:00:00+00:00")
     versions = json.loads(_dlpipe(airflow_env, "registry", "list", "--json"))
     assert [(v["name"], v["version"]) for v in versions] == [("digits", 1)]
     m = versions[0]["metrics"]
@@ -203,7 +203,7 @@ def test_digits_dag_end_to_end_then_next_week_skips(airflow_env, dlpipe_home):
                                                   "register_model", "promote_staging")}
     summary = _dlpipe(airflow_env, "summary", "--dag-id", "digits_classifier")
     assert "validation error" in summary and "register_model       committed  digits@1" in summary
-    second = airflow_cli(airflow_env, "dags", "test", "digits_classifier", "2026-01-19")
+    second = airflow_cli(airflow_env, "dags", "test", "digits_classifier", "2026-01-19T06:00:00+00:00")
     run_ids = [e["run"]["run_id"] for e in _events(dlpipe_home) if e["run"]["dag_id"] == "digits_classifier"]
     later = [e for e in _events(dlpipe_home) if e["run"]["run_id"] == run_ids[-1] and e["event"] != "started"]
     assert len(later) == 6 and {e["event"] for e in later} == {"skipped"}
@@ -219,7 +219,7 @@ def test_failed_data_gate_stops_the_pipeline_without_retry(tmp_path, airflow_env
     strict = tmp_path / "strict.yaml"
     strict.write_text(yaml.safe_dump(pipeline))
     env = {**airflow_env, "DLPIPE_ETA_PIPELINE": str(strict)}
-    proc = airflow_cli(env, "dags", "test", "eta_training", "2026-01-04", check=False)
+    proc = airflow_cli(env, "dags", "test", "eta_training", "2026-01-04T06:00:00+00:00", check=False)
     out = proc.stdout + proc.stderr
     assert "row count" in out and "below the minimum 1000000000" in out
     assert "train.distance_km: expect_column_max_to_be_between {'max_value': 0.5} -> observed" in out
@@ -283,9 +283,15 @@ def test_a_logical_date_outside_the_runs_interval_is_refused():
     jan5, dec6 = datetime(2026, 1, 5, tzinfo=timezone.utc), datetime(2026, 12, 6, tzinfo=timezone.utc)
     with pytest.raises(ConfigError, match=r"logical date.*2026-01-05.*2026-12-05.*airflow backfill create"):
         op.interval({"logical_date": jan5, "data_interval_start": dec6 - day, "data_interval_end": dec6})
-    # scheduled and backfill runs (logical date = interval start), UI triggers (logical date =
-    # interval end), and a CLI trigger at the current time are all accepted
-    for logical, start in ((jan5 - day, jan5 - day), (jan5, jan5 - day), (dec6 + timedelta(hours=20), dec6 - day)):
+    # a UI or REST trigger, or `dags test`, at midnight D processes [D-1, D) under the logical
+    # date of D's scheduled run, which Airflow then never creates
+    with pytest.raises(ConfigError, match=r"logical date.*first instant of the next day.*--from-date 2026-01-04 "
+                                          r"--to-date 2026-01-04.*dags test DAG 2026-01-05T06:00:00"):
+        op.interval({"logical_date": jan5, "data_interval_start": jan5 - day, "data_interval_end": jan5})
+    # scheduled and backfill runs (logical date = interval start), triggers and `dags test`
+    # inside the next day, and a CLI trigger at the current time are all accepted
+    for logical, start in ((jan5 - day, jan5 - day), (jan5 + timedelta(hours=6), jan5 - day),
+                           (dec6 + timedelta(hours=20), dec6 - day)):
         assert op.interval({"logical_date": logical, "data_interval_start": start,
                             "data_interval_end": start + day}) == (start, start + day)
     # explicit interval arguments are the user's choice
