@@ -17,8 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from dlpipe import commit
 from dlpipe.commit import StageKey, StageResult
+from dlpipe.errors import InputNotReady
 from dlpipe.hashing import content_hash, sources_hash
-from dlpipe.interval import interval_days
+from dlpipe.interval import day_partition, interval_days
 from dlpipe.runctx import RunContext
 from dlpipe.spark_submit import SparkSubmit
 from dlpipe.spec import write_spec
@@ -57,6 +58,20 @@ DATASET_COLUMNS: list[tuple[str, str]] = (
 )
 
 
+def _wait_for_other_spec(name: str, day) -> None:
+    """Another spec's feature set that has partitions, but not yet ``day``'s: its DAG runs on its
+    own schedule and may simply not have reached this day, so the task is retried
+    (InputNotReady). A feature set with no partition at all is a wrong name: the
+    NotCommittedError that follows fails at once."""
+    if commit.committed(StageKey("features", name, day_partition(day))):
+        return
+    if any(StageKey("features", name).dir().parent.glob("*/manifests/*.json")):
+        raise InputNotReady(f"no committed partition of feature set {name!r} (another spec's) for {day.isoformat()} "
+                            f"yet: its DAG may not have run for this day; the task retries. Retries are a short "
+                            f"wait: make this DAG wait for that one (an ExternalTaskSensor on its extract_features "
+                            f"task, or asset scheduling)")
+
+
 def materialize_dataset(interval_start, interval_end, *, config: DatasetConfig, features: FeatureJobConfig,
                         run: RunContext, submit: SparkSubmit) -> StageResult:
     """Commit a Petastorm dataset over the feature partitions of the window ending at the
@@ -67,6 +82,8 @@ def materialize_dataset(interval_start, interval_end, *, config: DatasetConfig, 
     # The spec's own feature set: the version its settings and today's code make. Another
     # spec's (dataset.features names it): the version of its newest partition of the last day.
     version = feature_version(features) if features.name == config.features else None
+    if version is None:
+        _wait_for_other_spec(config.features, last)
     (newest,), _ = committed_days(config.features, "features", [last], required=True, version=version)
     version = version or (newest["config"], {"sources_hash": newest["code"]["sources_hash"]})
     earlier, missing = committed_days(config.features, "features", window[:-1], required=False, version=version)

@@ -138,10 +138,24 @@ def test_the_eta_fingerprints_hash_the_sources_hash_as_they_always_did():
 
 
 def test_another_specs_missing_feature_partition_fails_at_once_not_retried():
-    """Only the interval's raw data may be late (InputNotReady, retried). A dataset over another
-    spec's feature set whose last day is not committed fails without retry."""
+    """A dataset over another spec's feature set that has no partition at all (a wrong name)
+    fails without retry."""
     from dlpipe.errors import InputNotReady
 
     with pytest.raises(NotCommittedError, match=r"no committed features partition features/shared/dt=2026-01-03") as err:
         _input_files(window_days=1, name="shared")
     assert not isinstance(err.value, InputNotReady)
+
+
+def test_another_specs_feature_set_that_has_not_reached_the_day_is_retried():
+    """The other spec's DAG runs on its own schedule: a feature set with earlier partitions but
+    none for the dataset's last day may be late (InputNotReady, retried), not wrong."""
+    from dlpipe.errors import InputNotReady
+
+    config, code = feature_version(FeatureJobConfig(name="shared", lookback_days=2))
+    _features("2026-01-02", config, code)
+    with pytest.raises(InputNotReady, match=r"feature set 'shared' \(another spec's\) for 2026-01-03 yet.*"
+                                            r"ExternalTaskSensor"):
+        _input_files(window_days=1, name="shared")
+    _features("2026-01-03", config, code)
+    assert _read_by_dataset(window_days=2, name="shared") == ["2026-01-02", "2026-01-03"]
