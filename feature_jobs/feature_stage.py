@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -205,8 +205,16 @@ def extract_features(interval_start, interval_end, *, config: FeatureJobConfig, 
     day = days[0]
     history = [day - timedelta(days=i) for i in range(config.lookback_days, 0, -1)]
     earlier, missing = committed_days(config.raw, "raw", history, required=False)
+    first = min((d for d in history if d.isoformat() not in missing), default=None)
     for absent in missing:
-        log.info("raw/%s/%s not committed: treated as missing history", config.raw, absent)
+        if first is None or absent < first.isoformat():  # before the raw data's first day: no history yet
+            log.info("raw/%s/%s not committed: treated as missing history", config.raw, absent)
+        else:  # a gap: late or lost raw data, which later days' features also lack
+            log.warning("raw/%s/%s is not committed though earlier days are: these features are computed without "
+                        "its history. When it lands, run that day again with the feature tasks of the %d days "
+                        "after it: `airflow tasks clear DAG --task-regex extract_features --downstream "
+                        "--start-date %s --end-date %s --yes`", config.raw, absent, config.lookback_days, absent,
+                        (date.fromisoformat(absent) + timedelta(days=config.lookback_days)).isoformat())
     interval = committed_days(config.raw, "raw", [day], required=True, late_ok=True)[0]
     raw_key = StageKey("raw", config.raw, day_partition(day))
     interval_rows = check_interval_partition(interval[0], raw_key)

@@ -55,3 +55,25 @@ def test_a_history_day_without_a_column_the_job_reads_is_refused_before_spark(sm
         extract_features(start, start.replace(day=4), config=FeatureJobConfig(lookback_days=4), run=RunContext(),
                          submit=lambda app, args: submitted.append(app))
     assert submitted == []
+
+
+def test_a_gap_in_the_raw_history_is_a_warning_that_says_what_to_clear(small_raw, caplog):
+    """Days before the raw data's first day are no history yet (info). A day missing after it is
+    late or lost data, and the features of the lookback_days days after it lack it too: a
+    warning that names the day and the clear that recomputes them once it lands."""
+    import logging
+    import shutil
+
+    from dlpipe import commit
+
+    shutil.rmtree(commit.StageKey("raw", "trips", "dt=2026-01-02").dir() / "manifests")  # day 2 not landed
+    start = datetime(2026, 1, 3, tzinfo=timezone.utc)
+    with caplog.at_level(logging.INFO, logger="feature_jobs.feature_stage"):
+        summary = extract_features(start, start.replace(day=4), config=FeatureJobConfig(lookback_days=4),
+                                   run=RunContext(), submit=_fake_spark_job).manifest["summary"]
+    assert summary["missing_history_days"] == ["2025-12-30", "2025-12-31", "2026-01-02"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "raw/trips/2026-01-02 is not committed though earlier days are" in warnings[0]
+    assert "--task-regex extract_features --downstream --start-date 2026-01-02 --end-date 2026-01-06" in warnings[0]
+    infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO and "missing history" in r.getMessage()]
+    assert [m.split()[0] for m in infos] == ["raw/trips/2025-12-30", "raw/trips/2025-12-31"]
