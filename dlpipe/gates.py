@@ -194,6 +194,9 @@ class DataGateConfig(BaseModel):
     spark_min_rows: int = Field(2_000_000, ge=1, description="with engine auto: the split size from "
                                                              "which Spark validates it instead of pandas")
     spark_master: str = Field("local[*]", description="master of the gate's in-process SparkSession")
+    max_missing_feature_days: NonNegativeInt | None = Field(
+        None, description="most days of its window a dataset may lack feature partitions for (its manifest's "
+                          "missing_feature_days); null: any number, as while a pipeline's first windows fill")
 
     @field_validator("spark_master")
     @classmethod
@@ -538,6 +541,7 @@ def run_data_gate(dataset: dict, cfg: DataGateConfig, *, run: RunContext, name: 
         frames = {split: read_split(dataset, split, spark if engine == "spark" else None)
                   for split, engine in engines.items()}
         failures, evidence = validate_frames(frames, cfg, docs_dir=attempt / "data_docs")
+        failures += window_failures(dataset, cfg)
         drift = None
         if cfg.drift is not None:
             drift_failures, drift = check_drift(dataset, previous, cfg.drift)
@@ -555,6 +559,20 @@ def run_data_gate(dataset: dict, cfg: DataGateConfig, *, run: RunContext, name: 
     return commit.run_stage(StageKey("gates", name, dataset["partition"]), inputs=[dataset] + ([previous] if previous else []),
                             config=cfg.model_dump(), code={"sources_hash": sources_hash([__file__])},
                             run=run, produce=produce)
+
+
+def window_failures(dataset: dict, cfg: DataGateConfig) -> list[str]:
+    """A window with more days missing than ``max_missing_feature_days``: the dataset stage
+    leaves out days whose features are not committed (a day that failed, a backfill that had not
+    reached it) with only a warning, and a model trained on fewer days still passes every other
+    check."""
+    missing = dataset["summary"].get("missing_feature_days") or []
+    limit = cfg.max_missing_feature_days
+    if limit is None or len(missing) <= limit:
+        return []
+    return [f"window: no feature partition for {len(missing)} of its days {missing}, more than "
+            f"max_missing_feature_days={limit}; run the feature task for those days, then this run's dataset "
+            f"task again (or raise the limit)"]
 
 
 def split_fingerprint(dataset: dict, split: str) -> str:

@@ -279,8 +279,9 @@ def test_auto_engine_follows_the_manifest_row_counts():
     assert DataGateConfig().spark_min_rows == 2_000_000
 
 
-def _committed_dataset(df: pd.DataFrame, validation_rows: int) -> dict:
-    """A committed dataset (train and validation splits) whose manifest records rows per split."""
+def _committed_dataset(df: pd.DataFrame, validation_rows: int, missing_days: list[str] | None = None) -> dict:
+    """A committed dataset (train and validation splits) whose manifest records rows per split
+    (and, given ``missing_days``, the window days it was made without)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -294,7 +295,8 @@ def _committed_dataset(df: pd.DataFrame, validation_rows: int) -> dict:
             (attempt / split).mkdir()
             pq.write_table(pa.Table.from_pandas(part, preserve_index=False), attempt / split / "part-0.parquet")
         return {"rows": {s: len(p) for s, p in splits.items()}, "splits": sorted(splits),
-                "columns": [["distance_km", "float"], ["city_code", "int"]]}
+                "columns": [["distance_km", "float"], ["city_code", "int"]],
+                **({"missing_feature_days": missing_days} if missing_days is not None else {})}
 
     return commit.run_stage(commit.StageKey("datasets", "eta", "window_end=2026-01-02"), inputs=[],
                             config={}, code={"sources_hash": "test"}, run=RunContext(), produce=produce).manifest
@@ -316,6 +318,26 @@ def test_gate_runs_each_split_on_the_engine_its_row_count_picks(spark):
     evidence = json.loads((commit.location(gate) / "validation.json").read_text())
     assert {s: e["engine"] for s, e in evidence["splits"].items()} == {"train": "spark", "validation": "pandas"}
     assert (commit.location(gate) / "data_docs" / "train.html").read_text().lstrip().lower().startswith("<!doctype")
+
+
+def test_a_window_missing_more_feature_days_than_allowed_fails_the_gate():
+    """The dataset stage only warns about window days without features; with
+    max_missing_feature_days the gate refuses the shorter window, listing the days."""
+    from dlpipe.errors import GateFailed
+    from dlpipe.gates import run_data_gate
+    from dlpipe.runctx import RunContext
+
+    ds = _committed_dataset(_frame(40), validation_rows=12, missing_days=["2025-12-30", "2025-12-31"])
+    cfg = CFG.model_copy(update={"min_rows": {"train": 10, "validation": 5}, "engine": "pandas"})
+    assert run_data_gate(ds, cfg, run=RunContext()).manifest["summary"]["verdict"] == "passed"  # default: any
+    with pytest.raises(GateFailed) as failed:
+        run_data_gate(ds, cfg.model_copy(update={"max_missing_feature_days": 1}), run=RunContext())
+    assert failed.value.failures == [
+        "window: no feature partition for 2 of its days ['2025-12-30', '2025-12-31'], more than "
+        "max_missing_feature_days=1; run the feature task for those days, then this run's dataset task again "
+        "(or raise the limit)"]
+    assert run_data_gate(ds, cfg.model_copy(update={"max_missing_feature_days": 2}),
+                         run=RunContext()).manifest["summary"]["verdict"] == "passed"
 
 
 def test_bad_engine_or_spark_type_is_a_config_error():
