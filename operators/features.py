@@ -138,13 +138,18 @@ class SparkStageOperator(DlpipeOperator):
         if not (self.data_interval_start or self.data_interval_end) and logical is not None and logical == end:
             # a UI/REST trigger or `airflow dags test DAG D` at midnight D: Airflow keeps one run
             # per logical date, and D is the scheduled run of [D, D+1)'s, so that day would never run
+            dag_run = context.get("dag_run")
+            dag_id, run_id = getattr(dag_run, "dag_id", "DAG"), getattr(dag_run, "run_id", "RUN_ID")
             raise ConfigError("logical date", f"{logical} with data interval {start} .. {end}",
                               f"this run's logical date is the first instant of the next day, which is that "
-                              f"day's own run in Airflow (one run per logical date): the scheduler would never "
-                              f"run the day starting at {end}, and a backfill of it would skip it. To process "
-                              f"[{start}, {end}), backfill it (`airflow backfill create --dag-id DAG --from-date "
-                              f"{start:%Y-%m-%d} --to-date {start:%Y-%m-%d}`), or give a logical date inside the next "
-                              f"day, e.g. `airflow dags test DAG {end:%Y-%m-%d}T06:00:00+00:00` or the current time")
+                              f"day's own run in Airflow (one run per logical date): while this run exists the "
+                              f"scheduler never runs the day starting at {end}, a backfill of it skips it, and "
+                              f"(depends_on_past) the runs after it wait on this one. Delete this run (the UI's "
+                              f"Delete on the run, or DELETE /api/v2/dags/{dag_id}/dagRuns/{run_id}; in a scratch "
+                              f"database `airflow dags delete {dag_id}`), then process [{start}, {end}) with "
+                              f"`airflow backfill create --dag-id {dag_id} --from-date {start:%Y-%m-%d} --to-date "
+                              f"{start:%Y-%m-%d}`, or with a logical date inside the next day, e.g. `airflow dags "
+                              f"test {dag_id} {end:%Y-%m-%d}T06:00:00+00:00` or the current time")
         return start, end
 
     def stop_tools(self) -> None:

@@ -285,9 +285,15 @@ def test_a_logical_date_outside_the_runs_interval_is_refused():
         op.interval({"logical_date": jan5, "data_interval_start": dec6 - day, "data_interval_end": dec6})
     # a UI or REST trigger, or `dags test`, at midnight D processes [D-1, D) under the logical
     # date of D's scheduled run, which Airflow then never creates
-    with pytest.raises(ConfigError, match=r"logical date.*first instant of the next day.*--from-date 2026-01-04 "
-                                          r"--to-date 2026-01-04.*dags test DAG 2026-01-05T06:00:00"):
-        op.interval({"logical_date": jan5, "data_interval_start": jan5 - day, "data_interval_end": jan5})
+    class Run:  # the run as the Task SDK's context gives it
+        dag_id, run_id = "eta_training", "manual__2026-01-05T00:00:00+00:00"
+
+    with pytest.raises(ConfigError, match=r"logical date.*first instant of the next day.*Delete this run.*"
+                                          r"DELETE /api/v2/dags/eta_training/dagRuns/manual__2026-01-05T00:00:00\+00:00.*"
+                                          r"--from-date 2026-01-04 --to-date 2026-01-04.*"
+                                          r"dags test eta_training 2026-01-05T06:00:00"):
+        op.interval({"logical_date": jan5, "data_interval_start": jan5 - day, "data_interval_end": jan5,
+                     "dag_run": Run()})
     # scheduled and backfill runs (logical date = interval start), triggers and `dags test`
     # inside the next day, and a CLI trigger at the current time are all accepted
     for logical, start in ((jan5 - day, jan5 - day), (jan5 + timedelta(hours=6), jan5 - day),
