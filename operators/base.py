@@ -26,8 +26,9 @@ def run_params() -> dict:
                             description="Why this run was started; kept with every stage's audit event.")}
 
 
-def run_context(context: Any) -> RunContext:
-    """The Airflow run/task/try (and who triggered it) for manifests and audit events."""
+def run_context(context: Any, operator: str = "-") -> RunContext:
+    """The Airflow run/task/try (and who triggered it, and the task's operator class) for
+    manifests and audit events."""
     ti, dag_run = context["ti"], context["dag_run"]
     run_type = getattr(dag_run, "run_type", "-")
     return RunContext(
@@ -35,6 +36,7 @@ def run_context(context: Any) -> RunContext:
         # the Task SDK's DagRunType prints as 'DagRunType.SCHEDULED': its value is 'scheduled'
         triggered_by=getattr(dag_run, "triggering_user_name", None) or str(getattr(run_type, "value", run_type)),
         reason=str((context.get("params") or {}).get("reason") or ""),
+        operator=operator,
     )
 
 
@@ -99,6 +101,18 @@ class DlpipeOperator(BaseOperator):
             return
         self._kill_audited = written is not None  # not written: the failure it causes is audited instead
 
+    def pipeline_path(self) -> str:
+        """``pipeline_config``, a relative path found as ``pipeline_dag`` finds one: next to the
+        DAG file, then in its parent folder (not the worker's working directory, which differs
+        from the scheduler's and between deployments)."""
+        from operators.factory import spec_path  # here: factory imports the operators
+
+        try:
+            dag_file = self.dag.fileloc
+        except RuntimeError:  # an operator outside a DAG (a test, a script): the path as given
+            return self.pipeline_config
+        return str(spec_path(self.pipeline_config, dag_file))
+
     def stop_tools(self) -> None:
         """Stop the tools this task started (spark-submit, horovodrun); none here."""
 
@@ -106,10 +120,10 @@ class DlpipeOperator(BaseOperator):
         raise NotImplementedError
 
     def execute(self, context: Any) -> str:
-        run = self._run = run_context(context)
+        run = self._run = run_context(context, type(self).__name__)
         self._kill_audited = False
         try:
-            pipeline = load_pipeline(self.pipeline_config)
+            pipeline = load_pipeline(self.pipeline_path())
             from operators.factory import check_pipeline  # here: factory imports the operators
 
             check_pipeline(pipeline)

@@ -31,7 +31,6 @@ from dlpipe.pipeline_config import load_pipeline, section
 from dlpipe.registry import RegistryConfig
 from operators.kinds import kind_of
 
-REPO = Path(__file__).resolve().parent.parent
 SCHEDULE_PRESETS = {"@hourly", "@daily", "@weekly", "@monthly", "@yearly"}
 
 
@@ -95,7 +94,12 @@ def check_pipeline(pipeline: dict[str, Any]) -> None:
         raise ConfigError(f"{path}: kind", kind.name,
                           f"its train_entry {kind.train_entry!r} has no entry in training/stages.py ENTRY_SOURCES; "
                           f"list the training modules it runs there")
-    name = pipeline.get("model_name", "model")
+    if "model_name" not in pipeline:  # a shared default would mix teams' versions, aliases and champions
+        raise ConfigError(f"{path}: model_name", "(missing)",
+                          "add model_name: the registry name of this pipeline's models (e.g. fraud_eta); "
+                          "pipelines with the same name share versions and aliases, and each one's model "
+                          "gate judges against the other's production model")
+    name = pipeline["model_name"]
     if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9][a-z0-9_\-]{0,62}", name):
         raise ConfigError(f"{path}: model_name", name, "use lower-case letters, digits, '-' and '_'")
 
@@ -117,13 +121,14 @@ def _daily_at_midnight(schedule: str) -> bool:
 def spec_path(path: str | Path, dag_file: str | Path | None = None) -> Path:
     """Where a spec named by ``path`` is: an absolute path as it is; a relative one next to the
     DAG file that names it, then in that file's parent folder (the project root, as in
-    ``dags/`` beside ``pipelines/``), then in dlpipe's source tree. Not the working directory:
-    the scheduler's and the workers' differ."""
+    ``dags/`` beside ``pipelines/``); without a DAG file, in the working directory. Not the
+    working directory otherwise (the scheduler's and the workers' differ), and not dlpipe's own
+    source tree: a team's DAG must not pick up an example spec of the same relative name."""
     path = Path(path)
     if path.is_absolute():
         return path
-    bases = [Path(dag_file).resolve().parent, Path(dag_file).resolve().parent.parent] if dag_file else []
-    tried = [base / path for base in [*bases, REPO]]
+    bases = [Path(dag_file).resolve().parent, Path(dag_file).resolve().parent.parent] if dag_file else [Path.cwd()]
+    tried = [base / path for base in bases]
     found = next((candidate for candidate in tried if candidate.is_file()), None)
     if found is None:
         raise ConfigError("pipeline_config", str(path), "no such spec file; looked in "

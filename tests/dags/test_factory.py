@@ -116,6 +116,8 @@ def test_every_shipped_kind_lists_its_training_sources():
     ({"regsitry__root": "s3://AKIAX:hunter2@models/reg"}, "regsitry", "s3://***@models/reg", "remove it or fix its name"),
     ({"registry": "s3://AKIAX:hun/ter2@models/reg"}, "registry", "s3://***@models/reg", "a section is a mapping"),
     ({"dag": None}, "dag", "None", "add a dag: section"),
+    # no default name: teams that left it out shared 'model@N', its aliases and its champion
+    ({"model_name": None}, "model_name", "(missing)", "add model_name: the registry name"),
     ({"kind": "gpt"}, "kind", "gpt", "use one of ['digits_classifier', 'eta_regressor']"),
     ({"features__name": "Team ETA"}, "features.name", "Team ETA", "should match pattern"),
     ({"model_gate__metric": "val_mea"}, "model_gate.metric", "val_mea", "use one of ['val_mae']"),
@@ -521,3 +523,50 @@ def test_start_and_end_dates_are_utc_days_whatever_airflows_default_timezone(tmp
     env = {**os.environ, "AIRFLOW__CORE__DEFAULT_TIMEZONE": "America/New_York", "DLPIPE_ETA_END_DATE": "2026-03-01"}
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.split()[-2:] == ["2026-01-01T00:00:00+00:00", "2026-03-01T00:00:00+00:00"], out.stdout
+
+
+def test_spark_conf_may_not_set_what_the_applications_fix_themselves():
+    """A spark_conf time zone or shuffle width was ignored without a word (the applications set
+    both in their session, and the fingerprints hash the applications' values)."""
+    from operators import PetastormDatasetOperator, SparkFeatureOperator
+
+    for operator in (SparkFeatureOperator, PetastormDatasetOperator):
+        with pytest.raises(ConfigError) as refused:
+            operator(task_id="f", pipeline_config="p.yaml",
+                     spark_conf={"spark.sql.session.timeZone": "Europe/Paris", "spark.executor.memory": "8g"})
+        assert refused.value.field == f"{operator.__name__}(task_id='f') argument spark_conf"
+        assert refused.value.value == ["spark.sql.session.timeZone"] and "would be ignored" in refused.value.fix
+    assert SparkFeatureOperator(task_id="f", pipeline_config="p.yaml",
+                                spark_conf={"spark.executor.memory": "8g"}).spark_conf == {"spark.executor.memory": "8g"}
+
+
+def test_an_operators_relative_pipeline_config_is_found_beside_its_dag_file(tmp_path, monkeypatch):
+    """A hand-written DAG's relative pipeline_config was opened from the worker's working
+    directory; it is looked up as a spec DAG's is, and a miss names the places looked in."""
+    from airflow.sdk import DAG
+
+    from operators import DataGateOperator
+
+    app = tmp_path / "app"
+    (app / "dags").mkdir(parents=True)
+    (app / "pipelines").mkdir()
+    spec = _spec(app / "pipelines", "fraud")
+    monkeypatch.chdir(tmp_path)  # the worker's working directory is elsewhere
+    with DAG("fraud", schedule=None) as dag:
+        op = DataGateOperator(task_id="g", dataset_id="x", pipeline_config="pipelines/fraud.yaml")
+    dag.fileloc = str(app / "dags" / "fraud.py")
+    assert op.pipeline_path() == str(spec)
+    op.pipeline_config = "pipelines/other.yaml"
+    with pytest.raises(ConfigError) as missing:
+        op.pipeline_path()
+    assert str(app / "dags" / "pipelines" / "other.yaml") in missing.value.fix
+    assert str(app / "pipelines" / "other.yaml") in missing.value.fix
+
+
+def test_a_spec_is_not_taken_from_dlpipes_own_tree(tmp_path):
+    """A team DAG elsewhere naming 'pipelines/marketplace_eta.yaml' loaded dlpipe's example spec
+    (a second DAG with the example's id) instead of failing."""
+    from operators.factory import spec_path
+
+    with pytest.raises(ConfigError, match="no such spec file"):
+        spec_path("pipelines/marketplace_eta.yaml", tmp_path / "dags" / "team.py")
