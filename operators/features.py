@@ -100,6 +100,14 @@ class SparkStageOperator(DlpipeOperator):
         if unknown:  # at parse time, like the Horovod operator's arguments
             raise ConfigError(f"{type(self).__name__}(task_id={self.task_id!r}) argument spark_resources", unknown,
                               f"use only {', '.join(RESOURCE_ARGS)}")
+        from feature_jobs.session import OUTPUT_CONF
+
+        pinned = sorted(set(self.spark_conf) & set(OUTPUT_CONF))
+        if pinned:  # the applications set these in their session, over spark-submit's --conf
+            raise ConfigError(f"{type(self).__name__}(task_id={self.task_id!r}) argument spark_conf", pinned,
+                              f"remove them: dlpipe's Spark applications fix {OUTPUT_CONF} themselves (timestamps are "
+                              f"UTC days; the settings are part of each output's fingerprint), so a value here "
+                              f"would be ignored")
         self.data_interval_start, self.data_interval_end = data_interval_start, data_interval_end
         self._hooks: list = []
 
