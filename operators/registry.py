@@ -93,8 +93,12 @@ class RegisterModelOperator(_RegistryOperator):
         _, store = self._settings(pipeline)
         name = pipeline.get("model_name", "model")
         # what runs after registration in this DAG: `dlpipe summary` expects a promotion only where there is one
+        try:  # the classes too: a hand-written DAG's promotion task has its own id
+            follows = {"downstream_operators": sorted({type(t).__name__ for t in self.downstream_list})}
+        except RuntimeError:  # an operator outside a DAG
+            follows = {}
         audit.record("started", stage="registry", run=run, manifest_id=f"{name}@?", training=training["id"],
-                     downstream=sorted(self.downstream_task_ids))
+                     downstream=sorted(self.downstream_task_ids), **follows)
         try:
             record, created = registry.register(
                 store, name, commit.location(training) / training["summary"]["model_dir"],

@@ -4,6 +4,8 @@ as an error line, not a numpy traceback; an unknown run id as such, not as seven
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from dlpipe import audit, cli
@@ -202,3 +204,30 @@ def test_a_version_is_ascii_digits(ref):
     with pytest.raises(ConfigError) as e:
         parse_ref(ref)
     assert e.value.field == "model reference" and "NAME@VERSION" in e.value.fix
+
+
+def test_summary_knows_a_hand_written_dags_tasks_by_their_operators(capsys):
+    """A team's DAG names its tasks as it likes: every stage was reported 'missing' and the run
+    FAILED. Tasks now record their operator class, which is what the summary goes by."""
+    tasks = {"features": "SparkFeatureOperator", "dataset": "PetastormDatasetOperator",
+             "validate": "DataGateOperator", "fit": "HorovodTrainOperator", "judge": "ModelGateOperator",
+             "register": "RegisterModelOperator", "promote": "PromoteModelOperator"}
+
+    def run(run_id: str, names: list[str], downstream_operators: list[str]) -> None:
+        for task in names:
+            ctx = RunContext(dag_id="fraud", run_id=run_id, task_id=task, try_number=1, operator=tasks[task])
+            if task == "register":
+                audit.record("started", stage="registry", run=ctx, manifest_id="fraud@?",
+                             downstream=[], downstream_operators=downstream_operators)
+            audit.record("committed", stage=task, run=ctx, manifest_id=f"{task}-output")
+
+    run("manual__1", list(tasks), ["PromoteModelOperator"])
+    assert cli.main(["summary", "--dag-id", "fraud"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"{task} " in out for task in tasks) and "missing" not in out
+    assert "register-output" in out and "promote-output" in out
+    run("manual__2", list(tasks)[:-1], ["PromoteModelOperator"])  # its promotion never ran
+    assert cli.main(["summary", "--dag-id", "fraud"]) == 1
+    assert re.search(r"promote_staging +missing", capsys.readouterr().out)  # named by its stage: no task id known
+    run("manual__3", list(tasks)[:-1], [])  # no promotion in this DAG
+    assert cli.main(["summary", "--dag-id", "fraud"]) == 0
