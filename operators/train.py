@@ -99,8 +99,16 @@ class HorovodTrainOperator(DlpipeOperator):
         launch = horovod_launcher(scale, env=self.env, emit=lambda line: self.log.info("%s", line),
                                   on_start=self._started)
         dataset = commit.load_manifest(self.dataset_id, stage="datasets", field="dataset_id")
-        return train_model(dataset, config=cfg, scale=scale, run=run, launch=launch,
-                           name=pipeline.get("model_name", "model"), entry=kind.train_entry)
+        try:
+            return train_model(dataset, config=cfg, scale=scale, run=run, launch=launch,
+                               name=pipeline.get("model_name", "model"), entry=kind.train_entry)
+        except ConfigError as exc:  # a scale field judged against the dataset: name where it was set
+            key = exc.field.partition("scale.")[2]
+            if not exc.field.startswith("scale.") or not key:
+                raise
+            where = (_argument(self.task_id, key) if key in self.scale_overrides
+                     else f"{pipeline.get('_source', '?')}: {exc.field}")
+            raise ConfigError(where, exc.value, exc.fix) from exc
 
     def _scale(self, pipeline: dict) -> Any:
         """The YAML's scale section with this operator's arguments over it, checked as a whole.

@@ -45,20 +45,27 @@ def check_world_fits(train_url: str, scale: ScaleConfig) -> None:
 
     Each rank reads whole row groups (every ``size``-th one, as the loaders deal them), so a
     rank left without rows would stop the job only after horovodrun started every process, and
-    the failure would read like a crash and be retried. The largest world is checked: an
-    elastic job may grow to ``max_np``."""
+    the failure would read like a crash and be retried. An elastic job may run at any size from
+    ``min_np`` to ``max_np``: each is checked (a size that fits may follow one that does not)."""
     from training.parquet_groups import list_row_groups
 
-    field = "max_np" if scale.elastic and scale.max_np else "num_proc"
-    size = getattr(scale, field)
     _, groups = list_row_groups(train_url)
-    empty = [rank for rank in range(size) if not any(g.rows for g in groups[rank::size])]
-    if empty:
-        raise ConfigError(f"scale.{field}", size,
-                          f"ranks {empty} would get no training rows: each rank reads whole row groups and "
-                          f"the training split has {len(groups)} ({sum(1 for g in groups if g.rows)} non-empty); "
-                          f"run at most {sum(1 for g in groups if g.rows)} processes, or write more files "
-                          f"(dataset num_files) so there are at least {size}")
+    filled = sum(1 for g in groups if g.rows)
+    if not filled:
+        raise ConfigError("dataset", train_url, "the training split has no rows: nothing to train on")
+    if scale.elastic:
+        field, sizes = "max_np", range(scale.min_np, (scale.max_np or scale.num_proc) + 1)
+    else:
+        field, sizes = "num_proc", [scale.num_proc]
+    for size in sizes:
+        empty = [rank for rank in range(size) if not any(g.rows for g in groups[rank::size])]
+        if empty:
+            at = "" if size == getattr(scale, field) else f" (at a world of {size}, between min_np and max_np)"
+            raise ConfigError(f"scale.{field}", getattr(scale, field) or scale.num_proc,
+                              f"ranks {empty} would get no training rows{at}: each rank reads whole row groups "
+                              f"and the training split has {len(groups)} ({filled} non-empty); run at most "
+                              f"{filled} processes, or write more files (dataset num_files) so there are at "
+                              f"least {size}")
 
 
 def train_model(dataset: dict, *, config: BaseModel, scale: ScaleConfig, run: RunContext,

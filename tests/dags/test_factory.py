@@ -570,3 +570,25 @@ def test_a_spec_is_not_taken_from_dlpipes_own_tree(tmp_path):
 
     with pytest.raises(ConfigError, match="no such spec file"):
         spec_path("pipelines/marketplace_eta.yaml", tmp_path / "dags" / "team.py")
+
+
+def test_a_world_the_dataset_cannot_feed_is_blamed_where_num_proc_was_set(monkeypatch):
+    """The row-group check runs inside train_model, which knows only 'scale.num_proc': the
+    operator names its own argument when it set the value, else the YAML file."""
+    from dlpipe import commit
+    from operators import HorovodTrainOperator
+    from training import stages
+
+    def refuse(*args, **kwargs):
+        raise ConfigError("scale.num_proc", 16, "ranks [1] would get no training rows")
+
+    monkeypatch.setattr(stages, "train_model", refuse)
+    monkeypatch.setattr(commit, "load_manifest", lambda *a, **k: {})
+    pipeline = yaml.safe_load(SPEC.read_text()) | {"_source": "p.yaml"}
+    pipeline["scale"] = {**pipeline["scale"], "num_proc": 2, "hosts": "localhost:16"}
+    for kwargs, field in (({"num_proc": 16}, "HorovodTrainOperator(task_id='train') argument num_proc"),
+                          ({}, "p.yaml: scale.num_proc")):
+        op = HorovodTrainOperator(task_id="train", dataset_id="x", pipeline_config="p.yaml", **kwargs)
+        with pytest.raises(ConfigError) as refused:
+            op.run_stage({}, pipeline, None)
+        assert refused.value.field == field and "no training rows" in refused.value.fix

@@ -195,7 +195,15 @@ def test_a_world_larger_than_the_splits_row_groups_is_refused_before_launch(tmp_
     with pytest.raises(ConfigError) as refused:
         check_world_fits(url, elastic)
     assert (refused.value.field, refused.value.value) == ("scale.max_np", 4)
-    assert "ranks [2, 3] would get no training rows" in refused.value.fix
+    assert "ranks [2] would get no training rows (at a world of 3, between min_np and max_np)" in refused.value.fix
+    # fits at max_np=3, not at the starting world of 2 (rank 0 gets only empty groups)
+    alternating = write_split(tmp_path / "alternating", [rows(0), rows(50)] * 3, 100)
+    check_world_fits(alternating, ScaleConfig(num_proc=3, hosts="localhost:3"))
+    with pytest.raises(ConfigError) as refused:
+        check_world_fits(alternating, ScaleConfig(num_proc=2, min_np=1, max_np=3, host_discovery_script="/d.sh"))
+    assert "ranks [0] would get no training rows (at a world of 2, between min_np and max_np)" in refused.value.fix
+    with pytest.raises(ConfigError, match="the training split has no rows"):
+        check_world_fits(write_split(tmp_path / "empty", [rows(0)], 100), ScaleConfig(num_proc=1, hosts="localhost:1"))
 
 
 # -- settings refused when they are read, naming the field ----------------------------------------
