@@ -59,17 +59,20 @@ DATASET_COLUMNS: list[tuple[str, str]] = (
 
 
 def _wait_for_other_spec(name: str, day) -> None:
-    """Another spec's feature set that has partitions, but not yet ``day``'s: its DAG runs on its
-    own schedule and may simply not have reached this day, so the task is retried
-    (InputNotReady). A feature set with no partition at all is a wrong name: the
-    NotCommittedError that follows fails at once."""
+    """Another spec's feature set that has partitions up to a day before ``day``: its DAG runs
+    on its own schedule and may simply not have reached this day, so the task is retried
+    (InputNotReady). A day at or before its newest partition will not come by waiting (a day
+    before the set began, or one whose feature task failed for good), and a set with no
+    partition at all is a wrong name: the NotCommittedError that follows fails at once."""
     if commit.committed(StageKey("features", name, day_partition(day))):
         return
-    if any(StageKey("features", name).dir().parent.glob("*/manifests/*.json")):
+    days = [p.parent.parent.name for p in StageKey("features", name).dir().parent.glob("dt=*/manifests/*.json")]
+    newest = max(days, default=None)
+    if newest is not None and day_partition(day) > newest:
         raise InputNotReady(f"no committed partition of feature set {name!r} (another spec's) for {day.isoformat()} "
-                            f"yet: its DAG may not have run for this day; the task retries. Retries are a short "
-                            f"wait: make this DAG wait for that one (an ExternalTaskSensor on its extract_features "
-                            f"task, or asset scheduling)")
+                            f"yet, its newest is {newest}: its DAG may not have reached this day; the task "
+                            f"retries. Retries are a short wait: make this DAG wait for that one (an "
+                            f"ExternalTaskSensor on its extract_features task, or asset scheduling)")
 
 
 def materialize_dataset(interval_start, interval_end, *, config: DatasetConfig, features: FeatureJobConfig,

@@ -205,9 +205,11 @@ def extract_features(interval_start, interval_end, *, config: FeatureJobConfig, 
     day = days[0]
     history = [day - timedelta(days=i) for i in range(config.lookback_days, 0, -1)]
     earlier, missing = committed_days(config.raw, "raw", history, required=False)
-    first = min((d for d in history if d.isoformat() not in missing), default=None)
+    # the raw data's first committed day, over all its partitions (not only this lookback's)
+    first = min((p.parent.parent.name for p in StageKey("raw", config.raw).dir().parent.glob("dt=*/manifests/*.json")),
+                default=None)
     for absent in missing:
-        if first is None or absent < first.isoformat():  # before the raw data's first day: no history yet
+        if first is None or day_partition(date.fromisoformat(absent)) < first:  # before the raw data began
             log.info("raw/%s/%s not committed: treated as missing history", config.raw, absent)
         else:  # a gap: late or lost raw data, which later days' features also lack
             log.warning("raw/%s/%s is not committed though earlier days are: these features are computed without "

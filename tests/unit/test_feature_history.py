@@ -77,3 +77,21 @@ def test_a_gap_in_the_raw_history_is_a_warning_that_says_what_to_clear(small_raw
     assert "--task-regex extract_features --downstream --start-date 2026-01-02 --end-date 2026-01-06" in warnings[0]
     infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO and "missing history" in r.getMessage()]
     assert [m.split()[0] for m in infos] == ["raw/trips/2025-12-30", "raw/trips/2025-12-31"]
+
+
+def test_a_gap_is_warned_also_when_it_is_the_lookbacks_first_day(small_raw, caplog):
+    """The last day whose lookback reaches the lost day has it first in its window: the raw
+    data's first day is looked up over all partitions, so it is still a gap (with lookback_days 1
+    a gap was never warned)."""
+    import logging
+    import shutil
+
+    from dlpipe import commit
+
+    shutil.rmtree(commit.StageKey("raw", "trips", "dt=2026-01-02").dir() / "manifests")
+    start = datetime(2026, 1, 3, tzinfo=timezone.utc)
+    with caplog.at_level(logging.INFO, logger="feature_jobs.feature_stage"):
+        extract_features(start, start.replace(day=4), config=FeatureJobConfig(lookback_days=1), run=RunContext(),
+                         submit=_fake_spark_job)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "raw/trips/2026-01-02 is not committed though earlier days are" in warnings[0]

@@ -159,3 +159,15 @@ def test_another_specs_feature_set_that_has_not_reached_the_day_is_retried():
         _input_files(window_days=1, name="shared")
     _features("2026-01-03", config, code)
     assert _read_by_dataset(window_days=2, name="shared") == ["2026-01-02", "2026-01-03"]
+
+
+def test_another_specs_day_that_waiting_cannot_bring_fails_at_once():
+    """A day at or before the other set's newest partition (before the set began, or a feature
+    task that failed for good) will not come by retrying."""
+    from dlpipe.errors import InputNotReady
+
+    config, code = feature_version(FeatureJobConfig(name="shared", lookback_days=2))
+    _features("2026-01-10", config, code)
+    with pytest.raises(NotCommittedError, match=r"features/shared/dt=2026-01-03") as err:
+        _input_files(window_days=1, name="shared")
+    assert not isinstance(err.value, InputNotReady)
