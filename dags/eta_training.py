@@ -39,7 +39,7 @@ with DAG(
     description="Daily ETA regressor: Spark features, Petastorm dataset, GX gate, Horovod, registry",
     # A data-interval timetable: the run for logical date D processes [D, D+1 day).
     schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),
-    start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),  # naive: Airflow's default_timezone
+    start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),  # a naive one is in Airflow's default_timezone
     end_date=END,
     catchup=False,
     max_active_runs=1,

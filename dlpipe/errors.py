@@ -123,8 +123,9 @@ class NotCommittedError(DlpipeError):
 
 
 class InputNotReady(NotCommittedError):
-    """The interval's own raw data is not committed yet. Unlike the other NotCommittedErrors it
-    may be on its way (late ingestion), so operators let Airflow retry it."""
+    """An input that may still come is not committed yet: the interval's own raw data (late
+    ingestion), or a day another spec's feature set has not reached. Unlike the other
+    NotCommittedErrors, operators let Airflow retry it."""
 
 
 class IntegrityError(DlpipeError):

@@ -14,7 +14,7 @@ from dlpipe.pipeline_config import load_pipeline
 from dlpipe.runctx import RunContext
 
 # Failures that will fail the same way on every retry: fail the task without retrying (except
-# InputNotReady: the interval's raw data may land late).
+# InputNotReady: an input that may still come, such as the interval's raw data landing late).
 DETERMINISTIC = (ConfigError, GateFailed, IntegrityError, NotCommittedError)
 
 

@@ -151,9 +151,12 @@ def load_spec(path: str | Path, dag_file: str | Path | None = None) -> tuple[Dag
                           "must cover exactly one day: use @daily (or '0 0 * * *'); a cron that skips "
                           "days gives some runs several days")
     scale = section(pipeline, "scale", kind_of(pipeline).sections()["scale"])
-    if spec.train_timeout_s <= scale.run_timeout_s:
+    from operators.train import TEARDOWN_S
+
+    if spec.train_timeout_s < scale.run_timeout_s + TEARDOWN_S:
         raise ConfigError(f"{path}: dag.train_timeout_s", spec.train_timeout_s,
-                          f"must be longer than scale.run_timeout_s={scale.run_timeout_s}: Airflow would "
+                          f"must be at least {TEARDOWN_S} s longer than scale.run_timeout_s={scale.run_timeout_s}: "
+                          f"Airflow would "
                           f"kill the training task first and retry it, instead of dlpipe ending the job "
                           f"with every rank's output; raise it or lower scale.run_timeout_s")
     if spec.end_date and spec.end_date < spec.start_date:

@@ -13,6 +13,11 @@ from dlpipe.runctx import RunContext
 from operators.base import DlpipeOperator
 
 
+# What a task needs beyond scale.run_timeout_s: reading the dataset's footers before launch, and
+# ending the job (SIGTERM, then SIGKILL about 10 s later) with every rank's output in the log.
+TEARDOWN_S = 60
+
+
 def _argument(task_id: str, key: str) -> str:
     return f"HorovodTrainOperator(task_id={task_id!r}) argument {key}"
 
@@ -73,9 +78,10 @@ class HorovodTrainOperator(DlpipeOperator):
         for key, value in self.scale_overrides.items():
             _check_override(self.task_id, key, value)
         if run_timeout_s is not None and self.execution_timeout is not None \
-                and run_timeout_s >= self.execution_timeout.total_seconds():  # else found when it runs
+                and run_timeout_s + TEARDOWN_S > self.execution_timeout.total_seconds():  # else found when it runs
             raise ConfigError(_argument(self.task_id, "run_timeout_s"), run_timeout_s,
-                              f"must be shorter than execution_timeout ({self.execution_timeout}): Airflow would "
+                              f"must be at least {TEARDOWN_S} s shorter than execution_timeout "
+                              f"({self.execution_timeout}): Airflow would "
                               f"kill the task first and retry it, instead of dlpipe ending the job with every "
                               f"rank's output")
         self.env = env or {}
@@ -135,11 +141,12 @@ class HorovodTrainOperator(DlpipeOperator):
                                   exc.fix) from exc
             raise
         limit = self.execution_timeout.total_seconds() if self.execution_timeout else None
-        if limit is not None and scale.run_timeout_s >= limit:
+        if limit is not None and scale.run_timeout_s + TEARDOWN_S > limit:
             where = (_argument(self.task_id, "run_timeout_s") if "run_timeout_s" in self.scale_overrides
                      else f"{pipeline.get('_source', '?')}: scale.run_timeout_s")
             raise ConfigError(where, scale.run_timeout_s,
-                              f"must be shorter than the task's execution_timeout ({limit:g} s): Airflow would "
+                              f"must be at least {TEARDOWN_S} s shorter than the task's execution_timeout "
+                              f"({limit:g} s): Airflow would "
                               f"kill the training task first and retry it, instead of dlpipe ending the job "
                               f"with every rank's output; lower it or raise execution_timeout")
         return scale

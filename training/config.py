@@ -29,8 +29,6 @@ def _check_hosts(value: str) -> str:
     return value
 
 
-
-
 def _check_interface(value: str | None) -> str | None:
     if value is not None and not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,14}", value):
         raise ValueError("name a network interface as `ip link` shows it (e.g. eth0, ens5): up to 15 "

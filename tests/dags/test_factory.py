@@ -105,6 +105,8 @@ def test_every_shipped_kind_lists_its_training_sources():
     ({"dag__end_date": "2025-12-01"}, "dag.end_date", "2025-12-01", "must not be before dag.start_date"),
     ({"train__epochs": 0}, "train.epochs", "0", "greater than or equal to 1"),
     ({"scale__run_timeout_s": 14400}, "dag.train_timeout_s", "7200", "longer than scale.run_timeout_s=14400"),
+    # a second more than the job is no time to end it and keep the ranks' output
+    ({"scale__run_timeout_s": 7199}, "dag.train_timeout_s", "7200", "at least 60 s longer than scale.run_timeout_s"),
     ({"train__epochs": True}, "train.epochs", "True", "valid integer"),  # YAML's `yes`
     ({"train__learning_rate": "fast"}, "train.learning_rate", "fast", "write a number, e.g. 0.002"),
     ({"scale__num_proc": 2.5}, "scale.num_proc", "2.5", "valid integer"),
@@ -476,7 +478,12 @@ def test_run_timeout_must_be_shorter_than_the_tasks_execution_timeout(tmp_path):
         HorovodTrainOperator(task_id="train", dataset_id="x", pipeline_config="p.yaml", run_timeout_s=7200,
                              execution_timeout=timedelta(hours=2))
     assert refused.value.field == "HorovodTrainOperator(task_id='train') argument run_timeout_s"
-    assert "shorter than execution_timeout (2:00:00)" in refused.value.fix
+    assert "at least 60 s shorter than execution_timeout (2:00:00)" in refused.value.fix
+    with pytest.raises(ConfigError):  # no time left to end the job
+        HorovodTrainOperator(task_id="train", dataset_id="x", pipeline_config="p.yaml", run_timeout_s=7141,
+                             execution_timeout=timedelta(hours=2))
+    HorovodTrainOperator(task_id="train", dataset_id="x", pipeline_config="p.yaml", run_timeout_s=7140,
+                         execution_timeout=timedelta(hours=2))
     op = HorovodTrainOperator(task_id="train", dataset_id="x", pipeline_config="p.yaml",
                               execution_timeout=timedelta(hours=2))
     pipeline = yaml.safe_load(SPEC.read_text()) | {"_source": "p.yaml"}
