@@ -157,7 +157,8 @@ class SparkStageOperator(DlpipeOperator):
                               f"database `airflow dags delete {dag_id}`), then process [{start}, {end}) with "
                               f"`airflow backfill create --dag-id {dag_id} --from-date {start:%Y-%m-%d} --to-date "
                               f"{start:%Y-%m-%d}`, or with a logical date inside the next day, e.g. `airflow dags "
-                              f"test {dag_id} {end:%Y-%m-%d}T06:00:00+00:00` or the current time")
+                              f"test {dag_id} {end:%Y-%m-%d}T06:00:00+00:00` or the current time; and backfill "
+                              f"{end:%Y-%m-%d} itself once it is over if the scheduler passed it by")
         return start, end
 
     def stop_tools(self) -> None:
