@@ -634,12 +634,20 @@ class ModelGateConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
     metric: str = Field("val_mae", description="metric to judge (lower is better)")
     baseline_metric: str = Field("baseline_mae", description="the naive predictor's value of it")
-    min_improvement: YamlFloat = Field(0.10, ge=0, lt=1, description="required relative gain over the baseline")
+    min_improvement: YamlFloat = Field(0.10, ge=0, description="required relative gain over the baseline")
     max_value: YamlFloat | None = Field(None, gt=0, description="absolute ceiling on the metric")
     champion_alias: str | None = Field("production", pattern=r"^[a-z][a-z0-9_-]{0,31}$",
                                        description="registry alias of the model to beat (null: no champion check)")
-    max_regression: YamlFloat = Field(0.02, ge=0, lt=1, description="how much worse than the champion, "
-                                                                    "relative, the candidate may be")
+    max_regression: YamlFloat = Field(0.02, ge=0, description="how much worse than the champion, "
+                                                              "relative, the candidate may be")
+
+    @field_validator("min_improvement", "max_regression")
+    @classmethod
+    def _fraction(cls, value: float) -> float:
+        if value >= 1:  # 10 for 10% would ask for a negative error, or allow any regression
+            hint = f"; for {value:g}% write {value / 100:g}" if value < 100 else ""
+            raise ValueError(f"a fraction below 1 (0.10 means 10%){hint}")
+        return value
     slice_max_ratio: YamlFloat | None = Field(1.8, gt=1, description="no slice's metric above this times the "
                                                                      "overall value")
     slice_min_rows: int = Field(50, ge=1, description="slices with fewer rows are reported, not judged")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any, Callable, Sequence
 
 from dlpipe import audit
@@ -108,6 +109,13 @@ class SparkStageOperator(DlpipeOperator):
                               f"remove them: dlpipe's Spark applications fix {OUTPUT_CONF} themselves (timestamps are "
                               f"UTC days; the settings are part of each output's fingerprint), so a value here "
                               f"would be ignored")
+        for key, value in self.spark_resources.items():  # spark-submit would refuse it, and be retried
+            memory = key.endswith("_memory")
+            fine = (isinstance(value, str) and re.fullmatch(r"[1-9][0-9]*[kmgtKMGT]?", value) if memory
+                    else isinstance(value, int) and not isinstance(value, bool) and value >= 1)
+            if not fine:
+                raise ConfigError(f"{type(self).__name__}(task_id={self.task_id!r}) argument spark_resources.{key}",
+                                  value, "a size such as '8g' or '512m'" if memory else "a whole number >= 1")
         self.data_interval_start, self.data_interval_end = data_interval_start, data_interval_end
         self._hooks: list = []
 

@@ -132,6 +132,7 @@ def test_every_shipped_kind_lists_its_training_sources():
     ({"model_gate__metric": "train_mae"}, "model_gate.metric", "train_mae", "an overfit model wins them"),
     # YAML's `yes` read as 1.0 (no ceiling on an error rate); infinity turned a check off
     ({"model_gate__max_value": True}, "model_gate.max_value", "True", "valid number"),
+    ({"model_gate__min_improvement": 10}, "model_gate.min_improvement", "10", "for 10% write 0.1"),
     ({"model_gate__slice_min_rows": True}, "model_gate.slice_min_rows", "True", "valid integer"),
     ({"model_gate__slice_z": float("inf")}, "model_gate.slice_z", "inf", "not a finite number"),
     ({"model_gate__min_improvement": float("nan")}, "model_gate.min_improvement", "nan", "not a finite number"),
@@ -599,3 +600,18 @@ def test_a_world_the_dataset_cannot_feed_is_blamed_where_num_proc_was_set(monkey
         with pytest.raises(ConfigError) as refused:
             op.run_stage({}, pipeline, None)
         assert refused.value.field == field and "no training rows" in refused.value.fix
+
+
+def test_spark_resources_values_are_checked_when_the_dag_is_parsed():
+    """spark-submit refuses executor_memory='8 GB' or executor_cores='four' only when the task
+    runs, as a failure Airflow retries."""
+    from operators import SparkFeatureOperator
+
+    for resources, fix in (({"executor_memory": "8 GB"}, "a size such as '8g'"),
+                           ({"executor_cores": "four"}, "a whole number >= 1"),
+                           ({"num_executors": 0}, "a whole number >= 1")):
+        with pytest.raises(ConfigError) as refused:
+            SparkFeatureOperator(task_id="f", pipeline_config="p.yaml", spark_resources=resources)
+        assert refused.value.field.endswith(f"spark_resources.{next(iter(resources))}") and fix in refused.value.fix
+    SparkFeatureOperator(task_id="f", pipeline_config="p.yaml",
+                         spark_resources={"executor_memory": "8g", "driver_memory": "512m", "executor_cores": 4})
