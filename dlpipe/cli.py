@@ -357,17 +357,17 @@ def _fmt(v: Any) -> str:
 
 SUMMARY_TASKS = ["extract_features", "materialize_dataset", "data_gate", "train", "model_gate",
                  "register_model", "promote_staging"]
-# each stage's operator class -> its task id in the shipped DAGs, which names the stage here
-STAGE_OF_OPERATOR = dict(zip(["SparkFeatureOperator", "PetastormDatasetOperator", "DataGateOperator",
-                              "HorovodTrainOperator", "ModelGateOperator", "RegisterModelOperator",
-                              "PromoteModelOperator"], SUMMARY_TASKS))
 
 
 def _stage_of(event: dict) -> str | None:
-    """Which stage of the chain an event's task is: by its operator class (recorded since
-    tasks record it), so a hand-written DAG's own task ids are found; else by the shipped id."""
+    """Which stage of the chain an event's task is: the stage its operator records (inherited by
+    subclasses, so a hand-written DAG's own task ids are found); for events from before tasks
+    recorded it, the task id if it is a shipped one."""
+    recorded = event["run"].get("pipeline_stage")
+    if recorded in SUMMARY_TASKS:
+        return recorded
     task = event["run"]["task_id"]
-    return STAGE_OF_OPERATOR.get(event["run"].get("operator", "-")) or (task if task in SUMMARY_TASKS else None)
+    return task if recorded in (None, "-") and task in SUMMARY_TASKS else None
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
@@ -383,34 +383,36 @@ def cmd_summary(args: argparse.Namespace) -> int:
         print(f"no run {run_id!r} of dag {args.dag_id!r} in the audit log {settings.audit_log_path()}; "
               f"its most recent runs, newest first: {', '.join(runs)}", file=sys.stderr)
         return 1
-    final: dict[str, dict] = {}  # stage -> its task's last event other than 'started'
-    task_of: dict[str, str] = {}  # stage -> the task id it has in this DAG
+    tasks: dict[str, dict[str, dict | None]] = {}  # stage -> task id -> its last event other than 'started'
+    final: dict[str, dict] = {}  # stage -> the last such event of any of its tasks (for the details)
     for e in events:
         stage = _stage_of(e)
-        if e["run"]["run_id"] == run_id and stage:
-            task_of[stage] = e["run"]["task_id"]
-            if e["event"] != "started":
-                final[stage] = e
+        if e["run"]["run_id"] != run_id or not stage:
+            continue
+        per_task = tasks.setdefault(stage, {})
+        per_task.setdefault(e["run"]["task_id"], None)  # started only: still running, or lost
+        if e["event"] != "started":
+            per_task[e["run"]["task_id"]] = final[stage] = e
     # The chain starts at its first stage that ran: kinds without a feature stage start at the
-    # dataset. Every stage after it must have committed or skipped.
-    first = next((i for i, t in enumerate(SUMMARY_TASKS) if t in task_of), 0)
+    # dataset. Every stage after it must have committed or skipped, in each of its tasks.
+    first = next((i for i, t in enumerate(SUMMARY_TASKS) if t in tasks), 0)
     expected = SUMMARY_TASKS[first:]
     # a DAG with registry.promote_to: null has no promotion task: its registration says what follows it
     follows = [e for e in events if e["run"]["run_id"] == run_id and _stage_of(e) == "register_model"
                and e["event"] == "started" and e.get("downstream") is not None]
     if follows:
         after = follows[-1]
-        promotes = ("PromoteModelOperator" in after["downstream_operators"] if "downstream_operators" in after
+        promotes = ("promote_staging" in after["downstream_stages"] if "downstream_stages" in after
                     else "promote_staging" in after["downstream"])
-        if not promotes:
+        if not promotes and "promote_staging" not in tasks:
             expected = expected[:-1]
     rows, ok = [], True
     for stage in expected:
-        e = final.get(stage)
-        outcome = e["event"] if e else "missing"
-        ok &= outcome in ("committed", "skipped", "conflict")
-        rows.append({"task": task_of.get(stage, stage), "outcome": outcome, "output": (e or {}).get("manifest_id", "-"),
-                     "why": (e or {}).get("reason") or (e or {}).get("error", "")[:100]})
+        for task, e in (tasks.get(stage) or {stage: None}).items():
+            outcome = e["event"] if e else "missing"
+            ok &= outcome in ("committed", "skipped", "conflict")
+            rows.append({"task": task, "outcome": outcome, "output": (e or {}).get("manifest_id", "-"),
+                         "why": (e or {}).get("reason") or (e or {}).get("error", "")[:100]})
     print(f"dlpipe run summary: dag {args.dag_id}, run {run_id}\n")
     print(_table(rows, ["task", "outcome", "output", "why"]))
     details = _summary_details(final)

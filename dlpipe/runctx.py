@@ -18,7 +18,7 @@ class RunContext:
     try_number: int = 0
     triggered_by: str = "-"
     reason: str = ""  # why the run was started (the DAG's ``reason`` param), kept in the audit log
-    operator: str = "-"  # the task's operator class: what `dlpipe summary` knows a task by, whatever its id
+    pipeline_stage: str = "-"  # the task's place in the chain (its operator's): what `dlpipe summary` goes by
     user: str = field(default_factory=lambda: _user())
     host: str = field(default_factory=socket.gethostname)
     pid: int = field(default_factory=os.getpid)

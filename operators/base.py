@@ -26,8 +26,8 @@ def run_params() -> dict:
                             description="Why this run was started; kept with every stage's audit event.")}
 
 
-def run_context(context: Any, operator: str = "-") -> RunContext:
-    """The Airflow run/task/try (and who triggered it, and the task's operator class) for
+def run_context(context: Any, pipeline_stage: str = "-") -> RunContext:
+    """The Airflow run/task/try (and who triggered it, and the task's place in the chain) for
     manifests and audit events."""
     ti, dag_run = context["ti"], context["dag_run"]
     run_type = getattr(dag_run, "run_type", "-")
@@ -36,7 +36,7 @@ def run_context(context: Any, operator: str = "-") -> RunContext:
         # the Task SDK's DagRunType prints as 'DagRunType.SCHEDULED': its value is 'scheduled'
         triggered_by=getattr(dag_run, "triggering_user_name", None) or str(getattr(run_type, "value", run_type)),
         reason=str((context.get("params") or {}).get("reason") or ""),
-        operator=operator,
+        pipeline_stage=pipeline_stage,
     )
 
 
@@ -68,6 +68,9 @@ class DlpipeOperator(BaseOperator):
 
     template_fields: Sequence[str] = ("pipeline_config",)
     ui_color = "#e8f1fb"
+    # the task's place in the chain, named as the shipped DAGs name its task; subclasses inherit
+    # it, so `dlpipe summary` knows a team's own task ids and subclasses
+    pipeline_stage = "-"
 
     def __init__(self, *, pipeline_config: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -120,7 +123,7 @@ class DlpipeOperator(BaseOperator):
         raise NotImplementedError
 
     def execute(self, context: Any) -> str:
-        run = self._run = run_context(context, type(self).__name__)
+        run = self._run = run_context(context, self.pipeline_stage)
         self._kill_audited = False
         try:
             pipeline = load_pipeline(self.pipeline_path())

@@ -16,6 +16,8 @@ class PetastormDatasetOperator(SparkStageOperator):
     pipeline kind's, see ``operators.kinds``); takes the same Spark arguments as
     SparkFeatureOperator."""
 
+    pipeline_stage = "materialize_dataset"
+
     def run_stage(self, context: Any, pipeline: dict, run: RunContext) -> StageResult:
         from operators.kinds import kind_of
 

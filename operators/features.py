@@ -177,6 +177,8 @@ class SparkFeatureOperator(SparkStageOperator):
     """Commit the feature partition of the run's data interval (section ``features`` of the
     pipeline YAML); skips if the same inputs, config and code were committed before."""
 
+    pipeline_stage = "extract_features"
+
     def run_stage(self, context: Any, pipeline: dict, run: RunContext) -> StageResult:
         from operators.kinds import kind_of
 

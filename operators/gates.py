@@ -18,6 +18,8 @@ class DataGateOperator(DlpipeOperator):
     :param dataset_id: manifest id of the dataset (templated; usually ``dataset_task.output``)
     """
 
+    pipeline_stage = "data_gate"
+
     template_fields: Sequence[str] = ("pipeline_config", "dataset_id")
     ui_color = "#fdf2d0"
 
@@ -47,6 +49,8 @@ class ModelGateOperator(DlpipeOperator):
         give the gate the same registry as the tasks that register and promote
     :param aws_conn_id: Airflow AWS connection for an S3 registry (default: ``registry.aws_conn_id``)
     """
+
+    pipeline_stage = "model_gate"
 
     template_fields: Sequence[str] = ("pipeline_config", "training_id", "registry_root")
     ui_color = "#fdf2d0"

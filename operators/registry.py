@@ -57,6 +57,8 @@ class RegisterModelOperator(_RegistryOperator):
         then boto3's credential chain)
     """
 
+    pipeline_stage = "register_model"
+
     template_fields: Sequence[str] = ("pipeline_config", "training_id", "gate_ids", "registry_root")
 
     def __init__(self, *, training_id: str, gate_ids: list[str] | str, **kwargs: Any) -> None:
@@ -93,8 +95,8 @@ class RegisterModelOperator(_RegistryOperator):
         _, store = self._settings(pipeline)
         name = pipeline.get("model_name", "model")
         # what runs after registration in this DAG: `dlpipe summary` expects a promotion only where there is one
-        try:  # the classes too: a hand-written DAG's promotion task has its own id
-            follows = {"downstream_operators": sorted({type(t).__name__ for t in self.downstream_list})}
+        try:  # their stages too: a hand-written DAG's promotion task has its own id
+            follows = {"downstream_stages": sorted({getattr(t, "pipeline_stage", "-") for t in self.downstream_list})}
         except RuntimeError:  # an operator outside a DAG
             follows = {}
         audit.record("started", stage="registry", run=run, manifest_id=f"{name}@?", training=training["id"],
@@ -129,6 +131,8 @@ class PromoteModelOperator(_RegistryOperator):
         move it back. ``False`` moves it regardless; deliberate rollbacks use
         ``dlpipe registry rollback``.
     """
+
+    pipeline_stage = "promote_staging"
 
     template_fields: Sequence[str] = ("pipeline_config", "model_ref", "alias", "reason", "registry_root")
 

@@ -60,6 +60,8 @@ class HorovodTrainOperator(DlpipeOperator):
     :param host_discovery_script: elastic Horovod: executable printing ``host:slots`` lines
     """
 
+    pipeline_stage = "train"
+
     template_fields: Sequence[str] = ("pipeline_config", "dataset_id")
     ui_color = "#e3f5e1"
 

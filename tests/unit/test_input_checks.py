@@ -206,28 +206,38 @@ def test_a_version_is_ascii_digits(ref):
     assert e.value.field == "model reference" and "NAME@VERSION" in e.value.fix
 
 
-def test_summary_knows_a_hand_written_dags_tasks_by_their_operators(capsys):
+def test_summary_knows_a_hand_written_dags_tasks_by_their_stage(capsys):
     """A team's DAG names its tasks as it likes: every stage was reported 'missing' and the run
-    FAILED. Tasks now record their operator class, which is what the summary goes by."""
-    tasks = {"features": "SparkFeatureOperator", "dataset": "PetastormDatasetOperator",
-             "validate": "DataGateOperator", "fit": "HorovodTrainOperator", "judge": "ModelGateOperator",
-             "register": "RegisterModelOperator", "promote": "PromoteModelOperator"}
+    FAILED. Tasks record their operator's pipeline_stage (subclasses inherit it), which is what
+    the summary goes by; two tasks of one stage are two rows, each judged."""
+    tasks = {"features": "extract_features", "dataset": "materialize_dataset", "validate": "data_gate",
+             "fit": "train", "judge": "model_gate", "register": "register_model", "promote": "promote_staging"}
 
-    def run(run_id: str, names: list[str], downstream_operators: list[str]) -> None:
+    def run(run_id: str, names: list[str], downstream_stages: list[str], failed: tuple = ()) -> None:
         for task in names:
-            ctx = RunContext(dag_id="fraud", run_id=run_id, task_id=task, try_number=1, operator=tasks[task])
+            ctx = RunContext(dag_id="fraud", run_id=run_id, task_id=task, try_number=1,
+                             pipeline_stage=tasks.get(task, "promote_staging"))
             if task == "register":
                 audit.record("started", stage="registry", run=ctx, manifest_id="fraud@?",
-                             downstream=[], downstream_operators=downstream_operators)
-            audit.record("committed", stage=task, run=ctx, manifest_id=f"{task}-output")
+                             downstream=[], downstream_stages=downstream_stages)
+            if task in failed:
+                audit.record("failed", stage=task, run=ctx, error="boom")
+            else:
+                audit.record("committed", stage=task, run=ctx, manifest_id=f"{task}-output")
 
-    run("manual__1", list(tasks), ["PromoteModelOperator"])
+    run("manual__1", list(tasks), ["promote_staging"])
     assert cli.main(["summary", "--dag-id", "fraud"]) == 0
     out = capsys.readouterr().out
     assert all(f"{task} " in out for task in tasks) and "missing" not in out
     assert "register-output" in out and "promote-output" in out
-    run("manual__2", list(tasks)[:-1], ["PromoteModelOperator"])  # its promotion never ran
+    run("manual__2", list(tasks)[:-1], ["promote_staging"])  # its promotion never ran
     assert cli.main(["summary", "--dag-id", "fraud"]) == 1
     assert re.search(r"promote_staging +missing", capsys.readouterr().out)  # named by its stage: no task id known
     run("manual__3", list(tasks)[:-1], [])  # no promotion in this DAG
     assert cli.main(["summary", "--dag-id", "fraud"]) == 0
+    capsys.readouterr()
+    # two promotions (staging and canary): one failed is a failed run, whichever came last
+    run("manual__4", [*list(tasks)[:-1], "promote", "promote_canary"], ["promote_staging"], failed=("promote",))
+    assert cli.main(["summary", "--dag-id", "fraud"]) == 1
+    out = capsys.readouterr().out
+    assert re.search(r"promote +failed", out) and re.search(r"promote_canary +committed", out)
