@@ -24,7 +24,7 @@ from dlpipe.runctx import RunContext
 from dlpipe.spark_submit import SparkSubmit
 from dlpipe.spec import write_spec
 from feature_jobs import eta_features, materialize
-from feature_jobs.feature_stage import FeatureJobConfig, committed_days, feature_version
+from feature_jobs.feature_stage import FeatureJobConfig, committed_days, feature_version, first_partition
 from feature_jobs.stage_files import SHARED_SOURCES, parquet_rows
 
 log = logging.getLogger(__name__)
@@ -59,19 +59,18 @@ DATASET_COLUMNS: list[tuple[str, str]] = (
 
 
 def _wait_for_other_spec(name: str, day) -> None:
-    """Another spec's feature set that has partitions up to a day before ``day``: its DAG runs
-    on its own schedule and may simply not have reached this day, so the task is retried
-    (InputNotReady). A day at or before its newest partition will not come by waiting (a day
-    before the set began, or one whose feature task failed for good), and a set with no
-    partition at all is a wrong name: the NotCommittedError that follows fails at once."""
+    """Another spec's feature set without ``day``'s partition yet: its DAG runs on its own
+    schedule, and its days may commit out of order (a parallel backfill, a day waiting on late
+    raw data), so the task is retried (InputNotReady). A day before the set's first partition
+    will not come by waiting, and a set with no partition at all is a wrong name: the
+    NotCommittedError that follows fails at once."""
     if commit.committed(StageKey("features", name, day_partition(day))):
         return
-    days = [p.parent.parent.name for p in StageKey("features", name).dir().parent.glob("dt=*/manifests/*.json")]
-    newest = max(days, default=None)
-    if newest is not None and day_partition(day) > newest:
+    first = first_partition("features", name)
+    if first is not None and day_partition(day) > first:
         raise InputNotReady(f"no committed partition of feature set {name!r} (another spec's) for {day.isoformat()} "
-                            f"yet, its newest is {newest}: its DAG may not have reached this day; the task "
-                            f"retries. Retries are a short wait: make this DAG wait for that one (an "
+                            f"yet (it has partitions from {first}): its DAG may not have reached this day; the "
+                            f"task retries. Retries are a short wait: make this DAG wait for that one (an "
                             f"ExternalTaskSensor on its extract_features task, or asset scheduling)")
 
 

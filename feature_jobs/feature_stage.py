@@ -92,6 +92,15 @@ def committed_days(name: str, stage: str, days: list, *, required: bool,
     return found, missing
 
 
+def first_partition(stage: str, name: str) -> str | None:
+    """The oldest day partition (``dt=YYYY-MM-DD``) of ``stage/name`` that holds a commit,
+    reading partitions oldest first until one has a manifest."""
+    for part in sorted(StageKey(stage, name).dir().parent.glob("dt=*")):
+        if any((part / "manifests").glob("*.json")):
+            return part.name
+    return None
+
+
 _COMMIT_AGAIN = "then commit the partition again"
 
 
@@ -206,8 +215,7 @@ def extract_features(interval_start, interval_end, *, config: FeatureJobConfig, 
     history = [day - timedelta(days=i) for i in range(config.lookback_days, 0, -1)]
     earlier, missing = committed_days(config.raw, "raw", history, required=False)
     # the raw data's first committed day, over all its partitions (not only this lookback's)
-    first = min((p.parent.parent.name for p in StageKey("raw", config.raw).dir().parent.glob("dt=*/manifests/*.json")),
-                default=None)
+    first = first_partition("raw", config.raw) if missing else None
     for absent in missing:
         if first is None or day_partition(date.fromisoformat(absent)) < first:  # before the raw data began
             log.info("raw/%s/%s not committed: treated as missing history", config.raw, absent)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Sequence
 
 from airflow.sdk import BaseOperator
@@ -114,7 +115,16 @@ class DlpipeOperator(BaseOperator):
             dag_file = self.dag.fileloc
         except RuntimeError:  # an operator outside a DAG (a test, a script): the path as given
             return self.pipeline_config
-        return str(spec_path(self.pipeline_config, dag_file))
+        try:
+            return str(spec_path(self.pipeline_config, dag_file))
+        except ConfigError:
+            if not Path(self.pipeline_config).is_file():
+                raise
+            # found only from the working directory, as before: works where it is fixed (an image)
+            self.log.warning("pipeline_config %s was found only in the working directory %s; give it absolute, "
+                             "or relative to the DAG file's folder or its parent: workers' working directories "
+                             "differ", self.pipeline_config, Path.cwd())
+            return self.pipeline_config
 
     def stop_tools(self) -> None:
         """Stop the tools this task started (spark-submit, horovodrun); none here."""

@@ -71,6 +71,8 @@ def kill_submissions(hooks: Sequence[Any], grace_s: float = 5.0) -> None:
                 log.warning("spark-submit's processes %s outlived SIGKILL (uninterruptible I/O?)", left)
 
 
+# a size as Spark reads one (JavaUtils.byteStringAs): digits and an optional unit, any case
+MEMORY = re.compile(r"\s*([0-9]+)\s*(b|k|kb|ki|kib|m|mb|mi|mib|g|gb|gi|gib|t|tb|ti|tib|p|pb|pi|pib)?\s*", re.I)
 RESOURCE_ARGS = ("driver_memory", "executor_memory", "executor_cores", "num_executors",
                  "total_executor_cores")
 
@@ -103,19 +105,21 @@ class SparkStageOperator(DlpipeOperator):
                               f"use only {', '.join(RESOURCE_ARGS)}")
         from feature_jobs.session import OUTPUT_CONF
 
-        pinned = sorted(set(self.spark_conf) & set(OUTPUT_CONF))
+        pinned = sorted(k for k in set(self.spark_conf) & set(OUTPUT_CONF) if str(self.spark_conf[k]) != OUTPUT_CONF[k])
         if pinned:  # the applications set these in their session, over spark-submit's --conf
             raise ConfigError(f"{type(self).__name__}(task_id={self.task_id!r}) argument spark_conf", pinned,
                               f"remove them: dlpipe's Spark applications fix {OUTPUT_CONF} themselves (timestamps are "
                               f"UTC days; the settings are part of each output's fingerprint), so a value here "
                               f"would be ignored")
         for key, value in self.spark_resources.items():  # spark-submit would refuse it, and be retried
+            if value is None:  # the provider leaves it out
+                continue
             memory = key.endswith("_memory")
-            fine = (isinstance(value, str) and re.fullmatch(r"[1-9][0-9]*[kmgtKMGT]?", value) if memory
-                    else isinstance(value, int) and not isinstance(value, bool) and value >= 1)
+            fine = (isinstance(value, str) and MEMORY.fullmatch(value) and int(MEMORY.fullmatch(value)[1]) > 0
+                    if memory else not isinstance(value, bool) and str(value).isdigit())
             if not fine:
                 raise ConfigError(f"{type(self).__name__}(task_id={self.task_id!r}) argument spark_resources.{key}",
-                                  value, "a size such as '8g' or '512m'" if memory else "a whole number >= 1")
+                                  value, "a size such as '8g' or '512m'" if memory else "a whole number")
         self.data_interval_start, self.data_interval_end = data_interval_start, data_interval_end
         self._hooks: list = []
 

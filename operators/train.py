@@ -116,7 +116,9 @@ class HorovodTrainOperator(DlpipeOperator):
                 raise
             where = (_argument(self.task_id, key) if key in self.scale_overrides
                      else f"{pipeline.get('_source', '?')}: {exc.field}")
-            raise ConfigError(where, exc.value, exc.fix) from exc
+            renamed = ConfigError(where, exc.value, exc.fix)
+            renamed._dlpipe_audited = getattr(exc, "_dlpipe_audited", False)  # run_stage wrote its event
+            raise renamed from exc
 
     def _scale(self, pipeline: dict) -> Any:
         """The YAML's scale section with this operator's arguments over it, checked as a whole.

@@ -53,15 +53,13 @@ def check_world_fits(train_url: str, scale: ScaleConfig) -> None:
     filled = sum(1 for g in groups if g.rows)
     if not filled:
         raise ConfigError("dataset", train_url, "the training split has no rows: nothing to train on")
-    if scale.elastic:
-        field, sizes = "max_np", range(scale.min_np, (scale.max_np or scale.num_proc) + 1)
-    else:
-        field, sizes = "num_proc", [scale.num_proc]
-    for size in sizes:
+    largest = scale.max_np or scale.num_proc
+    field = "max_np" if scale.elastic and scale.max_np else "num_proc"
+    for size in range(scale.min_np, largest + 1) if scale.elastic else [scale.num_proc]:
         empty = [rank for rank in range(size) if not any(g.rows for g in groups[rank::size])]
         if empty:
-            at = "" if size == getattr(scale, field) else f" (at a world of {size}, between min_np and max_np)"
-            raise ConfigError(f"scale.{field}", getattr(scale, field) or scale.num_proc,
+            at = "" if size == largest else f" (at a world of {size}, between min_np and {field})"
+            raise ConfigError(f"scale.{field}", largest,
                               f"ranks {empty} would get no training rows{at}: each rank reads whole row groups "
                               f"and the training split has {len(groups)} ({filled} non-empty); run at most "
                               f"{filled} processes, or write more files (dataset num_files) so there are at "

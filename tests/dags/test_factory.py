@@ -546,6 +546,7 @@ def test_spark_conf_may_not_set_what_the_applications_fix_themselves():
         assert refused.value.value == ["spark.sql.session.timeZone"] and "would be ignored" in refused.value.fix
     assert SparkFeatureOperator(task_id="f", pipeline_config="p.yaml",
                                 spark_conf={"spark.executor.memory": "8g"}).spark_conf == {"spark.executor.memory": "8g"}
+    SparkFeatureOperator(task_id="f", pipeline_config="p.yaml", spark_conf={"spark.sql.session.timeZone": "UTC"})
 
 
 def test_an_operators_relative_pipeline_config_is_found_beside_its_dag_file(tmp_path, monkeypatch):
@@ -569,6 +570,9 @@ def test_an_operators_relative_pipeline_config_is_found_beside_its_dag_file(tmp_
         op.pipeline_path()
     assert str(app / "dags" / "pipelines" / "other.yaml") in missing.value.fix
     assert str(app / "pipelines" / "other.yaml") in missing.value.fix
+    (tmp_path / "pipelines").mkdir()  # found from the working directory only: used, with a warning
+    (tmp_path / "pipelines" / "other.yaml").write_text(spec.read_text())
+    assert op.pipeline_path() == "pipelines/other.yaml"
 
 
 def test_a_spec_is_not_taken_from_dlpipes_own_tree(tmp_path):
@@ -588,7 +592,9 @@ def test_a_world_the_dataset_cannot_feed_is_blamed_where_num_proc_was_set(monkey
     from training import stages
 
     def refuse(*args, **kwargs):
-        raise ConfigError("scale.num_proc", 16, "ranks [1] would get no training rows")
+        exc = ConfigError("scale.num_proc", 16, "ranks [1] would get no training rows")
+        exc._dlpipe_audited = True  # as commit.run_stage marks what it audited
+        raise exc
 
     monkeypatch.setattr(stages, "train_model", refuse)
     monkeypatch.setattr(commit, "load_manifest", lambda *a, **k: {})
@@ -600,6 +606,7 @@ def test_a_world_the_dataset_cannot_feed_is_blamed_where_num_proc_was_set(monkey
         with pytest.raises(ConfigError) as refused:
             op.run_stage({}, pipeline, None)
         assert refused.value.field == field and "no training rows" in refused.value.fix
+        assert refused.value._dlpipe_audited  # else execute audits the failure a second time
 
 
 def test_spark_resources_values_are_checked_when_the_dag_is_parsed():
@@ -607,11 +614,13 @@ def test_spark_resources_values_are_checked_when_the_dag_is_parsed():
     runs, as a failure Airflow retries."""
     from operators import SparkFeatureOperator
 
-    for resources, fix in (({"executor_memory": "8 GB"}, "a size such as '8g'"),
-                           ({"executor_cores": "four"}, "a whole number >= 1"),
-                           ({"num_executors": 0}, "a whole number >= 1")):
+    for resources, fix in (({"executor_memory": "8 G B"}, "a size such as '8g'"),
+                           ({"executor_memory": "0g"}, "a size such as '8g'"),
+                           ({"executor_cores": "four"}, "a whole number"),
+                           ({"num_executors": -1}, "a whole number")):
         with pytest.raises(ConfigError) as refused:
             SparkFeatureOperator(task_id="f", pipeline_config="p.yaml", spark_resources=resources)
         assert refused.value.field.endswith(f"spark_resources.{next(iter(resources))}") and fix in refused.value.fix
     SparkFeatureOperator(task_id="f", pipeline_config="p.yaml",
-                         spark_resources={"executor_memory": "8g", "driver_memory": "512m", "executor_cores": 4})
+                         spark_resources={"executor_memory": "8gb", "driver_memory": "512M", "executor_cores": "4",
+                                          "num_executors": None, "total_executor_cores": 64})

@@ -162,8 +162,8 @@ def test_another_specs_feature_set_that_has_not_reached_the_day_is_retried():
 
 
 def test_another_specs_day_that_waiting_cannot_bring_fails_at_once():
-    """A day at or before the other set's newest partition (before the set began, or a feature
-    task that failed for good) will not come by retrying."""
+    """A day before the other set's first partition will not come by retrying; a day after it
+    may, even one older than its newest (days commit out of order in a parallel backfill)."""
     from dlpipe.errors import InputNotReady
 
     config, code = feature_version(FeatureJobConfig(name="shared", lookback_days=2))
@@ -171,3 +171,7 @@ def test_another_specs_day_that_waiting_cannot_bring_fails_at_once():
     with pytest.raises(NotCommittedError, match=r"features/shared/dt=2026-01-03") as err:
         _input_files(window_days=1, name="shared")
     assert not isinstance(err.value, InputNotReady)
+    _features("2026-01-02", config, code)
+    _features("2026-01-04", config, code)  # 01-03 not yet: out of order
+    with pytest.raises(InputNotReady, match=r"partitions from dt=2026-01-02"):
+        _input_files(window_days=1, name="shared")
