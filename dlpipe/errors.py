@@ -107,15 +107,26 @@ class FieldValueError(ValueError):
         super().__init__(fix)
 
 
+# the name patterns of dlpipe's settings, in words (pydantic shows only the regular expression)
+PATTERN_WORDS = {
+    r"^[a-z0-9][a-z0-9_\-]{0,62}$": "a lower-case letter or digit, then up to 62 lower-case letters, digits, '_' or '-'",
+    r"^[a-z][a-z0-9_-]{0,31}$": "a lower-case letter, then up to 31 lower-case letters, digits, '_' or '-'",
+    r"^[A-Za-z0-9_.\-]{1,200}$": "1 to 200 letters, digits, '_', '.' or '-'",
+}
+
+
 def validation_message(err: dict) -> tuple[tuple, object, str]:
     """(location, value, message) of one pydantic error, as a user should read it: the field a
-    FieldValueError names, and a validator's own words without pydantic's "Value error, "."""
+    FieldValueError names, a validator's own words without pydantic's "Value error, ", and a
+    name pattern in words."""
     cause = (err.get("ctx") or {}).get("error")
     if isinstance(cause, FieldValueError):  # field "": the validated field itself, another value shown
         return (*err["loc"], *filter(None, [cause.field])), cause.value, cause.fix
     if isinstance(cause, ValueError):
         return tuple(err["loc"]), err.get("input"), str(cause)
-    return tuple(err["loc"]), err.get("input"), err["msg"]
+    pattern = (err.get("ctx") or {}).get("pattern") if err.get("type") == "string_pattern_mismatch" else None
+    words = PATTERN_WORDS.get(pattern)
+    return tuple(err["loc"]), err.get("input"), f"{err['msg']}: {words}" if words else err["msg"]
 
 
 class NotCommittedError(DlpipeError):

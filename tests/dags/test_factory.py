@@ -142,6 +142,10 @@ def test_every_shipped_kind_lists_its_training_sources():
     ({"train__learning_rate": float("nan")}, "train.learning_rate", "nan", "not a finite number"),
     ({"model_gate__champion_alias": "Prod/x"}, "model_gate.champion_alias", "Prod/x", "should match pattern"),
     ({"registry__promote_to": "Staging"}, "registry.promote_to", "Staging", "should match pattern"),
+    # the pattern in words as well: pydantic shows only the regular expression
+    ({"registry__promote_to": "Staging"}, "registry.promote_to", "Staging", "a lower-case letter, then up to 31"),
+    ({"dataset__name": "Fraud"}, "dataset.name", "Fraud", "a lower-case letter or digit, then up to 62"),
+    ({"dag__dag_id": "fraud eta"}, "dag.dag_id", "fraud eta", "1 to 200 letters, digits, '_', '.' or '-'"),
     ({"registry__root": "http://x"}, "registry.root", "http://x", "use a local directory or s3://BUCKET"),
     ({"registry__root": "s3://"}, "registry.root", "s3://", "needs a bucket"),
     ({"registry__root": "s3:/ml-models/registry"}, "registry.root", "s3:/ml-models/registry", "(two slashes)"),
