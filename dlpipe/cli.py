@@ -385,6 +385,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
         return 1
     tasks: dict[str, dict[str, dict | None]] = {}  # stage -> task id -> its last event other than 'started'
     final: dict[str, dict] = {}  # stage -> the last such event of any of its tasks (for the details)
+    follows = None  # registration's last 'started' event saying what follows it in the DAG
     for e in events:
         stage = _stage_of(e)
         if e["run"]["run_id"] != run_id or not stage:
@@ -393,17 +394,15 @@ def cmd_summary(args: argparse.Namespace) -> int:
         per_task.setdefault(e["run"]["task_id"], None)  # started only: still running, or lost
         if e["event"] != "started":
             per_task[e["run"]["task_id"]] = final[stage] = e
+        elif stage == "register_model" and e.get("downstream") is not None:
+            follows = e
     # The chain starts at its first stage that ran: kinds without a feature stage start at the
     # dataset. Every stage after it must have committed or skipped, in each of its tasks.
     first = next((i for i, t in enumerate(SUMMARY_TASKS) if t in tasks), 0)
     expected = SUMMARY_TASKS[first:]
     # a DAG with registry.promote_to: null has no promotion task: its registration says what follows it
-    follows = [e for e in events if e["run"]["run_id"] == run_id and _stage_of(e) == "register_model"
-               and e["event"] == "started" and e.get("downstream") is not None]
     if follows:
-        after = follows[-1]
-        promotes = ("promote_staging" in after["downstream_stages"] if "downstream_stages" in after
-                    else "promote_staging" in after["downstream"])
+        promotes = "promote_staging" in follows.get("downstream_stages", follows["downstream"])
         if not promotes and "promote_staging" not in tasks:
             expected = expected[:-1]
     rows, ok = [], True

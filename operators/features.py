@@ -99,15 +99,15 @@ class SparkStageOperator(DlpipeOperator):
         # not "resources": BaseOperator already has an attribute of that name
         self.conn_id, self.spark_conf = conn_id, spark_conf or {}
         self.spark_resources = spark_resources or {}
+        argument = f"{type(self).__name__}(task_id={self.task_id!r}) argument"
         unknown = sorted(set(self.spark_resources) - set(RESOURCE_ARGS))
         if unknown:  # at parse time, like the Horovod operator's arguments
-            raise ConfigError(f"{type(self).__name__}(task_id={self.task_id!r}) argument spark_resources", unknown,
-                              f"use only {', '.join(RESOURCE_ARGS)}")
+            raise ConfigError(f"{argument} spark_resources", unknown, f"use only {', '.join(RESOURCE_ARGS)}")
         from feature_jobs.session import OUTPUT_CONF
 
         pinned = sorted(k for k in set(self.spark_conf) & set(OUTPUT_CONF) if str(self.spark_conf[k]) != OUTPUT_CONF[k])
         if pinned:  # the applications set these in their session, over spark-submit's --conf
-            raise ConfigError(f"{type(self).__name__}(task_id={self.task_id!r}) argument spark_conf", pinned,
+            raise ConfigError(f"{argument} spark_conf", pinned,
                               f"remove them: dlpipe's Spark applications fix {OUTPUT_CONF} themselves (timestamps are "
                               f"UTC days; the settings are part of each output's fingerprint), so a value here "
                               f"would be ignored")
@@ -115,11 +115,12 @@ class SparkStageOperator(DlpipeOperator):
             if value is None:  # the provider leaves it out
                 continue
             memory = key.endswith("_memory")
-            fine = (isinstance(value, str) and MEMORY.fullmatch(value) and int(MEMORY.fullmatch(value)[1]) > 0
-                    if memory else not isinstance(value, bool) and str(value).isdigit())
+            size = MEMORY.fullmatch(value) if memory and isinstance(value, str) else None
+            fine = (size is not None and int(size[1]) > 0 if memory
+                    else not isinstance(value, bool) and str(value).isdigit())
             if not fine:
-                raise ConfigError(f"{type(self).__name__}(task_id={self.task_id!r}) argument spark_resources.{key}",
-                                  value, "a size such as '8g' or '512m'" if memory else "a whole number")
+                raise ConfigError(f"{argument} spark_resources.{key}", value,
+                                  "a size such as '8g' or '512m'" if memory else "a whole number")
         self.data_interval_start, self.data_interval_end = data_interval_start, data_interval_end
         self._hooks: list = []
 
@@ -137,14 +138,15 @@ class SparkStageOperator(DlpipeOperator):
                               "logical date. Trigger with --logical-date (the run then processes the last "
                               "complete interval before the trigger), or process chosen days with "
                               "`airflow backfill create --dag-id DAG --from-date DAY --to-date DAY`")
-        if not (self.data_interval_start or self.data_interval_end) and start == end:
+        if self.data_interval_start or self.data_interval_end:  # given as arguments: the user's choice
+            return start, end
+        if start == end:
             raise ConfigError("data interval", f"{start} .. {end}",
                               "this DAG's timetable gives runs an empty interval (Airflow 3 reads "
                               "schedule='@daily' as CronTriggerTimetable): build the DAG with "
                               "schedule=CronDataIntervalTimetable('@daily', timezone='UTC')")
         logical = context.get("logical_date")
-        if not (self.data_interval_start or self.data_interval_end) and logical is not None \
-                and not start <= logical < end + (end - start):
+        if logical is not None and not start <= logical < end + (end - start):
             # `airflow dags trigger --logical-date D` takes the interval from the trigger time, not
             # from D: the run would show D in the Grid while it processes another day, and a later
             # backfill of D would find a successful run there and skip it
@@ -155,7 +157,7 @@ class SparkStageOperator(DlpipeOperator):
                               "--to-date DAY`, or trigger from the UI or REST API, which give a logical date "
                               "its own interval; to process the last complete day, trigger with the current "
                               "time as the logical date")
-        if not (self.data_interval_start or self.data_interval_end) and logical is not None and logical == end:
+        if logical is not None and logical == end:
             # a UI/REST trigger or `airflow dags test DAG D` at midnight D: Airflow keeps one run
             # per logical date, and D is the scheduled run of [D, D+1)'s, so that day would never run
             dag_run = context.get("dag_run")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Annotated, Any, Sequence
 
 from dlpipe import commit
@@ -20,6 +21,16 @@ TEARDOWN_S = 60
 
 def _argument(task_id: str, key: str) -> str:
     return f"HorovodTrainOperator(task_id={task_id!r}) argument {key}"
+
+
+def _check_run_timeout(where: str, run_timeout_s: int, execution_timeout: timedelta | None) -> None:
+    """The job's limit must leave TEARDOWN_S before Airflow's: checked when the DAG is parsed
+    (both given as arguments) and when the task runs (the YAML's value)."""
+    if execution_timeout is not None and run_timeout_s + TEARDOWN_S > execution_timeout.total_seconds():
+        raise ConfigError(where, run_timeout_s,
+                          f"must be at least {TEARDOWN_S} s shorter than execution_timeout ({execution_timeout}): "
+                          f"Airflow would kill the training task first and retry it, instead of dlpipe ending "
+                          f"the job with every rank's output; lower it or raise execution_timeout")
 
 
 def _check_override(task_id: str, key: str, value: Any) -> None:
@@ -79,13 +90,8 @@ class HorovodTrainOperator(DlpipeOperator):
             "host_discovery_script": host_discovery_script}.items() if v is not None}
         for key, value in self.scale_overrides.items():
             _check_override(self.task_id, key, value)
-        if run_timeout_s is not None and self.execution_timeout is not None \
-                and run_timeout_s + TEARDOWN_S > self.execution_timeout.total_seconds():  # else found when it runs
-            raise ConfigError(_argument(self.task_id, "run_timeout_s"), run_timeout_s,
-                              f"must be at least {TEARDOWN_S} s shorter than execution_timeout "
-                              f"({self.execution_timeout}): Airflow would "
-                              f"kill the task first and retry it, instead of dlpipe ending the job with every "
-                              f"rank's output")
+        if run_timeout_s is not None:  # the YAML's value is checked when the task runs
+            _check_run_timeout(_argument(self.task_id, "run_timeout_s"), run_timeout_s, self.execution_timeout)
         self.env = env or {}
         from training.launcher import check_rank_env
 
@@ -114,9 +120,7 @@ class HorovodTrainOperator(DlpipeOperator):
             key = exc.field.partition("scale.")[2]
             if not exc.field.startswith("scale.") or not key:
                 raise
-            where = (_argument(self.task_id, key) if key in self.scale_overrides
-                     else f"{pipeline.get('_source', '?')}: {exc.field}")
-            renamed = ConfigError(where, exc.value, exc.fix)
+            renamed = ConfigError(self._where(pipeline, key), exc.value, exc.fix)
             renamed._dlpipe_audited = getattr(exc, "_dlpipe_audited", False)  # run_stage wrote its event
             raise renamed from exc
 
@@ -144,16 +148,14 @@ class HorovodTrainOperator(DlpipeOperator):
                                   f"{pipeline.get('_source', '?')}'s scale section: scale.{key}", exc.value,
                                   exc.fix) from exc
             raise
-        limit = self.execution_timeout.total_seconds() if self.execution_timeout else None
-        if limit is not None and scale.run_timeout_s + TEARDOWN_S > limit:
-            where = (_argument(self.task_id, "run_timeout_s") if "run_timeout_s" in self.scale_overrides
-                     else f"{pipeline.get('_source', '?')}: scale.run_timeout_s")
-            raise ConfigError(where, scale.run_timeout_s,
-                              f"must be at least {TEARDOWN_S} s shorter than the task's execution_timeout "
-                              f"({limit:g} s): Airflow would "
-                              f"kill the training task first and retry it, instead of dlpipe ending the job "
-                              f"with every rank's output; lower it or raise execution_timeout")
+        _check_run_timeout(self._where(pipeline, "run_timeout_s"), scale.run_timeout_s, self.execution_timeout)
         return scale
+
+    def _where(self, pipeline: dict, key: str) -> str:
+        """Where scale field ``key`` was set: this operator's argument, else the YAML's field."""
+        if key in self.scale_overrides:
+            return _argument(self.task_id, key)
+        return f"{pipeline.get('_source', '?')}: scale.{key}"
 
     def _started(self, proc) -> None:
         self._proc = proc
