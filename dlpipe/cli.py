@@ -98,6 +98,8 @@ def _metrics_file(path) -> dict:
         metrics = json.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError("--metrics", str(path), "no such file; give a JSON file of metrics") from None
+    except IsADirectoryError:
+        raise ConfigError("--metrics", str(path), "a directory; give a JSON file of metrics") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError("--metrics", str(path), f"not JSON ({exc}); give a JSON object such as "
                                                   '{"val_mae": 3.7}') from None
@@ -120,14 +122,6 @@ def _numbers(value: Any, path: str = "") -> list[tuple[str, float]]:
     return []
 
 
-def _mover(by: dict) -> str:
-    """Who moved an alias: the account, for a move by hand; for a task, its DAG and who
-    triggered the run (the worker's account, the same for every task, says nothing)."""
-    if by.get("dag_id") in (None, "-", "cli"):
-        return by.get("user", "-")
-    return f"{by['dag_id']}.{by.get('task_id', '-')} ({by.get('triggered_by', '-')})"
-
-
 def cmd_registry_history(args: argparse.Namespace) -> int:
     name, alias = registry.parse_alias_ref(args.ref, default="production")
     store = _store(args)
@@ -137,7 +131,7 @@ def cmd_registry_history(args: argparse.Namespace) -> int:
                                          f"see `dlpipe registry list`")
     moves = doc["history"] if doc else []
     rows = [{"seq": m["seq"], "at": m["at"], "from": m["from_version"], "to": m["to_version"],
-             "by": _mover(m["by"]), "run_id": m["run_id"], "reason": m["reason"]} for m in moves]
+             "by": registry.mover(m["by"]), "run_id": m["run_id"], "reason": m["reason"]} for m in moves]
     _print(doc or {}, args.json, _table(rows, ["seq", "at", "from", "to", "by", "run_id", "reason"]))
     return 0
 
@@ -569,6 +563,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except DlpipeError as exc:
         print(f"dlpipe: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a path given as an argument: a directory, read-only, missing, full
+        if exc.strerror is None:
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"dlpipe: error: {exc.strerror}{where}; check the paths given (--root, DEST, --metrics, "
+              f"DLPIPE_HOME) and their permissions", file=sys.stderr)
         return 2
     except Exception as exc:
         hint = _s3_hint(exc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import uuid
@@ -19,6 +20,34 @@ def write_temp(path: Path, data: bytes) -> Path:
         f.flush()
         os.fsync(f.fileno())
     return tmp
+
+
+def copy_temp(path: Path, src: Path, chunk: int = 8 << 20) -> tuple[Path, str]:
+    """Copy ``src`` to a new hidden temporary file beside ``path`` in chunks, fsync it, and
+    return it with the SHA-256 of the bytes copied (a model file can be larger than memory)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    digest = hashlib.sha256()
+    try:
+        with open(src, "rb") as fin, open(tmp, "xb") as fout:
+            while block := fin.read(chunk):
+                digest.update(block)
+                fout.write(block)
+            fout.flush()
+            os.fsync(fout.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp, digest.hexdigest()
+
+
+def sync_dir(path: Path) -> None:
+    """fsync a folder, so that a rename or link inside it survives a power loss."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def sync_tree(root: Path) -> None:

@@ -105,19 +105,31 @@ def _record_key(name: str, version: int) -> str:
     return f"{name}/versions/{version:06d}.json"
 
 
+# A version's record, or the tombstone a deleted record leaves (see docs/operations.md): a
+# number once given is never given again, so ``eta@2`` always means the same model.
+_VERSION_KEY = re.compile(r"/versions/(\d{6})\.(json|deleted)$")
+
+
+def _read_versions(store: Store, prefix: str) -> tuple[list[dict], int]:
+    """The version records under ``prefix``, and the highest number ever given there (records
+    and tombstones)."""
+    found = [(k, m) for k in store.list(prefix) if (m := _VERSION_KEY.search(k))]
+    records = [json.loads(store.get(k)) for k, m in found if m.group(2) == "json"]
+    return records, max((int(m.group(1)) for _, m in found), default=0)
+
+
 def list_versions(store: Store, name: str | None = None) -> list[dict]:
     """Every version record (of one model, or of all), ordered by model and version."""
-    prefix = f"{_check_name(name)}/versions/" if name else ""
-    keys = [k for k in store.list(prefix) if re.search(r"/versions/\d{6}\.json$", k)]
-    return [json.loads(store.get(k)) for k in keys]
+    return _read_versions(store, f"{_check_name(name)}/versions/" if name else "")[0]
 
 
 def get_version(store: Store, name: str, version: int) -> dict:
     try:
         return json.loads(store.get(_record_key(_check_name(name), version)))
     except NotCommittedError:
-        raise NotCommittedError(f"{name}@{version} is not registered in {store.uri}; "
-                                f"see `dlpipe registry list`") from None
+        gone = store.exists(f"{name}/versions/{version:06d}.deleted")
+        raise NotCommittedError(f"{name}@{version} {'was deleted from' if gone else 'is not registered in'} "
+                                f"{store.uri}; see `dlpipe registry list`") from None
 
 
 # Gate verdicts are evidence about a model, not part of what it is: a rerun whose model gate
@@ -189,14 +201,14 @@ def register(store: Store, name: str, model_dir: Path, *, metrics: dict[str, Any
     for _ in range(_MAX_RACE_RETRIES):
         # listed again after the (possibly long) upload: a concurrent registration of the same
         # model that finished meanwhile is returned instead of duplicated
-        versions = list_versions(store, name)
+        versions, highest = _read_versions(store, f"{name}/versions/")
         same = _same_model(versions, model_fp)
         if same:  # a concurrent registration of the same model won
             audit.record("skipped", stage="registry", run=run, manifest_id=f"{name}@{same[0]['version']}",
                          fingerprint=model_fp, reason="a concurrent registration of the same model won",
                          gates=lineage.get("gates"))
             return same[0], False
-        version = max((r["version"] for r in versions), default=0) + 1
+        version = highest + 1  # past deleted versions' tombstones too
         record = {
             "name": name, "version": version, "model_fingerprint": model_fp,
             "artifacts": artifacts, "metrics": metrics, "lineage": lineage, "note": note,
@@ -291,10 +303,21 @@ def download(store: Store, name: str, version: int, dest: Path) -> dict:
 
     The artifacts are fetched into a hidden directory inside ``dest`` and moved into place only
     once every one of them verifies, so a failed or tampered download leaves the files already
-    in ``dest`` as they were."""
+    in ``dest`` as they were. ``dest`` must be empty or hold only this version's files (a
+    repeated download): another version's extra files beside these would make a mixed model
+    for whatever loads the whole directory."""
     record = get_version(store, name, version)
     if dest.exists() and not dest.is_dir():
         raise ConfigError("dest", str(dest), "name a directory (it is created if missing), not a file")
+    if dest.is_dir():
+        names = {art["name"] for art in record["artifacts"]}
+        extra = sorted(rel for rel in (p.relative_to(dest).as_posix() for p in dest.rglob("*")
+                                       if p.is_file() or p.is_symlink())
+                       if rel not in names and not any(part.startswith(".") for part in rel.split("/")))
+        if extra:
+            shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
+            raise ConfigError("dest", str(dest), f"holds files that {name}@{version} does not have ({shown}); "
+                                                 f"download into an empty or new directory")
     dest.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".download-", dir=dest))
     ref = f"{name}@{version}"
@@ -379,14 +402,23 @@ def promote(store: Store, name: str, alias: str, version: int, *, run: RunContex
             log.info("%s:%s: the store refused a repeat of this move's own write", name, alias)
         else:
             now = get_alias(store, name, alias) or {}
+            last = (now.get("history") or [{}])[-1]
             raise AliasConflict(
                 f"{name}:{alias} was moved concurrently (now version {now.get('version')}, "
-                f"by {(now.get('history') or [{}])[-1].get('by', {}).get('run_id')}); "
+                f"by {mover(last.get('by') or {})} at {last.get('at', '-')}); "
                 f"your move to version {version} was not applied: re-read and retry") from exc
     audit.record("committed", stage="alias", run=run, manifest_id=f"{name}:{alias}",
                  fingerprint=str(version), from_version=current, reason=reason)
     log.info("%s:%s moved %s -> %d", name, alias, current, version)
     return new
+
+
+def mover(by: dict) -> str:
+    """Who moved an alias: the account, for a move by hand; for a task, its DAG and who
+    triggered the run (the worker's account, the same for every task, says nothing)."""
+    if by.get("dag_id") in (None, "-", "cli"):
+        return by.get("user", "-")
+    return f"{by['dag_id']}.{by.get('task_id', '-')} ({by.get('triggered_by', '-')})"
 
 
 def data_position(record: dict) -> tuple[str, int]:

@@ -13,12 +13,14 @@ import hashlib
 import logging
 import os
 import re
+import shutil
+import uuid
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
 from dlpipe.errors import CommitConflict, ConfigError, IntegrityError, NotCommittedError, redacted
-from dlpipe.fsutil import create_exclusive, write_temp
+from dlpipe.fsutil import copy_temp, create_exclusive, sync_dir, write_temp
 from dlpipe.hashing import S3_PART_SIZE, sha256_bytes, sha256_file
 
 PART_SIZE = S3_PART_SIZE  # multipart threshold and part size for S3 uploads
@@ -106,17 +108,20 @@ class LocalStore:
             if current is None or current[1] != token:
                 raise CommitConflict(f"{self.uri}/{key} changed since it was read")
             os.replace(write_temp(path, data), path)
+            sync_dir(path.parent)  # a reported move must survive a power loss
         finally:
             os.close(fd)
 
     def put_file(self, key: str, path: Path, sha256: str, parts: list[str] | None = None) -> None:
         """Copy a file that must have SHA-256 ``sha256`` (checked before it becomes visible)."""
         dest = self._path(key)
-        data = Path(path).read_bytes()
-        if sha256_bytes(data) != sha256:
+        tmp, actual = copy_temp(dest, Path(path))  # streamed: a model can be larger than memory
+        if actual != sha256:
+            tmp.unlink(missing_ok=True)
             raise IntegrityError(f"{path}: sha256 differs from the expected {sha256[:12]}...; "
                                  f"it changed after it was hashed")
-        os.replace(write_temp(dest, data), dest)
+        os.replace(tmp, dest)
+        sync_dir(dest.parent)  # the version record that names this blob is written next
 
     def get(self, key: str) -> bytes:
         try:
@@ -140,8 +145,11 @@ class LocalStore:
                       if p.is_file() and not p.name.startswith("."))
 
     def download(self, key: str, dest: Path) -> None:
+        source = self._path(key)
+        if not source.is_file():
+            raise NotCommittedError(f"{self.uri}/{key} does not exist")
         dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_bytes(self.get(key))
+        shutil.copyfile(source, dest)  # streamed; the caller verifies the SHA-256
 
 
 _BUCKET = re.compile(r"[A-Za-z0-9._-]{3,255}")  # botocore's own check, which would echo the name
@@ -169,6 +177,7 @@ class S3Store:
             endpoint_url(endpoint, "S3 endpoint URL (AWS_ENDPOINT_URL, AWS_ENDPOINT_URL_S3 or the connection's "
                                    "endpoint_url)")
         self.client = client
+        self._conditional_checked = False
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -177,12 +186,46 @@ class S3Store:
     def _code(exc: Exception) -> str:
         return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
 
+    _REFUSED = ("PreconditionFailed", "412", "ConditionalRequestConflict")
+
+    def check_conditional_writes(self) -> None:
+        """Refuse an endpoint that ignores conditional PUTs, once per store, before its first write.
+
+        Version numbers and alias moves are safe only because the server refuses a create-only
+        write to an existing key (``If-None-Match: *``) and a replace of a changed one
+        (``If-Match``). A store that silently drops those headers would let two registrations
+        take one version number, the second overwriting the first, with both told they won.
+        A probe key under the registry prefix is written, written again with each condition
+        (both must be refused), and deleted."""
+        if self._conditional_checked:
+            return
+        probe = self._key(f".dlpipe-probe/{uuid.uuid4().hex}")
+        self.client.put_object(Bucket=self.bucket, Key=probe, Body=b"probe")
+        try:
+            ignored = []
+            for header, value in (("IfNoneMatch", "*"), ("IfMatch", '"00000000000000000000000000000000"')):
+                try:
+                    self.client.put_object(Bucket=self.bucket, Key=probe, Body=b"probe", **{header: value})
+                    ignored.append(header)
+                except Exception as exc:
+                    if self._code(exc) not in self._REFUSED + ("409",):
+                        raise
+        finally:
+            self.client.delete_object(Bucket=self.bucket, Key=probe)
+        if ignored:
+            raise ConfigError("registry root", self.uri,
+                              f"the S3 endpoint ignored a conditional write ({', '.join(ignored)}), so two "
+                              f"registrations could take one version number; use AWS S3 or an S3-compatible "
+                              f"store that answers 412 Precondition Failed to If-None-Match/If-Match PUTs")
+        self._conditional_checked = True
+
     def put_new(self, key: str, data: bytes) -> None:
+        self.check_conditional_writes()
         try:
             self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data,
                                    IfNoneMatch="*", ChecksumAlgorithm="SHA256")
         except Exception as exc:
-            if self._code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+            if self._code(exc) in self._REFUSED:
                 raise CommitConflict(f"{self.uri}/{key} already exists") from exc
             raise
 
@@ -199,11 +242,12 @@ class S3Store:
         """Compare-and-swap on the ETag (``If-Match``); None creates (``If-None-Match: *``)."""
         if token is None:
             return self.put_new(key, data)
+        self.check_conditional_writes()
         try:
             self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data,
                                    IfMatch=token, ChecksumAlgorithm="SHA256")
         except Exception as exc:
-            if self._code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+            if self._code(exc) in self._REFUSED + ("409",):
                 raise CommitConflict(f"{self.uri}/{key} changed since it was read") from exc
             raise
 

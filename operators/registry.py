@@ -21,6 +21,8 @@ def registry_store(root: str | None, aws_conn_id: str | None) -> Store:
     connection (Amazon provider's S3Hook) when one is named, else from boto3's own chain."""
     if root and (problem := registry.root_problem(root)):  # an operator's argument, rendered
         raise ConfigError("registry_root", shown_url(root), problem)
+    if not root and (problem := registry.root_problem(settings.registry_root())):
+        raise ConfigError("DLPIPE_REGISTRY_ROOT", shown_url(settings.registry_root()), problem)
     root = root or settings.registry_root()
     client = None
     if root.startswith("s3://") and aws_conn_id:

@@ -368,3 +368,28 @@ def test_a_lost_reply_to_a_completed_multipart_upload_still_registers(s3_server,
     registry.download(store, "eta", 1, tmp_path / "dl")
     assert (tmp_path / "dl" / "model.bin").read_bytes() == (model / "model.bin").read_bytes()
     proxy.stop()
+
+
+def test_an_endpoint_that_ignores_conditional_writes_is_refused_before_any_record(s3_client, tmp_path):
+    """Some S3-compatible stores drop If-None-Match/If-Match: every version race would be lost
+    silently. Simulated by removing the headers from this client's PutObject calls."""
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=s3_client.meta.endpoint_url, region_name="us-east-1")
+    bucket = new_bucket(client)
+
+    def drop_conditions(params, **_):
+        params.pop("IfNoneMatch", None)
+        params.pop("IfMatch", None)
+
+    client.meta.events.register("provide-client-params.s3.PutObject", drop_conditions)
+    store = S3Store(f"s3://{bucket}/registry", client)
+    with pytest.raises(ConfigError, match=r"ignored a conditional write \(IfNoneMatch, IfMatch\)"):
+        registry.register(store, "eta", _model_dir(tmp_path, b"w"), metrics={}, lineage={}, run=RunContext())
+    left = [o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    assert not [k for k in left if "/versions/" in k or ".dlpipe-probe" in k], left
+    # the same server through a client that sends the headers passes the probe and registers
+    honest = S3Store(f"s3://{bucket}/registry", s3_client)
+    rec, created = registry.register(honest, "eta", _model_dir(tmp_path, b"w"), metrics={}, lineage={},
+                                     run=RunContext())
+    assert (rec["version"], created) == (1, True)

@@ -271,3 +271,27 @@ def test_promote_says_whether_it_moved_and_rollback_says_what_to_do_instead(caps
     assert out.strip() == "eta:production -> version 1 (already there: nothing changed)"
     out = _run(capsys, "registry", "promote", "eta@2", "production")[1]
     assert out.strip() == "eta:production -> version 2 (moved from version 1)"
+
+
+def test_a_path_of_the_wrong_kind_is_an_error_not_a_traceback(capsys, tmp_path, dlpipe_home):
+    model = _model_dir(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    code, _, err = _run(capsys, "registry", "register", "eta", str(model), "--metrics", str(model))
+    assert code == 2 and "invalid --metrics=" in err and "a directory" in err
+    code, _, err = _run(capsys, "registry", "register", "eta", str(model), "--root", str(tmp_path / "afile/reg"))
+    assert code == 2 and "Not a directory" in err and "afile" in err and "--root" in err
+    root = str(tmp_path / "reg")
+    assert _run(capsys, "registry", "register", "eta", str(model), "--root", root)[0] == 0
+    code, _, err = _run(capsys, "registry", "download", "eta@1", str(tmp_path / "afile/sub"), "--root", root)
+    assert code == 2 and "Not a directory" in err and "Traceback" not in err
+
+
+def test_operators_refuse_a_relative_registry_root_from_the_environment(monkeypatch, tmp_path):
+    """Each worker would resolve it against its own working directory: a registry per worker."""
+    from operators.registry import registry_store
+
+    monkeypatch.setenv("DLPIPE_REGISTRY_ROOT", "models/registry")
+    with pytest.raises(ConfigError, match=r"invalid DLPIPE_REGISTRY_ROOT='models/registry'.*absolute directory"):
+        registry_store(None, None)
+    monkeypatch.setenv("DLPIPE_REGISTRY_ROOT", str(tmp_path / "registry"))
+    assert registry_store(None, None).uri == str(tmp_path / "registry")

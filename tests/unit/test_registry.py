@@ -375,3 +375,77 @@ def test_a_registration_that_loses_the_race_to_the_same_model_is_audited(store, 
     assert [(e["event"], e["manifest_id"], e["run"]["task_id"]) for e in events] == [
         ("skipped", "eta@1", "register_model")]
     assert "concurrent registration" in events[0]["reason"]
+
+
+def test_a_deleted_versions_number_is_never_given_to_another_model(store, tmp_path):
+    """operations.md: a deleted record leaves a tombstone, so eta@2 always means one model."""
+    run = RunContext(dag_id="d", run_id="r")
+    for payload in (b"m1", b"m2"):
+        registry.register(store, "eta", _model(tmp_path, payload), metrics={}, lineage={}, run=run)
+    record = store.get("eta/versions/000002.json")
+    store.put_new("eta/versions/000002.deleted", record)  # the documented delete: tombstone first
+    if isinstance(store, LocalStore):
+        (store.root / "eta/versions/000002.json").unlink()
+    else:
+        store.client.delete_object(Bucket=store.bucket, Key=store._key("eta/versions/000002.json"))
+    rec3, created = registry.register(store, "eta", _model(tmp_path, b"m3"), metrics={}, lineage={}, run=run)
+    assert (rec3["version"], created) == (3, True)
+    assert [r["version"] for r in registry.list_versions(store, "eta")] == [1, 3]
+    with pytest.raises(NotCommittedError, match="eta@2 was deleted from"):
+        registry.get_version(store, "eta", 2)
+
+
+def test_a_local_registration_and_download_stream_large_files(tmp_path):
+    """A model larger than a worker's memory must register: the local store copies in chunks."""
+    import tracemalloc
+
+    store = LocalStore(tmp_path / "registry")
+    model = tmp_path / "big"
+    model.mkdir()
+    with open(model / "model.safetensors", "wb") as f:
+        for _ in range(12):
+            f.write(uuid.uuid4().bytes * (1 << 18))  # 12 x 4 MiB
+    tracemalloc.start()
+    try:
+        registry.register(store, "eta", model, metrics={}, lineage={}, run=RunContext())
+        registry.download(store, "eta", 1, tmp_path / "dl")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (tmp_path / "dl/model.safetensors").stat().st_size == 48 << 20
+    assert peak < 24 << 20, f"peak Python allocation {peak >> 20} MiB for a 48 MiB model"
+
+
+def test_a_download_refuses_a_directory_holding_another_versions_files(store, tmp_path):
+    run = RunContext()
+    v1 = _model(tmp_path, b"w1")
+    (v1 / "tokenizer.json").write_text("{}")
+    registry.register(store, "eta", v1, metrics={}, lineage={}, run=run)
+    registry.register(store, "eta", _model(tmp_path, b"w2"), metrics={}, lineage={}, run=run)
+    out = tmp_path / "dl"
+    registry.download(store, "eta", 1, out)
+    registry.download(store, "eta", 1, out)  # the same version again: nothing extra, allowed
+    with pytest.raises(ConfigError, match=r"invalid dest=.*holds files that eta@2 does not have \(tokenizer.json\)"):
+        registry.download(store, "eta", 2, out)
+    assert (out / "model.safetensors").read_bytes() == b"w1"  # nothing changed
+    registry.download(store, "eta", 2, tmp_path / "dl2")
+    assert sorted(p.name for p in (tmp_path / "dl2").iterdir()) == ["metrics.json", "model.safetensors"]
+
+
+def test_a_concurrent_move_conflict_names_who_moved_the_alias(tmp_path, monkeypatch):
+    store = LocalStore(tmp_path / "registry")
+    for payload in (b"a", b"b", b"c"):
+        registry.register(store, "eta", _model(tmp_path, payload), metrics={}, lineage={}, run=RunContext())
+    registry.promote(store, "eta", "production", 1, run=RunContext(), reason="first")
+    read = store.get_versioned
+
+    def moved_meanwhile(key):  # the other writer moves the alias between our read and our write
+        found = read(key)
+        monkeypatch.setattr(store, "get_versioned", read)
+        registry.promote(store, "eta", "production", 3, reason="theirs",
+                         run=RunContext(dag_id="eta_training", task_id="promote_staging", triggered_by="alice"))
+        return found
+
+    monkeypatch.setattr(store, "get_versioned", moved_meanwhile)
+    with pytest.raises(AliasConflict, match=r"now version 3, by eta_training.promote_staging \(alice\) at 20"):
+        registry.promote(store, "eta", "production", 2, run=RunContext(), reason="ours")
