@@ -58,8 +58,9 @@ class HorovodTrainOperator(DlpipeOperator):
     :param dataset_id: manifest id of the dataset (templated)
     :param num_proc: total processes (``-np``)
     :param hosts: ``host:slots,...`` (``-H``)
-    :param controller: ``gloo`` or ``mpi``
-    :param network_interface: NIC for collectives
+    :param controller: ``gloo`` (dlpipe's Horovod is built without MPI)
+    :param network_interface: NIC for Horovod's own traffic and NCCL's (horovodrun sets
+        ``NCCL_SOCKET_IFNAME`` to it; an ``NCCL_SOCKET_IFNAME`` in ``env`` that differs is refused)
     :param env: extra environment variables for every rank, names and values as strings
         (``{'OMP_NUM_THREADS': '4'}``: anything else is refused when the DAG is parsed, not
         when the task runs); no credentials (horovodrun shows them on the ranks' command
@@ -99,6 +100,11 @@ class HorovodTrainOperator(DlpipeOperator):
             check_rank_env(self.env)
         except ConfigError as exc:
             raise ConfigError(_argument(self.task_id, "env"), exc.value, exc.fix) from None
+        from training.config import nccl_interface_problem
+
+        if problem := nccl_interface_problem(self.env, network_interface):  # the YAML's would not help
+            raise ConfigError(_argument(self.task_id, "env"), "NCCL_SOCKET_IFNAME",
+                              problem.replace("network_interface: ", "network_interface="))
         self._proc = None
 
     def run_stage(self, context: Any, pipeline: dict, run: RunContext) -> StageResult:

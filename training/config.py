@@ -141,6 +141,29 @@ def _check_env(value: object) -> object:
     return value
 
 
+def nccl_interface_problem(env: dict[str, str], network_interface: str | None) -> str | None:
+    """Why ``NCCL_SOCKET_IFNAME`` among the ranks' variables would be ignored, if it would.
+    horovodrun's gloo launcher writes ``NCCL_SOCKET_IFNAME=<its interfaces>`` after the
+    variables it passes on, on every rank's command line, so the later value wins: the
+    interfaces are ``network_interface``, or every interface the hosts share when it is unset."""
+    value = env.get("NCCL_SOCKET_IFNAME") if isinstance(env, dict) else None
+    if value is None or value == network_interface:
+        return None
+    return (f"horovodrun sets NCCL_SOCKET_IFNAME={network_interface or '<every interface the hosts share>'} "
+            f"on every rank after this variable, so {value!r} would be ignored: set "
+            f"network_interface: {value} (it carries Gloo and NCCL both) and drop NCCL_SOCKET_IFNAME")
+
+
+def _check_controller(value: str) -> str:
+    """gloo only: dlpipe's Horovod (scripts/build_horovod.sh, the docker images) is built
+    without MPI, and the launcher reads gloo's per-rank output prefixes."""
+    if value != "gloo":
+        raise FieldValueError("", value, "dlpipe runs Horovod's gloo controller only (its Horovod is built "
+                                         "without MPI, and gloo runs on CPUs and with NCCL on GPUs alike): "
+                                         "use controller: gloo")
+    return value
+
+
 class ScaleConfig(BaseModel):
     """Where and how wide to run horovodrun."""
 
@@ -148,7 +171,8 @@ class ScaleConfig(BaseModel):
     num_proc: int = Field(2, ge=1, le=4096, description="total processes (-np)")
     hosts: Annotated[str, AfterValidator(_check_hosts)] = Field(
         "localhost:2", description="horovodrun -H host:slots,...")
-    controller: Literal["gloo", "mpi"] = Field("gloo", description="gloo or mpi")
+    controller: Annotated[str, AfterValidator(_check_controller)] = Field(
+        "gloo", description="gloo (dlpipe builds Horovod without MPI)")
     network_interface: Annotated[str | None, AfterValidator(_check_interface)] = Field(
         None, description="NIC for collectives, e.g. eth0")
     start_timeout_s: int = Field(60, ge=1, description="horovodrun --start-timeout")
@@ -160,12 +184,18 @@ class ScaleConfig(BaseModel):
     # checked before pydantic's own type checks, whose errors would show a value (a number under
     # MY_PASS); the rules refuse non-string values themselves, naming only the variable
     env: Annotated[dict[str, str], BeforeValidator(_check_env)] = Field(
-        default_factory=dict, description="extra variables for every rank, e.g. NCCL_SOCKET_IFNAME "
+        default_factory=dict, description="extra variables for every rank, e.g. NCCL_DEBUG "
                                           "(the operator's env= adds to them and wins)")
 
     @property
     def elastic(self) -> bool:
         return self.min_np is not None
+
+    @model_validator(mode="after")
+    def _nccl_interface_is_network_interface(self) -> "ScaleConfig":
+        if problem := nccl_interface_problem(self.env, self.network_interface):
+            raise FieldValueError("env", "NCCL_SOCKET_IFNAME", problem)
+        return self
 
     @model_validator(mode="after")
     def _slots_and_elastic_consistent(self) -> "ScaleConfig":
@@ -188,6 +218,4 @@ class ScaleConfig(BaseModel):
         if not self.min_np <= self.num_proc <= top:
             raise FieldValueError("num_proc", self.num_proc, f"need min_np <= num_proc <= max_np, got "
                                   f"{self.min_np} <= {self.num_proc} <= {top}: set num_proc between them")
-        if self.controller != "gloo":
-            raise FieldValueError("controller", self.controller, "elastic Horovod runs on gloo only")
         return self

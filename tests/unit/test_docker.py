@@ -346,3 +346,22 @@ def test_pipeline_variants_differ_from_the_example_only_in_scale_and_registry(va
     differing = {k for k in set(example) | set(other) if example.get(k) != other.get(k)}
     assert differing <= {"scale", "registry"}, differing
     ScaleConfig(**other["scale"])  # a bad scale section fails here, not in a task
+
+
+def ssh_host_key_problems(text: str) -> list[str]:
+    """An image that installs openssh-server must delete the host keys the package makes on
+    install, in the same RUN: otherwise every container shares one key pair stored in a layer."""
+    problems = []
+    for run in re.split(r"\n(?=[A-Z]+ )", text):
+        if run.startswith("RUN") and "openssh-server" in run and "rm -f /etc/ssh/ssh_host_*" not in run:
+            problems.append(run.splitlines()[0])
+    return problems
+
+
+@pytest.mark.parametrize("dockerfile", dockerfiles(), ids=lambda p: p.parent.name)
+def test_no_image_keeps_the_ssh_host_keys_made_at_install(dockerfile: Path) -> None:
+    assert ssh_host_key_problems(dockerfile.read_text()) == []
+
+
+def test_the_host_key_check_finds_a_kept_key() -> None:
+    assert ssh_host_key_problems("FROM x\nRUN apt-get install -y openssh-server \\\n    && true\n")

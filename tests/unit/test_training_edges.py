@@ -251,7 +251,7 @@ def test_rank_variables_that_popen_refuses_are_refused_when_the_dag_is_parsed(en
 
     with pytest.raises(ConfigError, match=rf"{ARGUMENT}={shown}: .*{fix}") as err:
         HorovodTrainOperator(task_id="train", dataset_id="x", pipeline_config="p.yaml",
-                             env={"NCCL_SOCKET_IFNAME": "eth0", **env})
+                             env={"NCCL_DEBUG": "WARN", **env})
     assert "s3cr3t" not in str(err.value) and "48151623" not in str(err.value)
 
 
@@ -295,7 +295,7 @@ def test_a_specs_rank_variables_follow_the_operators_rules(env, shown, fix):
     """scale.env in the YAML: the same refusals as the operator's env=, naming the variable and
     never its value."""
     with pytest.raises(ConfigError, match=rf"p\.yaml: scale\.env={shown}: .*{fix}") as err:
-        section({"_source": "p.yaml", "scale": {"env": {"NCCL_SOCKET_IFNAME": "eth0", **env}}}, "scale", ScaleConfig)
+        section({"_source": "p.yaml", "scale": {"env": {"NCCL_DEBUG": "WARN", **env}}}, "scale", ScaleConfig)
     assert "s3cr3t" not in str(err.value)
     with pytest.raises(ConfigError, match=r"scale\.env='OMP_NUM_THREADS': its value is of type int"):
         section({"_source": "p.yaml", "scale": {"env": {"OMP_NUM_THREADS": 4}}}, "scale", ScaleConfig)
@@ -306,9 +306,9 @@ def test_ranks_get_the_specs_variables_and_the_operators_win(monkeypatch):
 
     seen = {}
     monkeypatch.setattr(launcher, "run_streaming", lambda argv, *, env, **kw: seen.update(env))
-    scale = section({"scale": {"env": {"NCCL_SOCKET_IFNAME": "eth0", "NCCL_DEBUG": "WARN"}}}, "scale", ScaleConfig)
+    scale = section({"scale": {"env": {"NCCL_IB_HCA": "mlx5", "NCCL_DEBUG": "WARN"}}}, "scale", ScaleConfig)
     launcher.horovod_launcher(scale, env={"NCCL_DEBUG": "INFO"})(["python", "-c", "pass"])
-    assert seen["NCCL_SOCKET_IFNAME"] == "eth0" and seen["NCCL_DEBUG"] == "INFO"
+    assert seen["NCCL_IB_HCA"] == "mlx5" and seen["NCCL_DEBUG"] == "INFO"
     launcher.horovod_launcher(scale)(["python", "-c", "pass"])
     assert seen["NCCL_DEBUG"] == "WARN"
 
@@ -344,3 +344,28 @@ def test_decoded_row_groups_are_kept_only_for_runs_long_enough_to_pay_for_it(hor
     finally:
         train.close()
         validation.close()
+
+
+def test_an_nccl_interface_horovodrun_would_override_is_refused():
+    """horovodrun's gloo launcher writes NCCL_SOCKET_IFNAME=<its interfaces> after the rank
+    variables, so a different value in env never reached NCCL: network_interface is the setting."""
+    from operators.train import HorovodTrainOperator
+
+    with pytest.raises(ConfigError, match=r"p\.yaml: scale\.env='NCCL_SOCKET_IFNAME': horovodrun sets "
+                                          r"NCCL_SOCKET_IFNAME=eth0 .*'ib0' would be ignored: set network_interface: ib0"):
+        section({"_source": "p.yaml", "scale": {"network_interface": "eth0", "env": {"NCCL_SOCKET_IFNAME": "ib0"}}},
+                "scale", ScaleConfig)
+    with pytest.raises(ConfigError, match=r"NCCL_SOCKET_IFNAME=<every interface the hosts share>"):
+        section({"scale": {"env": {"NCCL_SOCKET_IFNAME": "ib0"}}}, "scale", ScaleConfig)
+    same = section({"scale": {"network_interface": "ib0", "env": {"NCCL_SOCKET_IFNAME": "ib0"}}}, "scale", ScaleConfig)
+    assert same.env == {"NCCL_SOCKET_IFNAME": "ib0"}
+    with pytest.raises(ConfigError, match=rf"{ARGUMENT}='NCCL_SOCKET_IFNAME': .*set network_interface=ib0"):
+        HorovodTrainOperator(task_id="train", dataset_id="x", pipeline_config="p.yaml",
+                             env={"NCCL_SOCKET_IFNAME": "ib0"})
+    HorovodTrainOperator(task_id="train", dataset_id="x", pipeline_config="p.yaml", network_interface="ib0",
+                         env={"NCCL_SOCKET_IFNAME": "ib0"})
+
+
+def test_the_mpi_controller_is_refused_with_the_reason():
+    with pytest.raises(ConfigError, match=r"scale\.controller='mpi': .*built without MPI.*use controller: gloo"):
+        section({"scale": {"controller": "mpi"}}, "scale", ScaleConfig)
