@@ -15,10 +15,14 @@ def write_temp(path: Path, data: bytes) -> Path:
     """Write ``data`` to a new hidden temporary file beside ``path`` and fsync it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "xb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:  # a full disk must not keep a partial file that nothing removes
+        tmp.unlink(missing_ok=True)
+        raise
     return tmp
 
 

@@ -2,8 +2,12 @@
 
 A checkpoint is written by rank 0 as ``epoch-NNNN.pt`` (temporary file, fsync, rename) and
 only then sealed by ``epoch-NNNN.sha256`` (written the same way). Loading takes the newest
-epoch whose seal exists and matches the file's hash; a file torn by a kill, or one without a
-seal, is skipped. Files hold plain tensors and numbers, loaded with ``weights_only=True``.
+epoch whose seal exists and matches the file's hash and that torch can load; a file torn by a
+kill, one without a seal, or one this torch cannot read is skipped for the next older one. The
+bytes hashed are the bytes loaded (one read). Files hold plain tensors and numbers, loaded with
+``weights_only=True``. Only the ``KEEP`` newest sealed epochs stay on disk (with the model and
+Adam's two moments, each is about 3x the model's size); the training stage removes the folder
+once its model is committed.
 """
 
 from __future__ import annotations
@@ -13,9 +17,17 @@ import re
 from pathlib import Path
 
 from dlpipe.fsutil import write_temp
-from dlpipe.hashing import sha256_bytes, sha256_file
+from dlpipe.hashing import sha256_bytes
 
 _NAME = re.compile(r"^epoch-(\d{4})\.pt$")
+KEEP = 2  # sealed epochs kept: the newest, and one before it in case the newest rots
+# DLPIPE_KEEP_CHECKPOINTS=1 keeps every epoch's checkpoint, and the folder after the commit,
+# to look into a run; the ranks inherit it from the worker's environment.
+KEEP_ALL_VAR = "DLPIPE_KEEP_CHECKPOINTS"
+
+
+def keep_all() -> bool:
+    return os.environ.get(KEEP_ALL_VAR, "") not in ("", "0")
 
 
 def save(ckpt_dir: Path, epoch: int, state: dict) -> Path:
@@ -31,25 +43,62 @@ def save(ckpt_dir: Path, epoch: int, state: dict) -> Path:
     os.replace(write_temp(path, data), path)
     seal = path.with_suffix(".sha256")
     os.replace(write_temp(seal, sha256_bytes(data).encode()), seal)
+    if not keep_all():
+        prune(ckpt_dir, keep_from=epoch - KEEP + 1)
     return path
+
+
+def prune(ckpt_dir: Path, keep_from: int) -> None:
+    """Delete checkpoints of epochs before ``keep_from`` and temporary files a killed write
+    left. Called by rank 0 right after it sealed a newer epoch, so a resume never needs them."""
+    for p in ckpt_dir.iterdir():
+        m = _NAME.match(p.with_suffix(".pt").name) if p.suffix in (".pt", ".sha256") else None
+        stale_temp = p.name.startswith(".epoch-") and p.name.endswith(".tmp")
+        if (m and int(m.group(1)) < keep_from) or stale_temp:
+            p.unlink(missing_ok=True)  # a concurrent attempt may have removed it first
+
+
+def _epochs(ckpt_dir: Path) -> list[tuple[int, Path]]:
+    if not ckpt_dir.exists():
+        return []
+    return sorted(((int(m.group(1)), p) for p in ckpt_dir.iterdir() if (m := _NAME.match(p.name))), reverse=True)
+
+
+def _sealed_bytes(path: Path) -> bytes | None:
+    """The file's bytes if its seal matches them (read once: what is checked is what loads)."""
+    seal = path.with_suffix(".sha256")
+    try:
+        data, expected = path.read_bytes(), seal.read_text().strip()
+    except FileNotFoundError:
+        print(f"[checkpoint] ignoring {path.name}: no seal (torn, or removed meanwhile)", flush=True)
+        return None
+    if sha256_bytes(data) != expected:
+        print(f"[checkpoint] ignoring {path.name}: hash mismatch (torn or tampered)", flush=True)
+        return None
+    return data
 
 
 def latest_valid(ckpt_dir: Path) -> tuple[int, Path] | None:
     """(epoch, path) of the newest checkpoint whose seal matches its bytes, or None."""
-    if not ckpt_dir.exists():
-        return None
-    found = sorted(((int(m.group(1)), p) for p in ckpt_dir.iterdir() if (m := _NAME.match(p.name))),
-                   reverse=True)
-    for epoch, path in found:
-        seal = path.with_suffix(".sha256")
-        if seal.exists() and seal.read_text().strip() == sha256_file(path):
+    for epoch, path in _epochs(ckpt_dir):
+        if _sealed_bytes(path) is not None:
             return epoch, path
-        print(f"[checkpoint] ignoring {path.name}: {'no seal' if not seal.exists() else 'hash mismatch'} "
-              f"(torn or tampered)", flush=True)
     return None
 
 
-def load(path: Path) -> dict:
+def load_latest(ckpt_dir: Path) -> tuple[int, Path, dict] | None:
+    """(epoch, path, state) of the newest checkpoint that verifies and loads, or None."""
+    import io
+
     import torch
 
-    return torch.load(str(path), map_location="cpu", weights_only=True)
+    for epoch, path in _epochs(ckpt_dir):
+        data = _sealed_bytes(path)
+        if data is None:
+            continue
+        try:
+            return epoch, path, torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except Exception as exc:  # e.g. written by another torch release: an older one may load
+            print(f"[checkpoint] ignoring {path.name}: torch cannot load it ({type(exc).__name__}: "
+                  f"{str(exc)[:200]})", flush=True)
+    return None

@@ -161,11 +161,10 @@ class Trainer:
 
         if self.rank != 0:
             return 0
-        found = checkpoint.latest_valid(self.ckpt_dir)
+        found = checkpoint.load_latest(self.ckpt_dir)
         if not found:
             return 0
-        epoch, path = found
-        state = checkpoint.load(path)
+        epoch, path, state = found
         self.net.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
         self.scale_learning_rate()

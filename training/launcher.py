@@ -38,6 +38,23 @@ def horovodrun_argv(scale: ScaleConfig, command: Sequence[str]) -> list[str]:
     return argv + list(command)
 
 
+# Every rank's defaults, under the worker's environment and the job's env (both win over them).
+RANK_DEFAULTS = {
+    # A rank that stops answering (frozen, stopped, partitioned) must end the job instead of
+    # leaving the others waiting forever. What ends it is the Gloo timeout: the other ranks'
+    # Horovod threads fail their next exchange with it after this long (measured: a SIGSTOPped
+    # rank ends the job in 30 s, and in 75 s with 75 here, whatever the stall settings). A rank
+    # that is only slow (a long checkpoint write) keeps its background thread answering and is
+    # not ended. The same timeout bounds the ranks' first connection to each other, so a
+    # multi-host start with slow logins may need it raised.
+    "HOROVOD_GLOO_TIMEOUT_SECONDS": "30",
+    # Horovod's stall inspector: warns when ranks wait on tensors others never submit, and
+    # shuts such a job down after the second value.
+    "HOROVOD_STALL_CHECK_TIME_SECONDS": "10",
+    "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS": "30",
+}
+
+
 def training_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """Every rank runs this interpreter, finds this repository's packages and stays quiet; no
     Airflow connection, variable or other credential in the task's environment reaches it."""
@@ -46,6 +63,7 @@ def training_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     # names a shell would not take as one (see ENV_NAME) are not passed on either
     inherited = {k: v for k, v in os.environ.items() if ENV_NAME.fullmatch(k) and not secret_env(k, v)}
     return {
+        **RANK_DEFAULTS,
         **inherited,
         **(extra or {}),
         "PATH": bindir + os.pathsep + os.environ.get("PATH", ""),
@@ -56,11 +74,6 @@ def training_env(extra: dict[str, str] | None = None) -> dict[str, str]:
         # Python's own writes then stay valid UTF-8, a str holding a lone surrogate included;
         # raw bytes a native library writes cannot be helped here (docs/operators.md).
         "PYTHONIOENCODING": "utf-8:backslashreplace",
-        # A rank that stops answering (killed, frozen, partitioned) must end the job instead of
-        # leaving the others waiting in a collective forever: Horovod's stall inspector shuts
-        # down a job whose collectives have waited this long.
-        "HOROVOD_STALL_CHECK_TIME_SECONDS": os.environ.get("HOROVOD_STALL_CHECK_TIME_SECONDS", "10"),
-        "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS": os.environ.get("HOROVOD_STALL_SHUTDOWN_TIME_SECONDS", "30"),
     }
 
 

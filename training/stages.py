@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -11,10 +12,11 @@ from pydantic import BaseModel
 from dlpipe import commit
 from dlpipe.commit import StageKey, StageResult
 from dlpipe.datasets import split_url
-from dlpipe.errors import ConfigError
+from dlpipe.errors import ConfigError, IntegrityError
 from dlpipe.hashing import fingerprint, sources_hash
 from dlpipe.runctx import RunContext
 from dlpipe.spec import write_spec
+from training import checkpoint
 from training.config import ScaleConfig
 from training.launcher import Launcher
 
@@ -40,16 +42,24 @@ ENTRY_SOURCES = {
 }
 
 
-def check_world_fits(train_url: str, scale: ScaleConfig) -> None:
+def check_world_fits(train_url: str, scale: ScaleConfig, dataset: dict | None = None) -> None:
     """Refuse a world with more ranks than the training split can feed, before any rank starts.
 
     Each rank reads whole row groups (every ``size``-th one, as the loaders deal them), so a
     rank left without rows would stop the job only after horovodrun started every process, and
     the failure would read like a crash and be retried. An elastic job may run at any size from
-    ``min_np`` to ``max_np``: each is checked (a size that fits may follow one that does not)."""
+    ``min_np`` to ``max_np``: each is checked (a size that fits may follow one that does not).
+    With the ``dataset`` manifest, training files that no longer hold the rows it commits are
+    refused too (the ranks would find that only once started)."""
     from training.parquet_groups import list_row_groups
 
     _, groups = list_row_groups(train_url)
+    expected = ((dataset or {}).get("summary") or {}).get("rows", {}).get("train")
+    if expected is not None and sum(g.rows for g in groups) != expected:
+        # the ranks would find it too, after horovodrun started them, as a retried crash
+        raise IntegrityError(f"dataset {dataset['id']}: its training files hold {sum(g.rows for g in groups)} "
+                             f"rows, its manifest commits {expected}; the files changed after the commit: "
+                             f"restore them, or delete the dataset's manifest and materialize it again")
     filled = sum(1 for g in groups if g.rows)
     if not filled:
         raise ConfigError("dataset", train_url, "the training split has no rows: nothing to train on")
@@ -103,7 +113,7 @@ def train_model(dataset: dict, *, config: BaseModel, scale: ScaleConfig, run: Ru
             "output_dir": str(attempt / "model"),
             "elastic": scale.elastic,
         }
-        check_world_fits(spec["train_url"], scale)
+        check_world_fits(spec["train_url"], scale, dataset)
         spec_path = write_spec(attempt / "spec.json", spec)
         launch([sys.executable, "-m", entry, "--spec", str(spec_path)])
         metrics_path = attempt / "model" / "metrics.json"
@@ -112,5 +122,8 @@ def train_model(dataset: dict, *, config: BaseModel, scale: ScaleConfig, run: Ru
         return {"metrics": json.loads(metrics_path.read_text()), "dataset": dataset["id"],
                 "model_dir": "model", **where_it_ran(scale)}
 
-    return commit.run_stage(key, inputs=[dataset], config=fp_config, code=code, run=run,
-                            produce=produce, part_hashes=True)  # models go to the registry
+    result = commit.run_stage(key, inputs=[dataset], config=fp_config, code=code, run=run,
+                              produce=produce, part_hashes=True)  # models go to the registry
+    if not checkpoint.keep_all():  # committed: a retry now skips, and nothing resumes from them
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return result

@@ -138,8 +138,11 @@ def test_killed_rank_fails_fast_and_the_retry_resumes_past_a_torn_checkpoint(dat
 
 
 def test_frozen_rank_ends_within_a_bound_and_the_next_attempt_resumes(dataset, monkeypatch):
-    monkeypatch.setenv("HOROVOD_STALL_CHECK_TIME_SECONDS", "5")
-    monkeypatch.setenv("HOROVOD_STALL_SHUTDOWN_TIME_SECONDS", "10")
+    """The Gloo timeout ends it: set apart from the stall inspector's times (and the run
+    timeout), the job must end near it."""
+    monkeypatch.setenv("HOROVOD_GLOO_TIMEOUT_SECONDS", "15")
+    monkeypatch.setenv("HOROVOD_STALL_CHECK_TIME_SECONDS", "60")
+    monkeypatch.setenv("HOROVOD_STALL_SHUTDOWN_TIME_SECONDS", "120")
     stopped: list[int] = []
 
     def freeze(pid: int) -> None:
@@ -148,7 +151,7 @@ def test_frozen_rank_ends_within_a_bound_and_the_next_attempt_resumes(dataset, m
 
     lines: list[str] = []
     freezer = _when_epoch(dataset, 2, freeze)
-    scale = ScaleConfig(num_proc=2, hosts="localhost:2", run_timeout_s=90)
+    scale = ScaleConfig(num_proc=2, hosts="localhost:2", run_timeout_s=150)
     t0 = time.monotonic()
     try:
         with pytest.raises(SubprocessFailed):
@@ -161,7 +164,7 @@ def test_frozen_rank_ends_within_a_bound_and_the_next_attempt_resumes(dataset, m
                 pass
     assert freezer.watch.fired_at is not None, "training finished before a rank could be frozen"
     print(f"[measure] frozen rank -> task ended in {time.monotonic() - freezer.watch.fired_at:.1f}s")
-    assert time.monotonic() - freezer.watch.fired_at < 95  # stall shutdown, or the run timeout at worst
+    assert time.monotonic() - freezer.watch.fired_at < 50  # the Gloo timeout, not stall (120) or run (150)
     assert time.monotonic() - t0 < 200
 
     lines.clear()
@@ -202,7 +205,7 @@ def test_elastic_job_loses_a_rank_and_finishes_with_the_survivor(dataset, tmp_pa
     summary = result.manifest["summary"]  # -H is never given to an elastic job: its discovery is recorded
     assert (summary["hosts"], summary["host_discovery_script"], summary["min_np"], summary["max_np"]) == \
         (None, str(discover), 1, 2)
-    assert (_ckpt_dir(dataset) / f"epoch-{config.epochs:04d}.sha256").exists()
+    assert not _ckpt_dir(dataset).exists()  # committed: its checkpoints are removed
     assert m["val_mae"] < 0.8 * m["baseline_mae"]
 
 
@@ -239,10 +242,15 @@ def test_an_elastic_job_that_loses_no_rank_trains_the_static_jobs_model(dataset,
     assert worst == 0.0, f"the elastic model differs from the static one by up to {worst:.3g}"
 
 
-def test_an_elastic_job_that_loses_rank_0_after_resuming_keeps_the_checkpoints_state(dataset, tmp_path):
+def test_an_elastic_job_that_loses_rank_0_after_resuming_keeps_the_checkpoints_state(dataset, tmp_path,
+                                                                                   monkeypatch):
     """Rank 0 alone reads the checkpoint; the survivors must roll back to the state it
     broadcast, not to their own initial weights and an empty optimizer."""
+    import torch
+
     from training import checkpoint
+
+    monkeypatch.setenv(checkpoint.KEEP_ALL_VAR, "1")  # every epoch's optimizer state is read afterwards
 
     killer = _when_epoch(dataset, 2, lambda pid: os.kill(pid, signal.SIGKILL))
     config = TrainConfig(epochs=6, batch_size=2)  # epochs of a few seconds: time to kill rank 0 inside one
@@ -273,7 +281,7 @@ def test_an_elastic_job_that_loses_rank_0_after_resuming_keeps_the_checkpoints_s
     assert killed_at and m["elastic_resets"] >= 1 and m["world_size"] == 1, m
     assert (ckpts / f"epoch-{resumed + 1:04d}.sha256").stat().st_mtime > killed_at[0], \
         "the first resumed epoch ended before rank 0 was killed: the test did not test anything"
-    steps = lambda epoch: max(int(s["step"]) for s in checkpoint.load(ckpts / f"epoch-{epoch:04d}.pt")["optimizer"]["state"].values())  # noqa: E731
+    steps = lambda epoch: max(int(s["step"]) for s in torch.load(ckpts / f"epoch-{epoch:04d}.pt", weights_only=True)["optimizer"]["state"].values())  # noqa: E731
     # Adam's step count goes on from the checkpoint's: the survivor's first epoch adds as many
     # steps as its next one (a fresh optimizer would have started again from 0 or 1)
     per_epoch = steps(resumed + 2) - steps(resumed + 1)

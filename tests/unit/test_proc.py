@@ -62,11 +62,24 @@ def test_horovod_ranks_get_no_credentials(monkeypatch):
         monkeypatch.setenv(k, v)
     monkeypatch.setenv("DLPIPE_HOME", "/data/dlpipe")
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")  # a URL without a password stays
-    env = training_env({"NCCL_SOCKET_IFNAME": "eth0"})
+    env = training_env({"NCCL_DEBUG": "WARN"})
     assert not set(secrets) & set(env), sorted(set(secrets) & set(env))
-    assert env["DLPIPE_HOME"] == "/data/dlpipe" and env["NCCL_SOCKET_IFNAME"] == "eth0"
+    assert env["DLPIPE_HOME"] == "/data/dlpipe" and env["NCCL_DEBUG"] == "WARN"
     assert env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9000"
     assert env["HOROVOD_STALL_SHUTDOWN_TIME_SECONDS"] == "30"
+
+
+def test_the_frozen_rank_bound_is_pinned_and_the_job_or_the_worker_may_change_it(monkeypatch):
+    """The Gloo timeout is what ends a job with a frozen rank: dlpipe pins Horovod's 30 s
+    default, the worker's environment may change it, and a job's env= wins over both."""
+    from training.launcher import training_env
+
+    monkeypatch.delenv("HOROVOD_GLOO_TIMEOUT_SECONDS", raising=False)
+    assert training_env()["HOROVOD_GLOO_TIMEOUT_SECONDS"] == "30"
+    monkeypatch.setenv("HOROVOD_GLOO_TIMEOUT_SECONDS", "120")
+    assert training_env()["HOROVOD_GLOO_TIMEOUT_SECONDS"] == "120"
+    env = training_env({"HOROVOD_GLOO_TIMEOUT_SECONDS": "45", "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS": "90"})
+    assert (env["HOROVOD_GLOO_TIMEOUT_SECONDS"], env["HOROVOD_STALL_SHUTDOWN_TIME_SECONDS"]) == ("45", "90")
 
 
 MORE_SECRETS = ["AZURE_STORAGE_CONNECTION_STRING", "DB_PASS", "GITHUB_PAT", "KAFKA_SASL_JAAS_CONFIG",

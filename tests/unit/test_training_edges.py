@@ -206,6 +206,60 @@ def test_a_world_larger_than_the_splits_row_groups_is_refused_before_launch(tmp_
         check_world_fits(write_split(tmp_path / "empty", [rows(0)], 100), ScaleConfig(num_proc=1, hosts="localhost:1"))
 
 
+def test_training_files_that_no_longer_hold_the_committed_rows_are_refused_before_launch(tmp_path):
+    """The ranks found it too, but only once horovodrun had started them, as a crash that
+    Airflow retried; from the footers it is an integrity error (not retried) naming the fix."""
+    from dlpipe.errors import IntegrityError
+    from training.stages import check_world_fits
+
+    url = write_split(tmp_path / "split", [rows(100), rows(50)], 100)
+    scale = ScaleConfig(num_proc=2, hosts="localhost:2")
+    check_world_fits(url, scale, {"id": "datasets/eta/w@1", "summary": {"rows": {"train": 150}}})
+    with pytest.raises(IntegrityError, match=r"dataset datasets/eta/w@1: its training files hold 150 rows, its "
+                                             r"manifest commits 200; .*materialize it again"):
+        check_world_fits(url, scale, {"id": "datasets/eta/w@1", "summary": {"rows": {"train": 200}}})
+
+
+# -- checkpoints: what stays on disk, what loads ---------------------------------------------------
+
+def test_only_the_two_newest_checkpoints_and_no_stale_temporary_files_stay(tmp_path, monkeypatch):
+    from training import checkpoint
+
+    monkeypatch.delenv(checkpoint.KEEP_ALL_VAR, raising=False)
+    (tmp_path / ".epoch-0001.pt.0123abcd.tmp").write_bytes(b"left by a killed write")
+    for epoch in range(1, 5):
+        checkpoint.save(tmp_path, epoch, {"epoch": epoch, "w": torch.ones(2) * epoch})
+    assert sorted(p.name for p in tmp_path.iterdir()) == \
+        ["epoch-0003.pt", "epoch-0003.sha256", "epoch-0004.pt", "epoch-0004.sha256"]
+    monkeypatch.setenv(checkpoint.KEEP_ALL_VAR, "1")  # kept to look into a run
+    checkpoint.save(tmp_path, 5, {"epoch": 5})
+    checkpoint.save(tmp_path, 6, {"epoch": 6})
+    assert len(list(tmp_path.glob("epoch-*.pt"))) == 4
+
+
+def test_a_sealed_checkpoint_torch_cannot_load_falls_back_to_the_one_before(tmp_path, capsys):
+    """A seal proves the bytes are the ones written, not that this torch can read them (another
+    release wrote them): every retry used to fail on it; the older checkpoint is used instead."""
+    from dlpipe.hashing import sha256_bytes
+    from training import checkpoint
+
+    checkpoint.save(tmp_path, 1, {"epoch": 1, "w": torch.ones(2)})
+    (tmp_path / "epoch-0002.pt").write_bytes(b"PK\x03\x04 not a checkpoint this torch reads")
+    (tmp_path / "epoch-0002.sha256").write_text(sha256_bytes((tmp_path / "epoch-0002.pt").read_bytes()))
+    epoch, path, state = checkpoint.load_latest(tmp_path)
+    assert (epoch, path.name, state["epoch"]) == (1, "epoch-0001.pt", 1)
+    assert "ignoring epoch-0002.pt: torch cannot load it" in capsys.readouterr().out
+    assert checkpoint.latest_valid(tmp_path)[0] == 2  # sealed, so the plain check takes it
+
+
+def test_a_failed_temporary_write_leaves_no_file(tmp_path):
+    from dlpipe.fsutil import write_temp
+
+    with pytest.raises(TypeError):
+        write_temp(tmp_path / "x.json", "not bytes")  # fails after the file was opened, like ENOSPC
+    assert list(tmp_path.iterdir()) == []
+
+
 # -- settings refused when they are read, naming the field ----------------------------------------
 
 @pytest.mark.parametrize("model", [TrainConfig, DigitsTrainConfig])
