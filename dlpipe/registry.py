@@ -110,17 +110,11 @@ def _record_key(name: str, version: int) -> str:
 _VERSION_KEY = re.compile(r"/versions/(\d{6})\.(json|deleted)$")
 
 
-def _read_versions(store: Store, prefix: str) -> tuple[list[dict], int]:
-    """The version records under ``prefix``, and the highest number ever given there (records
-    and tombstones)."""
-    found = [(k, m) for k in store.list(prefix) if (m := _VERSION_KEY.search(k))]
-    records = [json.loads(store.get(k)) for k, m in found if m.group(2) == "json"]
-    return records, max((int(m.group(1)) for _, m in found), default=0)
-
-
 def list_versions(store: Store, name: str | None = None) -> list[dict]:
     """Every version record (of one model, or of all), ordered by model and version."""
-    return _read_versions(store, f"{_check_name(name)}/versions/" if name else "")[0]
+    prefix = f"{_check_name(name)}/versions/" if name else ""
+    keys = [k for k in store.list(prefix) if (m := _VERSION_KEY.search(k)) and m.group(2) == "json"]
+    return [json.loads(store.get(k)) for k in keys]
 
 
 def get_version(store: Store, name: str, version: int) -> dict:
@@ -152,10 +146,46 @@ def record_is_intact(record: dict) -> bool:
     return record["model_fingerprint"] in (model_identity(record["artifacts"], record["lineage"]), whole)
 
 
-def _same_model(versions: list[dict], identity: str) -> list[dict]:
-    # computed from each record, not read from its model_fingerprint: records written before
-    # verdicts were left out of the identity are matched too
-    return [r for r in versions if model_identity(r["artifacts"], r.get("lineage") or {}) == identity]
+# ``<model>/identities/<identity>/<NNNNNN>``: an empty key per version, naming the model it
+# holds, so a registration finds an identical earlier one from a key listing instead of reading
+# every version record (one GET each: seconds per registration on S3 after a few hundred).
+_IDENTITY_KEY = re.compile(r"identities/([0-9a-f]+)/(\d{6})")
+
+
+def _index(store: Store, name: str, identity: str, version: int) -> None:
+    try:
+        store.put_new(f"{name}/identities/{identity}/{version:06d}", b"")
+    except CommitConflict:
+        pass  # indexed already (a concurrent registration, or a repeat of our own write)
+
+
+def _find_same(store: Store, name: str, identity: str) -> tuple[dict | None, int]:
+    """The lowest version that holds the model ``identity`` (None if none does), and the highest
+    version number ever given (tombstones included), from one listing of the model's keys.
+
+    Records the index names for ``identity`` are read, and so are records with no index entry at
+    all (written before the index, or by a registration that stopped between its record and its
+    entry); those get their entry now, so they are read once. The identity is computed from each
+    record read, not taken from its model_fingerprint: records written before verdicts were left
+    out of the identity match too."""
+    records, indexed, candidates, highest = set(), set(), set(), 0
+    for key in store.list(f"{name}/"):
+        if m := _VERSION_KEY.search(key):
+            highest = max(highest, int(m.group(1)))
+            if m.group(2) == "json":
+                records.add(int(m.group(1)))
+        elif m := _IDENTITY_KEY.fullmatch(key[len(name) + 1:]):
+            indexed.add(int(m.group(2)))
+            if m.group(1) == identity:
+                candidates.add(int(m.group(2)))
+    for version in sorted((candidates | (records - indexed)) & records):
+        record = json.loads(store.get(_record_key(name, version)))
+        found = model_identity(record["artifacts"], record.get("lineage") or {})
+        if version not in indexed:
+            _index(store, name, found, version)
+        if found == identity:
+            return record, highest
+    return None, highest
 
 
 def register(store: Store, name: str, model_dir: Path, *, metrics: dict[str, Any],
@@ -180,9 +210,8 @@ def register(store: Store, name: str, model_dir: Path, *, metrics: dict[str, Any
                   "size": p.stat().st_size} for rel, p in files]
     model_fp = model_identity(artifacts, lineage)
 
-    existing = _same_model(list_versions(store, name), model_fp)
-    if existing:
-        rec = existing[0]
+    rec, _ = _find_same(store, name, model_fp)
+    if rec is not None:
         log.info("%s@%s already holds these artifacts and lineage; not registering again",
                  name, rec["version"])
         audit.record("skipped", stage="registry", run=run, manifest_id=f"{name}@{rec['version']}",
@@ -201,13 +230,12 @@ def register(store: Store, name: str, model_dir: Path, *, metrics: dict[str, Any
     for _ in range(_MAX_RACE_RETRIES):
         # listed again after the (possibly long) upload: a concurrent registration of the same
         # model that finished meanwhile is returned instead of duplicated
-        versions, highest = _read_versions(store, f"{name}/versions/")
-        same = _same_model(versions, model_fp)
-        if same:  # a concurrent registration of the same model won
-            audit.record("skipped", stage="registry", run=run, manifest_id=f"{name}@{same[0]['version']}",
+        same, highest = _find_same(store, name, model_fp)
+        if same is not None:  # a concurrent registration of the same model won
+            audit.record("skipped", stage="registry", run=run, manifest_id=f"{name}@{same['version']}",
                          fingerprint=model_fp, reason="a concurrent registration of the same model won",
                          gates=lineage.get("gates"))
-            return same[0], False
+            return same, False
         version = highest + 1  # past deleted versions' tombstones too
         record = {
             "name": name, "version": version, "model_fingerprint": model_fp,
@@ -223,6 +251,7 @@ def register(store: Store, name: str, model_dir: Path, *, metrics: dict[str, Any
                 continue
             # our own write: it was stored, its reply lost, and the client's retry refused
             log.info("%s@%d: the store refused a repeat of this registration's own write", name, version)
+        _index(store, name, model_fp, version)  # if this stops here, the next registration indexes it
         audit.record("committed", stage="registry", run=run, manifest_id=f"{name}@{version}",
                      fingerprint=model_fp, registry=store.uri)
         log.info("registered %s@%d in %s", name, version, store.uri)

@@ -360,13 +360,13 @@ def test_a_registration_that_loses_the_race_to_the_same_model_is_audited(store, 
 
     model = _model(tmp_path, b"weights")
     winner, _ = registry.register(store, "eta", model, metrics={}, lineage={"run": 1}, run=RunContext())
-    real, looks = registry.list_versions, []
+    real, looks = registry._find_same, []
 
-    def before_the_winner_on_the_first_look(store, name=None):
+    def before_the_winner_on_the_first_look(store, name, identity):
         looks.append(1)
-        return [] if len(looks) == 1 else real(store, name)
+        return (None, 0) if len(looks) == 1 else real(store, name, identity)
 
-    monkeypatch.setattr(registry, "list_versions", before_the_winner_on_the_first_look)
+    monkeypatch.setattr(registry, "_find_same", before_the_winner_on_the_first_look)
     before = len(list(audit.read()))
     rec, created = registry.register(store, "eta", model, metrics={}, lineage={"run": 1},
                                      run=RunContext(task_id="register_model"))
@@ -449,3 +449,46 @@ def test_a_concurrent_move_conflict_names_who_moved_the_alias(tmp_path, monkeypa
     monkeypatch.setattr(store, "get_versioned", moved_meanwhile)
     with pytest.raises(AliasConflict, match=r"now version 3, by eta_training.promote_staging \(alice\) at 20"):
         registry.promote(store, "eta", "production", 2, run=RunContext(), reason="ours")
+
+
+class _CountingStore:
+    """A real store that counts the version records read."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.uri, self.record_reads = inner, inner.uri, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def get(self, key):
+        self.record_reads += "/versions/" in key
+        return self.inner.get(key)
+
+
+def test_a_registration_finds_an_identical_model_without_reading_every_record(store, tmp_path):
+    """An index key per version names the model it holds; records are read only where it
+    points, or where it has no entry yet (written before the index, or by a registration that
+    stopped between its record and its entry), and those get one."""
+    run = RunContext()
+    for i in range(12):
+        registry.register(store, "eta", _model(tmp_path, b"w%d" % i), metrics={}, lineage={"i": i}, run=run)
+    counting = _CountingStore(store)
+    rec, created = registry.register(counting, "eta", _model(tmp_path, b"w3"), metrics={}, lineage={"i": 3}, run=run)
+    assert (rec["version"], created, counting.record_reads) == (4, False, 1)
+    counting.record_reads = 0
+    rec, created = registry.register(counting, "eta", _model(tmp_path, b"new"), metrics={}, lineage={}, run=run)
+    assert (rec["version"], created, counting.record_reads) == (13, True, 0)
+
+    # a registry from before the index: every record is read once, and indexed
+    for key in [k for k in store.list("eta/identities/")]:
+        if isinstance(store, LocalStore):
+            (store.root / key).unlink()
+        else:
+            store.client.delete_object(Bucket=store.bucket, Key=store._key(key))
+    counting.record_reads = 0
+    rec, created = registry.register(counting, "eta", _model(tmp_path, b"w11"), metrics={}, lineage={"i": 11},
+                                     run=run)
+    assert (rec["version"], created, counting.record_reads) == (12, False, 12)  # read up to its match
+    counting.record_reads = 0
+    rec, created = registry.register(counting, "eta", _model(tmp_path, b"w0"), metrics={}, lineage={"i": 0}, run=run)
+    assert (rec["version"], created, counting.record_reads) == (1, False, 1)
