@@ -17,7 +17,7 @@ from datetime import date
 from typing import Any, Iterator, Sequence
 
 from dlpipe import audit, commit, registry, settings
-from dlpipe.errors import ConfigError, DlpipeError, NotCommittedError, redacted
+from dlpipe.errors import ConfigError, DlpipeError, IntegrityError, NotCommittedError, redacted
 from dlpipe.lineage import checked_manifest, judged, manifest_tree, model_files, tree_problems, vouches_for
 from dlpipe.runctx import RunContext, cli_context
 from dlpipe.storage import endpoint_url, open_store
@@ -200,7 +200,16 @@ def cmd_registry_show(args: argparse.Namespace) -> int:
 
 def _record_problems(record: dict, verify_files: bool = False) -> list[str]:
     """A version record that no longer matches itself, or whose artifacts are not the model
-    files its training committed."""
+    files its training committed; a record or training manifest missing fields it must have is
+    one problem, not a traceback (lineage exists to report damage)."""
+    try:
+        return _checked_record(record, verify_files)
+    except (KeyError, TypeError, AttributeError) as exc:
+        return [f"{record.get('name')}@{record.get('version')}: its record or its training's manifest is "
+                f"not what dlpipe writes ({type(exc).__name__}: {exc}): edited or damaged"]
+
+
+def _checked_record(record: dict, verify_files: bool) -> list[str]:
     problems = []
     ref = f"{record['name']}@{record['version']}"
     if not registry.record_is_intact(record):
@@ -214,6 +223,17 @@ def _record_problems(record: dict, verify_files: bool = False) -> list[str]:
         problems += _gate_problems(record, training, verify_files)
         if record.get("metrics") != training["summary"].get("metrics"):  # `registry list` shows them
             problems.append(f"{ref}: its metrics are not the ones {training_id} committed")
+        for field, committed_as in (("code", training.get("code")), ("trained_by", training.get("run"))):
+            if record["lineage"].get(field) != committed_as:
+                problems.append(f"{ref}: its lineage's {field} is not the one {training_id} committed")
+        for mid, seal in (record["lineage"].get("seals") or {}).items():
+            try:
+                found = commit.load_manifest(mid).get("seal")
+            except (NotCommittedError, OSError, ValueError):
+                continue  # the chain below reports a missing or unreadable manifest
+            if found != seal:
+                problems.append(f"{ref}: {mid} is not the manifest it was registered on (its seal "
+                                f"{str(found)[:16]}, registered {str(seal)[:16]}): edited after the registration")
         committed = model_files(training)
         for art in record["artifacts"]:
             if (committed.get(art["name"]) or {}).get("sha256") != art["sha256"]:
@@ -248,12 +268,42 @@ def _gate_problems(record: dict, training: dict, verify_files: bool = False) -> 
     return problems
 
 
+def _stored_artifact_problems(store, record: dict) -> list[str]:
+    """The registry's own copies of a version's artifacts, read back and re-hashed (what a
+    download would load), for ``--verify``."""
+    import tempfile
+    from pathlib import Path
+
+    from dlpipe.hashing import sha256_file
+
+    problems, ref = [], f"{record['name']}@{record['version']}"
+    with tempfile.TemporaryDirectory(prefix="dlpipe-verify-") as tmp:
+        for art in record["artifacts"]:
+            target, key = Path(tmp) / "blob", f"{record['name']}/blobs/{art['sha256']}"
+            actual = None
+            if store.exists(key):
+                store.download(key, target)
+                actual = sha256_file(target)
+            if actual != art["sha256"]:
+                problems.append(f"{ref}: the stored artifact {art['name']} "
+                                f"{'is missing' if actual is None else f'has sha256 {actual[:16]}'}, "
+                                f"the record says {art['sha256'][:16]}")
+            target.unlink(missing_ok=True)
+    return problems
+
+
 def cmd_lineage(args: argparse.Namespace) -> int:
     name, version = registry.parse_ref(args.ref)
-    record = registry.get_version(_store(args), name, version)
+    store = _store(args)
+    record = registry.get_version(store, name, version)
+    if not isinstance(record.get("lineage"), dict) or not isinstance(record.get("artifacts"), list):
+        raise IntegrityError(f"{name}@{version}: its version record has no lineage or artifacts; it was "
+                             f"edited or damaged: do not load this version")
     training = record["lineage"].get("training")  # absent for a model registered from outside
     chain = manifest_tree(training, verify_files=args.verify) if training else None
     problems = _record_problems(record, args.verify) + tree_problems(chain)
+    if args.verify:
+        problems += _stored_artifact_problems(store, record)
     tree = {"model": f"{name}@{version}", "model_fingerprint": record["model_fingerprint"],
             "artifacts": record["artifacts"], "registered_by": record["registered_by"],
             "lineage": record["lineage"], "chain": chain, "problems": problems,
@@ -263,7 +313,7 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     for art in record["artifacts"]:
         lines.append(f"  artifact {art['name']}  sha256={art['sha256'][:16]}  {art['size']} bytes")
     for gate, verdict in (record["lineage"].get("gate_verdicts") or {}).items():
-        lines.append(f"  gate {gate}: {verdict.get('verdict', '?')}")
+        lines.append(f"  gate {gate}: {verdict.get('verdict', '?') if isinstance(verdict, dict) else verdict}")
 
     def walk(node: dict, depth: int) -> None:
         pad = "  " * depth
@@ -285,7 +335,7 @@ def cmd_lineage(args: argparse.Namespace) -> int:
         lines += [f"!! {p}" for p in problems]
         lines.append(f"{len(problems)} problem(s): this lineage cannot be trusted as shown")
     else:
-        lines.append("every link checked: fingerprints match" + (", files re-hashed" if args.verify else
+        lines.append("every link checked: fingerprints and seals match" + (", files re-hashed" if args.verify else
                                                                   " (add --verify to re-hash every file)"))
     _print(tree, args.json, "\n".join(map(_shown, lines)))  # a record's text is anyone's text
     return 1 if problems else 0
@@ -337,11 +387,12 @@ def cmd_audit(args: argparse.Namespace) -> int:
     events = [e for e in audit.read() if (not args.run_id or e["run"]["run_id"] == args.run_id)
               and (not args.dag_id or e["run"]["dag_id"] == args.dag_id)]
     rows = [{"ts": e["ts"], "event": e["event"], "task": e["run"]["task_id"],
-             "try": e["run"]["try_number"], "user": e["run"]["user"], "manifest": e.get("manifest_id"),
+             "try": e["run"]["try_number"], "user": e["run"]["user"],
+             "triggered": _trigger(e["run"]), "manifest": e.get("manifest_id"),
              "why": e.get("reason") or e.get("error", "")[:80]} for e in events]
     reasons = {e["run"]["run_id"]: e["run"].get("reason") for e in events if e["run"].get("reason")}
     header = "".join(f"run {_shown(run)}: {_shown(why)}\n" for run, why in reasons.items())
-    _print(events, args.json, header + _table(rows, ["ts", "event", "task", "try", "user", "manifest", "why"]))
+    _print(events, args.json, header + _table(rows, ["ts", "event", "task", "try", "user", "triggered", "manifest", "why"]))
     return 0
 
 
@@ -362,6 +413,20 @@ def _stage_of(event: dict) -> str | None:
         return recorded
     task = event["run"]["task_id"]
     return task if recorded in (None, "-") and task in SUMMARY_TASKS else None
+
+
+def _trigger(run: dict) -> str:
+    """Who started the run and how ('alice (backfill)'); '-' outside Airflow. Events from before
+    run_type was recorded have only triggered_by."""
+    who, how = run.get("triggered_by", "-"), run.get("run_type", "-")
+    return who if how in ("-", who) else f"{who} ({how})"
+
+
+def _try_of(event: dict) -> int:
+    try:
+        return int(event["run"].get("try_number") or 0)
+    except (TypeError, ValueError):  # '-' outside Airflow
+        return 0
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
@@ -387,7 +452,13 @@ def cmd_summary(args: argparse.Namespace) -> int:
         per_task = tasks.setdefault(stage, {})
         per_task.setdefault(e["run"]["task_id"], None)  # started only: still running, or lost
         if e["event"] != "started":
-            per_task[e["run"]["task_id"]] = final[stage] = e
+            # the newest try decides, not the last line: a try that Airflow gave up on (a lost
+            # heartbeat) may log its 'failed' after the next try committed
+            last = per_task[e["run"]["task_id"]]
+            if last is None or _try_of(e) >= _try_of(last):
+                per_task[e["run"]["task_id"]] = e
+            if stage not in final or _try_of(e) >= _try_of(final[stage]):
+                final[stage] = e
         elif stage == "register_model" and e.get("downstream") is not None:
             follows = e
     # The chain starts at its first stage that ran: kinds without a feature stage start at the

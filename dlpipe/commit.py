@@ -258,6 +258,22 @@ def recomputed_fingerprints(manifest: dict) -> set[str]:
     return {stage_fingerprint(key, manifest["inputs"], manifest["config"], c) for c in forms}
 
 
+def content_seal(manifest: dict) -> str:
+    """SHA-256 of everything in a manifest but its seal: its outputs (file list, hashes, sizes,
+    location), summary, recorded code version, run and times, none of which its fingerprint can
+    cover (they exist only after the stage ran). Consumers record their inputs' seals, and a
+    version record the seals of its whole chain, under its model fingerprint: a manifest edited
+    after its commit, files and their hashes rewritten together, no longer gives the seal they
+    recorded."""
+    return fingerprint({k: v for k, v in manifest.items() if k != "seal"})
+
+
+def input_entry(m: dict) -> dict:
+    """How a consumer names an input manifest: id and fingerprint (its own fingerprint is computed
+    from these), and the input's seal when it has one (manifests before 2026-12-07 have none)."""
+    return {"id": m["id"], "fingerprint": m["fingerprint"], **({"seal": m["seal"]} if "seal" in m else {})}
+
+
 def stage_fingerprint(key: StageKey, inputs: list[dict], config: dict[str, Any], code: dict[str, Any]) -> str:
     """The fingerprint of a stage output: everything it is a function of (design.md)."""
     return fingerprint({
@@ -345,7 +361,11 @@ def run_stage(
     attempt_dir = key.dir(home) / "attempts" / attempt_id
     attempt_dir.mkdir(parents=True)
     started_at = audit.utcnow_iso()
-    audit.record("started", run=run, attempt_id=attempt_id, **base)
+    # what this attempt runs, on which inputs, with which code and config: a failed or killed
+    # attempt leaves no manifest, and this event is then the only record of it
+    recorded_code = {**code, "dlpipe_version": __version__, **git_version()}
+    audit.record("started", run=run, attempt_id=attempt_id, inputs=[m["id"] for m in inputs],
+                 config=config, code=recorded_code, **base)
     log.info("%s: attempt %s writing to %s", mid, attempt_id, attempt_dir)
     path = _manifest_path(key, fp, home)
     try:
@@ -358,9 +378,9 @@ def run_stage(
             "name": key.name,
             "partition": key.partition,
             "fingerprint": fp,
-            "inputs": [{"id": m["id"], "fingerprint": m["fingerprint"]} for m in inputs],
+            "inputs": [input_entry(m) for m in inputs],
             "config": config,
-            "code": {**code, "dlpipe_version": __version__, **git_version(), "packages": package_versions()},
+            "code": {**recorded_code, "packages": package_versions()},
             "outputs": {
                 "location": attempt_dir.relative_to(home or settings.home()).as_posix(),
                 "files": describe_files(attempt_dir, with_parts=part_hashes),
@@ -371,6 +391,7 @@ def run_stage(
             "started_at": started_at,
             "committed_at": audit.utcnow_iso(),
         }
+        manifest["seal"] = content_seal(manifest)
         winner = _publish(path, manifest)
     except BaseException as exc:
         ours = _committed_despite(exc, path, attempt_id, run=run, base=base)

@@ -6,15 +6,21 @@ from dlpipe import commit
 from dlpipe.errors import IntegrityError, NotCommittedError
 
 
-def manifest_problems(m: dict, mid: str, expected: str | None, verify_files: bool) -> list[str]:
+def manifest_problems(m: dict, mid: str, expected: str | None, verify_files: bool,
+                      expected_seal: str | None = None) -> list[str]:
     """What makes a manifest untrustworthy as a link of a lineage: a fingerprint its own stage,
-    inputs, config and code no longer give (edited after its commit), one that is not the id's
-    or not the one its consumer recorded, and with ``verify_files`` a file whose bytes changed.
-    Fields outside the fingerprint (run, summary) are not covered: the files and the config are."""
+    inputs, config and code no longer give, or a seal its other fields no longer give (edited
+    after its commit), a fingerprint or seal that is not the one its consumer recorded, one not
+    in its id, and with ``verify_files`` a file whose bytes are not the ones it lists. A
+    manifest committed before seals (2026-12-07) has its outputs, summary and run uncovered."""
     problems = []
     fp = m["fingerprint"]
     if fp not in commit.recomputed_fingerprints(m):
         problems.append("edited after its commit: its stage, inputs, config and code do not give its fingerprint")
+    if "seal" in m and commit.content_seal(m) != m["seal"]:
+        problems.append("edited after its commit: its outputs, summary, code record and run do not give its seal")
+    if expected_seal is not None and m.get("seal") != expected_seal:
+        problems.append(f"its seal {str(m.get('seal'))[:16]} is not the {expected_seal[:16]} its consumer recorded")
     if not fp.startswith(mid.rpartition("@")[2]) or m["id"] != mid.partition("@")[0] + "@" + fp[:16]:
         problems.append(f"its fingerprint {fp[:16]} is not the one in its id {mid}")
     if expected is not None and fp != expected:
@@ -27,8 +33,8 @@ def manifest_problems(m: dict, mid: str, expected: str | None, verify_files: boo
     return problems
 
 
-def checked_manifest(mid: str, *, expected: str | None = None,
-                     verify_files: bool = False) -> tuple[dict | None, dict]:
+def checked_manifest(mid: str, *, expected: str | None = None, verify_files: bool = False,
+                     expected_seal: str | None = None) -> tuple[dict | None, dict]:
     """(the manifest, or None when it cannot be used, and its status: ``problems``, and
     ``missing`` when no commit holds it), as a lineage shows one link."""
     try:
@@ -38,16 +44,16 @@ def checked_manifest(mid: str, *, expected: str | None = None,
     except (OSError, ValueError) as exc:  # a torn or unreadable file (JSONDecodeError is a ValueError)
         return None, {"problems": [f"manifest unreadable: {type(exc).__name__}: {exc}"]}
     try:
-        return m, {"problems": manifest_problems(m, mid, expected, verify_files)}
+        return m, {"problems": manifest_problems(m, mid, expected, verify_files, expected_seal)}
     except (KeyError, TypeError) as exc:
         return None, {"problems": [f"not a dlpipe manifest: no field {exc}"]}
 
 
 def manifest_tree(mid: str, depth: int = 0, max_depth: int = 16, *, expected: str | None = None,
-                  verify_files: bool = False) -> dict:
+                  verify_files: bool = False, expected_seal: str | None = None) -> dict:
     """A manifest and, recursively, the manifests it was computed from; each node lists its
     ``problems`` (none: the link holds), so a tampered or missing link is never shown as sound."""
-    m, status = checked_manifest(mid, expected=expected, verify_files=verify_files)
+    m, status = checked_manifest(mid, expected=expected, verify_files=verify_files, expected_seal=expected_seal)
     if m is None:
         return {"id": mid, **status}
     try:
@@ -64,7 +70,8 @@ def manifest_tree(mid: str, depth: int = 0, max_depth: int = 16, *, expected: st
         return {"id": mid, "problems": [f"not a dlpipe manifest: no field {exc}"]}
     if depth < max_depth:
         node["inputs"] = [manifest_tree(i["id"], depth + 1, max_depth, expected=i["fingerprint"],
-                                        verify_files=verify_files) for i in m["inputs"]]
+                                        verify_files=verify_files, expected_seal=i.get("seal"))
+                          for i in m["inputs"]]
     return node
 
 
@@ -104,6 +111,10 @@ def model_lineage(training_id: str, gate_ids: list[str]) -> dict:
     training = commit.load_manifest(training_id)
     dataset = commit.load_manifest(training["inputs"][0]["id"])
     features = [commit.load_manifest(i["id"]) for i in dataset["inputs"]]
+    # under the model fingerprint: the chain's manifests as they were when it was registered
+    # (gates are evidence, outside the model's identity: each is checked on its own). Left out
+    # for a chain committed before seals, so a rerun finds the version registered before.
+    seals = {m["id"]: m["seal"] for m in (training, dataset, *features) if "seal" in m}
     return {
         "training": training["id"],
         "dataset": dataset["id"],
@@ -116,4 +127,5 @@ def model_lineage(training_id: str, gate_ids: list[str]) -> dict:
         "config": {"train": training["config"], "dataset": dataset["config"]},
         "code": training["code"],
         "trained_by": training["run"],
+        **({"seals": seals} if seals else {}),
     }

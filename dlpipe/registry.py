@@ -119,7 +119,13 @@ def list_versions(store: Store, name: str | None = None) -> list[dict]:
 
 def get_version(store: Store, name: str, version: int) -> dict:
     try:
-        return json.loads(store.get(_record_key(_check_name(name), version)))
+        record = json.loads(store.get(_record_key(_check_name(name), version)))
+        if not isinstance(record, dict):
+            raise ValueError("not a JSON object")
+        return record
+    except ValueError as exc:  # torn or overwritten: say so, never a traceback
+        raise IntegrityError(f"{name}@{version}: its version record in {store.uri} is not readable "
+                             f"({exc}); it was damaged or edited: do not load this version") from None
     except NotCommittedError:
         gone = store.exists(f"{name}/versions/{version:06d}.deleted")
         raise NotCommittedError(f"{name}@{version} {'was deleted from' if gone else 'is not registered in'} "

@@ -16,7 +16,8 @@ class RunContext:
     run_id: str = "-"
     task_id: str = "-"
     try_number: int = 0
-    triggered_by: str = "-"
+    triggered_by: str = "-"  # the person who triggered the run, else how it was started
+    run_type: str = "-"  # how the run was started: scheduled, manual, backfill, asset_triggered
     reason: str = ""  # why the run was started (the DAG's ``reason`` param), kept in the audit log
     pipeline_stage: str = "-"  # the task's place in the chain (its operator's): what `dlpipe summary` goes by
     user: str = field(default_factory=lambda: _user())

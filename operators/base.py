@@ -36,6 +36,9 @@ def run_context(context: Any, pipeline_stage: str = "-") -> RunContext:
         dag_id=ti.dag_id, run_id=ti.run_id, task_id=ti.task_id, try_number=int(ti.try_number),
         # the Task SDK's DagRunType prints as 'DagRunType.SCHEDULED': its value is 'scheduled'
         triggered_by=getattr(dag_run, "triggering_user_name", None) or str(getattr(run_type, "value", run_type)),
+        # a backfill records the user who created it as triggering_user_name: kept apart, so
+        # both who and how survive
+        run_type=str(getattr(run_type, "value", run_type)),
         reason=str((context.get("params") or {}).get("reason") or ""),
         pipeline_stage=pipeline_stage,
     )

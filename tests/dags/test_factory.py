@@ -370,6 +370,10 @@ def test_run_context_records_the_run_type_by_its_value():
                          (SimpleNamespace(run_type="manual"), "manual"),
                          (SimpleNamespace(run_type=DagRunType.MANUAL, triggering_user_name="ana"), "ana")):
         assert run_context({"ti": ti, "dag_run": dag_run, "params": {}}).triggered_by == who
+    # `airflow backfill create` names its user as the trigger: how the run started is kept apart
+    backfill = run_context({"ti": ti, "dag_run": SimpleNamespace(run_type=DagRunType.BACKFILL,
+                                                                 triggering_user_name="ana"), "params": {}})
+    assert (backfill.triggered_by, backfill.run_type) == ("ana", "backfill")
 
 
 def test_a_killed_task_leaves_a_failed_event_even_with_the_log_locked(dlpipe_home):

@@ -71,6 +71,7 @@ def test_lineage_checks_every_link_and_reports_what_was_tampered_with(dlpipe_hom
     """`dlpipe lineage` is evidence: a manifest edited after its commit, a changed file (with
     --verify), a torn manifest or an edited version record must show, with exit 1, never a
     confident tree."""
+    import hashlib
     import json
 
     from dlpipe import cli
@@ -90,7 +91,7 @@ def test_lineage_checks_every_link_and_reports_what_was_tampered_with(dlpipe_hom
         return code, capsys.readouterr().out
 
     code, out = lineage("--verify")
-    assert code == 0 and "every link checked: fingerprints match, files re-hashed" in out
+    assert code == 0 and "every link checked: fingerprints and seals match, files re-hashed" in out
     assert f"gate {gates[0]}: passed" in out
 
     # a changed file: only --verify reads the data
@@ -148,6 +149,74 @@ def test_lineage_checks_every_link_and_reports_what_was_tampered_with(dlpipe_hom
     assert code == 1 and f"!! eta@1: its metrics are not the ones {training['id']} committed" in out
     assert "\n  gate forged" not in out and "r\\n  gate forged" in out  # escaped, on its own line
     rfile.write_text(original_record)
+    assert lineage()[0] == 0
+
+    # a file replaced and its hash and size rewritten in the manifest with it: the files match
+    # the list, but the list is not the one committed (the seal) nor the one registered
+    tfile = next((commit.location(training).parent.parent / "manifests").glob("*.json"))
+    ttext = tfile.read_text()
+    (path,) = commit.files(training, "model.safetensors")
+    weights = path.read_bytes()
+    path.write_bytes(b"poisoned weights")
+    forged = json.loads(ttext)
+    for f in forged["outputs"]["files"]:
+        if f["path"].endswith("model.safetensors"):
+            f["sha256"], f["size"] = hashlib.sha256(b"poisoned weights").hexdigest(), len(b"poisoned weights")
+    tfile.write_text(json.dumps(forged))
+    code, out = lineage("--verify")
+    assert code == 1 and "do not give its seal" in out and "the stored data was modified" not in out
+    forged["seal"] = commit.content_seal(forged)  # resealed too: the record still holds the old seal
+    tfile.write_text(json.dumps(forged))
+    code, out = lineage("--verify")
+    assert code == 1 and f"{training['id']} is not the manifest it was registered on" in out
+    path.write_bytes(weights)
+    tfile.write_text(ttext)
+    # the dataset's summary (its row counts) edited and resealed: its consumer recorded the old seal
+    forged = json.loads(text)
+    forged["summary"]["rows"]["train"] = 10**6
+    forged["seal"] = commit.content_seal(forged)
+    mfile.write_text(json.dumps(forged))
+    code, out = lineage()
+    assert code == 1 and "its consumer recorded" in out and f"{dataset['id']} is not the manifest it was registered on" in out
+    mfile.write_text(text)
+    assert lineage("--verify")[0] == 0
+    # a false code version in the training manifest's record of it
+    forged = json.loads(ttext)
+    forged["code"]["git_commit"] = "deadbeef" * 5
+    tfile.write_text(json.dumps(forged))
+    code, out = lineage()
+    assert code == 1 and "do not give its seal" in out and "lineage's code is not the one" in out
+    tfile.write_text(ttext)
+    # the registry's own copy of an artifact: only --verify reads it back
+    blob = root / "eta" / "blobs" / json.loads(original_record)["artifacts"][0]["sha256"]
+    blob_bytes = blob.read_bytes()
+    blob.write_bytes(b"evil")
+    assert lineage()[0] == 0
+    code, out = lineage("--verify")
+    assert code == 1 and "the stored artifact" in out and "has sha256" in out
+    blob.write_bytes(blob_bytes)
+    assert lineage("--verify")[0] == 0
+
+    # a record's carried verdict that is not an object is reported, not a traceback
+    record = json.loads(original_record)
+    record["lineage"]["gate_verdicts"][gates[1]] = "passed"
+    rfile.write_text(json.dumps(record))
+    code, out = lineage()
+    assert code == 1 and "the record's copy of its verdict" in out
+    rfile.write_text(original_record)
+
+    # damaged records and manifests are reported, not tracebacks
+    record = json.loads(original_record)
+    del record["lineage"]
+    rfile.write_text(json.dumps(record))
+    assert cli.main(["lineage", "eta@1"]) == 2 and "has no lineage or artifacts" in capsys.readouterr().err
+    rfile.write_text(original_record[: len(original_record) // 2])
+    assert cli.main(["lineage", "eta@1"]) == 2 and "its version record in" in capsys.readouterr().err
+    rfile.write_text(original_record)
+    tfile.write_text('{"id": "x"}')
+    code, out = lineage()
+    assert code == 1 and "its record or its training's manifest is not what dlpipe writes" in out
+    tfile.write_text(ttext)
     assert lineage()[0] == 0
 
     # the version record edited: its artifacts no longer give its model fingerprint

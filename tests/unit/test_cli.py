@@ -295,3 +295,17 @@ def test_operators_refuse_a_relative_registry_root_from_the_environment(monkeypa
         registry_store(None, None)
     monkeypatch.setenv("DLPIPE_REGISTRY_ROOT", str(tmp_path / "registry"))
     assert registry_store(None, None).uri == str(tmp_path / "registry")
+
+
+def test_the_audit_table_shows_who_triggered_a_run_and_how(capsys, dlpipe_home):
+    from dlpipe import audit
+    from dlpipe.runctx import RunContext
+
+    audit.record("committed", stage="training", manifest_id="m",
+                 run=RunContext(dag_id="d", run_id="backfill__x", task_id="train", try_number=1,
+                                triggered_by="ana", run_type="backfill"))
+    audit.record("committed", stage="training", manifest_id="m",
+                 run=RunContext(dag_id="d", run_id="scheduled__x", task_id="train", try_number=1,
+                                triggered_by="scheduled", run_type="scheduled"))
+    code, out, _ = _run(capsys, "audit", "--dag-id", "d")
+    assert code == 0 and "ana (backfill)" in out and " scheduled " in out and "triggered" in out

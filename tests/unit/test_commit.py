@@ -54,7 +54,8 @@ def test_inputs_enter_the_fingerprint():
     a = run_stage(KEY, inputs=[up1.manifest], config={}, code=CODE, run=run, produce=_write(1))
     b = run_stage(KEY, inputs=[up2.manifest], config={}, code=CODE, run=run, produce=_write(1))
     assert a.manifest["fingerprint"] != b.manifest["fingerprint"]
-    assert a.manifest["inputs"] == [{"id": up1.id, "fingerprint": up1.manifest["fingerprint"]}]
+    assert a.manifest["inputs"] == [{"id": up1.id, "fingerprint": up1.manifest["fingerprint"], "seal": up1.manifest["seal"]}]
+    assert a.manifest["seal"] == commit.content_seal(a.manifest)
 
 
 def test_failed_attempt_commits_nothing_and_is_audited():
@@ -426,3 +427,19 @@ def test_every_dlpipe_home_accepted_survives_a_file_url(monkeypatch, tmp_path):
     monkeypatch.setenv("DLPIPE_HOME", str(tmp_path / "a.b_c-d+e=f,g:h@i~j"))
     home = audit.settings.home()
     assert pafs.FileSystem.from_uri(f"file://{home}/x")[1] == f"{home}/x"
+
+
+def test_a_failed_attempt_leaves_its_inputs_code_and_config_in_the_audit_log():
+    """No manifest records a failed try: its 'started' event must say what it ran on and with."""
+    run = RunContext(dag_id="d", run_id="r", task_id="t", try_number=3)
+    up = run_stage(StageKey("raw", "t", "p1"), inputs=[], config={}, code=CODE, run=run, produce=_write(1))
+
+    def boom(attempt):
+        raise RuntimeError("out of memory")
+
+    with pytest.raises(RuntimeError):
+        run_stage(KEY, inputs=[up.manifest], config={"lr": 0.1}, code=CODE, run=run, produce=boom)
+    started = [e for e in audit.read() if e["event"] == "started" and e["stage"] == KEY.stage][-1]
+    assert started["inputs"] == [up.id] and started["config"] == {"lr": 0.1}
+    assert started["code"]["sources_hash"] == CODE["sources_hash"] and "dlpipe_version" in started["code"]
+    assert "git_commit" in started["code"] and started["run"]["try_number"] == 3

@@ -171,6 +171,21 @@ def test_summary_expects_a_promotion_only_where_the_dag_has_one(capsys):
     assert cli.main(["summary", "--dag-id", "d"]) == 1
 
 
+def test_summary_goes_by_each_tasks_newest_try_not_the_last_line(capsys):
+    """A try Airflow gave up on (lost heartbeat) can log its 'failed' after the next try's commit:
+    the run succeeded, and the summary must say so; a newer try's failure still fails it."""
+    stages = ["extract_features", "materialize_dataset", "data_gate", "train", "model_gate", "register_model"]
+    _run_events("manual__1", stages, after_registration=[])
+    late = RunContext(dag_id="d", run_id="manual__1", task_id="train", try_number=0)
+    audit.record("failed", stage="train", run=late, error="killed: Airflow stopped the task (SIGTERM)")
+    assert cli.main(["summary", "--dag-id", "d"]) == 0
+    assert "killed" not in capsys.readouterr().out
+    newer = RunContext(dag_id="d", run_id="manual__1", task_id="train", try_number=2)
+    audit.record("failed", stage="train", run=newer, error="a newer try failed")
+    assert cli.main(["summary", "--dag-id", "d"]) == 1
+    assert "a newer try failed" in capsys.readouterr().out
+
+
 def test_summary_survives_raw_partitions_deleted_by_retention(capsys):
     from dlpipe import commit
 
