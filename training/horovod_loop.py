@@ -75,6 +75,9 @@ class Trainer:
         self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.learning_rate)
         self.ckpt_dir = Path(spec["checkpoint_dir"])
         self.samples, self.earlier_wait_s, self.train = 0, 0.0, None
+        # epoch -> world size it was trained at, carried through checkpoints (rank 0's): a model
+        # resumed across attempts or elastic resets may have trained at several sizes
+        self.world_sizes: dict[int, int] = {}
 
     # -- what a model defines ------------------------------------------------------------------
 
@@ -165,6 +168,7 @@ class Trainer:
         if not found:
             return 0
         epoch, path, state = found
+        self.world_sizes = {int(k): int(v) for k, v in (state.get("world_sizes") or {}).items()}
         self.net.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
         self.scale_learning_rate()
@@ -188,12 +192,14 @@ class Trainer:
                 loss_sum += loss.detach()
                 self.samples += len(xb)
         avg = self.hvd.allreduce((loss_sum / self.steps).cpu(), op=self.hvd.Average).item()
+        self.world_sizes[epoch + 1] = self.size  # an epoch trained again after a reset: its last size
         if self.rank == 0:
             log(0, f"epoch {epoch + 1}/{self.cfg.epochs}: loss {avg:.4f} ({self.steps} steps/rank, "
                    f"world size {self.size}, {self.wait_s:.2f}s waiting for data so far)")
             path = checkpoint.save(self.ckpt_dir, epoch + 1, {"model": self.net.state_dict(),
                                                               "optimizer": self.opt.state_dict(),
-                                                              "epoch": epoch + 1})
+                                                              "epoch": epoch + 1,
+                                                              "world_sizes": dict(self.world_sizes)})
             log(0, f"checkpoint {path.name} sealed")
 
 
@@ -238,9 +244,11 @@ def train_elastic(t: Trainer) -> dict:
         # checkpoint's). It is the rollback point until the first commit: without this save, a
         # rank that lost rank 0 in that epoch rolled back to its own initial weights.
         state.save()
+        t.world_sizes = dict(state.world_sizes)  # rank 0's (resumed) record, or the rollback point's
         while state.epoch < t.cfg.epochs:
             t.run_epoch(state.epoch)
             state.epoch += 1
+            state.world_sizes = dict(t.world_sizes)
             state.commit()  # the rollback point for the next failure
 
     loop(state)  # the first sync broadcasts rank 0's resumed state and epoch to every rank
@@ -259,9 +267,22 @@ def elastic_state(hvd, t: Trainer, start: int):
             if hvd.broadcast_object(bool(self.value.state_dict()["state"]), root_rank=0):
                 super().sync()
 
-    state = hvd.elastic.TorchState(model=t.net, optimizer=t.opt, epoch=start, start=start)
+    state = hvd.elastic.TorchState(model=t.net, optimizer=t.opt, epoch=start, start=start,
+                                   world_sizes=dict(t.world_sizes))
     state._handlers["optimizer"] = OptimizerSyncedOnceStateful(t.opt)  # Horovod has no public hook per state
     return state
+
+
+def _size_runs(sizes: dict[int, int]) -> list[dict]:
+    """{1: 2, 2: 2, 3: 1} -> [{"epochs": "1-2", "world_size": 2}, {"epochs": "3", "world_size": 1}]."""
+    runs: list[dict] = []
+    for epoch in sorted(sizes):
+        if runs and runs[-1]["world_size"] == sizes[epoch] and runs[-1]["last"] == epoch - 1:
+            runs[-1]["last"] = epoch
+        else:
+            runs.append({"first": epoch, "last": epoch, "world_size": sizes[epoch]})
+    return [{"epochs": f"{r['first']}-{r['last']}" if r["last"] > r["first"] else str(r["first"]),
+             "world_size": r["world_size"]} for r in runs]
 
 
 def main(trainer_cls: type[Trainer], argv: list[str] | None = None) -> int:
@@ -293,8 +314,12 @@ def main(trainer_cls: type[Trainer], argv: list[str] | None = None) -> int:
         "world_size": t.size,
         "device": t.device.type,
         "allreduce": "NCCL" if t.device.type == "cuda" and hvd.nccl_built() else "Gloo",
+        # each epoch's world size, this attempt's and earlier ones' (from the checkpoint): one
+        # entry when the whole model trained at one size
+        "world_sizes": _size_runs(t.world_sizes),
+        # this attempt's time and throughput only (a resumed attempt trained fewer epochs)
         "train_seconds": round(train_s, 3),
-        "samples_per_s": round(total_samples / train_s, 1) if train_s > 0 else None,
+        "samples_per_s": round(total_samples / train_s, 1) if train_s > 0 and total_samples else None,
         # per rank: time blocked on the data loader versus everything else in the training loop
         "ranks": ranks,
         "data_wait_fraction": round(sum(r["data_wait_s"] for r in ranks) / max(1e-9, t.size * train_s), 4),

@@ -118,6 +118,7 @@ def test_killed_rank_fails_fast_and_the_retry_resumes_past_a_torn_checkpoint(dat
     retry = _train(dataset, lines)
     m = retry.manifest["summary"]["metrics"]
     assert m["resumed_from_epoch"] == valid and m["epochs"] == CFG.epochs
+    assert m["world_sizes"] == [{"epochs": f"1-{CFG.epochs}", "world_size": 2}]  # both attempts at 2
     text = "\n".join(lines)
     assert f"ignoring epoch-{valid + 2:04d}.pt: hash mismatch" in text
     assert f"ignoring epoch-{valid + 1:04d}.pt: no seal" in text
@@ -201,6 +202,10 @@ def test_elastic_job_loses_a_rank_and_finishes_with_the_survivor(dataset, tmp_pa
     m = result.manifest["summary"]["metrics"]
     assert m["elastic_resets"] >= 1 and m["world_size"] == 1 and m["epochs"] == config.epochs, m
     assert m["train_rows"] == dataset["summary"]["rows"]["train"]  # the survivor read every shard
+    # the epochs trained by two ranks, then by the survivor, every epoch accounted for
+    sizes = m["world_sizes"]
+    assert sizes[0]["world_size"] == 2 and sizes[0]["epochs"].startswith("1-") and sizes[-1]["world_size"] == 1
+    assert sizes[-1]["epochs"].endswith(str(config.epochs)) and len(sizes) == 2, sizes
     assert "membership changed: world size is now 1" in "\n".join(lines)
     summary = result.manifest["summary"]  # -H is never given to an elastic job: its discovery is recorded
     assert (summary["hosts"], summary["host_discovery_script"], summary["min_np"], summary["max_np"]) == \

@@ -423,3 +423,11 @@ def test_an_nccl_interface_horovodrun_would_override_is_refused():
 def test_the_mpi_controller_is_refused_with_the_reason():
     with pytest.raises(ConfigError, match=r"scale\.controller='mpi': .*built without MPI.*use controller: gloo"):
         section({"scale": {"controller": "mpi"}}, "scale", ScaleConfig)
+
+
+def test_world_sizes_are_reported_as_runs_of_epochs():
+    from training.horovod_loop import _size_runs
+
+    assert _size_runs({1: 2, 2: 2, 3: 1, 4: 1, 5: 2}) == [
+        {"epochs": "1-2", "world_size": 2}, {"epochs": "3-4", "world_size": 1}, {"epochs": "5", "world_size": 2}]
+    assert _size_runs({}) == []
