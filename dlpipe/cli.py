@@ -519,7 +519,9 @@ def _summary_details(final: dict[str, dict]) -> list[str]:
         else:  # a classifier: error rates
             quality = (f"train error {m['train_error']:.2%}, validation error {m['val_error']:.2%} "
                        f"(baseline {m['baseline_error']:.2%})")
-        out.append(f"training:           {quality}, {m['samples_per_s']:.0f} samples/s on {m['world_size']} processes")
+        speed = f"{m['samples_per_s']:.0f} samples/s" if m.get("samples_per_s") is not None else \
+            "no epoch trained in the committing try (resumed at the end)"
+        out.append(f"training:           {quality}, {speed} on {m['world_size']} processes")
     mg = load("model_gate")
     if mg:
         note = mg["summary"].get("note")

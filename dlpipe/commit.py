@@ -265,7 +265,8 @@ def content_seal(manifest: dict) -> str:
     version record the seals of its whole chain, under its model fingerprint: a manifest edited
     after its commit, files and their hashes rewritten together, no longer gives the seal they
     recorded."""
-    return fingerprint({k: v for k, v in manifest.items() if k != "seal"})
+    # as it reads back from disk (JSON has string keys only: {2: .., 10: ..} would reorder)
+    return fingerprint(json.loads(canonical_json({k: v for k, v in manifest.items() if k != "seal"})))
 
 
 def input_entry(m: dict) -> dict:

@@ -111,10 +111,12 @@ def model_lineage(training_id: str, gate_ids: list[str]) -> dict:
     training = commit.load_manifest(training_id)
     dataset = commit.load_manifest(training["inputs"][0]["id"])
     features = [commit.load_manifest(i["id"]) for i in dataset["inputs"]]
-    # under the model fingerprint: the chain's manifests as they were when it was registered
-    # (gates are evidence, outside the model's identity: each is checked on its own). Left out
-    # for a chain committed before seals, so a rerun finds the version registered before.
-    seals = {m["id"]: m["seal"] for m in (training, dataset, *features) if "seal" in m}
+    # Under the model fingerprint: the training manifest as it was when it was registered; its
+    # seal covers its input entries' seals, and each of those the next one down. (Only the
+    # training's: a dataset re-materialized under the same id must not make its committed
+    # training another model, registered twice.) Left out for a training committed before
+    # seals, so a rerun finds the version registered before.
+    seals = {training["id"]: training["seal"]} if "seal" in training else {}
     return {
         "training": training["id"],
         "dataset": dataset["id"],

@@ -118,12 +118,13 @@ def list_versions(store: Store, name: str | None = None) -> list[dict]:
 
 
 def get_version(store: Store, name: str, version: int) -> dict:
+    key = _record_key(_check_name(name), version)
     try:
-        record = json.loads(store.get(_record_key(_check_name(name), version)))
+        record = json.loads(store.get(key))
         if not isinstance(record, dict):
-            raise ValueError("not a JSON object")
+            raise json.JSONDecodeError("not a JSON object", "", 0)
         return record
-    except ValueError as exc:  # torn or overwritten: say so, never a traceback
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # torn or overwritten: never a traceback
         raise IntegrityError(f"{name}@{version}: its version record in {store.uri} is not readable "
                              f"({exc}); it was damaged or edited: do not load this version") from None
     except NotCommittedError:
@@ -163,6 +164,9 @@ def _index(store: Store, name: str, identity: str, version: int) -> None:
         store.put_new(f"{name}/identities/{identity}/{version:06d}", b"")
     except CommitConflict:
         pass  # indexed already (a concurrent registration, or a repeat of our own write)
+    except Exception as exc:  # the version stands; a registration without the entry reads its record
+        log.warning("%s@%d: could not write its index entry (%s); the next registration adds it",
+                    name, version, exc)
 
 
 def _find_same(store: Store, name: str, identity: str) -> tuple[dict | None, int]:
@@ -225,6 +229,9 @@ def register(store: Store, name: str, model_dir: Path, *, metrics: dict[str, Any
                      gates=lineage.get("gates"))  # this run's verdicts, kept as evidence
         return rec, False
 
+    check = getattr(store, "check_conditional_writes", None)
+    if check is not None:  # before any upload: a store it refuses gets no blobs either
+        check()
     for art, (rel, path) in zip(artifacts, files):
         key, parts = f"{name}/blobs/{art['sha256']}", known.get(rel, {}).get("parts_sha256")
         if store.holds(key, path, art["sha256"], parts):

@@ -14,7 +14,6 @@ import logging
 import os
 import re
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
@@ -195,23 +194,26 @@ class S3Store:
         write to an existing key (``If-None-Match: *``) and a replace of a changed one
         (``If-Match``). A store that silently drops those headers would let two registrations
         take one version number, the second overwriting the first, with both told they won.
-        A probe key under the registry prefix is written, written again with each condition
-        (both must be refused), and deleted."""
+        One probe key, ``.dlpipe-probe`` under the prefix, is created once (create-only) and
+        kept: it needs no delete permission (a write-once policy suits a registry), leaves no
+        versions behind in a versioned bucket, and every later check only sends two PUTs the
+        server must refuse: create-only, and replace with an ETag it cannot hold."""
         if self._conditional_checked:
             return
-        probe = self._key(f".dlpipe-probe/{uuid.uuid4().hex}")
-        self.client.put_object(Bucket=self.bucket, Key=probe, Body=b"probe")
+        probe = self._key(".dlpipe-probe")
+        ignored = []
         try:
-            ignored = []
-            for header, value in (("IfNoneMatch", "*"), ("IfMatch", '"00000000000000000000000000000000"')):
-                try:
-                    self.client.put_object(Bucket=self.bucket, Key=probe, Body=b"probe", **{header: value})
-                    ignored.append(header)
-                except Exception as exc:
-                    if self._code(exc) not in self._REFUSED + ("409",):
-                        raise
-        finally:
-            self.client.delete_object(Bucket=self.bucket, Key=probe)
+            self.client.put_object(Bucket=self.bucket, Key=probe, Body=b"dlpipe", IfNoneMatch="*")
+        except Exception as exc:
+            if self._code(exc) not in self._REFUSED:  # refused: it exists from an earlier check
+                raise
+        for header, value in (("IfNoneMatch", "*"), ("IfMatch", '"00000000000000000000000000000000"')):
+            try:
+                self.client.put_object(Bucket=self.bucket, Key=probe, Body=b"dlpipe", **{header: value})
+                ignored.append(header)
+            except Exception as exc:
+                if self._code(exc) not in self._REFUSED + ("409",):
+                    raise
         if ignored:
             raise ConfigError("registry root", self.uri,
                               f"the S3 endpoint ignored a conditional write ({', '.join(ignored)}), so two "

@@ -100,12 +100,18 @@ class HorovodTrainOperator(DlpipeOperator):
             check_rank_env(self.env)
         except ConfigError as exc:
             raise ConfigError(_argument(self.task_id, "env"), exc.value, exc.fix) from None
+        if network_interface is not None:  # else the YAML's, known when the task runs
+            self._check_nccl_interface(network_interface)
+        self._proc = None
+
+    def _check_nccl_interface(self, network_interface: str | None) -> None:
+        """An NCCL_SOCKET_IFNAME in ``env`` that horovodrun would override (see
+        ``training.config.nccl_interface_problem``), named as this operator's argument."""
         from training.config import nccl_interface_problem
 
-        if problem := nccl_interface_problem(self.env, network_interface):  # the YAML's would not help
+        if problem := nccl_interface_problem(self.env, network_interface):
             raise ConfigError(_argument(self.task_id, "env"), "NCCL_SOCKET_IFNAME",
                               problem.replace("network_interface: ", "network_interface="))
-        self._proc = None
 
     def run_stage(self, context: Any, pipeline: dict, run: RunContext) -> StageResult:
         from operators.kinds import kind_of
@@ -115,6 +121,7 @@ class HorovodTrainOperator(DlpipeOperator):
         kind = kind_of(pipeline)
         cfg = section(pipeline, "train", kind.sections()["train"])
         scale = self._scale(pipeline)
+        self._check_nccl_interface(scale.network_interface)
 
         launch = horovod_launcher(scale, env=self.env, emit=lambda line: self.log.info("%s", line),
                                   on_start=self._started)

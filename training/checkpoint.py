@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 
 from dlpipe.fsutil import write_temp
@@ -30,7 +31,7 @@ def keep_all() -> bool:
     return os.environ.get(KEEP_ALL_VAR, "") not in ("", "0")
 
 
-def save(ckpt_dir: Path, epoch: int, state: dict) -> Path:
+def save(ckpt_dir: Path, epoch: int, state: dict) -> Path | None:
     """Write and seal the checkpoint taken after ``epoch`` (1-based) epochs."""
     import io
 
@@ -40,22 +41,43 @@ def save(ckpt_dir: Path, epoch: int, state: dict) -> Path:
     torch.save(state, buf)
     data = buf.getvalue()
     path = ckpt_dir / f"epoch-{epoch:04d}.pt"
-    os.replace(write_temp(path, data), path)
     seal = path.with_suffix(".sha256")
-    os.replace(write_temp(seal, sha256_bytes(data).encode()), seal)
+    try:
+        os.replace(write_temp(path, data), path)
+        os.replace(write_temp(seal, sha256_bytes(data).encode()), seal)
+    except FileNotFoundError:
+        # a concurrent try of this training committed and removed the folder (or pruned this
+        # epoch's files) meanwhile: this checkpoint is not needed; training goes on
+        print(f"[checkpoint] {path.name} not kept: its folder changed under it (a concurrent try)", flush=True)
+        return None
     if not keep_all():
         prune(ckpt_dir, keep_from=epoch - KEEP + 1)
     return path
 
 
-def prune(ckpt_dir: Path, keep_from: int) -> None:
-    """Delete checkpoints of epochs before ``keep_from`` and temporary files a killed write
-    left. Called by rank 0 right after it sealed a newer epoch, so a resume never needs them."""
-    for p in ckpt_dir.iterdir():
+STALE_TEMP_S = 3600  # a temporary file this old is left by a killed write, not one in progress
+_TEMP = re.compile(r"^\.epoch-(\d{4})\.(?:pt|sha256)\.[0-9a-f]+\.tmp$")
+
+
+def prune(ckpt_dir: Path, keep_from: int, now: float | None = None) -> None:
+    """Delete checkpoints of epochs before ``keep_from``, and temporary files of such epochs
+    that a killed write left (an hour old: a concurrent try of the same training shares the
+    folder and may be writing one). Called by rank 0 right after it sealed a newer epoch, so a
+    resume never needs them."""
+    now = time.time() if now is None else now
+    try:
+        entries = list(ckpt_dir.iterdir())
+    except FileNotFoundError:  # removed by a concurrent try that committed
+        return
+    for p in entries:
         m = _NAME.match(p.with_suffix(".pt").name) if p.suffix in (".pt", ".sha256") else None
-        stale_temp = p.name.startswith(".epoch-") and p.name.endswith(".tmp")
-        if (m and int(m.group(1)) < keep_from) or stale_temp:
-            p.unlink(missing_ok=True)  # a concurrent attempt may have removed it first
+        t = _TEMP.match(p.name)
+        try:
+            stale = t is not None and int(t.group(1)) < keep_from and now - p.stat().st_mtime > STALE_TEMP_S
+            if (m and int(m.group(1)) < keep_from) or stale:
+                p.unlink()
+        except FileNotFoundError:
+            pass  # a concurrent try removed it first
 
 
 def _epochs(ckpt_dir: Path) -> list[tuple[int, Path]]:

@@ -200,7 +200,8 @@ class Trainer:
                                                               "optimizer": self.opt.state_dict(),
                                                               "epoch": epoch + 1,
                                                               "world_sizes": dict(self.world_sizes)})
-            log(0, f"checkpoint {path.name} sealed")
+            if path is not None:
+                log(0, f"checkpoint {path.name} sealed")
 
 
 def train_static(t: Trainer) -> dict:

@@ -387,9 +387,28 @@ def test_an_endpoint_that_ignores_conditional_writes_is_refused_before_any_recor
     with pytest.raises(ConfigError, match=r"ignored a conditional write \(IfNoneMatch, IfMatch\)"):
         registry.register(store, "eta", _model_dir(tmp_path, b"w"), metrics={}, lineage={}, run=RunContext())
     left = [o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
-    assert not [k for k in left if "/versions/" in k or ".dlpipe-probe" in k], left
+    assert left == ["registry/.dlpipe-probe"], left  # refused before any upload: no blob, no record
     # the same server through a client that sends the headers passes the probe and registers
     honest = S3Store(f"s3://{bucket}/registry", s3_client)
     rec, created = registry.register(honest, "eta", _model_dir(tmp_path, b"w"), metrics={}, lineage={},
                                      run=RunContext())
     assert (rec["version"], created) == (1, True)
+
+
+def test_the_probe_needs_no_delete_permission_and_leaves_one_key(s3_client, tmp_path):
+    """A write-once policy suits an immutable registry: the probe key is made once and kept."""
+    bucket = new_bucket(s3_client)
+
+    def no_deletes(**_):
+        raise AssertionError("the registry deleted an object")
+
+    s3_client.meta.events.register("before-call.s3.DeleteObject", no_deletes)
+    try:
+        for i in range(2):  # a second store (another task) checks again, reusing the key
+            store = S3Store(f"s3://{bucket}/registry", s3_client)
+            registry.register(store, "eta", _model_dir(tmp_path, b"w%d" % i), metrics={}, lineage={}, run=RunContext())
+    finally:
+        s3_client.meta.events.unregister("before-call.s3.DeleteObject", no_deletes)
+    keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"]]
+    assert keys.count("registry/.dlpipe-probe") == 1
+    assert [r["version"] for r in registry.list_versions(store, "eta")] == [1, 2]

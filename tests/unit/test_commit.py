@@ -443,3 +443,12 @@ def test_a_failed_attempt_leaves_its_inputs_code_and_config_in_the_audit_log():
     assert started["inputs"] == [up.id] and started["config"] == {"lr": 0.1}
     assert started["code"]["sources_hash"] == CODE["sources_hash"] and "dlpipe_version" in started["code"]
     assert "git_commit" in started["code"] and started["run"]["try_number"] == 3
+
+
+def test_a_seal_is_the_one_the_manifest_gives_when_read_back():
+    """JSON keys are strings on disk: a summary keyed by numbers reorders when read back."""
+    run = RunContext()
+    done = run_stage(KEY, inputs=[], config={}, code=CODE, run=run,
+                     produce=lambda attempt: {"by_epoch": {2: 0.5, 10: 0.4}})
+    on_disk = commit.load_manifest(done.id)
+    assert on_disk["seal"] == done.manifest["seal"] == commit.content_seal(on_disk)

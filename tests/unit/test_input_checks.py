@@ -256,3 +256,17 @@ def test_summary_knows_a_hand_written_dags_tasks_by_their_stage(capsys):
     assert cli.main(["summary", "--dag-id", "fraud"]) == 1
     out = capsys.readouterr().out
     assert re.search(r"promote +failed", out) and re.search(r"promote_canary +committed", out)
+
+
+def test_summary_of_a_training_resumed_at_its_last_epoch_has_no_speed_to_show():
+    """A retry that resumed from the final checkpoint trained no epoch: samples_per_s is null."""
+    from dlpipe import commit
+    from dlpipe.cli import _summary_details
+
+    metrics = {"train_mae": 3.0, "val_mae": 3.1, "baseline_mae": 8.0, "samples_per_s": None, "world_size": 2}
+    tr = commit.run_stage(commit.StageKey("training", "eta", "window_end=2026-01-03"), inputs=[], config={},
+                          code={"sources_hash": "t"}, run=RunContext(),
+                          produce=lambda attempt: {"metrics": metrics}).manifest
+    [line] = [x for x in _summary_details({"train": {"event": "committed", "manifest_id": tr["id"]}})
+              if x.startswith("training:")]
+    assert "validation MAE 3.100" in line and "no epoch trained in the committing try" in line

@@ -492,3 +492,30 @@ def test_a_registration_finds_an_identical_model_without_reading_every_record(st
     counting.record_reads = 0
     rec, created = registry.register(counting, "eta", _model(tmp_path, b"w0"), metrics={}, lineage={"i": 0}, run=run)
     assert (rec["version"], created, counting.record_reads) == (1, False, 1)
+
+
+def test_a_failed_index_write_does_not_fail_a_stored_version(tmp_path, monkeypatch, caplog):
+    store = LocalStore(tmp_path / "registry")
+    real = store.put_new
+
+    def index_fails(key, data):
+        if "/identities/" in key:
+            raise OSError("disk went away")
+        return real(key, data)
+
+    monkeypatch.setattr(store, "put_new", index_fails)
+    rec, created = registry.register(store, "eta", _model(tmp_path, b"w"), metrics={}, lineage={}, run=RunContext())
+    assert (rec["version"], created) == (1, True) and "could not write its index entry" in caplog.text
+    monkeypatch.setattr(store, "put_new", real)
+    rec, created = registry.register(store, "eta", _model(tmp_path, b"w"), metrics={}, lineage={}, run=RunContext())
+    assert (rec["version"], created) == (1, False)  # found without the entry, and indexed now
+    assert store.list("eta/identities/")
+
+
+def test_a_bad_model_name_is_a_config_error_not_a_damaged_record(tmp_path):
+    with pytest.raises(ConfigError, match="model name"):
+        registry.get_version(LocalStore(tmp_path / "registry"), "Bad Name", 1)
+    (tmp_path / "registry/eta/versions").mkdir(parents=True)
+    (tmp_path / "registry/eta/versions/000001.json").write_text('{"name": "eta", "vers')
+    with pytest.raises(IntegrityError, match="eta@1: its version record .* is not readable"):
+        registry.get_version(LocalStore(tmp_path / "registry"), "eta", 1)

@@ -225,16 +225,40 @@ def test_training_files_that_no_longer_hold_the_committed_rows_are_refused_befor
 def test_only_the_two_newest_checkpoints_and_no_stale_temporary_files_stay(tmp_path, monkeypatch):
     from training import checkpoint
 
+    import os
+    import time
+
     monkeypatch.delenv(checkpoint.KEEP_ALL_VAR, raising=False)
-    (tmp_path / ".epoch-0001.pt.0123abcd.tmp").write_bytes(b"left by a killed write")
+    killed = tmp_path / ".epoch-0001.pt.0123abcd.tmp"
+    killed.write_bytes(b"left by a killed write")
+    os.utime(killed, (time.time() - 2 * 3600,) * 2)
+    # a concurrent try of the same training, behind this one, writing its epoch 2 right now
+    (tmp_path / ".epoch-0002.pt.4567ef.tmp").write_bytes(b"being written")
     for epoch in range(1, 5):
         checkpoint.save(tmp_path, epoch, {"epoch": epoch, "w": torch.ones(2) * epoch})
     assert sorted(p.name for p in tmp_path.iterdir()) == \
-        ["epoch-0003.pt", "epoch-0003.sha256", "epoch-0004.pt", "epoch-0004.sha256"]
+        [".epoch-0002.pt.4567ef.tmp", "epoch-0003.pt", "epoch-0003.sha256", "epoch-0004.pt", "epoch-0004.sha256"]
     monkeypatch.setenv(checkpoint.KEEP_ALL_VAR, "1")  # kept to look into a run
     checkpoint.save(tmp_path, 5, {"epoch": 5})
     checkpoint.save(tmp_path, 6, {"epoch": 6})
     assert len(list(tmp_path.glob("epoch-*.pt"))) == 4
+
+
+def test_a_checkpoint_whose_folder_a_concurrent_try_removed_is_skipped_not_fatal(tmp_path, monkeypatch, capsys):
+    """The try that commits removes the folder; a concurrent try still training must go on."""
+    from training import checkpoint
+
+    real = checkpoint.write_temp
+
+    def folder_removed_meanwhile(path, data):
+        tmp = real(path, data)
+        tmp.unlink()
+        return tmp
+
+    monkeypatch.setattr(checkpoint, "write_temp", folder_removed_meanwhile)
+    assert checkpoint.save(tmp_path / "gone", 3, {"epoch": 3}) is None
+    assert "epoch-0003.pt not kept" in capsys.readouterr().out
+    checkpoint.prune(tmp_path / "never-made", keep_from=5)  # no error either
 
 
 def test_a_sealed_checkpoint_torch_cannot_load_falls_back_to_the_one_before(tmp_path, capsys):
@@ -413,11 +437,18 @@ def test_an_nccl_interface_horovodrun_would_override_is_refused():
         section({"scale": {"env": {"NCCL_SOCKET_IFNAME": "ib0"}}}, "scale", ScaleConfig)
     same = section({"scale": {"network_interface": "ib0", "env": {"NCCL_SOCKET_IFNAME": "ib0"}}}, "scale", ScaleConfig)
     assert same.env == {"NCCL_SOCKET_IFNAME": "ib0"}
-    with pytest.raises(ConfigError, match=rf"{ARGUMENT}='NCCL_SOCKET_IFNAME': .*set network_interface=ib0"):
-        HorovodTrainOperator(task_id="train", dataset_id="x", pipeline_config="p.yaml",
+    with pytest.raises(ConfigError, match=rf"{ARGUMENT}='NCCL_SOCKET_IFNAME': .*NCCL_SOCKET_IFNAME=eth0 .*"
+                                          rf"set network_interface=ib0"):
+        HorovodTrainOperator(task_id="train", dataset_id="x", pipeline_config="p.yaml", network_interface="eth0",
                              env={"NCCL_SOCKET_IFNAME": "ib0"})
     HorovodTrainOperator(task_id="train", dataset_id="x", pipeline_config="p.yaml", network_interface="ib0",
                          env={"NCCL_SOCKET_IFNAME": "ib0"})
+    # without the argument, the YAML's network_interface decides, when the task runs
+    op = HorovodTrainOperator(task_id="train", dataset_id="x", pipeline_config="p.yaml",
+                              env={"NCCL_SOCKET_IFNAME": "ib0"})
+    op._check_nccl_interface("ib0")
+    with pytest.raises(ConfigError, match=r"<every interface the hosts share>"):
+        op._check_nccl_interface(None)
 
 
 def test_the_mpi_controller_is_refused_with_the_reason():
