@@ -78,7 +78,8 @@ def input_stats(spark, spec: dict) -> dict:
     own = spark.read.parquet(*spec["interval_files"])
     counts = own.select("order_ts").agg(
         F.sum((ts < start).cast("int")).alias("before"), F.sum((ts >= end).cast("int")).alias("after"),
-        F.sum((ts >= F.lit(reach.isoformat()).cast("timestamp")).cast("int")).alias("beyond")).first()
+        F.sum((ts >= F.lit(reach.isoformat()).cast("timestamp")).cast("int")).alias("beyond"),
+        F.sum(ts.isNull().cast("int")).alias("no_order_ts")).first()
     missing = before = counts["before"] or 0
     history_files = [f for f in spec["input_files"] if f not in set(spec["interval_files"])]
     if before and history_files:
@@ -86,7 +87,9 @@ def input_stats(spark, spec: dict) -> dict:
         missing = own.where(ts < start).select(KEY_COLUMN).join(earlier, KEY_COLUMN, "left_anti").count()
     return {"input_rows": read["rows"], "rows_in_interval": read["in_interval"] or 0,
             "ordered_before_interval": before, "before_interval_not_in_lookback": missing,
-            "ordered_after_interval": counts["after"] or 0, "after_lookback_reach": counts["beyond"] or 0}
+            "ordered_after_interval": counts["after"] or 0, "after_lookback_reach": counts["beyond"] or 0,
+            # in no day: a null compares neither before, in nor after the interval
+            "without_order_ts": counts["no_order_ts"] or 0}
 
 
 def build_features(spark, spec: dict, partitions: int = 1):

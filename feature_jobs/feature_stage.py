@@ -198,6 +198,10 @@ def _warn_about_left_out(stats: dict, raw: StageKey) -> None:
                     "partition. Raw partitions must be keyed by the UTC day of order_ts; file them under their "
                     "order day and run that day's features again", stats["before_interval_not_in_lookback"],
                     raw.relpath)
+    if stats.get("without_order_ts"):
+        log.warning("%d row(s) of %s have no order_ts: they belong to no day and are in no feature partition; "
+                    "fix the ingestion that wrote them, commit the day again and clear this task",
+                    stats["without_order_ts"], raw.relpath)
     if stats["after_lookback_reach"]:
         log.warning("%d row(s) of %s were ordered later than lookback_days after its day: no run reads this "
                     "partition for them, so they are in no feature partition", stats["after_lookback_reach"],
@@ -255,6 +259,13 @@ def extract_features(interval_start, interval_end, *, config: FeatureJobConfig, 
         stats = json.loads((attempt / "input_stats.json").read_text())
         stats["duplicate_rows"] = stats["rows_in_interval"] - rows  # copies of a trip the job dropped
         _warn_about_left_out(stats, raw_key)
+        if rows == 0:  # rows in the file, none of them this day's: an empty partition would commit
+            raise ConfigError(
+                f"raw partition {raw_key.relpath}", f"{interval_rows} rows, none ordered on {day.isoformat()}",
+                f"{stats.get('without_order_ts', 0)} have no order_ts, {stats['ordered_before_interval']} were "
+                f"ordered before the day and {stats['ordered_after_interval']} after it, so the feature partition "
+                f"would be empty; raw partitions must hold the trips ordered on their UTC day: commit the day's "
+                f"data again through ingestion, then clear the task")
         return {"rows": rows, "day": day.isoformat(),
                 "content_sha256": content_hash(parts, out),
                 "history_days": len(inputs) - 1, "missing_history_days": sorted(missing),

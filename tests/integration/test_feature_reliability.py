@@ -199,3 +199,37 @@ def test_backfill_of_several_days_equals_single_day_runs(tmp_path, monkeypatch, 
     single = extract_features(*DAY3, config=CFG, run=RunContext(), submit=local_spark_submit())
     assert single.manifest["summary"]["content_sha256"] == backfill["2026-01-03"]["summary"]["content_sha256"]
     assert single.manifest["summary"]["rows"] == backfill["2026-01-03"]["summary"]["rows"] == 3000
+
+
+def test_rows_without_an_order_time_are_counted_by_the_job(tmp_path, monkeypatch, dlpipe_home, caplog):
+    """A null order_ts compares neither before, in nor after the day: the Spark job counts those
+    rows in its own partition, and the stage says so (they were in no count before)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    monkeypatch.setenv("DLPIPE_HOME", str(tmp_path / "source"))
+    _raw()
+    import json
+
+    source = tmp_path / "source"
+    mfile = next((source / "raw" / "trips" / "dt=2026-01-03" / "manifests").glob("*.json"))
+    (day3,) = commit.files(json.loads(mfile.read_text()), ".parquet", source)
+    table = pq.read_table(day3)
+    order_ts = table.column("order_ts").to_pylist()
+    order_ts[:7] = [None] * 7
+    broken = table.set_column(table.schema.get_field_index("order_ts"), "order_ts",
+                              pa.array(order_ts, table.schema.field("order_ts").type))
+    monkeypatch.setenv("DLPIPE_HOME", str(dlpipe_home))
+    _raw(days=2)
+
+    def produce(attempt: Path) -> dict:
+        pq.write_table(broken, attempt / "part-00000.parquet")
+        return {"rows": broken.num_rows}
+
+    commit.run_stage(StageKey("raw", "trips", "dt=2026-01-03"), inputs=[], config={"day": "2026-01-03"},
+                     code={"sources_hash": "test"}, run=RunContext(), produce=produce)
+    with caplog.at_level("WARNING", logger="feature_jobs.feature_stage"):
+        summary = extract_features(*DAY3, config=CFG, run=RunContext(), submit=local_spark_submit()).manifest["summary"]
+    assert summary["without_order_ts"] == 7 and summary["rows"] == summary["rows_in_interval"] - summary["duplicate_rows"]
+    assert summary["interval_raw_rows"] == broken.num_rows
+    assert "7 row(s) of raw/trips/dt=2026-01-03 have no order_ts" in caplog.text

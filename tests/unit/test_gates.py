@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -603,3 +605,23 @@ def test_the_shipped_eta_gates_refuse_a_trip_twice_in_a_split():
         assert validate_frames({"train": ids}, cfg)[0] == []
         failures = validate_frames({"train": pd.concat([ids, ids.iloc[:1]])}, cfg)[0]
         assert len(failures) == 1 and "train.trip_id: expect_column_values_to_be_unique" in failures[0], spec
+
+
+@pytest.mark.parametrize("cur,old,expected", [
+    (_stats(15.0, 0.0), _stats(15.4, 4.1),  # a broken join: every row gets the default
+     ["drift.x: the column became constant: std (4.1 -> 0), threshold 2.0"]),
+    (_stats(1000.0, 250.0), _stats(1.0, 0.0),
+     ["drift.x: a constant moved (1 -> 1000), threshold 0.5",
+      "drift.x: the column was constant: std (0 -> 250), threshold 2.0"]),
+    (_stats(1.0, 0.0), _stats(1.0, 0.0), []),  # constant, and the same constant
+])
+def test_drift_fails_when_a_column_becomes_or_was_constant(cur, old, expected):
+    """A std of 0 on either side turned both checks off (shift 0, ratio 1)."""
+    from dlpipe.gates import DriftConfig, check_drift
+
+    def manifest(st: dict, day: int) -> dict:
+        return {"id": f"datasets/d/window_end=2026-01-0{day}@{day}", "summary": {"stats": {"train": {"x": st}}}}
+
+    failures, report = check_drift(manifest(cur, 3), manifest(old, 2), DriftConfig())
+    assert failures == expected
+    json.dumps(report, allow_nan=False)  # the report goes into a manifest: no inf or NaN in it

@@ -56,7 +56,7 @@ NOTHING_LEFT_OUT = {"input_rows": 30, "rows_in_interval": 1, "ordered_before_int
                     "ordered_after_interval": 0, "after_lookback_reach": 0}
 
 
-def _extract(lookback_days: int = 1, stats: dict = NOTHING_LEFT_OUT) -> tuple[dict | None, list[str]]:
+def _extract(lookback_days: int = 1, stats: dict = NOTHING_LEFT_OUT, rows: int = 1) -> tuple[dict | None, list[str]]:
     """extract_features for DAY with a stand-in for Spark that reports ``stats`` as the job's
     input_stats; (its manifest, the apps submitted)."""
     submitted: list[str] = []
@@ -66,7 +66,7 @@ def _extract(lookback_days: int = 1, stats: dict = NOTHING_LEFT_OUT) -> tuple[di
         spec = json.loads(Path(args[args.index("--spec") + 1]).read_text())
         out = Path(spec["output_dir"])
         out.mkdir(parents=True)
-        pq.write_table(pa.table({"trip_id": ["a"]}), out / "part-00000-0c9e.snappy.parquet")
+        pq.write_table(pa.table({"trip_id": pa.array(["a"] * rows, pa.string())}), out / "part-00000-0c9e.snappy.parquet")
         Path(spec["stats_path"]).write_text(json.dumps(stats))
 
     end = date(DAY.year, DAY.month, DAY.day + 1)
@@ -208,3 +208,17 @@ def test_what_the_job_left_out_is_in_the_summary_and_the_log(caplog):
     assert "3 row(s) of raw/trips/dt=2026-01-03 were ordered before its day, and their trips are not in the " \
            "lookback partitions" in text
     assert "4 row(s) of raw/trips/dt=2026-01-03 were ordered later than lookback_days after its day" in text
+
+
+def test_a_day_whose_rows_are_none_of_its_own_is_refused_not_committed_empty(caplog):
+    """Rows without an order_ts (an ingestion bug) fall in no day: counted, said, and a day with
+    nothing else is refused instead of committing an empty feature partition that no later check
+    would see (it is not a missing day)."""
+    _commit_raw(DAY, _day())
+    stats = {**NOTHING_LEFT_OUT, "rows_in_interval": 0, "without_order_ts": 5}
+    with caplog.at_level("WARNING", logger="feature_jobs.feature_stage"), \
+            pytest.raises(ConfigError, match=r"raw partition raw/trips/dt=2026-01-03=.*none ordered on 2026-01-03.*"
+                                             r"5 have no order_ts.*commit the day's data again"):
+        _extract(lookback_days=0, stats=stats, rows=0)
+    assert "5 row(s) of raw/trips/dt=2026-01-03 have no order_ts" in caplog.text
+    assert not list((commit.StageKey("features", "eta", "dt=2026-01-03").dir() / "manifests").glob("*.json"))
