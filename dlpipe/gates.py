@@ -487,20 +487,19 @@ def _column_drift(c: str, a: dict, b: dict, ids: dict[str, str], cfg: DriftConfi
     comparable = not any(unusable.values()) and a.get("mean") is not None and b.get("mean") is not None
     shift = ratio = None
     if comparable:
-        # A constant column (std 0) has no scale to measure a move in: a constant that moved, or
-        # a column that became constant or stopped being so (a broken join filling a default),
-        # is drift beyond any threshold (None in the report), not the "no change" it read as.
+        # A column that became constant (a broken join filling a default into every row) is drift
+        # beyond any threshold (None in the report); it read as "no change". A column that was
+        # constant in the previous dataset gives no scale to measure against (a new pipeline's
+        # first window, before any history): it is not judged (None), as before.
         sa, sb = a.get("std") or 0.0, b.get("std") or 0.0
-        same_mean = math.isclose(a["mean"], b["mean"], rel_tol=1e-9, abs_tol=1e-12)
-        shift = abs(a["mean"] - b["mean"]) / sb if sb else (0.0 if same_mean else None)
-        ratio = max(sa / sb, sb / sa) if sa and sb else (1.0 if not sa and not sb else None)
-        if cfg.max_mean_shift_std is not None and (shift is None or shift > cfg.max_mean_shift_std):
-            moved = "a constant moved" if shift is None else f"mean moved {shift:.2f} previous std"
-            failures.append(f"drift.{c}: {moved} ({b['mean']:.4g} -> {a['mean']:.4g}), "
-                            f"threshold {cfg.max_mean_shift_std}")
-        if cfg.max_std_ratio is not None and (ratio is None or ratio > cfg.max_std_ratio):
-            how = f"std changed {ratio:.2f}x" if ratio is not None else \
-                ("the column became constant: std" if not sa else "the column was constant: std")
+        shift = abs(a["mean"] - b["mean"]) / sb if sb else None
+        ratio = max(sa / sb, sb / sa) if sa and sb else None
+        if cfg.max_mean_shift_std is not None and shift is not None and shift > cfg.max_mean_shift_std:
+            failures.append(f"drift.{c}: mean moved {shift:.2f} previous std ({b['mean']:.4g} -> "
+                            f"{a['mean']:.4g}), threshold {cfg.max_mean_shift_std}")
+        became_constant = sb and not sa
+        if cfg.max_std_ratio is not None and (became_constant or (ratio is not None and ratio > cfg.max_std_ratio)):
+            how = "the column became constant: std" if became_constant else f"std changed {ratio:.2f}x"
             failures.append(f"drift.{c}: {how} ({sb:.4g} -> {sa:.4g}), threshold {cfg.max_std_ratio}")
     if cfg.max_null_rate_increase is not None and nulls > cfg.max_null_rate_increase:
         failures.append(f"drift.{c}: null rate rose by {nulls:.4f}, threshold {cfg.max_null_rate_increase}")

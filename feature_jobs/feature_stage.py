@@ -260,12 +260,17 @@ def extract_features(interval_start, interval_end, *, config: FeatureJobConfig, 
         stats["duplicate_rows"] = stats["rows_in_interval"] - rows  # copies of a trip the job dropped
         _warn_about_left_out(stats, raw_key)
         if rows == 0:  # rows in the file, none of them this day's: an empty partition would commit
+            lost = (stats.get("without_order_ts", 0) or stats["before_interval_not_in_lookback"]
+                    or stats["after_lookback_reach"])
             raise ConfigError(
                 f"raw partition {raw_key.relpath}", f"{interval_rows} rows, none ordered on {day.isoformat()}",
                 f"{stats.get('without_order_ts', 0)} have no order_ts, {stats['ordered_before_interval']} were "
                 f"ordered before the day and {stats['ordered_after_interval']} after it, so the feature partition "
-                f"would be empty; raw partitions must hold the trips ordered on their UTC day: commit the day's "
-                f"data again through ingestion, then clear the task")
+                f"would be empty; " + (
+                    "some of them are in no feature partition (warned above): fix them, commit the day's data "
+                    "again through ingestion, then clear the task" if lost else
+                    "each is in another day's features, so nothing is lost: if the day truly had no trips, "
+                    "mark this run's tasks skipped (later windows then list the day in missing_feature_days)"))
         return {"rows": rows, "day": day.isoformat(),
                 "content_sha256": content_hash(parts, out),
                 "history_days": len(inputs) - 1, "missing_history_days": sorted(missing),

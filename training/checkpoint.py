@@ -42,6 +42,9 @@ def save(ckpt_dir: Path, epoch: int, state: dict) -> Path | None:
     data = buf.getvalue()
     path = ckpt_dir / f"epoch-{epoch:04d}.pt"
     seal = path.with_suffix(".sha256")
+    if not ckpt_dir.is_dir():  # removed by a try that committed: making it again would leave it behind
+        print(f"[checkpoint] {path.name} not kept: {ckpt_dir} was removed (a concurrent try committed)", flush=True)
+        return None
     try:
         os.replace(write_temp(path, data), path)
         os.replace(write_temp(seal, sha256_bytes(data).encode()), seal)

@@ -218,7 +218,12 @@ def test_a_day_whose_rows_are_none_of_its_own_is_refused_not_committed_empty(cap
     stats = {**NOTHING_LEFT_OUT, "rows_in_interval": 0, "without_order_ts": 5}
     with caplog.at_level("WARNING", logger="feature_jobs.feature_stage"), \
             pytest.raises(ConfigError, match=r"raw partition raw/trips/dt=2026-01-03=.*none ordered on 2026-01-03.*"
-                                             r"5 have no order_ts.*commit the day's data again"):
+                                             r"5 have no order_ts.*in no feature partition.*commit the day's data again"):
         _extract(lookback_days=0, stats=stats, rows=0)
     assert "5 row(s) of raw/trips/dt=2026-01-03 have no order_ts" in caplog.text
+    # every row a late copy of a trip already in the lookback: nothing lost, and the advice says so
+    stats = {**NOTHING_LEFT_OUT, "rows_in_interval": 0, "ordered_before_interval": 30}
+    with pytest.raises(ConfigError, match=r"each is in another day's features, so nothing is lost.*mark this run's "
+                                          r"tasks skipped"):
+        _extract(lookback_days=0, stats=stats, rows=0)
     assert not list((commit.StageKey("features", "eta", "dt=2026-01-03").dir() / "manifests").glob("*.json"))

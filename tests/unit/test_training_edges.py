@@ -259,6 +259,9 @@ def test_a_checkpoint_whose_folder_a_concurrent_try_removed_is_skipped_not_fatal
     assert checkpoint.save(tmp_path / "gone", 3, {"epoch": 3}) is None
     assert "epoch-0003.pt not kept" in capsys.readouterr().out
     checkpoint.prune(tmp_path / "never-made", keep_from=5)  # no error either
+    monkeypatch.setattr(checkpoint, "write_temp", real)
+    assert checkpoint.save(tmp_path / "removed", 4, {"epoch": 4}) is None  # the folder is not made again
+    assert not (tmp_path / "removed").exists()
 
 
 def test_a_sealed_checkpoint_torch_cannot_load_falls_back_to_the_one_before(tmp_path, capsys):
