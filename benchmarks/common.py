@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 
 def int_at_least(low: int, why: str = "") -> Callable[[str], int]:
@@ -73,3 +73,13 @@ def s3_server() -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def bench_bucket(endpoint: str) -> Any:
+    """A boto3 client of ``endpoint`` (moto's test keys) with an empty bucket named ``bench``."""
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                          aws_access_key_id="bench", aws_secret_access_key="bench")
+    client.create_bucket(Bucket="bench")
+    return client

@@ -24,7 +24,7 @@ import time
 import uuid
 from pathlib import Path
 
-from benchmarks.common import machine, positive_int, s3_server, table
+from benchmarks.common import bench_bucket, machine, positive_int, s3_server, table
 
 
 def main() -> None:
@@ -33,7 +33,6 @@ def main() -> None:
     ap.add_argument("--repeats", type=positive_int, default=3, help="the table gives the median of N")
     args = ap.parse_args()
 
-    import boto3
     from boto3.s3.transfer import TransferConfig
 
     from dlpipe import registry
@@ -42,9 +41,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp, s3_server() as endpoint:
         os.environ["DLPIPE_HOME"] = str(Path(tmp) / "home")
-        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                              aws_access_key_id="bench", aws_secret_access_key="bench")
-        client.create_bucket(Bucket="bench")
+        client = bench_bucket(endpoint)
         model = Path(tmp) / "model"
         model.mkdir()
         (model / "model.bin").write_bytes(os.urandom(args.mb * 2**20))

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import machine, positive_int, s3_server, table
+from benchmarks.common import bench_bucket, machine, positive_int, s3_server, table
 
 
 def main() -> None:
@@ -27,17 +27,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=positive_int, default=5, help="the table gives the median of N")
     args = ap.parse_args()
 
-    import boto3
-
     from dlpipe import registry
     from dlpipe.runctx import RunContext
     from dlpipe.storage import S3Store
 
     with tempfile.TemporaryDirectory() as tmp, s3_server() as endpoint:
         os.environ["DLPIPE_HOME"] = str(Path(tmp) / "home")
-        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                              aws_access_key_id="bench", aws_secret_access_key="bench")
-        client.create_bucket(Bucket="bench")
+        client = bench_bucket(endpoint)
         store = S3Store("s3://bench/registry", client)
         model = Path(tmp) / "model"
         model.mkdir()

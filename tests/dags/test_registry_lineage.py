@@ -94,14 +94,17 @@ def test_lineage_checks_every_link_and_reports_what_was_tampered_with(dlpipe_hom
     assert code == 0 and "every link checked: fingerprints and seals match, files re-hashed" in out
     assert f"gate {gates[0]}: passed" in out
 
-    # a changed file: only --verify reads the data
-    data = commit.files(training)[0]
-    original = data.read_bytes()
-    data.write_bytes(b"other rows")
-    assert lineage()[0] == 0
-    code, out = lineage("--verify")
-    assert code == 1 and "the stored data was modified after commit" in out and "cannot be trusted" in out
-    data.write_bytes(original)
+    def only_verify_finds(path, found: str) -> None:
+        """``path`` overwritten: only --verify reads the data, and names what it found."""
+        original = path.read_bytes()
+        path.write_bytes(b"other bytes")
+        assert lineage()[0] == 0
+        code, out = lineage("--verify")
+        assert code == 1 and found in out and "cannot be trusted" in out
+        path.write_bytes(original)
+        assert lineage("--verify")[0] == 0
+
+    only_verify_finds(commit.files(training)[0], "the stored data was modified after commit")
 
     # the dataset's manifest edited after its commit (its config), then torn
     mfile = next((commit.location(dataset).parent.parent / "manifests").glob("*.json"))
@@ -187,15 +190,9 @@ def test_lineage_checks_every_link_and_reports_what_was_tampered_with(dlpipe_hom
     code, out = lineage()
     assert code == 1 and "do not give its seal" in out and "lineage's code is not the one" in out
     tfile.write_text(ttext)
-    # the registry's own copy of an artifact: only --verify reads it back
-    blob = root / "eta" / "blobs" / json.loads(original_record)["artifacts"][0]["sha256"]
-    blob_bytes = blob.read_bytes()
-    blob.write_bytes(b"evil")
-    assert lineage()[0] == 0
-    code, out = lineage("--verify")
-    assert code == 1 and "the stored artifact" in out and "has sha256" in out
-    blob.write_bytes(blob_bytes)
-    assert lineage("--verify")[0] == 0
+    # the registry's own copy of an artifact
+    only_verify_finds(root / "eta" / "blobs" / json.loads(original_record)["artifacts"][0]["sha256"],
+                      "the stored artifact model.safetensors has sha256")
 
     # a record's carried verdict that is not an object is reported, not a traceback
     record = json.loads(original_record)
