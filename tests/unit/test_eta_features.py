@@ -159,7 +159,8 @@ def test_input_stats_count_copies_and_rows_filed_under_another_day(spark, tmp_pa
     d = _trip("d1", 1, DAY + timedelta(hours=1), 10, 12.0)
     own = [d, dict(d), _trip("late", 1, DAY - timedelta(hours=2), 10, 9.0),
            _trip("early", 1, DAY + timedelta(days=1, hours=1), 10, 9.0),  # read by D+1's run (lookback 1)
-           _trip("too early", 1, DAY + timedelta(days=2, hours=1), 10, 9.0)]  # read by no run
+           _trip("too early", 1, DAY + timedelta(days=2, hours=1), 10, 9.0),  # read by no run
+           {**_trip("no time", 1, DAY, 10, 9.0), "order_ts": None}]  # in no day
     files = []
     for name, rows in (("history", [_trip("h1", 1, DAY - timedelta(hours=5), 10, 9.0)]), ("own", own)):
         files.append(str(tmp_path / f"{name}.parquet"))
@@ -167,8 +168,9 @@ def test_input_stats_count_copies_and_rows_filed_under_another_day(spark, tmp_pa
     stats = eta_features.input_stats(spark, {"input_files": files, "interval_files": files[1:],
                                              "interval_start": DAY.isoformat(), "lookback_days": 1,
                                              "interval_end": (DAY + timedelta(days=1)).isoformat()})
-    assert stats == {"input_rows": 6, "rows_in_interval": 2, "ordered_before_interval": 1,
-                     "before_interval_not_in_lookback": 1, "ordered_after_interval": 2, "after_lookback_reach": 1}
+    assert stats == {"input_rows": 7, "rows_in_interval": 2, "ordered_before_interval": 1,
+                     "before_interval_not_in_lookback": 1, "ordered_after_interval": 2, "after_lookback_reach": 1,
+                     "without_order_ts": 1}
     # a second copy of a trip already filed under its own day is not lost
     redelivered = _trip("h1", 1, DAY - timedelta(hours=5), 10, 9.0)
     pq.write_table(pa.Table.from_pylist([*own, redelivered]), files[1])
