@@ -262,9 +262,8 @@ def content_seal(manifest: dict) -> str:
     """SHA-256 of everything in a manifest but its seal: its outputs (file list, hashes, sizes,
     location), summary, recorded code version, run and times, none of which its fingerprint can
     cover (they exist only after the stage ran). Consumers record their inputs' seals, and a
-    version record the seals of its whole chain, under its model fingerprint: a manifest edited
-    after its commit, files and their hashes rewritten together, no longer gives the seal they
-    recorded."""
+    version record its training's seal under its model fingerprint: a manifest edited after its
+    commit, files and their hashes rewritten together, no longer gives the seal they recorded."""
     # as it reads back from disk (JSON has string keys only: {2: .., 10: ..} would reorder)
     return fingerprint(json.loads(canonical_json({k: v for k, v in manifest.items() if k != "seal"})))
 

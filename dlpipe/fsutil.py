@@ -6,47 +6,49 @@ import hashlib
 import logging
 import os
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO, Iterator
 
 log = logging.getLogger(__name__)
 
 
-def write_temp(path: Path, data: bytes) -> Path:
-    """Write ``data`` to a new hidden temporary file beside ``path`` and fsync it."""
+@contextmanager
+def _temp_beside(path: Path) -> Iterator[tuple[Path, BinaryIO]]:
+    """A new hidden temporary file beside ``path``, open for writing; fsynced when the block
+    ends, and removed if it fails (a full disk must not keep a partial file nothing removes)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
         with open(tmp, "xb") as f:
-            f.write(data)
+            yield tmp, f
             f.flush()
             os.fsync(f.fileno())
-    except BaseException:  # a full disk must not keep a partial file that nothing removes
+    except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_temp(path: Path, data: bytes) -> Path:
+    """Write ``data`` to a new hidden temporary file beside ``path`` and fsync it."""
+    with _temp_beside(path) as (tmp, f):
+        f.write(data)
     return tmp
 
 
 def copy_temp(path: Path, src: Path, chunk: int = 8 << 20) -> tuple[Path, str]:
     """Copy ``src`` to a new hidden temporary file beside ``path`` in chunks, fsync it, and
     return it with the SHA-256 of the bytes copied (a model file can be larger than memory)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     digest = hashlib.sha256()
-    try:
-        with open(src, "rb") as fin, open(tmp, "xb") as fout:
-            while block := fin.read(chunk):
-                digest.update(block)
-                fout.write(block)
-            fout.flush()
-            os.fsync(fout.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with _temp_beside(path) as (tmp, f), open(src, "rb") as fin:
+        while block := fin.read(chunk):
+            digest.update(block)
+            f.write(block)
     return tmp, digest.hexdigest()
 
 
-def sync_dir(path: Path) -> None:
-    """fsync a folder, so that a rename or link inside it survives a power loss."""
+def fsync_path(path: Path) -> None:
+    """fsync a file, or a folder so that a rename or link inside it survives a power loss."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -62,11 +64,7 @@ def sync_tree(root: Path) -> None:
     and skips trust, and lose or truncate the data it names."""
     paths = sorted(p for p in root.rglob("*") if not p.is_symlink())  # links: refused by describe_files
     for path in [p for p in paths if p.is_file()] + [p for p in reversed(paths) if p.is_dir()] + [root]:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(path)
 
 
 def _remove_temp(tmp: Path) -> None:
@@ -90,8 +88,4 @@ def create_exclusive(path: Path, data: bytes) -> None:
         os.link(tmp, path)  # atomic, and fails if another writer linked first
     finally:
         _remove_temp(tmp)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_path(path.parent)

@@ -101,8 +101,9 @@ def parse_alias_ref(ref: str, default: str | None = None) -> tuple[str, str]:
     return _check_name(name), alias or default
 
 
-def _record_key(name: str, version: int) -> str:
-    return f"{name}/versions/{version:06d}.json"
+def _record_key(name: str, version: int, kind: str = "json") -> str:
+    """A version's record, or with ``kind="deleted"`` the tombstone its deletion leaves."""
+    return f"{name}/versions/{version:06d}.{kind}"
 
 
 # A version's record, or the tombstone a deleted record leaves (see docs/operations.md): a
@@ -128,7 +129,7 @@ def get_version(store: Store, name: str, version: int) -> dict:
         raise IntegrityError(f"{name}@{version}: its version record in {store.uri} is not readable "
                              f"({exc}); it was damaged or edited: do not load this version") from None
     except NotCommittedError:
-        gone = store.exists(f"{name}/versions/{version:06d}.deleted")
+        gone = store.exists(_record_key(name, version, "deleted"))
         raise NotCommittedError(f"{name}@{version} {'was deleted from' if gone else 'is not registered in'} "
                                 f"{store.uri}; see `dlpipe registry list`") from None
 
@@ -229,9 +230,7 @@ def register(store: Store, name: str, model_dir: Path, *, metrics: dict[str, Any
                      gates=lineage.get("gates"))  # this run's verdicts, kept as evidence
         return rec, False
 
-    check = getattr(store, "check_conditional_writes", None)
-    if check is not None:  # before any upload: a store it refuses gets no blobs either
-        check()
+    store.check_conditional_writes()  # before any upload: a store it refuses gets no blobs either
     for art, (rel, path) in zip(artifacts, files):
         key, parts = f"{name}/blobs/{art['sha256']}", known.get(rel, {}).get("parts_sha256")
         if store.holds(key, path, art["sha256"], parts):

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from urllib.parse import urlparse
 
 from dlpipe.errors import CommitConflict, ConfigError, IntegrityError, NotCommittedError, redacted
-from dlpipe.fsutil import copy_temp, create_exclusive, sync_dir, write_temp
+from dlpipe.fsutil import copy_temp, create_exclusive, fsync_path, write_temp
 from dlpipe.hashing import S3_PART_SIZE, sha256_bytes, sha256_file
 
 PART_SIZE = S3_PART_SIZE  # multipart threshold and part size for S3 uploads
@@ -53,6 +53,7 @@ def file_part_digests(path: Path, part_size: int = 0) -> list[bytes]:
 class Store(Protocol):
     uri: str
 
+    def check_conditional_writes(self) -> None: ...
     def put_new(self, key: str, data: bytes) -> None: ...
     def get_versioned(self, key: str) -> tuple[bytes, str] | None: ...
     def put_if_match(self, key: str, data: bytes, token: str | None) -> None: ...
@@ -78,6 +79,9 @@ class LocalStore:
         if self.root not in path.parents:
             raise ConfigError("key", key, "registry keys must stay inside the registry root")
         return path
+
+    def check_conditional_writes(self) -> None:
+        """Nothing to check: exclusive links and a lock give create-only and compare-and-swap."""
 
     def put_new(self, key: str, data: bytes) -> None:
         try:
@@ -107,7 +111,7 @@ class LocalStore:
             if current is None or current[1] != token:
                 raise CommitConflict(f"{self.uri}/{key} changed since it was read")
             os.replace(write_temp(path, data), path)
-            sync_dir(path.parent)  # a reported move must survive a power loss
+            fsync_path(path.parent)  # a reported move must survive a power loss
         finally:
             os.close(fd)
 
@@ -120,7 +124,7 @@ class LocalStore:
             raise IntegrityError(f"{path}: sha256 differs from the expected {sha256[:12]}...; "
                                  f"it changed after it was hashed")
         os.replace(tmp, dest)
-        sync_dir(dest.parent)  # the version record that names this blob is written next
+        fsync_path(dest.parent)  # the version record that names this blob is written next
 
     def get(self, key: str) -> bytes:
         try:
@@ -195,9 +199,9 @@ class S3Store:
         (``If-Match``). A store that silently drops those headers would let two registrations
         take one version number, the second overwriting the first, with both told they won.
         One probe key, ``.dlpipe-probe`` under the prefix, is created once (create-only) and
-        kept: it needs no delete permission (a write-once policy suits a registry), leaves no
-        versions behind in a versioned bucket, and every later check only sends two PUTs the
-        server must refuse: create-only, and replace with an ETag it cannot hold."""
+        kept: it needs no delete permission, leaves no versions behind in a versioned bucket,
+        and every later check only sends two PUTs the server must refuse: create-only, and
+        replace with an ETag it cannot hold."""
         if self._conditional_checked:
             return
         probe = self._key(".dlpipe-probe")

@@ -109,9 +109,8 @@ class HorovodTrainOperator(DlpipeOperator):
         ``training.config.nccl_interface_problem``), named as this operator's argument."""
         from training.config import nccl_interface_problem
 
-        if problem := nccl_interface_problem(self.env, network_interface):
-            raise ConfigError(_argument(self.task_id, "env"), "NCCL_SOCKET_IFNAME",
-                              problem.replace("network_interface: ", "network_interface="))
+        if problem := nccl_interface_problem(self.env, network_interface, set_as="network_interface="):
+            raise ConfigError(_argument(self.task_id, "env"), "NCCL_SOCKET_IFNAME", problem)
 
     def run_stage(self, context: Any, pipeline: dict, run: RunContext) -> StageResult:
         from operators.kinds import kind_of

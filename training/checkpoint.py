@@ -103,14 +103,6 @@ def _sealed_bytes(path: Path) -> bytes | None:
     return data
 
 
-def latest_valid(ckpt_dir: Path) -> tuple[int, Path] | None:
-    """(epoch, path) of the newest checkpoint whose seal matches its bytes, or None."""
-    for epoch, path in _epochs(ckpt_dir):
-        if _sealed_bytes(path) is not None:
-            return epoch, path
-    return None
-
-
 def load_latest(ckpt_dir: Path) -> tuple[int, Path, dict] | None:
     """(epoch, path, state) of the newest checkpoint that verifies and loads, or None."""
     import io

@@ -141,17 +141,19 @@ def _check_env(value: object) -> object:
     return value
 
 
-def nccl_interface_problem(env: dict[str, str], network_interface: str | None) -> str | None:
+def nccl_interface_problem(env: dict[str, str], network_interface: str | None,
+                           set_as: str = "network_interface: ") -> str | None:
     """Why ``NCCL_SOCKET_IFNAME`` among the ranks' variables would be ignored, if it would.
     horovodrun's gloo launcher writes ``NCCL_SOCKET_IFNAME=<its interfaces>`` after the
     variables it passes on, on every rank's command line, so the later value wins: the
-    interfaces are ``network_interface``, or every interface the hosts share when it is unset."""
+    interfaces are ``network_interface``, or every interface the hosts share when it is unset.
+    ``set_as`` spells the setting as the user writes it (YAML field or operator argument)."""
     value = env.get("NCCL_SOCKET_IFNAME") if isinstance(env, dict) else None
     if value is None or value == network_interface:
         return None
     return (f"horovodrun sets NCCL_SOCKET_IFNAME={network_interface or '<every interface the hosts share>'} "
             f"on every rank after this variable, so {value!r} would be ignored: set "
-            f"network_interface: {value} (it carries Gloo and NCCL both) and drop NCCL_SOCKET_IFNAME")
+            f"{set_as}{value} (it carries Gloo and NCCL both) and drop NCCL_SOCKET_IFNAME")
 
 
 def _check_controller(value: str) -> str:

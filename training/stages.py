@@ -55,9 +55,10 @@ def check_world_fits(train_url: str, scale: ScaleConfig, dataset: dict | None = 
 
     _, groups = list_row_groups(train_url)
     expected = ((dataset or {}).get("summary") or {}).get("rows", {}).get("train")
-    if expected is not None and sum(g.rows for g in groups) != expected:
+    total = sum(g.rows for g in groups)
+    if expected is not None and total != expected:
         # the ranks would find it too, after horovodrun started them, as a retried crash
-        raise IntegrityError(f"dataset {dataset['id']}: its training files hold {sum(g.rows for g in groups)} "
+        raise IntegrityError(f"dataset {dataset['id']}: its training files hold {total} "
                              f"rows, its manifest commits {expected}; the files changed after the commit: "
                              f"restore them, or delete the dataset's manifest and materialize it again")
     filled = sum(1 for g in groups if g.rows)
