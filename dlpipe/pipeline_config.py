@@ -54,6 +54,38 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             seen[key] = line
         return super().construct_mapping(node, deep=deep)
 
+    def construct_yaml_timestamp(self, node: yaml.ScalarNode):  # type: ignore[override]
+        """``2026-02-30`` looks like a date to YAML, which then fails with a bare ValueError."""
+        try:
+            return super().construct_yaml_timestamp(node)
+        except ValueError as exc:
+            raise yaml.constructor.ConstructorError(
+                problem=f"{node.value!r} is not a valid date ({exc}); write a real date as "
+                        f"YYYY-MM-DD, or quote the value if it is text", problem_mark=node.start_mark) from None
+
+    def construct_yaml_float(self, node: yaml.ScalarNode):  # type: ignore[override]
+        """``!!float abc`` would fail with a bare ValueError."""
+        try:
+            return super().construct_yaml_float(node)
+        except ValueError:
+            raise yaml.constructor.ConstructorError(
+                problem=f"{node.value!r} is not a number; write one, e.g. 0.002",
+                problem_mark=node.start_mark) from None
+
+
+_UniqueKeyLoader.add_constructor("tag:yaml.org,2002:timestamp", _UniqueKeyLoader.construct_yaml_timestamp)
+_UniqueKeyLoader.add_constructor("tag:yaml.org,2002:float", _UniqueKeyLoader.construct_yaml_float)
+
+
+def _where(exc: yaml.YAMLError) -> str:
+    """Line, column and problem of a YAML error, without PyYAML's copy of the line: that copy
+    is cut to fit, so a URL's password can lose the ``://`` that would get it masked."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    words = ": ".join(w for w in (getattr(exc, "context", None), getattr(exc, "problem", None)) if w)
+    if mark is None:
+        return f": {words or type(exc).__name__}"
+    return f"at line {mark.line + 1}, column {mark.column + 1}: {words}"
+
 
 def load_pipeline(path: str | Path) -> dict[str, Any]:
     path = Path(path)
@@ -61,8 +93,13 @@ def load_pipeline(path: str | Path) -> dict[str, Any]:
         data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
     except FileNotFoundError as exc:
         raise ConfigError("pipeline_config", str(path), "point at an existing YAML file") from exc
+    except IsADirectoryError as exc:
+        raise ConfigError("pipeline_config", str(path), "this is a directory; point at a YAML file in it") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError("pipeline_config", str(path), f"the file is not UTF-8 text ({exc.reason}); "
+                          "point at the pipeline's YAML file") from exc
     except yaml.YAMLError as exc:
-        raise ConfigError("pipeline_config", str(path), f"fix the YAML syntax: {exc}") from exc
+        raise ConfigError("pipeline_config", str(path), f"fix the YAML {_where(exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError("pipeline_config", str(path), "the file must hold a mapping of sections")
     data["_source"] = str(path)

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 class DatasetConfig(BaseModel):
     """How feature partitions become a Petastorm training dataset."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)  # strict: YAML `yes` is no count
     name: str = Field("eta", pattern=r"^[a-z0-9][a-z0-9_\-]{0,62}$",
                       description="the dataset; specs with different dataset settings need different names")
     features: str = Field("eta", pattern=r"^[a-z0-9][a-z0-9_\-]{0,62}$",

@@ -28,7 +28,7 @@ DIGITS_COLUMNS: list[tuple[str, str]] = [("image_id", "int"), ("image", "binary"
 class DigitsConfig(BaseModel):
     """The digits image dataset (scikit-learn's bundled 8x8 images)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)  # strict: YAML `yes` is no count
     name: str = Field("digits", pattern=r"^[a-z0-9][a-z0-9_\-]{0,62}$",
                       description="the dataset; specs with different dataset settings need different names")
     validation_percent: int = Field(20, ge=1, le=50, description="share of images in validation")

@@ -22,6 +22,7 @@ from dlpipe.demo_data import CITIES, CITY_TIME_ZONES, RAW_DATASET
 from dlpipe.errors import ConfigError, InputNotReady, NotCommittedError
 from dlpipe.hashing import content_hash, fingerprint, sources_hash
 from dlpipe.interval import day_partition, interval_days
+from dlpipe.pipeline_config import YamlFloat
 from dlpipe.runctx import RunContext
 from dlpipe.spark_submit import SparkSubmit
 from dlpipe.spec import write_spec
@@ -37,14 +38,14 @@ log = logging.getLogger(__name__)
 class FeatureJobConfig(BaseModel):
     """The ETA feature job's settings."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)  # strict: YAML `yes` is no count
     name: str = Field("eta", pattern=r"^[a-z0-9][a-z0-9_\-]{0,62}$",
                       description="the feature set; specs with different feature settings need different names")
     raw: str = Field(RAW_DATASET, pattern=r"^[a-z0-9][a-z0-9_\-]{0,62}$",
                      description="the raw source: committed raw/<raw>/dt=<day> partitions of trip events")
     lookback_days: int = Field(7, ge=0, le=365, description="days of history for restaurant features")
     num_files: int = Field(4, ge=1, le=4096, description="output files per partition")
-    default_prep_minutes: float = Field(15.0, gt=0, description="prep time for restaurants with no history")
+    default_prep_minutes: YamlFloat = Field(15.0, gt=0, description="prep time for restaurants with no history")
 
 
 def feature_version(config: FeatureJobConfig) -> tuple[dict, dict]:

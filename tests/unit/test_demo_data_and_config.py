@@ -95,6 +95,51 @@ def test_duplicate_keys_sections_that_are_not_mappings_and_impossible_values_are
         section(load_pipeline(p), "data_gate", DataGateConfig)
 
 
+def test_bad_dates_numbers_and_files_name_the_file_line_and_fix(tmp_path):
+    p = tmp_path / "p.yaml"
+    for value, said in (("2026-02-30", "day is out of range for month"), ("2026-13-01", "month must be in 1..12")):
+        p.write_text(f"dag:\n  start_date: {value}\n")  # a bare ValueError before, which Airflow retried
+        with pytest.raises(ConfigError, match=rf"fix the YAML at line 2, column 15: '{value}' is not a valid "
+                                              rf"date \({said}\); write a real date"):
+            load_pipeline(p)
+    p.write_text("train: {learning_rate: !!float abc}\n")
+    with pytest.raises(ConfigError, match=r"'abc' is not a number"):
+        load_pipeline(p)
+    p.write_text("registry:\n  root: s3://AKIAEXAMPLE:wJalrSECRET-LEAK@bucket/models: staging\n")
+    with pytest.raises(ConfigError, match=r"at line 2, column \d+: mapping values are not allowed") as e:
+        load_pipeline(p)  # PyYAML's own message copies the line, cut to lose the '://' that masks it
+    assert "SECRET-LEAK" not in str(e.value)
+    with pytest.raises(ConfigError, match=r"this is a directory; point at a YAML file in it"):
+        load_pipeline(tmp_path)
+    p.write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(ConfigError, match=r"the file is not UTF-8 text"):
+        load_pipeline(p)
+
+
+def test_yaml_booleans_strings_and_infinity_are_no_counts_in_any_section(tmp_path):
+    from feature_jobs.dataset_stage import DatasetConfig
+    from feature_jobs.digits_stage import DigitsConfig
+    from feature_jobs.feature_stage import FeatureJobConfig
+    from operators.factory import DagSpec
+
+    models = {"features": FeatureJobConfig, "dataset": DatasetConfig, "digits": DigitsConfig, "dag": DagSpec}
+    dag = "dag_id: a, owner: b, start_date: 2026-01-01, "
+    p = tmp_path / "p.yaml"
+    for name, body, field in (("features", "num_files: yes", "num_files=True"),  # read as 1 before
+                              ("features", "lookback_days: no", "lookback_days=False"),
+                              ("features", "lookback_days: '7'", "lookback_days='7'"),
+                              ("features", "default_prep_minutes: true", "default_prep_minutes=True"),
+                              ("features", "default_prep_minutes: .inf", "default_prep_minutes=inf"),
+                              ("dataset", "window_days: yes", "window_days=True"),
+                              ("digits", "num_files: yes", "num_files=True"),
+                              ("dag", dag + "retries: yes", "retries=True")):
+        p.write_text(f"{name}: {{{body}}}\n")
+        with pytest.raises(ConfigError, match=rf"{name}.{field}"):
+            section(load_pipeline(p), name, models[name])
+    p.write_text("features: {default_prep_minutes: 12, lookback_days: 3}\n")
+    assert section(load_pipeline(p), "features", FeatureJobConfig).default_prep_minutes == 12.0
+
+
 def test_shipped_pipeline_config_is_valid():
     from dlpipe.gates import DataGateConfig, ModelGateConfig
     from feature_jobs.dataset_stage import DatasetConfig
