@@ -23,12 +23,36 @@ SECRET_ENV = re.compile(r"SECRET|PASSWORD|PASSWD|TOKEN|FERNET|_KEY$|_KEYS$|APIKE
 LOCATOR_ENV = re.compile(r"(_FILE|_PATH|_SOCK|_DIR)$|^GOOGLE_APPLICATION_CREDENTIALS$"
                          r"|^AWS_CONTAINER_CREDENTIALS_(RELATIVE|FULL)_URI$", re.IGNORECASE)
 LOCATION = re.compile(r"^(/|\./|~|https?://)[^\n{]*$")  # a path or an address, not a key pasted in
-URL_WITH_PASSWORD = re.compile(r"://[^/\s@]*:[^/\s@]*@")
+_TOKEN_USER_CHARS = 16  # a URL's user this long, with no password, is taken for a token (https://ghp_...@host)
+
+
+def _login(before: str) -> str | None:
+    """The login in ``before`` (the text between '://' and the last '@'), or None where the '@'
+    is in a path (``s3://bucket/eta@3``): a login ends before the first '/', unless a ':' (its
+    password's start) comes first, since passwords and AWS secret keys hold '/'s."""
+    slash = before.find("/")
+    if slash == -1 or 0 <= before.find(":") < slash:
+        return before
+    return None
+
+
+def url_login(value: str) -> bool:
+    """Whether ``value`` holds a URL with a password (``https://u:p/w@h``, also inside another
+    URL: ``k8s://https://u:p@api``) or a token for its user (``https://ghp_x...@github.com``).
+    A short user alone (``ssh://git@github.com``) is a name, not a credential."""
+    for match in _URL_USER.finditer(value):
+        login = _login(match.group(1))
+        if login is None:
+            continue
+        user, password_follows, _ = login.rpartition("://")[2].partition(":")
+        if password_follows or len(user) >= _TOKEN_USER_CHARS:
+            return True
+    return False
 
 
 def credential_value(value: str) -> bool:
     """A value that is a credential whatever it is filed under: a URL with a login, a PEM private key."""
-    return bool(URL_WITH_PASSWORD.search(value)) or "PRIVATE KEY-----" in value
+    return url_login(value) or "PRIVATE KEY-----" in value
 
 
 def credential_env(name: str, value: str) -> bool:
@@ -42,11 +66,7 @@ def credential_env(name: str, value: str) -> bool:
 
 def _hide_login(match: re.Match) -> str:
     """``user:password@`` becomes ``***@``; an '@' in a path (``s3://bucket/eta@3/m.pt``) stays."""
-    before = match.group(1)
-    slash = before.find("/")
-    if slash == -1 or 0 <= before.find(":") < slash:
-        return "***@"
-    return match.group(0)
+    return "***@" if _login(match.group(1)) is not None else match.group(0)
 
 
 def _hidden_under(name: object, value: object) -> bool:

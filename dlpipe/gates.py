@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import math
-import re
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Literal
@@ -22,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationInf
 
 from dlpipe import commit
 from dlpipe.commit import StageKey, StageResult
-from dlpipe.errors import ConfigError, GateFailed, credential_value
+from dlpipe.errors import ConfigError, GateFailed, redacted
 from dlpipe.hashing import sources_hash
 from dlpipe.pipeline_config import YamlFloat, YamlNumber
 from dlpipe.runctx import RunContext
@@ -202,7 +201,7 @@ class DataGateConfig(BaseModel):
     @classmethod
     def _no_login(cls, value: str) -> str:
         # the gate's config is written into its manifest and shown in errors
-        if credential_value(value) or re.search(r"://[^/\s@]+@", value):  # user:password@ or token@
+        if redacted(value) != value:  # any login, user alone included: the master needs none
             raise ValueError("holds a login: the gate's config is kept in its manifest; give the master "
                              "without credentials (spark://host:7077, k8s://https://host) and the "
                              "credentials through Spark's own settings")

@@ -31,11 +31,20 @@ SparkSubmit = Callable[[str, Sequence[str]], None]
 # logs. A key (access, account, encryption) counts as a whole name part: spark.io.encryption.keySizeBits
 # is a number, not a key.
 _CREDENTIAL_WORDS = r"secret|password|passwd|passphrase|token|credential"
+# Connectors' own names count too: elasticsearch-hadoop's es.net.http.auth.pass, spark-redis's
+# spark.redis.auth, an HTTP Authorization header (spark.openlineage.transport.headers.Authorization).
 SECRET_CONF = re.compile(rf"{_CREDENTIAL_WORDS}|(account|access|encryption)\.key(\.|$)"
-                         r"|api[._-]?key|private|\.sas\.|jaas", re.IGNORECASE)
+                         r"|api[._-]?key|private|\.sas\.|jaas|auth\.pass(\.|$)|\.auth$|authorization",
+                         re.IGNORECASE)
 # A credential passed inside a setting's value: JVM options (-Djavax.net.ssl.keyStorePassword=...,
-# -Dfs.s3a.secret.key=...) and JDBC URLs (...?user=hive&password=...).
-SECRET_IN_VALUE = re.compile(rf"({_CREDENTIAL_WORDS})[\w.-]*=|[?&;](pwd|pass)=", re.IGNORECASE)
+# -Dfs.s3a.secret.key=...), JDBC URLs (...?user=hive&password=..., Oracle's scott/tiger@host)
+# and HTTP bearer tokens.
+SECRET_IN_VALUE = re.compile(rf"({_CREDENTIAL_WORDS})[\w.-]*=|[?&;](pwd|pass)=|\bbearer\s"
+                             r"|jdbc:oracle:\w+:[^/\s@]+/[^\s@]+@", re.IGNORECASE)
+# Spark masks settings matching spark.redaction.regex in its UI, REST API and event logs; its
+# default knows few names (no Azure account key, no SSE-C key, no executorEnv.*_API_KEY).
+SPARK_REDACTION_DEFAULT = r"(?i)secret|password|token|access[.]?key|credential"
+REDACTION = "spark.redaction.regex"
 # Settings that set an environment variable of Spark's driver, executors or YARN application
 # master: the variable is judged as an environment variable (``is_secret_conf``).
 ENV_CONF = re.compile(r"^spark\.(executorEnv|yarn\.appMasterEnv|kubernetes\.driverEnv|mesos\.driverEnv)\.(?P<name>.+)$")
@@ -61,11 +70,24 @@ def split_secret_conf(conf: dict[str, str]) -> tuple[dict[str, str], dict[str, s
     return {k: v for k, v in conf.items() if k not in secret}, secret
 
 
+def submission_conf(conf: dict[str, str] | None) -> tuple[dict[str, str], dict[str, str]]:
+    """(command-line settings, properties-file settings) for one submission: dlpipe's defaults
+    under ``conf``, split by ``split_secret_conf``. With credentials, the file also widens
+    ``spark.redaction.regex`` (a user's own included) to their exact names and to every name
+    dlpipe takes for a credential, so that Spark's UI, REST API and event logs mask them all."""
+    plain, secret = split_secret_conf({**default_conf(), **(conf or {})})
+    if secret:
+        parts = [plain.pop(REDACTION, None) or SPARK_REDACTION_DEFAULT, "(?i)" + SECRET_CONF.pattern,
+                 *(re.escape(k) for k in sorted(secret))]
+        secret[REDACTION] = "|".join(f"(?i:{p[4:]})" if p.startswith("(?i)") else f"(?:{p})" for p in parts)
+    return plain, secret
+
+
 def secret_values(secret: dict[str, str]) -> list[str]:
     """The values of credential settings worth masking in logs: a switch such as
     ``spark.security.credentials.hive.enabled=false`` is no secret, and masking "false" would
     hide every false in every log line."""
-    return [v for v in secret.values() if v and v.strip().lower() not in ("true", "false")]
+    return [v for k, v in secret.items() if v and v.strip().lower() not in ("true", "false") and k != REDACTION]
 
 
 def _properties_escape(text: str, key: bool = False) -> str:
@@ -209,7 +231,7 @@ def local_spark_submit(master: str = "local[2]", conf: dict[str, str] | None = N
     if binary is None:
         raise FileNotFoundError("spark-submit not found next to this Python or on PATH; install pyspark")
 
-    plain, secret = split_secret_conf({**default_conf(), **(conf or {})})
+    plain, secret = submission_conf(conf)
 
     def submit(application: str, args: Sequence[str]) -> None:
         argv = [binary, "--master", master]

@@ -12,8 +12,7 @@ from dlpipe.errors import ConfigError, SubprocessFailed
 from dlpipe.pipeline_config import section
 from dlpipe.proc import kill_process_group, set_parent_death_signal
 from dlpipe.runctx import RunContext
-from dlpipe.spark_submit import (SparkSubmit, default_conf, secret_properties, secret_values, spark_env,
-                                 split_secret_conf)
+from dlpipe.spark_submit import SparkSubmit, secret_properties, secret_values, spark_env, submission_conf
 from operators.base import DlpipeOperator
 
 log = logging.getLogger(__name__)
@@ -39,7 +38,7 @@ def hook_submitter(conn_id: str, conf: dict[str, str] | None, name: str, holder:
     and a kill during the task's set-up would otherwise be followed by a submission."""
     from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
 
-    plain, secret = split_secret_conf({**default_conf(), **(conf or {})})
+    plain, secret = submission_conf(conf)
     mask_conf_secrets(secret)
 
     def submit(application: str, args: Sequence[str]) -> None:

@@ -587,6 +587,10 @@ def test_a_gate_spark_master_with_a_login_is_refused_without_showing_it():
     with pytest.raises(ConfigError, match=r"holds a login") as err:  # a token alone is a login too
         section({"data_gate": {"spark_master": "k8s://https://s3cr3t@api:6443"}}, "data_gate", DataGateConfig)
     assert "s3cr3t" not in str(err.value)
+    for master in ("k8s://https://admin:Kube/Pass@api:6443", "spark://u:pa/ss@h:7077", "k8s://https://tok/en@api"):
+        with pytest.raises(ConfigError, match=r"holds a login") as err:  # a '/' in the password hid it before
+            section({"data_gate": {"spark_master": master}}, "data_gate", DataGateConfig)
+        assert "Pass" not in str(err.value) and "pa/ss" not in str(err.value) and "tok/en" not in str(err.value)
     assert section({"data_gate": {"spark_master": "spark://master:7077"}}, "data_gate",
                    DataGateConfig).spark_master == "spark://master:7077"
 

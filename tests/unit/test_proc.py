@@ -100,6 +100,7 @@ def test_credential_names_of_other_tools_stay_out_of_the_ranks_too(monkeypatch, 
     ("GOOGLE_APPLICATION_CREDENTIALS", "/etc/gcp/sa.json"), ("AWS_WEB_IDENTITY_TOKEN_FILE", "/var/run/token"),
     ("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "/v2/credentials/x"), ("NCCL_SOCKET_IFNAME", "eth0"),
     ("HOROVOD_GLOO_TIMEOUT_SECONDS", "60"), ("LD_LIBRARY_PATH", "/usr/local/cuda/lib64"), ("OMP_NUM_THREADS", "4"),
+    ("GIT_REMOTE", "ssh://git@github.com/team/repo.git"), ("MODEL_URL", "s3://bucket/eta@3/model.pt"),
 ])
 def test_where_credentials_are_and_what_ranks_need_still_reach_them(monkeypatch, name, value):
     """Credentials travel as files, ssh-agent and roles: the names that point at them pass, as
@@ -115,6 +116,10 @@ def test_where_credentials_are_and_what_ranks_need_still_reach_them(monkeypatch,
     ("DB_PASSWORD_FILE", "hunter2"),  # a locator's name, a secret's value
     ("GOOGLE_APPLICATION_CREDENTIALS", '{"type": "service_account", "private_key": "x"}'),
     ("SSH_KEY_PATH", "-----BEGIN OPENSSH PRIVATE KEY-----"), ("GPG_PASSPHRASE", "p"), ("OPENAI_API_KEYS", "k1,k2"),
+    # URL logins by value, whatever the name: a password holding '/' (passed before), a token as the user
+    ("MLFLOW_TRACKING_URI", "https://alice:s3cr/et@mlflow.example.com"),
+    ("HF_ENDPOINT", "https://hf_TOKEN0123456789abcd@hub.example"),
+    ("KUBE_API", "k8s://https://admin:Kube/Pass@api:6443"),
 ])
 def test_a_secret_in_a_locators_name_or_a_new_kind_of_name_stays_out(monkeypatch, name, value):
     from dlpipe.errors import ConfigError

@@ -32,6 +32,16 @@ CREDENTIALS = {
     "spark.sql.catalog.hive.uri": "jdbc:mysql://db/hive?user=hive&password=HivePw99",
     "spark.executorEnv.DB_CREDS": "user:pw",
     "spark.executorEnv.CI_JOB_JWT": "eyJhbGciOi",
+    # connectors' own names: elasticsearch-hadoop, spark-redis, an HTTP Authorization header
+    "spark.es.net.http.auth.pass": "EsPass-1",
+    "spark.redis.auth": "RedisAuth-2",
+    "spark.openlineage.transport.headers.X-Token": "Bearer OLTok-3",  # a bearer token in a value
+    "spark.openlineage.transport.headers.Authorization": "Basic dXNlcjpwdw==",
+    # a URL login whose password holds a '/' (as AWS secret keys do), a token as a URL's user,
+    # Oracle's user/password@host
+    "spark.executorEnv.MLFLOW_TRACKING_URI": "https://alice:s3cr/et@mlflow.example.com",
+    "spark.executorEnv.HF_ENDPOINT": "https://hf_TOKEN0123456789abcd@hub.example",
+    "spark.sql.catalog.ora.url": "jdbc:oracle:thin:scott/tiger@db:1521:orcl",
 }
 
 ORDINARY = {
@@ -47,6 +57,8 @@ ORDINARY = {
     "spark.io.encryption.keySizeBits": "256",
     "spark.jars.packages": "org.apache.hadoop:hadoop-aws:3.4.1",
     "spark.executor.extraJavaOptions": "-XX:+UseG1GC -Dlog4j.configuration=file:/opt/log4j.properties",
+    "spark.executorEnv.GIT_REMOTE": "ssh://git@github.com/team/repo.git",  # a user's name, no password
+    "spark.executorEnv.MODELS": "s3://bucket/eta@3/model.pt",  # an '@' in a path
 }
 
 
@@ -78,6 +90,30 @@ def test_the_environment_rules_are_the_horovod_ranks_rules():
 
 
 APP_THAT_FAILS = "import sys; sys.exit(3)\n"
+
+APP_READS_ITS_UI = """
+import json, sys, urllib.request
+from pyspark.sql import SparkSession
+sc = SparkSession.builder.getOrCreate().sparkContext
+url = f"{sc.uiWebUrl}/api/v1/applications/{sc.applicationId}/environment"
+print("UI_PROPERTIES", json.dumps(dict(json.load(urllib.request.urlopen(url))["sparkProperties"])))
+"""
+
+
+def test_spark_ui_masks_every_credential_setting(tmp_path):
+    """Real spark-submit; the application reads its own UI's REST API. Spark's default
+    spark.redaction.regex showed an Azure account key, an SSE-C key and an executor's API key."""
+    app = tmp_path / "app.py"
+    app.write_text(APP_READS_ITS_UI)
+    conf = {"spark.hadoop.fs.azure.account.key.acct.dfs.core.windows.net": "AZURE-KEY-1==",
+            "spark.hadoop.fs.s3a.encryption.key": "SSE-C-KEY-2",
+            "spark.executorEnv.OPENAI_API_KEY": "sk-live-3",
+            "spark.executorEnv.HF_ENDPOINT": "https://hf_TOKEN0123456789abcd@hub.example",
+            "spark.executor.memory": "1g"}
+    lines: list[str] = []
+    local_spark_submit("local[1]", conf=conf, emit=lines.append)(str(app), [])
+    (shown,) = [json.loads(line.split(" ", 1)[1]) for line in lines if line.startswith("UI_PROPERTIES ")]
+    assert {k: shown[k] for k in conf} == {**{k: "*********(redacted)" for k in conf}, "spark.executor.memory": "1g"}
 
 
 def test_local_spark_submit_puts_no_credential_on_its_command_line(tmp_path):
