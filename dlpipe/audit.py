@@ -76,8 +76,9 @@ def record(event: str, *, stage: str, run: RunContext, path: Path | None = None,
     if event not in EVENTS:
         raise ValueError(f"unknown audit event {event!r}; expected one of {EVENTS}")
     rec = {"ts": utcnow_iso(), "event": event, "stage": stage, "run": run.as_dict(), **fields}
-    if _HIDDEN:
-        rec = _masked(rec)
+    # a config's URL login or a value under a credential's name, should validation have let one
+    # through, goes no further than the task that had it: the audit log outlives every task log
+    rec = redacted(_masked(rec) if _HIDDEN else rec)
     path = path or settings.audit_log_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     line = (canonical_json(rec) + "\n").encode()

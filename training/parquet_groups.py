@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from dlpipe.errors import redacted
+from dlpipe.errors import ConfigError, redacted
 
 # Decoded bytes per read in ``column_chunks``: two float32 columns of a 64k-row group. Small
 # enough that a read's input and output stay in the core's cache until they are used.
@@ -49,7 +49,14 @@ class RowGroup:
 
 def list_row_groups(url: str) -> tuple[pafs.FileSystem, list[RowGroup]]:
     """Every row group of the ``*.parquet`` files under ``url`` (file:// or s3://), in path order."""
-    fs, root = pafs.FileSystem.from_uri(url)
+    try:
+        fs, root = pafs.FileSystem.from_uri(url)
+    except (pa.ArrowInvalid, ValueError) as exc:  # pyarrow repeats the URL, a secret key's '/' and all
+        login = url.partition("://")[2].rpartition("@")[0]
+        detail = str(exc).replace(url, shown(url))
+        said = f"pyarrow: {detail}; " if not (login and login in detail) else ""
+        raise ConfigError("dataset url", shown(url), f"{said}give a file:// or s3://bucket/prefix URL; credentials "
+                          "come from the AWS chain (environment, profile, role), not the URL") from None
     try:
         infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
     except FileNotFoundError:  # no such directory or prefix: the same answer as an empty one

@@ -142,6 +142,20 @@ def test_a_failure_audited_with_a_url_login_in_its_message_is_masked(tmp_path, m
     assert "http://***@10.0.0.1/b" in event["error"]
 
 
+def test_a_started_event_masks_a_login_or_a_credential_in_the_config_it_records(tmp_path, monkeypatch):
+    """A second guard behind the configs' validators: the audit log outlives every task log."""
+    monkeypatch.setenv("DLPIPE_HOME", str(tmp_path))
+    from dlpipe import audit
+    from dlpipe.runctx import RunContext
+
+    config = {"spark_master": "k8s://https://admin:Kube/Pass@api:6443", "db_password": "hunter2",
+              "model": "s3://bucket/eta@3/model.pt", "epochs": 3}
+    audit.record("started", stage="gates/eta", run=RunContext(), config=config)
+    [event] = audit.read()
+    assert event["config"] == {"spark_master": "k8s://***@api:6443", "db_password": "***",
+                               "model": "s3://bucket/eta@3/model.pt", "epochs": 3}
+
+
 def test_missing_s3_credentials_get_a_hint_not_a_traceback(capsys, monkeypatch, tmp_path):
     for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         monkeypatch.delenv(var, raising=False)

@@ -71,6 +71,17 @@ def test_urls_are_shown_without_credentials_or_query():
     assert shown("s3://KEY:SEC/RET@bucket/ds/train") == "s3://bucket/ds/train"  # secret keys hold '/'s
 
 
+def test_a_url_pyarrow_cannot_parse_is_refused_without_its_credentials():
+    from dlpipe.errors import ConfigError
+
+    url = "s3://AKIAEXAMPLE:wJalr/XUtnFEMI+K7MDENG@bucket/train?endpoint_override=127.0.0.1:9&scheme=http"
+    with pytest.raises(ConfigError, match=r"dataset url='s3://bucket/train'.*AWS chain") as e:
+        list_row_groups(url)  # pyarrow's own error repeated the URL, secret key and all
+    assert "wJalr" not in str(e.value) and "AKIAEXAMPLE" not in str(e.value)
+    with pytest.raises(ConfigError, match=r"pyarrow: .*bogus") as e:  # pyarrow's reason stays when it can
+        list_row_groups("s3://bucket/train?bogus=1")
+
+
 def test_local_files_are_mapped_once_and_the_map_reused(one_file, monkeypatch):
     monkeypatch.delenv("DLPIPE_MEMORY_MAP", raising=False)
     fs, groups = list_row_groups(f"file://{one_file}")
