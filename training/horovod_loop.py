@@ -25,6 +25,18 @@ from pathlib import Path
 from typing import Any
 
 
+def epoch_coverage(shard_rows: list[int], steps: int, batch_size: int) -> tuple[int, str | None]:
+    """(rows an epoch trains, a warning when under 90% of them): every rank takes ``steps``
+    steps, the smallest shard's count, since an allreduce waits for every rank."""
+    used, total = sum(min(steps * batch_size, rows) for rows in shard_rows), sum(shard_rows)
+    if used >= 0.9 * total:
+        return used, None
+    return used, (f"WARNING: each epoch trains {used} of {total} rows ({used / total:.0%}): the ranks' shards "
+                  f"hold {shard_rows} rows in whole row groups, and every rank takes the smallest shard's "
+                  f"{steps} steps; write more, smaller row groups (dataset num_files, row_group_size_mb) "
+                  f"or run fewer processes")
+
+
 def log(rank: int, msg: str) -> None:
     print(f"[train rank {rank}] {msg}", flush=True)
 
@@ -132,13 +144,19 @@ class Trainer:
                              f"{self.spec['expected_rows']}: the dataset changed after it was committed")
         if self.rows["train"] == 0:
             raise SystemExit("training split is empty on every rank: nothing to train on")
-        batches = hvd.allgather_object(self.train.num_batches())  # every rank's, in rank order
+        shards = hvd.allgather_object((self.train.num_batches(), self.train.num_rows))  # in rank order
+        batches = [b for b, _ in shards]
         self.steps = min(batches)
         if self.steps == 0:
             empty = [r for r, n in enumerate(batches) if n == 0]
             raise SystemExit(f"ranks {empty} of {self.size} have no training rows: a rank reads whole row "
                              f"groups, and the training split has {self.train.total_row_groups}; write at "
                              f"least {self.size} non-empty row groups (dataset num_files) or run fewer processes")
+        # every rank takes the smallest shard's step count (an allreduce waits for all): rows
+        # beyond it are left out of each epoch (others each epoch when shuffled)
+        self.rows_per_epoch, warning = epoch_coverage([rows for _, rows in shards], self.steps, self.cfg.batch_size)
+        if self.rank == 0 and warning:
+            log(0, warning)
         self.scale_learning_rate()
         (self.ckpt_dir / f"rank-{self.rank}.pid").write_text(str(os.getpid()))  # lets tests find ranks
 
@@ -309,6 +327,7 @@ def main(trainer_cls: type[Trainer], argv: list[str] | None = None) -> int:
     ranks = hvd.allgather_object(timing)
     metrics.update({
         "train_rows": t.rows["train"],
+        "rows_per_epoch": t.rows_per_epoch,  # fewer than train_rows when the ranks' shards are uneven
         "val_rows": t.rows["validation"],
         "epochs": t.cfg.epochs,
         **progress,

@@ -18,7 +18,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from training.parquet_groups import list_row_groups, read_row_group
+from training.parquet_groups import deal, list_row_groups, read_row_group
 from training.scatter import permutation
 
 
@@ -54,7 +54,7 @@ class ImageShardLoader:
         self.device = torch.device(device or "cpu")
         self.fs, groups = list_row_groups(url)
         self.total_row_groups = len(groups)
-        self.groups = groups[rank::size]
+        self.groups = deal(groups, size)[rank]
         self.num_rows = sum(g.rows for g in self.groups)
         self.wait_s = 0.0  # time the consumer spent blocked on data: the one read, in the first epoch
         self._tensors: tuple[torch.Tensor, torch.Tensor] | None = None

@@ -46,7 +46,7 @@ import torch
 from training.decode_pool import Decode, DecodePool, Slot, SlotRing
 from training import scatter
 from training.scatter import draw_positions, permutation, place_block, place_columns, window_order
-from training.parquet_groups import (RowGroup, check_numeric_columns, column_chunks, decode_chunk_bytes,
+from training.parquet_groups import (RowGroup, check_numeric_columns, column_chunks, deal, decode_chunk_bytes,
                                      list_row_groups, memory_map_enabled)
 
 
@@ -109,7 +109,7 @@ class ShardLoader:
         if groups:  # files without row groups (an empty split) have nothing to check or read
             check_numeric_columns(self.fs, groups[0], url, [*self.columns, label])
         self.total_row_groups = len(groups)
-        self.groups = groups[rank::size]
+        self.groups = deal(groups, size)[rank]
         self.num_rows = sum(g.rows for g in self.groups)
         self.wait_s = 0.0  # time the consumer spent blocked on data, summed over epochs
         self.processes = processes

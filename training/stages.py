@@ -45,13 +45,13 @@ ENTRY_SOURCES = {
 def check_world_fits(train_url: str, scale: ScaleConfig, dataset: dict | None = None) -> None:
     """Refuse a world with more ranks than the training split can feed, before any rank starts.
 
-    Each rank reads whole row groups (every ``size``-th one, as the loaders deal them), so a
+    Each rank reads whole row groups (``parquet_groups.deal``, as the loaders deal them), so a
     rank left without rows would stop the job only after horovodrun started every process, and
     the failure would read like a crash and be retried. An elastic job may run at any size from
-    ``min_np`` to ``max_np``: each is checked (a size that fits may follow one that does not).
+    ``min_np`` to ``max_np``: each is checked.
     With the ``dataset`` manifest, training files that no longer hold the rows it commits are
     refused too (the ranks would find that only once started)."""
-    from training.parquet_groups import list_row_groups
+    from training.parquet_groups import deal, list_row_groups
 
     _, groups = list_row_groups(train_url)
     expected = ((dataset or {}).get("summary") or {}).get("rows", {}).get("train")
@@ -67,7 +67,7 @@ def check_world_fits(train_url: str, scale: ScaleConfig, dataset: dict | None = 
     largest = scale.max_np or scale.num_proc
     field = "max_np" if scale.elastic and scale.max_np else "num_proc"
     for size in range(scale.min_np, largest + 1) if scale.elastic else [scale.num_proc]:
-        empty = [rank for rank in range(size) if not any(g.rows for g in groups[rank::size])]
+        empty = [rank for rank, shard in enumerate(deal(groups, size)) if not any(g.rows for g in shard)]
         if empty:
             at = "" if size == largest else f" (at a world of {size}, between min_np and {field})"
             raise ConfigError(f"scale.{field}", largest,

@@ -93,6 +93,7 @@ def test_features_dataset_and_training_end_to_end(small_raw, spark_submit):
                      launch=horovod_launcher(scale, emit=lines.append))
     m = tr.manifest["summary"]["metrics"]
     assert m["world_size"] == 2 and m["train_rows"] == rows["train"] and m["val_rows"] == rows["validation"]
+    assert 0.9 * m["train_rows"] <= m["rows_per_epoch"] <= m["train_rows"], m  # the shards are even
     assert m["val_mae"] < 0.8 * m["baseline_mae"], m
     assert any(line.startswith("[1]") for line in lines), "rank 1 produced no output"
     model_dir = commit.location(tr.manifest) / "model"

@@ -73,6 +73,29 @@ def test_ranks_partition_the_dataset(dataset):
     assert sorted(np.concatenate(seen).tolist()) == [i + 0.5 for i in range(3000)]
 
 
+def test_files_of_full_groups_and_a_tail_are_dealt_evenly(tmp_path):
+    """8 files of one 10,000-row group and a ~5,000-row tail: dealt by position (groups[rank::2]),
+    rank 0 got every full group, rank 1 every tail, and each epoch trained 68% of the rows."""
+    from training.parquet_groups import deal
+
+    for k in range(8):
+        rows = 15000 + 17 * k
+        pq.write_table(pa.table({"a": np.zeros(rows, np.float32), "label": np.zeros(rows, np.float32)}),
+                       tmp_path / f"part-{k:05d}.parquet", row_group_size=10000)
+    url = f"file://{tmp_path}"
+    _, groups = list_row_groups(url)
+    for size in (2, 3, 4):
+        shards = [ShardLoader(url, ["a"], "label", rank=r, size=size, batch_size=64) for r in range(size)]
+        rows = [s.num_rows for s in shards]
+        assert sum(rows) == sum(g.rows for g in groups)
+        assert max(rows) - min(rows) <= 10000, (size, rows)  # at most one group apart
+        assert min(rows) * size >= 0.85 * sum(rows), (size, rows)
+        assert {(g.path, g.index) for s in shards for g in s.groups} == {(g.path, g.index) for g in groups}
+        for s in shards:  # each shard reads its files in path order
+            assert s.groups == sorted(s.groups, key=lambda g: (g.path, g.index))
+    assert deal(groups, 2) == deal(list(groups), 2)  # the same footers, the same deal on every rank
+
+
 def test_storage_order_and_drop_last(dataset):
     loader = ShardLoader(dataset, COLUMNS, "label", batch_size=128, shuffle=False, drop_last=True)
     _, y, sizes = drain(loader)
