@@ -117,6 +117,14 @@ def failed(exc: BaseException, *, stage: str, run: RunContext, **fields: Any) ->
         pass
 
 
+def check_writable(path: Path | None = None) -> None:
+    """Raise OSError now if events cannot be appended (a read-only DLPIPE_HOME): a change made
+    by hand checks this first, so that it is not applied and then reported as failed."""
+    path = path or settings.audit_log_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644))
+
+
 def read(path: Path | None = None) -> Iterator[dict]:
     """Every event in order. A line that is not JSON (a write torn by a crash or a full disk)
     is skipped with a warning that names it, so one bad line does not hide the rest."""
@@ -128,7 +136,21 @@ def read(path: Path | None = None) -> Iterator[dict]:
             if not line.strip():
                 continue
             try:
-                yield json.loads(line)
+                event = json.loads(line)
             except json.JSONDecodeError as exc:
                 log.warning("%s line %d is not a JSON event (%s; a write torn by a crash?): skipped",
                             path, number, exc.msg)
+                continue
+            if not _is_event(event):  # a line written by hand or by another tool
+                log.warning("%s line %d is JSON but not an event (one has a ts, an event, a stage and a run "
+                            "with %s): skipped", path, number, ", ".join(_RUN_KEYS))
+                continue
+            yield event
+
+
+_RUN_KEYS = ("dag_id", "run_id", "task_id", "try_number", "user")  # what readers of events look up
+
+
+def _is_event(value: Any) -> bool:
+    return (isinstance(value, dict) and all(isinstance(value.get(k), str) for k in ("ts", "event", "stage"))
+            and isinstance(value.get("run"), dict) and all(k in value["run"] for k in _RUN_KEYS))

@@ -52,9 +52,24 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
                          rows_per_day=args.rows_per_day, seed=args.seed)
     results = write_raw(cfg, cli_context("demo-data"))
     rows = [{"partition": r.manifest["partition"], "rows": r.manifest["summary"]["rows"],
-             "status": "skipped (exists)" if r.skipped else "committed", "manifest": r.id} for r in results]
+             "status": _raw_status(r), "manifest": r.id} for r in results]
     _print(rows, args.json, _table(rows, ["partition", "rows", "status", "manifest"]))
     return 0
+
+
+def _raw_status(result) -> str:
+    """'committed', 'skipped (exists)', or what a new commit of a day with other settings replaced."""
+    if result.skipped:
+        return "skipped (exists)"
+    from dlpipe import commit
+
+    earlier = [m for m in commit.committed(commit.StageKey("raw", result.manifest["name"], result.manifest["partition"]))
+               if m["id"] != result.id]
+    if not earlier:
+        return "committed"
+    old = earlier[-1]["config"]
+    return (f"committed: supersedes the version of seed {old.get('seed')}, {old.get('rows_per_day')} rows "
+            f"(readers take the newest)")
 
 
 def _store(args: argparse.Namespace):
@@ -72,6 +87,7 @@ def _audited(command: str, target: str) -> Iterator[RunContext]:
     """The context of a registry change made by hand; a refused or failed one leaves a 'failed'
     event too (a compare-and-swap conflict, a version that does not exist), as a task's does."""
     run = cli_context(command)
+    audit.check_writable()  # before the change: not applied, then reported as failed
     try:
         yield run
     except Exception as exc:
@@ -89,7 +105,11 @@ def cmd_registry_register(args: argparse.Namespace) -> int:
             lineage={"source": "external", "registered_from": "dlpipe registry register"},
             run=run, note=args.note or "")
     ref = f"{record['name']}@{record['version']}"
-    _print(record, args.json, f"{ref} {'registered' if created else 'already registered (identical model)'}")
+    said = f"{ref} {'registered' if created else 'already registered (identical model)'}"
+    if not created and (metrics and metrics != record.get("metrics") or args.note and args.note != record.get("note")):
+        said += (f"; its recorded metrics and note are kept (a version record never changes): the ones given "
+                 f"differ (see `dlpipe registry show {ref}`)")
+    _print(record, args.json, said)
     return 0
 
 
@@ -129,10 +149,14 @@ def cmd_registry_history(args: argparse.Namespace) -> int:
     if doc is None and not registry.list_versions(store, name):  # a misspelt name, not an unset alias
         raise ConfigError("model", name, f"no version of it is registered in {store.uri}; "
                                          f"see `dlpipe registry list`")
-    moves = doc["history"] if doc else []
+    if doc is None:  # never set (or misspelt): say so, and which aliases are set
+        others = registry.list_aliases(store, name)
+        _print({}, args.json, f"{name}:{alias} has never been set; the aliases of {name} that are set: "
+                              f"{', '.join(others) or '(none)'}")
+        return 0
     rows = [{"seq": m["seq"], "at": m["at"], "from": m["from_version"], "to": m["to_version"],
-             "by": registry.mover(m["by"]), "run_id": m["run_id"], "reason": m["reason"]} for m in moves]
-    _print(doc or {}, args.json, _table(rows, ["seq", "at", "from", "to", "by", "run_id", "reason"]))
+             "by": registry.mover(m["by"]), "run_id": m["run_id"], "reason": m["reason"]} for m in doc["history"]]
+    _print(doc, args.json, _table(rows, ["seq", "at", "from", "to", "by", "run_id", "reason"]))
     return 0
 
 
@@ -141,8 +165,8 @@ def cmd_registry_promote(args: argparse.Namespace) -> int:
     with _audited("registry promote", f"{name}:{args.alias}") as run:
         store = _store(args)
         before = registry.get_alias(store, name, args.alias)
-        doc = registry.promote(store, name, args.alias, version, run=run,
-                               reason=args.reason or "", expected_version=args.expect_version)
+        doc = registry.promote(store, name, args.alias, version, run=run, reason=args.reason or "",
+                               expected_version=args.expect_version, expect_unset=args.expect_unset)
     if before is None:
         how = "set"
     elif before["version"] == doc["version"]:
@@ -386,6 +410,11 @@ def cmd_dataset_show(args: argparse.Namespace) -> int:
 def cmd_audit(args: argparse.Namespace) -> int:
     events = [e for e in audit.read() if (not args.run_id or e["run"]["run_id"] == args.run_id)
               and (not args.dag_id or e["run"]["dag_id"] == args.dag_id)]
+    if not events and (args.run_id or args.dag_id):  # a mistyped id would read as "nothing happened"
+        wanted = " and ".join(f"{k} {v!r}" for k, v in (("run", args.run_id), ("dag", args.dag_id)) if v)
+        print(f"no audit events for {wanted} in {settings.audit_log_path()}; `dlpipe audit` lists them all",
+              file=sys.stderr)
+        return 1
     rows = [{"ts": e["ts"], "event": e["event"], "task": e["run"]["task_id"],
              "try": e["run"]["try_number"], "user": e["run"]["user"],
              "triggered": _trigger(e["run"]), "manifest": e.get("manifest_id"),
@@ -551,6 +580,26 @@ def _iso_day(text: str) -> date:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date; use YYYY-MM-DD, e.g. 2026-01-01") from None
 
 
+def _version_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a version number; versions are 1, 2, ... "
+                                         f"(--expect-unset for an alias never set)")
+    return value
+
+
+def _not_empty(option: str):
+    """An option's type that refuses '' (an unset shell variable would select everything)."""
+    def check(text: str) -> str:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"{option} is empty; give a value or leave the option out")
+        return text
+    return check
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dlpipe", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
@@ -584,9 +633,13 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("ref", help="NAME@VERSION")
     rp.add_argument("alias", help="e.g. staging, production")
     rp.add_argument("--reason")
-    rp.add_argument("--expect-version", type=int, help="only move if the alias points here now")
+    expect = rp.add_mutually_exclusive_group()
+    expect.add_argument("--expect-version", type=_version_number, metavar="N",
+                        help="only move if the alias points at version N now")
+    expect.add_argument("--expect-unset", action="store_true", help="only set the alias if it was never set")
     rp.set_defaults(func=cmd_registry_promote)
-    rb = r.add_parser("rollback", help="move an alias back to its previous version")
+    rb = r.add_parser("rollback", help="undo an alias's latest move: back to the version it pointed at before "
+                                       "(twice in a row undoes the undo)")
     rb.add_argument("ref", help="NAME:ALIAS")
     rb.add_argument("--reason")
     rb.set_defaults(func=cmd_registry_rollback)
@@ -613,14 +666,14 @@ def build_parser() -> argparse.ArgumentParser:
     dss.set_defaults(func=cmd_dataset_show)
 
     a = sub.add_parser("audit", help="audit events (every attempt of every stage)")
-    a.add_argument("--run-id")
-    a.add_argument("--dag-id")
+    a.add_argument("--run-id", type=_not_empty("--run-id"))
+    a.add_argument("--dag-id", type=_not_empty("--dag-id"))
     a.add_argument("--json", action="store_true")
     a.set_defaults(func=cmd_audit)
 
     s = sub.add_parser("summary", help="summary of a DAG run from the audit log (exit 1 if incomplete)")
-    s.add_argument("--dag-id", default="eta_training")
-    s.add_argument("--run-id", help="default: the latest run in the audit log")
+    s.add_argument("--dag-id", default="eta_training", type=_not_empty("--dag-id"))
+    s.add_argument("--run-id", type=_not_empty("--run-id"), help="default: the latest run in the audit log")
     s.set_defaults(func=cmd_summary)
     return p
 

@@ -34,6 +34,9 @@ CITIES = {
 CITY_TIME_ZONES = {"berlin": "Europe/Berlin", "madrid": "Europe/Madrid", "paris": "Europe/Paris", "rome": "Europe/Rome"}
 
 
+MAX_ROWS_PER_DAY = 10_000_000  # a day is generated in memory
+
+
 @dataclass(frozen=True)
 class DemoDataConfig:
     """How much demo data to generate."""
@@ -47,8 +50,9 @@ class DemoDataConfig:
     def validate(self) -> None:
         if self.days < 1:
             raise ConfigError("days", self.days, "generate at least one day (--days 1 or more)")
-        if self.rows_per_day < 0:
-            raise ConfigError("rows_per_day", self.rows_per_day, "use 0 or a positive row count")
+        if not 0 <= self.rows_per_day <= MAX_ROWS_PER_DAY:
+            raise ConfigError("rows_per_day", self.rows_per_day, f"use 0 to {MAX_ROWS_PER_DAY:,} rows; for more "
+                                                                 f"data, generate more days")
         room = (date.max - self.start).days + 1
         if self.days > room:  # else it commits some days, then overflows
             raise ConfigError("days", self.days, f"the last day would be after {date.max}; use --days "
@@ -132,7 +136,10 @@ def generate_day(cfg: DemoDataConfig, day: date):
 
 
 def write_raw(cfg: DemoDataConfig, run: RunContext, home: Path | None = None) -> list[StageResult]:
-    """Generate and commit one raw partition per day; days already committed are skipped."""
+    """Generate and commit one raw partition per day. A day already committed with the same
+    settings is skipped; other settings (seed, rows per day) commit a new version of the day,
+    which readers take from then on (the newest commit of a partition wins, as when a day's
+    raw data is landed again)."""
     import pyarrow.parquet as pq
 
     cfg.validate()

@@ -393,6 +393,12 @@ def _alias_key(name: str, alias: str) -> str:
     return f"{_check_name(name)}/aliases/{check_alias(alias)}.json"
 
 
+def list_aliases(store: Store, name: str) -> list[str]:
+    """The aliases of model ``name`` that have been set, sorted."""
+    prefix = f"{_check_name(name)}/aliases/"
+    return sorted(k[len(prefix):-len(".json")] for k in store.list(prefix) if k.endswith(".json"))
+
+
 def get_alias(store: Store, name: str, alias: str) -> dict | None:
     """The alias document (``version`` plus the full ``history``), or None if never set."""
     found = store.get_versioned(_alias_key(name, alias))
@@ -416,10 +422,11 @@ def promote(store: Store, name: str, alias: str, version: int, *, run: RunContex
     doc, token = (json.loads(found[0]), found[1]) if found else (None, None)
     current = doc["version"] if doc else None
     if expect_unset and doc is not None:
-        raise AliasConflict(f"{name}:{alias} was set to version {current} concurrently; it was expected "
-                            f"not to exist yet: re-read it (dlpipe registry history) and retry")
+        raise AliasConflict(f"{name}:{alias} is set (version {current}), not unset as expected (set since it "
+                            f"was read, or before): re-read it (dlpipe registry history) and retry")
     if expected_version is not None and current != expected_version:
-        raise AliasConflict(f"{name}:{alias} points at version {current}, not the expected "
+        now = "is not set" if current is None else f"points at version {current}"
+        raise AliasConflict(f"{name}:{alias} {now}, not at the expected version "
                             f"{expected_version}; re-read it (dlpipe registry history) and retry")
     moves = len(doc["history"]) if doc else 0
     if expected_moves is not None and moves != expected_moves:

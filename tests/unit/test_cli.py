@@ -323,3 +323,76 @@ def test_the_audit_table_shows_who_triggered_a_run_and_how(capsys, dlpipe_home):
                                 triggered_by="scheduled", run_type="scheduled"))
     code, out, _ = _run(capsys, "audit", "--dag-id", "d")
     assert code == 0 and "ana (backfill)" in out and " scheduled " in out and "triggered" in out
+
+
+def test_a_registry_change_is_not_made_when_its_audit_event_cannot_be_written(capsys, tmp_path, monkeypatch):
+    """Before, the alias moved (and a version was registered) and the command then failed on the
+    audit log, exit 2: the user retried a change that had been made, and it had no audit event."""
+    monkeypatch.setenv("DLPIPE_HOME", str(tmp_path / "home"))
+    root = str(tmp_path / "reg")
+    assert _run(capsys, "registry", "register", "eta", str(_model_dir(tmp_path)), "--root", root)[0] == 0
+    audit_dir = tmp_path / "home" / "audit"
+    (audit_dir / "events.jsonl").unlink()
+    audit_dir.rmdir()
+    audit_dir.write_text("a file where the audit folder belongs")  # as unwritable as a read-only mount
+    code, _, err = _run(capsys, "registry", "promote", "eta@1", "staging", "--root", root)
+    assert code == 2 and "audit" in err
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "model.safetensors").write_bytes(b"other weights")
+    assert _run(capsys, "registry", "register", "eta", str(other), "--root", root)[0] == 2
+    audit_dir.unlink()
+    _, out, _ = _run(capsys, "registry", "list", "eta", "--root", root, "--json")
+    assert [v["version"] for v in json.loads(out)] == [1]  # nothing registered
+    _, out, _ = _run(capsys, "registry", "history", "eta:staging", "--root", root)
+    assert "eta:staging has never been set" in out  # nothing moved
+
+
+def test_registry_answers_name_unset_aliases_wrong_expectations_and_ignored_metrics(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("DLPIPE_HOME", str(tmp_path))
+    model = _model_dir(tmp_path)
+    (tmp_path / "a.json").write_text('{"val_mae": 3.1}')
+    (tmp_path / "b.json").write_text('{"val_mae": 9.0}')
+    assert _run(capsys, "registry", "register", "eta", str(model), "--metrics", str(tmp_path / "a.json"))[0] == 0
+    code, out, _ = _run(capsys, "registry", "register", "eta", str(model), "--metrics", str(tmp_path / "b.json"))
+    assert code == 0 and "already registered (identical model); its recorded metrics and note are kept" in out
+    code, out, _ = _run(capsys, "registry", "register", "eta", str(model))
+    assert out.strip() == "eta@1 already registered (identical model)"
+    assert _run(capsys, "registry", "promote", "eta@1", "staging")[0] == 0
+    code, out, _ = _run(capsys, "registry", "history", "eta:stagng")  # printed '(none)' before
+    assert code == 0 and out.strip() == "eta:stagng has never been set; the aliases of eta that are set: staging"
+    for bad in ("0", "-5", "x"):
+        with pytest.raises(SystemExit):
+            _run(capsys, "registry", "promote", "eta@1", "production", "--expect-version", bad)
+        assert "is not a version number" in capsys.readouterr().err
+    code, _, err = _run(capsys, "registry", "promote", "eta@1", "production", "--expect-version", "2")
+    assert code == 2 and "eta:production is not set, not at the expected version 2" in err  # 'version None'
+    assert _run(capsys, "registry", "promote", "eta@1", "production", "--expect-unset")[0] == 0
+    code, _, err = _run(capsys, "registry", "promote", "eta@1", "production", "--expect-unset")
+    assert code == 2 and "eta:production is set (version 1), not unset as expected" in err
+
+
+def test_audit_filters_refuse_empty_values_and_say_when_nothing_matches(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("DLPIPE_HOME", str(tmp_path))
+    from dlpipe import audit
+    from dlpipe.runctx import RunContext
+
+    audit.record("started", stage="s", run=RunContext(dag_id="eta_training", run_id="r1"))
+    for argv in (("audit", "--run-id", ""), ("audit", "--dag-id", " "), ("summary", "--run-id", "")):
+        with pytest.raises(SystemExit):  # `--run-id "$UNSET"` selected every run before
+            _run(capsys, *argv)
+        assert "is empty; give a value or leave the option out" in capsys.readouterr().err
+    code, out, err = _run(capsys, "audit", "--run-id", "r2")
+    assert code == 1 and "no audit events for run 'r2'" in err and out == ""
+    assert _run(capsys, "audit", "--run-id", "r1")[0] == 0
+
+
+def test_demo_data_says_when_a_day_is_committed_again_with_other_settings(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("DLPIPE_HOME", str(tmp_path))
+    assert _run(capsys, "demo-data", "--days", "1", "--rows-per-day", "5")[0] == 0
+    code, out, _ = _run(capsys, "demo-data", "--days", "1", "--rows-per-day", "6")
+    assert code == 0 and "committed: supersedes the version of seed 7, 5 rows (readers take the newest)" in out
+    code, out, _ = _run(capsys, "demo-data", "--days", "1", "--rows-per-day", "6")
+    assert "skipped (exists)" in out
+    code, _, err = _run(capsys, "demo-data", "--rows-per-day", "2000000000")  # a numpy MemoryError before
+    assert code == 2 and "rows_per_day=2000000000: use 0 to 10,000,000 rows" in err

@@ -178,6 +178,11 @@ def test_a_torn_audit_line_is_skipped_with_a_warning_that_names_it(caplog):
     audit.record("failed", stage="s", run=run)
     assert [e["event"] for e in audit.read()] == ["started", "failed"]
     assert "events.jsonl line 2 is not a JSON event" in caplog.text
+    with open(audit.settings.audit_log_path(), "a") as f:  # JSON, but not an event: readers failed on it
+        f.write('{"event": "committed", "ts": "x"}\n[1, 2]\n{"ts": "x", "event": "e", "stage": "s", "run": {}}\n')
+    audit.record("committed", stage="s", run=run)
+    assert [e["event"] for e in audit.read()] == ["started", "failed", "committed"]
+    assert "line 4 is JSON but not an event" in caplog.text and "line 6 is JSON but not an event" in caplog.text
 
 
 def test_a_partial_or_failed_audit_write_leaves_whole_lines_only(monkeypatch):

@@ -169,7 +169,7 @@ def test_a_forward_promotion_racing_on_an_unset_alias_keeps_the_newer_data(store
     assert not moved and doc["version"] == v["2026-01-03"]
     history = registry.get_alias(store, "eta", "staging")["history"]
     assert [(h["to_version"], h["by"]["run_id"]) for h in history] == [(v["2026-01-03"], "B")]
-    with pytest.raises(AliasConflict, match="expected not to exist yet"):
+    with pytest.raises(AliasConflict, match="not unset as expected"):
         registry.promote(store, "eta", "staging", v["2026-01-02"], run=RunContext(), expect_unset=True)
 
 
