@@ -165,6 +165,19 @@ class ExpectationSpec(BaseModel):
         return value
 
 
+def _argument_problems(exc: Exception) -> str:
+    """Each bad argument once, with pydantic's first complaint about it: a union-typed argument
+    (min_value: float | dict | date | datetime) otherwise gets one line per member."""
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return str(exc)
+    first: dict[str, str] = {}
+    for e in errors():
+        name = ".".join(str(p) for p in e.get("loc", ())) or "kwargs"
+        first.setdefault("kwargs" if name == "__root__" else name, e.get("msg", ""))
+    return "; ".join(f"{name}: {msg}" for name, msg in first.items())
+
+
 class DriftConfig(BaseModel):
     """How far a dataset's columns may move from the previous committed version of the dataset."""
 
@@ -255,18 +268,27 @@ def _type_expectation(column: str, type_: str, engine: str):
     return gx.expectations.ExpectColumnValuesToBeInTypeList(column=column, type_list=list(names))
 
 
-def _gx_expectation(i: int, spec: ExpectationSpec):
+def _gx_expectation(i: int, spec: ExpectationSpec, source: str = ""):
     import great_expectations as gx
 
     cls = getattr(gx.expectations, GX_EXPECTATIONS.get(spec.type, ""), None)
     if cls is None:  # a spec checked on load names one; a GX upgrade may have dropped it
-        raise ConfigError(f"data_gate.expectations[{i}].type", spec.type,
+        raise ConfigError(f"{source}data_gate.expectations[{i}].type", spec.type,
                           "use a Great Expectations 1.x expectation type, e.g. expect_column_values_to_be_between")
     try:
         return cls(**spec.kwargs)
-    except Exception as exc:  # pydantic validation of the expectation's arguments
-        raise ConfigError(f"data_gate.expectations[{i}].kwargs", spec.kwargs,
-                          f"fix the arguments of {spec.type}: {str(exc).splitlines()[0]}") from exc
+    except (ValueError, TypeError) as exc:  # GX's expectations are pydantic (v1) models
+        raise ConfigError(f"{source}data_gate.expectations[{i}].kwargs", spec.kwargs,
+                          f"the arguments of {spec.type} do not fit it: {_argument_problems(exc)}; fix them "
+                          f"(each expectation's arguments are in the Great Expectations docs)") from None
+
+
+def check_expectations(cfg: DataGateConfig, source: str = "") -> None:
+    """Build every listed expectation once, so that a misspelt argument fails the first task
+    of a run (every task checks the pipeline), not the gate after the Spark stages committed.
+    Not at DAG parse: importing Great Expectations there would cost every parse seconds."""
+    for i, spec in enumerate(cfg.expectations):
+        _gx_expectation(i, spec, f"{source}: " if source else "")
 
 
 def _expectations(cfg: DataGateConfig, engine: str = "pandas") -> list:

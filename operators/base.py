@@ -142,7 +142,7 @@ class DlpipeOperator(BaseOperator):
             pipeline = load_pipeline(self.pipeline_path())
             from operators.factory import check_pipeline  # here: factory imports the operators
 
-            check_pipeline(pipeline)
+            check_pipeline(pipeline, at_run=True)
             result = self.run_stage(context, pipeline, run)
         except BaseException as exc:
             # every attempt leaves an event, also one that failed before its stage began (a bad

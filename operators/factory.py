@@ -4,7 +4,9 @@ A spec is a pipeline YAML (its ``kind:``, see ``operators.kinds``, and the secti
 read: ``features``, ``dataset``, ``data_gate``, ``train``, ``scale``, ``model_gate``,
 ``registry``) plus a ``dag:`` section (id, owner, schedule, dates, retries, timeouts). Every section is validated when the DAG file is
 parsed, so a typo shows up as an import error in the Airflow UI that names the spec file, the
-field path, the bad value and the fix, not as a failed task at 3 a.m.
+field path, the bad value and the fix, not as a failed task at 3 a.m. (The data gate's Great
+Expectations arguments are checked when a run's first task starts, before any stage: importing
+Great Expectations at every parse would cost seconds.)
 
 Each spec gets its own two-line DAG file (Airflow's safe mode only parses files that mention
 both "airflow" and "dag", hence the comment)::
@@ -64,12 +66,13 @@ class DagSpec(BaseModel):
         return value
 
 
-def check_pipeline(pipeline: dict[str, Any]) -> None:
+def check_pipeline(pipeline: dict[str, Any], *, at_run: bool = False) -> None:
     """Every section of a pipeline YAML known to its kind and valid, whichever stage reads it.
 
-    Run when a spec's DAG is parsed and again when any dlpipe task starts, so a misspelt section
-    (``trian:``) fails the first task, naming the file and the section, instead of leaving every
-    default in force."""
+    Run when a spec's DAG is parsed and again when any dlpipe task starts (``at_run``: then the
+    data gate's Great Expectations arguments too), so a misspelt section (``trian:``) or
+    argument fails the first task, naming the file and the field, instead of leaving every
+    default in force or failing after the Spark stages committed."""
     path = pipeline.get("_source", "?")
     kind = kind_of(pipeline)
     sections = kind.sections()
@@ -79,7 +82,11 @@ def check_pipeline(pipeline: dict[str, Any]) -> None:
                           f"remove it or fix its name; a {kind.name} pipeline has the sections "
                           f"{sorted(known - {'_source'})}")
     for name, model in sections.items():
-        section(pipeline, name, model)
+        checked = section(pipeline, name, model)
+        if at_run and name == "data_gate":
+            from dlpipe.gates import check_expectations
+
+            check_expectations(checked, path)
     gate = section(pipeline, "model_gate", sections["model_gate"])
     for field, allowed, what in (("metric", kind.gate_metrics, "the model's metric on the validation split"),
                                  ("baseline_metric", kind.baseline_metrics, "the naive predictor's value of it")):

@@ -421,7 +421,7 @@ def _gate_task_whose_stage(monkeypatch, stage):
     op = DataGateOperator(task_id="data_gate", dataset_id="x", pipeline_config="p.yaml")
     monkeypatch.setattr(op, "run_stage", lambda context, pipeline, run: stage(op))
     monkeypatch.setattr(base, "load_pipeline", lambda path: {"kind": "eta_regression", "_source": path})
-    monkeypatch.setattr("operators.factory.check_pipeline", lambda pipeline: None)
+    monkeypatch.setattr("operators.factory.check_pipeline", lambda pipeline, **_: None)
     ti = SimpleNamespace(dag_id="eta_training", run_id="r", task_id="data_gate", try_number=1)
     return op, {"ti": ti, "dag_run": SimpleNamespace(run_type="manual"), "params": {}}
 

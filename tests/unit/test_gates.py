@@ -428,6 +428,33 @@ def test_a_bound_that_is_not_a_finite_number_is_refused_on_load(bound, value):
     assert "not a finite number" in e.value.fix and f"leave {bound} out" in e.value.fix
 
 
+def test_an_expectations_arguments_are_checked_before_any_stage_naming_each_bad_one(tmp_path):
+    """Before, a misspelt argument passed every check and failed the gate, after the Spark
+    stages had committed, with GX's multi-line message and no argument named. Every task
+    checks the pipeline when it starts (check_pipeline(at_run=True)), the first one included."""
+    from dlpipe.errors import ConfigError
+    from dlpipe.gates import check_expectations
+    from dlpipe.pipeline_config import load_pipeline
+    from operators.factory import check_pipeline
+    from tests.conftest import ROOT
+
+    shipped = (ROOT / "pipelines" / "eta_training.yaml").read_text()
+    spec = tmp_path / "p.yaml"
+    spec.write_text(shipped.replace("{column: trip_id}", "{colum: trip_id}", 1))
+    assert "colum: trip_id" in spec.read_text()
+    check_pipeline(load_pipeline(spec))  # at DAG parse: no Great Expectations import
+    with pytest.raises(ConfigError) as e:
+        check_pipeline(load_pipeline(spec), at_run=True)
+    assert e.value.field == f"{spec}: data_gate.expectations[0].kwargs"
+    assert ("the arguments of expect_column_values_to_be_unique do not fit it: column: field required; "
+            "colum: extra fields not permitted; fix them") in e.value.fix
+    with pytest.raises(ConfigError, match=r"min_value: value is not a valid float; kwargs: min_value and "
+                                          r"max_value cannot both be None; fix them"):
+        check_expectations(_load_gate(expectations=[{"type": "expect_column_values_to_be_between",
+                                                     "kwargs": {"column": "a", "min_value": "x"}}]))
+    check_pipeline(load_pipeline(ROOT / "pipelines" / "eta_training.yaml"), at_run=True)
+
+
 # --- GX's own exception text reaches the failure message ---
 
 
