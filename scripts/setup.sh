@@ -41,7 +41,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # petastorm runs fine with new setuptools (stdlib distutils still exists), so it is installed
   # without its dependency metadata. Its real runtime requirements are in pyproject.toml.
   "$VENV/bin/pip" install -q --no-deps "petastorm==0.13.1" 2>&1 | { grep -v "^WARNING: Location" || true; }
-  "$VENV/bin/python" -c "import torch, airflow, pyspark, petastorm, great_expectations, boto3" >/dev/null \
+  # not `python -c "import ..."`: see dlpipe/import_check.py (such a check passed a broken install)
+  "$VENV/bin/python" -m dlpipe.import_check torch airflow pyspark petastorm great_expectations boto3 >/dev/null \
     || { echo "[setup] error: the package install did not complete; see pip's output above" >&2; exit 1; }
   echo "$want" > "$stamp"
 else

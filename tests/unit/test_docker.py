@@ -365,3 +365,25 @@ def test_no_image_keeps_the_ssh_host_keys_made_at_install(dockerfile: Path) -> N
 
 def test_the_host_key_check_finds_a_kept_key() -> None:
     assert ssh_host_key_problems("FROM x\nRUN apt-get install -y openssh-server \\\n    && true\n")
+
+
+def test_install_checks_fail_on_a_module_that_does_not_import():
+    """`python -c "import great_expectations, X"` exits 0 whatever X is: pyspark's Spark Connect
+    package (which Great Expectations imports) takes a -c program for its doctests and exits 0
+    when Connect's own requirements are missing. The setup and image checks use
+    dlpipe.import_check, which fails, naming the module."""
+    quirk = subprocess.run([sys.executable, "-c", "import great_expectations, no_such_module_x"],
+                           capture_output=True, text=True)
+    checked = subprocess.run([sys.executable, "-m", "dlpipe.import_check", "great_expectations", "no_such_module_x"],
+                             capture_output=True, text=True)
+    assert checked.returncode == 1, checked
+    assert "import check: no_such_module_x does not import (ModuleNotFoundError" in checked.stderr
+    if quirk.returncode == 0:  # the quirk this works around is still there: the old check could not fail
+        assert "no_such_module_x" not in quirk.stderr
+    ok = subprocess.run([sys.executable, "-m", "dlpipe.import_check", "great_expectations", "json"],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0 and ok.stdout.strip() == "import check: great_expectations, json import"
+    for path in ("scripts/setup.sh", "docker/airflow/Dockerfile", "docker/spark/Dockerfile", "docker/trainer/Dockerfile"):
+        text = (REPO / path).read_text()
+        assert "dlpipe.import_check" in text, path
+        assert not re.search(r'python -c "import [^"]*great_expectations', text), path
