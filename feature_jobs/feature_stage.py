@@ -215,7 +215,9 @@ def extract_features(interval_start, interval_end, *, config: FeatureJobConfig, 
     days = interval_days(interval_start, interval_end)
     if len(days) != 1:
         raise ConfigError("data_interval", f"{interval_start}..{interval_end}",
-                          "the ETA feature job writes one daily partition per run: schedule it @daily")
+                          f"the ETA feature job writes one daily partition per run and this interval spans "
+                          f"{len(days)} UTC days: schedule the DAG @daily, and give a run one day (a data "
+                          f"interval chosen by hand in the trigger form, or a backfill, one day at a time)")
     day = days[0]
     history = [day - timedelta(days=i) for i in range(config.lookback_days, 0, -1)]
     earlier, missing = committed_days(config.raw, "raw", history, required=False)

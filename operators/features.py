@@ -151,11 +151,13 @@ class SparkStageOperator(DlpipeOperator):
             # backfill of D would find a successful run there and skip it
             raise ConfigError("logical date", f"{logical} with data interval {start} .. {end}",
                               "this run's data interval does not belong to its logical date (`airflow dags "
-                              "trigger --logical-date` takes the interval from the time of the trigger): to "
-                              "process a chosen day use `airflow backfill create --dag-id DAG --from-date DAY "
-                              "--to-date DAY`, or trigger from the UI or REST API, which give a logical date "
-                              "its own interval; to process the last complete day, trigger with the current "
-                              "time as the logical date")
+                              "trigger --logical-date` takes the interval from the time of the trigger; the UI's "
+                              "trigger form keeps a data interval chosen by hand apart from the logical date): "
+                              "to process a chosen day use `airflow backfill create --dag-id DAG --from-date DAY "
+                              "--to-date DAY`, or trigger from the UI or REST API with the data interval left to "
+                              "Airflow (a logical date then gets its own interval), or with the logical date set "
+                              "to the start of the interval you choose; to process the last complete day, "
+                              "trigger with the current time as the logical date")
         if logical is not None and logical == end:
             # a UI/REST trigger or `airflow dags test DAG D` at midnight D: Airflow keeps one run
             # per logical date, and D is the scheduled run of [D, D+1)'s, so that day would never run

@@ -283,6 +283,11 @@ def test_a_logical_date_outside_the_runs_interval_is_refused():
     jan5, dec6 = datetime(2026, 1, 5, tzinfo=timezone.utc), datetime(2026, 12, 6, tzinfo=timezone.utc)
     with pytest.raises(ConfigError, match=r"logical date.*2026-01-05.*2026-12-05.*airflow backfill create"):
         op.interval({"logical_date": jan5, "data_interval_start": dec6 - day, "data_interval_end": dec6})
+    # the UI's form with a data interval chosen by hand and the logical date left at "now": the
+    # message named only the CLI, and advised the UI the user had used
+    with pytest.raises(ConfigError, match=r"trigger form keeps a data interval chosen by hand apart.*logical date "
+                                          r"set to the start of the interval you choose"):
+        op.interval({"logical_date": dec6, "data_interval_start": jan5 - day, "data_interval_end": jan5})
     # a UI or REST trigger, or `dags test`, at midnight D processes [D-1, D) under the logical
     # date of D's scheduled run, which Airflow then never creates
     class Run:  # the run as the Task SDK's context gives it
