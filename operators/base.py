@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -13,6 +14,8 @@ from dlpipe.commit import StageResult
 from dlpipe.errors import ConfigError, GateFailed, InputNotReady, IntegrityError, NotCommittedError
 from dlpipe.pipeline_config import load_pipeline
 from dlpipe.runctx import RunContext
+
+log = logging.getLogger(__name__)
 
 # Failures that will fail the same way on every retry: fail the task without retrying (except
 # InputNotReady: an input that may still come, such as the interval's raw data landing late).
@@ -39,9 +42,23 @@ def run_context(context: Any, pipeline_stage: str = "-") -> RunContext:
         # a backfill records the user who created it as triggering_user_name: kept apart, so
         # both who and how survive
         run_type=str(getattr(run_type, "value", run_type)),
-        reason=str((context.get("params") or {}).get("reason") or ""),
+        reason=_reason(context),
         pipeline_stage=pipeline_stage,
     )
+
+
+def _reason(context: Any) -> str:
+    """The run's ``reason`` param; from the run's conf when params do not carry it ([core]
+    dag_run_conf_overrides_params off). Conf keys the DAG does not declare are named in the
+    task log: ``{"reasn": ...}`` was accepted and the reason silently lost."""
+    params = context.get("params") or {}
+    conf = getattr(context.get("dag_run"), "conf", None) or {}
+    declared = set(getattr(context.get("dag"), "params", None) or {})
+    unknown = sorted(set(conf) - declared) if declared and isinstance(conf, dict) else []
+    if unknown:
+        log.warning("this run's conf has keys %s that are not params of the DAG (its params: %s): they are "
+                    "ignored; a misspelt key?", unknown, sorted(declared))
+    return str(params.get("reason") or (conf.get("reason") if isinstance(conf, dict) else "") or "")
 
 
 def brief(summary: dict, limit: int = 240, field_limit: int = 60) -> str:

@@ -376,6 +376,26 @@ def test_run_context_records_the_run_type_by_its_value():
     assert (backfill.triggered_by, backfill.run_type) == ("ana", "backfill")
 
 
+def test_a_conf_key_the_dag_does_not_declare_is_named_and_the_reason_read_from_conf_too(caplog):
+    """`-c '{"reasn": "..."}'` was accepted and the reason silently lost; with [core]
+    dag_run_conf_overrides_params off, params never carry the conf's reason."""
+    import runpy
+    from types import SimpleNamespace
+
+    from operators.base import run_context
+
+    dag = runpy.run_path(str(ROOT / "dags" / "eta_training.py"))["dag"]
+    ti = SimpleNamespace(dag_id="eta_training", run_id="manual__x", task_id="t", try_number=1)
+    typo = run_context({"ti": ti, "dag": dag, "params": {"reason": "", "reasn": "label fix"},
+                        "dag_run": SimpleNamespace(run_type="manual", conf={"reasn": "label fix"})})
+    assert typo.reason == "" and "conf has keys ['reasn'] that are not params of the DAG (its params: ['reason'])" \
+        in caplog.text
+    caplog.clear()
+    from_conf = run_context({"ti": ti, "dag": dag, "params": {"reason": ""},
+                             "dag_run": SimpleNamespace(run_type="manual", conf={"reason": "label fix"})})
+    assert from_conf.reason == "label fix" and "not params" not in caplog.text
+
+
 def test_a_killed_task_leaves_a_failed_event_even_with_the_log_locked(dlpipe_home):
     """Airflow's SIGTERM handler calls on_kill and SIGKILL follows: a gate or an upload, which
     has no tool to stop, would otherwise leave only its 'started' event."""
