@@ -230,7 +230,17 @@ def pipeline_tasks(*, train_timeout: timedelta, features: bool = True, promote: 
     register = RegisterModelOperator(task_id="register_model", training_id=train.output,
                                      gate_ids=[data_gate.output, model_gate.output])
     dataset >> data_gate >> train >> model_gate >> register
+    tasks = [dataset, data_gate, train, model_gate, register]
     if promote:
-        register >> PromoteModelOperator(task_id="promote_staging", model_ref=register.output)
+        tasks.append(PromoteModelOperator(task_id="promote_staging", model_ref=register.output))
+        register >> tasks[-1]
     if features:
-        SparkFeatureOperator(task_id="extract_features") >> dataset
+        tasks.append(SparkFeatureOperator(task_id="extract_features"))
+        tasks[-1] >> dataset
+    # A DAG's end_date E stops its schedule; Airflow also copies it to every task, and a run
+    # dated after a task's end_date gets no instance of it: a manual run processing day E-1 or E
+    # (dated inside the day after) succeeded at once with nothing done, and then held the next
+    # run's dataset task (depends_on_past). The tasks end two days later: those runs do their work.
+    end = dataset.dag.end_date if dataset.dag else None
+    for task in tasks:
+        task.end_date = end + timedelta(days=2) if end else None

@@ -212,6 +212,21 @@ def test_digits_dag_end_to_end_then_next_week_skips(airflow_env, dlpipe_home):
 
 
 @pytest.mark.integration
+def test_a_manual_run_for_the_end_day_gets_its_tasks(tmp_path, dlpipe_home):
+    """With end_date E the scheduler stops after E, but Airflow copies a DAG's end_date to every
+    task and creates no instance of a task for a run dated after it: a manual run processing day
+    E-1 (dated E 06:00) succeeded at once with no task run. Real Airflow, every task marked done."""
+    env = local_airflow_env(tmp_path, dlpipe_home, DLPIPE_ETA_END_DATE="2026-01-04")
+    airflow_cli(env, "db", "migrate")
+    proc = airflow_cli(env, "dags", "test", "eta_training", "2026-01-05T06:00:00+00:00",
+                       "--mark-success-pattern", ".*")
+    out = proc.stdout + proc.stderr
+    marked = {line.split("): ", 1)[1].split(">", 1)[0] for line in out.splitlines() if "Marking success for <Task(" in line}
+    assert marked == {"extract_features", "materialize_dataset", "data_gate", "train", "model_gate",
+                      "register_model", "promote_staging"}, out[-3000:]
+    assert "data_interval_start=2026-01-04" in out
+
+
 def test_failed_data_gate_stops_the_pipeline_without_retry(tmp_path, airflow_env, dlpipe_home):
     pipeline = yaml.safe_load((ROOT / "pipelines" / "eta_training.yaml").read_text())
     pipeline["data_gate"]["min_rows"]["train"] = 10**9
