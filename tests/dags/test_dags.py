@@ -227,6 +227,24 @@ def test_a_manual_run_for_the_end_day_gets_its_tasks(tmp_path, dlpipe_home):
     assert "data_interval_start=2026-01-04" in out
 
 
+def test_make_demo_refuses_to_wait_forever_on_an_earlier_run_that_holds_it(tmp_path, dlpipe_home):
+    """A refused midnight run (the usual `airflow dags test DAG DAY` form) left its dataset task
+    upstream_failed; `make demo`'s `dags test` of the next day then waited on it (depends_on_past)
+    forever, printing "No tasks to run". The pre-flight check says so and gives the way out."""
+    env = local_airflow_env(tmp_path, dlpipe_home)
+    airflow_cli(env, "db", "migrate")
+    refused = airflow_cli(env, "dags", "test", "eta_training", "2026-01-05", check=False)
+    assert "first instant of the next day" in refused.stdout + refused.stderr
+    check = [sys.executable, str(ROOT / "scripts" / "demo_preflight.py"), "eta_training"]
+    held = subprocess.run([*check, "2026-01-05T06:00:00+00:00"], env=env, capture_output=True, text=True)
+    assert held.returncode == 1, held
+    assert "(logical date 2026-01-05T00:00+0000) holds this one: its materialize_dataset is upstream_failed" \
+        in held.stderr and "airflow dags delete eta_training --yes && make demo" in held.stderr
+    assert subprocess.run([*check, "2026-01-05T00:00:00+00:00"], env=env).returncode == 0  # nothing before it
+    airflow_cli(env, "dags", "delete", "eta_training", "--yes")  # the advice works
+    assert subprocess.run([*check, "2026-01-05T06:00:00+00:00"], env=env).returncode == 0
+
+
 def test_failed_data_gate_stops_the_pipeline_without_retry(tmp_path, airflow_env, dlpipe_home):
     pipeline = yaml.safe_load((ROOT / "pipelines" / "eta_training.yaml").read_text())
     pipeline["data_gate"]["min_rows"]["train"] = 10**9
