@@ -18,7 +18,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from training.parquet_groups import deal, list_row_groups, read_row_group
+from training.parquet_groups import check_column_kinds, deal, list_row_groups, read_row_group
 from training.scatter import permutation
 
 
@@ -52,7 +52,12 @@ class ImageShardLoader:
         self.image, self.label, self.scale = image, label, scale
         self.batch_size, self.seed, self.shuffle, self.rank = batch_size, seed, shuffle, rank
         self.device = torch.device(device or "cpu")
+        if image == label:
+            raise ValueError(f"image={image!r} and label={label!r} name one column; give the image column "
+                             f"and the class column")
         self.fs, groups = list_row_groups(url)
+        if groups:  # before any epoch: a wrong name failed only at the first batch, after horovodrun started
+            check_column_kinds(self.fs, groups[0], url, {image: "binary", label: "integer"})
         self.total_row_groups = len(groups)
         self.groups = deal(groups, size)[rank]
         self.num_rows = sum(g.rows for g in self.groups)

@@ -101,7 +101,12 @@ class ShardLoader:
                           "whose draw takes 50-60 ms a 250,000-row window in Python, holding the GIL. "
                           "Install numba (part of dlpipe's dependencies) for the compiled loops.",
                           RuntimeWarning, stacklevel=2)
-        self.url, self.columns, self.label = url, list(columns), label
+        columns = list(columns)
+        repeated = sorted({c for c in columns if columns.count(c) > 1})
+        if not columns or repeated or label in columns:  # the label as an input leaks the target
+            raise ValueError(f"columns={columns!r}, label={label!r}: give one or more feature columns, each once, "
+                             f"and not the label" + (f" (repeated: {repeated})" if repeated else ""))
+        self.url, self.columns, self.label = url, columns, label
         self.batch_size, self.seed, self.shuffle, self.drop_last = batch_size, seed, shuffle, drop_last
         self.rank, self.window, self.workers, self.prefetch = rank, shuffle_window, workers, prefetch
         self.device = torch.device(device or "cpu")

@@ -92,15 +92,27 @@ def deal(groups: list[RowGroup], size: int) -> list[list[RowGroup]]:
 def check_numeric_columns(fs: pafs.FileSystem, group: RowGroup, url: str, columns: list[str]) -> None:
     """Refuse, before any epoch, columns that the dataset lacks or that are not numbers, naming
     them (the first file's schema stands for all: a committed split has one schema)."""
+    check_column_kinds(fs, group, url, {c: "number" for c in columns})
+
+
+_KINDS = {"number": lambda t: pa.types.is_integer(t) or pa.types.is_floating(t),
+          "integer": pa.types.is_integer, "binary": lambda t: pa.types.is_binary(t) or pa.types.is_large_binary(t)}
+_FIX = {"number": "the loader reads integer and float columns only; encode it as numbers in the dataset job",
+        "integer": "the label must be an integer class column",
+        "binary": "the image must be a column of encoded images (NdarrayCodec bytes)"}
+
+
+def check_column_kinds(fs: pafs.FileSystem, group: RowGroup, url: str, kinds: dict[str, str]) -> None:
+    """Refuse, before any epoch, columns the dataset lacks or whose type is not the kind asked
+    for ("number", "integer" or "binary"), naming the column, its type and the fix."""
     schema = pq.ParquetFile(fs.open_input_file(group.path)).schema_arrow
-    missing = [c for c in columns if c not in schema.names]
+    missing = [c for c in kinds if c not in schema.names]
     if missing:
         raise ValueError(f"columns {missing} are not in the dataset at {shown(url)}; it has {schema.names}")
-    for name in columns:
-        kind = schema.field(name).type
-        if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
-            raise ValueError(f"column {name!r} is {kind}: the loader reads integer and float columns only; "
-                             f"encode it as numbers in the dataset job")
+    for name, kind in kinds.items():
+        found = schema.field(name).type
+        if not _KINDS[kind](found):
+            raise ValueError(f"column {name!r} is {found}: {_FIX[kind]}")
 
 
 def shown(url: str) -> str:

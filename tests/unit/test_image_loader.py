@@ -94,3 +94,22 @@ def test_digits_model_predict_accepts_the_usual_shapes_and_names_a_wrong_one():
     for bad in (np.zeros((3, 16, 16)), np.zeros((8, 8)), np.zeros((2, 63))):
         with pytest.raises(ValueError, match=r"images: shape \[.*\] is not a batch of 8x8 grey images; pass"):
             model.predict(bad)
+
+
+def test_wrong_or_mistyped_columns_are_refused_when_the_loader_is_made(tmp_path):
+    """A wrong field name failed only at the first batch (after horovodrun, bind and the
+    checkpoint set-up), as a bare KeyError or TypeError."""
+    _write(tmp_path / "train", 12, files=1)
+    url = f"file://{tmp_path / 'train'}"
+    for image, label, said in (("img", "label", r"columns \['img'\] are not in the dataset"),
+                               ("image", "digit", r"columns \['digit'\] are not in the dataset"),
+                               ("image_id", "label", r"column 'image_id' is int32: the image must be a column of "
+                                                     r"encoded images"),
+                               ("image", "image", r"name one column"),
+                               ("image", "image", r"image='image' and label='image'")):
+        with pytest.raises(ValueError, match=said):
+            ImageShardLoader(url, image, label)
+    (tmp_path / "s").mkdir()
+    pq.write_table(pa.table({"image": pa.array([b"x"]), "label": pa.array(["seven"])}), tmp_path / "s" / "p.parquet")
+    with pytest.raises(ValueError, match=r"column 'label' is string: the label must be an integer class column"):
+        ImageShardLoader(f"file://{tmp_path / 's'}", "image", "label")

@@ -96,6 +96,13 @@ def test_files_of_full_groups_and_a_tail_are_dealt_evenly(tmp_path):
     assert deal(groups, 2) == deal(list(groups), 2)  # the same footers, the same deal on every rank
 
 
+def test_the_label_as_a_feature_repeated_features_and_no_features_are_refused(dataset):
+    """ShardLoader(url, ["a", "label"], "label") fed the target as an input (target leakage)."""
+    for columns, said in ((["a", "label"], "not the label"), (["a", "a"], r"repeated: \['a'\]"), ([], "one or more")):
+        with pytest.raises(ValueError, match=said):
+            ShardLoader(dataset, columns, "label")
+
+
 def test_storage_order_and_drop_last(dataset):
     loader = ShardLoader(dataset, COLUMNS, "label", batch_size=128, shuffle=False, drop_last=True)
     _, y, sizes = drain(loader)
