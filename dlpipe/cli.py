@@ -58,18 +58,29 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 
 
 def _raw_status(result) -> str:
-    """'committed', 'skipped (exists)', or what a new commit of a day with other settings replaced."""
-    if result.skipped:
-        return "skipped (exists)"
+    """'committed' or 'skipped (exists)', and which version of the day readers take when that
+    is not this command's: a day committed again with other settings or by changed code
+    supersedes the earlier version; a day skipped as committed may have a newer version."""
     from dlpipe import commit
 
-    earlier = [m for m in commit.committed(commit.StageKey("raw", result.manifest["name"], result.manifest["partition"]))
-               if m["id"] != result.id]
+    key = commit.StageKey("raw", result.manifest["name"], result.manifest["partition"])
+    versions = commit.committed(key)
+    newest = versions[-1] if versions else result.manifest
+    if result.skipped:
+        if newest["id"] == result.id:
+            return "skipped (exists)"
+        return f"skipped (exists), but readers take a newer version of the day ({_settings(newest)}): {newest['id']}"
+    earlier = [m for m in versions if m["id"] != result.id]
     if not earlier:
         return "committed"
-    old = earlier[-1]["config"]
-    return (f"committed: supersedes the version of seed {old.get('seed')}, {old.get('rows_per_day')} rows "
-            f"(readers take the newest)")
+    old, new = earlier[-1], result.manifest
+    why = _settings(old) if old["config"] != new["config"] else "the same settings, older generator code"
+    return f"committed: supersedes the version of {why} (readers take the newest)"
+
+
+def _settings(manifest: dict) -> str:
+    c = manifest["config"]
+    return f"seed {c.get('seed')}, {c.get('rows_per_day')} rows"
 
 
 def _store(args: argparse.Namespace):

@@ -137,9 +137,9 @@ def generate_day(cfg: DemoDataConfig, day: date):
 
 def write_raw(cfg: DemoDataConfig, run: RunContext, home: Path | None = None) -> list[StageResult]:
     """Generate and commit one raw partition per day. A day already committed with the same
-    settings is skipped; other settings (seed, rows per day) commit a new version of the day,
-    which readers take from then on (the newest commit of a partition wins, as when a day's
-    raw data is landed again)."""
+    settings and code is skipped; otherwise a new version of the day is committed. Readers take
+    a day's newest commit (as when a day's raw data is landed again), so going back to earlier
+    settings skips the day and leaves the newer version in use (the CLI says so)."""
     import pyarrow.parquet as pq
 
     cfg.validate()

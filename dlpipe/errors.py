@@ -7,7 +7,8 @@ import re
 # What a message never shows of a value: a URL's user and password, and anything filed under a
 # credential's name. A bad value can be a whole section (a misspelt one, a mapping where a string
 # belongs), and those messages reach Airflow's import errors, task logs and the audit log.
-_URL_USER = re.compile(r"(?<=://)([^\s'\"]*)@")  # to the last '@': AWS secret keys hold '/'s
+# to the last '@' of one URL (a list's URLs end at ',' or ';'): AWS secret keys hold '/'s
+_URL_USER = re.compile(r"(?<=://)([^\s'\",;]*)@")
 _SECRET_NAME = re.compile(r"secret|password|passwd|credential|apikey|api_key|private_key|access_key"
                           r"|account_key|session_token|_token$|^token$", re.IGNORECASE)
 
@@ -29,9 +30,11 @@ _TOKEN_USER_CHARS = 16  # a URL's user this long, with no password, is taken for
 def _login(before: str) -> str | None:
     """The login in ``before`` (the text between '://' and the last '@'), or None where the '@'
     is in a path (``s3://bucket/eta@3``): a login ends before the first '/', unless a ':' (its
-    password's start) comes first, since passwords and AWS secret keys hold '/'s."""
-    slash = before.find("/")
-    if slash == -1 or 0 <= before.find(":") < slash:
+    password's start, not a port's) comes first, since passwords and AWS secret keys hold '/'s."""
+    slash, colon = before.find("/"), before.find(":")
+    if slash == -1:
+        return before
+    if 0 <= colon < slash and not before[colon + 1:slash].isdigit():  # host:8080/path@x is a port, a path
         return before
     return None
 
@@ -52,7 +55,10 @@ def url_login(value: str) -> bool:
 
 def credential_value(value: str) -> bool:
     """A value that is a credential whatever it is filed under: a URL with a login, a PEM private key."""
-    return url_login(value) or "PRIVATE KEY-----" in value
+    return url_login(value) or bool(URL_WITH_PASSWORD.search(value)) or "PRIVATE KEY-----" in value
+
+
+URL_WITH_PASSWORD = re.compile(r"://[^/\s@,;]*:[^/\s@,;]*@")  # user:password@ with no '/' in either
 
 
 def credential_env(name: str, value: str) -> bool:

@@ -277,7 +277,7 @@ def _gx_expectation(i: int, spec: ExpectationSpec, source: str = ""):
                           "use a Great Expectations 1.x expectation type, e.g. expect_column_values_to_be_between")
     try:
         return cls(**spec.kwargs)
-    except (ValueError, TypeError) as exc:  # GX's expectations are pydantic (v1) models
+    except Exception as exc:  # pydantic (v1) validation of the arguments, or GX's own (a row_condition's parser)
         raise ConfigError(f"{source}data_gate.expectations[{i}].kwargs", spec.kwargs,
                           f"the arguments of {spec.type} do not fit it: {_argument_problems(exc)}; fix them "
                           f"(each expectation's arguments are in the Great Expectations docs)") from None

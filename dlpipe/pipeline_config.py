@@ -80,10 +80,13 @@ _UniqueKeyLoader.add_constructor("tag:yaml.org,2002:float", _UniqueKeyLoader.con
 def _where(exc: yaml.YAMLError) -> str:
     """Line, column and problem of a YAML error, without PyYAML's copy of the line: that copy
     is cut to fit, so a URL's password can lose the ``://`` that would get it masked."""
+    if isinstance(exc, yaml.reader.ReaderError):  # a character YAML does not allow (NUL, a control character)
+        code = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        return f"at character {exc.position}: {exc.reason} (U+{code:04X}); remove it"
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
     words = ": ".join(w for w in (getattr(exc, "context", None), getattr(exc, "problem", None)) if w)
     if mark is None:
-        return f": {words or type(exc).__name__}"
+        return f"({words or type(exc).__name__})"
     return f"at line {mark.line + 1}, column {mark.column + 1}: {words}"
 
 
@@ -100,6 +103,9 @@ def load_pipeline(path: str | Path) -> dict[str, Any]:
                           "point at the pipeline's YAML file") from exc
     except yaml.YAMLError as exc:
         raise ConfigError("pipeline_config", str(path), f"fix the YAML {_where(exc)}") from None
+    except (ValueError, KeyError, TypeError) as exc:  # a tagged value PyYAML cannot build (!!int abc, !!bool maybe)
+        raise ConfigError("pipeline_config", str(path), f"fix the YAML: a tagged value could not be read "
+                          f"({type(exc).__name__}: {exc}); drop the !! tag or give a value of that type") from None
     if not isinstance(data, dict):
         raise ConfigError("pipeline_config", str(path), "the file must hold a mapping of sections")
     data["_source"] = str(path)

@@ -77,7 +77,9 @@ def submission_conf(conf: dict[str, str] | None) -> tuple[dict[str, str], dict[s
     dlpipe takes for a credential, so that Spark's UI, REST API and event logs mask them all."""
     plain, secret = split_secret_conf({**default_conf(), **(conf or {})})
     if secret:
-        parts = [plain.pop(REDACTION, None) or SPARK_REDACTION_DEFAULT, "(?i)" + SECRET_CONF.pattern,
+        # the properties file replaces spark-defaults.conf (it holds a copy): a cluster's own regex stays in
+        parts = [plain.pop(REDACTION, None) or _defaults_setting(REDACTION) or SPARK_REDACTION_DEFAULT,
+                 "(?i)" + SECRET_CONF.pattern,
                  *(re.escape(k) for k in sorted(secret))]
         secret[REDACTION] = "|".join(f"(?i:{p[4:]})" if p.startswith("(?i)") else f"(?:{p})" for p in parts)
     return plain, secret
@@ -98,6 +100,17 @@ def _properties_escape(text: str, key: bool = False) -> str:
         for c in ("=", ":", " ", "\t", "\f"):
             out = out.replace(c, "\\" + c)
     return "\\" + out if out[:1] in (" ", "\t", "\f", "#", "!") else out
+
+
+def _defaults_setting(key: str) -> str | None:
+    """``key``'s value in spark-defaults.conf (the last one given), if any."""
+    path = _defaults_file()
+    found = None
+    for line in path.read_text(encoding="utf-8").splitlines() if path else []:
+        setting = re.match(r"\s*([^\s=:#!]+)\s*[=:\s]\s*(.*?)\s*$", line)  # KEY VALUE, KEY=VALUE, KEY: VALUE
+        if setting and setting[1] == key:
+            found = setting[2]
+    return found
 
 
 def _defaults_file() -> Path | None:

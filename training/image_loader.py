@@ -1,7 +1,7 @@
 """Rank-sharded, deterministic batches of images stored in a Petastorm ndarray field.
 
 For image datasets that fit in host memory once sharded (the digits example: 1,797 8x8
-images). Each rank is dealt its row groups round-robin, as by ``training.loader.ShardLoader``,
+images). Each rank is dealt its row groups evenly by rows, as by ``training.loader.ShardLoader``,
 and knows its row count from the footers alone. The first epoch reads them once, decodes the
 field with Petastorm's ``NdarrayCodec`` into one ``[rows, 1, H, W]`` float32 tensor on the device,
 and every epoch is then served from there: a permutation drawn from (seed, epoch, rank) and

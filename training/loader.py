@@ -5,7 +5,7 @@ batch is built, and its BatchedDataLoader then re-buffers them; on a GPU that st
 (docs/benchmarks.md). This loader keeps the data columnar from the Parquet page to the tensor:
 
 - the unit of work is a Parquet row group, listed once from the file footers (no data read) and
-  dealt to ranks round-robin, so every rank knows its row count before it reads anything;
+  dealt to ranks evenly by rows (``parquet_groups.deal``), so every rank knows its row count before it reads anything;
 - worker threads decode row groups ahead of the consumer (pyarrow releases the GIL while it
   decompresses), and results are taken in a fixed order, so the stream is deterministic. With
   ``processes=True`` the workers are processes writing into shared memory

@@ -243,6 +243,11 @@ def test_make_demo_refuses_to_wait_forever_on_an_earlier_run_that_holds_it(tmp_p
     assert subprocess.run([*check, "2026-01-05T00:00:00+00:00"], env=env).returncode == 0  # nothing before it
     airflow_cli(env, "dags", "delete", "eta_training", "--yes")  # the advice works
     assert subprocess.run([*check, "2026-01-05T06:00:00+00:00"], env=env).returncode == 0
+    # a run left unfinished (a trigger with no scheduler, a `dags test` stopped with Ctrl-C) holds it too
+    airflow_cli(env, "dags", "reserialize")  # deleted above: a trigger needs it in the database
+    airflow_cli(env, "dags", "trigger", "eta_training", "--logical-date", "2026-01-05T03:00:00+00:00")
+    held = subprocess.run([*check, "2026-01-05T06:00:00+00:00"], env=env, capture_output=True, text=True)
+    assert held.returncode == 1 and "(logical date 2026-01-05T03:00+0000) holds this one" in held.stderr, held
 
 
 def test_failed_data_gate_stops_the_pipeline_without_retry(tmp_path, airflow_env, dlpipe_home):

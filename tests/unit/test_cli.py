@@ -394,5 +394,7 @@ def test_demo_data_says_when_a_day_is_committed_again_with_other_settings(capsys
     assert code == 0 and "committed: supersedes the version of seed 7, 5 rows (readers take the newest)" in out
     code, out, _ = _run(capsys, "demo-data", "--days", "1", "--rows-per-day", "6")
     assert "skipped (exists)" in out
+    code, out, _ = _run(capsys, "demo-data", "--days", "1", "--rows-per-day", "5")  # back to the first settings
+    assert "skipped (exists), but readers take a newer version of the day (seed 7, 6 rows)" in out
     code, _, err = _run(capsys, "demo-data", "--rows-per-day", "2000000000")  # a numpy MemoryError before
     assert code == 2 and "rows_per_day=2000000000: use 0 to 10,000,000 rows" in err

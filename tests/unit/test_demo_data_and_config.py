@@ -109,6 +109,13 @@ def test_bad_dates_numbers_and_files_name_the_file_line_and_fix(tmp_path):
     with pytest.raises(ConfigError, match=r"at line 2, column \d+: mapping values are not allowed") as e:
         load_pipeline(p)  # PyYAML's own message copies the line, cut to lose the '://' that masks it
     assert "SECRET-LEAK" not in str(e.value)
+    for tagged in ("!!int abc", "!!bool maybe"):  # a bare ValueError and KeyError before
+        p.write_text(f"train: {{epochs: {tagged}}}\n")
+        with pytest.raises(ConfigError, match=r"a tagged value could not be read"):
+            load_pipeline(p)
+    p.write_text("train: {epochs: 2}\x01\n")
+    with pytest.raises(ConfigError, match=r"fix the YAML at character 18: special characters are not allowed \(U\+0001\)"):
+        load_pipeline(p)
     with pytest.raises(ConfigError, match=r"this is a directory; point at a YAML file in it"):
         load_pipeline(tmp_path)
     p.write_bytes(b"\xff\xfe\x00binary")

@@ -452,6 +452,9 @@ def test_an_expectations_arguments_are_checked_before_any_stage_naming_each_bad_
                                           r"max_value cannot both be None; fix them"):
         check_expectations(_load_gate(expectations=[{"type": "expect_column_values_to_be_between",
                                                      "kwargs": {"column": "a", "min_value": "x"}}]))
+    with pytest.raises(ConfigError, match=r"row_condition"):  # GX's own parser error, not a ValueError
+        check_expectations(_load_gate(expectations=[{"type": "expect_column_values_to_be_unique", "kwargs": {
+            "column": "a", "row_condition": 'col("a")>', "condition_parser": "great_expectations"}}]))
     check_pipeline(load_pipeline(ROOT / "pipelines" / "eta_training.yaml"), at_run=True)
 
 

@@ -42,6 +42,8 @@ CREDENTIALS = {
     "spark.executorEnv.MLFLOW_TRACKING_URI": "https://alice:s3cr/et@mlflow.example.com",
     "spark.executorEnv.HF_ENDPOINT": "https://hf_TOKEN0123456789abcd@hub.example",
     "spark.sql.catalog.ora.url": "jdbc:oracle:thin:scott/tiger@db:1521:orcl",
+    # a login in the second URL of a list
+    "spark.jars.repositories": "https://repo1.maven.org/maven2,https://user:s3cret@nexus.corp/repo",
 }
 
 ORDINARY = {
@@ -59,6 +61,7 @@ ORDINARY = {
     "spark.executor.extraJavaOptions": "-XX:+UseG1GC -Dlog4j.configuration=file:/opt/log4j.properties",
     "spark.executorEnv.GIT_REMOTE": "ssh://git@github.com/team/repo.git",  # a user's name, no password
     "spark.executorEnv.MODELS": "s3://bucket/eta@3/model.pt",  # an '@' in a path
+    "spark.executorEnv.MODEL_URL": "http://host:8080/models/eta@3",  # a port, then an '@' in the path
 }
 
 
@@ -98,6 +101,19 @@ sc = SparkSession.builder.getOrCreate().sparkContext
 url = f"{sc.uiWebUrl}/api/v1/applications/{sc.applicationId}/environment"
 print("UI_PROPERTIES", json.dumps(dict(json.load(urllib.request.urlopen(url))["sparkProperties"])))
 """
+
+
+def test_a_clusters_own_redaction_regex_is_kept(tmp_path, monkeypatch):
+    """The properties file replaces spark-defaults.conf (holding a copy of it): the regex written
+    there must extend the cluster's, not Spark's default."""
+    from dlpipe.spark_submit import submission_conf
+
+    (tmp_path / "spark-defaults.conf").write_text("spark.executor.memory 2g\n"
+                                                   "spark.redaction.regex   (?i)secret|mycorp\\.vault\\.\n")
+    monkeypatch.setenv("SPARK_CONF_DIR", str(tmp_path))
+    _, secret = submission_conf({"spark.executorEnv.X_TOKEN": "t0k3n"})
+    assert secret["spark.redaction.regex"].startswith("(?i:secret|mycorp\\.vault\\.)|")
+    assert secret["spark.redaction.regex"].endswith("|(?:spark\\.executorEnv\\.X_TOKEN)")
 
 
 def test_spark_ui_masks_every_credential_setting(tmp_path):
