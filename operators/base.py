@@ -199,5 +199,9 @@ class DlpipeOperator(BaseOperator):
             facet = dataset_version_dataset.DatasetVersionDatasetFacet(datasetVersion=version)
             return Dataset(namespace="dlpipe", name=name, facets={"version": facet} if version else {})
 
-        return OperatorLineage(inputs=[dataset(i["id"]) for i in manifest.get("inputs", [])],
+        return OperatorLineage(inputs=[dataset(i) for i in self.lineage_inputs(manifest)],
                                outputs=[dataset(manifest["id"])])
+
+    def lineage_inputs(self, manifest: dict) -> list[str]:
+        """Ids of what the committed stage read, for OpenLineage: its manifest's inputs."""
+        return [i["id"] for i in manifest.get("inputs", [])]

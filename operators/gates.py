@@ -61,6 +61,12 @@ class ModelGateOperator(DlpipeOperator):
         self.training_id = training_id
         self.registry_root, self.aws_conn_id = registry_root, aws_conn_id
 
+    def lineage_inputs(self, manifest: dict) -> list[str]:
+        """The training run, and the champion version the verdict was judged against (a registry
+        version, kept in the verdict's config rather than among its fingerprinted inputs)."""
+        champion = (manifest.get("config") or {}).get("champion")
+        return super().lineage_inputs(manifest) + ([champion] if champion else [])
+
     def champion_store(self, pipeline: dict):
         """The registry that holds the champion: this operator's arguments, else the YAML's."""
         from dlpipe.registry import RegistryConfig

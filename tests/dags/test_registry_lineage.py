@@ -66,6 +66,17 @@ def test_register_and_promote_report_their_inputs_to_openlineage(dlpipe_home):
     assert _names(lineage.inputs) == [("registry/eta", "1")]
     assert _names(lineage.outputs) == [("registry/eta:staging", None)]
 
+    # a model gate judged against a champion reports it as an input too (a registry version, in
+    # the verdict's config rather than its fingerprinted inputs)
+    from operators import ModelGateOperator
+
+    judged = run_model_gate(training, ModelGateConfig(), run=RunContext(), candidate=_evaluation(3.0),
+                            champion={"ref": "eta@1", **_evaluation(3.1)}).manifest
+    gate = ModelGateOperator(task_id="model_gate", training_id=training["id"], pipeline_config=PIPELINE)
+    gate._committed = judged
+    assert _names(gate.get_openlineage_facets_on_complete(None).inputs) == [
+        tuple(training["id"].split("@")), ("registry/eta", "1")]
+
 
 def test_lineage_checks_every_link_and_reports_what_was_tampered_with(dlpipe_home, capsys, monkeypatch):
     """`dlpipe lineage` is evidence: a manifest edited after its commit, a changed file (with
