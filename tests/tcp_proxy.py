@@ -76,8 +76,11 @@ class TcpProxy:
             threading.Thread(target=self._pump, args=(upstream, client, False, request), daemon=True).start()
 
     def _drops(self, request: bytes, reply: bytes) -> bool:
-        if not reply.startswith((b"HTTP/1.1 2", b"HTTP/1.0 2")):
-            return False  # a 100 Continue or an error: the request is not done, or did nothing
+        final = reply  # an interim 100 Continue can arrive in one read with the final reply after it
+        while final.startswith((b"HTTP/1.1 100", b"HTTP/1.0 100")) and b"\r\n\r\n" in final:
+            final = final.split(b"\r\n\r\n", 1)[1]
+        if not final.startswith((b"HTTP/1.1 2", b"HTTP/1.0 2")):
+            return False  # a 100 Continue alone, or an error: the request is not done, or did nothing
         with self._lock:
             for i, (method, fragment, then) in enumerate(self._lose):
                 if request.startswith(method) and fragment in request:
