@@ -24,6 +24,7 @@ SECRET_ENV = re.compile(r"SECRET|PASSWORD|PASSWD|TOKEN|FERNET|_KEY$|_KEYS$|APIKE
 LOCATOR_ENV = re.compile(r"(_FILE|_PATH|_SOCK|_DIR)$|^GOOGLE_APPLICATION_CREDENTIALS$"
                          r"|^AWS_CONTAINER_CREDENTIALS_(RELATIVE|FULL)_URI$", re.IGNORECASE)
 LOCATION = re.compile(r"^(/|\./|~|https?://)[^\n{]*$")  # a path or an address, not a key pasted in
+URL_WITH_PASSWORD = re.compile(r"://[^/\s@,;]*:[^/\s@,;]*@")  # user:password@ with no '/' in either
 _TOKEN_USER_CHARS = 16  # a URL's user this long, with no password, is taken for a token (https://ghp_...@host)
 
 
@@ -56,9 +57,6 @@ def url_login(value: str) -> bool:
 def credential_value(value: str) -> bool:
     """A value that is a credential whatever it is filed under: a URL with a login, a PEM private key."""
     return url_login(value) or bool(URL_WITH_PASSWORD.search(value)) or "PRIVATE KEY-----" in value
-
-
-URL_WITH_PASSWORD = re.compile(r"://[^/\s@,;]*:[^/\s@,;]*@")  # user:password@ with no '/' in either
 
 
 def credential_env(name: str, value: str) -> bool:

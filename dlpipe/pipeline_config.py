@@ -54,27 +54,25 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             seen[key] = line
         return super().construct_mapping(node, deep=deep)
 
-    def construct_yaml_timestamp(self, node: yaml.ScalarNode):  # type: ignore[override]
-        """``2026-02-30`` looks like a date to YAML, which then fails with a bare ValueError."""
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        """A value PyYAML cannot build (``2026-02-30``, ``!!float abc``, ``!!int abc``, ``!!bool
+        maybe``) raises a bare ValueError or KeyError, with no line: named here, with its line."""
         try:
-            return super().construct_yaml_timestamp(node)
-        except ValueError as exc:
-            raise yaml.constructor.ConstructorError(
-                problem=f"{node.value!r} is not a valid date ({exc}); write a real date as "
-                        f"YYYY-MM-DD, or quote the value if it is text", problem_mark=node.start_mark) from None
-
-    def construct_yaml_float(self, node: yaml.ScalarNode):  # type: ignore[override]
-        """``!!float abc`` would fail with a bare ValueError."""
-        try:
-            return super().construct_yaml_float(node)
-        except ValueError:
-            raise yaml.constructor.ConstructorError(
-                problem=f"{node.value!r} is not a number; write one, e.g. 0.002",
-                problem_mark=node.start_mark) from None
+            return super().construct_object(node, deep=deep)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise yaml.constructor.ConstructorError(problem=_unbuildable(node, exc),
+                                                    problem_mark=node.start_mark) from None
 
 
-_UniqueKeyLoader.add_constructor("tag:yaml.org,2002:timestamp", _UniqueKeyLoader.construct_yaml_timestamp)
-_UniqueKeyLoader.add_constructor("tag:yaml.org,2002:float", _UniqueKeyLoader.construct_yaml_float)
+def _unbuildable(node: yaml.Node, exc: Exception) -> str:
+    """What is wrong with a value PyYAML could not build, and the fix."""
+    if node.tag == "tag:yaml.org,2002:timestamp":
+        return (f"{node.value!r} is not a valid date ({exc}); write a real date as YYYY-MM-DD, or quote the "
+                f"value if it is text")
+    if node.tag == "tag:yaml.org,2002:float":
+        return f"{node.value!r} is not a number; write one, e.g. 0.002"
+    return (f"a tagged value could not be read ({type(exc).__name__}: {exc}); drop the !! tag or give a value "
+            f"of that type")
 
 
 def _where(exc: yaml.YAMLError) -> str:
@@ -103,9 +101,6 @@ def load_pipeline(path: str | Path) -> dict[str, Any]:
                           "point at the pipeline's YAML file") from exc
     except yaml.YAMLError as exc:
         raise ConfigError("pipeline_config", str(path), f"fix the YAML {_where(exc)}") from None
-    except (ValueError, KeyError, TypeError) as exc:  # a tagged value PyYAML cannot build (!!int abc, !!bool maybe)
-        raise ConfigError("pipeline_config", str(path), f"fix the YAML: a tagged value could not be read "
-                          f"({type(exc).__name__}: {exc}); drop the !! tag or give a value of that type") from None
     if not isinstance(data, dict):
         raise ConfigError("pipeline_config", str(path), "the file must hold a mapping of sections")
     data["_source"] = str(path)

@@ -242,5 +242,6 @@ def pipeline_tasks(*, train_timeout: timedelta, features: bool = True, promote: 
     # (dated inside the day after) succeeded at once with nothing done, and then held the next
     # run's dataset task (depends_on_past). The tasks end two days later: those runs do their work.
     end = dataset.dag.end_date if dataset.dag else None
-    for task in tasks if end else []:
-        task.end_date = end + timedelta(days=2)
+    if end:
+        for task in tasks:
+            task.end_date = end + timedelta(days=2)
