@@ -32,6 +32,16 @@ PY_TAG=$("$PY" -c "import sys; print(f'cp{sys.version_info[0]}{sys.version_info[
 WHEELHOUSE=${DLPIPE_WHEELHOUSE:-$HOME/.cache/dlpipe/wheels}/horovod-$HOROVOD_VERSION-torch-$TORCH_VERSION-$PY_TAG
 mkdir -p "$WHEELHOUSE"
 
+# One build per machine, even when several setups start at once (CI jobs or clones sharing a
+# home): the others wait here for the wheel instead of compiling it again beside it.
+if command -v flock >/dev/null; then
+  exec 9>"$WHEELHOUSE/.lock"
+  if ! flock -n 9; then
+    echo "[setup] another setup is building horovod into $WHEELHOUSE: waiting for it (lock $WHEELHOUSE/.lock)"
+    flock 9
+  fi
+fi
+
 if ! ls "$WHEELHOUSE"/horovod-*.whl >/dev/null 2>&1; then
   # the compiler, CMake and Python's headers: missing, the build fails minutes in, deep in pip's output
   missing=""
