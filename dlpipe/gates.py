@@ -683,17 +683,21 @@ class ModelGateConfig(BaseModel):
 
 
 def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
+    """A real number a threshold can judge: not NaN or infinite, not a string ("3.5" from a
+    hand-written metrics file) and not a bool (``True`` is an int to Python)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def judge_model(metrics: dict, cfg: ModelGateConfig) -> list[str]:
     """The failed baseline/ceiling checks on training metrics (empty means they pass)."""
     failures = []
     value, base = metrics.get(cfg.metric), metrics.get(cfg.baseline_metric)
-    if value is None or not math.isfinite(value):
-        return [f"{cfg.metric}: missing or not finite ({value!r}); the training run must report it"]
-    if base is None or not math.isfinite(base):
-        return [f"{cfg.baseline_metric}: missing or not finite ({base!r})"]
+    if not _finite(value):
+        return [f"{cfg.metric}: missing or not a finite number ({value!r}); the training run must report it "
+                f"in metrics.json as a JSON number"]
+    if not _finite(base):
+        return [f"{cfg.baseline_metric}: missing or not a finite number ({base!r}); the training run must "
+                f"report it in metrics.json as a JSON number"]
     bound = base * (1 - cfg.min_improvement)
     if value > bound:
         failures.append(f"{cfg.metric}={value:.4f} must be <= {bound:.4f} "

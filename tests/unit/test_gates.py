@@ -78,6 +78,9 @@ def test_a_committed_frame_is_identified_by_its_committed_fingerprint_not_a_row_
     ({"val_mae": 7.5, "baseline_mae": 8.0}, False),  # better, but not by 10%
     ({"val_mae": float("nan"), "baseline_mae": 8.0}, False),
     ({"baseline_mae": 8.0}, False),
+    ({"val_mae": "4.0", "baseline_mae": 8.0}, False),  # a string from a hand-written metrics file
+    ({"val_mae": 4.0, "baseline_mae": "8.0"}, False),
+    ({"val_mae": True, "baseline_mae": 8.0}, False),
 ])
 def test_model_gate(metrics, ok):
     failures = judge_model(metrics, ModelGateConfig(min_improvement=0.1))
@@ -87,6 +90,11 @@ def test_model_gate(metrics, ok):
 def test_model_gate_message_shows_value_and_threshold():
     [msg] = judge_model({"val_mae": 7.5, "baseline_mae": 8.0}, ModelGateConfig(min_improvement=0.1))
     assert msg == "val_mae=7.5000 must be <= 7.2000 (baseline_mae=8.0000 improved by 10%)"
+
+
+def test_model_gate_names_a_metric_that_is_a_string():
+    [msg] = judge_model({"val_mae": "4.0", "baseline_mae": 8.0}, ModelGateConfig())
+    assert "val_mae" in msg and "'4.0'" in msg and "JSON number" in msg
 
 
 NAN = float("nan")
