@@ -113,6 +113,7 @@ class DecodePool:
         self._generation = 0  # tasks of older generations are cancelled
         self.skipped = 0  # tasks answered without decoding, after a cancel()
         self.broken: str | None = None
+        self.closed = False
         root = str(Path(__file__).resolve().parents[1])  # where the ``training`` package lives
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
         control = _memory_file(8)  # the current generation, an int64 every worker maps
@@ -136,6 +137,7 @@ class DecodePool:
 
     def new_slot(self, width: int, rows: int) -> Slot:
         """A new shared slot, mapped here and in every worker."""
+        self._check_open()
         fd = _memory_file(slot_bytes(width, rows))
         try:
             slot = Slot(len(self._slots), fd, width, rows)
@@ -152,6 +154,7 @@ class DecodePool:
 
     def submit(self, task: Decode) -> tuple[int, int]:
         """Hand ``task`` to the next worker in turn; the ticket to wait for."""
+        self._check_open()
         i, self._rr = self._rr, (self._rr + 1) % len(self._conns)
         tid, self._next_task = self._next_task, self._next_task + 1
         self._send(i, ("decode", tid, self._generation, task))
@@ -160,6 +163,7 @@ class DecodePool:
 
     def wait(self, tickets: list[tuple[int, int]]) -> None:
         """Block until these tasks are done, in the order submitted; re-raise a worker's error."""
+        self._check_open()
         error = None
         for i, tid in tickets:
             while self._outstanding[i]:
@@ -185,6 +189,7 @@ class DecodePool:
                     return
 
     def close(self) -> None:
+        self.closed = True
         for conn in self._conns:
             conn.close()  # a worker exits at end of file
         for proc in self._procs:
@@ -194,6 +199,14 @@ class DecodePool:
                 proc.kill()
                 proc.wait()
         self._conns, self._procs = [], []
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise self._closed_error()
+
+    def _closed_error(self) -> RuntimeError:
+        return RuntimeError(f"the {self.label} workers were closed (ShardLoader.close()) while an epoch was still "
+                            f"reading: finish or close the epoch's generator before closing its loader")
 
     def _send(self, i: int, msg: tuple) -> None:
         try:
@@ -214,6 +227,8 @@ class DecodePool:
         return tid, exc
 
     def _dead(self, i: int, exc: BaseException) -> RuntimeError:
+        if self.closed:  # closed under a waiting epoch: no worker failed
+            return self._closed_error()
         proc = self._procs[i]
         try:
             code = proc.wait(timeout=1)

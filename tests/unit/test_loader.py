@@ -419,6 +419,23 @@ def test_worker_processes_stop_early_and_on_close(dataset):
     assert all(p.poll() is not None for p in procs)
 
 
+def test_closing_the_loader_under_a_running_epoch_says_so(dataset):
+    """close() while an epoch still reads ends it with what happened, not with a worker blamed
+    for exiting (or an IndexError from the emptied pool)."""
+    loader = ShardLoader(dataset, COLUMNS, "label", batch_size=10, prefetch=1, workers=2, processes=True,
+                         shuffle_window=1)  # 12 windows: most are still to decode after one batch
+    batches = loader.epoch(0)
+    next(batches)
+    loader.close()
+    with pytest.raises(RuntimeError, match=r"workers were closed \(ShardLoader.close\(\)\) while an epoch was "
+                                           r"still reading") as raised:
+        for _ in batches:
+            pass
+    assert "exited with code" not in str(raised.value)
+    assert len(drain(loader, 1)[1]) == 3000  # the next epoch starts new workers
+    loader.close()
+
+
 def test_a_killed_worker_fails_the_epoch_naming_it(dataset):
     """A decoder killed (out of memory, say) fails the epoch with its pid, rather than hanging."""
     loader = ShardLoader(dataset, COLUMNS, "label", batch_size=100, workers=2, processes=True)
