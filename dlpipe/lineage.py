@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from dlpipe import commit
 from dlpipe.errors import IntegrityError, NotCommittedError
 
@@ -131,3 +133,19 @@ def model_lineage(training_id: str, gate_ids: list[str]) -> dict:
         "trained_by": training["run"],
         **({"seals": seals} if seals else {}),
     }
+
+
+def openlineage_dataset(ref: str, *, home: Path, registry_uri: str) -> tuple[str, str, str | None]:
+    """(namespace, name, version) of a manifest id or registry reference, named as OpenLineage
+    names datasets: where the data lives, so two deployments (or a local and an S3 registry)
+    never report the same dataset. A committed stage partition is a directory (namespace
+    ``file``, its absolute path); a registry model or alias lives under the registry root
+    (``s3://bucket`` and ``prefix/eta`` on S3, ``file`` and the directory's path locally). The
+    version is the fingerprint, or the registry version; an alias has none."""
+    name, _, version = ref.partition("@")
+    if "/" in name:  # features/eta/dt=2026-01-03@<fingerprint>
+        return "file", f"{home}/{name}", version or None
+    if registry_uri.startswith("s3://"):
+        bucket, _, prefix = registry_uri[len("s3://"):].partition("/")
+        return f"s3://{bucket}", "/".join(p for p in (prefix.strip("/"), name) if p), version or None
+    return "file", f"{Path(registry_uri).expanduser().resolve()}/{name}", version or None

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
-from dlpipe import audit
+from dlpipe import audit, settings
 from dlpipe.commit import StageResult
 from dlpipe.errors import ConfigError, GateFailed, InputNotReady, IntegrityError, NotCommittedError
 from dlpipe.pipeline_config import load_pipeline
@@ -180,24 +180,27 @@ class DlpipeOperator(BaseOperator):
     def get_openlineage_facets_on_complete(self, task_instance: Any):
         """OpenLineage: the committed inputs and the output of this stage, as datasets.
 
-        Names are the stable part of manifest ids (``datasets/eta/window_end=2026-01-03``); the
-        fingerprint (or registry version) is the dataset version, so a lineage backend links
-        the exact inputs of every model. Called by the OpenLineage provider when installed.
+        Named by where they live (``dlpipe.lineage.openlineage_dataset``): a stage partition by
+        its directory under ``DLPIPE_HOME``, a model by its registry root. The fingerprint (or
+        registry version) is the dataset version, so a lineage backend links the exact inputs
+        of every model. Called by the OpenLineage provider when installed.
         """
         from airflow.providers.common.compat.openlineage.facet import Dataset
         from airflow.providers.openlineage.extractors import OperatorLineage
         from openlineage.client.facet_v2 import dataset_version_dataset
 
+        from dlpipe.lineage import openlineage_dataset
+
         manifest = getattr(self, "_committed", None)
         if not manifest:
             return OperatorLineage()
+        home = settings.home()
+        registry_uri = getattr(self, "_registry_uri", None) or settings.registry_root()
 
-        def dataset(mid: str) -> Dataset:
-            name, _, version = mid.partition("@")
-            if "/" not in name:  # a registry version: eta@3
-                name = f"registry/{name}"
+        def dataset(ref: str) -> Dataset:
+            namespace, name, version = openlineage_dataset(ref, home=home, registry_uri=registry_uri)
             facet = dataset_version_dataset.DatasetVersionDatasetFacet(datasetVersion=version)
-            return Dataset(namespace="dlpipe", name=name, facets={"version": facet} if version else {})
+            return Dataset(namespace=namespace, name=name, facets={"version": facet} if version else {})
 
         return OperatorLineage(inputs=[dataset(i) for i in self.lineage_inputs(manifest)],
                                outputs=[dataset(manifest["id"])])

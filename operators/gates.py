@@ -73,7 +73,9 @@ class ModelGateOperator(DlpipeOperator):
         from operators.registry import registry_store
 
         reg = section(pipeline, "registry", RegistryConfig)
-        return registry_store(self.registry_root or reg.root, self.aws_conn_id or reg.aws_conn_id)
+        store = registry_store(self.registry_root or reg.root, self.aws_conn_id or reg.aws_conn_id)
+        self._registry_uri = store.uri  # where OpenLineage says the champion lives
+        return store
 
     def run_stage(self, context: Any, pipeline: dict, run: RunContext) -> StageResult:
         import tempfile

@@ -43,6 +43,7 @@ class _RegistryOperator(DlpipeOperator):
     def _settings(self, pipeline: dict) -> tuple[RegistryConfig, Store]:
         cfg = section(pipeline, "registry", RegistryConfig)
         store = registry_store(self.registry_root or cfg.root, self.aws_conn_id or cfg.aws_conn_id)
+        self._registry_uri = store.uri  # where OpenLineage says the model lives
         return cfg, store
 
 

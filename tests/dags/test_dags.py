@@ -134,11 +134,16 @@ def test_eta_dag_end_to_end_then_rerun_skips(tmp_path, airflow_env, dlpipe_home,
     complete = {e["job"]["name"]: e for e in map(json.loads, lineage_log.read_text().splitlines())
                 if e.get("eventType") == "COMPLETE"}
     ds = complete["eta_training.materialize_dataset"]
-    assert [d["name"] for d in ds["outputs"]] == ["datasets/eta/window_end=2026-01-03"]
-    assert [d["name"] for d in ds["inputs"]] == ["features/eta/dt=2026-01-03"]
+    named = lambda d: (d["namespace"], d["name"])  # noqa: E731  (where the data lives, as OpenLineage names it)
+    dlpipe_home = dlpipe_home.resolve()
+    assert [named(d) for d in ds["outputs"]] == [("file", f"{dlpipe_home}/datasets/eta/window_end=2026-01-03")]
+    assert [named(d) for d in ds["inputs"]] == [("file", f"{dlpipe_home}/features/eta/dt=2026-01-03")]
     assert ds["outputs"][0]["facets"]["version"]["datasetVersion"] == lin["dataset"].split("@")[1]
-    assert [d["name"] for d in complete["eta_training.train"]["inputs"]] == ["datasets/eta/window_end=2026-01-03"]
-    assert complete["eta_training.register_model"]["outputs"][0]["name"] == "registry/eta"
+    assert [named(d) for d in complete["eta_training.train"]["inputs"]] == [
+        ("file", f"{dlpipe_home}/datasets/eta/window_end=2026-01-03")]
+    assert [named(d) for d in complete["eta_training.register_model"]["outputs"]] == [("s3://ml-models", "registry/eta")]
+    assert [named(d) for d in complete["eta_training.promote_staging"]["outputs"]] == [
+        ("s3://ml-models", "registry/eta:staging")]
 
     first_run = {e["run"]["task_id"]: e["event"] for e in _events(dlpipe_home)
                  if e["run"]["dag_id"] == "eta_training" and e["event"] != "started"}

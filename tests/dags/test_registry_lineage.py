@@ -25,13 +25,19 @@ def _context(task_id: str) -> dict[str, Any]:
     return {"ti": ti, "dag_run": SimpleNamespace(run_type="manual"), "params": {}}
 
 
-def _names(datasets) -> list[tuple[str, str | None]]:
-    """(name, version) of OpenLineage datasets, as a lineage backend would key them."""
+def _names(datasets) -> list[tuple[str, str, str | None]]:
+    """(namespace, name, version) of OpenLineage datasets, as a lineage backend would key them."""
     out = []
     for d in datasets:
         version = d.facets.get("version")
-        out.append((d.name, version.datasetVersion if version else None))
+        out.append((d.namespace, d.name, version.datasetVersion if version else None))
     return out
+
+
+def _stage(home, manifest: dict) -> tuple[str, str, str]:
+    """A committed stage partition as OpenLineage names it: its directory, its fingerprint."""
+    name, _, version = manifest["id"].partition("@")
+    return "file", f"{home}/{name}", version
 
 
 def _passed_data_gate(dataset: dict) -> dict:
@@ -55,16 +61,15 @@ def test_register_and_promote_report_their_inputs_to_openlineage(dlpipe_home):
     ref = register.execute(_context("register_model"))
     assert ref == "eta@1"
     lineage = register.get_openlineage_facets_on_complete(None)
-    assert _names(lineage.outputs) == [("registry/eta", "1")]
-    assert _names(lineage.inputs) == [
-        (m["id"].split("@")[0], m["id"].split("@")[1]) for m in (training, data_gate, model_gate)]
+    assert _names(lineage.outputs) == [("file", f"{root}/eta", "1")]
+    assert _names(lineage.inputs) == [_stage(dlpipe_home, m) for m in (training, data_gate, model_gate)]
 
     promote = PromoteModelOperator(task_id="promote_staging", model_ref=ref, alias="staging",
                                    registry_root=root, pipeline_config=PIPELINE)
     assert promote.execute(_context("promote_staging")) == "eta:staging"
     lineage = promote.get_openlineage_facets_on_complete(None)
-    assert _names(lineage.inputs) == [("registry/eta", "1")]
-    assert _names(lineage.outputs) == [("registry/eta:staging", None)]
+    assert _names(lineage.inputs) == [("file", f"{root}/eta", "1")]
+    assert _names(lineage.outputs) == [("file", f"{root}/eta:staging", None)]
 
     # a model gate judged against a champion reports it as an input too (a registry version, in
     # the verdict's config rather than its fingerprinted inputs)
@@ -75,7 +80,7 @@ def test_register_and_promote_report_their_inputs_to_openlineage(dlpipe_home):
     gate = ModelGateOperator(task_id="model_gate", training_id=training["id"], pipeline_config=PIPELINE)
     gate._committed = judged
     assert _names(gate.get_openlineage_facets_on_complete(None).inputs) == [
-        tuple(training["id"].split("@")), ("registry/eta", "1")]
+        _stage(dlpipe_home, training), ("file", f"{root}/eta", "1")]
 
 
 def test_lineage_checks_every_link_and_reports_what_was_tampered_with(dlpipe_home, capsys, monkeypatch):

@@ -519,3 +519,18 @@ def test_a_bad_model_name_is_a_config_error_not_a_damaged_record(tmp_path):
     (tmp_path / "registry/eta/versions/000001.json").write_text('{"name": "eta", "vers')
     with pytest.raises(IntegrityError, match="eta@1: its version record .* is not readable"):
         registry.get_version(LocalStore(tmp_path / "registry"), "eta", 1)
+
+
+def test_openlineage_names_say_where_the_data_lives(tmp_path):
+    """Two deployments, or a local and an S3 registry, never report the same dataset name."""
+    from dlpipe.lineage import openlineage_dataset
+
+    home = tmp_path / "home"
+    assert openlineage_dataset("features/eta/dt=2026-01-03@ab12", home=home, registry_uri="s3://b/p") == (
+        "file", f"{home}/features/eta/dt=2026-01-03", "ab12")
+    assert openlineage_dataset("eta@3", home=home, registry_uri="s3://ml-models/teams/eta-reg/") == (
+        "s3://ml-models", "teams/eta-reg/eta", "3")
+    assert openlineage_dataset("eta:staging", home=home, registry_uri="s3://ml-models") == (
+        "s3://ml-models", "eta:staging", None)
+    assert openlineage_dataset("eta@3", home=home, registry_uri=str(tmp_path / "reg")) == (
+        "file", f"{tmp_path.resolve()}/reg/eta", "3")
