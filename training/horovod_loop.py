@@ -18,6 +18,7 @@ to retry and possible to audit lives here once:
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from contextlib import closing
@@ -193,6 +194,17 @@ class Trainer:
         log(self.rank, f"resuming from {path.name}: {epoch} of {self.cfg.epochs} epochs done")
         return epoch
 
+    def diverged(self, epoch: int, avg: float) -> str:
+        """Why training stops after an epoch whose mean loss is NaN or infinite. Checked once an
+        epoch, on the average every rank already waits for (a check per step would stall a GPU
+        on every batch); the epoch is not checkpointed, so no later epoch starts from its weights."""
+        lr = self.cfg.learning_rate
+        return (f"epoch {epoch + 1}/{self.cfg.epochs}: the mean training loss is {avg} (world size {self.size}): "
+                f"the model diverged, or the training rows hold NaN or infinite values. Nothing of this epoch "
+                f"was checkpointed; a retry resumes from epoch {epoch} and fails the same way. Lower "
+                f"train.learning_rate ({lr:g} per process, {lr * self.size:g} at this world size), or have the "
+                f"data gate bound the features' values (expect_column_values_to_be_between)")
+
     def run_epoch(self, epoch: int) -> None:
         """One epoch of ``steps`` steps on every rank, then rank 0 seals checkpoint ``epoch + 1``."""
         import torch
@@ -210,6 +222,8 @@ class Trainer:
                 loss_sum += loss.detach()
                 self.samples += len(xb)
         avg = self.hvd.allreduce((loss_sum / self.steps).cpu(), op=self.hvd.Average).item()
+        if not math.isfinite(avg):  # every rank holds the same average: all stop together, no hang
+            raise SystemExit(self.diverged(epoch, avg))
         self.world_sizes[epoch + 1] = self.size  # an epoch trained again after a reset: its last size
         if self.rank == 0:
             log(0, f"epoch {epoch + 1}/{self.cfg.epochs}: loss {avg:.4f} ({self.steps} steps/rank, "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import shutil
 import threading
 from pathlib import Path
 
@@ -478,3 +479,26 @@ def test_world_sizes_are_reported_as_runs_of_epochs():
     assert _size_runs({1: 2, 2: 2, 3: 1, 4: 1, 5: 2}) == [
         {"epochs": "1-2", "world_size": 2}, {"epochs": "3-4", "world_size": 1}, {"epochs": "5", "world_size": 2}]
     assert _size_runs({}) == []
+
+
+def test_an_epoch_whose_loss_is_not_finite_stops_training_without_a_checkpoint(horovod, tmp_path):
+    """A NaN among the features (or a learning rate that diverges) used to train every epoch on
+    NaN weights, checkpoint them, and fail only at the model gate, hours later on a GPU."""
+    from training.train_eta import EtaTrainer
+
+    spec = eta_spec(tmp_path)
+    spec["train"] = {**spec["train"], "decode_in": "threads", "epochs": 3}
+    table = rows(4000)
+    a = table.column("a").to_numpy().copy()
+    a[1234] = np.nan  # NaN is not null: the loader's null check lets it through
+    shutil.rmtree(tmp_path / "train")
+    spec["train_url"] = write_split(tmp_path / "train", [table.set_column(0, "a", pa.array(a))], 100)
+    trainer = EtaTrainer(spec, horovod)
+    trainer.bind()
+    try:
+        with pytest.raises(SystemExit, match=r"epoch 1/3: the mean training loss is nan .*learning_rate \(0.002 "
+                                             r"per process, 0.002 at this world size\)"):
+            trainer.run_epoch(0)
+    finally:
+        trainer.train.close()
+    assert not list((tmp_path / "ckpt").glob("epoch-*")), "a diverged epoch was checkpointed"
