@@ -70,8 +70,17 @@ def kill_submissions(hooks: Sequence[Any], grace_s: float = 5.0) -> None:
                 log.warning("spark-submit's processes %s outlived SIGKILL (uninterruptible I/O?)", left)
 
 
-# a size as Spark reads one (JavaUtils.byteStringAs): digits and an optional unit, any case
-MEMORY = re.compile(r"\s*([0-9]+)\s*(b|k|kb|ki|kib|m|mb|mi|mib|g|gb|gi|gib|t|tb|ti|tib|p|pb|pi|pib)?\s*", re.I)
+# Sizes as they are read. executor_memory: Spark's JavaUtils.byteStringAs, digits and an optional
+# unit, any case, no space (no 'gib'). driver_memory: in client mode (local[*] included) spark-submit
+# hands it to the driver's JVM as -Xmx, which takes only k, m, g or t ('1gb' and '1 g' fail there).
+MEMORY = {
+    "executor_memory": (re.compile(r"([0-9]+)(b|k|kb|m|mb|g|gb|t|tb|p|pb)?", re.I),
+                        "a size as Spark reads one: digits and an optional unit (k, m, g, t, or kb, mb, gb, "
+                        "tb), no space, such as '8g' or '512m'"),
+    "driver_memory": (re.compile(r"([0-9]+)([kmgt])?", re.I),
+                      "a size the driver's JVM takes as -Xmx: digits and one of k, m, g or t, no space, "
+                      "such as '8g' or '512m' (not '8gb', '8 g' or '8gib')"),
+}
 RESOURCE_ARGS = ("driver_memory", "executor_memory", "executor_cores", "num_executors",
                  "total_executor_cores")
 
@@ -113,13 +122,12 @@ class SparkStageOperator(DlpipeOperator):
         for key, value in self.spark_resources.items():  # spark-submit would refuse it, and be retried
             if value is None:  # the provider leaves it out
                 continue
-            memory = key.endswith("_memory")
-            size = MEMORY.fullmatch(value) if memory and isinstance(value, str) else None
-            fine = (size is not None and int(size[1]) > 0 if memory
+            pattern, size_fix = MEMORY.get(key, (None, ""))
+            size = pattern.fullmatch(value) if pattern and isinstance(value, str) else None
+            fine = (size is not None and int(size[1]) > 0 if pattern
                     else not isinstance(value, bool) and str(value).isdigit())
             if not fine:
-                raise ConfigError(f"{argument} spark_resources.{key}", value,
-                                  "a size such as '8g' or '512m'" if memory else "a whole number")
+                raise ConfigError(f"{argument} spark_resources.{key}", value, size_fix or "a whole number")
         self.data_interval_start, self.data_interval_end = data_interval_start, data_interval_end
         self._hooks: list = []
 

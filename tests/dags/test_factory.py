@@ -642,8 +642,14 @@ def test_spark_resources_values_are_checked_when_the_dag_is_parsed():
     runs, as a failure Airflow retries."""
     from operators import SparkFeatureOperator
 
-    for resources, fix in (({"executor_memory": "8 G B"}, "a size such as '8g'"),
-                           ({"executor_memory": "0g"}, "a size such as '8g'"),
+    for resources, fix in (({"executor_memory": "8 G B"}, "such as '8g'"),
+                           ({"executor_memory": "0g"}, "such as '8g'"),
+                           ({"executor_memory": "8gib"}, "as Spark reads one"),  # byteStringAs has no 'gib'
+                           ({"executor_memory": "8 g"}, "no space"),
+                           # client mode gives the driver's JVM -Xmx<value>: '-Xmx1gb', '-Xmx1 GB' fail there
+                           ({"driver_memory": "1 GB"}, "-Xmx"),
+                           ({"driver_memory": "1gb"}, "not '8gb'"),
+                           ({"driver_memory": "1gib"}, "-Xmx"),
                            ({"executor_cores": "four"}, "a whole number"),
                            ({"num_executors": -1}, "a whole number")):
         with pytest.raises(ConfigError) as refused:
