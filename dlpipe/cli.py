@@ -57,6 +57,18 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ingest_raw(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from dlpipe.raw_ingest import commit_raw_files
+
+    result = commit_raw_files(args.name, args.day, [Path(p) for p in args.paths], cli_context("ingest-raw"))
+    row = {"partition": f"{args.name}/{result.manifest['partition']}", "rows": result.manifest["summary"]["rows"],
+           "status": _raw_status(result), "manifest": result.id}
+    _print(row, args.json, _table([row], ["partition", "rows", "status", "manifest"]))
+    return 0
+
+
 def _raw_status(result) -> str:
     """'committed' or 'skipped (exists)', and which version of the day readers take when that
     is not this command's: a day committed again with other settings or by changed code
@@ -623,6 +635,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=7)
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=cmd_demo_data)
+
+    ing = sub.add_parser("ingest-raw", help="commit a day of your own raw Parquet files (what features.raw reads)")
+    ing.add_argument("name", help="the raw source's name, as a pipeline's features.raw gives it")
+    ing.add_argument("--day", required=True, type=_iso_day, help="the UTC day the events belong to, YYYY-MM-DD")
+    ing.add_argument("paths", nargs="+", metavar="PATH", help="Parquet files, or directories of *.parquet files")
+    ing.add_argument("--json", action="store_true")
+    ing.set_defaults(func=cmd_ingest_raw)
 
     r = sub.add_parser("registry", help="model registry").add_subparsers(dest="registry_cmd", required=True)
     rr = r.add_parser("register", help="register a model directory produced outside a pipeline")

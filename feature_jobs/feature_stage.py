@@ -77,9 +77,7 @@ def committed_days(name: str, stage: str, days: list, *, required: bool,
         if matching:
             found.append(matching[-1])
         elif required and late_ok:  # the interval's raw data, which may land late
-            raise InputNotReady(f"no committed {stage} partition {name}/{day_partition(day)} yet; the "
-                                f"task retries in case it is late; run the stage that produces it "
-                                f"(for demo data: dlpipe demo-data)")
+            raise InputNotReady(not_ready_message(stage, name, day))
         elif required and version is None:
             raise NotCommittedError(f"no committed {stage} partition {key.relpath}; run the stage that "
                                     f"produces it for {day.isoformat()} first")
@@ -91,6 +89,22 @@ def committed_days(name: str, stage: str, days: list, *, required: bool,
         else:
             missing.append(day.isoformat())
     return found, missing
+
+
+def not_ready_message(stage: str, name: str, day) -> str:
+    """Why a required day is not there yet, and how it gets there. Files written straight into
+    the day's folder are named: readers take only committed partitions, so they would wait for
+    them forever."""
+    from dlpipe.raw_ingest import uncommitted_files
+
+    where = f"{name}/{day_partition(day)}"
+    loose = uncommitted_files(name, day) if stage == "raw" else []
+    if loose:
+        return (f"no committed {stage} partition {where}: {len(loose)} Parquet file(s) sit in "
+                f"{loose[0].parent} but were never committed, and readers take only committed partitions; "
+                f"commit them: dlpipe ingest-raw {name} --day {day.isoformat()} {loose[0].parent}")
+    return (f"no committed {stage} partition {where} yet; the task retries in case it is late; commit the day "
+            f"(your own files: dlpipe ingest-raw {name} --day {day.isoformat()} PATH; demo data: dlpipe demo-data)")
 
 
 def first_partition(stage: str, name: str) -> str | None:

@@ -1,0 +1,91 @@
+"""Committing a team's own raw data: Parquet files its ingestion wrote, as one raw day partition.
+
+The feature stage reads only *committed* raw partitions (``raw/<name>/dt=<day>/manifests/``),
+never files that merely sit in a folder: a half-copied day must not be read as a whole one.
+``commit_raw_files`` copies the files into an attempt and commits them the way every stage
+commits, with their SHA-256 in the manifest. The fingerprint is the files' contents: the same
+bytes again are skipped, new bytes for a day commit a new version, which readers take from then
+on (a day landed again after a correction). ``dlpipe ingest-raw`` is its command line.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from datetime import date
+from pathlib import Path
+
+from dlpipe.commit import StageKey, StageResult, run_stage
+from dlpipe.errors import ConfigError
+from dlpipe.hashing import sha256_file, sources_hash
+from dlpipe.interval import day_partition
+from dlpipe.runctx import RunContext
+
+# the names a feature job's ``features.raw`` accepts
+RAW_NAME = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,62}$")
+
+
+def parquet_files(paths: list[Path]) -> list[Path]:
+    """The Parquet files named, a directory standing for the ``*.parquet`` files in it; each must
+    open as Parquet, and all must share one schema (the feature job reads them as one table)."""
+    import pyarrow.parquet as pq
+
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            inside = sorted(p for p in path.glob("*.parquet") if p.is_file())
+            if not inside:
+                raise ConfigError("PATH", str(path), "the directory holds no *.parquet file; name the files")
+            files += inside
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise ConfigError("PATH", str(path), "no such file or directory")
+    if not files:
+        raise ConfigError("PATH", "", "name at least one Parquet file or a directory of them")
+    schema = None
+    for f in files:
+        try:
+            this = pq.read_schema(f)
+        except Exception as exc:  # pyarrow's ArrowInvalid for a file that is not Parquet, or torn
+            raise ConfigError("PATH", str(f), f"not a readable Parquet file ({type(exc).__name__}: {exc})") from None
+        if schema is None:
+            schema, first = this, f
+        elif not this.equals(schema):
+            raise ConfigError("PATH", str(f), f"its schema differs from {first.name}'s: {this} against {schema}; "
+                                              f"commit one day's files with one schema")
+    return files
+
+
+def commit_raw_files(name: str, day: date, paths: list[Path], run: RunContext,
+                     home: Path | None = None) -> StageResult:
+    """Commit ``paths`` (Parquet files, or directories of them) as raw partition ``name``/dt=``day``.
+
+    Skipped when a commit of the day already holds the same bytes in the same order; otherwise
+    a new version of the day is committed, which readers take from then on (they take a day's
+    newest commit: after a skip that may be another one, which the command line reports)."""
+    import pyarrow.parquet as pq
+
+    if not isinstance(name, str) or not RAW_NAME.match(name):
+        raise ConfigError("NAME", name, "lowercase letters, digits, '_' and '-', starting with a letter or digit "
+                                        "(the name a pipeline's features.raw gives)")
+    files = parquet_files(paths)
+    names = [f"part-{k:05d}.parquet" for k in range(len(files))]
+    config = {"day": day.isoformat(), "files": {n: sha256_file(f) for n, f in zip(names, files)}}
+
+    def produce(attempt: Path) -> dict:
+        rows = 0
+        for n, f in zip(names, files):
+            shutil.copyfile(f, attempt / n)
+            rows += pq.read_metadata(attempt / n).num_rows
+        return {"rows": rows, "day": day.isoformat(), "sources": [str(f) for f in files]}
+
+    return run_stage(StageKey("raw", name, day_partition(day)), inputs=[], config=config,
+                     code={"sources_hash": sources_hash([__file__])}, run=run, produce=produce, home=home)
+
+
+def uncommitted_files(name: str, day: date) -> list[Path]:
+    """Parquet files written straight into a raw day's folder, which readers never take: what
+    a team's ingestion leaves when it writes files but does not commit them."""
+    folder = StageKey("raw", name, day_partition(day)).dir()
+    return sorted(folder.glob("*.parquet")) if folder.is_dir() else []
