@@ -748,9 +748,9 @@ def _s3_hint(exc: Exception) -> str | None:
     if isinstance(exc, bc.EndpointConnectionError):
         return f"{redacted(str(exc))}; check --endpoint-url or AWS_ENDPOINT_URL, and that the server is up"
     if isinstance(exc, bc.ClientError):
-        return f"S3 refused the request: {exc}; check the bucket in --root and the credentials' rights"
+        return f"S3 refused the request: {redacted(str(exc))}; check the bucket in --root and the credentials' rights"
     if isinstance(exc, bc.BotoCoreError):
-        return f"S3 client: {exc}"
+        return f"S3 client: {redacted(str(exc))}"
     return None
 
 

@@ -9,6 +9,10 @@ import re
 # belongs), and those messages reach Airflow's import errors, task logs and the audit log.
 # to the last '@' of one URL (a list's URLs end at ',' or ';'): AWS secret keys hold '/'s
 _URL_USER = re.compile(r"(?<=://)([^\s'\",;]*)@")
+# a URL query parameter named like a credential (a presigned URL's X-Amz-Signature and
+# X-Amz-Security-Token, ?token=, ?sig=, ?api_key=): its value is masked wherever the URL appears
+_QUERY_SECRET = re.compile(r"([?&][^=&#\s'\"]*(?:signature|token|secret|password|passwd|credential|sig|key|auth)"
+                           r"[^=&#\s'\"]*=)[^&#\s'\"]*", re.IGNORECASE)
 _SECRET_NAME = re.compile(r"secret|password|passwd|credential|apikey|api_key|private_key|access_key"
                           r"|account_key|session_token|_token$|^token$", re.IGNORECASE)
 
@@ -88,7 +92,7 @@ def redacted(value: object) -> object:
     if isinstance(value, str):
         if "PRIVATE KEY-----" in value:
             return "***"
-        return _URL_USER.sub(_hide_login, value)
+        return _QUERY_SECRET.sub(r"\1***", _URL_USER.sub(_hide_login, value))
     if isinstance(value, dict):
         return {k: "***" if _hidden_under(k, v) else redacted(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

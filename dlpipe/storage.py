@@ -435,6 +435,10 @@ def has_login(url: str) -> bool:
 def endpoint_url(url: str, field: str = "--endpoint-url") -> str:
     """An S3 endpoint URL, checked: http(s), a host, and no credentials in it."""
     parts = urlparse(url)
+    if parts.query or parts.fragment or url.rstrip().endswith(("?", "#")):  # a query can carry a signature or token
+        raise ConfigError(field, f"{parts.scheme}://{parts.netloc}{parts.path}?***",
+                          "an endpoint URL takes no query or fragment; use http(s)://HOST[:PORT], "
+                          "e.g. http://127.0.0.1:9000")
     if has_login(url):
         raise ConfigError(field, shown_url(url), "credentials do not belong in the endpoint URL; use "
                                                  "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile")

@@ -80,6 +80,32 @@ def test_credentials_in_a_root_or_endpoint_url_are_refused_without_being_shown(c
     assert code == 2 and "registry root" in err and secret not in err
 
 
+def test_a_token_in_an_endpoint_urls_query_is_refused_and_never_shown(capsys, monkeypatch):
+    """botocore refused such an endpoint with the whole URL in its message, which reached stderr
+    and the audit log of a promotion."""
+    from dlpipe import audit
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+    for query in ("?X-Amz-Signature=abc&token=TopSecretTok", "?token=TopSecretTok", "#TopSecretTok"):
+        code, _, err = _run(capsys, "registry", "promote", "eta@1", "production", "--root", "s3://mlreg/reg",
+                            "--endpoint-url", f"http://127.0.0.1:8099/{query}")
+        assert code == 2 and "takes no query or fragment" in err and "TopSecret" not in err, err
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:8099/?token=TopSecretTok")
+    code, _, err = _run(capsys, "registry", "list", "--root", "s3://mlreg/reg")
+    assert code == 2 and "AWS_ENDPOINT_URL" in err and "TopSecret" not in err, err
+    assert all("TopSecret" not in json.dumps(event) for event in audit.read())
+
+
+def test_credential_values_in_any_urls_query_are_masked_in_messages():
+    from dlpipe.errors import redacted
+
+    shown = redacted("Custom endpoint `http://h:1/?X-Amz-Signature=abc&X-Amz-Security-Token=TOK&region=eu` "
+                     "was not a valid URI; see https://x/y?api_key=K1&page=2#top")
+    assert shown == ("Custom endpoint `http://h:1/?X-Amz-Signature=***&X-Amz-Security-Token=***&region=eu` "
+                     "was not a valid URI; see https://x/y?api_key=***&page=2#top")
+
+
 def test_a_login_whose_secret_holds_a_slash_is_refused_without_being_shown(capsys, tmp_path):
     """urlparse ends the host part at the first '/', and AWS secret keys hold '/'s: such a root
     got through every check, became a bucket named 'KEY:SEC', and botocore's error repeated it to
