@@ -17,7 +17,7 @@ dlpipe demo-data --start "$START" --days "$DAYS"
 RUN_DATE=$(python -c "import datetime as d; print(d.date.fromisoformat('$START') + d.timedelta(days=$DAYS))")T06:00:00+00:00
 LOG="$DLPIPE_HOME/logs/demo-$(date -u +%Y%m%dT%H%M%SZ).log"
 mkdir -p "$(dirname "$LOG")"
-python "$ROOT/scripts/demo_preflight.py" eta_training "$RUN_DATE" || exit 1
+python -m operators.preflight eta_training "$RUN_DATE" >/dev/null || { echo "[demo] then run make demo again" >&2; exit 1; }
 echo "[demo] airflow dags test eta_training $RUN_DATE (full log: $LOG)"
 set +e
 airflow dags test eta_training "$RUN_DATE" 2>&1 | tee "$LOG" \

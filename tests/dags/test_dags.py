@@ -240,11 +240,13 @@ def test_make_demo_refuses_to_wait_forever_on_an_earlier_run_that_holds_it(tmp_p
     airflow_cli(env, "db", "migrate")
     refused = airflow_cli(env, "dags", "test", "eta_training", "2026-01-05", check=False)
     assert "first instant of the next day" in refused.stdout + refused.stderr
-    check = [sys.executable, str(ROOT / "scripts" / "demo_preflight.py"), "eta_training"]
+    check = [sys.executable, "-m", "operators.preflight", "eta_training"]  # what make demo runs first
     held = subprocess.run([*check, "2026-01-05T06:00:00+00:00"], env=env, capture_output=True, text=True)
     assert held.returncode == 1, held
     assert "(logical date 2026-01-05T00:00+0000) holds this one: its materialize_dataset is upstream_failed" \
-        in held.stderr and "airflow dags delete eta_training --yes && make demo" in held.stderr
+        in held.stderr and "airflow dags delete eta_training --yes" in held.stderr
+    bad = subprocess.run([*check, "2026-01-05"], env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "not a logical date with its zone" in bad.stderr
     assert subprocess.run([*check, "2026-01-05T00:00:00+00:00"], env=env).returncode == 0  # nothing before it
     airflow_cli(env, "dags", "delete", "eta_training", "--yes")  # the advice works
     assert subprocess.run([*check, "2026-01-05T06:00:00+00:00"], env=env).returncode == 0

@@ -1,0 +1,77 @@
+"""Before ``airflow dags test DAG LOGICAL_DATE``: refuse, with the way out, when an earlier run of
+the DAG would hold it forever. ``python -m operators.preflight DAG_ID LOGICAL_DATE [--task T]``
+exits 1 with the reason and the way out (``make demo`` runs it first).
+
+A task with ``depends_on_past`` (the dataset task of every dlpipe pipeline) waits for its own
+previous run's, by logical date. When that one did not succeed (a refused midnight run, a failed
+day, a run a stopped ``dags test`` left unfinished), ``airflow dags test`` prints "No tasks to
+run" every second and never ends, and a scheduler leaves the run waiting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime
+
+DONE = ("success", "skipped")
+HELD_TASKS = ("materialize_dataset",)  # the dataset task of pipeline_dag's DAGs (depends_on_past)
+
+
+def held_by(dag_id: str, logical: datetime, tasks: tuple[str, ...] = HELD_TASKS) -> str | None:
+    """Why a run of ``dag_id`` at ``logical`` would wait forever on the run before it, or None."""
+    from airflow.models import DagRun, TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        previous = session.scalar(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.logical_date < logical)
+                                  .order_by(DagRun.logical_date.desc()).limit(1))
+        if previous is None:
+            return None
+        states = dict(session.execute(select(TaskInstance.task_id, TaskInstance.state).where(
+            TaskInstance.dag_id == dag_id, TaskInstance.run_id == previous.run_id,
+            TaskInstance.task_id.in_(tasks))).all())
+        run_id, earlier = previous.run_id, previous.logical_date
+    for task in tasks:
+        state = states.get(task)
+        state = str(getattr(state, "value", state)) if state is not None else None
+        if state not in DONE:
+            return (f"the run {run_id} (logical date {earlier:%Y-%m-%dT%H:%M%z}) holds this one: its {task} is "
+                    f"{state or 'not run'}, and each run's {task} waits for the previous run's "
+                    f"(depends_on_past), so `airflow dags test` would wait for it, forever unless a scheduler "
+                    f"is running that run (a `dags test` stopped with Ctrl-C leaves its run unfinished). Either "
+                    f"forget the DAG's runs (committed data stays and is reused): airflow dags delete {dag_id} "
+                    f"--yes; or keep the run and clear it so that a scheduler runs it again, or mark its {task} "
+                    f"success in the UI to go on without it (docs/operations.md#alerting)")
+    return None
+
+
+def _logical_date(text: str) -> datetime:
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        when = None
+    if when is None or when.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a logical date with its zone; use "
+                                         f"YYYY-MM-DDTHH:MM:SS+00:00, e.g. 2026-01-05T06:00:00+00:00")
+    return when
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m operators.preflight", description=__doc__.splitlines()[0])
+    p.add_argument("dag_id")
+    p.add_argument("logical_date", type=_logical_date, help="the logical date dags test is given, with its zone")
+    p.add_argument("--task", action="append", help="a task with depends_on_past (default: materialize_dataset); "
+                                                   "repeat for several")
+    args = p.parse_args(argv)
+    why = held_by(args.dag_id, args.logical_date, tuple(args.task or HELD_TASKS))
+    if why:
+        print(f"preflight: error: {why}", file=sys.stderr)
+        return 1
+    print(f"{args.dag_id} {args.logical_date.isoformat()}: no earlier run holds it")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
