@@ -70,29 +70,27 @@ def cmd_ingest_raw(args: argparse.Namespace) -> int:
 
 
 def _raw_status(result) -> str:
-    """'committed' or 'skipped (exists)', and which version of the day readers take when that
-    is not this command's: a day committed again with other settings or by changed code
-    supersedes the earlier version; a day skipped as committed may have a newer version."""
+    """'committed' or 'skipped (exists)', and what a new commit supersedes: a day committed
+    again with other settings, files or code replaces the version readers took until then."""
+    if result.skipped:
+        return "skipped (exists)"
+    replaced = result.manifest["config"].get("replaces")
+    if not replaced:
+        return "committed"
     from dlpipe import commit
 
-    key = commit.StageKey("raw", result.manifest["name"], result.manifest["partition"])
-    versions = commit.committed(key)
-    newest = versions[-1] if versions else result.manifest
-    if result.skipped:
-        if newest["id"] == result.id:
-            return "skipped (exists)"
-        return f"skipped (exists), but readers take a newer version of the day ({_settings(newest)}): {newest['id']}"
-    earlier = [m for m in versions if m["id"] != result.id]
-    if not earlier:
-        return "committed"
-    old, new = earlier[-1], result.manifest
-    why = _settings(old) if old["config"] != new["config"] else "the same settings, older generator code"
+    old, new = commit.load_manifest(replaced), result.manifest
+    strip = lambda c: {k: v for k, v in c.items() if k != "replaces"}  # noqa: E731
+    why = _settings(old) if strip(old["config"]) != strip(new["config"]) else "the same settings, older code"
     return f"committed: supersedes the version of {why} (readers take the newest)"
 
 
 def _settings(manifest: dict) -> str:
+    """A raw day version in a few words: demo data by its settings, ingested files by their rows."""
     c = manifest["config"]
-    return f"seed {c.get('seed')}, {c.get('rows_per_day')} rows"
+    if "seed" in c:
+        return f"seed {c['seed']}, {c.get('rows_per_day')} rows"
+    return f"{manifest['summary'].get('rows')} rows in {len(c.get('files', {}))} file(s), committed {manifest['committed_at']}"
 
 
 def _store(args: argparse.Namespace):

@@ -327,6 +327,24 @@ def _committed_despite(exc: BaseException, path: Path, attempt_id: str, *, run: 
 Producer = Callable[[Path], dict]
 
 
+def run_newest_version(key: StageKey, *, config: dict[str, Any], code: dict[str, Any], run: RunContext,
+                       produce: Producer, home: Path | None = None) -> StageResult:
+    """``run_stage`` for an output with no inputs that readers take newest first (a raw day):
+    skipped when the newest version already has this config and code, else committed on top of
+    it, also where an older version had them. Going back after a bad correction then works: the
+    version committed again records which one it ``replaces``, so its fingerprint is new, and
+    readers take it. (With ``run_stage`` alone the older fingerprint existed, so it was skipped
+    and the bad version stayed in use.)"""
+    versions = committed(key, home)
+    newest = versions[-1] if versions else None
+    if newest is not None:
+        same_config = {k: v for k, v in newest["config"].items() if k != "replaces"} == config
+        same_code = code_identity({k: v for k, v in newest["code"].items() if k not in RECORDED_CODE_KEYS}) \
+            == code_identity(code)
+        config = newest["config"] if same_config and same_code else {**config, "replaces": newest["id"]}
+    return run_stage(key, inputs=[], config=config, code=code, run=run, produce=produce, home=home)
+
+
 def run_stage(
     key: StageKey,
     *,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dlpipe.commit import StageKey, StageResult, run_stage
+from dlpipe.commit import StageKey, StageResult, run_newest_version
 from dlpipe.errors import ConfigError
 from dlpipe.hashing import sources_hash
 from dlpipe.interval import day_partition
@@ -50,8 +50,8 @@ class DemoDataConfig:
     def validate(self) -> None:
         if self.days < 1:
             raise ConfigError("days", self.days, "generate at least one day (--days 1 or more)")
-        if not 0 <= self.rows_per_day <= MAX_ROWS_PER_DAY:
-            raise ConfigError("rows_per_day", self.rows_per_day, f"use 0 to {MAX_ROWS_PER_DAY:,} rows; for more "
+        if not 1 <= self.rows_per_day <= MAX_ROWS_PER_DAY:  # an empty day is one the feature stage refuses
+            raise ConfigError("rows_per_day", self.rows_per_day, f"use 1 to {MAX_ROWS_PER_DAY:,} rows; for more "
                                                                  f"data, generate more days")
         room = (date.max - self.start).days + 1
         if self.days > room:  # else it commits some days, then overflows
@@ -136,10 +136,10 @@ def generate_day(cfg: DemoDataConfig, day: date):
 
 
 def write_raw(cfg: DemoDataConfig, run: RunContext, home: Path | None = None) -> list[StageResult]:
-    """Generate and commit one raw partition per day. A day already committed with the same
-    settings and code is skipped; otherwise a new version of the day is committed. Readers take
-    a day's newest commit (as when a day's raw data is landed again), so going back to earlier
-    settings skips the day and leaves the newer version in use (the CLI says so)."""
+    """Generate and commit one raw partition per day. A day whose newest version has the same
+    settings and code is skipped; otherwise a new version of the day is committed, which readers
+    take from then on (as when a day's raw data is landed again). Going back to earlier settings
+    commits them again as the newest version."""
     import pyarrow.parquet as pq
 
     cfg.validate()
@@ -157,6 +157,5 @@ def write_raw(cfg: DemoDataConfig, run: RunContext, home: Path | None = None) ->
             pq.write_table(table, attempt / "part-00000.parquet", compression="zstd")
             return {"rows": table.num_rows, "day": day.isoformat()}
 
-        results.append(run_stage(key, inputs=[], config=config, code=code, run=run,
-                                 produce=produce, home=home))
+        results.append(run_newest_version(key, config=config, code=code, run=run, produce=produce, home=home))
     return results

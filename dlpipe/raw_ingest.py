@@ -4,8 +4,9 @@ The feature stage reads only *committed* raw partitions (``raw/<name>/dt=<day>/m
 never files that merely sit in a folder: a half-copied day must not be read as a whole one.
 ``commit_raw_files`` copies the files into an attempt and commits them the way every stage
 commits, with their SHA-256 in the manifest. The fingerprint is the files' contents: the same
-bytes again are skipped, new bytes for a day commit a new version, which readers take from then
-on (a day landed again after a correction). ``dlpipe ingest-raw`` is its command line.
+bytes as the day's newest version are skipped; other bytes commit a new version, which readers
+take from then on (a day landed again after a correction, or back to what it was before a bad
+one). ``dlpipe ingest-raw`` is its command line.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import shutil
 from datetime import date
 from pathlib import Path
 
-from dlpipe.commit import StageKey, StageResult, run_stage
+from dlpipe.commit import StageKey, StageResult, run_newest_version
 from dlpipe.errors import ConfigError
 from dlpipe.hashing import sha256_file, sources_hash
 from dlpipe.interval import day_partition
@@ -61,9 +62,9 @@ def commit_raw_files(name: str, day: date, paths: list[Path], run: RunContext,
                      home: Path | None = None) -> StageResult:
     """Commit ``paths`` (Parquet files, or directories of them) as raw partition ``name``/dt=``day``.
 
-    Skipped when a commit of the day already holds the same bytes in the same order; otherwise
-    a new version of the day is committed, which readers take from then on (they take a day's
-    newest commit: after a skip that may be another one, which the command line reports)."""
+    Skipped when the day's newest version holds the same bytes in the same order; otherwise a
+    new version is committed, which readers take from then on (also bytes an older version held:
+    going back after a bad correction)."""
     import pyarrow.parquet as pq
 
     if not isinstance(name, str) or not RAW_NAME.match(name):
@@ -80,8 +81,8 @@ def commit_raw_files(name: str, day: date, paths: list[Path], run: RunContext,
             rows += pq.read_metadata(attempt / n).num_rows
         return {"rows": rows, "day": day.isoformat(), "sources": [str(f) for f in files]}
 
-    return run_stage(StageKey("raw", name, day_partition(day)), inputs=[], config=config,
-                     code={"sources_hash": sources_hash([__file__])}, run=run, produce=produce, home=home)
+    return run_newest_version(StageKey("raw", name, day_partition(day)), config=config,
+                              code={"sources_hash": sources_hash([__file__])}, run=run, produce=produce, home=home)
 
 
 def uncommitted_files(name: str, day: date) -> list[Path]:

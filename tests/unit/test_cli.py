@@ -4,6 +4,7 @@ fix (exit 2), never a traceback or a secret, and nothing already there changed."
 from __future__ import annotations
 
 import json
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -420,7 +421,17 @@ def test_demo_data_says_when_a_day_is_committed_again_with_other_settings(capsys
     assert code == 0 and "committed: supersedes the version of seed 7, 5 rows (readers take the newest)" in out
     code, out, _ = _run(capsys, "demo-data", "--days", "1", "--rows-per-day", "6")
     assert "skipped (exists)" in out
-    code, out, _ = _run(capsys, "demo-data", "--days", "1", "--rows-per-day", "5")  # back to the first settings
-    assert "skipped (exists), but readers take a newer version of the day (seed 7, 6 rows)" in out
+    # back to the first settings: they were skipped (and readers kept the 6-row version), now
+    # they are the newest version again
+    code, out, _ = _run(capsys, "demo-data", "--days", "1", "--rows-per-day", "5")
+    assert code == 0 and "committed: supersedes the version of seed 7, 6 rows" in out
+    from dlpipe import commit
+    from feature_jobs.feature_stage import committed_days
+
+    [day], _ = committed_days("trips", "raw", [date(2026, 1, 1)], required=True)
+    assert day["summary"]["rows"] == 5 and len(commit.committed(commit.StageKey("raw", "trips", "dt=2026-01-01"))) == 3
+    assert "skipped (exists)" in _run(capsys, "demo-data", "--days", "1", "--rows-per-day", "5")[1]
     code, _, err = _run(capsys, "demo-data", "--rows-per-day", "2000000000")  # a numpy MemoryError before
-    assert code == 2 and "rows_per_day=2000000000: use 0 to 10,000,000 rows" in err
+    assert code == 2 and "rows_per_day=2000000000: use 1 to 10,000,000 rows" in err
+    code, _, err = _run(capsys, "demo-data", "--rows-per-day", "0")  # empty days the feature stage refuses
+    assert code == 2 and "rows_per_day=0: use 1 to" in err

@@ -52,9 +52,17 @@ def test_files_are_committed_once_and_a_corrected_day_is_a_new_version(dlpipe_ho
 
     _write(landed / "b.parquet", 4, start=5)  # the day landed again, corrected
     code, out, _ = _ingest(capsys, "fraud_trips", "--day", "2026-02-01", str(landed))
-    assert code == 0 and "supersedes" in out
+    assert code == 0 and "committed: supersedes the version of 8 rows in 2 file(s)" in out
     [found], missing = committed_days("fraud_trips", "raw", [DAY], required=True)
     assert found["summary"]["rows"] == 9 and missing == []
+
+    _write(landed / "b.parquet", 3, start=5)  # the correction was wrong: back to the first files
+    code, out, _ = _ingest(capsys, "fraud_trips", "--day", "2026-02-01", str(landed))
+    assert code == 0 and "committed: supersedes the version of 9 rows" in out
+    [found], _ = committed_days("fraud_trips", "raw", [DAY], required=True)
+    assert found["summary"]["rows"] == 8 and found["config"]["files"] == first["config"]["files"]
+    assert len(commit.committed(StageKey("raw", "fraud_trips", "dt=2026-02-01"))) == 3
+    assert "skipped (exists)" in _ingest(capsys, "fraud_trips", "--day", "2026-02-01", str(landed))[1]
 
 
 @pytest.mark.parametrize("make, args, shown, fix", [
