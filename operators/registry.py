@@ -159,7 +159,8 @@ class PromoteModelOperator(_RegistryOperator):
             raise ConfigError("alias", alias, "registry.promote_to is null in the pipeline, so it promotes no alias: "
                                               "set it, pass alias=, or leave this task out of the DAG")
         name, version = registry.parse_ref(self.model_ref)
-        reason = self.reason or f"{run.dag_id} {run.run_id}"
+        # the alias history's "why": this task's reason, else the run and the reason it was started with
+        reason = self.reason or f"{run.dag_id} {run.run_id}" + (f": {run.reason}" if run.reason else "")
         if self.only_forward:
             doc, moved = registry.promote_forward(store, name, alias, version, run=run, reason=reason)
         else:

@@ -9,9 +9,10 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from dlpipe import commit
+from dlpipe import commit, registry
 from dlpipe.gates import ModelGateConfig, run_model_gate
 from dlpipe.runctx import RunContext
+from dlpipe.storage import open_store
 from operators import PromoteModelOperator, RegisterModelOperator
 from tests.conftest import ROOT
 from tests.dags.test_register_gates import _training
@@ -20,9 +21,9 @@ from tests.unit.test_gate_reruns import _evaluation
 PIPELINE = str(ROOT / "pipelines" / "eta_training.yaml")
 
 
-def _context(task_id: str) -> dict[str, Any]:
+def _context(task_id: str, reason: str = "") -> dict[str, Any]:
     ti = SimpleNamespace(dag_id="eta_training", run_id="r", task_id=task_id, try_number=1)
-    return {"ti": ti, "dag_run": SimpleNamespace(run_type="manual"), "params": {}}
+    return {"ti": ti, "dag_run": SimpleNamespace(run_type="manual"), "params": {"reason": reason}}
 
 
 def _names(datasets) -> list[tuple[str, str, str | None]]:
@@ -66,7 +67,9 @@ def test_register_and_promote_report_their_inputs_to_openlineage(dlpipe_home):
 
     promote = PromoteModelOperator(task_id="promote_staging", model_ref=ref, alias="staging",
                                    registry_root=root, pipeline_config=PIPELINE)
-    assert promote.execute(_context("promote_staging")) == "eta:staging"
+    assert promote.execute(_context("promote_staging", reason="retrain after the label fix")) == "eta:staging"
+    [move] = registry.get_alias(open_store(root), "eta", "staging")["history"]
+    assert move["reason"] == "eta_training r: retrain after the label fix"  # the run's reason reaches the history
     lineage = promote.get_openlineage_facets_on_complete(None)
     assert _names(lineage.inputs) == [("file", f"{root}/eta", "1")]
     assert _names(lineage.outputs) == [("file", f"{root}/eta:staging", None)]
