@@ -3,7 +3,10 @@ them before its stage runs (``operators.factory.check_pipeline``)."""
 
 from __future__ import annotations
 
+import collections.abc
 import math
+import types
+import typing
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -125,6 +128,42 @@ def section(pipeline: dict[str, Any], name: str, model: type[M]) -> M:
         if err["type"] == "missing":  # pydantic's input is then the whole section: not helpful
             raise ConfigError(f"{pipeline.get('_source', '?')}: {field}", "(missing)",
                               f"{err['msg']}: add {field}") from None
+        if err["type"] == "extra_forbidden":  # a misspelt or misplaced field: say which ones there are
+            message += _known_fields(model, loc)
         if isinstance(value, str):
             value = shown_url(value)  # a URL's user and password never reach the message
         raise ConfigError(f"{pipeline.get('_source', '?')}: {field}", value, message) from None
+
+
+def _known_fields(model: type[BaseModel], loc: tuple) -> str:
+    """'; did you mean 'epochs'? the fields here are [...]' for an unknown field at ``loc``: the
+    model that holds it is found by following ``loc`` through nested models, mappings and lists."""
+    import difflib
+
+    holder: Any = model
+    for part in loc[:-1]:
+        holder = _unwrapped(holder)
+        origin = typing.get_origin(holder)
+        if isinstance(holder, type) and issubclass(holder, BaseModel) and part in holder.model_fields:
+            holder = holder.model_fields[part].annotation
+        elif origin in (dict, collections.abc.Mapping):
+            holder = typing.get_args(holder)[1]
+        elif origin in (list, tuple):
+            holder = typing.get_args(holder)[0]
+        else:
+            return ""
+    holder = _unwrapped(holder)
+    if not (isinstance(holder, type) and issubclass(holder, BaseModel)):
+        return ""
+    fields = sorted(holder.model_fields)
+    close = difflib.get_close_matches(str(loc[-1]), fields, n=1)
+    return (f"; did you mean {close[0]!r}?" if close else ";") + f" the fields here are {fields}"
+
+
+def _unwrapped(annotation: Any) -> Any:
+    """``X`` of ``X | None``, ``Optional[X]`` and ``Annotated[X, ...]``."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    origin = typing.get_origin(annotation)
+    if origin is Annotated or (origin in (typing.Union, types.UnionType) and len(args) == 1):
+        return _unwrapped(args[0])
+    return annotation

@@ -64,8 +64,21 @@ def test_pipeline_section_errors_name_file_field_and_value(tmp_path):
     with pytest.raises(ConfigError, match=r"scale.hosts.*is not host:slots"):
         section(pipeline, "scale", ScaleConfig)
     p.write_text("train: {epochs: 2, learning_rte: 0.1}\n")
-    with pytest.raises(ConfigError, match=r"train.learning_rte.*Extra inputs are not permitted"):
+    with pytest.raises(ConfigError, match=r"train.learning_rte.*Extra inputs are not permitted; did you mean "
+                                          r"'learning_rate'\? the fields here are \['batch_size', "):
         section(load_pipeline(p), "train", TrainConfig)
+
+
+def test_an_unknown_field_names_the_fields_of_the_mapping_that_holds_it(tmp_path):
+    """Nested too: a column rule of the data gate (a mapping of rules), its own fields listed."""
+    from dlpipe.gates import DataGateConfig
+
+    p = tmp_path / "p.yaml"
+    p.write_text("data_gate:\n  columns:\n    delivery_minutes: {nullable: false}\n")
+    with pytest.raises(ConfigError) as e:
+        section(load_pipeline(p), "data_gate", DataGateConfig)
+    assert "data_gate.columns.delivery_minutes.nullable" in str(e.value)
+    assert "the fields here are ['max', 'min', 'not_null', 'type']" in str(e.value)
 
 
 def test_duplicate_keys_sections_that_are_not_mappings_and_impossible_values_are_refused(tmp_path):
