@@ -283,6 +283,38 @@ def _gx_expectation(i: int, spec: ExpectationSpec, source: str = ""):
                           f"(each expectation's arguments are in the Great Expectations docs)") from None
 
 
+# the expectation arguments that name one column or several
+_COLUMN_ARGS = ("column", "column_A", "column_B")
+_COLUMN_LIST_ARGS = ("column_list", "column_set")
+
+
+def check_gate_columns(cfg: DataGateConfig, columns: list[str], source: str = "") -> None:
+    """Every column the gate names is one of the dataset's ``columns``: a misspelt one
+    (``distnace_km``) is refused when the DAG is parsed, not by the gate after the Spark stages
+    committed, in a list of failures of checks on a column that is not there. (Great
+    Expectations 1.x has no expectation of a column's absence, which could name any.)"""
+    where = f"{source}: " if source else ""
+    known = sorted(columns)
+
+    def check(field: str, name: object) -> None:
+        if name not in columns:
+            raise ConfigError(f"{where}data_gate.{field}", name, f"the dataset has no such column"
+                                                                 f"{_close(str(name), known)}; its columns are {known}")
+
+    for col in cfg.columns:
+        check(f"columns.{col}", col)
+    for i, spec in enumerate(cfg.expectations):
+        for arg in _COLUMN_ARGS:
+            if isinstance(spec.kwargs.get(arg), str):
+                check(f"expectations[{i}].kwargs.{arg}", spec.kwargs[arg])
+        for arg in _COLUMN_LIST_ARGS:
+            if isinstance(spec.kwargs.get(arg), list):
+                for name in spec.kwargs[arg]:
+                    check(f"expectations[{i}].kwargs.{arg}", name)
+    for col in (cfg.drift.columns or []) if cfg.drift else []:
+        check("drift.columns", col)
+
+
 def check_expectations(cfg: DataGateConfig, source: str = "") -> None:
     """Build every listed expectation once, so that a misspelt argument fails the first task
     of a run (every task checks the pipeline), not the gate after the Spark stages committed.

@@ -83,6 +83,10 @@ def check_pipeline(pipeline: dict[str, Any], *, at_run: bool = False) -> None:
                           f"{sorted(known - {'_source'})}")
     for name, model in sections.items():
         checked = section(pipeline, name, model)
+        if name == "data_gate" and kind.dataset_columns is not None:
+            from dlpipe.gates import check_gate_columns
+
+            check_gate_columns(checked, kind.dataset_columns(), path)
         if at_run and name == "data_gate":
             from dlpipe.gates import check_expectations
 

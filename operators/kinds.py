@@ -49,6 +49,8 @@ class PipelineKind:
     # metric against itself, and training-split metrics (which an overfit model wins) are in neither
     gate_metrics: tuple[str, ...] = ()
     baseline_metrics: tuple[str, ...] = ()
+    # the columns of its datasets, which the data gate's column names are checked against
+    dataset_columns: Callable[[], list[str]] | None = None
 
 
 def _common_sections() -> dict[str, type[BaseModel]]:
@@ -107,19 +109,31 @@ def _digits_evaluate(model_dir: Path, dataset: dict) -> dict:
     return evaluate_digits(model_dir, dataset)
 
 
+def _eta_columns() -> list[str]:
+    from feature_jobs.dataset_stage import DATASET_COLUMNS
+
+    return [name for name, _ in DATASET_COLUMNS]
+
+
+def _digits_columns() -> list[str]:
+    from feature_jobs.digits_stage import DIGITS_COLUMNS
+
+    return [name for name, _ in DIGITS_COLUMNS]
+
+
 KINDS: dict[str, PipelineKind] = {
     "eta_regressor": PipelineKind(
         name="eta_regressor",
         description="tabular regression: raw trips -> daily features -> windowed dataset -> MLP",
         features=_eta_features, dataset=_eta_dataset, train_entry="training.train_eta",
         evaluate=_eta_evaluate, sections=_eta_sections,
-        gate_metrics=("val_mae",), baseline_metrics=("baseline_mae",)),
+        gate_metrics=("val_mae",), baseline_metrics=("baseline_mae",), dataset_columns=_eta_columns),
     "digits_classifier": PipelineKind(
         name="digits_classifier",
         description="image classification: scikit-learn's 8x8 digits -> ndarray dataset -> CNN",
         features=None, dataset=_digits_dataset, train_entry="training.train_digits",
         evaluate=_digits_evaluate, sections=_digits_sections,
-        gate_metrics=("val_error",), baseline_metrics=("baseline_error",)),
+        gate_metrics=("val_error",), baseline_metrics=("baseline_error",), dataset_columns=_digits_columns),
 }
 
 

@@ -658,3 +658,24 @@ def test_spark_resources_values_are_checked_when_the_dag_is_parsed():
     SparkFeatureOperator(task_id="f", pipeline_config="p.yaml",
                          spark_resources={"executor_memory": "8gb", "driver_memory": "512M", "executor_cores": "4",
                                           "num_executors": None, "total_executor_cores": 64})
+
+
+def test_a_data_gate_column_the_dataset_lacks_is_refused_when_the_spec_is_parsed(tmp_path):
+    """A misspelt column in a rule, an expectation or the drift list failed only the gate, after
+    the Spark stages had run, among a dozen lines of failed checks on a missing column."""
+    gate = yaml.safe_load(SPEC.read_text())["data_gate"]
+    for name, changes, field, value, hint in (
+            ("rule", {"data_gate__columns": {**gate["columns"], "distnace_km": {"min": 0}}},
+             "data_gate.columns.distnace_km", "distnace_km", "did you mean distance_km?"),
+            ("expectation", {"data_gate__expectations": [{"type": "expect_column_values_to_be_unique",
+                                                         "kwargs": {"column": "trip_idd"}}]},
+             "data_gate.expectations[0].kwargs.column", "trip_idd", "did you mean trip_id?"),
+            ("pair", {"data_gate__expectations": [{"type": "expect_column_pair_values_a_to_be_greater_than_b",
+                                                  "kwargs": {"column_A": "distance_km", "column_B": "hour"}}]},
+             "data_gate.expectations[0].kwargs.column_B", "hour", "its columns are ['city_code', "),
+            ("drift", {"data_gate__drift": {"columns": ["delivery_minute"]}},
+             "data_gate.drift.columns", "delivery_minute", "did you mean delivery_minutes?")):
+        with pytest.raises(ConfigError) as refused:
+            pipeline_dag(_spec(tmp_path, name, **changes))
+        assert refused.value.field.endswith(field) and refused.value.value == value, refused.value
+        assert "the dataset has no such column" in refused.value.fix and hint in refused.value.fix
