@@ -120,9 +120,11 @@ def cmd_registry_register(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     metrics = _metrics_file(Path(args.metrics)) if args.metrics else {}
+    store = _store(args)
+    fresh = not registry.list_versions(store)  # a misspelt --root makes a second registry: say so
     with _audited("registry register", f"{args.name}@?") as run:
         record, created = registry.register(
-            _store(args), args.name, Path(args.model_dir), metrics=metrics,
+            store, args.name, Path(args.model_dir), metrics=metrics,
             lineage={"source": "external", "registered_from": "dlpipe registry register"},
             run=run, note=args.note or "")
     ref = f"{record['name']}@{record['version']}"
@@ -130,6 +132,9 @@ def cmd_registry_register(args: argparse.Namespace) -> int:
     if not created and (metrics and metrics != record.get("metrics") or args.note and args.note != record.get("note")):
         said += (f"; its recorded metrics and note are kept (a version record never changes): the ones given "
                  f"differ (see `dlpipe registry show {ref}`)")
+    if fresh:
+        said += (f"\nnote: {store.uri} held no registry before this: it is a new one (check --root and "
+                 f"DLPIPE_REGISTRY_ROOT if you meant an existing registry)")
     _print(record, args.json, said)
     return 0
 
@@ -232,6 +237,9 @@ def cmd_registry_list(args: argparse.Namespace) -> int:
     # an empty list says where it looked: a wrong working directory or DLPIPE_HOME reads another registry
     human = _table(rows, ["model", "validation", "dataset", "registered_at", "run_id"]) if rows else \
         f"(no versions{f' of {args.name}' if args.name else ''} in the registry {store.uri})"
+    if not rows and getattr(store, "root", None) is not None and not store.root.exists():
+        human = (f"(no registry at {store.uri}: the directory does not exist, so nothing was ever registered "
+                 f"there; check --root and DLPIPE_REGISTRY_ROOT)")
     _print(records, args.json, human)
     return 0
 
@@ -628,17 +636,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo-data", help="generate deterministic raw trip events (one partition per day)")
     d.add_argument("--start", default="2026-01-01", type=_iso_day, help="first day, YYYY-MM-DD")
-    d.add_argument("--days", type=int, default=4)
-    d.add_argument("--rows-per-day", type=int, default=20_000)
-    d.add_argument("--seed", type=int, default=7)
-    d.add_argument("--json", action="store_true")
+    d.add_argument("--days", type=int, default=4, help="daily partitions to write (default 4)")
+    d.add_argument("--rows-per-day", type=int, default=20_000, help="trips a day, 1 to 10,000,000 (default 20000)")
+    d.add_argument("--seed", type=int, default=7, help="same seed, same bytes (default 7)")
+    d.add_argument("--json", action="store_true", help="print the result as JSON")
     d.set_defaults(func=cmd_demo_data)
 
     ing = sub.add_parser("ingest-raw", help="commit a day of your own raw Parquet files (what features.raw reads)")
     ing.add_argument("name", help="the raw source's name, as a pipeline's features.raw gives it")
     ing.add_argument("--day", required=True, type=_iso_day, help="the UTC day the events belong to, YYYY-MM-DD")
     ing.add_argument("paths", nargs="+", metavar="PATH", help="Parquet files, or directories of *.parquet files")
-    ing.add_argument("--json", action="store_true")
+    ing.add_argument("--json", action="store_true", help="print the result as JSON")
     ing.set_defaults(func=cmd_ingest_raw)
 
     r = sub.add_parser("registry", help="model registry").add_subparsers(dest="registry_cmd", required=True)
@@ -673,7 +681,7 @@ def build_parser() -> argparse.ArgumentParser:
     rb.set_defaults(func=cmd_registry_rollback)
     rd = r.add_parser("download", help="download a version's artifacts, verifying every SHA-256")
     rd.add_argument("ref", help="NAME@VERSION")
-    rd.add_argument("dest")
+    rd.add_argument("dest", type=_not_empty("DEST"), help="directory to write the artifacts into")
     rd.set_defaults(func=cmd_registry_download)
 
     ln = sub.add_parser("lineage", help="model version -> training -> dataset -> features -> raw")

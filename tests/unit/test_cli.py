@@ -39,6 +39,18 @@ def test_register_names_a_missing_or_broken_metrics_file_and_a_missing_model_dir
     assert code == 0 and "eta@1 registered" in out
 
 
+def test_registering_into_a_root_that_held_no_registry_says_it_is_a_new_one(capsys, tmp_path, dlpipe_home):
+    """A misspelt --root made a second registry with its own eta@1, without a word."""
+    model = _model_dir(tmp_path)
+    code, out, _ = _run(capsys, "registry", "register", "eta", str(model))
+    assert code == 0 and "held no registry before this: it is a new one" in out
+    typo = tmp_path / "regsitry"
+    code, out, _ = _run(capsys, "registry", "register", "eta", str(model), "--root", str(typo))
+    assert code == 0 and f"note: {typo} held no registry before this" in out
+    code, out, _ = _run(capsys, "registry", "register", "other", str(model))
+    assert code == 0 and "note:" not in out  # a registry that holds versions already
+
+
 def test_lineage_of_a_model_registered_from_outside_a_pipeline(capsys, tmp_path):
     assert _run(capsys, "registry", "register", "eta", str(_model_dir(tmp_path)))[0] == 0
     code, out, _ = _run(capsys, "lineage", "eta@1")
@@ -61,6 +73,9 @@ def test_a_failed_download_changes_nothing_in_the_destination(capsys, tmp_path, 
     (tmp_path / "afile").write_text("x")
     code, _, err = _run(capsys, "registry", "download", "eta@1", str(tmp_path / "afile"))
     assert code == 2 and "invalid dest=" in err and "not a file" in err
+    with pytest.raises(SystemExit):  # '' was the working directory, and its files were listed
+        _run(capsys, "registry", "download", "eta@1", "")
+    assert "DEST is empty" in capsys.readouterr().err
 
 
 def test_credentials_in_a_root_or_endpoint_url_are_refused_without_being_shown(capsys, monkeypatch):
@@ -291,6 +306,10 @@ def test_alias_history_names_the_person_or_the_dag_run_that_moved_it(capsys, tmp
 
 def test_an_empty_registry_list_says_which_registry_it_read(capsys, tmp_path):
     """A wrong working directory or DLPIPE_HOME reads another (empty) registry: say where."""
+    code, out, _ = _run(capsys, "registry", "list", "--root", str(tmp_path / "reg"))
+    assert code == 0 and out.strip() == (f"(no registry at {tmp_path / 'reg'}: the directory does not exist, so "
+                                         f"nothing was ever registered there; check --root and DLPIPE_REGISTRY_ROOT)")
+    (tmp_path / "reg").mkdir()
     code, out, _ = _run(capsys, "registry", "list", "--root", str(tmp_path / "reg"))
     assert code == 0 and out.strip() == f"(no versions in the registry {tmp_path / 'reg'})"
     code, out, _ = _run(capsys, "registry", "list", "eta", "--root", str(tmp_path / "reg"), "--json")
