@@ -58,6 +58,9 @@ class ModelGateOperator(DlpipeOperator):
     def __init__(self, *, training_id: str, registry_root: str | None = None, aws_conn_id: str | None = None,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        from operators.registry import check_registry_root
+
+        check_registry_root(type(self).__name__, self.task_id, registry_root)
         self.training_id = training_id
         self.registry_root, self.aws_conn_id = registry_root, aws_conn_id
 

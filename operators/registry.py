@@ -16,6 +16,13 @@ from dlpipe.storage import Store, open_store, shown_url
 from operators.base import DlpipeOperator
 
 
+def check_registry_root(operator: str, task_id: str, root: str | None) -> None:
+    """A registry_root argument checked when the DAG is parsed (a templated one when it runs):
+    a relative or misspelt root ('tmp/reg', 's3:/bucket') otherwise failed only the task."""
+    if isinstance(root, str) and "{{" not in root and (problem := registry.root_problem(root)):
+        raise ConfigError(f"{operator}(task_id={task_id!r}) argument registry_root", shown_url(root), problem)
+
+
 def registry_store(root: str | None, aws_conn_id: str | None) -> Store:
     """The registry store; for ``s3://`` roots the boto3 client comes from an Airflow AWS
     connection (Amazon provider's S3Hook) when one is named, else from boto3's own chain."""
@@ -38,6 +45,7 @@ class _RegistryOperator(DlpipeOperator):
     def __init__(self, *, registry_root: str | None = None, aws_conn_id: str | None = None,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        check_registry_root(type(self).__name__, self.task_id, registry_root)
         self.registry_root, self.aws_conn_id = registry_root, aws_conn_id
 
     def _settings(self, pipeline: dict) -> tuple[RegistryConfig, Store]:

@@ -9,7 +9,10 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from dlpipe import commit, registry
+from dlpipe.errors import ConfigError
 from dlpipe.gates import ModelGateConfig, run_model_gate
 from dlpipe.runctx import RunContext
 from dlpipe.storage import open_store
@@ -270,3 +273,23 @@ def test_lineage_accepts_records_and_manifests_written_under_earlier_rules(dlpip
     assert "edited after its commit" in manifest_problems(forged, forged["id"], None, False)[0]
     manifest["config"] = {"validation_percent": 30}
     assert "edited after its commit" in manifest_problems(manifest, manifest["id"], None, False)[0]
+
+
+@pytest.mark.parametrize("root, fix", [("tmp/registry", "another registry on every worker"),
+                                       ("s3:/ml-models/reg", "(two slashes)"),
+                                       ("s3://AKIAX:secret@ml-models/reg", "credentials do not belong")])
+def test_a_bad_registry_root_argument_is_refused_when_the_dag_is_parsed(root, fix):
+    """It was refused only when the task ran, after training."""
+    from operators import ModelGateOperator
+
+    kw = {"registry_root": root, "pipeline_config": PIPELINE}
+    for make in (lambda: RegisterModelOperator(task_id="r", training_id="t", gate_ids=["g"], **kw),
+                 lambda: PromoteModelOperator(task_id="p", model_ref="eta@1", **kw),
+                 lambda: ModelGateOperator(task_id="m", training_id="t", **kw)):
+        with pytest.raises(ConfigError) as refused:
+            make()
+        assert refused.value.field.endswith("argument registry_root") and fix in refused.value.fix
+        assert "secret" not in str(refused.value)
+    # a templated root is checked once rendered, when the task runs
+    PromoteModelOperator(task_id="p", model_ref="eta@1", registry_root="{{ var.value.registry_root }}",
+                         pipeline_config=PIPELINE)
