@@ -25,6 +25,7 @@ from dlpipe.interval import day_partition, interval_days
 from dlpipe.pipeline_config import YamlFloat
 from dlpipe.runctx import RunContext
 from dlpipe.spark_submit import SparkSubmit
+from dlpipe.raw_ingest import uncommitted_files
 from dlpipe.spec import write_spec
 from feature_jobs import eta_features
 from feature_jobs.stage_files import SHARED_SOURCES, name_parts_by_order, parquet_rows
@@ -95,8 +96,6 @@ def not_ready_message(stage: str, name: str, day) -> str:
     """Why a required day is not there yet, and how it gets there. Files written straight into
     the day's folder are named: readers take only committed partitions, so they would wait for
     them forever."""
-    from dlpipe.raw_ingest import uncommitted_files
-
     where = f"{name}/{day_partition(day)}"
     loose = uncommitted_files(name, day) if stage == "raw" else []
     if loose:
@@ -238,7 +237,11 @@ def extract_features(interval_start, interval_end, *, config: FeatureJobConfig, 
     # the raw data's first committed day, over all its partitions (not only this lookback's)
     first = first_partition("raw", config.raw) if missing else None
     for absent in missing:
-        if first is None or day_partition(date.fromisoformat(absent)) < first:  # before the raw data began
+        if loose := uncommitted_files(config.raw, date.fromisoformat(absent)):
+            log.warning("raw/%s/dt=%s holds %d Parquet file(s) that were never committed, and readers take only "
+                        "committed partitions: this day counts as missing history. Commit them: dlpipe ingest-raw "
+                        "%s --day %s %s", config.raw, absent, len(loose), config.raw, absent, loose[0].parent)
+        elif first is None or day_partition(date.fromisoformat(absent)) < first:  # before the raw data began
             log.info("raw/%s/%s not committed: treated as missing history", config.raw, absent)
         else:  # a gap: late or lost raw data, which later days' features also lack
             log.warning("raw/%s/%s is not committed though earlier days are: these features are computed without "

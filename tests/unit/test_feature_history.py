@@ -95,3 +95,25 @@ def test_a_gap_is_warned_also_when_it_is_the_lookbacks_first_day(small_raw, capl
                          submit=_fake_spark_job)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "raw/trips/2026-01-02 is not committed though earlier days are" in warnings[0]
+
+
+def test_history_files_written_but_never_committed_are_named_with_the_command(small_raw, caplog):
+    """A team's ingestion that writes a day's files but does not commit them: the day counts as
+    missing history, and the warning says why and how to commit them."""
+    import logging
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dlpipe import commit
+
+    folder = commit.StageKey("raw", "trips", "dt=2025-12-31").dir()
+    folder.mkdir(parents=True)
+    pq.write_table(pa.table({"trip_id": ["x"]}), folder / "part-0.parquet")
+    start = datetime(2026, 1, 3, tzinfo=timezone.utc)
+    with caplog.at_level(logging.WARNING, logger="feature_jobs.feature_stage"):
+        summary = extract_features(start, start.replace(day=4), config=FeatureJobConfig(lookback_days=4),
+                                   run=RunContext(), submit=_fake_spark_job).manifest["summary"]
+    assert "2025-12-31" in summary["missing_history_days"]
+    assert ("raw/trips/dt=2025-12-31 holds 1 Parquet file(s) that were never committed" in caplog.text
+            and f"dlpipe ingest-raw trips --day 2025-12-31 {folder}" in caplog.text)
