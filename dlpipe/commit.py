@@ -334,15 +334,22 @@ def run_newest_version(key: StageKey, *, config: dict[str, Any], code: dict[str,
     it, also where an older version had them. Going back after a bad correction then works: the
     version committed again records which one it ``replaces``, so its fingerprint is new, and
     readers take it. (With ``run_stage`` alone the older fingerprint existed, so it was skipped
-    and the bad version stayed in use.)"""
-    versions = committed(key, home)
-    newest = versions[-1] if versions else None
-    if newest is not None:
-        same_config = {k: v for k, v in newest["config"].items() if k != "replaces"} == config
-        same_code = code_identity({k: v for k, v in newest["code"].items() if k not in RECORDED_CODE_KEYS}) \
-            == code_identity(code)
-        config = newest["config"] if same_config and same_code else {**config, "replaces": newest["id"]}
-    return run_stage(key, inputs=[], config=config, code=code, run=run, produce=produce, home=home)
+    and the bad version stayed in use.) Two commits of one partition at once take turns on a
+    lock in its folder, so each replaces the version the other left, never both the same one."""
+    import fcntl
+
+    folder = key.dir(home)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".newest.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+        versions = committed(key, home)
+        newest = versions[-1] if versions else None
+        if newest is not None:
+            same_config = {k: v for k, v in newest["config"].items() if k != "replaces"} == config
+            same_code = code_identity({k: v for k, v in newest["code"].items() if k not in RECORDED_CODE_KEYS}) \
+                == code_identity(code)
+            config = newest["config"] if same_config and same_code else {**config, "replaces": newest["id"]}
+        return run_stage(key, inputs=[], config=config, code=code, run=run, produce=produce, home=home)
 
 
 def run_stage(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dlpipe.commit import StageKey, StageResult, run_newest_version
+from dlpipe.commit import StageKey, StageResult, committed, run_newest_version
 from dlpipe.errors import ConfigError
 from dlpipe.hashing import sources_hash
 from dlpipe.interval import day_partition
@@ -143,10 +143,16 @@ def write_raw(cfg: DemoDataConfig, run: RunContext, home: Path | None = None) ->
     import pyarrow.parquet as pq
 
     cfg.validate()
+    days = [cfg.start + timedelta(days=i) for i in range(cfg.days)]
+    for day in days:  # a team's own data under the demo's name is never replaced by synthetic trips
+        versions = committed(StageKey("raw", RAW_DATASET, day_partition(day)), home)
+        if versions and "seed" not in versions[-1]["config"]:
+            raise ConfigError("--start/--days", day.isoformat(), f"raw/{RAW_DATASET}/dt={day.isoformat()} holds data "
+                              f"that demo-data did not write ({versions[-1]['id']}), which it never replaces: "
+                              f"generate other days, or use another DLPIPE_HOME")
     code = {"sources_hash": sources_hash([__file__])}
     results = []
-    for i in range(cfg.days):
-        day = cfg.start + timedelta(days=i)
+    for day in days:
         key = StageKey("raw", RAW_DATASET, day_partition(day))
         # Only what determines this day's bytes: adding days later must not re-commit old ones.
         config = {"seed": cfg.seed, "rows_per_day": cfg.rows_per_day,

@@ -17,10 +17,13 @@ from datetime import date
 from pathlib import Path
 
 from dlpipe.commit import StageKey, StageResult, run_newest_version
-from dlpipe.errors import ConfigError
-from dlpipe.hashing import sha256_file, sources_hash
+from dlpipe.errors import ConfigError, IntegrityError
+from dlpipe.hashing import sha256_file
 from dlpipe.interval import day_partition
 from dlpipe.runctx import RunContext
+
+# what identifies the code of an ingested raw day (see commit_raw_files)
+RAW_FORMAT = "dlpipe-raw-ingest-v1"
 
 # the names a feature job's ``features.raw`` accepts
 RAW_NAME = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,62}$")
@@ -44,6 +47,12 @@ def parquet_files(paths: list[Path]) -> list[Path]:
             raise ConfigError("PATH", str(path), "no such file or directory")
     if not files:
         raise ConfigError("PATH", "", "name at least one Parquet file or a directory of them")
+    seen: dict[Path, Path] = {}
+    for f in files:  # a folder and a file in it, a file twice, a link to it: its rows would count twice
+        if (real := f.resolve()) in seen:
+            raise ConfigError("PATH", str(f), f"the same file as {seen[real]}, named twice: each file once")
+        seen[real] = f
+    files = sorted(files, key=lambda f: str(f.resolve()))  # the same files in any order: the same version
     schema = None
     for f in files:
         try:
@@ -73,16 +82,32 @@ def commit_raw_files(name: str, day: date, paths: list[Path], run: RunContext,
     files = parquet_files(paths)
     names = [f"part-{k:05d}.parquet" for k in range(len(files))]
     config = {"day": day.isoformat(), "files": {n: sha256_file(f) for n, f in zip(names, files)}}
+    hashes = list(config["files"].values())
+    if len(set(hashes)) < len(hashes):
+        twins = [str(f) for f, h in zip(files, hashes) if hashes.count(h) > 1]
+        raise ConfigError("PATH", ", ".join(twins), "these files hold the same bytes: their rows would count "
+                                                    "twice; commit each file once")
+    if sum(pq.read_metadata(f).num_rows for f in files) == 0:
+        raise ConfigError("PATH", ", ".join(str(f) for f in files),
+                          "the files hold no rows, and the feature stage refuses an empty day; commit the "
+                          "day once its events have landed")
 
     def produce(attempt: Path) -> dict:
         rows = 0
         for n, f in zip(names, files):
             shutil.copyfile(f, attempt / n)
+            if sha256_file(attempt / n) != config["files"][n]:  # rewritten since it was hashed and checked
+                raise IntegrityError(f"{f} changed while it was being committed (its SHA-256 is not the one "
+                                     f"checked a moment before): nothing was committed; run again once the "
+                                     f"file is complete")
             rows += pq.read_metadata(attempt / n).num_rows
         return {"rows": rows, "day": day.isoformat(), "sources": [str(f) for f in files]}
 
+    # The copy is the whole of this stage's work: a fixed format version, not this file's hash,
+    # so that a dlpipe upgrade does not make the same bytes a new version (and recompute every
+    # feature and dataset downstream). Bump it only if the committed layout changes.
     return run_newest_version(StageKey("raw", name, day_partition(day)), config=config,
-                              code={"sources_hash": sources_hash([__file__])}, run=run, produce=produce, home=home)
+                              code={"sources_hash": RAW_FORMAT}, run=run, produce=produce, home=home)
 
 
 def uncommitted_files(name: str, day: date) -> list[Path]:

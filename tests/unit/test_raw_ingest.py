@@ -104,3 +104,95 @@ def test_files_written_straight_into_a_day_are_named_with_the_command_that_commi
     assert cli.main(["ingest-raw", "fraud_trips", "--day", "2026-02-01", str(folder)]) == 0
     [found], _ = committed_days("fraud_trips", "raw", [DAY], required=True, late_ok=True)
     assert found["summary"]["rows"] == 3
+
+
+def test_a_file_named_twice_or_twin_bytes_or_no_rows_are_refused(dlpipe_home, tmp_path, capsys):
+    landed = tmp_path / "landing"
+    a = _write(landed / "a.parquet", 2)
+    _write(landed / "b.parquet", 1, start=2)
+    (tmp_path / "link.parquet").symlink_to(a)
+    for args, shown, fix in (([str(landed), str(a)], "a.parquet", "named twice"),
+                             ([str(a), str(tmp_path / "link.parquet")], "link.parquet", "named twice")):
+        code, _, err = _ingest(capsys, "fraud_trips", "--day", "2026-02-01", *args)
+        assert code == 2 and shown in err and fix in err, err
+    twin = tmp_path / "copy.parquet"
+    twin.write_bytes(a.read_bytes())
+    code, _, err = _ingest(capsys, "fraud_trips", "--day", "2026-02-01", str(a), str(twin))
+    assert code == 2 and "hold the same bytes" in err
+    empty = _write(tmp_path / "empty" / "e.parquet", 0)
+    code, _, err = _ingest(capsys, "fraud_trips", "--day", "2026-02-01", str(empty))
+    assert code == 2 and "hold no rows" in err
+    assert commit.committed(StageKey("raw", "fraud_trips", "dt=2026-02-01")) == []
+    # the same files in another order are the same version
+    assert _ingest(capsys, "fraud_trips", "--day", "2026-02-01", str(landed / "b.parquet"), str(a))[0] == 0
+    code, out, _ = _ingest(capsys, "fraud_trips", "--day", "2026-02-01", str(a), str(landed / "b.parquet"))
+    assert code == 0 and "skipped (exists)" in out
+
+
+def test_a_file_rewritten_while_it_is_committed_commits_nothing(dlpipe_home, tmp_path, monkeypatch):
+    from dlpipe import raw_ingest
+    from dlpipe.errors import IntegrityError
+    from dlpipe.runctx import RunContext
+
+    a = _write(tmp_path / "a.parquet", 2)
+    real_copy = raw_ingest.shutil.copyfile
+
+    def landing_job_rewrites_it(src, dst):  # the landing job rewrites the file between hash and copy
+        _write(Path(src), 3)
+        return real_copy(src, dst)
+
+    monkeypatch.setattr(raw_ingest.shutil, "copyfile", landing_job_rewrites_it)
+    with pytest.raises(IntegrityError, match="changed while it was being committed"):
+        raw_ingest.commit_raw_files("fraud_trips", DAY, [a], RunContext())
+    assert commit.committed(StageKey("raw", "fraud_trips", "dt=2026-02-01")) == []
+
+
+def test_an_upgrade_of_dlpipe_does_not_make_the_same_bytes_a_new_version(dlpipe_home, tmp_path, capsys):
+    """The code identity of an ingested day is a format version, not the module's hash: with
+    the hash, every re-ingest after an upgrade recomputed every feature and dataset downstream."""
+    from dlpipe import raw_ingest
+
+    a = _write(tmp_path / "a.parquet", 2)
+    assert _ingest(capsys, "fraud_trips", "--day", "2026-02-01", str(a))[0] == 0
+    [m] = commit.committed(StageKey("raw", "fraud_trips", "dt=2026-02-01"))
+    assert m["code"]["sources_hash"] == raw_ingest.RAW_FORMAT
+
+
+def test_two_corrections_committed_at_once_chain_one_after_the_other(dlpipe_home, tmp_path):
+    """Both read the same newest version and replaced it: the chain forked, and one correction
+    was silently shadowed. The partition's lock makes the second replace the first."""
+    import threading
+
+    from dlpipe import raw_ingest
+    from dlpipe.runctx import RunContext
+
+    _write(tmp_path / "v1.parquet", 2)
+    raw_ingest.commit_raw_files("fraud_trips", DAY, [tmp_path / "v1.parquet"], RunContext())
+    fixes = [_write(tmp_path / f"fix{k}.parquet", 3 + k) for k in range(2)]
+    barrier = threading.Barrier(2)
+    results = []
+
+    def ingest(f: Path) -> None:
+        barrier.wait()
+        results.append(raw_ingest.commit_raw_files("fraud_trips", DAY, [f], RunContext()))
+
+    threads = [threading.Thread(target=ingest, args=(f,)) for f in fixes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    versions = commit.committed(StageKey("raw", "fraud_trips", "dt=2026-02-01"))
+    assert len(versions) == 3 and not any(r.skipped for r in results)
+    assert versions[1]["config"]["replaces"] == versions[0]["id"]
+    assert versions[2]["config"]["replaces"] == versions[1]["id"]  # not versions[0]: no fork
+
+
+def test_demo_data_never_replaces_a_day_a_team_ingested(dlpipe_home, tmp_path, capsys):
+    a = _write(tmp_path / "a.parquet", 2)
+    assert _ingest(capsys, "trips", "--day", "2026-01-02", str(a))[0] == 0
+    code = cli.main(["demo-data", "--days", "3", "--rows-per-day", "10"])
+    err = capsys.readouterr().err
+    assert code == 2 and "raw/trips/dt=2026-01-02 holds data that demo-data did not write" in err
+    assert commit.committed(StageKey("raw", "trips", "dt=2026-01-01")) == []  # refused before any day
+    [found], _ = committed_days("trips", "raw", [date(2026, 1, 2)], required=True)
+    assert found["summary"]["rows"] == 2
