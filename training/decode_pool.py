@@ -189,6 +189,11 @@ class DecodePool:
                     return
 
     def close(self) -> None:
+        """Stop the workers. The lists stay as they are: an epoch's thread may be waiting in
+        ``_recv`` right now, and finds its connection closed (an OSError it reports as the pool
+        closed), never a list emptied under it."""
+        if self.closed:
+            return
         self.closed = True
         for conn in self._conns:
             conn.close()  # a worker exits at end of file
@@ -198,7 +203,6 @@ class DecodePool:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        self._conns, self._procs = [], []
 
     def _check_open(self) -> None:
         if self.closed:
@@ -215,11 +219,12 @@ class DecodePool:
             raise self._dead(i, exc) from exc
 
     def _recv(self, i: int) -> tuple[int, BaseException | None]:
+        conn = self._conns[i]
         try:
-            if not self._conns[i].poll(self.answer_timeout_s):  # a stopped or stuck worker
+            if not conn.poll(self.answer_timeout_s):  # a stopped or stuck worker
                 raise TimeoutError(f"no answer in {self.answer_timeout_s:g} s")
-            tid, exc, skipped = self._conns[i].recv()
-        except (EOFError, OSError) as exc:  # TimeoutError is an OSError
+            tid, exc, skipped = conn.recv()
+        except (EOFError, OSError) as exc:  # TimeoutError is an OSError; so is a connection close() closed
             raise self._dead(i, exc) from exc
         self.skipped += skipped
         expected = self._outstanding[i].popleft()

@@ -436,6 +436,40 @@ def test_closing_the_loader_under_a_running_epoch_says_so(dataset):
     loader.close()
 
 
+def test_a_pool_closed_while_an_epoch_waits_on_it_says_so_every_time():
+    """close() from one thread while another waits for an answer: the waiting thread looked its
+    connection up again after close() had emptied the list, and got an IndexError."""
+    import os
+    import signal
+    import threading
+
+    from training.decode_pool import Decode, DecodePool
+
+    for _ in range(3):
+        pool = DecodePool(1, answer_timeout_s=30)
+        slot = pool.new_slot(2, 10)
+        os.kill(pool._procs[0].pid, signal.SIGSTOP)  # a worker busy with a long row group
+        tickets = [pool.submit(Decode(slot.id, "file:///nowhere", None, ("a", "b"), 2, 10, start=0))
+                   for _ in range(3)]
+        raised: list[BaseException] = []
+
+        def epoch() -> None:
+            try:
+                pool.wait(tickets)
+            except BaseException as exc:  # noqa: BLE001 - what the epoch's thread would see
+                raised.append(exc)
+
+        waiting = threading.Thread(target=epoch)
+        waiting.start()
+        waiting.join(0.3)
+        pool.close()
+        waiting.join(40)
+        assert not waiting.is_alive()
+        assert len(raised) == 1 and isinstance(raised[0], RuntimeError), raised
+        assert "workers were closed" in str(raised[0])
+        pool.close()  # a second close is harmless
+
+
 def test_a_killed_worker_fails_the_epoch_naming_it(dataset):
     """A decoder killed (out of memory, say) fails the epoch with its pid, rather than hanging."""
     loader = ShardLoader(dataset, COLUMNS, "label", batch_size=100, workers=2, processes=True)
