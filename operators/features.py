@@ -77,9 +77,9 @@ MEMORY = {
     "executor_memory": (re.compile(r"([0-9]+)(b|k|kb|m|mb|g|gb|t|tb|p|pb)?", re.I),
                         "a size as Spark reads one: digits and an optional unit (k, m, g, t, or kb, mb, gb, "
                         "tb), no space, such as '8g' or '512m'"),
-    "driver_memory": (re.compile(r"([0-9]+)([kmgt])?", re.I),
+    "driver_memory": (re.compile(r"([0-9]+)([kmgt])", re.I),  # without a unit, -Xmx1024 means 1024 bytes
                       "a size the driver's JVM takes as -Xmx: digits and one of k, m, g or t, no space, "
-                      "such as '8g' or '512m' (not '8gb', '8 g' or '8gib')"),
+                      "such as '8g' or '512m' (not '1024', '8gb', '8 g' or '8gib')"),
 }
 RESOURCE_ARGS = ("driver_memory", "executor_memory", "executor_cores", "num_executors",
                  "total_executor_cores")

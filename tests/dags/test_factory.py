@@ -650,6 +650,7 @@ def test_spark_resources_values_are_checked_when_the_dag_is_parsed():
                            ({"driver_memory": "1 GB"}, "-Xmx"),
                            ({"driver_memory": "1gb"}, "not '8gb'"),
                            ({"driver_memory": "1gib"}, "-Xmx"),
+                           ({"driver_memory": "1024"}, "not '1024'"),  # -Xmx1024: 1024 bytes
                            ({"executor_cores": "four"}, "a whole number"),
                            ({"num_executors": -1}, "a whole number")):
         with pytest.raises(ConfigError) as refused:
