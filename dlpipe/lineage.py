@@ -148,4 +148,4 @@ def openlineage_dataset(ref: str, *, home: Path, registry_uri: str) -> tuple[str
     if registry_uri.startswith("s3://"):
         bucket, _, prefix = registry_uri[len("s3://"):].partition("/")
         return f"s3://{bucket}", "/".join(p for p in (prefix.strip("/"), name) if p), version or None
-    return "file", f"{Path(registry_uri).expanduser().resolve()}/{name}", version or None
+    return "file", f"{Path(registry_uri.removeprefix('file://')).expanduser().resolve()}/{name}", version or None

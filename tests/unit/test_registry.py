@@ -534,3 +534,5 @@ def test_openlineage_names_say_where_the_data_lives(tmp_path):
         "s3://ml-models", "eta:staging", None)
     assert openlineage_dataset("eta@3", home=home, registry_uri=str(tmp_path / "reg")) == (
         "file", f"{tmp_path.resolve()}/reg/eta", "3")
+    assert openlineage_dataset("eta@3", home=home, registry_uri=f"file://{tmp_path}/reg") == (
+        "file", f"{tmp_path.resolve()}/reg/eta", "3")
