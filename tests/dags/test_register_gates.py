@@ -90,8 +90,18 @@ def test_an_operator_registry_root_that_would_be_a_worker_local_folder_is_refuse
     good = _training(3.0)
     gate = run_model_gate(good, ModelGateConfig(), run=RunContext(), candidate=_evaluation(3.0), champion=None)
     monkeypatch.chdir(dlpipe_home)
-    with pytest.raises(AirflowFailException, match=rf"invalid registry_root='{root}'"):
+    from dlpipe.errors import ConfigError
+
+    # refused when the DAG is parsed (the operator is built), not only when the task runs
+    with pytest.raises(ConfigError, match=rf"argument registry_root='{root}'"):
         _register(good, [gate.id], root)
+    # a templated root is checked when the task runs, once rendered
+    ti = SimpleNamespace(dag_id="eta_training", run_id="r", task_id="register_model", try_number=1)
+    op = RegisterModelOperator(task_id="register_model", training_id=good["id"], gate_ids=[gate.id],
+                               registry_root="{{ params.root }}", pipeline_config=str(ROOT / "pipelines" / "eta_training.yaml"))
+    op.registry_root = root  # as Airflow renders it
+    with pytest.raises(AirflowFailException, match=rf"invalid registry_root='{root}'"):
+        op.execute({"ti": ti, "dag_run": SimpleNamespace(run_type="manual"), "params": {}})
     assert not (dlpipe_home / root).exists() and not (dlpipe_home / "s3:").exists()
 
 
