@@ -9,10 +9,13 @@ import re
 # belongs), and those messages reach Airflow's import errors, task logs and the audit log.
 # to the last '@' of one URL (a list's URLs end at ',' or ';'): AWS secret keys hold '/'s
 _URL_USER = re.compile(r"(?<=://)([^\s'\",;]*)@")
-# a URL query parameter named like a credential (a presigned URL's X-Amz-Signature and
-# X-Amz-Security-Token, ?token=, ?sig=, ?api_key=): its value is masked wherever the URL appears
-_QUERY_SECRET = re.compile(r"([?&][^=&#\s'\"]*(?:signature|token|secret|password|passwd|credential|sig|key|auth)"
-                           r"[^=&#\s'\"]*=)[^&#\s'\"]*", re.IGNORECASE)
+# a URL parameter (in the query, or the fragment where OAuth puts access_token) whose name ends
+# in a credential's word, as a whole segment: a presigned URL's X-Amz-Signature, X-Amz-Credential
+# and X-Amz-Security-Token, token, sig, api_key, pwd. Its value is masked wherever the URL appears;
+# max-keys, author or design are not credentials and stay.
+_URL_PARAM = re.compile(r"([?&#;])([^=&#;\s'\"]+)=([^&#;\s'\"]*)")
+_SECRET_PARAM = re.compile(r"(^|[-_.])(signature|sig|token|secret|password|passwd|pwd|credential|credentials|key"
+                           r"|apikey|auth|authorization)$", re.IGNORECASE)
 _SECRET_NAME = re.compile(r"secret|password|passwd|credential|apikey|api_key|private_key|access_key"
                           r"|account_key|session_token|_token$|^token$", re.IGNORECASE)
 
@@ -77,6 +80,12 @@ def _hide_login(match: re.Match) -> str:
     return "***@" if _login(match.group(1)) is not None else match.group(0)
 
 
+def _hide_param(match: re.Match) -> str:
+    """``token=abc`` becomes ``token=***``; a parameter not named like a credential stays."""
+    start, name, value = match.groups()
+    return f"{start}{name}=***" if value and _SECRET_PARAM.search(name) else match.group(0)
+
+
 def _hidden_under(name: object, value: object) -> bool:
     """Whether ``value``, filed under ``name``, is hidden: a string or a number (YAML reads a
     numeric key as one) under a credential's name. A mapping or list under such a name is looked
@@ -92,7 +101,7 @@ def redacted(value: object) -> object:
     if isinstance(value, str):
         if "PRIVATE KEY-----" in value:
             return "***"
-        return _QUERY_SECRET.sub(r"\1***", _URL_USER.sub(_hide_login, value))
+        return _URL_PARAM.sub(_hide_param, _URL_USER.sub(_hide_login, value))
     if isinstance(value, dict):
         return {k: "***" if _hidden_under(k, v) else redacted(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

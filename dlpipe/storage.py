@@ -428,7 +428,8 @@ def shown_url(url: str) -> str:
 
 
 def has_login(url: str) -> bool:
-    """Whether ``url`` carries a user or password (see ``shown_url``)."""
+    """Whether ``url`` carries a user or password, or a parameter named like a credential
+    (``?X-Amz-Signature=``, ``#access_token=``): whatever ``shown_url`` masks."""
     return shown_url(url) != url
 
 

@@ -120,6 +120,11 @@ def test_credential_values_in_any_urls_query_are_masked_in_messages():
                      "was not a valid URI; see https://x/y?api_key=K1&page=2#top")
     assert shown == ("Custom endpoint `http://h:1/?X-Amz-Signature=***&X-Amz-Security-Token=***&region=eu` "
                      "was not a valid URI; see https://x/y?api_key=***&page=2#top")
+    # the fragment (OAuth's access_token) and pwd too; names that only contain such a word stay
+    assert redacted("https://idp/cb#access_token=SEKRET2&state=1 and https://h/p?pwd=SEKRET3") == (
+        "https://idp/cb#access_token=***&state=1 and https://h/p?pwd=***")
+    kept = "https://h/x?design=a&max-keys=1000&author=bob&signed=1"
+    assert redacted(kept) == kept
 
 
 def test_a_login_whose_secret_holds_a_slash_is_refused_without_being_shown(capsys, tmp_path):
