@@ -21,12 +21,18 @@ HELD_TASKS = ("materialize_dataset",)  # the dataset task of pipeline_dag's DAGs
 def held_by(dag_id: str, logical: datetime, tasks: tuple[str, ...] = HELD_TASKS) -> str | None:
     """Why a run of ``dag_id`` at ``logical`` would wait forever on the run before it, or None."""
     from airflow.models import DagRun, TaskInstance
+    from airflow.models.serialized_dag import SerializedDagModel
     from airflow.utils.session import create_session
+    from airflow.utils.types import DagRunType
     from sqlalchemy import select
 
     with create_session() as session:
-        previous = session.scalar(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.logical_date < logical)
-                                  .order_by(DagRun.logical_date.desc()).limit(1))
+        # the previous run as Airflow's PrevDagrunDep picks it: with catchup, manual runs do not count
+        dag = SerializedDagModel.get_dag(dag_id, session=session)
+        earlier = select(DagRun).where(DagRun.dag_id == dag_id, DagRun.logical_date < logical)
+        if dag is not None and dag.catchup:
+            earlier = earlier.where(DagRun.run_type != DagRunType.MANUAL)
+        previous = session.scalar(earlier.order_by(DagRun.logical_date.desc()).limit(1))
         if previous is None:
             return None
         states = dict(session.execute(select(TaskInstance.task_id, TaskInstance.state).where(
