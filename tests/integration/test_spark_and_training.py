@@ -124,6 +124,31 @@ def test_missing_interval_partition_is_a_clear_error(small_raw, spark_submit):
                          submit=spark_submit)
 
 
+def test_a_teams_own_files_committed_with_ingest_raw_feed_the_feature_job(dlpipe_home, tmp_path, spark_submit):
+    """The supported way in for a team's raw data: its ingestion lands Parquet files, `dlpipe
+    ingest-raw` commits them, and real Spark computes the day's features from them."""
+    from datetime import date
+
+    from dlpipe import cli
+    from dlpipe.demo_data import DemoDataConfig, generate_day
+
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    for day in (date(2026, 3, 1), date(2026, 3, 2)):
+        table = generate_day(DemoDataConfig(start=day, rows_per_day=500, restaurants=20), day)
+        pq.write_table(table.slice(0, 300), landing / f"{day}-a.parquet")  # two files, as ingestion writes them
+        pq.write_table(table.slice(300), landing / f"{day}-b.parquet")
+        assert cli.main(["ingest-raw", "team_trips", "--day", day.isoformat(), str(landing / f"{day}-a.parquet"),
+                         str(landing / f"{day}-b.parquet")]) == 0
+    feats = extract_features("2026-03-02", "2026-03-03", config=FeatureJobConfig(raw="team_trips", name="team",
+                                                                                  lookback_days=1),
+                             run=RunContext(), submit=spark_submit)
+    summary = feats.manifest["summary"]
+    assert summary["rows"] == 500 and summary["history_days"] == 1 and summary["missing_history_days"] == []
+    raw_ids = {i["id"].split("@")[0] for i in feats.manifest["inputs"]}
+    assert raw_ids == {"raw/team_trips/dt=2026-03-01", "raw/team_trips/dt=2026-03-02"}
+
+
 def test_failed_spark_job_commits_nothing(small_raw, dlpipe_home):
     from dlpipe.errors import SubprocessFailed
 
