@@ -37,7 +37,7 @@ mkdir -p "$WHEELHOUSE"
 if command -v flock >/dev/null; then
   exec 9>"$WHEELHOUSE/.lock"
   if ! flock -n 9; then
-    echo "[setup] another setup is building horovod into $WHEELHOUSE: waiting for it (lock $WHEELHOUSE/.lock)"
+    echo "[setup] another setup is building or installing horovod from $WHEELHOUSE: waiting for it (lock $WHEELHOUSE/.lock)"
     flock 9
   fi
 fi
