@@ -274,11 +274,24 @@ def _checked_record(record: dict, verify_files: bool) -> list[str]:
         return problems  # the chain below reports it
     if training is not None:
         problems += _gate_problems(record, training, verify_files)
+        registered_seal = (record["lineage"].get("seals") or {}).get(training_id)
+        if registered_seal and training.get("seal") != registered_seal and _sealed(training):
+            # A manifest that gives its own seal, but not the registered one: committed again
+            # under the same id after its outputs were removed (the stage ran again), or edited
+            # and resealed. Either way the record's metrics, run and files belong to the other
+            # commit, and comparing them field by field would only list the consequences.
+            problems.append(f"{ref}: {training_id} is not the manifest it was registered on (seal "
+                            f"{str(training.get('seal'))[:16]}, registered {registered_seal[:16]}): it was committed "
+                            f"again at {training['committed_at']} by {training['run'].get('dag_id')}/"
+                            f"{training['run'].get('run_id')} (its outputs removed and the stage run again), or "
+                            f"edited and resealed; the manifest and files this version was registered on are gone")
+            return problems
         if record.get("metrics") != training["summary"].get("metrics"):  # `registry list` shows them
             problems.append(f"{ref}: its metrics are not the ones {training_id} committed")
         for field, committed_as in (("code", training.get("code")), ("trained_by", training.get("run"))):
             if record["lineage"].get(field) != committed_as:
                 problems.append(f"{ref}: its lineage's {field} is not the one {training_id} committed")
+        problems += _derived_lineage_problems(record, training_id)
         for mid, seal in (record["lineage"].get("seals") or {}).items():
             try:
                 found = commit.load_manifest(mid).get("seal")
@@ -292,6 +305,30 @@ def _checked_record(record: dict, verify_files: bool) -> list[str]:
             if (committed.get(art["name"]) or {}).get("sha256") != art["sha256"]:
                 problems.append(f"{ref}: artifact {art['name']} is not the file {training_id} committed")
     return problems
+
+
+def _sealed(manifest: dict) -> bool:
+    """Whether a manifest still gives its own seal (not edited since its commit)."""
+    return "seal" in manifest and commit.content_seal(manifest) == manifest["seal"]
+
+
+# the parts of a version record's lineage that its training's chain of manifests determines
+DERIVED_LINEAGE = ("dataset", "dataset_fingerprint", "feature_partitions", "raw_partitions", "config")
+
+
+def _derived_lineage_problems(record: dict, training_id: str) -> list[str]:
+    """The record's dataset, partitions and config against what the manifests say now: they sit
+    under the record's own model fingerprint, which anyone can recompute after an edit."""
+    from dlpipe.lineage import model_lineage
+
+    ref = f"{record['name']}@{record['version']}"
+    try:
+        derived = model_lineage(training_id, [])
+    except (NotCommittedError, OSError, ValueError, KeyError, IndexError, TypeError):
+        return []  # a missing or broken link: the chain reports it
+    return [f"{ref}: its lineage's {field} is not what {training_id} and the manifests it was computed from "
+            f"commit (edited after the registration)" for field in DERIVED_LINEAGE
+            if record["lineage"].get(field) != derived.get(field)]
 
 
 def _gate_problems(record: dict, training: dict, verify_files: bool = False) -> list[str]:
@@ -318,6 +355,15 @@ def _gate_problems(record: dict, training: dict, verify_files: bool = False) -> 
                             f"(verdict {verdict!r}, the record says {shown!r})")
         if not vouches_for(gate, training):
             problems.append(f"{gid}: judged {judged(gate)}, not {training['id']} or its dataset")
+            continue
+        # and the very commit the version was registered on: the training's seal in the record,
+        # the dataset's seal in the training's input entry
+        judged_seal = gate["inputs"][0].get("seal")
+        meant = ((record["lineage"].get("seals") or {}).get(training["id"]) if judged(gate) == training["id"]
+                 else next((i.get("seal") for i in training["inputs"] if i["id"] == judged(gate)), None))
+        if judged_seal and meant and judged_seal != meant:
+            problems.append(f"{gid}: judged another commit of {judged(gate)} (seal {judged_seal[:16]}), not the one "
+                            f"{ref} was registered on ({meant[:16]}): the stage ran again after the gate judged it")
     return problems
 
 
@@ -408,9 +454,17 @@ def cmd_dataset_show(args: argparse.Namespace) -> int:
     from dlpipe.datasets import resolve
 
     m = resolve(args.ref)
+    problems = [] if "seal" not in m or _sealed(m) else [
+        f"{m['id']}: edited after its commit (its outputs, summary and run do not give its seal): do not "
+        f"trust what it shows"]
+    if args.verify:
+        try:
+            commit.verify(m)
+        except IntegrityError as exc:
+            problems.append(str(exc))
     if args.json:
-        _print(m, True, "")
-        return 0
+        _print({**m, "problems": problems} if problems or args.verify else m, True, "")
+        return 1 if problems else 0
     s = m["summary"]
     # manifest text is anyone's text: each line is escaped (the tables escape their cells)
     lines = [_shown(line) for line in (
@@ -432,8 +486,11 @@ def cmd_dataset_show(args: argparse.Namespace) -> int:
     lines += ["", f"files ({len(m['outputs']['files'])})"]
     lines.append(_table([{"path": f["path"], "size": f["size"], "sha256": f["sha256"][:16]}
                          for f in m["outputs"]["files"]], ["path", "size", "sha256"]))
+    if args.verify and not problems:
+        lines += ["", "every file re-hashed: the bytes are the ones committed"]
+    lines += [_shown(f"!! {p}") for p in problems]
     print("\n".join(lines))
-    return 0
+    return 1 if problems else 0
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -699,6 +756,8 @@ def build_parser() -> argparse.ArgumentParser:
     dss = ds.add_parser("show", help="a dataset's manifest: files, rows, schema, column statistics")
     dss.add_argument("ref", help="dataset id (datasets/NAME/PARTITION@FP) or a path inside a committed dataset")
     dss.add_argument("--json", action="store_true")
+    dss.add_argument("--verify", action="store_true", help="re-hash every file against the manifest (exit 1 if one "
+                                                           "differs); the manifest's own seal is always checked")
     dss.set_defaults(func=cmd_dataset_show)
 
     a = sub.add_parser("audit", help="audit events (every attempt of every stage)")

@@ -6,6 +6,7 @@ lineage backend would show registry versions and aliases that come from nowhere.
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -293,3 +294,103 @@ def test_a_bad_registry_root_argument_is_refused_when_the_dag_is_parsed(root, fi
     # a templated root is checked once rendered, when the task runs
     PromoteModelOperator(task_id="p", model_ref="eta@1", registry_root="{{ var.value.registry_root }}",
                          pipeline_config=PIPELINE)
+
+
+def _registered(dlpipe_home, monkeypatch) -> tuple[dict, list[str], Path]:
+    """eta@1 registered on a training, its data gate and model gate; (training, gate ids, record file)."""
+    training = _training(3.0)
+    dataset = commit.load_manifest(training["inputs"][0]["id"])
+    gates = [_passed_data_gate(dataset)["id"],
+             run_model_gate(training, ModelGateConfig(), run=RunContext(), candidate=_evaluation(3.0),
+                            champion=None).manifest["id"]]
+    root = dlpipe_home / "registry"
+    RegisterModelOperator(task_id="register_model", training_id=training["id"], gate_ids=gates,
+                          registry_root=str(root), pipeline_config=PIPELINE).execute(_context("register_model"))
+    monkeypatch.setenv("DLPIPE_REGISTRY_ROOT", str(root))
+    return training, gates, root / "eta" / "versions" / "000001.json"
+
+
+def _lineage(capsys, *flags: str) -> tuple[int, str]:
+    from dlpipe import cli
+
+    code = cli.main(["lineage", "eta@1", *flags])
+    return code, capsys.readouterr().out
+
+
+def test_a_record_whose_lineage_was_rewritten_and_refingerprinted_is_caught(dlpipe_home, monkeypatch, capsys):
+    """The record's config and partition lists sit under its model fingerprint, which anyone can
+    recompute: they are compared with the manifests they came from."""
+    import json
+
+    _, _, rfile = _registered(dlpipe_home, monkeypatch)
+    original = rfile.read_text()
+    for field, edit in (("config", lambda lin: lin["config"]["train"].update(learning_rate=0.5)),
+                        ("raw_partitions", lambda lin: lin["raw_partitions"].append("raw/trips/dt=2026-01-01@0")),
+                        ("dataset_fingerprint", lambda lin: lin.update(dataset_fingerprint="0" * 64))):
+        record = json.loads(original)
+        edit(record["lineage"])
+        record["model_fingerprint"] = registry.model_identity(record["artifacts"], record["lineage"])
+        rfile.write_text(json.dumps(record))
+        code, out = _lineage(capsys, "--verify")
+        assert code == 1 and f"eta@1: its lineage's {field} is not what" in out, out
+    rfile.write_text(original)
+    assert _lineage(capsys, "--verify")[0] == 0
+
+
+def test_a_training_committed_again_after_registration_is_named_as_such(dlpipe_home, monkeypatch, capsys):
+    """Its outputs removed and the stage run again: the same id, another commit. The version
+    said 'edited after the registration' five ways; it now says what happened, once, and the
+    model gate that judged the first commit no longer vouches for it silently."""
+    import json
+
+    training, gates, _ = _registered(dlpipe_home, monkeypatch)
+    capsys.readouterr()  # the registration's own log
+    tfile = next((commit.location(training).parent.parent / "manifests").glob("*.json"))
+    again = json.loads(tfile.read_text())
+    again["committed_at"], again["run"] = "2026-12-07T12:00:00+00:00", {**again["run"], "run_id": "rerun"}
+    again["seal"] = commit.content_seal(again)
+    tfile.write_text(json.dumps(again))
+    code, out = _lineage(capsys)
+    assert code == 1 and "is not the manifest it was registered on" in out
+    assert "committed again at 2026-12-07T12:00:00+00:00 by " in out and "/rerun (its outputs removed" in out
+    assert "its metrics are not" not in out and "trained_by" not in out  # the consequences are not listed
+
+    # the model gate recorded the seal of the commit it judged: a version registered on another
+    # commit of the same training is not vouched for by that verdict
+    record_file = dlpipe_home / "registry" / "eta" / "versions" / "000001.json"
+    record = json.loads(record_file.read_text())
+    record["lineage"]["seals"] = {training["id"]: again["seal"]}  # as if registered on the new commit
+    record["model_fingerprint"] = registry.model_identity(record["artifacts"], record["lineage"])
+    record_file.write_text(json.dumps(record))
+    code, out = _lineage(capsys)
+    assert code == 1 and f"!! {gates[1]}: judged another commit of {training['id']}" in out, out
+
+
+def test_dataset_show_checks_the_manifests_seal_and_verify_rehashes_its_files(dlpipe_home, capsys):
+    import json
+
+    from dlpipe import cli
+
+    def produce(attempt):
+        (attempt / "train").mkdir()
+        (attempt / "train" / "part-0.parquet").write_bytes(b"PAR1 rows PAR1")
+        return {"rows": {"train": 1, "validation": 0}, "splits": ["train"]}
+
+    dataset = commit.run_stage(commit.StageKey("datasets", "eta", "window_end=2026-01-09"), inputs=[], config={},
+                               code={"sources_hash": "test"}, run=RunContext(), produce=produce).manifest
+    assert cli.main(["dataset", "show", dataset["id"], "--verify"]) == 0
+    assert "every file re-hashed" in capsys.readouterr().out
+    mfile = next((commit.location(dataset).parent.parent / "manifests").glob("*.json"))
+    text = mfile.read_text()
+    edited = json.loads(text)
+    edited["summary"]["rows"]["train"] = 99999
+    mfile.write_text(json.dumps(edited))
+    assert cli.main(["dataset", "show", dataset["id"]]) == 1
+    assert "edited after its commit" in capsys.readouterr().out
+    mfile.write_text(text)
+    path = commit.files(dataset, ".parquet")[0]
+    path.write_bytes(path.read_bytes() + b"x")
+    assert cli.main(["dataset", "show", dataset["id"]]) == 0  # the manifest holds; only --verify reads the files
+    capsys.readouterr()
+    assert cli.main(["dataset", "show", dataset["id"], "--verify", "--json"]) == 1
+    assert "modified after commit" in json.loads(capsys.readouterr().out)["problems"][0]
