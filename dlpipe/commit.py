@@ -319,7 +319,7 @@ def _committed_despite(exc: BaseException, path: Path, attempt_id: str, *, run: 
     error = redacted(f"{type(exc).__name__}: {exc}")
     log.warning("%s: attempt %s committed, but then: %s", base["manifest_id"], attempt_id, error)
     audit.record("committed", run=run, attempt_id=attempt_id, files=len(manifest["outputs"]["files"]),
-                 error_after_commit=error, **base)
+                 seal=manifest.get("seal"), error_after_commit=error, **base)
     return manifest
 
 
@@ -432,7 +432,8 @@ def run_stage(
         audit.record("conflict", run=run, attempt_id=attempt_id,
                      winner_attempt_id=winner["attempt_id"], **base)
         return StageResult(winner, skipped=True)
-    audit.record("committed", run=run, attempt_id=attempt_id,
+    # the seal tells the commits of one id apart (a stage run again after its outputs were removed)
+    audit.record("committed", run=run, attempt_id=attempt_id, seal=manifest.get("seal"),
                  files=len(manifest["outputs"]["files"]), **base)
     log.info("%s: committed attempt %s (%d files)", mid, attempt_id,
              len(manifest["outputs"]["files"]))

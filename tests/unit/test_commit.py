@@ -45,6 +45,10 @@ def test_new_config_gives_new_manifest_and_keeps_the_old_one():
     assert [m["id"] for m in commit.committed(KEY)] == [a.id, b.id]
     assert commit.latest(KEY)["id"] == b.id
     assert commit.files(a.manifest)[0].read_text() == "x\n"  # nothing committed was overwritten
+    # each commit's event carries its seal: two commits of one id (a stage run again after its
+    # outputs were removed) are told apart in the audit log
+    events = [e for e in audit.read() if e["event"] == "committed"]
+    assert [e.get("seal") for e in events[-2:]] == [a.manifest["seal"], b.manifest["seal"]]
 
 
 def test_inputs_enter_the_fingerprint():
