@@ -648,7 +648,7 @@ def test_spark_resources_values_are_checked_when_the_dag_is_parsed():
                            ({"executor_memory": "8 g"}, "no space"),
                            # client mode gives the driver's JVM -Xmx<value>: '-Xmx1gb', '-Xmx1 GB' fail there
                            ({"driver_memory": "1 GB"}, "-Xmx"),
-                           ({"driver_memory": "1gb"}, "not '8gb'"),
+                           ({"driver_memory": "1gb"}, "'8gb'"),
                            ({"driver_memory": "1gib"}, "-Xmx"),
                            ({"driver_memory": "1024"}, "not '1024'"),  # -Xmx1024: 1024 bytes
                            ({"executor_cores": "four"}, "a whole number"),
