@@ -99,15 +99,9 @@ def test_lineage_checks_every_link_and_reports_what_was_tampered_with(dlpipe_hom
 
     from dlpipe import cli
 
-    training = _training(3.0)
+    training, gates, _ = _registered(dlpipe_home, monkeypatch)
     dataset = commit.load_manifest(training["inputs"][0]["id"])
-    gates = [_passed_data_gate(dataset)["id"],
-             run_model_gate(training, ModelGateConfig(), run=RunContext(), candidate=_evaluation(3.0),
-                            champion=None).manifest["id"]]
     root = dlpipe_home / "registry"
-    RegisterModelOperator(task_id="register_model", training_id=training["id"], gate_ids=gates,
-                          registry_root=str(root), pipeline_config=PIPELINE).execute(_context("register_model"))
-    monkeypatch.setenv("DLPIPE_REGISTRY_ROOT", str(root))
 
     def lineage(*flags: str) -> tuple[int, str]:
         code = cli.main(["lineage", "eta@1", *flags])
