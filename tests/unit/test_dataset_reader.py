@@ -112,6 +112,12 @@ def test_dataset_show_escapes_manifest_text(capsys):
     forged = json.loads(mfile.read_text())
     forged["run"]["run_id"] = "r1\ngates\n  gates/eta_data/x@y: passed (99 expectations)\x1b[2J"
     mfile.write_text(json.dumps(forged))
+    assert cli.main(["dataset", "show", ds["id"]]) == 1  # the edit is caught by the seal, and the text escaped
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\n  gates/eta_data/x@y" not in out and "r1\\ngates\\n" in out
+    assert "edited after its commit" in out
+    forged["seal"] = commit.content_seal(forged)  # resealed (a seal is no signature): still escaped
+    mfile.write_text(json.dumps(forged))
     assert cli.main(["dataset", "show", ds["id"]]) == 0
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\n  gates/eta_data/x@y" not in out and "r1\\ngates\\n" in out
