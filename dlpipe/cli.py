@@ -77,11 +77,9 @@ def _raw_status(result) -> str:
     replaced = result.manifest["config"].get("replaces")
     if not replaced:
         return "committed"
-    from dlpipe import commit
-
     old, new = commit.load_manifest(replaced), result.manifest
-    strip = lambda c: {k: v for k, v in c.items() if k != "replaces"}  # noqa: E731
-    why = _settings(old) if strip(old["config"]) != strip(new["config"]) else "the same settings, older code"
+    same = commit.without_replaces(old["config"]) == commit.without_replaces(new["config"])
+    why = "the same settings, older code" if same else _settings(old)
     return f"committed: supersedes the version of {why} (readers take the newest)"
 
 
@@ -275,7 +273,7 @@ def _checked_record(record: dict, verify_files: bool) -> list[str]:
     if training is not None:
         problems += _gate_problems(record, training, verify_files)
         registered_seal = (record["lineage"].get("seals") or {}).get(training_id)
-        if registered_seal and training.get("seal") != registered_seal and _sealed(training):
+        if registered_seal and training.get("seal") not in (None, registered_seal) and not commit.seal_broken(training):
             # A manifest that gives its own seal, but not the registered one: committed again
             # under the same id after its outputs were removed (the stage ran again), or edited
             # and resealed. Either way the record's metrics, run and files belong to the other
@@ -305,11 +303,6 @@ def _checked_record(record: dict, verify_files: bool) -> list[str]:
             if (committed.get(art["name"]) or {}).get("sha256") != art["sha256"]:
                 problems.append(f"{ref}: artifact {art['name']} is not the file {training_id} committed")
     return problems
-
-
-def _sealed(manifest: dict) -> bool:
-    """Whether a manifest still gives its own seal (not edited since its commit)."""
-    return "seal" in manifest and commit.content_seal(manifest) == manifest["seal"]
 
 
 # the parts of a version record's lineage that its training's chain of manifests determines
@@ -454,7 +447,7 @@ def cmd_dataset_show(args: argparse.Namespace) -> int:
     from dlpipe.datasets import resolve
 
     m = resolve(args.ref)
-    problems = [] if "seal" not in m or _sealed(m) else [
+    problems = [] if not commit.seal_broken(m) else [
         f"{m['id']}: edited after its commit (its outputs, summary and run do not give its seal): do not "
         f"trust what it shows"]
     if args.verify:

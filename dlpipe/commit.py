@@ -244,18 +244,35 @@ def code_identity(code: dict[str, Any]) -> Any:
 RECORDED_CODE_KEYS = ("dlpipe_version", "git_commit", "git_dirty", "packages")
 
 
+def fingerprinted_code(manifest: dict) -> dict[str, Any]:
+    """The part of a manifest's ``code`` its fingerprint covers (the recorded keys left out)."""
+    return {k: v for k, v in manifest["code"].items() if k not in RECORDED_CODE_KEYS}
+
+
 def recomputed_fingerprints(manifest: dict) -> set[str]:
     """The fingerprints a manifest's own stage, inputs, config and code give: its
     ``fingerprint`` is one of them unless the manifest was edited after its commit (lineage
     checks this). Two, where its code records more than its sources: manifests committed
     before other code versions entered the fingerprint (the digits dataset's scikit-learn,
     before 2026-12-06) were fingerprinted by their sources alone."""
-    code = {k: v for k, v in manifest["code"].items() if k not in RECORDED_CODE_KEYS}
+    code = fingerprinted_code(manifest)
     key = StageKey(manifest["stage"], manifest["name"], manifest["partition"])
     forms = [code]
     if set(code) == {"sources_hash", "scikit_learn"}:  # the one such key there was
         forms.append({"sources_hash": code["sources_hash"]})
     return {stage_fingerprint(key, manifest["inputs"], manifest["config"], c) for c in forms}
+
+
+def seal_broken(manifest: dict) -> bool:
+    """Whether a manifest has a seal that its content no longer gives (edited after its commit).
+    A manifest committed before seals has none, and is not judged by this."""
+    return "seal" in manifest and content_seal(manifest) != manifest["seal"]
+
+
+def without_replaces(config: dict[str, Any]) -> dict[str, Any]:
+    """A newest-version config (``run_newest_version``) as its caller gave it, without the
+    ``replaces`` link to the version it superseded."""
+    return {k: v for k, v in config.items() if k != "replaces"}
 
 
 def content_seal(manifest: dict) -> str:
@@ -345,9 +362,8 @@ def run_newest_version(key: StageKey, *, config: dict[str, Any], code: dict[str,
         versions = committed(key, home)
         newest = versions[-1] if versions else None
         if newest is not None:
-            same_config = {k: v for k, v in newest["config"].items() if k != "replaces"} == config
-            same_code = code_identity({k: v for k, v in newest["code"].items() if k not in RECORDED_CODE_KEYS}) \
-                == code_identity(code)
+            same_config = without_replaces(newest["config"]) == config
+            same_code = code_identity(fingerprinted_code(newest)) == code_identity(code)
             config = newest["config"] if same_config and same_code else {**config, "replaces": newest["id"]}
         return run_stage(key, inputs=[], config=config, code=code, run=run, produce=produce, home=home)
 

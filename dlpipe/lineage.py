@@ -19,7 +19,7 @@ def manifest_problems(m: dict, mid: str, expected: str | None, verify_files: boo
     fp = m["fingerprint"]
     if fp not in commit.recomputed_fingerprints(m):
         problems.append("edited after its commit: its stage, inputs, config and code do not give its fingerprint")
-    if "seal" in m and commit.content_seal(m) != m["seal"]:
+    if commit.seal_broken(m):
         problems.append("edited after its commit: its outputs, summary, code record and run do not give its seal")
     if expected_seal is not None and m.get("seal") != expected_seal:
         problems.append(f"its seal {str(m.get('seal'))[:16]} is not the {expected_seal[:16]} its consumer recorded")
