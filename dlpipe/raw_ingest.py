@@ -29,9 +29,10 @@ RAW_FORMAT = "dlpipe-raw-ingest-v1"
 RAW_NAME = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,62}$")
 
 
-def parquet_files(paths: list[Path]) -> list[Path]:
-    """The Parquet files named, a directory standing for the ``*.parquet`` files in it; each must
-    open as Parquet, and all must share one schema (the feature job reads them as one table)."""
+def parquet_files(paths: list[Path]) -> tuple[list[Path], int]:
+    """The Parquet files named, a directory standing for the ``*.parquet`` files in it, and their
+    rows, from one read of each footer; each must open as Parquet, and all must share one schema
+    (the feature job reads them as one table)."""
     import pyarrow.parquet as pq
 
     files: list[Path] = []
@@ -53,10 +54,11 @@ def parquet_files(paths: list[Path]) -> list[Path]:
             raise ConfigError("PATH", str(f), f"the same file as {seen[real]}, named twice: each file once")
         seen[real] = f
     files = sorted(files, key=lambda f: str(f.resolve()))  # the same files in any order: the same version
-    schema = None
+    schema, rows = None, 0
     for f in files:
         try:
-            this = pq.read_schema(f)
+            meta = pq.read_metadata(f)
+            this = meta.schema.to_arrow_schema()
         except Exception as exc:  # pyarrow's ArrowInvalid for a file that is not Parquet, or torn
             raise ConfigError("PATH", str(f), f"not a readable Parquet file ({type(exc).__name__}: {exc})") from None
         if schema is None:
@@ -64,7 +66,8 @@ def parquet_files(paths: list[Path]) -> list[Path]:
         elif not this.equals(schema):
             raise ConfigError("PATH", str(f), f"its schema differs from {first.name}'s: {this} against {schema}; "
                                               f"commit one day's files with one schema")
-    return files
+        rows += meta.num_rows
+    return files, rows
 
 
 def commit_raw_files(name: str, day: date, paths: list[Path], run: RunContext,
@@ -74,12 +77,10 @@ def commit_raw_files(name: str, day: date, paths: list[Path], run: RunContext,
     Skipped when the day's newest version holds the same bytes in the same order; otherwise a
     new version is committed, which readers take from then on (also bytes an older version held:
     going back after a bad correction)."""
-    import pyarrow.parquet as pq
-
     if not isinstance(name, str) or not RAW_NAME.match(name):
         raise ConfigError("NAME", name, "lowercase letters, digits, '_' and '-', starting with a letter or digit "
                                         "(the name a pipeline's features.raw gives)")
-    files = parquet_files(paths)
+    files, rows = parquet_files(paths)
     names = [f"part-{k:05d}.parquet" for k in range(len(files))]
     config = {"day": day.isoformat(), "files": {n: sha256_file(f) for n, f in zip(names, files)}}
     hashes = list(config["files"].values())
@@ -87,20 +88,19 @@ def commit_raw_files(name: str, day: date, paths: list[Path], run: RunContext,
         twins = [str(f) for f, h in zip(files, hashes) if hashes.count(h) > 1]
         raise ConfigError("PATH", ", ".join(twins), "these files hold the same bytes: their rows would count "
                                                     "twice; commit each file once")
-    if sum(pq.read_metadata(f).num_rows for f in files) == 0:
+    if rows == 0:
         raise ConfigError("PATH", ", ".join(str(f) for f in files),
                           "the files hold no rows, and the feature stage refuses an empty day; commit the "
                           "day once its events have landed")
 
     def produce(attempt: Path) -> dict:
-        rows = 0
         for n, f in zip(names, files):
             shutil.copyfile(f, attempt / n)
             if sha256_file(attempt / n) != config["files"][n]:  # rewritten since it was hashed and checked
                 raise IntegrityError(f"{f} changed while it was being committed (its SHA-256 is not the one "
                                      f"checked a moment before): nothing was committed; run again once the "
                                      f"file is complete")
-            rows += pq.read_metadata(attempt / n).num_rows
+        # the copies are the bytes whose footers were read: their rows are the ones counted
         return {"rows": rows, "day": day.isoformat(), "sources": [str(f) for f in files]}
 
     # The copy is the whole of this stage's work: a fixed format version, not this file's hash,
