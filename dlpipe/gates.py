@@ -23,7 +23,7 @@ from dlpipe import commit
 from dlpipe.commit import StageKey, StageResult
 from dlpipe.errors import ConfigError, GateFailed, redacted
 from dlpipe.hashing import sources_hash
-from dlpipe.pipeline_config import YamlFloat, YamlNumber
+from dlpipe.pipeline_config import YamlFloat, YamlNumber, closest
 from dlpipe.runctx import RunContext
 
 log = logging.getLogger(__name__)
@@ -89,10 +89,8 @@ GX_EXPECTATIONS["expect_column_kl_divergence_to_be_less_than"] = "ExpectColumnKL
 
 def _close(value: str, known: Iterable[str]) -> str:
     """' (did you mean X?)' for a likely typo of one of ``known``, else ''."""
-    import difflib
-
-    match = difflib.get_close_matches(value, sorted(known), n=1)
-    return f" (did you mean {match[0]}?)" if match else ""
+    match = closest(value, known)
+    return f" (did you mean {match}?)" if match else ""
 
 
 def _type_known(name: str) -> bool:

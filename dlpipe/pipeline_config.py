@@ -8,7 +8,7 @@ import math
 import types
 import typing
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Iterable, TypeVar
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ValidationError
@@ -135,11 +135,17 @@ def section(pipeline: dict[str, Any], name: str, model: type[M]) -> M:
         raise ConfigError(f"{pipeline.get('_source', '?')}: {field}", value, message) from None
 
 
+def closest(value: str, known: Iterable[str]) -> str | None:
+    """The one of ``known`` that ``value`` is most likely a typo of, if any."""
+    import difflib
+
+    match = difflib.get_close_matches(value, sorted(known), n=1)
+    return match[0] if match else None
+
+
 def _known_fields(model: type[BaseModel], loc: tuple) -> str:
     """'; did you mean 'epochs'? the fields here are [...]' for an unknown field at ``loc``: the
     model that holds it is found by following ``loc`` through nested models, mappings and lists."""
-    import difflib
-
     holder: Any = model
     for part in loc[:-1]:
         holder = _unwrapped(holder)
@@ -156,8 +162,8 @@ def _known_fields(model: type[BaseModel], loc: tuple) -> str:
     if not (isinstance(holder, type) and issubclass(holder, BaseModel)):
         return ""
     fields = sorted(holder.model_fields)
-    close = difflib.get_close_matches(str(loc[-1]), fields, n=1)
-    return (f"; did you mean {close[0]!r}?" if close else ";") + f" the fields here are {fields}"
+    close = closest(str(loc[-1]), fields)
+    return (f"; did you mean {close!r}?" if close else ";") + f" the fields here are {fields}"
 
 
 def _unwrapped(annotation: Any) -> Any:
