@@ -83,14 +83,13 @@ def check_pipeline(pipeline: dict[str, Any], *, at_run: bool = False) -> None:
                           f"{sorted(known - {'_source'})}")
     for name, model in sections.items():
         checked = section(pipeline, name, model)
-        if name == "data_gate" and kind.dataset_columns is not None:
-            from dlpipe.gates import check_gate_columns
+        if name == "data_gate":
+            from dlpipe.gates import check_expectations, check_gate_columns
 
-            check_gate_columns(checked, kind.dataset_columns(), path)
-        if at_run and name == "data_gate":
-            from dlpipe.gates import check_expectations
-
-            check_expectations(checked, path)
+            if kind.dataset_columns is not None:
+                check_gate_columns(checked, kind.dataset_columns(), path)
+            if at_run:
+                check_expectations(checked, path)
     gate = section(pipeline, "model_gate", sections["model_gate"])
     for field, allowed, what in (("metric", kind.gate_metrics, "the model's metric on the validation split"),
                                  ("baseline_metric", kind.baseline_metrics, "the naive predictor's value of it")):
