@@ -23,9 +23,9 @@ from dlpipe.errors import ConfigError, InputNotReady, NotCommittedError
 from dlpipe.hashing import content_hash, fingerprint, sources_hash
 from dlpipe.interval import day_partition, interval_days
 from dlpipe.pipeline_config import YamlFloat
+from dlpipe.raw_ingest import uncommitted_files
 from dlpipe.runctx import RunContext
 from dlpipe.spark_submit import SparkSubmit
-from dlpipe.raw_ingest import uncommitted_files
 from dlpipe.spec import write_spec
 from feature_jobs import eta_features
 from feature_jobs.stage_files import SHARED_SOURCES, name_parts_by_order, parquet_rows

@@ -29,10 +29,10 @@ def held_by(dag_id: str, logical: datetime, tasks: tuple[str, ...] = HELD_TASKS)
     with create_session() as session:
         # the previous run as Airflow's PrevDagrunDep picks it: with catchup, manual runs do not count
         dag = SerializedDagModel.get_dag(dag_id, session=session)
-        earlier = select(DagRun).where(DagRun.dag_id == dag_id, DagRun.logical_date < logical)
+        before = select(DagRun).where(DagRun.dag_id == dag_id, DagRun.logical_date < logical)
         if dag is not None and dag.catchup:
-            earlier = earlier.where(DagRun.run_type != DagRunType.MANUAL)
-        previous = session.scalar(earlier.order_by(DagRun.logical_date.desc()).limit(1))
+            before = before.where(DagRun.run_type != DagRunType.MANUAL)
+        previous = session.scalar(before.order_by(DagRun.logical_date.desc()).limit(1))
         if previous is None:
             return None
         states = dict(session.execute(select(TaskInstance.task_id, TaskInstance.state).where(
