@@ -437,7 +437,7 @@ def gate_verdicts(dataset: dict) -> list[dict]:
     """Committed gate verdicts on a dataset (manifests are immutable, so verdicts point at it)."""
     found = []
     for mfile in (settings.home() / "gates").glob(f"*/{dataset['partition']}/manifests/*.json"):
-        g = json.loads(mfile.read_text())
+        g = commit.read_manifest(mfile)
         if judged(g) == dataset["id"]:  # not a gate that only compared against it (drift baseline)
             found.append(g)
     return sorted(found, key=lambda g: g["committed_at"])

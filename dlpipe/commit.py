@@ -112,19 +112,45 @@ def load_manifest(mid: str, home: Path | None = None, *, stage: str | None = Non
     if len(matches) > 1:
         raise NotCommittedError(f"{field} {mid!r} matches {len(matches)} commits under {key.dir(home)}; "
                                 f"give more digits of the fingerprint")
-    return json.loads(matches[0].read_text())
+    return read_manifest(matches[0])
+
+
+def read_manifest(path: Path) -> dict:
+    """The manifest at ``path``. One that is not a JSON object (a torn copy from a backup, a
+    hand edit) is an IntegrityError naming the file and the way out, not a bare JSONDecodeError:
+    every reader of the partition (a retry, the next day's dataset) stops on it until it is
+    restored or moved aside."""
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        manifest = exc
+    if not isinstance(manifest, dict) or "id" not in manifest:
+        why = f"not valid JSON ({manifest})" if isinstance(manifest, Exception) else "not a manifest"
+        raise IntegrityError(f"the manifest {path} is damaged: {why}; restore it from a backup, or move "
+                             f"it out of manifests/ so that the stage commits that version again")
+    return manifest
 
 
 def find_committed(key: StageKey, fp: str, home: Path | None = None) -> dict | None:
     path = _manifest_path(key, fp, home)
-    return json.loads(path.read_text()) if path.exists() else None
+    return read_manifest(path) if path.exists() else None
 
 
 def committed(key: StageKey, home: Path | None = None) -> list[dict]:
-    """All committed manifests of one stage output, oldest commit first."""
+    """All committed manifests of one stage output, oldest commit first: by ``commit_seq``, then
+    by commit time. Time alone is not enough: a host whose clock is behind commits a correction
+    stamped earlier than the version it corrects, and readers, who take the newest, would go on
+    taking the bad one. Manifests committed before ``commit_seq`` count as 0."""
     mdir = key.dir(home) / "manifests"
-    found = [json.loads(p.read_text()) for p in mdir.glob("*.json")] if mdir.exists() else []
-    return sorted(found, key=lambda m: m["committed_at"])
+    found = [read_manifest(p) for p in mdir.glob("*.json")] if mdir.exists() else []
+    return sorted(found, key=lambda m: (m.get("commit_seq", 0), m["committed_at"]))
+
+
+def next_commit_seq(key: StageKey, home: Path | None = None) -> int:
+    """One more than the highest ``commit_seq`` among the partition's commits: a commit sorts
+    after every version that existed when it was made, whatever the clocks. Two commits of other
+    fingerprints at the same moment may share one; their times then order them."""
+    return 1 + max((m.get("commit_seq", 0) for m in committed(key, home)), default=0)
 
 
 def latest(key: StageKey, home: Path | None = None) -> dict:
@@ -431,6 +457,7 @@ def run_stage(
             "attempt_id": attempt_id,
             "started_at": started_at,
             "committed_at": audit.utcnow_iso(),
+            "commit_seq": next_commit_seq(key, home),
         }
         manifest["seal"] = content_seal(manifest)
         winner = _publish(path, manifest)

@@ -7,7 +7,6 @@ files still hash as committed (``check_split``).
 
 from __future__ import annotations
 
-import json
 import re
 import warnings
 from pathlib import Path
@@ -82,7 +81,7 @@ def resolve(ref: str) -> dict:
     path = Path(ref.removeprefix("file://")).resolve()
     root = settings.home() / "datasets"
     for mfile in root.glob("*/*/manifests/*.json"):
-        manifest = json.loads(mfile.read_text())
+        manifest = commit.read_manifest(mfile)
         location = commit.location(manifest)
         if path == location or location in path.parents:
             return manifest

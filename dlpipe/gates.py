@@ -502,7 +502,7 @@ def previous_dataset(dataset: dict) -> dict | None:
     root = commit.StageKey(dataset["stage"], dataset["name"]).dir().parent
     earlier, same = [], []
     for mfile in root.glob("*/manifests/*.json"):
-        m = json.loads(mfile.read_text())
+        m = commit.read_manifest(mfile)
         if m["id"] == dataset["id"]:
             continue
         if m["partition"] < dataset["partition"]:

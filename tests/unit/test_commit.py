@@ -461,3 +461,46 @@ def test_a_seal_is_the_one_the_manifest_gives_when_read_back():
                      produce=lambda attempt: {"by_epoch": {2: 0.5, 10: 0.4}})
     on_disk = commit.load_manifest(done.id)
     assert on_disk["seal"] == done.manifest["seal"] == commit.content_seal(on_disk)
+
+
+def test_a_commit_made_by_a_clock_behind_still_sorts_newest(monkeypatch):
+    """A second worker whose clock is ten minutes behind commits a correction: readers take it,
+    not the version it corrects (ordered by time alone, they kept the older one)."""
+    run = RunContext()
+    first = commit.run_newest_version(KEY, config={"n": 1}, code=CODE, run=run, produce=_write(1))
+    real_now = audit.utcnow_iso
+    monkeypatch.setattr(audit, "utcnow_iso", lambda: "2000-01-01T00:00:00.000+00:00")  # far behind
+    second = commit.run_newest_version(KEY, config={"n": 2}, code=CODE, run=run, produce=_write(2))
+    monkeypatch.setattr(audit, "utcnow_iso", real_now)
+    assert second.manifest["committed_at"] < first.manifest["committed_at"]
+    assert second.manifest["config"]["replaces"] == first.id
+    assert commit.latest(KEY)["id"] == second.id
+    assert [m["commit_seq"] for m in commit.committed(KEY)] == [1, 2]
+    # run again on the correct clock: the newest already has these settings, nothing is committed
+    again = commit.run_newest_version(KEY, config={"n": 2}, code=CODE, run=run, produce=_write(2))
+    assert again.skipped and again.id == second.id
+
+
+def test_manifests_from_before_commit_seq_sort_first_by_time(tmp_path):
+    run = RunContext()
+    a = run_stage(KEY, inputs=[], config={"n": 1}, code=CODE, run=run, produce=_write(1))
+    path = commit._manifest_path(KEY, a.manifest["fingerprint"])
+    old = json.loads(path.read_text())
+    del old["commit_seq"]  # as committed by an earlier release (the seal is not checked here)
+    path.write_text(json.dumps(old))
+    b = run_stage(KEY, inputs=[], config={"n": 2}, code=CODE, run=run, produce=_write(2))
+    assert b.manifest["commit_seq"] == 1
+    assert [m["id"] for m in commit.committed(KEY)] == [a.id, b.id]
+
+
+@pytest.mark.parametrize("content", ["", '{"id": "x", "truncat', "[1, 2]", "\xff\xfe"])
+def test_a_damaged_manifest_is_named_by_every_reader(content):
+    run = RunContext()
+    a = run_stage(KEY, inputs=[], config={"n": 1}, code=CODE, run=run, produce=_write(1))
+    path = commit._manifest_path(KEY, a.manifest["fingerprint"])
+    path.write_bytes(content.encode("latin-1"))
+    for read in (lambda: commit.load_manifest(a.id), lambda: commit.committed(KEY), lambda: commit.latest(KEY),
+                 lambda: run_stage(KEY, inputs=[], config={"n": 1}, code=CODE, run=run, produce=_write(1))):
+        with pytest.raises(IntegrityError) as exc:
+            read()
+        assert str(path) in str(exc.value) and "move it out of manifests/" in str(exc.value)
