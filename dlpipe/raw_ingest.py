@@ -33,8 +33,6 @@ def parquet_files(paths: list[Path]) -> tuple[list[Path], int]:
     """The Parquet files named, a directory standing for the ``*.parquet`` files in it, and their
     rows, from one read of each footer; each must open as Parquet, and all must share one schema
     (the feature job reads them as one table)."""
-    import pyarrow.parquet as pq
-
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
@@ -54,20 +52,28 @@ def parquet_files(paths: list[Path]) -> tuple[list[Path], int]:
             raise ConfigError("PATH", str(f), f"the same file as {seen[real]}, named twice: each file once")
         seen[real] = f
     files = sorted(files, key=lambda f: str(f.resolve()))  # the same files in any order: the same version
+    return files, footer_rows(files, files)
+
+
+def footer_rows(files: list[Path], shown: list[Path]) -> int:
+    """The rows of ``files`` from their footers, which must open as Parquet and share one schema;
+    errors name ``shown`` (the file each was copied from)."""
+    import pyarrow.parquet as pq
+
     schema, rows = None, 0
-    for f in files:
+    for f, name in zip(files, shown):
         try:
             meta = pq.read_metadata(f)
             this = meta.schema.to_arrow_schema()
         except Exception as exc:  # pyarrow's ArrowInvalid for a file that is not Parquet, or torn
-            raise ConfigError("PATH", str(f), f"not a readable Parquet file ({type(exc).__name__}: {exc})") from None
+            raise ConfigError("PATH", str(name), f"not a readable Parquet file ({type(exc).__name__}: {exc})") from None
         if schema is None:
-            schema, first = this, f
+            schema, first = this, name
         elif not this.equals(schema):
-            raise ConfigError("PATH", str(f), f"its schema differs from {first.name}'s: {this} against {schema}; "
-                                              f"commit one day's files with one schema")
+            raise ConfigError("PATH", str(name), f"its schema differs from {first.name}'s: {this} against {schema}; "
+                                                 f"commit one day's files with one schema")
         rows += meta.num_rows
-    return files, rows
+    return rows
 
 
 def commit_raw_files(name: str, day: date, paths: list[Path], run: RunContext,
@@ -93,14 +99,21 @@ def commit_raw_files(name: str, day: date, paths: list[Path], run: RunContext,
                           "the files hold no rows, and the feature stage refuses an empty day; commit the "
                           "day once its events have landed")
 
+    def changed(f: Path) -> IntegrityError:
+        return IntegrityError(f"{f} changed while it was being committed (its SHA-256 or its rows are not the "
+                              f"ones checked a moment before): nothing was committed; run again once the file "
+                              f"is complete")
+
     def produce(attempt: Path) -> dict:
         for n, f in zip(names, files):
             shutil.copyfile(f, attempt / n)
-            if sha256_file(attempt / n) != config["files"][n]:  # rewritten since it was hashed and checked
-                raise IntegrityError(f"{f} changed while it was being committed (its SHA-256 is not the one "
-                                     f"checked a moment before): nothing was committed; run again once the "
-                                     f"file is complete")
-        # the copies are the bytes whose footers were read: their rows are the ones counted
+            if sha256_file(attempt / n) != config["files"][n]:  # rewritten since it was hashed
+                raise changed(f)
+        # The footers read above may be of other bytes than the ones hashed (a file replaced in
+        # between): the copies, now known to be the hashed bytes, are what the rows and the one
+        # schema are taken from.
+        if footer_rows([attempt / n for n in names], files) != rows:
+            raise changed(", ".join(str(f) for f in files))
         return {"rows": rows, "day": day.isoformat(), "sources": [str(f) for f in files]}
 
     # The copy is the whole of this stage's work: a fixed format version, not this file's hash,

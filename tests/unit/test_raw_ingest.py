@@ -147,6 +147,30 @@ def test_a_file_rewritten_while_it_is_committed_commits_nothing(dlpipe_home, tmp
     assert commit.committed(StageKey("raw", "fraud_trips", "dt=2026-02-01")) == []
 
 
+@pytest.mark.parametrize("swap", ["more rows", "another schema"])
+def test_a_file_replaced_between_its_footer_read_and_its_hash_commits_nothing(dlpipe_home, tmp_path, monkeypatch,
+                                                                               swap):
+    """The landing job swaps the file after its rows and schema were read but before it is
+    hashed: the hash then matches the copy, and only the copy's own footer shows the change."""
+    from dlpipe import raw_ingest
+    from dlpipe.errors import ConfigError, IntegrityError
+    from dlpipe.runctx import RunContext
+
+    a, b = _write(tmp_path / "a.parquet", 2), _write(tmp_path / "b.parquet", 2, start=2)
+    real_hash, swapped = raw_ingest.sha256_file, []
+
+    def swapped_first(path):
+        if Path(path) == b and not swapped:  # after the footers were read, before b is hashed
+            swapped.append(_write(b, 5, start=2, **({"extra": [1] * 5} if swap == "another schema" else {})))
+        return real_hash(path)
+
+    monkeypatch.setattr(raw_ingest, "sha256_file", swapped_first)
+    raised = IntegrityError if swap == "more rows" else ConfigError
+    with pytest.raises(raised, match="changed while it was being committed" if swap == "more rows" else "schema"):
+        raw_ingest.commit_raw_files("fraud_trips", DAY, [a, b], RunContext())
+    assert commit.committed(StageKey("raw", "fraud_trips", "dt=2026-02-01")) == []
+
+
 def test_an_upgrade_of_dlpipe_does_not_make_the_same_bytes_a_new_version(dlpipe_home, tmp_path, capsys):
     """The code identity of an ingested day is a format version, not the module's hash: with
     the hash, every re-ingest after an upgrade recomputed every feature and dataset downstream."""
