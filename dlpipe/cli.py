@@ -118,9 +118,9 @@ def cmd_registry_register(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     metrics = _metrics_file(Path(args.metrics)) if args.metrics else {}
-    store = _store(args)
-    fresh = not registry.list_versions(store)  # a misspelt --root makes a second registry: say so
-    with _audited("registry register", f"{args.name}@?") as run:
+    with _audited("registry register", f"{args.name}@?") as run:  # an S3 refusal of the first read too
+        store = _store(args)
+        fresh = not registry.list_versions(store)  # a misspelt --root makes a second registry: say so
         record, created = registry.register(
             store, args.name, Path(args.model_dir), metrics=metrics,
             lineage={"source": "external", "registered_from": "dlpipe registry register"},
@@ -786,16 +786,30 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"DLPIPE_HOME) and their permissions", file=sys.stderr)
         return 2
     except Exception as exc:
-        hint = _s3_hint(exc)
+        hint = _s3_hint(exc, _root_given(args))
         if hint is None:
             raise
         print(f"dlpipe: error: {hint}", file=sys.stderr)
         return 2
 
 
-def _s3_hint(exc: Exception) -> str | None:
+def _root_given(args: argparse.Namespace) -> str:
+    """The registry root a command used, and where it came from, for an S3 error."""
+    if getattr(args, "root", None):
+        return f"{args.root} (--root)"
+    if os.environ.get("DLPIPE_REGISTRY_ROOT"):
+        return f"{os.environ['DLPIPE_REGISTRY_ROOT']} (DLPIPE_REGISTRY_ROOT)"
+    return "--root"
+
+
+# S3 error codes that say the key pair is wrong, not the rights it has
+_BAD_KEYS = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken")
+
+
+def _s3_hint(exc: Exception, root: str = "--root") -> str | None:
     """What to do about an S3 client error, or None for an error that is not one (a bug: it
-    keeps its traceback). Endpoint URLs with credentials are refused before any request."""
+    keeps its traceback). ``root`` names the registry root and where it was set. Endpoint URLs
+    with credentials are refused before any request."""
     try:
         from botocore import exceptions as bc
     except ImportError:
@@ -806,7 +820,15 @@ def _s3_hint(exc: Exception) -> str | None:
     if isinstance(exc, bc.EndpointConnectionError):
         return f"{redacted(str(exc))}; check --endpoint-url or AWS_ENDPOINT_URL, and that the server is up"
     if isinstance(exc, bc.ClientError):
-        return f"S3 refused the request: {redacted(str(exc))}; check the bucket in --root and the credentials' rights"
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in _BAD_KEYS:
+            fix = ("check the key pair (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE) and, "
+                   "for temporary credentials, the session token")
+        elif code == "NoSuchBucket":
+            fix = f"the bucket does not exist: check the bucket in {root}, and --endpoint-url"
+        else:
+            fix = f"check the bucket in {root} and the credentials' rights on it"
+        return f"S3 refused the request: {redacted(str(exc))}; {fix}"
     if isinstance(exc, bc.BotoCoreError):
         return f"S3 client: {redacted(str(exc))}"
     return None

@@ -412,3 +412,21 @@ def test_the_probe_needs_no_delete_permission_and_leaves_one_key(s3_client, tmp_
     keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"]]
     assert keys.count("registry/.dlpipe-probe") == 1
     assert [r["version"] for r in registry.list_versions(store, "eta")] == [1, 2]
+
+
+def test_a_registration_into_a_missing_bucket_names_it_and_is_audited(s3_server, tmp_path, monkeypatch, capsys):
+    """The bucket comes from DLPIPE_REGISTRY_ROOT, not --root: the error says which, and the
+    refused registration leaves a failed event like any other failed registry change."""
+    from dlpipe import cli
+
+    monkeypatch.setenv("DLPIPE_REGISTRY_ROOT", "s3://no-such-bucket-dlpipe/reg")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    before = len(list(audit.read()))
+    code = cli.main(["registry", "register", "eta", str(_model_dir(tmp_path, b"w")), "--endpoint-url", s3_server])
+    err = capsys.readouterr().err
+    assert code == 2 and "NoSuchBucket" in err
+    assert "the bucket does not exist: check the bucket in s3://no-such-bucket-dlpipe/reg (DLPIPE_REGISTRY_ROOT)" in err
+    [event] = list(audit.read())[before:]
+    assert event["event"] == "failed" and event["stage"] == "registry" and "NoSuchBucket" in event["error"]
