@@ -7,11 +7,12 @@ import logging
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from typing import Callable, Sequence
 
-from dlpipe.errors import SubprocessFailed
+from dlpipe.errors import ConfigError, SubprocessFailed
 from dlpipe.proc import run_streaming, secret_env
 from training.config import ENV_NAME, ScaleConfig, check_rank_env
 
@@ -34,8 +35,35 @@ def horovodrun_argv(scale: ScaleConfig, command: Sequence[str]) -> list[str]:
         argv += ["-H", scale.hosts]
     argv += [f"--{scale.controller}", "--start-timeout", str(scale.start_timeout_s)]
     if scale.network_interface:
+        if problem := local_interface_problem(scale):
+            raise ConfigError("scale.network_interface", scale.network_interface, problem)
         argv += ["--network-interface", scale.network_interface]
     return argv + list(command)
+
+
+def local_interface_problem(scale: ScaleConfig) -> str | None:
+    """Why horovodrun would refuse ``network_interface`` before starting a rank, if it would.
+    When every host of a static job is this machine (``localhost:8``, or its own name), it
+    takes only an interface holding 127.0.0.1, and fails with a bare ValueError otherwise: the
+    setting matters only between hosts. Judged the way horovodrun judges it, on the worker that
+    launches (names resolve there); not for elastic jobs, whose hosts come and go."""
+    if scale.elastic or not scale.network_interface:
+        return None
+    try:
+        import psutil
+        from horovod.runner.util import network
+    except ImportError:  # horovodrun itself would not start: its own error says so
+        return None
+    names = [entry.rpartition(":")[0] for entry in scale.hosts.split(",")]
+    if network.filter_local_addresses(names):
+        return None  # a remote host: the interface carries the traffic between hosts
+    loopback = {name for name, addrs in psutil.net_if_addrs().items()
+                if any(a.family == socket.AF_INET and a.address == "127.0.0.1" for a in addrs)}
+    if scale.network_interface in loopback:
+        return None
+    return (f"every host in hosts={scale.hosts!r} is this machine, and horovodrun then accepts only an "
+            f"interface holding 127.0.0.1 ({', '.join(sorted(loopback)) or 'none here'}): the interface "
+            f"matters only between hosts, so leave network_interface out for a one-machine job")
 
 
 # Every rank's defaults, under the worker's environment and the job's env (both win over them).

@@ -441,6 +441,27 @@ def test_an_epoch_says_how_many_rows_it_trains_and_warns_below_nine_tenths(horov
     assert epoch_coverage([60518, 60518], steps=237, batch_size=256) == (121036, None)
 
 
+def test_a_network_interface_on_a_job_of_this_machine_alone_is_refused_before_horovodrun():
+    """horovodrun 0.28 fails with a bare ValueError ('No interface is found for address
+    127.0.0.1.') when every host is local and the interface does not hold 127.0.0.1, which the
+    task retried as if it were transient."""
+    import psutil
+
+    from training.launcher import horovodrun_argv
+
+    ifaces = psutil.net_if_addrs()
+    loopback = next(n for n, a in ifaces.items() if any(x.address == "127.0.0.1" for x in a))
+    for hosts in ("localhost:2", "localhost:1,127.0.0.1:1"):
+        with pytest.raises(ConfigError, match=r"scale\.network_interface='nic-not-here'.*is this machine.*"
+                                              r"leave network_interface out"):
+            horovodrun_argv(ScaleConfig(hosts=hosts, network_interface="nic-not-here"), ["train"])
+        argv = horovodrun_argv(ScaleConfig(hosts=hosts, network_interface=loopback), ["train"])
+        assert argv[argv.index("--network-interface") + 1] == loopback
+    # a remote host (an address of no interface here): the interface is the job's to choose
+    argv = horovodrun_argv(ScaleConfig(hosts="localhost:1,192.0.2.77:1", network_interface="nic-not-here"), ["t"])
+    assert argv[argv.index("--network-interface") + 1] == "nic-not-here"
+
+
 def test_an_nccl_interface_horovodrun_would_override_is_refused():
     """horovodrun's gloo launcher writes NCCL_SOCKET_IFNAME=<its interfaces> after the rank
     variables, so a different value in env never reached NCCL: network_interface is the setting."""
