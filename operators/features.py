@@ -29,6 +29,14 @@ def mask_conf_secrets(secret: dict[str, str]) -> None:
         audit.hide(value)
 
 
+# The Spark provider takes any master with 'k8s' in it for Kubernetes (a substring test), and
+# then needs the Kubernetes provider, which dlpipe's environment does not install.
+KUBERNETES_FIX = ("the Spark provider takes a master containing 'k8s' for Kubernetes, which needs "
+                  "apache-airflow-providers-cncf-kubernetes installed on the Airflow workers (dlpipe's "
+                  "environment does not install it): install it under Airflow's constraints, or, for a "
+                  "standalone master whose host name contains 'k8s', name that host by its IP address")
+
+
 def hook_submitter(conn_id: str, conf: dict[str, str] | None, name: str, holder: list,
                    resources: dict[str, Any] | None = None,
                    killed: Callable[[], bool] = lambda: False) -> SparkSubmit:
@@ -43,8 +51,13 @@ def hook_submitter(conn_id: str, conf: dict[str, str] | None, name: str, holder:
 
     def submit(application: str, args: Sequence[str]) -> None:
         with secret_properties(secret) as properties:
-            hook = SparkSubmitHook(conn_id=conn_id, conf=plain, properties_file=properties,
-                                   application_args=list(args), name=name, **(resources or {}))
+            try:
+                hook = SparkSubmitHook(conn_id=conn_id, conf=plain, properties_file=properties,
+                                       application_args=list(args), name=name, **(resources or {}))
+            except NameError as exc:  # the provider's kube_client, imported only where cncf-kubernetes is
+                if "kube_client" not in str(exc):
+                    raise
+                raise ConfigError(f"Airflow connection {conn_id!r}: its Spark master", "k8s", KUBERNETES_FIX) from None
             holder[:] = [hook]  # for on_kill
             if killed():
                 raise SubprocessFailed("the task was killed before spark-submit started; nothing was submitted")

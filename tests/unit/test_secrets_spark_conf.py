@@ -167,3 +167,23 @@ def test_a_failed_spark_attempt_keeps_an_env_credential_out_of_the_audit_log(mon
     text = settings.audit_log_path().read_text()
     (failed,) = [json.loads(line) for line in text.splitlines() if json.loads(line)["event"] == "failed"]
     assert "--properties-file" in failed["error"] and "never-in-the-audit-log" not in text
+
+
+@pytest.mark.parametrize("master", ['"host": "k8s://https://10.0.0.1:443"',
+                                    '"host": "spark://spark-master.k8s-prod.internal", "port": 7077'])
+def test_a_kubernetes_master_without_its_provider_is_a_config_error(monkeypatch, master):
+    """SparkSubmitHook takes any master with 'k8s' in it for Kubernetes and then fails with a
+    NameError (kube_client), retried as if transient; the Kubernetes provider is not installed."""
+    pytest.importorskip("airflow.providers.apache.spark")
+    try:
+        import airflow.providers.cncf.kubernetes  # noqa: F401
+        pytest.skip("the Kubernetes provider is installed here: the hook takes such a master")
+    except ImportError:
+        pass
+    from operators.features import hook_submitter
+
+    monkeypatch.setenv("AIRFLOW_CONN_DLPIPE_SPARK", '{"conn_type": "spark", ' + master + '}')
+    submit = hook_submitter("dlpipe_spark", {}, "t.k8s", [])
+    with pytest.raises(errors.ConfigError, match=r"connection 'dlpipe_spark': its Spark master='k8s': .*"
+                                          r"apache-airflow-providers-cncf-kubernetes"):
+        submit("app.py", [])
