@@ -322,6 +322,17 @@ def test_compose_has_the_services_the_deployment_needs() -> None:
     assert json.loads(env["AIRFLOW_CONN_DLPIPE_SPARK"])["host"] == "spark://spark-master"
     assert env["DLPIPE_REGISTRY_ROOT"].startswith("${DLPIPE_REGISTRY_ROOT:-s3://")
     assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql")
+    assert env["DLPIPE_ETA_END_DATE"] == "${DLPIPE_ETA_END_DATE:-}"  # the walkthrough sets it
+
+
+def test_the_compose_walkthrough_unpauses_before_it_backfills() -> None:
+    """The scheduler runs nothing of a paused DAG, backfills included, and a new DAG starts
+    paused: a walkthrough that backfills at once leaves its runs queued forever."""
+    text = (DOCKER.parent / "docs" / "operations.md").read_text()
+    walkthrough = text[text.index("### The reference deployment"):]
+    walkthrough = walkthrough[:walkthrough.index("```", walkthrough.index("```") + 3)]
+    assert "DLPIPE_ETA_END_DATE=2026-01-04 docker compose -f docker/compose.yaml up -d" in walkthrough
+    assert walkthrough.index("airflow dags unpause eta_training") < walkthrough.index("airflow backfill create")
 
 
 def test_dlpipe_home_is_mounted_at_one_path_wherever_stages_run() -> None:
