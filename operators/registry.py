@@ -34,8 +34,16 @@ def registry_store(root: str | None, aws_conn_id: str | None) -> Store:
     client = None
     if root.startswith("s3://") and aws_conn_id:
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+        from airflow.providers.common.compat.sdk import AirflowNotFoundException
 
-        client = S3Hook(aws_conn_id=aws_conn_id).get_conn()
+        hook = S3Hook(aws_conn_id=aws_conn_id)
+        try:  # the hook itself only warns, and goes on with boto3's own chain: another account's keys
+            hook.get_connection(aws_conn_id)
+        except AirflowNotFoundException:
+            raise ConfigError("aws_conn_id", aws_conn_id, "no such Airflow connection: create it (Admin > "
+                              "Connections, or AIRFLOW_CONN_<ID>), or fix the name in registry.aws_conn_id "
+                              "or the operator's aws_conn_id") from None
+        client = hook.get_conn()
     return open_store(root, client)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
 
@@ -536,3 +537,17 @@ def test_openlineage_names_say_where_the_data_lives(tmp_path):
         "file", f"{tmp_path.resolve()}/reg/eta", "3")
     assert openlineage_dataset("eta@3", home=home, registry_uri=f"file://{tmp_path}/reg") == (
         "file", f"{tmp_path.resolve()}/reg/eta", "3")
+
+
+def test_an_aws_connection_that_does_not_exist_is_named_not_replaced_by_boto3s_chain(monkeypatch):
+    """The Amazon provider's hook only warns about a missing connection and goes on with boto3's
+    own credentials (an instance role: another account); the task stops instead."""
+    pytest.importorskip("airflow.providers.amazon")
+    from operators.registry import registry_store
+
+    monkeypatch.setenv("AIRFLOW_CONN_DLPIPE_S3_OK", json.dumps({
+        "conn_type": "aws", "login": "AKIAOK", "password": "not-shown",
+        "extra": {"endpoint_url": "http://127.0.0.1:9", "region_name": "us-east-1"}}))
+    assert registry_store("s3://models/reg", "dlpipe_s3_ok").uri == "s3://models/reg"
+    with pytest.raises(ConfigError, match=r"aws_conn_id='dlpipe_s3_typo': no such Airflow connection"):
+        registry_store("s3://models/reg", "dlpipe_s3_typo")
