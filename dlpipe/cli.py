@@ -228,7 +228,8 @@ def _validation_metrics(metrics: dict) -> str:
 
 def cmd_registry_list(args: argparse.Namespace) -> int:
     store = _store(args)
-    records = registry.list_versions(store, args.name)
+    damaged: list[str] = []
+    records = registry.list_versions(store, args.name, problems=damaged)
     rows = [{"model": f"{r['name']}@{r['version']}", "validation": _validation_metrics(r["metrics"]),
              "dataset": r["lineage"].get("dataset", "-"), "registered_at": r["registered_at"],
              "run_id": r["registered_by"].get("run_id")} for r in records]
@@ -239,7 +240,9 @@ def cmd_registry_list(args: argparse.Namespace) -> int:
         human = (f"(no registry at {store.uri}: the directory does not exist, so nothing was ever registered "
                  f"there; check --root and DLPIPE_REGISTRY_ROOT)")
     _print(records, args.json, human)
-    return 0
+    for problem in damaged:  # listed apart, on stderr: the readable versions are still listed
+        print(f"dlpipe: damaged: {problem}", file=sys.stderr)
+    return 1 if damaged else 0
 
 
 def cmd_registry_show(args: argparse.Namespace) -> int:

@@ -111,23 +111,41 @@ def _record_key(name: str, version: int, kind: str = "json") -> str:
 _VERSION_KEY = re.compile(r"/versions/(\d{6})\.(json|deleted)$")
 
 
-def list_versions(store: Store, name: str | None = None) -> list[dict]:
-    """Every version record (of one model, or of all), ordered by model and version."""
+def list_versions(store: Store, name: str | None = None, problems: list[str] | None = None) -> list[dict]:
+    """Every readable version record (of one model, or of all), ordered by model and version.
+    A damaged record is left out, with a warning, and described in ``problems`` when given: one
+    torn record must not stop the listing, or the registration, of every other model."""
     prefix = f"{_check_name(name)}/versions/" if name else ""
-    keys = [k for k in store.list(prefix) if (m := _VERSION_KEY.search(k)) and m.group(2) == "json"]
-    return [json.loads(store.get(k)) for k in keys]
+    records = []
+    for key in store.list(prefix):
+        if (m := _VERSION_KEY.search(key)) and m.group(2) == "json":
+            try:
+                records.append(_read_record(store, key))
+            except IntegrityError as exc:
+                log.warning("%s", exc)
+                if problems is not None:
+                    problems.append(str(exc))
+    return records
 
 
-def get_version(store: Store, name: str, version: int) -> dict:
-    key = _record_key(_check_name(name), version)
+def _read_record(store: Store, key: str) -> dict:
+    """The version record at ``key``; IntegrityError naming it when it is not a JSON object."""
     try:
         record = json.loads(store.get(key))
         if not isinstance(record, dict):
             raise json.JSONDecodeError("not a JSON object", "", 0)
         return record
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # torn or overwritten: never a traceback
-        raise IntegrityError(f"{name}@{version}: its version record in {store.uri} is not readable "
-                             f"({exc}); it was damaged or edited: do not load this version") from None
+        m = _VERSION_KEY.search(key)
+        ref = f"{key[:m.start()]}@{int(m.group(1))}" if m else key
+        raise IntegrityError(f"{ref}: its version record {store.uri}/{key} is not readable ({exc}); it was "
+                             f"damaged or edited: do not load this version") from None
+
+
+def get_version(store: Store, name: str, version: int) -> dict:
+    key = _record_key(_check_name(name), version)
+    try:
+        return _read_record(store, key)
     except NotCommittedError:
         gone = store.exists(_record_key(name, version, "deleted"))
         raise NotCommittedError(f"{name}@{version} {'was deleted from' if gone else 'is not registered in'} "
@@ -190,7 +208,11 @@ def _find_same(store: Store, name: str, identity: str) -> tuple[dict | None, int
             if m.group(1) == identity:
                 candidates.add(int(m.group(2)))
     for version in sorted((candidates | (records - indexed)) & records):
-        record = json.loads(store.get(_record_key(name, version)))
+        try:
+            record = _read_record(store, _record_key(name, version))
+        except IntegrityError as exc:  # not a version anyone may load: the model gets a new one
+            log.warning("%s; it is not taken as the same model", exc)
+            continue
         found = model_identity(record["artifacts"], record.get("lineage") or {})
         if version not in indexed:
             _index(store, name, found, version)

@@ -522,6 +522,29 @@ def test_a_bad_model_name_is_a_config_error_not_a_damaged_record(tmp_path):
         registry.get_version(LocalStore(tmp_path / "registry"), "eta", 1)
 
 
+def test_one_damaged_record_neither_hides_the_others_nor_stops_a_registration(tmp_path, capsys, monkeypatch):
+    """A torn record of eta@1: `registry list` still lists fraud@1 (and names the damage, exit
+    1), another model registers, and eta itself registers again as a new version, since the
+    damaged one can be neither verified nor loaded."""
+    from dlpipe import cli
+
+    monkeypatch.setenv("DLPIPE_HOME", str(tmp_path / "home"))
+    store = LocalStore(tmp_path / "registry")
+    registry.register(store, "eta", _model(tmp_path, b"w1"), metrics={}, lineage={}, run=RunContext())
+    registry.register(store, "fraud", _model(tmp_path, b"f1"), metrics={}, lineage={}, run=RunContext())
+    (tmp_path / "registry/eta/versions/000001.json").write_text('{"name": "eta", "vers')
+    code = cli.main(["registry", "list", "--root", str(tmp_path / "registry")])
+    out, err = capsys.readouterr()
+    assert code == 1 and "fraud@1" in out and "eta@1" not in out
+    assert "damaged: eta@1: its version record" in err and "000001.json is not readable" in err
+    rec, created = registry.register(store, "fraud", _model(tmp_path, b"f2"), metrics={}, lineage={}, run=RunContext())
+    assert (rec["version"], created) == (2, True)
+    rec, created = registry.register(store, "eta", _model(tmp_path, b"w1"), metrics={}, lineage={}, run=RunContext())
+    assert (rec["version"], created) == (2, True)
+    code = cli.main(["registry", "register", "other", str(_model(tmp_path, b"o")), "--root", str(tmp_path / "registry")])
+    assert code == 0 and "other@1 registered" in capsys.readouterr().out
+
+
 def test_openlineage_names_say_where_the_data_lives(tmp_path):
     """Two deployments, or a local and an S3 registry, never report the same dataset name."""
     from dlpipe.lineage import openlineage_dataset
