@@ -151,6 +151,10 @@ def read(path: Path | None = None) -> Iterator[dict]:
 _RUN_KEYS = ("dag_id", "run_id", "task_id", "try_number", "user")  # what readers of events look up
 
 
+_TEXT_KEYS = ("error", "reason", "manifest_id")  # optional, but text where present: readers slice them
+
+
 def _is_event(value: Any) -> bool:
     return (isinstance(value, dict) and all(isinstance(value.get(k), str) for k in ("ts", "event", "stage"))
+            and all(isinstance(value.get(k), (str, type(None))) for k in _TEXT_KEYS)
             and isinstance(value.get("run"), dict) and all(k in value["run"] for k in _RUN_KEYS))

@@ -187,6 +187,11 @@ def test_a_torn_audit_line_is_skipped_with_a_warning_that_names_it(caplog):
     audit.record("committed", stage="s", run=run)
     assert [e["event"] for e in audit.read()] == ["started", "failed", "committed"]
     assert "line 4 is JSON but not an event" in caplog.text and "line 6 is JSON but not an event" in caplog.text
+    run_keys = '"run": {"dag_id": "d", "run_id": "r", "task_id": "t", "try_number": 1, "user": "u"}'
+    with open(audit.settings.audit_log_path(), "a") as f:  # an error that is not text: `dlpipe audit` sliced it
+        f.write('{"ts": "x", "event": "failed", "stage": "s", "error": 7, ' + run_keys + '}\n')
+    assert [e["event"] for e in audit.read()] == ["started", "failed", "committed"]
+    assert "line 8 is JSON but not an event" in caplog.text
 
 
 def test_a_partial_or_failed_audit_write_leaves_whole_lines_only(monkeypatch):
