@@ -94,8 +94,10 @@ def record(event: str, *, stage: str, run: RunContext, path: Path | None = None,
         try:
             while written < len(line):  # a write may take only part of the line
                 written += os.write(fd, line[written:])
-        except BaseException:  # a full disk, a file-size limit: no half event left behind
+        except BaseException as exc:  # a full disk, a file-size limit: no half event left behind
             os.ftruncate(fd, size)
+            if isinstance(exc, OSError) and exc.filename is None:  # os.write names no file: say which
+                raise OSError(exc.errno, exc.strerror, str(path)) from exc
             raise
         os.fsync(fd)  # an interrupt here leaves the whole line: it stays
     finally:

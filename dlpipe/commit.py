@@ -366,6 +366,19 @@ def _committed_despite(exc: BaseException, path: Path, attempt_id: str, *, run: 
     return manifest
 
 
+def _unaudited_commit(mid: str, attempt_id: str, path: Path, exc: OSError) -> OSError:
+    """The error of a commit whose ``committed`` event could not be appended. Still an OSError
+    (the task is retried, and the retry skips on the commit and records that once the log is
+    writable again), and marked as audited: no ``failed`` event, since nothing failed but the
+    log, whose full record of the attempt is the manifest itself."""
+    error = OSError(exc.errno, f"{mid} is committed (attempt {attempt_id}, {path}), but its 'committed' audit "
+                               f"event could not be written: {exc.strerror or exc}; make {exc.filename or 'the audit log'} "
+                               f"writable (space, size limit), then retry: the retry skips on the commit and "
+                               f"records it")
+    error._dlpipe_audited = True  # type: ignore[attr-defined]
+    return error
+
+
 # What a stage body returns: a small summary (rows, metrics...) recorded in the manifest.
 Producer = Callable[[Path], dict]
 
@@ -421,7 +434,7 @@ def run_stage(
     if done is not None:
         log.info("%s: already committed by %s (try %s); skipping", mid,
                  done["run"]["run_id"], done["run"]["try_number"])
-        audit.record("skipped", run=run, reason="already committed", **base)
+        audit.record("skipped", run=run, reason="already committed", committed_attempt_id=done["attempt_id"], **base)
         return StageResult(done, skipped=True)
 
     attempt_id = uuid.uuid4().hex[:16]
@@ -476,8 +489,11 @@ def run_stage(
                      winner_attempt_id=winner["attempt_id"], **base)
         return StageResult(winner, skipped=True)
     # the seal tells the commits of one id apart (a stage run again after its outputs were removed)
-    audit.record("committed", run=run, attempt_id=attempt_id, seal=manifest.get("seal"),
-                 files=len(manifest["outputs"]["files"]), **base)
+    try:
+        audit.record("committed", run=run, attempt_id=attempt_id, seal=manifest.get("seal"),
+                     files=len(manifest["outputs"]["files"]), **base)
+    except OSError as exc:  # a full disk, a size limit: the commit stands, and the error must say so
+        raise _unaudited_commit(mid, attempt_id, path, exc) from exc
     log.info("%s: committed attempt %s (%d files)", mid, attempt_id,
              len(manifest["outputs"]["files"]))
     return StageResult(manifest, skipped=False)

@@ -222,6 +222,35 @@ def test_a_partial_or_failed_audit_write_leaves_whole_lines_only(monkeypatch):
     assert next(e for e in audit.read() if e["event"] == "committed")["manifest_id"] == "m" * 50
 
 
+def test_a_commit_whose_audit_event_cannot_be_written_says_it_committed_and_the_retry_records_it(monkeypatch):
+    """The disk fills between the commit and its 'committed' event: the error says the data is
+    committed and names the log, no 'failed' event claims otherwise, and the retry's skip names
+    the attempt that committed."""
+    import errno
+    import os
+
+    real = os.write
+
+    def full_at_committed(fd, data):
+        if b'"event":"committed"' in bytes(data):
+            raise OSError(errno.EFBIG, "File too large")
+        return real(fd, data)
+
+    monkeypatch.setattr(os, "write", full_at_committed)
+    with pytest.raises(OSError) as exc:
+        run_stage(KEY, inputs=[], config={"n": 1}, code=CODE, run=RunContext(), produce=_write(1))
+    monkeypatch.setattr(os, "write", real)
+    manifest = commit.latest(KEY)
+    message = str(exc.value)
+    assert f"{manifest['id']} is committed (attempt {manifest['attempt_id']}" in message
+    assert "File too large" in message and str(audit.settings.audit_log_path()) in message
+    assert getattr(exc.value, "_dlpipe_audited", False)  # the operator adds no 'failed' event
+    retry = run_stage(KEY, inputs=[], config={"n": 1}, code=CODE, run=RunContext(), produce=_write(1))
+    assert retry.skipped and retry.id == manifest["id"]
+    assert [(e["event"], e.get("committed_attempt_id")) for e in audit.read()] == [
+        ("started", None), ("skipped", manifest["attempt_id"])]
+
+
 def test_an_event_written_from_a_signal_handler_does_not_wait_for_a_held_lock(caplog):
     """on_kill runs in Airflow's SIGTERM handler: if the code it interrupted holds the log's
     lock, waiting for it would hang the task until SIGKILL."""
