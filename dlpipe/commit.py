@@ -396,8 +396,19 @@ def run_newest_version(key: StageKey, *, config: dict[str, Any], code: dict[str,
 
     folder = key.dir(home)
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".newest.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+    with open(folder / ".newest.lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # say who holds it: a stopped or hung writer holds it until it ends
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            log.warning("%s: waiting for %s, which is committing a version of this partition (lock %s)",
+                        key.relpath, holder, lock.name)
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()} on {platform.node()} since {audit.utcnow_iso()}\n")
+        lock.flush()
         versions = committed(key, home)
         newest = versions[-1] if versions else None
         if newest is not None:

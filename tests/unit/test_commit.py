@@ -538,3 +538,37 @@ def test_a_damaged_manifest_is_named_by_every_reader(content):
         with pytest.raises(IntegrityError) as exc:
             read()
         assert str(path) in str(exc.value) and "move it out of manifests/" in str(exc.value)
+
+
+def test_a_writer_waiting_for_a_partition_says_who_holds_it(caplog):
+    """A stopped writer holds the partition's lock until it ends; the next one waited in
+    silence, even with -v. It now names the holder (pid, host, since when) and goes on once the
+    lock is free."""
+    import os
+    import threading
+
+    release, holding = threading.Event(), threading.Event()
+
+    def slow(attempt: Path) -> dict:
+        holding.set()
+        release.wait(30)
+        return _write(1)(attempt)
+
+    first = threading.Thread(target=commit.run_newest_version, args=(KEY,),
+                             kwargs=dict(config={"n": 1}, code=CODE, run=RunContext(), produce=slow))
+    first.start()
+    assert holding.wait(30)
+    results = []
+    second = threading.Thread(target=lambda: results.append(commit.run_newest_version(
+        KEY, config={"n": 2}, code=CODE, run=RunContext(), produce=_write(2))))
+    with caplog.at_level("WARNING", logger="dlpipe.commit"):
+        second.start()
+        for _ in range(300):
+            if "waiting for" in caplog.text:
+                break
+            threading.Event().wait(0.05)
+        release.set()
+        first.join(30)
+        second.join(30)
+    assert f"{KEY.relpath}: waiting for pid {os.getpid()} on " in caplog.text and ".newest.lock" in caplog.text
+    assert results[0].manifest["config"]["replaces"] == commit.committed(KEY)[0]["id"]
