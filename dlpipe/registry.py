@@ -366,9 +366,10 @@ def download(store: Store, name: str, version: int, dest: Path) -> dict:
 
     The artifacts are fetched into a hidden directory inside ``dest`` and moved into place only
     once every one of them verifies, so a failed or tampered download leaves the files already
-    in ``dest`` as they were. ``dest`` must be empty or hold only this version's files (a
-    repeated download): another version's extra files beside these would make a mixed model
-    for whatever loads the whole directory."""
+    in ``dest`` as they were. ``dest`` must be empty or hold only this version's files, with
+    their bytes (a repeated download): another version's files, extra ones or the same names
+    with other bytes, would make a mixed model for whatever loads the whole directory, at once
+    or after a download that stops half way."""
     record = get_version(store, name, version)
     if dest.exists() and not dest.is_dir():
         raise ConfigError("dest", str(dest), "name a directory (it is created if missing), not a file")
@@ -381,6 +382,15 @@ def download(store: Store, name: str, version: int, dest: Path) -> dict:
             shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
             raise ConfigError("dest", str(dest), f"holds files that {name}@{version} does not have ({shown}); "
                                                  f"download into an empty or new directory")
+        # Same names, other bytes: another version's files. Replacing them one by one, a failure
+        # (or a kill) half way would leave a mix of two models under one directory.
+        other = sorted(art["name"] for art in record["artifacts"]
+                       if (path := dest.joinpath(*art["name"].split("/"))).is_file()
+                       and sha256_file(path) != art["sha256"])
+        if other:
+            shown = ", ".join(other[:5]) + (f" and {len(other) - 5} more" if len(other) > 5 else "")
+            raise ConfigError("dest", str(dest), f"holds other bytes under {name}@{version}'s file names ({shown}): "
+                                                 f"another model's files; download into an empty or new directory")
     dest.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".download-", dir=dest))
     ref = f"{name}@{version}"

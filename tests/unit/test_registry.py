@@ -57,13 +57,14 @@ def test_download_verifies_hashes_and_refuses_tampered_blobs(store, tmp_path):
         store.client.put_object(Bucket=store.bucket, Key=store._key(f"eta/blobs/{sha}"), Body=b"weightz")
     with pytest.raises(IntegrityError, match="modified"):
         registry.download(store, "eta", 1, tmp_path / "dl2")
-    # A failed download changes nothing already in the directory, and leaves no staging behind.
+    # A failed download (of the version the directory holds part of) changes nothing already
+    # in the directory, and leaves no staging behind.
     (tmp_path / "dl3").mkdir()
-    (tmp_path / "dl3" / "model.safetensors").write_bytes(b"mine")
+    (tmp_path / "dl3" / "model.safetensors").write_bytes(b"weights")
     with pytest.raises(IntegrityError, match="nothing in .* was changed"):
         registry.download(store, "eta", 1, tmp_path / "dl3")
     assert [p.name for p in (tmp_path / "dl3").iterdir()] == ["model.safetensors"]
-    assert (tmp_path / "dl3" / "model.safetensors").read_bytes() == b"mine"
+    assert (tmp_path / "dl3" / "model.safetensors").read_bytes() == b"weights"
 
 
 def test_download_and_register_refuse_paths_of_the_wrong_kind(store, tmp_path):
@@ -431,6 +432,11 @@ def test_a_download_refuses_a_directory_holding_another_versions_files(store, tm
     assert (out / "model.safetensors").read_bytes() == b"w1"  # nothing changed
     registry.download(store, "eta", 2, tmp_path / "dl2")
     assert sorted(p.name for p in (tmp_path / "dl2").iterdir()) == ["metrics.json", "model.safetensors"]
+    # the same names with eta@3's bytes: replacing them one by one, a stop half way mixed two models
+    registry.register(store, "eta", _model(tmp_path, b"w3"), metrics={}, lineage={}, run=run)
+    with pytest.raises(ConfigError, match=r"holds other bytes under eta@3's file names \(model.safetensors\)"):
+        registry.download(store, "eta", 3, tmp_path / "dl2")
+    assert (tmp_path / "dl2" / "model.safetensors").read_bytes() == b"w2"
 
 
 def test_a_concurrent_move_conflict_names_who_moved_the_alias(tmp_path, monkeypatch):
