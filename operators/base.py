@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,11 +23,14 @@ log = logging.getLogger(__name__)
 DETERMINISTIC = (ConfigError, GateFailed, IntegrityError, NotCommittedError)
 
 
+REASON_MAX = 500  # characters of a run's reason, kept in every audit event of the run
+
+
 def run_params() -> dict:
     """The params every dlpipe DAG takes, validated by JSON schema when a run is triggered."""
     from airflow.sdk import Param
 
-    return {"reason": Param("", type="string", maxLength=500, title="Reason",
+    return {"reason": Param("", type="string", maxLength=REASON_MAX, title="Reason",
                             description="Why this run was started; kept with every stage's audit event.")}
 
 
@@ -58,7 +62,13 @@ def _reason(context: Any) -> str:
     if unknown:
         log.warning("this run's conf has keys %s that are not params of the DAG (its params: %s): they are "
                     "ignored; a misspelt key?", unknown, sorted(declared))
-    return str(params.get("reason") or (conf.get("reason") if isinstance(conf, dict) else "") or "")
+    reason = params.get("reason") or (conf.get("reason") if isinstance(conf, dict) else "") or ""
+    if not isinstance(reason, str) or len(reason) > REASON_MAX:  # a conf the params' schema never saw
+        log.warning("this run's reason is not text of at most %d characters (the reason param's schema, which "
+                    "a conf read past the params does not go through): kept as its first %d characters",
+                    REASON_MAX, REASON_MAX)
+        reason = (reason if isinstance(reason, str) else json.dumps(reason, default=str))[:REASON_MAX]
+    return reason
 
 
 def brief(summary: dict, limit: int = 240, field_limit: int = 60) -> str:

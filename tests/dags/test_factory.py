@@ -394,6 +394,11 @@ def test_a_conf_key_the_dag_does_not_declare_is_named_and_the_reason_read_from_c
     from_conf = run_context({"ti": ti, "dag": dag, "params": {"reason": ""},
                              "dag_run": SimpleNamespace(run_type="manual", conf={"reason": "label fix"})})
     assert from_conf.reason == "label fix" and "not params" not in caplog.text
+    # read past the params, the conf's reason skipped their schema (a string of at most 500)
+    for hostile, kept in (("x" * 10_000, "x" * 500), ({"nested": ["a"]}, '{"nested": ["a"]}')):
+        run = run_context({"ti": ti, "dag": dag, "params": {"reason": ""},
+                           "dag_run": SimpleNamespace(run_type="manual", conf={"reason": hostile})})
+        assert run.reason == kept and "kept as its first 500 characters" in caplog.text
 
 
 def test_a_killed_task_leaves_a_failed_event_even_with_the_log_locked(dlpipe_home):
