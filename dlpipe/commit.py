@@ -143,7 +143,12 @@ def committed(key: StageKey, home: Path | None = None) -> list[dict]:
     taking the bad one. Manifests committed before ``commit_seq`` count as 0."""
     mdir = key.dir(home) / "manifests"
     found = [read_manifest(p) for p in mdir.glob("*.json")] if mdir.exists() else []
-    return sorted(found, key=lambda m: (m.get("commit_seq", 0), m["committed_at"]))
+    return sorted(found, key=commit_order)
+
+
+def commit_order(manifest: dict) -> tuple[int, str]:
+    """Where a manifest sorts among its partition's versions (see ``committed``)."""
+    return manifest.get("commit_seq", 0), manifest["committed_at"]
 
 
 def next_commit_seq(key: StageKey, home: Path | None = None) -> int:

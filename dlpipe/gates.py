@@ -507,9 +507,9 @@ def previous_dataset(dataset: dict) -> dict | None:
             continue
         if m["partition"] < dataset["partition"]:
             earlier.append(m)
-        elif m["partition"] == dataset["partition"] and m["committed_at"] < dataset["committed_at"]:
+        elif m["partition"] == dataset["partition"] and commit.commit_order(m) < commit.commit_order(dataset):
             same.append(m)
-    return max(earlier or same, key=lambda m: (m["partition"], m["committed_at"]), default=None)
+    return max(earlier or same, key=lambda m: (m["partition"], commit.commit_order(m)), default=None)
 
 
 def _null_rate(st: dict) -> float:

@@ -65,10 +65,14 @@ def test_a_failed_download_changes_nothing_in_the_destination(capsys, tmp_path, 
     blob.write_bytes(b"tampered")
     dest = tmp_path / "dest"
     dest.mkdir()
-    (dest / "model.safetensors").write_bytes(b"mine")
+    (dest / "model.safetensors").write_bytes(b"weights")  # a download of eta@1 made before the tampering
     code, _, err = _run(capsys, "registry", "download", "eta@1", str(dest))
     assert code == 2 and "modified" in err and "nothing in" in err
     assert [p.name for p in dest.iterdir()] == ["model.safetensors"]
+    assert (dest / "model.safetensors").read_bytes() == b"weights"
+    (dest / "model.safetensors").write_bytes(b"mine")  # another model's file under the same name
+    code, _, err = _run(capsys, "registry", "download", "eta@1", str(dest))
+    assert code == 2 and "holds other bytes under eta@1's file names (model.safetensors)" in err
     assert (dest / "model.safetensors").read_bytes() == b"mine"
     (tmp_path / "afile").write_text("x")
     code, _, err = _run(capsys, "registry", "download", "eta@1", str(tmp_path / "afile"))
