@@ -599,6 +599,20 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _quality(m: dict) -> str:
+    """A training's quality in words: the two shipped kinds' metrics by name, any other kind's
+    train, validation and baseline numbers as they are."""
+    if all(k in m for k in ("train_mae", "val_mae", "baseline_mae")):  # the ETA regressor
+        return (f"train MAE {m['train_mae']:.3f} min, validation MAE {m['val_mae']:.3f} min "
+                f"(baseline {m['baseline_mae']:.3f})")
+    if all(k in m for k in ("train_error", "val_error", "baseline_error")):  # the digits classifier
+        return (f"train error {m['train_error']:.2%}, validation error {m['val_error']:.2%} "
+                f"(baseline {m['baseline_error']:.2%})")
+    shown = [f"{k} {_fmt(v)}" for k, v in sorted(m.items()) if k.startswith(("train_", "val_", "baseline_"))
+             and isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return ", ".join(shown) or "no train_, val_ or baseline_ metrics"
+
+
 def _summary_details(final: dict[str, dict]) -> list[str]:
     out = []
 
@@ -624,15 +638,9 @@ def _summary_details(final: dict[str, dict]) -> list[str]:
     tr = load("train")
     if tr:
         m = tr["summary"]["metrics"]
-        if "val_mae" in m:  # the ETA regressor
-            quality = (f"train MAE {m['train_mae']:.3f} min, validation MAE {m['val_mae']:.3f} min "
-                       f"(baseline {m['baseline_mae']:.3f})")
-        else:  # a classifier: error rates
-            quality = (f"train error {m['train_error']:.2%}, validation error {m['val_error']:.2%} "
-                       f"(baseline {m['baseline_error']:.2%})")
         speed = f"{m['samples_per_s']:.0f} samples/s" if m.get("samples_per_s") is not None else \
             "no epoch trained in the committing try (resumed at the end)"
-        out.append(f"training:           {quality}, {speed} on {m['world_size']} processes")
+        out.append(f"training:           {_quality(m)}, {speed} on {m.get('world_size', '?')} processes")
     mg = load("model_gate")
     if mg:
         note = mg["summary"].get("note")

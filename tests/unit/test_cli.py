@@ -463,3 +463,14 @@ def test_demo_data_says_when_a_day_is_committed_again_with_other_settings(capsys
     assert code == 2 and "rows_per_day=2000000000: use 1 to 10,000,000 rows" in err
     code, _, err = _run(capsys, "demo-data", "--rows-per-day", "0")  # empty days the feature stage refuses
     assert code == 2 and "rows_per_day=0: use 1 to" in err
+
+
+def test_the_summary_reports_the_training_of_a_kind_it_does_not_know():
+    """A team's own kind (speeds in km/h): `dlpipe summary` failed with KeyError 'train_error'
+    after a run where every stage committed."""
+    from dlpipe.cli import _quality
+
+    assert _quality({"train_mae": 1.0, "val_mae": 2.0, "baseline_mae": 4.0}).startswith("train MAE 1.000 min")
+    assert _quality({"train_error": 0.01, "val_error": 0.02, "baseline_error": 0.9}).startswith("train error 1.00%")
+    assert _quality({"train_mae_kmh": 3.25, "val_mae_kmh": 3.5, "baseline_mae_kmh": 9.0, "world_size": 2,
+                     "samples_per_s": 10.0}) == "baseline_mae_kmh 9.000, train_mae_kmh 3.250, val_mae_kmh 3.500"
