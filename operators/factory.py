@@ -98,12 +98,16 @@ def check_pipeline(pipeline: dict[str, Any], *, at_run: bool = False) -> None:
             raise ConfigError(f"{path}: model_gate.{field}", value,
                               f"use one of {list(allowed)}: {what} in a {kind.name} training run (lower is "
                               f"better); training-split metrics are not judged, as an overfit model wins them")
-    from training.stages import ENTRY_SOURCES
+    from training.stages import ENTRY_SOURCES, entry_files
 
     if kind.train_entry not in ENTRY_SOURCES:  # else the train task fails after three stages committed
         raise ConfigError(f"{path}: kind", kind.name,
                           f"its train_entry {kind.train_entry!r} has no entry in training/stages.py ENTRY_SOURCES; "
                           f"list the training modules it runs there")
+    try:
+        entry_files(kind.train_entry)  # the module and its listed files exist, where the workers import them
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: kind {kind.name}: {exc.field}", exc.value, exc.fix) from None
     if "model_name" not in pipeline:  # a shared default would mix teams' versions, aliases and champions
         raise ConfigError(f"{path}: model_name", "(missing)",
                           "add model_name: the registry name of this pipeline's models (e.g. fraud_eta); "

@@ -42,6 +42,32 @@ ENTRY_SOURCES = {
 }
 
 
+def entry_files(entry: str) -> list[Path]:
+    """The source files whose contents make a training entry point's code version: its module
+    (wherever it is imported from: a team's own package too), the files ``ENTRY_SOURCES`` lists
+    for it (relative to that module's folder), the training loop, checkpoints and this file.
+    Each must exist: hashing another file of the same name would let a code fix skip as
+    'already committed'."""
+    import importlib.util
+
+    if entry not in ENTRY_SOURCES:
+        raise ConfigError("entry", entry, f"use one of {sorted(ENTRY_SOURCES)}, or list its training modules in "
+                                          f"training/stages.py ENTRY_SOURCES")
+    try:
+        spec = importlib.util.find_spec(entry)
+    except (ImportError, ValueError) as exc:  # its package does not import
+        raise ConfigError("train_entry", entry, f"its package does not import here ({exc})") from None
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        raise ConfigError("train_entry", entry, "no such Python module importable here (the workers' PYTHONPATH); "
+                                                "give the module horovodrun runs as `python -m MODULE`")
+    module = Path(spec.origin).resolve()
+    listed = [module.parent / f for f in ENTRY_SOURCES[entry]]
+    if missing := [str(f) for f in listed if not f.is_file()]:
+        raise ConfigError(f"training/stages.py ENTRY_SOURCES[{entry!r}]", ", ".join(missing),
+                          f"no such file; list files relative to {module.parent}")
+    return [module, *listed, HERE / "horovod_loop.py", HERE / "checkpoint.py", Path(__file__)]
+
+
 def check_world_fits(train_url: str, scale: ScaleConfig, dataset: dict | None = None) -> None:
     """Refuse a world with more ranks than the training split can feed, before any rank starts.
 
@@ -81,12 +107,8 @@ def train_model(dataset: dict, *, config: BaseModel, scale: ScaleConfig, run: Ru
                 launch: Launcher, name: str = "eta", entry: str = "training.train_eta") -> StageResult:
     """Train on a committed dataset with ``launch`` (horovodrun running ``python -m entry``)
     and commit the model. ``entry`` is a module whose ``main`` runs ``training.horovod_loop``."""
-    if entry not in ENTRY_SOURCES:
-        raise ConfigError("entry", entry, f"use one of {sorted(ENTRY_SOURCES)}")
-    module = str(HERE / f"{entry.rsplit('.', 1)[1]}.py")
     key = StageKey("training", name, dataset["partition"])
-    code = {"sources_hash": sources_hash([module, *(str(HERE / f) for f in ENTRY_SOURCES[entry]),
-                                          str(HERE / "horovod_loop.py"), str(HERE / "checkpoint.py"), __file__])}
+    code = {"sources_hash": sources_hash(entry_files(entry))}
     # world size changes the effective batch and the learning rate: part of the fingerprint
     fp_config = {"train": config.model_dump(), "num_proc": scale.num_proc}
 

@@ -37,3 +37,34 @@ def test_every_training_module_an_entry_point_runs_is_in_its_fingerprint(entry):
             todo += _training_imports(TRAINING / name)
     hashed = {f"{entry.split('.', 1)[1]}.py", *ALWAYS, *ENTRY_SOURCES[entry]}
     assert seen - NOT_BEHAVIOUR <= hashed, f"run but not hashed: {sorted(seen - NOT_BEHAVIOUR - hashed)}"
+
+
+def test_an_entry_point_in_a_teams_own_package_hashes_its_own_files(tmp_path, monkeypatch):
+    """The module was looked for under training/ by its last name: a team's
+    maps_team.train_speed failed with FileNotFoundError after three stages committed (and was
+    retried), and a training/ file of the same name would have been hashed in its place."""
+    from dlpipe.errors import ConfigError
+    from dlpipe.hashing import sources_hash
+    from training import stages
+
+    package = tmp_path / "maps_team"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "train_speed.py").write_text("SPEED = 1\n")
+    (package / "speed_model.py").write_text("LAYERS = 2\n")
+    (package / "train_eta.py").write_text("# not training/train_eta.py\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(stages.ENTRY_SOURCES, "maps_team.train_speed", ["speed_model.py"])
+    monkeypatch.setitem(stages.ENTRY_SOURCES, "maps_team.train_eta", [])
+    files = stages.entry_files("maps_team.train_speed")
+    assert files[:2] == [package / "train_speed.py", package / "speed_model.py"]
+    before = sources_hash(files)
+    (package / "speed_model.py").write_text("LAYERS = 3\n")  # a fix to the team's model: new code version
+    assert sources_hash(stages.entry_files("maps_team.train_speed")) != before
+    assert stages.entry_files("maps_team.train_eta")[0] == package / "train_eta.py"
+    monkeypatch.setitem(stages.ENTRY_SOURCES, "maps_team.train_speed", ["speed_modle.py"])
+    with pytest.raises(ConfigError, match=r"ENTRY_SOURCES\['maps_team.train_speed'\]='.*speed_modle.py': no such file"):
+        stages.entry_files("maps_team.train_speed")
+    monkeypatch.setitem(stages.ENTRY_SOURCES, "maps_team.train_sped", [])
+    with pytest.raises(ConfigError, match=r"train_entry='maps_team.train_sped': no such Python module"):
+        stages.entry_files("maps_team.train_sped")
