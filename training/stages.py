@@ -140,8 +140,11 @@ def train_model(dataset: dict, *, config: BaseModel, scale: ScaleConfig, run: Ru
         spec_path = write_spec(attempt / "spec.json", spec)
         launch([sys.executable, "-m", entry, "--spec", str(spec_path)])
         metrics_path = attempt / "model" / "metrics.json"
-        if not metrics_path.exists():
-            raise RuntimeError(f"training exited 0 but wrote no {metrics_path}; see the rank output above")
+        if not metrics_path.exists():  # the same on every retry: a module that never trains
+            raise ConfigError("train_entry", entry, f"horovodrun exited 0, but no rank wrote {metrics_path}: does "
+                                                    f"the module end with `if __name__ == \"__main__\": "
+                                                    f"sys.exit(main(YourTrainer))` (training.horovod_loop.main), "
+                                                    f"and does rank 0's Trainer save the model?")
         return {"metrics": json.loads(metrics_path.read_text()), "dataset": dataset["id"],
                 "model_dir": "model", **where_it_ran(scale)}
 

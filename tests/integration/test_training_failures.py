@@ -308,3 +308,21 @@ def test_more_ranks_than_row_groups_is_refused_before_any_rank_starts(dataset):
     assert "ranks [1] would get no training rows" in refused.value.fix
     assert "run at most 1 processes, or write more files (dataset num_files)" in refused.value.fix
     assert lines == [], "horovodrun was started"
+
+
+def test_a_training_module_that_never_trains_is_a_config_error_not_a_retried_crash(dataset, tmp_path, monkeypatch):
+    """A team's entry module without its `if __name__ == "__main__"` call: horovodrun exits 0
+    with no model. It was a RuntimeError pointing at rank output that did not exist, retried."""
+    from training import stages
+
+    package = tmp_path / "noguard_team"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "train.py").write_text("from training.horovod_loop import main\n")  # main never called
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(stages.ENTRY_SOURCES, "noguard_team.train", [])
+    scale = ScaleConfig(num_proc=1, hosts="localhost:1", run_timeout_s=120)
+    launch = horovod_launcher(scale, env={"PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])})
+    with pytest.raises(ConfigError, match=r"train_entry='noguard_team.train': horovodrun exited 0, but no rank "
+                                          r"wrote .*metrics.json: does the module end with"):
+        train_model(dataset, config=CFG, scale=scale, run=RunContext(), launch=launch, entry="noguard_team.train")
