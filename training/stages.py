@@ -68,6 +68,21 @@ def entry_files(entry: str) -> list[Path]:
     return [module, *listed, HERE / "horovod_loop.py", HERE / "checkpoint.py", Path(__file__)]
 
 
+def check_numeric_columns(dataset: dict) -> None:
+    """Refuse a dataset whose features or label are not numbers, before any rank starts: every
+    rank would otherwise fail on it (the model's normalization, then the loader), as a crash
+    that is retried. Kinds whose dataset lists no features (images) are not judged here."""
+    summary = dataset["summary"]
+    kinds = {name: kind for name, kind in summary.get("columns") or []}
+    wanted = [*(summary.get("features") or []), *([summary["label"]] if summary.get("features") else [])]
+    for column in wanted:
+        if kinds.get(column, "float") not in ("float", "int"):
+            raise ConfigError(f"dataset {dataset['id']} column", column,
+                              f"it is a {kinds[column]} column, and training reads float and int columns only: "
+                              f"encode it as numbers in the feature job (an index, or one column per value), or "
+                              f"leave it out of the dataset's features")
+
+
 def check_world_fits(train_url: str, scale: ScaleConfig, dataset: dict | None = None) -> None:
     """Refuse a world with more ranks than the training split can feed, before any rank starts.
 
@@ -136,6 +151,7 @@ def train_model(dataset: dict, *, config: BaseModel, scale: ScaleConfig, run: Ru
             "output_dir": str(attempt / "model"),
             "elastic": scale.elastic,
         }
+        check_numeric_columns(dataset)
         check_world_fits(spec["train_url"], scale, dataset)
         spec_path = write_spec(attempt / "spec.json", spec)
         launch([sys.executable, "-m", entry, "--spec", str(spec_path)])

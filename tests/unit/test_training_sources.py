@@ -68,3 +68,20 @@ def test_an_entry_point_in_a_teams_own_package_hashes_its_own_files(tmp_path, mo
     monkeypatch.setitem(stages.ENTRY_SOURCES, "maps_team.train_sped", [])
     with pytest.raises(ConfigError, match=r"train_entry='maps_team.train_sped': no such Python module"):
         stages.entry_files("maps_team.train_sped")
+
+
+def test_a_string_feature_is_refused_before_any_rank_starts():
+    """Every rank failed on it (a TypeError in the model's normalization), retried as a crash."""
+    from dlpipe.errors import ConfigError
+    from training.stages import check_numeric_columns
+
+    summary = {"features": ["distance_km", "surface"], "label": "speed_kmh",
+               "columns": [["probe_id", "string"], ["distance_km", "float"], ["surface", "string"],
+                           ["speed_kmh", "float"], ["hour", "int"]]}
+    with pytest.raises(ConfigError, match=r"column='surface': it is a string column, and training reads float and "
+                                          r"int columns only"):
+        check_numeric_columns({"id": "datasets/maps/w@1", "summary": summary})
+    summary["features"] = ["distance_km", "hour"]
+    check_numeric_columns({"id": "datasets/maps/w@1", "summary": summary})
+    # images: no features listed, the binary image column is the kind's own business
+    check_numeric_columns({"id": "d@1", "summary": {"label": "label", "columns": [["image", "binary"], ["label", "int"]]}})
