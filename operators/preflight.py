@@ -1,5 +1,5 @@
 """Before ``airflow dags test DAG LOGICAL_DATE``: refuse, with the way out, when an earlier run of
-the DAG would hold it forever. ``python -m operators.preflight DAG_ID LOGICAL_DATE [--task T]``
+the DAG would hold it forever, or when the date is past the DAG's end date (a run of no tasks). ``python -m operators.preflight DAG_ID LOGICAL_DATE [--task T]``
 exits 1 with the reason and the way out (``make demo`` runs it first).
 
 A task with ``depends_on_past`` (the dataset task of every dlpipe pipeline) waits for its own
@@ -53,6 +53,32 @@ def held_by(dag_id: str, logical: datetime, tasks: tuple[str, ...] = HELD_TASKS)
     return None
 
 
+def past_end(dag_id: str, logical: datetime, tasks: tuple[str, ...] = HELD_TASKS) -> str | None:
+    """Why a run of ``dag_id`` at ``logical`` would run none of ``tasks``, or None: Airflow makes
+    no task instance past a task's end date (the DAG's ``end_date`` by default), so `airflow dags
+    test` marks such a run successful having run nothing, and that run, without a dataset, then
+    holds every later one. Judged from the DAG as last serialized (None when it never was)."""
+    from airflow.models.serialized_dag import SerializedDagModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        dag = SerializedDagModel.get_dag(dag_id, session=session)
+    if dag is None:
+        return None
+    for task in tasks:
+        dag_end = getattr(dag, "end_date", None)
+        end = getattr(dag.task_dict.get(task), "end_date", None) or dag_end
+        if end is not None and logical > end:
+            set_by = f" (from the DAG's end date {dag_end.isoformat()})" if dag_end and dag_end != end else ""
+            return (f"the logical date {logical.isoformat()} is after {end.isoformat()}, the last one {dag_id}'s "
+                    f"{task} runs at{set_by}: Airflow "
+                    f"runs no task of such a run (its {task} included), `airflow dags test` marks it successful "
+                    f"having done nothing, and the run then holds every later one (depends_on_past). Give a "
+                    f"logical date up to the end date, or move the end date (dag.end_date in the spec, "
+                    f"DLPIPE_ETA_END_DATE for the example DAG) and run `airflow dags reserialize`")
+    return None
+
+
 def _logical_date(text: str) -> datetime:
     try:
         when = datetime.fromisoformat(text)
@@ -71,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--task", action="append", help="a task with depends_on_past (default: materialize_dataset); "
                                                    "repeat for several")
     args = p.parse_args(argv)
-    why = held_by(args.dag_id, args.logical_date, tuple(args.task or HELD_TASKS))
+    tasks = tuple(args.task or HELD_TASKS)
+    why = past_end(args.dag_id, args.logical_date, tasks) or held_by(args.dag_id, args.logical_date, tasks)
     if why:
         print(f"preflight: error: {why}", file=sys.stderr)
         return 1

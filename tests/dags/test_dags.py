@@ -257,6 +257,22 @@ def test_make_demo_refuses_to_wait_forever_on_an_earlier_run_that_holds_it(tmp_p
     assert held.returncode == 1 and "(logical date 2026-01-05T03:00+0000) holds this one" in held.stderr, held
 
 
+def test_preflight_refuses_a_logical_date_past_the_dags_end_date(tmp_path, dlpipe_home):
+    """`dags test` past the end date ran no task, said the run succeeded, and that run then held
+    every later one; the pre-flight check had said nothing held it."""
+    env = {**local_airflow_env(tmp_path, dlpipe_home), "DLPIPE_ETA_END_DATE": "2026-01-03"}
+    airflow_cli(env, "db", "migrate")
+    airflow_cli(env, "dags", "reserialize")
+    check = [sys.executable, "-m", "operators.preflight", "eta_training"]
+    past = subprocess.run([*check, "2026-01-06T06:00:00+00:00"], env=env, capture_output=True, text=True)
+    assert past.returncode == 1, past
+    assert ("the logical date 2026-01-06T06:00:00+00:00 is after 2026-01-05T00:00:00+00:00, the last one "
+            "eta_training's materialize_dataset runs at (from the DAG's end date 2026-01-03T00:00:00+00:00)"
+            in past.stderr and "DLPIPE_ETA_END_DATE" in past.stderr)
+    # the tasks end two days after the DAG (operators/factory.py): a run processing the end day still works
+    assert subprocess.run([*check, "2026-01-04T06:00:00+00:00"], env=env).returncode == 0
+
+
 def test_failed_data_gate_stops_the_pipeline_without_retry(tmp_path, airflow_env, dlpipe_home):
     pipeline = yaml.safe_load((ROOT / "pipelines" / "eta_training.yaml").read_text())
     pipeline["data_gate"]["min_rows"]["train"] = 10**9
