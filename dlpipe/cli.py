@@ -271,7 +271,7 @@ def _checked_record(record: dict, verify_files: bool) -> list[str]:
     training_id = record["lineage"].get("training")
     try:
         training = commit.load_manifest(training_id) if training_id else None
-    except (NotCommittedError, OSError, ValueError):
+    except (NotCommittedError, IntegrityError, OSError, ValueError):
         return problems  # the chain below reports it
     if training is not None:
         problems += _gate_problems(record, training, verify_files)
@@ -296,7 +296,7 @@ def _checked_record(record: dict, verify_files: bool) -> list[str]:
         for mid, seal in (record["lineage"].get("seals") or {}).items():
             try:
                 found = commit.load_manifest(mid).get("seal")
-            except (NotCommittedError, OSError, ValueError):
+            except (NotCommittedError, IntegrityError, OSError, ValueError):
                 continue  # the chain below reports a missing or unreadable manifest
             if found != seal:
                 problems.append(f"{ref}: {mid} is not the manifest it was registered on (its seal "
@@ -320,7 +320,7 @@ def _derived_lineage_problems(record: dict, training_id: str) -> list[str]:
     ref = f"{record['name']}@{record['version']}"
     try:
         derived = model_lineage(training_id, [])
-    except (NotCommittedError, OSError, ValueError, KeyError, IndexError, TypeError):
+    except (NotCommittedError, IntegrityError, OSError, ValueError, KeyError, IndexError, TypeError):
         return []  # a missing or broken link: the chain reports it
     return [f"{ref}: its lineage's {field} is not what {training_id} and the manifests it was computed from "
             f"commit (edited after the registration)" for field in DERIVED_LINEAGE

@@ -43,7 +43,7 @@ def checked_manifest(mid: str, *, expected: str | None = None, verify_files: boo
         m = commit.load_manifest(mid)
     except NotCommittedError as exc:
         return None, {"missing": True, "problems": [str(exc)]}
-    except (OSError, ValueError) as exc:  # a torn or unreadable file (JSONDecodeError is a ValueError)
+    except (OSError, ValueError, IntegrityError) as exc:  # a torn or unreadable file (read_manifest)
         return None, {"problems": [f"manifest unreadable: {type(exc).__name__}: {exc}"]}
     try:
         return m, {"problems": manifest_problems(m, mid, expected, verify_files, expected_seal)}

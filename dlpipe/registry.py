@@ -138,8 +138,8 @@ def _read_record(store: Store, key: str) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # torn or overwritten: never a traceback
         m = _VERSION_KEY.search(key)
         ref = f"{key[:m.start()]}@{int(m.group(1))}" if m else key
-        raise IntegrityError(f"{ref}: its version record {store.uri}/{key} is not readable ({exc}); it was "
-                             f"damaged or edited: do not load this version") from None
+        raise IntegrityError(f"{ref}: its version record in {store.uri} ({key}) is not readable ({exc}); it "
+                             f"was damaged or edited: do not load this version") from None
 
 
 def get_version(store: Store, name: str, version: int) -> dict:

@@ -106,6 +106,8 @@ def training_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 RANK_LINE = re.compile(r"^\[(\d+)\]<std(?:out|err)>:")
+# horovodrun's report of the first process that exited non-zero
+RANK_EXIT = re.compile(r"Process name: (\d+)\s+Exit code: (-?\d+)")
 
 
 class RankTails:
@@ -119,18 +121,37 @@ class RankTails:
         self.ranks: dict[int, collections.deque[str]] = collections.defaultdict(
             lambda: collections.deque(maxlen=lines))
         self.launcher: collections.deque[str] = collections.deque(maxlen=lines)
+        self.first_raised: int | None = None  # the rank whose traceback came first in the stream
 
     def add(self, line: str) -> None:
         m = RANK_LINE.match(line)
         if m:
-            self.ranks[int(m.group(1))].append(line[m.end():])
+            rank, text = int(m.group(1)), line[m.end():]
+            self.ranks[rank].append(text)
+            if self.first_raised is None and text.startswith("Traceback (most recent call last)"):
+                self.first_raised = rank
         else:
             self.launcher.append(line)
 
+    def first_error(self) -> str | None:
+        """The likely cause, where the other ranks' errors are consequences (HorovodInternalError
+        once a peer is gone): a rank ended by a signal (killed: it printed no traceback), else
+        'rank R raised first: <its last line>'. Audit events and summaries keep only an error's
+        first characters, so this goes before every rank's tail."""
+        ended = RANK_EXIT.search("\n".join(self.launcher))
+        if ended and int(ended.group(2)) > 128:
+            rank, code = int(ended.group(1)), int(ended.group(2))
+            return f"rank {rank} was ended by signal {code - 128} (exit code {code})"
+        if self.first_raised is None or not self.ranks[self.first_raised]:
+            return None
+        return f"rank {self.first_raised} raised first: {self.ranks[self.first_raised][-1].strip()}"
+
     def report(self) -> str:
         parts = []
-        for rank in sorted(self.ranks):
-            parts.append(f"rank {rank}, last {len(self.ranks[rank])} lines:")
+        order = sorted(self.ranks, key=lambda r: (r != self.first_raised, r))
+        for rank in order:
+            first = " (raised first)" if rank == self.first_raised else ""
+            parts.append(f"rank {rank}{first}, last {len(self.ranks[rank])} lines:")
             parts += [f"    {line}" for line in self.ranks[rank]]
         if self.launcher:
             parts.append(f"horovodrun, last {len(self.launcher)} lines:")
@@ -157,7 +178,9 @@ def horovod_launcher(scale: ScaleConfig, *, env: dict[str, str] | None = None,
             run_streaming(horovodrun_argv(scale, command), env=training_env(env),
                           timeout_s=scale.run_timeout_s, emit=both, on_start=on_start)
         except SubprocessFailed as exc:
-            raise SubprocessFailed(f"{exc.headline}; output of each rank:\n{tails.report()}",
+            first = tails.first_error()
+            raise SubprocessFailed(f"{exc.headline}{f'; {first}' if first else ''}; output of each rank:\n"
+                                   f"{tails.report()}",
                                    headline=exc.headline, tail=exc.tail) from None
 
     return launch

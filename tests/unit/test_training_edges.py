@@ -523,3 +523,27 @@ def test_an_epoch_whose_loss_is_not_finite_stops_training_without_a_checkpoint(h
     finally:
         trainer.train.close()
     assert not list((tmp_path / "ckpt").glob("epoch-*")), "a diverged epoch was checkpointed"
+
+
+def test_the_rank_that_raised_first_leads_the_error_not_rank_0():
+    """Rank 1 failed in its own code; rank 0 then failed with HorovodInternalError. The report
+    listed rank 0 first, and the audit event (its first characters) named only rank 0's error."""
+    from training.launcher import RankTails
+
+    tails = RankTails()
+    for line in ["[0]<stdout>:[train rank 0] epoch 1", "[1]<stderr>:Traceback (most recent call last):",
+                 "[1]<stderr>:  File \"train_maps.py\", line 9, in final_metrics",
+                 "[1]<stderr>:KeyError: 'road_class_lookup'", "[0]<stderr>:Traceback (most recent call last):",
+                 "[0]<stderr>:horovod.common.exceptions.HorovodInternalError: Horovod has been shut down",
+                 "Process name: 0", "Exit code: 1"]:
+        tails.add(line)
+    assert tails.first_error() == "rank 1 raised first: KeyError: 'road_class_lookup'"
+    report = tails.report()
+    assert report.index("rank 1 (raised first), last 3 lines:") < report.index("rank 0, last 3 lines:")
+    # a rank killed by a signal prints no traceback: horovodrun's exit report names it
+    killed = RankTails()
+    for line in ["[0]<stderr>:Traceback (most recent call last):", "[0]<stderr>:HorovodInternalError: x",
+                 "Process name: 1", "Exit code: 137"]:
+        killed.add(line)
+    assert killed.first_error() == "rank 1 was ended by signal 9 (exit code 137)"
+    assert RankTails().first_error() is None
