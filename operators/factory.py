@@ -75,29 +75,15 @@ def check_pipeline(pipeline: dict[str, Any], *, at_run: bool = False) -> None:
     default in force or failing after the Spark stages committed."""
     path = pipeline.get("_source", "?")
     kind = kind_of(pipeline)
-    sections = kind.sections()
-    known = set(sections) | {"dag", "kind", "model_name", "_source"}
-    for key in sorted(set(pipeline) - known):
-        raise ConfigError(f"{path}: {key}", pipeline[key],
-                          f"remove it or fix its name; a {kind.name} pipeline has the sections "
-                          f"{sorted(known - {'_source'})}")
-    for name, model in sections.items():
-        checked = section(pipeline, name, model)
-        if name == "data_gate":
-            from dlpipe.gates import check_expectations, check_gate_columns
-
-            if kind.dataset_columns is not None:
-                check_gate_columns(checked, kind.dataset_columns(), path)
-            if at_run:
-                check_expectations(checked, path)
-    gate = section(pipeline, "model_gate", sections["model_gate"])
-    for field, allowed, what in (("metric", kind.gate_metrics, "the model's metric on the validation split"),
-                                 ("baseline_metric", kind.baseline_metrics, "the naive predictor's value of it")):
-        value = getattr(gate, field)
-        if value not in allowed:
-            raise ConfigError(f"{path}: model_gate.{field}", value,
-                              f"use one of {list(allowed)}: {what} in a {kind.name} training run (lower is "
-                              f"better); training-split metrics are not judged, as an overfit model wins them")
+    check_kind(kind)
+    try:
+        _check_sections(pipeline, kind, path, at_run)
+    except ConfigError as exc:
+        if "kind" in pipeline:
+            raise
+        # a spec copied from another team's may name no kind: say which one it was judged as
+        raise ConfigError(exc.field, exc.value, f"{exc.fix} (this spec names no kind: it is judged as a {kind.name} "
+                                                f"pipeline, the default; set kind: if it is another)") from None
     from training.stages import ENTRY_SOURCES, entry_files
 
     if kind.train_entry not in ENTRY_SOURCES:  # else the train task fails after three stages committed
@@ -116,6 +102,48 @@ def check_pipeline(pipeline: dict[str, Any], *, at_run: bool = False) -> None:
     name = pipeline["model_name"]
     if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9][a-z0-9_\-]{0,62}", name):
         raise ConfigError(f"{path}: model_name", name, "use lower-case letters, digits, '-' and '_'")
+
+
+def check_kind(kind: Any) -> None:
+    """A kind's own declarations, which a spec's checks are made against: a kind that forgot
+    them let a misspelt gate column through, or blamed the spec's metric for the kind's gap."""
+    where = f"operators/kinds.py: kind {kind.name}"
+    if not kind.gate_metrics or not kind.baseline_metrics:
+        missing = "gate_metrics" if not kind.gate_metrics else "baseline_metrics"
+        raise ConfigError(f"{where}: {missing}", "()", "list the validation metrics its training reports that a "
+                                                       "model gate may judge (gate_metrics), and the naive "
+                                                       "predictor's values of them (baseline_metrics)")
+    if kind.dataset_columns is None:
+        raise ConfigError(f"{where}: dataset_columns", None, "give the function that lists its datasets' columns: "
+                                                             "the data gate's column names are checked against it")
+
+
+def _check_sections(pipeline: dict[str, Any], kind: Any, path: str, at_run: bool) -> None:
+    sections = kind.sections()
+    known = set(sections) | {"dag", "kind", "model_name", "_source"}
+    for key in sorted(set(pipeline) - known):
+        raise ConfigError(f"{path}: {key}", pipeline[key],
+                          f"remove it or fix its name; a {kind.name} pipeline has the sections "
+                          f"{sorted(known - {'_source'})}")
+    for name, model in sections.items():
+        checked = section(pipeline, name, model)
+        if name == "data_gate":
+            from dlpipe.gates import check_expectations, check_gate_columns
+
+            check_gate_columns(checked, kind.dataset_columns(), path)
+            if at_run:
+                check_expectations(checked, path)
+    gate = section(pipeline, "model_gate", sections["model_gate"])
+    given = pipeline.get("model_gate") or {}
+    for field, allowed, what in (("metric", kind.gate_metrics, "the model's metric on the validation split"),
+                                 ("baseline_metric", kind.baseline_metrics, "the naive predictor's value of it")):
+        value = getattr(gate, field)
+        if value not in allowed:
+            default = "" if field in given else f" (model_gate.{field} is not set: this is its default)"
+            raise ConfigError(f"{path}: model_gate.{field}", value,
+                              f"use one of {list(allowed)}: {what} in a {kind.name} training run (lower is "
+                              f"better); training-split metrics are not judged, as an overfit model wins them"
+                              f"{default}")
 
 
 def _daily_at_midnight(schedule: str) -> bool:

@@ -85,6 +85,43 @@ def test_a_kind_whose_training_sources_are_not_listed_is_refused_when_parsed(tmp
     assert "'training.train_fraud'" in e.value.fix and "ENTRY_SOURCES" in e.value.fix
 
 
+@pytest.mark.parametrize("gap, field", [({"gate_metrics": ()}, "gate_metrics"),
+                                        ({"baseline_metrics": ()}, "baseline_metrics"),
+                                        ({"dataset_columns": None}, "dataset_columns")])
+def test_a_kind_missing_its_own_declarations_is_named_not_the_spec(tmp_path, monkeypatch, gap, field):
+    """No gate_metrics blamed the spec's model_gate.metric ('use one of []'); no dataset_columns
+    let a misspelt data-gate column through unchecked."""
+    import dataclasses
+
+    from operators import kinds
+
+    maps = dataclasses.replace(kinds.KINDS["eta_regressor"], name="maps_speed", **gap)
+    monkeypatch.setitem(kinds.KINDS, "maps_speed", maps)
+    spec = yaml.safe_load(SPEC.read_text())
+    path = tmp_path / "maps.yaml"
+    path.write_text(yaml.safe_dump({**spec, "kind": "maps_speed"}))
+    with pytest.raises(ConfigError, match=rf"operators/kinds.py: kind maps_speed: {field}="):
+        load_spec(path)
+
+
+def test_a_spec_without_a_kind_says_which_kind_judged_it_and_a_default_says_it_is_one(tmp_path):
+    spec = yaml.safe_load(SPEC.read_text())
+    spec.pop("kind", None)
+    spec["data_gate"]["columns"]["probe_id"] = {"not_null": True}
+    path = tmp_path / "copied.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(ConfigError, match=r"data_gate.columns.probe_id.*this spec names no kind: it is judged as "
+                                          r"a eta_regressor pipeline, the default; set kind:"):
+        load_spec(path)
+    from operators.factory import check_pipeline
+
+    digits = yaml.safe_load((SPEC.parent / "digits.yaml").read_text())
+    digits["model_gate"].pop("metric")
+    with pytest.raises(ConfigError, match=r"model_gate.metric='val_mae': use one of \['val_error'\].*"
+                                          r"model_gate.metric is not set: this is its default"):
+        check_pipeline({**digits, "_source": "d.yaml"})
+
+
 def test_every_shipped_kind_lists_its_training_sources():
     from operators.kinds import KINDS
     from training.stages import ENTRY_SOURCES
