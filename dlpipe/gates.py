@@ -722,12 +722,13 @@ def judge_model(metrics: dict, cfg: ModelGateConfig) -> list[str]:
     """The failed baseline/ceiling checks on training metrics (empty means they pass)."""
     failures = []
     value, base = metrics.get(cfg.metric), metrics.get(cfg.baseline_metric)
+    reported = sorted(k for k, v in metrics.items() if _finite(v))  # what a misnamed metric was called instead
     if not _finite(value):
         return [f"{cfg.metric}: missing or not a finite number ({value!r}); the training run must report it "
-                f"in metrics.json as a JSON number"]
+                f"in metrics.json as a JSON number (it reported {reported})"]
     if not _finite(base):
         return [f"{cfg.baseline_metric}: missing or not a finite number ({base!r}); the training run must "
-                f"report it in metrics.json as a JSON number"]
+                f"report it in metrics.json as a JSON number (it reported {reported})"]
     bound = base * (1 - cfg.min_improvement)
     if value > bound:
         failures.append(f"{cfg.metric}={value:.4f} must be <= {bound:.4f} "

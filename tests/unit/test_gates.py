@@ -97,6 +97,12 @@ def test_model_gate_names_a_metric_that_is_a_string():
     assert "val_mae" in msg and "'4.0'" in msg and "JSON number" in msg
 
 
+def test_model_gate_lists_what_the_run_reported_when_its_metric_is_missing():
+    """A trainer that wrote val_mae_kmh where the gate judges val_mae: say what there is."""
+    [msg] = judge_model({"val_mae_kmh": 3.5, "baseline_mae": 8.0, "world_size": 2}, ModelGateConfig())
+    assert msg.startswith("val_mae: missing") and "(it reported ['baseline_mae', 'val_mae_kmh', 'world_size'])" in msg
+
+
 NAN = float("nan")
 
 
