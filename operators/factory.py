@@ -113,6 +113,9 @@ def check_kind(kind: Any) -> None:
         raise ConfigError(f"{where}: {missing}", "()", "list the validation metrics its training reports that a "
                                                        "model gate may judge (gate_metrics), and the naive "
                                                        "predictor's values of them (baseline_metrics)")
+    if both := sorted(set(kind.gate_metrics) & set(kind.baseline_metrics)):  # a gate judging a metric against itself
+        raise ConfigError(f"{where}: baseline_metrics", both, "a metric cannot be its own baseline: list the naive "
+                                                              "predictor's values under other names")
     if kind.dataset_columns is None:
         raise ConfigError(f"{where}: dataset_columns", None, "give the function that lists its datasets' columns: "
                                                              "the data gate's column names are checked against it")

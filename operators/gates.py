@@ -106,7 +106,9 @@ class ModelGateOperator(DlpipeOperator):
                     champion = {"ref": f"{name}@{alias['version']}", **evaluate(Path(tmp), dataset)}
                 if why := split_mismatch(record, dataset):  # only then: other verdicts keep their fingerprint
                     champion["split_mismatch"] = why
-                self.log.info("champion %s:%s = %s: %s %.4f on the candidate's validation rows",
-                              name, cfg.champion_alias, champion["ref"], champion["label"], champion["value"])
+                # the evaluator's label is for people, and an empty split's value is None: neither may fail the gate here
+                self.log.info("champion %s:%s = %s: %s %s on the candidate's validation rows", name,
+                              cfg.champion_alias, champion["ref"], champion.get("label", champion.get("metric")),
+                              champion.get("value"))
         return run_model_gate(training, cfg, run=run, name=f"{name}_model",
                               candidate=candidate, champion=champion)

@@ -6,10 +6,11 @@ how they are validated, which Spark application builds its dataset, which Horovo
 trains it, and how a trained model is evaluated for the model gate. A spec picks its kind with
 the top-level key ``kind:`` (default ``eta_regressor``).
 
-Adding a kind means writing those four things, one entry in ``KINDS``, and the list of training
-modules its entry point runs in ``training.stages.ENTRY_SOURCES`` (they enter the training
-fingerprint; ``check_pipeline`` refuses a kind without one). The operators, the DAG factory and
-the documentation of the sections follow from it.
+Adding a kind means writing those four things, one entry in ``KINDS`` (with the metrics its
+model gate may judge and its datasets' columns, which ``check_kind`` requires), and the list of
+training modules its entry point runs in ``training.stages.ENTRY_SOURCES`` (they enter the
+training fingerprint; ``check_pipeline`` refuses a kind without one). The operators, the DAG
+factory and the documentation of the sections follow from it; docs/kinds.md is the guide.
 """
 
 from __future__ import annotations

@@ -76,6 +76,10 @@ def check_numeric_columns(dataset: dict) -> None:
     kinds = {name: kind for name, kind in summary.get("columns") or []}
     wanted = [*(summary.get("features") or []), *([summary["label"]] if summary.get("features") else [])]
     for column in wanted:
+        if kinds and column not in kinds:
+            raise ConfigError(f"dataset {dataset['id']} column", column,
+                              f"its summary lists it as a feature or the label, but its columns are {sorted(kinds)}: "
+                              f"the dataset stage's summary must name columns it wrote")
         if kinds.get(column, "float") not in ("float", "int"):
             raise ConfigError(f"dataset {dataset['id']} column", column,
                               f"it is a {kinds[column]} column, and training reads float and int columns only: "

@@ -87,6 +87,7 @@ def test_a_kind_whose_training_sources_are_not_listed_is_refused_when_parsed(tmp
 
 @pytest.mark.parametrize("gap, field", [({"gate_metrics": ()}, "gate_metrics"),
                                         ({"baseline_metrics": ()}, "baseline_metrics"),
+                                        ({"baseline_metrics": ("val_mae",)}, "baseline_metrics"),
                                         ({"dataset_columns": None}, "dataset_columns")])
 def test_a_kind_missing_its_own_declarations_is_named_not_the_spec(tmp_path, monkeypatch, gap, field):
     """No gate_metrics blamed the spec's model_gate.metric ('use one of []'); no dataset_columns

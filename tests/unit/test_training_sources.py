@@ -83,5 +83,8 @@ def test_a_string_feature_is_refused_before_any_rank_starts():
         check_numeric_columns({"id": "datasets/maps/w@1", "summary": summary})
     summary["features"] = ["distance_km", "hour"]
     check_numeric_columns({"id": "datasets/maps/w@1", "summary": summary})
+    summary["features"] = ["distance_km", "hour_of_day"]  # a summary naming a column it did not write
+    with pytest.raises(ConfigError, match=r"column='hour_of_day': its summary lists it as a feature or the label"):
+        check_numeric_columns({"id": "datasets/maps/w@1", "summary": summary})
     # images: no features listed, the binary image column is the kind's own business
     check_numeric_columns({"id": "d@1", "summary": {"label": "label", "columns": [["image", "binary"], ["label", "int"]]}})
