@@ -139,9 +139,9 @@ class RankTails:
         'rank R raised first: <its last line>'. Audit events and summaries keep only an error's
         first characters, so this goes before every rank's tail."""
         ended = RANK_EXIT.search("\n".join(self.launcher))
-        if ended and int(ended.group(2)) > 128:
-            rank, code = int(ended.group(1)), int(ended.group(2))
-            return f"rank {rank} was ended by signal {code - 128} (exit code {code})"
+        code = int(ended.group(2)) if ended else 0
+        if code > 128 or code < 0:  # a shell's 128 + N, or Python's -N
+            return f"rank {ended.group(1)} was ended by signal {code - 128 if code > 0 else -code} (exit code {code})"
         if self.first_raised is None or not self.ranks[self.first_raised]:
             return None
         return f"rank {self.first_raised} raised first: {self.ranks[self.first_raised][-1].strip()}"

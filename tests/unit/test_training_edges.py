@@ -546,4 +546,8 @@ def test_the_rank_that_raised_first_leads_the_error_not_rank_0():
                  "Process name: 1", "Exit code: 137"]:
         killed.add(line)
     assert killed.first_error() == "rank 1 was ended by signal 9 (exit code 137)"
+    python_style = RankTails()
+    for line in ["Process name: 0", "Exit code: -15"]:
+        python_style.add(line)
+    assert python_style.first_error() == "rank 0 was ended by signal 15 (exit code -15)"
     assert RankTails().first_error() is None
