@@ -20,7 +20,7 @@ from dlpipe import audit, commit, registry, settings
 from dlpipe.errors import ConfigError, DlpipeError, IntegrityError, NotCommittedError, redacted
 from dlpipe.lineage import checked_manifest, judged, manifest_tree, model_files, tree_problems, vouches_for
 from dlpipe.runctx import RunContext, cli_context
-from dlpipe.storage import endpoint_url, open_store
+from dlpipe.storage import endpoint_url, open_store, shown_url
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -807,9 +807,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _root_given(args: argparse.Namespace) -> str:
     """The registry root a command used, and where it came from, for an S3 error."""
     if getattr(args, "root", None):
-        return f"{args.root} (--root)"
+        return f"{shown_url(args.root)} (--root)"  # a login in it never reaches the message
     if os.environ.get("DLPIPE_REGISTRY_ROOT"):
-        return f"{os.environ['DLPIPE_REGISTRY_ROOT']} (DLPIPE_REGISTRY_ROOT)"
+        return f"{shown_url(os.environ['DLPIPE_REGISTRY_ROOT'])} (DLPIPE_REGISTRY_ROOT)"
     return "--root"
 
 

@@ -1,6 +1,7 @@
 """Before ``airflow dags test DAG LOGICAL_DATE``: refuse, with the way out, when an earlier run of
-the DAG would hold it forever, or when the date is past the DAG's end date (a run of no tasks). ``python -m operators.preflight DAG_ID LOGICAL_DATE [--task T]``
-exits 1 with the reason and the way out (``make demo`` runs it first).
+the DAG would hold it forever, or when the date is past the DAG's end date (a run of no tasks).
+``python -m operators.preflight DAG_ID LOGICAL_DATE [--task T]`` exits 1 with the reason and the
+way out (``make demo`` runs it first).
 
 A task with ``depends_on_past`` (the dataset task of every dlpipe pipeline) waits for its own
 previous run's, by logical date. When that one did not succeed (a refused midnight run, a failed
