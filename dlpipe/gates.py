@@ -180,7 +180,8 @@ class DriftConfig(BaseModel):
     """How far a dataset's columns may move from the previous committed version of the dataset."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)  # strict: YAML's `yes` is no limit
-    columns: list[str] | None = Field(None, description="numeric columns to watch (default: all numeric)")
+    columns: list[str] | None = Field(None, description="columns to watch (default: all numeric); a string "
+                                                         "column's null rate only")
     # null turns a check off; infinity is refused rather than read as "off"
     max_mean_shift_std: YamlFloat | None = Field(0.5, gt=0, description="|mean - previous mean| / previous std")
     max_std_ratio: YamlFloat | None = Field(2.0, gt=1, description="max(std/prev std, prev std/std)")
