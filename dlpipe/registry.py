@@ -335,6 +335,12 @@ def _name_problem(name: str) -> str | None:
     return None
 
 
+def _first_names(names: list[str], shown: int = 5) -> str:
+    """'a, b, c, d, e and 3 more': the first of a list of file names, for a message."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
 def _artifact_target(root: Path, name: str, ref: str) -> Path:
     """Where artifact ``name`` goes under ``root``, refusing a name that would leave it: a
     version record is data from storage, and whoever can write the bucket can write a record."""
@@ -379,18 +385,17 @@ def download(store: Store, name: str, version: int, dest: Path) -> dict:
                                        if p.is_file() or p.is_symlink())
                        if rel not in names and not any(part.startswith(".") for part in rel.split("/")))
         if extra:
-            shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
-            raise ConfigError("dest", str(dest), f"holds files that {name}@{version} does not have ({shown}); "
-                                                 f"download into an empty or new directory")
+            raise ConfigError("dest", str(dest), f"holds files that {name}@{version} does not have "
+                                                 f"({_first_names(extra)}); download into an empty or new directory")
         # Same names, other bytes: another version's files. Replacing them one by one, a failure
         # (or a kill) half way would leave a mix of two models under one directory.
         other = sorted(art["name"] for art in record["artifacts"]
-                       if (path := dest.joinpath(*art["name"].split("/"))).is_file()
+                       if (path := _artifact_target(dest, art["name"], f"{name}@{version}")).is_file()
                        and sha256_file(path) != art["sha256"])
         if other:
-            shown = ", ".join(other[:5]) + (f" and {len(other) - 5} more" if len(other) > 5 else "")
-            raise ConfigError("dest", str(dest), f"holds other bytes under {name}@{version}'s file names ({shown}): "
-                                                 f"another model's files; download into an empty or new directory")
+            raise ConfigError("dest", str(dest), f"holds other bytes under {name}@{version}'s file names "
+                                                 f"({_first_names(other)}): another model's files; download into "
+                                                 f"an empty or new directory")
     dest.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".download-", dir=dest))
     ref = f"{name}@{version}"
