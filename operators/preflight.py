@@ -14,22 +14,31 @@ from __future__ import annotations
 import argparse
 import sys
 from datetime import datetime
+from typing import Any
 
 DONE = ("success", "skipped")
 HELD_TASKS = ("materialize_dataset",)  # the dataset task of pipeline_dag's DAGs (depends_on_past)
 
 
-def held_by(dag_id: str, logical: datetime, tasks: tuple[str, ...] = HELD_TASKS) -> str | None:
-    """Why a run of ``dag_id`` at ``logical`` would wait forever on the run before it, or None."""
-    from airflow.models import DagRun, TaskInstance
+def serialized_dag(dag_id: str) -> Any:
+    """The DAG as the database last serialized it, or None when it never was."""
     from airflow.models.serialized_dag import SerializedDagModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        return SerializedDagModel.get_dag(dag_id, session=session)
+
+
+def held_by(dag_id: str, logical: datetime, tasks: tuple[str, ...] = HELD_TASKS, dag: Any = None) -> str | None:
+    """Why a run of ``dag_id`` at ``logical`` would wait forever on the run before it, or None.
+    ``dag``: its serialized DAG (``serialized_dag``), None when it never was serialized."""
+    from airflow.models import DagRun, TaskInstance
     from airflow.utils.session import create_session
     from airflow.utils.types import DagRunType
     from sqlalchemy import select
 
     with create_session() as session:
         # the previous run as Airflow's PrevDagrunDep picks it: with catchup, manual runs do not count
-        dag = SerializedDagModel.get_dag(dag_id, session=session)
         before = select(DagRun).where(DagRun.dag_id == dag_id, DagRun.logical_date < logical)
         if dag is not None and dag.catchup:
             before = before.where(DagRun.run_type != DagRunType.MANUAL)
@@ -54,20 +63,15 @@ def held_by(dag_id: str, logical: datetime, tasks: tuple[str, ...] = HELD_TASKS)
     return None
 
 
-def past_end(dag_id: str, logical: datetime, tasks: tuple[str, ...] = HELD_TASKS) -> str | None:
+def past_end(dag_id: str, logical: datetime, tasks: tuple[str, ...], dag: Any) -> str | None:
     """Why a run of ``dag_id`` at ``logical`` would run none of ``tasks``, or None: Airflow makes
     no task instance past a task's end date (the DAG's ``end_date`` by default), so `airflow dags
     test` marks such a run successful having run nothing, and that run, without a dataset, then
-    holds every later one. Judged from the DAG as last serialized (None when it never was)."""
-    from airflow.models.serialized_dag import SerializedDagModel
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        dag = SerializedDagModel.get_dag(dag_id, session=session)
+    holds every later one. Judged from the DAG as last serialized (nothing when it never was)."""
     if dag is None:
         return None
+    dag_end = getattr(dag, "end_date", None)
     for task in tasks:
-        dag_end = getattr(dag, "end_date", None)
         end = getattr(dag.task_dict.get(task), "end_date", None) or dag_end
         if end is not None and logical > end:
             set_by = f" (from the DAG's end date {dag_end.isoformat()})" if dag_end and dag_end != end else ""
@@ -99,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
                                                    "repeat for several")
     args = p.parse_args(argv)
     tasks = tuple(args.task or HELD_TASKS)
-    why = past_end(args.dag_id, args.logical_date, tasks) or held_by(args.dag_id, args.logical_date, tasks)
+    dag = serialized_dag(args.dag_id)
+    why = past_end(args.dag_id, args.logical_date, tasks, dag) or held_by(args.dag_id, args.logical_date, tasks, dag)
     if why:
         print(f"preflight: error: {why}", file=sys.stderr)
         return 1
