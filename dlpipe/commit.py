@@ -120,14 +120,16 @@ def read_manifest(path: Path) -> dict:
     hand edit) is an IntegrityError naming the file and the way out, not a bare JSONDecodeError:
     every reader of the partition (a retry, the next day's dataset) stops on it until it is
     restored or moved aside."""
+    def damaged(why: str) -> IntegrityError:
+        return IntegrityError(f"the manifest {path} is damaged: {why}; restore it from a backup, or move "
+                              f"it out of manifests/ so that the stage commits that version again")
+
     try:
         manifest = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as exc:
-        manifest = exc
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError both are
+        raise damaged(f"not valid JSON ({exc})") from None
     if not isinstance(manifest, dict) or "id" not in manifest:
-        why = f"not valid JSON ({manifest})" if isinstance(manifest, Exception) else "not a manifest"
-        raise IntegrityError(f"the manifest {path} is damaged: {why}; restore it from a backup, or move "
-                             f"it out of manifests/ so that the stage commits that version again")
+        raise damaged("not a manifest")
     return manifest
 
 
