@@ -122,17 +122,42 @@ def section(pipeline: dict[str, Any], name: str, model: type[M]) -> M:
     try:
         return model(**raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
+        err, *others = exc.errors()
         loc, value, message = validation_message(err)
         field = ".".join(str(p) for p in (name, *loc))
+        also = _other_problems(name, model, others)
         if err["type"] == "missing":  # pydantic's input is then the whole section: not helpful
             raise ConfigError(f"{pipeline.get('_source', '?')}: {field}", "(missing)",
-                              f"{err['msg']}: add {field}") from None
+                              f"{err['msg']}: add {field}{also}") from None
         if err["type"] == "extra_forbidden":  # a misspelt or misplaced field: say which ones there are
             message += _known_fields(model, loc)
         if isinstance(value, str):
             value = shown_url(value)  # a URL's user and password never reach the message
-        raise ConfigError(f"{pipeline.get('_source', '?')}: {field}", value, message) from None
+        raise ConfigError(f"{pipeline.get('_source', '?')}: {field}", value, message + also) from None
+
+
+OTHER_PROBLEMS_SHOWN = 5
+
+
+def _other_problems(name: str, model: type[BaseModel], errors: list[dict]) -> str:
+    """'; this section has 2 more problems: training.lr (...); ...' so that one edit of a spec can
+    fix every field pydantic refused, not one per run. Only field names and rules are shown: the
+    first problem's value is the one a message shows, through the credential masking above."""
+    if not errors:
+        return ""
+    shown = []
+    for err in errors[:OTHER_PROBLEMS_SHOWN]:
+        loc, _, message = validation_message(err)
+        field = ".".join(str(p) for p in (name, *loc))
+        if err["type"] == "missing":
+            message = "missing"
+        elif err["type"] == "extra_forbidden":
+            close = closest(str(loc[-1]), _fields_at(model, loc) or [])
+            message = "an unknown field" + (f"; did you mean {close!r}?" if close else "")
+        shown.append(f"{field} ({shown_url(message)})")
+    more = len(errors) - len(shown)
+    return (f"; this section has {len(errors)} more problem{'s' if len(errors) > 1 else ''}: " + "; ".join(shown)
+            + (f"; and {more} more" if more else ""))
 
 
 def closest(value: str, known: Iterable[str]) -> str | None:
@@ -144,8 +169,17 @@ def closest(value: str, known: Iterable[str]) -> str | None:
 
 
 def _known_fields(model: type[BaseModel], loc: tuple) -> str:
-    """'; did you mean 'epochs'? the fields here are [...]' for an unknown field at ``loc``: the
-    model that holds it is found by following ``loc`` through nested models, mappings and lists."""
+    """'; did you mean 'epochs'? the fields here are [...]' for an unknown field at ``loc``."""
+    fields = _fields_at(model, loc)
+    if fields is None:
+        return ""
+    close = closest(str(loc[-1]), fields)
+    return (f"; did you mean {close!r}?" if close else ";") + f" the fields here are {fields}"
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str] | None:
+    """The fields of the model that holds ``loc``'s last part, found by following ``loc`` through
+    nested models, mappings and lists; None where no model holds it."""
     holder: Any = model
     for part in loc[:-1]:
         holder = _unwrapped(holder)
@@ -157,13 +191,11 @@ def _known_fields(model: type[BaseModel], loc: tuple) -> str:
         elif origin in (list, tuple):
             holder = typing.get_args(holder)[0]
         else:
-            return ""
+            return None
     holder = _unwrapped(holder)
     if not (isinstance(holder, type) and issubclass(holder, BaseModel)):
-        return ""
-    fields = sorted(holder.model_fields)
-    close = closest(str(loc[-1]), fields)
-    return (f"; did you mean {close!r}?" if close else ";") + f" the fields here are {fields}"
+        return None
+    return sorted(holder.model_fields)
 
 
 def _unwrapped(annotation: Any) -> Any:

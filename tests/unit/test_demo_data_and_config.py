@@ -69,6 +69,26 @@ def test_pipeline_section_errors_name_file_field_and_value(tmp_path):
         section(load_pipeline(p), "train", TrainConfig)
 
 
+def test_every_problem_of_a_section_is_named_in_one_error(tmp_path):
+    """One edit fixes a spec: the first problem with its value, then the others by field and rule
+    (a typo with its likely field), so a user does not meet them one run at a time."""
+    from training.config import TrainConfig
+
+    p = tmp_path / "p.yaml"
+    p.write_text("train: {epochs: 0, batch_size: -4, seed: abc, learning_rte: 0.1}\n")
+    with pytest.raises(ConfigError) as e:
+        section(load_pipeline(p), "train", TrainConfig)
+    message = str(e.value)
+    assert "train.epochs=0: Input should be greater than or equal to 1; this section has 3 more problems: " in message
+    assert "train.batch_size (Input should be greater than or equal to 1)" in message
+    assert "train.seed (Input should be a valid integer" in message
+    assert "train.learning_rte (an unknown field; did you mean 'learning_rate'?)" in message
+    p.write_text("train: {" + ", ".join(f"x{i}: 1" for i in range(9)) + "}\n")
+    with pytest.raises(ConfigError, match=r"train.x0=1: Extra inputs .* 8 more problems: train.x1 \(an unknown "
+                                          r"field\); .*train.x5 \(an unknown field\); and 3 more$"):
+        section(load_pipeline(p), "train", TrainConfig)
+
+
 def test_an_unknown_field_names_the_fields_of_the_mapping_that_holds_it(tmp_path):
     """Nested too: a column rule of the data gate (a mapping of rules), its own fields listed."""
     from dlpipe.gates import DataGateConfig
