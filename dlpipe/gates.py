@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationInf
 
 from dlpipe import commit
 from dlpipe.commit import StageKey, StageResult
-from dlpipe.errors import ConfigError, GateFailed, redacted
+from dlpipe.errors import ConfigError, FieldValueError, GateFailed, redacted
 from dlpipe.hashing import sources_hash
 from dlpipe.pipeline_config import YamlFloat, YamlNumber, closest
 from dlpipe.runctx import RunContext
@@ -162,6 +162,28 @@ class ExpectationSpec(BaseModel):
                              f"expect_column_values_to_be_between")
         return value
 
+    @field_validator("kwargs")
+    @classmethod
+    def _conditions_in_gx_syntax(cls, kwargs: dict) -> dict:
+        """A row condition for the pandas or Spark parser is handed to ``DataFrame.query`` or
+        ``F.expr`` as code: ``@pd.io.common.os.system(...)`` in a spec would run on the worker.
+        Only Great Expectations' own condition syntax, which GX parses into column comparisons, is
+        taken (see ``_check_condition`` for what it builds)."""
+        parser, condition = kwargs.get("condition_parser"), kwargs.get("row_condition")
+        if "condition_parser" in kwargs and parser != GX_CONDITION_PARSER:
+            raise FieldValueError("condition_parser", parser, CONDITION_FIX)
+        if "row_condition" in kwargs and not isinstance(condition, str):
+            raise FieldValueError("row_condition", condition, CONDITION_FIX)
+        if "row_condition" in kwargs and parser != GX_CONDITION_PARSER:
+            raise FieldValueError("condition_parser", parser, CONDITION_FIX)
+        return kwargs
+
+
+GX_CONDITION_PARSER = "great_expectations"
+CONDITION_FIX = ("a row condition is taken only as text in Great Expectations' own syntax, with condition_parser: "
+                 "great_expectations (e.g. row_condition: 'col(\"distance_km\")>0'); the pandas and spark "
+                 "parsers run the condition as code on the worker")
+
 
 def _argument_problems(exc: Exception) -> str:
     """Each bad argument once, with pydantic's first complaint about it: a union-typed argument
@@ -275,11 +297,34 @@ def _gx_expectation(i: int, spec: ExpectationSpec, source: str = ""):
         raise ConfigError(f"{source}data_gate.expectations[{i}].type", spec.type,
                           "use a Great Expectations 1.x expectation type, e.g. expect_column_values_to_be_between")
     try:
-        return cls(**spec.kwargs)
+        expectation = cls(**spec.kwargs)
     except Exception as exc:  # pydantic (v1) validation of the arguments, or GX's own (a row_condition's parser)
         raise ConfigError(f"{source}data_gate.expectations[{i}].kwargs", spec.kwargs,
                           f"the arguments of {spec.type} do not fit it: {_argument_problems(exc)}; fix them "
                           f"(each expectation's arguments are in the Great Expectations docs)") from None
+    _check_condition(getattr(expectation, "row_condition", None), f"{source}data_gate.expectations[{i}].kwargs"
+                                                                  f".row_condition")
+    return expectation
+
+
+def _check_condition(condition: Any, field: str) -> None:
+    """What GX built of a row condition is column comparisons, nullity tests, and/or of those,
+    on plain column names: a name is pasted into pandas' query between backticks, so a name
+    holding one would be code again; a pass-through condition is code itself."""
+    from great_expectations.expectations.row_conditions import (AndCondition, ComparisonCondition,
+                                                                 NullityCondition, OrCondition)
+
+    if condition is None:
+        return
+    if isinstance(condition, (AndCondition, OrCondition)):
+        for part in condition.conditions:
+            _check_condition(part, field)
+        return
+    if not isinstance(condition, (ComparisonCondition, NullityCondition)):
+        raise ConfigError(field, str(condition), CONDITION_FIX)
+    name = condition.column.name
+    if not (isinstance(name, str) and name.isidentifier()):
+        raise ConfigError(field, name, "a condition's column is a plain column name (letters, digits and '_')")
 
 
 # the expectation arguments that name one column or several

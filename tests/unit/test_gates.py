@@ -474,6 +474,46 @@ def test_an_expectations_arguments_are_checked_before_any_stage_naming_each_bad_
     check_pipeline(load_pipeline(ROOT / "pipelines" / "eta_training.yaml"), at_run=True)
 
 
+def test_a_row_condition_is_taken_only_in_gx_syntax_on_plain_column_names(tmp_path):
+    """The pandas parser hands a condition to DataFrame.query, where '@pd.io.common.os.system(...)'
+    runs a command on the worker; GX's own syntax pastes a column name between backticks, so a
+    name holding one is code again. Both are refused before anything is validated; a condition
+    in GX syntax on a real column still filters the rows judged."""
+    from dlpipe.errors import ConfigError
+    from dlpipe.gates import check_expectations
+
+    marker = tmp_path / "ran"
+    code = f"@pd.io.common.os.system('touch {marker}')"
+    between = {"column": "a", "min_value": 0, "max_value": 5}
+    refused = [({"condition_parser": "pandas", "row_condition": f"a > {code}"}, r"condition_parser='pandas'"),
+               ({"condition_parser": "spark", "row_condition": "a > 1"}, r"condition_parser='spark'"),
+               ({"row_condition": "a > 1"}, r"condition_parser=None"),
+               ({"condition_parser": "great_expectations",
+                 "row_condition": {"type": "pass_through", "pass_through_filter": f"a > {code}"}}, r"row_condition=")]
+    for kwargs, shown in refused:
+        with pytest.raises(ConfigError, match=r"p.yaml: data_gate.expectations.0.kwargs." + shown
+                                              + r".*own syntax, with condition_parser: great_expectations"):
+            _load_gate(expectations=[{"type": "expect_column_values_to_be_between", "kwargs": {**between, **kwargs}}])
+    sneaky = _load_gate(min_rows={"train": 1}, expectations=[{"type": "expect_column_values_to_be_between", "kwargs": {
+        **between, "condition_parser": "great_expectations", "row_condition": f'col("a` + {code} + `")>1'}}])
+    with pytest.raises(ConfigError, match=r"data_gate.expectations\[0\].kwargs.row_condition=.*a plain column name"), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        check_expectations(sneaky)
+    df = pd.DataFrame({"a": [1.0, 2.0, 9.0, 9.0]})
+    with pytest.raises(ConfigError), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        validate_frames({"train": df}, sneaky)
+    assert not marker.exists()
+    ok = _load_gate(min_rows={"train": 1}, expectations=[{"type": "expect_column_values_to_be_between", "kwargs": {
+        **between, "condition_parser": "great_expectations", "row_condition": 'col("a")<3'}}])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        assert validate_frames({"train": df}, ok)[0] == []  # the two 9s are not judged
+        assert validate_frames({"train": df}, _load_gate(min_rows={"train": 1}, expectations=[
+            {"type": "expect_column_values_to_be_between", "kwargs": between}]))[0]  # without it, they fail
+
+
 # --- GX's own exception text reaches the failure message ---
 
 
