@@ -127,7 +127,8 @@ class HorovodTrainOperator(DlpipeOperator):
         dataset = commit.load_manifest(self.dataset_id, stage="datasets", field="dataset_id")
         try:
             return train_model(dataset, config=cfg, scale=scale, run=run, launch=launch,
-                               name=pipeline.get("model_name", "model"), entry=kind.train_entry)
+                               name=pipeline.get("model_name", "model"), entry=kind.train_entry,
+                               rank_env=self.env)
         except ConfigError as exc:  # a scale field judged against the dataset: name where it was set
             key = exc.field.partition("scale.")[2]
             if not exc.field.startswith("scale.") or not key:

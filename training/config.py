@@ -131,13 +131,33 @@ def check_rank_env(extra: dict[str, str]) -> None:
                                            "GOOGLE_APPLICATION_CREDENTIALS) or an instance role, not a variable")
 
 
+# Variables that decide which code or libraries a process loads: the dynamic loader's, Python's
+# (PYTHONPATH: a sitecustomize.py; PYTHONWARNINGS imports the modules it names), the shells'
+# start-up files, OpenSSL's engines, Open MPI's launch agent, any plugin, preload, module path
+# or directory, and files a rank would write (a timeline, a debug log). A spec is configuration,
+# reviewed as data: with these it could run code in horovodrun on the Airflow worker and in
+# every rank, under a model whose code hash looks clean.
+CODE_LOADING_ENV = re.compile(r"^(LD_|DYLD_|PYTHON|BASH|OMPI_|PMIX_|DLPIPE_)|^(PATH|ENV|SHELLOPTS|IFS|PS4"
+                              r"|PROMPT_COMMAND|GCONV_PATH|OPENSSL_CONF|OPENSSL_ENGINES|NODE_OPTIONS"
+                              r"|JAVA_TOOL_OPTIONS|_JAVA_OPTIONS|PERL5LIB|PERL5OPT|RUBYOPT)$"
+                              r"|PLUGIN|PRELOAD|_PATH$|_DIR$|_DIRS$|MODULE|TIMELINE|_DEBUG_FILE$", re.IGNORECASE)
+
+
 def _check_env(value: object) -> object:
     """The ranks' extra variables under the same rules as HorovodTrainOperator's ``env``: shell
-    names, string values, no credentials (horovodrun shows them on a command line)."""
+    names, string values, no credentials (horovodrun shows them on a command line); and, since
+    a spec is configuration, only tuning variables: none of CODE_LOADING_ENV."""
     try:
         check_rank_env(value)
     except ConfigError as exc:  # exc.value: the part of the name that is safe to show, never a value
         raise FieldValueError("", exc.value, exc.fix) from None
+    for name in value:  # a mapping of strings: checked above
+        if CODE_LOADING_ENV.search(name):
+            raise FieldValueError("", name, "a spec's scale.env holds tuning variables (OMP_NUM_THREADS, NCCL_*, "
+                                            "HOROVOD_*), not ones that decide which code or libraries horovodrun "
+                                            "and the ranks load; set this one in the workers' environment, or "
+                                            "in the DAG file's HorovodTrainOperator(env=...), which is reviewed "
+                                            "as code")
     return value
 
 

@@ -123,9 +123,13 @@ def check_world_fits(train_url: str, scale: ScaleConfig, dataset: dict | None = 
 
 
 def train_model(dataset: dict, *, config: BaseModel, scale: ScaleConfig, run: RunContext,
-                launch: Launcher, name: str = "eta", entry: str = "training.train_eta") -> StageResult:
+                launch: Launcher, name: str = "eta", entry: str = "training.train_eta",
+                rank_env: dict[str, str] | None = None) -> StageResult:
     """Train on a committed dataset with ``launch`` (horovodrun running ``python -m entry``)
-    and commit the model. ``entry`` is a module whose ``main`` runs ``training.horovod_loop``."""
+    and commit the model. ``entry`` is a module whose ``main`` runs ``training.horovod_loop``.
+    ``rank_env``, the variables the operator gives the ranks over the spec's ``scale.env``, is
+    recorded with them in the manifest (not in the fingerprint: they tune, they do not change
+    the model)."""
     key = StageKey("training", name, dataset["partition"])
     code = {"sources_hash": sources_hash(entry_files(entry))}
     # world size changes the effective batch and the learning rate: part of the fingerprint
@@ -166,7 +170,7 @@ def train_model(dataset: dict, *, config: BaseModel, scale: ScaleConfig, run: Ru
                                                     f"sys.exit(main(YourTrainer))` (training.horovod_loop.main), "
                                                     f"and does rank 0's Trainer save the model?")
         return {"metrics": json.loads(metrics_path.read_text()), "dataset": dataset["id"],
-                "model_dir": "model", **where_it_ran(scale)}
+                "model_dir": "model", **where_it_ran(scale), "rank_env": {**scale.env, **(rank_env or {})}}
 
     result = commit.run_stage(key, inputs=[dataset], config=fp_config, code=code, run=run,
                               produce=produce, part_hashes=True)  # models go to the registry

@@ -177,11 +177,15 @@ def test_frozen_rank_ends_within_a_bound_and_the_next_attempt_resumes(dataset, m
 def test_two_hosts_one_slot_each(dataset):
     """Several hosts the way Horovod's own tests fake a cluster: -H localhost:1,127.0.0.1:1."""
     lines: list[str] = []
-    scale = ScaleConfig(num_proc=2, hosts="localhost:1,127.0.0.1:1", run_timeout_s=300)
+    scale = ScaleConfig(num_proc=2, hosts="localhost:1,127.0.0.1:1", run_timeout_s=300,
+                        env={"OMP_NUM_THREADS": "1", "NCCL_DEBUG": "WARN"})
     result = train_model(dataset, config=TrainConfig(epochs=3), scale=scale, run=RunContext(),
-                         launch=horovod_launcher(scale, emit=lines.append))
+                         launch=horovod_launcher(scale, env={"NCCL_DEBUG": "INFO"}, emit=lines.append),
+                         rank_env={"NCCL_DEBUG": "INFO"})
     assert result.manifest["summary"]["metrics"]["world_size"] == 2
     assert result.manifest["summary"]["hosts"] == "localhost:1,127.0.0.1:1"
+    # what the ranks were given is recorded, the operator's value over the spec's
+    assert result.manifest["summary"]["rank_env"] == {"OMP_NUM_THREADS": "1", "NCCL_DEBUG": "INFO"}
     assert any(line.startswith("[1]") for line in lines) and any(line.startswith("[0]") for line in lines)
 
 

@@ -17,7 +17,7 @@ import torch
 
 from dlpipe.errors import ConfigError
 from dlpipe.pipeline_config import section
-from training.config import DigitsTrainConfig, ScaleConfig, TrainConfig
+from training.config import DigitsTrainConfig, ScaleConfig, TrainConfig, check_rank_env
 from training.loader import ShardLoader
 
 
@@ -379,6 +379,24 @@ def test_a_specs_rank_variables_follow_the_operators_rules(env, shown, fix):
     assert "s3cr3t" not in str(err.value)
     with pytest.raises(ConfigError, match=r"scale\.env='OMP_NUM_THREADS': its value is of type int"):
         section({"_source": "p.yaml", "scale": {"env": {"OMP_NUM_THREADS": 4}}}, "scale", ScaleConfig)
+
+
+@pytest.mark.parametrize("name", ["PYTHONPATH", "LD_PRELOAD", "LD_LIBRARY_PATH", "BASH_ENV", "PATH", "PYTHONWARNINGS",
+                                  "NCCL_NET_PLUGIN", "OMPI_MCA_plm_rsh_agent", "HOROVOD_TIMELINE", "UCX_MODULE_DIR",
+                                  "OPENSSL_CONF", "DLPIPE_HOME"])
+def test_a_spec_cannot_set_variables_that_decide_which_code_runs(tmp_path, name):
+    """PYTHONPATH with a sitecustomize.py ran code in horovodrun on the worker and in every rank,
+    under a clean code hash. A spec (configuration) gets tuning variables only; the operator's
+    env= (code in the DAG file) still takes any of them."""
+    with pytest.raises(ConfigError, match=rf"p\.yaml: scale\.env='{name}': a spec's scale\.env holds tuning "
+                                          r"variables .*HorovodTrainOperator\(env=\.\.\.\)"):
+        section({"_source": "p.yaml", "scale": {"env": {"NCCL_DEBUG": "WARN", name: str(tmp_path)}}}, "scale",
+                ScaleConfig)
+    tuning = {"OMP_NUM_THREADS": "4", "NCCL_IB_HCA": "mlx5", "CUDA_VISIBLE_DEVICES": "0",
+              "HOROVOD_FUSION_THRESHOLD": "67108864", "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True",
+              "MALLOC_ARENA_MAX": "2", "TZ": "UTC"}
+    assert section({"scale": {"env": tuning}}, "scale", ScaleConfig).env == tuning
+    check_rank_env({name: str(tmp_path)})  # the operator's env: a DAG file is code
 
 
 def test_ranks_get_the_specs_variables_and_the_operators_win(monkeypatch):
