@@ -131,7 +131,19 @@ class ConfigError(DlpipeError, ValueError):
 
     def __init__(self, field: str, value: object, fix: str) -> None:
         self.field, self.value, self.fix = field, shown_value(field, value), fix
-        super().__init__(f"invalid {field}={self.value!r}: {fix}")
+        super().__init__(f"invalid {field}={shown_repr(self.value)}: {fix}")
+
+
+SHOWN_CHARS = 400  # of a value in a message: a whole misplaced section reads; a pasted file does not
+
+
+def shown_repr(value: object) -> str:
+    """``repr(value)``, cut after SHOWN_CHARS with the length it had: messages reach Airflow's
+    import errors, task logs and the audit log, where a pasted blob would bury the fix."""
+    text = repr(value)
+    if len(text) <= SHOWN_CHARS:
+        return text
+    return f"{text[:SHOWN_CHARS]}... ({len(text):,} characters)"
 
 
 class FieldValueError(ValueError):

@@ -91,10 +91,53 @@ def _where(exc: yaml.YAMLError) -> str:
     return f"at line {mark.line + 1}, column {mark.column + 1}: {words}"
 
 
+# The most values a spec may hold once its aliases are expanded. A spec is a few hundred; an
+# alias bomb (ten anchors of ten aliases each) is a few kilobytes of YAML and 10^10 values for
+# whatever walks it: error messages, the canonical JSON of a manifest's config, the audit log.
+MAX_SPEC_VALUES = 100_000
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_: set[int]) -> int:
+    """How many values ``node`` stands for with every alias expanded (shared nodes counted each
+    time they are reached, as a walk of the built document reaches them)."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    if id(node) in open_:
+        raise yaml.constructor.ConstructorError(problem="an alias refers to the collection that holds it (a "
+                                                        "recursive value); write the value out",
+                                                problem_mark=node.start_mark)
+    open_.add(id(node))
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        size += sum(_expanded_size(child, sizes, open_) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size += sum(_expanded_size(k, sizes, open_) + _expanded_size(v, sizes, open_) for k, v in node.value)
+    open_.discard(id(node))
+    sizes[id(node)] = min(size, MAX_SPEC_VALUES + 1)  # a bound keeps the sums small
+    return sizes[id(node)]
+
+
+def _load_yaml(text: str) -> Any:
+    """The document, after checking that its aliases do not expand it past MAX_SPEC_VALUES."""
+    loader = _UniqueKeyLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, {}, set()) > MAX_SPEC_VALUES:
+            raise yaml.constructor.ConstructorError(
+                problem=f"with its aliases (*name) expanded, the document holds more than {MAX_SPEC_VALUES:,} "
+                        f"values; a pipeline spec holds a few hundred: write the values out, or remove the aliases",
+                problem_mark=node.start_mark)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def load_pipeline(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
-        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+        data = _load_yaml(path.read_text())
     except FileNotFoundError as exc:
         raise ConfigError("pipeline_config", str(path), "point at an existing YAML file") from exc
     except IsADirectoryError as exc:

@@ -12,6 +12,7 @@ from dlpipe.errors import ConfigError
 from dlpipe.interval import interval_days
 from dlpipe.pipeline_config import load_pipeline, section
 from dlpipe.runctx import cli_context
+from operators.factory import check_pipeline
 
 
 def test_days_are_deterministic_and_independent():
@@ -87,6 +88,28 @@ def test_every_problem_of_a_section_is_named_in_one_error(tmp_path):
     with pytest.raises(ConfigError, match=r"train.x0=1: Extra inputs .* 8 more problems: train.x1 \(an unknown "
                                           r"field\); .*train.x5 \(an unknown field\); and 3 more$"):
         section(load_pipeline(p), "train", TrainConfig)
+
+
+def test_an_alias_bomb_or_a_recursive_alias_is_refused_on_load_and_shown_values_are_cut(tmp_path):
+    """Ten anchors of ten aliases each: 3 KB of YAML, 10^10 values for whatever walks them (the
+    error message that shows a misplaced section ran out of memory). Aliases that expand to a
+    spec's size still load."""
+    items = ["&a0 [x, x, x, x, x, x, x, x, x, x]"] + [f"&a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]"
+                                                      for i in range(1, 10)]
+    p = tmp_path / "p.yaml"
+    p.write_text("kind: eta_regressor\nlol: [" + ", ".join(items) + "]\n")
+    with pytest.raises(ConfigError, match=r"with its aliases \(\*name\) expanded, the document holds more than "
+                                          r"100,000 values"):
+        load_pipeline(p)
+    p.write_text("kind: eta_regressor\nlol: &a [1, *a]\n")
+    with pytest.raises(ConfigError, match=r"line 2, column 6: an alias refers to the collection that holds it"):
+        load_pipeline(p)
+    p.write_text("base: &b {epochs: 2, batch_size: 64}\ntrain: *b\nother: [*b, *b]\n")
+    assert load_pipeline(p)["train"] == {"epochs": 2, "batch_size": 64}
+    p.write_text("kind: eta_regressor\nlol: [" + ", ".join(["x" * 10] * 500) + "]\n")
+    with pytest.raises(ConfigError) as e:
+        check_pipeline(load_pipeline(p))
+    assert len(str(e.value)) < 1000 and "... (7,000 characters)" in str(e.value)
 
 
 def test_an_unknown_field_names_the_fields_of_the_mapping_that_holds_it(tmp_path):
