@@ -61,9 +61,24 @@ def url_login(value: str) -> bool:
     return False
 
 
+CREDENTIAL_WORDS = r"secret|password|passwd|passphrase|token|credential"
+# A credential passed inside a value: JVM options (-Djavax.net.ssl.keyStorePassword=...,
+# -Dfs.s3a.secret.key=...), JDBC URLs (...?user=hive&password=..., Oracle's scott/tiger@host)
+# and HTTP bearer tokens.
+SECRET_IN_VALUE = re.compile(rf"({CREDENTIAL_WORDS})[\w.-]*=|[?&;](pwd|pass)=|\bbearer\s"
+                             r"|jdbc:oracle:\w+:[^/\s@]+/[^\s@]+@", re.IGNORECASE)
+
+
 def credential_value(value: str) -> bool:
-    """A value that is a credential whatever it is filed under: a URL with a login, a PEM private key."""
-    return url_login(value) or bool(URL_WITH_PASSWORD.search(value)) or "PRIVATE KEY-----" in value
+    """A value that is a credential whatever it is filed under: a URL with a login, a PEM private
+    key, a setting or URL parameter named like a credential with a value (``password=``,
+    ``X-Amz-Signature=``), a bearer token. One rule for Spark's settings and every environment
+    dlpipe passes on (horovodrun shows the ranks' on a command line)."""
+    if url_login(value) or URL_WITH_PASSWORD.search(value) or "PRIVATE KEY-----" in value:
+        return True
+    if SECRET_IN_VALUE.search(value):
+        return True
+    return any(v and _SECRET_PARAM.search(n) for _, n, v in _URL_PARAM.findall(value))
 
 
 def credential_env(name: str, value: str) -> bool:

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from dlpipe.errors import credential_value
+from dlpipe.errors import CREDENTIAL_WORDS, credential_value
 from dlpipe.proc import AIRFLOW_SECRET_ENV, run_streaming, secret_env
 
 SparkSubmit = Callable[[str, Sequence[str]], None]
@@ -30,17 +30,11 @@ SparkSubmit = Callable[[str, Sequence[str]], None]
 # properties file only this user can read (``secret_properties``), and their values are masked in
 # logs. A key (access, account, encryption) counts as a whole name part: spark.io.encryption.keySizeBits
 # is a number, not a key.
-_CREDENTIAL_WORDS = r"secret|password|passwd|passphrase|token|credential"
 # Connectors' own names count too: elasticsearch-hadoop's es.net.http.auth.pass, spark-redis's
 # spark.redis.auth, an HTTP Authorization header (spark.openlineage.transport.headers.Authorization).
-SECRET_CONF = re.compile(rf"{_CREDENTIAL_WORDS}|(account|access|encryption)\.key(\.|$)"
+SECRET_CONF = re.compile(rf"{CREDENTIAL_WORDS}|(account|access|encryption)\.key(\.|$)"
                          r"|api[._-]?key|private|\.sas\.|jaas|auth\.pass(\.|$)|\.auth$|authorization",
                          re.IGNORECASE)
-# A credential passed inside a setting's value: JVM options (-Djavax.net.ssl.keyStorePassword=...,
-# -Dfs.s3a.secret.key=...), JDBC URLs (...?user=hive&password=..., Oracle's scott/tiger@host)
-# and HTTP bearer tokens.
-SECRET_IN_VALUE = re.compile(rf"({_CREDENTIAL_WORDS})[\w.-]*=|[?&;](pwd|pass)=|\bbearer\s"
-                             r"|jdbc:oracle:\w+:[^/\s@]+/[^\s@]+@", re.IGNORECASE)
 # Spark masks settings matching spark.redaction.regex in its UI, REST API and event logs; its
 # default knows few names (no Azure account key, no SSE-C key, no executorEnv.*_API_KEY).
 SPARK_REDACTION_DEFAULT = r"(?i)secret|password|token|access[.]?key|credential"
@@ -56,7 +50,7 @@ def is_secret_conf(key: str, value: str) -> bool:
     be denied (``proc.secret_env``: *_KEY, *_PASS, *_PWD, *_TOKEN, Airflow's own...), so that
     one policy decides what a credential in an environment is. A setting caught wrongly still
     reaches Spark, through the properties file; only its value is masked in logs."""
-    if SECRET_CONF.search(key) or credential_value(value) or SECRET_IN_VALUE.search(value):
+    if SECRET_CONF.search(key) or credential_value(value):
         return True
     env = ENV_CONF.match(key)
     if env is None:

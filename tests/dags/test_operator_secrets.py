@@ -179,7 +179,11 @@ def test_spark_submit_gets_no_airflow_connection_variable_or_setting(monkeypatch
     assert env["AWS_REGION"] == "eu-west-1"  # the rest of the environment is passed on
 
 
-@pytest.mark.parametrize("extra", [{"DB_PASS": "x"}, {"MY_TOKEN": "x"}, {"BROKER": "redis://u:pw@h:6379"}])
+@pytest.mark.parametrize("extra", [{"DB_PASS": "x"}, {"MY_TOKEN": "x"}, {"BROKER": "redis://u:pw@h:6379"},
+                                   {"DB_URL": "postgresql://db/x?user=app&password=hunter2"},
+                                   {"AUTH_HEADER": "Bearer eyJhbGciOi"},
+                                   {"MODEL_URL": "https://b.s3.amazonaws.com/m.pt?X-Amz-Signature=abc123"},
+                                   {"JAVA_OPTS": "-Djavax.net.ssl.keyStorePassword=hunter2"}])
 def test_a_credential_given_to_the_ranks_is_refused_naming_the_variable_not_its_value(extra):
     """horovodrun shows every rank's environment on its command line (any user's ps)."""
     import pytest
@@ -193,3 +197,17 @@ def test_a_credential_given_to_the_ranks_is_refused_naming_the_variable_not_its_
     assert "argument env" in str(err.value) and name in str(err.value) and "ps" in str(err.value)
     assert extra[name] not in str(err.value).replace(name, "")
     HorovodTrainOperator(task_id="train", dataset_id="x", pipeline_config="p.yaml", env={"OMP_NUM_THREADS": "2", "DLPIPE_HOME": "/d"})
+
+
+def test_credentials_in_the_workers_environment_do_not_reach_the_ranks(monkeypatch):
+    """The values Spark's settings are judged by are judged the same in an inherited variable:
+    a query password, a bearer token, a presigned URL's signature."""
+    from training.launcher import training_env
+
+    monkeypatch.setenv("DB_URL", "postgresql://db/x?user=app&password=hunter2")
+    monkeypatch.setenv("AUTH_HEADER", "Bearer eyJhbGciOi")
+    monkeypatch.setenv("MODEL_URL", "https://b.s3.amazonaws.com/m.pt?X-Amz-Signature=abc123")
+    monkeypatch.setenv("LISTING_URL", "https://b.s3.amazonaws.com/?max-keys=3")
+    env = training_env({"OMP_NUM_THREADS": "2"})
+    assert not {"DB_URL", "AUTH_HEADER", "MODEL_URL"} & set(env)
+    assert env["LISTING_URL"] == "https://b.s3.amazonaws.com/?max-keys=3" and env["OMP_NUM_THREADS"] == "2"
