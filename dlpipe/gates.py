@@ -533,11 +533,32 @@ def validate_frames(frames: dict, cfg: DataGateConfig, docs_dir: Path | None = N
 
 
 def render_data_docs(result) -> str:
-    """The Data Docs HTML page of one validation result (GX's own renderer and template)."""
+    """The Data Docs HTML page of one validation result (GX's own renderer and template). GX
+    writes the values it observed (unexpected values, the most common value) into the page
+    unescaped: a trip id of ``<script>...</script>`` in a team's data ran in the reviewer's
+    browser. They are escaped first, on a copy; the result committed as JSON keeps them as they are."""
+    import copy
+
     from great_expectations.render.renderer import ValidationResultsPageRenderer
     from great_expectations.render.view import DefaultJinjaPageView
 
-    return DefaultJinjaPageView().render(ValidationResultsPageRenderer().render(result))
+    shown = copy.deepcopy(result)
+    for r in shown.results:
+        r.result = _html_escaped(r.result)
+    return DefaultJinjaPageView().render(ValidationResultsPageRenderer().render(shown))
+
+
+def _html_escaped(value: Any) -> Any:
+    """``value`` with every string in it (mappings, lists and tuples looked into) HTML-escaped."""
+    import html
+
+    if isinstance(value, str):
+        return html.escape(value)
+    if isinstance(value, dict):
+        return {k: _html_escaped(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_html_escaped(v) for v in value)
+    return value
 
 
 def previous_dataset(dataset: dict) -> dict | None:

@@ -514,6 +514,25 @@ def test_a_row_condition_is_taken_only_in_gx_syntax_on_plain_column_names(tmp_pa
             {"type": "expect_column_values_to_be_between", "kwargs": between}]))[0]  # without it, they fail
 
 
+def test_data_values_are_escaped_in_the_data_docs_page(tmp_path):
+    """GX writes unexpected and observed values into the page as they are: a trip id holding a
+    script ran in the browser of whoever opened the committed evidence. The failure messages and
+    the JSON evidence keep the values as they are."""
+    script = "<script>alert('x')</script>"
+    cfg = _load_gate(min_rows={"train": 1}, expectations=[
+        {"type": "expect_column_values_to_be_unique", "kwargs": {"column": "trip_id"}},
+        {"type": "expect_column_most_common_value_to_be_in_set", "kwargs": {"column": "trip_id", "value_set": ["t1"]}},
+        {"type": "expect_column_values_to_be_between", "kwargs": {"column": "x", "min_value": 0, "max_value": 1}}])
+    df = pd.DataFrame({"trip_id": [script] * 3 + ["t1"], "x": [5.0, 0.5, 7.0, 0.1]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        failures, evidence = validate_frames({"train": df}, cfg, docs_dir=tmp_path)
+    page = (tmp_path / "train.html").read_text()
+    assert "<script>alert" not in page and page.count("&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;") >= 2
+    assert "&amp;lt;" not in page and 'show-scrollbars">7.0' in page  # escaped once; numbers as they were
+    assert any(script in f for f in failures) and script in json.dumps(evidence)
+
+
 # --- GX's own exception text reaches the failure message ---
 
 
