@@ -11,6 +11,7 @@ one). ``dlpipe ingest-raw`` is its command line.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from datetime import date
@@ -36,18 +37,22 @@ def parquet_files(paths: list[Path]) -> tuple[list[Path], int]:
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
-            inside = sorted(p for p in path.glob("*.parquet") if p.is_file())
+            inside = sorted(p for p in path.glob("*.parquet") if p.is_file() or p.is_symlink())
             if not inside:
                 raise ConfigError("PATH", str(path), "the directory holds no *.parquet file; name the files")
             files += inside
-        elif path.is_file():
+        elif path.is_file() or path.is_symlink():
             files.append(path)
         else:
             raise ConfigError("PATH", str(path), "no such file or directory")
+    for f in files:
+        if f.is_symlink():  # a link planted in a landing folder would copy any file this account can read
+            raise ConfigError("PATH", str(f), f"a symbolic link (to {os.readlink(f)}): name the file itself, so "
+                                              f"that the manifest records where the bytes came from")
     if not files:
         raise ConfigError("PATH", "", "name at least one Parquet file or a directory of them")
     seen: dict[Path, Path] = {}
-    for f in files:  # a folder and a file in it, a file twice, a link to it: its rows would count twice
+    for f in files:  # a folder and a file in it, or a file twice: its rows would count twice
         if (real := f.resolve()) in seen:
             raise ConfigError("PATH", str(f), f"the same file as {seen[real]}, named twice: each file once")
         seen[real] = f
@@ -83,7 +88,7 @@ def commit_raw_files(name: str, day: date, paths: list[Path], run: RunContext,
     Skipped when the day's newest version holds the same bytes in the same order; otherwise a
     new version is committed, which readers take from then on (also bytes an older version held:
     going back after a bad correction)."""
-    if not isinstance(name, str) or not RAW_NAME.match(name):
+    if not isinstance(name, str) or not RAW_NAME.fullmatch(name):  # match() and $ take a trailing newline
         raise ConfigError("NAME", name, "lowercase letters, digits, '_' and '-', starting with a letter or digit "
                                         "(the name a pipeline's features.raw gives)")
     files, rows = parquet_files(paths)

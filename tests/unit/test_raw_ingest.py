@@ -92,6 +92,26 @@ def test_a_bad_name_or_day_is_refused(dlpipe_home, tmp_path, capsys):
     assert "01/02/2026" in capsys.readouterr().err
 
 
+def test_a_link_in_a_landing_folder_or_a_name_with_a_trailing_newline_commits_nothing(dlpipe_home, tmp_path, capsys):
+    """A link planted in a landing folder copied whatever file it pointed at (one this account
+    can read, another team's) into the partition, and recorded the link's path as the source.
+    ``match`` with ``$`` took 'trips\\n' as a name no spec can read."""
+    private = _write(tmp_path / "other_team" / "private.parquet", 2)
+    landed = tmp_path / "landing"
+    _write(landed / "a.parquet", 2)
+    (landed / "b.parquet").symlink_to(private)
+    code, _, err = _ingest(capsys, "fraud_trips", "--day", "2026-02-01", str(landed))
+    assert code == 2 and f"PATH='{landed / 'b.parquet'}'" in err and f"a symbolic link (to {private})" in err, err
+    (landed / "b.parquet").unlink()
+    (landed / "c.parquet").symlink_to(tmp_path / "gone.parquet")  # a dangling one too, not 'no such file'
+    code, _, err = _ingest(capsys, "fraud_trips", "--day", "2026-02-01", str(landed))
+    assert code == 2 and "a symbolic link" in err, err
+    code, _, err = _ingest(capsys, "fraud_trips\n", "--day", "2026-02-01", str(landed / "a.parquet"))
+    assert code == 2 and "NAME=" in err
+    assert commit.committed(StageKey("raw", "fraud_trips", "dt=2026-02-01")) == []
+    assert not [p for p in dlpipe_home.rglob("*") if "\n" in p.name]
+
+
 def test_files_written_straight_into_a_day_are_named_with_the_command_that_commits_them(dlpipe_home):
     with pytest.raises(InputNotReady, match=r"no committed raw partition fraud_trips/dt=2026-02-01 yet.*"
                                             r"dlpipe ingest-raw fraud_trips --day 2026-02-01 PATH"):
@@ -112,7 +132,7 @@ def test_a_file_named_twice_or_twin_bytes_or_no_rows_are_refused(dlpipe_home, tm
     _write(landed / "b.parquet", 1, start=2)
     (tmp_path / "link.parquet").symlink_to(a)
     for args, shown, fix in (([str(landed), str(a)], "a.parquet", "named twice"),
-                             ([str(a), str(tmp_path / "link.parquet")], "link.parquet", "named twice")):
+                             ([str(a), str(tmp_path / "link.parquet")], "link.parquet", "a symbolic link")):
         code, _, err = _ingest(capsys, "fraud_trips", "--day", "2026-02-01", *args)
         assert code == 2 and shown in err and fix in err, err
     twin = tmp_path / "copy.parquet"
