@@ -25,6 +25,7 @@ import re
 import subprocess
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
@@ -193,6 +194,55 @@ def verify(manifest: dict, home: Path | None = None) -> None:
                 f"{manifest['id']}: {f['path']} has sha256 {actual[:12]}..., manifest says "
                 f"{f['sha256'][:12]}...; the stored data was modified after commit"
             )
+
+
+# Files found unchanged by a re-hash in this process, by path and the stat that was hashed: one
+# check of a partition's inputs and run_stage's own then cost one hash, not two.
+_REHASHED: set[tuple] = set()
+
+
+def redo_fix(manifest: dict) -> str:
+    """How to replace a manifest's damaged output: a raw day is committed again by ingestion
+    (readers take the newest version), a stage's output by deleting its manifest and running
+    its task again."""
+    if manifest["stage"] == "raw":
+        day = manifest["partition"].removeprefix("dt=")
+        return (f"commit the day's files again (dlpipe ingest-raw {manifest['name']} --day {day} PATH...; readers "
+                f"take the new version), then clear the runs that read it")
+    return (f"delete {manifest['stage']}/{manifest['name']}/{manifest['partition']}/manifests/"
+            f"{manifest['fingerprint']}.json and run its task again (docs/operations.md, Retention)")
+
+
+def file_problem(manifest: dict, entry: dict, home: Path | None = None) -> str | None:
+    """What is wrong with one committed file, at the cost of a stat: missing, another size, or
+    written since the commit (a modification time after ``committed_at``) and then holding other
+    bytes, which a re-hash tells. None when it is the committed file as far as that shows."""
+    path = location(manifest, home) / entry["path"]
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return f"{entry['path']} is missing"
+    if st.st_size != entry["size"]:
+        return f"{entry['path']} is not the file that was committed ({st.st_size} bytes, committed {entry['size']})"
+    committed_at = manifest.get("committed_at")
+    if committed_at and st.st_mtime <= datetime.fromisoformat(committed_at).timestamp():
+        return None
+    seen = (str(path), st.st_ino, st.st_size, st.st_mtime_ns, entry["sha256"])
+    if seen not in _REHASHED:
+        if sha256_file(path) != entry["sha256"]:
+            return f"{entry['path']} was written after its commit and holds other bytes (its SHA-256 differs)"
+        _REHASHED.add(seen)
+    return None
+
+
+def check_unchanged(manifest: dict, home: Path | None = None) -> None:
+    """Refuse an input whose files are no longer the committed bytes, before a stage reads it:
+    a stat per file, and a re-hash of a file written since the commit (``file_problem``).
+    Damage that leaves the modification time as it was (a disk's own bit rot, a copy that keeps
+    times) is found only by ``dlpipe lineage ID --verify``, which re-hashes everything."""
+    for entry in manifest["outputs"]["files"]:
+        if problem := file_problem(manifest, entry, home):
+            raise IntegrityError(f"{manifest['id']}: {problem} in {location(manifest, home)}; {redo_fix(manifest)}")
 
 
 def ignored_file(name: str) -> bool:
@@ -421,8 +471,18 @@ def run_newest_version(key: StageKey, *, config: dict[str, Any], code: dict[str,
         if newest is not None:
             same_config = without_replaces(newest["config"]) == config
             same_code = code_identity(fingerprinted_code(newest)) == code_identity(code)
-            config = newest["config"] if same_config and same_code else {**config, "replaces": newest["id"]}
+            damaged = _damaged(newest, home) if same_config and same_code else None
+            if damaged:
+                log.warning("%s: its newest version %s is damaged (%s): the same files are committed again as a "
+                            "new version, which readers take", key.relpath, newest["id"], damaged)
+            keep = same_config and same_code and not damaged
+            config = newest["config"] if keep else {**config, "replaces": newest["id"]}
         return run_stage(key, inputs=[], config=config, code=code, run=run, produce=produce, home=home)
+
+
+def _damaged(manifest: dict, home: Path | None) -> str | None:
+    """The first problem ``file_problem`` finds with a manifest's files, if any."""
+    return next(filter(None, (file_problem(manifest, e, home) for e in manifest["outputs"]["files"])), None)
 
 
 def run_stage(
@@ -467,6 +527,8 @@ def run_stage(
     log.info("%s: attempt %s writing to %s", mid, attempt_id, attempt_dir)
     path = _manifest_path(key, fp, home)
     try:
+        for m in inputs:  # the stage reads them next: their files must still be the committed ones
+            check_unchanged(m, home)
         summary = produce(attempt_dir)
         sync_tree(attempt_dir)  # the data is durable before the manifest that names it
         manifest = {

@@ -43,7 +43,8 @@ def check_split(manifest: dict, split: str) -> None:
     Petastorm reads every Parquet file in the directory, so a file deleted early (retention done
     in the wrong order, a partial copy) would silently train on part of the data, and a stray one
     on data nobody committed. This costs one listing and a stat per file; the metadata files,
-    which get unpickled, are also re-hashed. ``dlpipe lineage ID --verify`` re-hashes everything.
+    which get unpickled, and any file written since the commit are also re-hashed
+    (``commit.file_problem``). ``dlpipe lineage ID --verify`` re-hashes everything.
     """
     root, mid = commit.location(manifest), manifest["id"]
     fix = (f"the dataset was changed after its commit. To recompute it, delete "
@@ -51,14 +52,11 @@ def check_split(manifest: dict, split: str) -> None:
            f"and run its task again (docs/operations.md, Retention)")
     listed = {f["path"]: f for f in manifest["outputs"]["files"] if f["path"].startswith(f"{split}/")}
     for rel, entry in listed.items():
-        path = root / rel
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            raise IntegrityError(f"{mid}: {rel} is missing from {root}; {fix}") from None
-        if size != entry["size"] or (path.name in _METADATA and sha256_file(path) != entry["sha256"]):
-            raise IntegrityError(f"{mid}: {rel} is not the file that was committed "
-                                 f"({size} bytes, committed {entry['size']}); {fix}")
+        problem = commit.file_problem(manifest, entry)
+        if problem is None and (root / rel).name in _METADATA and sha256_file(root / rel) != entry["sha256"]:
+            problem = f"{rel} is not the file that was committed (its SHA-256 differs)"
+        if problem:
+            raise IntegrityError(f"{mid}: {problem} in {root}; {fix}")
     for path in (root / split).rglob("*"):
         rel = path.relative_to(root).as_posix()
         # readers skip hidden names (.DS_Store, NFS's .nfsXXXX); Petastorm does read '_metadata'

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from dlpipe import commit
 from dlpipe.commit import StageKey, StageResult
 from dlpipe.demo_data import CITIES, CITY_TIME_ZONES, RAW_DATASET
-from dlpipe.errors import ConfigError, InputNotReady, NotCommittedError
+from dlpipe.errors import ConfigError, InputNotReady, IntegrityError, NotCommittedError
 from dlpipe.hashing import content_hash, fingerprint, sources_hash
 from dlpipe.interval import day_partition, interval_days
 from dlpipe.pipeline_config import YamlFloat
@@ -164,7 +164,7 @@ def check_raw_files(paths: list[Path]) -> None:
 
     first: dict[str, tuple[Path, str, str]] = {}  # column -> (first file, its type, as Spark reads it)
     for path in paths:
-        meta = pq.read_metadata(path)
+        meta = committed_footer(path)
         schema = meta.schema.to_arrow_schema()  # pyarrow's types: dictionaries, time zones
         physical = {meta.schema.column(i).path: meta.schema.column(i).physical_type
                     for i in range(len(meta.schema))}
@@ -185,13 +185,29 @@ def check_raw_files(paths: list[Path]) -> None:
                     f"with theirs, {_COMMIT_AGAIN}")
 
 
+def committed_footer(path: Path):
+    """The Parquet footer of a committed raw file. One that cannot be read, with the committed
+    size and no write since (``commit.check_unchanged`` passed), is damaged in place: an
+    IntegrityError that fails the task, naming the file and the way out, instead of pyarrow's
+    ArrowInvalid, which was retried and named neither."""
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_metadata(path)
+    except (OSError, ValueError) as exc:  # ArrowInvalid is a ValueError
+        raise IntegrityError(f"raw file {path} is committed but cannot be read as Parquet ({type(exc).__name__}: "
+                             f"{exc}): it was damaged after its commit; `dlpipe lineage ID --verify` re-hashes "
+                             f"every file. Commit that day's files again (dlpipe ingest-raw NAME --day DAY "
+                             f"PATH...), then clear the runs that read it") from None
+
+
 def check_interval_partition(manifest: dict, raw: StageKey) -> int:
     """The rows of the interval's own raw partition (from its Parquet footers), refusing none.
     An empty day would commit as an empty feature partition, and the dataset over it; with no
     file and no history, Spark fails without saying which partition. A history day may be
     empty: the restaurant features then count it as a day without trips."""
     files = commit.files(manifest, ".parquet")
-    rows = parquet_rows(files)
+    rows = sum(committed_footer(f).num_rows for f in files)
     if rows == 0:
         raise ConfigError(f"raw partition {raw.relpath}", f"0 rows in {len(files)} file(s)",
                           "the interval's own partition is empty, so its feature partition would be "
@@ -251,8 +267,10 @@ def extract_features(interval_start, interval_end, *, config: FeatureJobConfig, 
                         (date.fromisoformat(absent) + timedelta(days=config.lookback_days)).isoformat())
     interval = committed_days(config.raw, "raw", [day], required=True, late_ok=True)[0]
     raw_key = StageKey("raw", config.raw, day_partition(day))
-    interval_rows = check_interval_partition(interval[0], raw_key)
     inputs = earlier + interval
+    for m in inputs:  # a damaged raw day is named with its fix before any footer is read
+        commit.check_unchanged(m)
+    interval_rows = check_interval_partition(interval[0], raw_key)
     key = StageKey("features", config.name, day_partition(day))
     fp_config, code = feature_version(config)
 

@@ -114,6 +114,37 @@ def test_verify_detects_a_flipped_byte():
         commit.verify(r.manifest)
 
 
+def test_a_stage_refuses_an_input_written_since_its_commit_before_it_produces():
+    """A stage read its inputs' files without looking: bytes changed after a commit gave another
+    output under the same id. A stat per file now, and a re-hash of a file written since the
+    commit: touched but the same bytes passes, other bytes of the same size and a missing file
+    fail before ``produce``, audited, with the way to commit the input again."""
+    import os
+    import time
+
+    run = RunContext()
+    up = run_stage(StageKey("raw", "t", "dt=2026-01-01"), inputs=[], config={}, code=CODE, run=run, produce=_write(3))
+    [path] = commit.files(up.manifest)
+    produced = []
+
+    def produce(attempt: Path) -> dict:
+        produced.append(attempt)
+        return _write(1)(attempt)
+
+    os.utime(path, (time.time() + 5,) * 2)  # touched: the same bytes
+    run_stage(KEY, inputs=[up.manifest], config={"n": 1}, code=CODE, run=run, produce=produce)
+    path.write_text("y\n" * 3)  # the same size, other bytes
+    with pytest.raises(IntegrityError, match=r"raw/t/dt=2026-01-01@\w+: part-0.txt was written after its commit and "
+                                             r"holds other bytes .*dlpipe ingest-raw t --day 2026-01-01 PATH"):
+        run_stage(KEY, inputs=[up.manifest], config={"n": 2}, code=CODE, run=run, produce=produce)
+    assert len(produced) == 1 and list(audit.read())[-1]["event"] == "failed"
+    path.unlink()
+    with pytest.raises(IntegrityError, match=r"part-0.txt is missing"):
+        run_stage(KEY, inputs=[up.manifest], config={"n": 3}, code=CODE, run=run, produce=produce)
+    assert len(produced) == 1
+    assert [m["config"] for m in commit.committed(KEY)] == [{"n": 1}]
+
+
 def test_load_manifest_refuses_unknown_and_malformed_ids():
     with pytest.raises(NotCommittedError, match="no committed manifest"):
         commit.load_manifest("features/demo/dt=2026-01-01@0000000000000000")

@@ -4,7 +4,7 @@ that someone reading it can backfill exactly those raw days (a count would not s
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from pathlib import Path
 
 from dlpipe.runctx import RunContext
@@ -46,9 +46,13 @@ def test_a_history_day_without_a_column_the_job_reads_is_refused_before_spark(sm
     from dlpipe import commit
     from dlpipe.errors import ConfigError
 
+    from dlpipe.raw_ingest import commit_raw_files
+
     day2 = commit.latest(commit.StageKey("raw", "trips", "dt=2026-01-02"))
     [path] = commit.files(day2, ".parquet")
-    pq.write_table(pq.read_table(path).drop(["prep_minutes"]), path)  # the older ingestion's file
+    older = path.parent.parent / "older.parquet"
+    pq.write_table(pq.read_table(path).drop(["prep_minutes"]), older)  # the older ingestion's file
+    commit_raw_files("trips", date(2026, 1, 2), [older], RunContext())
     submitted = []
     start = datetime(2026, 1, 3, tzinfo=timezone.utc)
     with pytest.raises(ConfigError, match=r"raw file .*dt=2026-01-02.*column prep_minutes='\(missing\)'.*floating"):
@@ -117,3 +121,32 @@ def test_history_files_written_but_never_committed_are_named_with_the_command(sm
     assert "2025-12-31" in summary["missing_history_days"]
     assert ("raw/trips/dt=2025-12-31 holds 1 Parquet file(s) that were never committed" in caplog.text
             and f"dlpipe ingest-raw trips --day 2025-12-31 {folder}" in caplog.text)
+
+
+def test_a_damaged_raw_day_fails_with_its_name_and_fix_before_spark(small_raw):
+    """A raw file cut short after its commit failed the task with pyarrow's 'Parquet magic bytes
+    not found', naming no file, and Airflow retried it. A footer damaged in place (the committed
+    size, an old modification time: a disk's own damage) is named too."""
+    import os
+
+    import pytest
+
+    from dlpipe import commit
+    from dlpipe.errors import IntegrityError
+
+    submitted = []
+    start = datetime(2026, 1, 3, tzinfo=timezone.utc)
+    day2 = commit.latest(commit.StageKey("raw", "trips", "dt=2026-01-02"))
+    [path] = commit.files(day2, ".parquet")
+    intact, stat = path.read_bytes(), path.stat()
+    path.write_bytes(intact[: len(intact) // 2])
+    with pytest.raises(IntegrityError, match=r"raw/trips/dt=2026-01-02@\w+: part-00000.parquet is not the file that "
+                                             r"was committed .*dlpipe ingest-raw trips --day 2026-01-02 PATH"):
+        extract_features(start, start.replace(day=4), config=FeatureJobConfig(lookback_days=4), run=RunContext(),
+                         submit=lambda app, args: submitted.append(app))
+    path.write_bytes(intact[:-8] + b"\0" * 8)  # the footer's length and magic bytes gone, the size kept
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(IntegrityError, match=r"raw file .*dt=2026-01-02.* is committed but cannot be read as Parquet"):
+        extract_features(start, start.replace(day=4), config=FeatureJobConfig(lookback_days=4), run=RunContext(),
+                         submit=lambda app, args: submitted.append(app))
+    assert submitted == []

@@ -112,6 +112,24 @@ def test_a_link_in_a_landing_folder_or_a_name_with_a_trailing_newline_commits_no
     assert not [p for p in dlpipe_home.rglob("*") if "\n" in p.name]
 
 
+def test_the_same_files_committed_again_replace_a_damaged_newest_version(dlpipe_home, tmp_path, capsys):
+    """The obvious repair of a damaged day, committing its files again, was skipped as 'exists':
+    the newest version had the same config and code. Its files are now looked at first."""
+    a = _write(tmp_path / "a.parquet", 5)
+    assert _ingest(capsys, "fraud_trips", "--day", "2026-02-01", str(a))[0] == 0
+    key = StageKey("raw", "fraud_trips", "dt=2026-02-01")
+    [first] = commit.committed(key)
+    [copy] = commit.files(first)
+    with open(copy, "r+b") as f:
+        f.truncate(copy.stat().st_size // 2)
+    code, out, _ = _ingest(capsys, "fraud_trips", "--day", "2026-02-01", str(a))
+    assert code == 0 and "skipped" not in out
+    old, new = commit.committed(key)
+    assert old["id"] == first["id"] and new["config"]["replaces"] == first["id"]
+    commit.verify(new)
+    assert _ingest(capsys, "fraud_trips", "--day", "2026-02-01", str(a))[1].count("skipped") == 1  # now sound
+
+
 def test_files_written_straight_into_a_day_are_named_with_the_command_that_commits_them(dlpipe_home):
     with pytest.raises(InputNotReady, match=r"no committed raw partition fraud_trips/dt=2026-02-01 yet.*"
                                             r"dlpipe ingest-raw fraud_trips --day 2026-02-01 PATH"):
