@@ -182,8 +182,17 @@ def files(manifest: dict, suffix: str = "", home: Path | None = None) -> list[Pa
 
 
 def verify(manifest: dict, home: Path | None = None) -> None:
-    """Re-hash every file of a manifest; raise IntegrityError on the first mismatch."""
+    """Re-hash every file of a manifest, and look for files in its folder that it does not list
+    (readers that take a whole folder, Petastorm and Spark, would read them); raise
+    IntegrityError on the first problem."""
     root = location(manifest, home)
+    listed = {f["path"] for f in manifest["outputs"]["files"]}
+    for path in sorted(root.rglob("*")) if root.is_dir() else []:
+        rel = path.relative_to(root).as_posix()
+        # hidden names (.DS_Store, NFS's .nfsXXXX) are skipped by every reader, as are Spark's side files
+        if rel not in listed and path.is_file() and not ignored_file(path.name) and not path.name.startswith("."):
+            raise IntegrityError(f"{manifest['id']}: {rel} is in its folder {root} but not in its manifest; "
+                                 f"remove it (readers of the whole folder would take it)")
     for f in manifest["outputs"]["files"]:
         path = root / f["path"]
         if not path.exists():

@@ -114,6 +114,20 @@ def test_verify_detects_a_flipped_byte():
         commit.verify(r.manifest)
 
 
+def test_verify_finds_a_file_its_manifest_does_not_list():
+    """A part file copied into a committed folder passed --verify, though Petastorm and Spark
+    read every file of the folder."""
+    r = run_stage(KEY, inputs=[], config={}, code=CODE, run=RunContext(), produce=_write(4))
+    root = commit.location(r.manifest)
+    (root / "sub").mkdir()
+    (root / "sub" / ".nfs0001").write_text("hidden: readers skip it")
+    (root / "part-0.txt.crc").write_text("Spark's side file")
+    commit.verify(r.manifest)
+    (root / "sub" / "part-99-extra.txt").write_text("x\n")
+    with pytest.raises(IntegrityError, match=r"sub/part-99-extra.txt is in its folder .* but not in its manifest"):
+        commit.verify(r.manifest)
+
+
 def test_a_stage_refuses_an_input_written_since_its_commit_before_it_produces():
     """A stage read its inputs' files without looking: bytes changed after a commit gave another
     output under the same id. A stat per file now, and a re-hash of a file written since the
