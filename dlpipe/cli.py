@@ -418,7 +418,8 @@ def cmd_lineage(args: argparse.Namespace) -> int:
             return
         summary = ", ".join(f"{k}={v}" for k, v in node["summary"].items() if k != "metrics")
         lines.append(f"{pad}<- {node['id']}  [{node['run']['dag_id']}/{node['run']['task_id']} "
-                     f"try {node['run']['try_number']}] {summary}{flag}")
+                     f"try {node['run']['try_number']}, {node['run']['user']}, code "
+                     f"{_code_version(node['code'])}] {summary}{flag}")
         for child in node.get("inputs", []):
             walk(child, depth + 1)
 
@@ -433,6 +434,52 @@ def cmd_lineage(args: argparse.Namespace) -> int:
         lines.append("every link checked: fingerprints and seals match" + (", files re-hashed" if args.verify else
                                                                   " (add --verify to re-hash every file)"))
     _print(tree, args.json, "\n".join(map(_shown, lines)))  # a record's text is anyone's text
+    return 1 if problems else 0
+
+
+def _code_version(code: dict) -> str:
+    """'9c1e2f3a4b5c (git 1a2b3c4d, dirty)': a manifest's sources hash and the checkout it ran from."""
+    git = code.get("git_commit")
+    where = f" (git {git[:8]}{', dirty' if code.get('git_dirty') else ''})" if git else ""
+    return f"{str(code.get('sources_hash', '?'))[:12]}{where}"
+
+
+def cmd_manifest_show(args: argparse.Namespace) -> int:
+    """Any stage's manifest, as an auditor asks of it: who ran it, when, on which inputs, with
+    which code and config, producing which files."""
+    from dlpipe.lineage import checked_manifest
+
+    m, status = checked_manifest(args.id, verify_files=args.verify)
+    problems = status.get("problems", [])
+    if m is None:
+        _print({"id": args.id, **status}, args.json, "\n".join(_shown(f"!! {p}") for p in problems))
+        return 1
+    if args.json:
+        _print({**m, "problems": problems}, True, "")
+        return 1 if problems else 0
+    run, code = m["run"], m["code"]
+    lines = [
+        f"manifest   {m['id']}", f"location   {commit.location(m)}",
+        f"committed  {m['committed_at']} (started {m.get('started_at', '?')}, attempt {m.get('attempt_id', '?')})",
+        f"by         {run.get('dag_id')}/{run.get('run_id')} task {run.get('task_id')} try {run.get('try_number')}",
+        f"           user {run.get('user')} on {run.get('host')}, triggered by {run.get('triggered_by', '-')} "
+        f"({run.get('run_type', '-')})" + (f", reason: {run['reason']}" if run.get("reason") else ""),
+        f"code       {_code_version(code)}, dlpipe {code.get('dlpipe_version', '?')}",
+        "packages   " + ", ".join(f"{k} {v}" for k, v in sorted((code.get("packages") or {}).items()) if v),
+        "config     " + json.dumps(m["config"], sort_keys=True),
+        "inputs     " + (", ".join(i["id"] for i in m["inputs"]) or "(none)"),
+        "summary    " + json.dumps({k: v for k, v in m["summary"].items() if k not in ("schema", "stats")},
+                                   sort_keys=True, default=str),
+    ]
+    lines = [_shown(line) for line in lines]  # manifest text is anyone's text
+    lines += ["", f"files ({len(m['outputs']['files'])})"]
+    lines.append(_table([{"path": f["path"], "size": f["size"], "sha256": f["sha256"][:16]}
+                         for f in m["outputs"]["files"]], ["path", "size", "sha256"]))
+    lines += [_shown(f"!! {p}") for p in problems]
+    if not problems:
+        lines.append("fingerprint and seal match" + (", files re-hashed" if args.verify else
+                                                      " (add --verify to re-hash every file)"))
+    print("\n".join(lines))
     return 1 if problems else 0
 
 
@@ -763,6 +810,16 @@ def build_parser() -> argparse.ArgumentParser:
     dss.add_argument("--verify", action="store_true", help="re-hash every file against the manifest (exit 1 if one "
                                                            "differs); the manifest's own seal is always checked")
     dss.set_defaults(func=cmd_dataset_show)
+
+    mf = sub.add_parser("manifest", help="any stage's committed manifests").add_subparsers(dest="manifest_cmd",
+                                                                                          required=True)
+    mfs = mf.add_parser("show", help="one manifest: who ran it, when, on which inputs, with which code and config, "
+                                     "producing which files")
+    mfs.add_argument("id", help="a manifest id (STAGE/NAME/PARTITION@FP), as lineage and the audit log show them")
+    mfs.add_argument("--json", action="store_true")
+    mfs.add_argument("--verify", action="store_true", help="re-hash every file against the manifest (exit 1 if one "
+                                                           "differs); its fingerprint and seal are always checked")
+    mfs.set_defaults(func=cmd_manifest_show)
 
     a = sub.add_parser("audit", help="audit events (every attempt of every stage)")
     a.add_argument("--run-id", type=_not_empty("--run-id"))

@@ -62,7 +62,11 @@ def manifest_tree(mid: str, depth: int = 0, max_depth: int = 16, *, expected: st
         node = {
             "id": m["id"], "stage": m["stage"], "fingerprint": m["fingerprint"],
             "committed_at": m["committed_at"],
-            "run": {k: m["run"][k] for k in ("dag_id", "run_id", "task_id", "try_number")},
+            # who ran it, with which code and config: what an auditor asks of every link
+            "run": {k: m["run"].get(k) for k in ("dag_id", "run_id", "task_id", "try_number", "user", "host",
+                                                  "triggered_by", "run_type", "reason")},
+            "config": m["config"],
+            "code": {k: v for k, v in m["code"].items() if k != "packages"},
             "files": [{"path": f["path"], "sha256": f["sha256"]} for f in m["outputs"]["files"]
                       if not f["path"].endswith(".json")],
             "summary": {k: v for k, v in m["summary"].items() if k in ("rows", "metrics", "verdict", "window", "day")},

@@ -474,3 +474,39 @@ def test_the_summary_reports_the_training_of_a_kind_it_does_not_know():
     assert _quality({"train_error": 0.01, "val_error": 0.02, "baseline_error": 0.9}).startswith("train error 1.00%")
     assert _quality({"train_mae_kmh": 3.25, "val_mae_kmh": 3.5, "baseline_mae_kmh": 9.0, "world_size": 2,
                      "samples_per_s": 10.0}) == "baseline_mae_kmh 9.000, train_mae_kmh 3.250, val_mae_kmh 3.500"
+
+
+def test_manifest_show_answers_who_when_which_inputs_code_and_config_for_any_stage(capsys, dlpipe_home):
+    """The audit questions of a raw, feature or gate manifest needed its JSON file: `dataset
+    show` covers datasets only, and lineage showed dag, run, task and try."""
+    from dlpipe import commit
+    from dlpipe.commit import StageKey, run_stage
+    from dlpipe.lineage import manifest_tree
+    from dlpipe.runctx import RunContext
+
+    def produce(attempt: Path) -> dict:
+        (attempt / "part-0.txt").write_text("x\n")
+        return {"rows": 1}
+
+    run = RunContext(dag_id="fraud", run_id="r1", task_id="features", try_number=2, triggered_by="ana",
+                     run_type="manual", reason="backfill \x1b[31mQ3")
+    raw = run_stage(StageKey("raw", "trips", "dt=2026-01-01"), inputs=[], config={}, code={"sources_hash": "a" * 64},
+                    run=RunContext(), produce=produce).manifest
+    feat = run_stage(StageKey("features", "fraud", "dt=2026-01-01"), inputs=[raw], config={"lookback_days": 7},
+                     code={"sources_hash": "b" * 64}, run=run, produce=produce).manifest
+    assert cli.main(["manifest", "show", feat["id"]]) == 0
+    out = capsys.readouterr().out
+    assert f"manifest   {feat['id']}" in out and "fraud/r1 task features try 2" in out
+    assert f"user {run.user} on {run.host}, triggered by ana (manual), reason: backfill \\x1b[31mQ3" in out
+    assert "code       bbbbbbbbbbbb" in out and '"lookback_days": 7' in out and f"inputs     {raw['id']}" in out
+    assert "part-0.txt" in out and "fingerprint and seal match" in out
+    node = manifest_tree(feat["id"])  # lineage's --json carries the same
+    assert node["run"]["user"] == run.user and node["config"] == {"lookback_days": 7}
+    assert node["code"]["sources_hash"] == "b" * 64 and node["inputs"][0]["run"]["user"] == RunContext().user
+
+    [path] = commit.files(feat)
+    path.write_text("y\n")
+    assert cli.main(["manifest", "show", feat["id"], "--verify"]) == 1
+    assert "modified after commit" in capsys.readouterr().out
+    assert cli.main(["manifest", "show", "features/fraud/dt=2026-01-01@" + "0" * 16, "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["missing"] is True
