@@ -346,9 +346,8 @@ def _gate_problems(record: dict, training: dict, verify_files: bool = False) -> 
         if verdict != "passed":
             problems.append(f"{gid}: verdict {verdict!r}, not 'passed'")
         if copy != gate["summary"]:  # registration copies the gate's whole summary
-            shown = copy.get("verdict") if isinstance(copy, dict) else copy
             problems.append(f"{gid}: the record's copy of its verdict and evidence is not the gate's "
-                            f"(verdict {verdict!r}, the record says {shown!r})")
+                            f"({_differences(copy, gate['summary'])})")
         if not vouches_for(gate, training):
             problems.append(f"{gid}: judged {judged(gate)}, not {training['id']} or its dataset")
             continue
@@ -385,6 +384,27 @@ def _stored_artifact_problems(store, record: dict) -> list[str]:
                                 f"the record says {art['sha256'][:16]}")
             target.unlink(missing_ok=True)
     return problems
+
+
+def _differences(copy: object, original: dict, shown: int = 3) -> str:
+    """"metrics.val_mae: the gate has 3.65, the record 2.1; ..." for the first fields where
+    ``copy`` differs from ``original``, nested fields by their path."""
+    found: list[str] = []
+
+    def walk(a: object, b: object, path: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b), key=str):
+                walk(a.get(k, "(absent)"), b.get(k, "(absent)"), f"{path}.{k}" if path else str(k))
+        elif a != b:
+            found.append(f"{path or 'the whole copy'}: the gate has {_brief(b)}, the record {_brief(a)}")
+
+    walk(copy, original, "")
+    return "; ".join(found[:shown]) + (f"; and {len(found) - shown} more" if len(found) > shown else "")
+
+
+def _brief(value: object, chars: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= chars else f"{text[:chars]}..."
 
 
 def cmd_lineage(args: argparse.Namespace) -> int:

@@ -146,11 +146,12 @@ def test_lineage_checks_every_link_and_reports_what_was_tampered_with(dlpipe_hom
     rfile.write_text(json.dumps(record))
     code, out = lineage()
     assert code == 1 and f"!! {gates[1]}: the record's copy of its verdict and evidence is not the gate's " \
-                         f"(verdict 'passed', the record says 'failed')" in out
+                         f"(verdict: the gate has 'passed', the record 'failed')" in out
     record = json.loads(original_record)
     record["lineage"]["gate_verdicts"][gates[1]]["evidence"] = "edited"  # the verdict kept, its evidence not
     rfile.write_text(json.dumps(record))
-    assert lineage()[0] == 1
+    code, out = lineage()
+    assert code == 1 and "(evidence: the gate has " in out and "the record 'edited')" in out
     rfile.write_text(original_record)
     gate_file = next((commit.location(commit.load_manifest(gates[0])).parent.parent / "manifests").glob("*.json"))
     gate_text = gate_file.read_text()
