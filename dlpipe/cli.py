@@ -567,10 +567,14 @@ def cmd_audit(args: argparse.Namespace) -> int:
     rows = [{"ts": e["ts"], "event": e["event"], "task": e["run"]["task_id"],
              "try": e["run"]["try_number"], "user": e["run"]["user"],
              "triggered": _trigger(e["run"]), "manifest": e.get("manifest_id"),
+             # which attempt: re-commits of one id (its outputs removed, the stage run again) differ here
+             "attempt": (e.get("attempt_id") or e.get("committed_attempt_id") or "")[:8],
+             "seal": (e.get("seal") or "")[:8],
              "why": e.get("reason") or e.get("error", "")[:80]} for e in events]
     reasons = {e["run"]["run_id"]: e["run"].get("reason") for e in events if e["run"].get("reason")}
     header = "".join(f"run {_shown(run)}: {_shown(why)}\n" for run, why in reasons.items())
-    _print(events, args.json, header + _table(rows, ["ts", "event", "task", "try", "user", "triggered", "manifest", "why"]))
+    _print(events, args.json, header + _table(rows, ["ts", "event", "task", "try", "user", "triggered", "manifest",
+                                                     "attempt", "seal", "why"]))
     return 0
 
 

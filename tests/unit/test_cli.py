@@ -380,6 +380,24 @@ def test_the_audit_table_shows_who_triggered_a_run_and_how(capsys, dlpipe_home):
     assert code == 0 and "ana (backfill)" in out and " scheduled " in out and "triggered" in out
 
 
+def test_the_audit_table_tells_two_commits_of_one_id_apart(capsys, dlpipe_home):
+    """Three commits of one training id, each after its outputs were removed, all read 'try 1,
+    dag_test': only --json told them apart. The table shows the attempt and the seal."""
+    from dlpipe import audit
+    from dlpipe.runctx import RunContext
+
+    run = RunContext(dag_id="d", run_id="r", task_id="train", try_number=1)
+    audit.record("committed", stage="training", manifest_id="m", attempt_id="aaaa1111bbbb", seal="5e41" * 16, run=run)
+    audit.record("committed", stage="training", manifest_id="m", attempt_id="cccc2222dddd", seal="9f00" * 16, run=run)
+    audit.record("skipped", stage="training", manifest_id="m", committed_attempt_id="cccc2222dddd", run=run,
+                 reason="already committed")
+    code, out, _ = _run(capsys, "audit", "--dag-id", "d")
+    lines = out.splitlines()
+    assert code == 0 and "attempt" in lines[0] and "seal" in lines[0]
+    assert "aaaa1111" in lines[2] and "5e415e41" in lines[2] and "cccc2222" in lines[3] and "9f009f00" in lines[3]
+    assert "cccc2222" in lines[4]  # the skip names the attempt that committed
+
+
 def test_a_registry_change_is_not_made_when_its_audit_event_cannot_be_written(capsys, tmp_path, monkeypatch):
     """Before, the alias moved (and a version was registered) and the command then failed on the
     audit log, exit 2: the user retried a change that had been made, and it had no audit event."""
