@@ -1,4 +1,4 @@
-"""Append-only audit log: one JSON line per attempt event (started, skipped, committed, conflict, failed).
+"""Append-only audit log: one JSON line per event (started, skipped, committed, conflict, failed; removed by `dlpipe gc`).
 
 Lines are appended with O_APPEND under an exclusive flock, so concurrent writers (two attempts
 of the same task, several DAG runs) never interleave partial lines.
@@ -21,7 +21,7 @@ from dlpipe.hashing import canonical_json
 from dlpipe.runctx import RunContext
 
 log = logging.getLogger(__name__)
-EVENTS = ("started", "skipped", "committed", "failed", "conflict")
+EVENTS = ("started", "skipped", "committed", "failed", "conflict", "removed")  # removed: dlpipe gc
 
 
 def utcnow_iso() -> str:

@@ -578,6 +578,32 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gc(args: argparse.Namespace) -> int:
+    """List (or, with --delete, remove) what dlpipe.garbage calls garbage."""
+    from dlpipe import garbage
+
+    older_than = garbage.parse_age(args.older_than)
+    found = garbage.find(older_than)
+    home = settings.home()
+    rows = [{"kind": g.kind, "path": g.path.relative_to(home).as_posix(), "MB": f"{g.size / 1e6:.1f}", "why": g.why}
+            for g in found]
+    total = sum(g.size for g in found)
+    if args.json:
+        _print([{**r, "size": g.size} for r, g in zip(rows, found)], True, "")
+    elif found:
+        print(_table(rows, ["kind", "path", "MB", "why"]))
+    if not found:
+        print(f"nothing to collect under {home} (attempts and checkpoints untouched for {args.older_than} or "
+              f"ended without a commit)", file=sys.stderr)
+        return 0
+    if not args.delete:
+        print(f"{len(found)} folder(s), {total / 1e6:.1f} MB: a dry run; add --delete to remove them", file=sys.stderr)
+        return 0
+    freed = garbage.remove(found, cli_context("gc"))
+    print(f"removed {len(found)} folder(s), {freed / 1e6:.1f} MB (each recorded in the audit log)", file=sys.stderr)
+    return 0
+
+
 def _fmt(v: Any) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
@@ -844,6 +870,15 @@ def build_parser() -> argparse.ArgumentParser:
     mfs.add_argument("--verify", action="store_true", help="re-hash every file against the manifest (exit 1 if one "
                                                            "differs); its fingerprint and seal are always checked")
     mfs.set_defaults(func=cmd_manifest_show)
+
+    gc = sub.add_parser("gc", help="list (--delete: remove) attempt folders no manifest names and checkpoints of "
+                                   "trainings that never committed; never a committed output")
+    gc.add_argument("--older-than", default="72h",
+                    help="leave what was written in this long ago, e.g. 72h or 3d (default 72h): it may still be "
+                         "writing; make it longer than your longest task's execution_timeout times its tries")
+    gc.add_argument("--delete", action="store_true", help="remove them (default: only list them)")
+    gc.add_argument("--json", action="store_true")
+    gc.set_defaults(func=cmd_gc)
 
     a = sub.add_parser("audit", help="audit events (every attempt of every stage)")
     a.add_argument("--run-id", type=_not_empty("--run-id"))
