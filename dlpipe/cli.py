@@ -198,6 +198,10 @@ def cmd_registry_promote(args: argparse.Namespace) -> int:
     else:
         how = f"moved from version {before['version']}"
     _print(doc, args.json, f"{name}:{args.alias} -> version {doc['version']} ({how})")
+    if not (registry.get_version(store, name, doc["version"]).get("lineage") or {}).get("gates"):
+        print(f"warning: {name}@{doc['version']} passed no gate (registered from outside a pipeline): nothing judged "
+              f"it against the data, the baseline or the champion. To accept a model a gate refused, change the "
+              f"gate in the spec and run it again (docs/operations.md, When a gate fails)", file=sys.stderr)
     return 0
 
 

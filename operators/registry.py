@@ -97,10 +97,24 @@ class RegisterModelOperator(_RegistryOperator):
                               "`dlpipe registry register`")
         return listed
 
+    def _rendered_gates(self) -> list[str]:
+        """The gate ids as the run rendered them. An empty one at run time is a gate task that
+        returned nothing: it committed no verdict, yet the run went on (it was marked success
+        by hand). Said so, rather than blaming the DAG's arguments."""
+        listed = [self.gate_ids] if isinstance(self.gate_ids, str) else self.gate_ids
+        if isinstance(listed, (list, tuple)) and listed and not all(listed):
+            empty = [i for i, g in enumerate(listed) if not g]
+            raise ConfigError(f"RegisterModelOperator(task_id={self.task_id!r}) argument gate_ids", listed,
+                              f"gate_ids{empty} rendered empty: its gate task committed no verdict, yet this run "
+                              f"went on (was it marked success by hand?). A model no gate passed is not "
+                              f"registered: clear the gate task to judge the model again, or, to accept what it "
+                              f"refused, see docs/operations.md, When a gate fails")
+        return self._gate_list(self.gate_ids, "rendered to no gate")
+
     def run_stage(self, context: Any, pipeline: dict, run: RunContext) -> StageResult:
         training = commit.load_manifest(self.training_id, stage="training", field="training_id")
         gates = []
-        gate_ids = self._gate_list(self.gate_ids, "rendered to no gate")  # a template or XCom, as run
+        gate_ids = self._rendered_gates()  # a template or XCom, as run
         for gid in gate_ids:  # refuse models whose gates did not commit a pass
             gate = commit.load_manifest(gid, stage="gates", field="gate_ids")
             gates.append(gate)
@@ -174,6 +188,12 @@ class PromoteModelOperator(_RegistryOperator):
         if not alias:
             raise ConfigError("alias", alias, "registry.promote_to is null in the pipeline, so it promotes no alias: "
                                               "set it, pass alias=, or leave this task out of the DAG")
+        if not isinstance(self.model_ref, str) or not self.model_ref:
+            raise ConfigError(f"PromoteModelOperator(task_id={self.task_id!r}) argument model_ref", self.model_ref,
+                              "rendered to no model version: the task that registers it returned none (was it "
+                              "marked success by hand?), so there is nothing to promote. Clear the registration "
+                              "task, or promote a version by hand: dlpipe registry promote NAME@N ALIAS --reason "
+                              "TEXT")
         name, version = registry.parse_ref(self.model_ref)
         # the alias history's "why": this task's reason, else the run and the reason it was started with
         reason = self.reason or f"{run.dag_id} {run.run_id}" + (f": {run.reason}" if run.reason else "")

@@ -136,14 +136,31 @@ def test_gate_ids_that_render_to_nothing_at_run_time_are_refused(dlpipe_home):
 
     good = _training(3.0)
     root = dlpipe_home / "registry"
-    for empty in ([], [""]):
+    # a gate task marked success by hand returns no id: said so, not blamed on the DAG's arguments
+    for empty, said in (([], "rendered to no gate"), ([""], r"gate_ids\[0\] rendered empty"),
+                        (["gates/eta_data/x@1", None], r"gate_ids\[1\] rendered empty: its gate task committed no "
+                                                       r"verdict.*marked success by hand.*When a gate fails")):
         ti = SimpleNamespace(dag_id="eta_training", run_id="r", task_id="register_model", try_number=1)
         op = RegisterModelOperator(task_id="register_model", training_id=good["id"], gate_ids=["placeholder"],
                                    registry_root=str(root), pipeline_config=str(ROOT / "pipelines" / "eta_training.yaml"))
         op.gate_ids = empty  # as rendered
-        with pytest.raises(AirflowFailException, match="rendered to no gate"):
+        with pytest.raises(AirflowFailException, match=said):
             op.execute({"ti": ti, "dag_run": SimpleNamespace(run_type="manual"), "params": {}})
     assert registry.list_versions(LocalStore(root), "eta") == []
+
+
+def test_a_promotion_whose_registration_returned_nothing_fails_without_retry(dlpipe_home):
+    """register_model marked success by hand: promote_staging got None and crashed with an
+    AttributeError, which Airflow retried."""
+    from operators import PromoteModelOperator
+
+    ti = SimpleNamespace(dag_id="eta_training", run_id="r", task_id="promote_staging", try_number=1)
+    op = PromoteModelOperator(task_id="promote_staging", model_ref="eta@1", registry_root=str(dlpipe_home / "registry"),
+                              pipeline_config=str(ROOT / "pipelines" / "eta_training.yaml"))
+    op.model_ref = None  # as rendered from a task that returned nothing
+    with pytest.raises(AirflowFailException, match=r"model_ref=None: rendered to no model version.*marked success "
+                                                   r"by hand"):
+        op.execute({"ti": ti, "dag_run": SimpleNamespace(run_type="manual"), "params": {}})
 
 
 def test_registration_records_what_follows_it_in_its_dag(dlpipe_home):

@@ -338,8 +338,10 @@ def test_promote_says_whether_it_moved_and_rollback_says_what_to_do_instead(caps
     assert code == 2 and "pointed only at version 1" in err
     out = _run(capsys, "registry", "promote", "eta@1", "production")[1]
     assert out.strip() == "eta:production -> version 1 (already there: nothing changed)"
-    out = _run(capsys, "registry", "promote", "eta@2", "production")[1]
+    code, out, err = _run(capsys, "registry", "promote", "eta@2", "production")
     assert out.strip() == "eta:production -> version 2 (moved from version 1)"
+    # a version registered from outside a pipeline passed no gate: the promotion says so
+    assert code == 0 and "warning: eta@2 passed no gate" in err and "When a gate fails" in err
 
 
 def test_a_path_of_the_wrong_kind_is_an_error_not_a_traceback(capsys, tmp_path, dlpipe_home):
