@@ -570,11 +570,11 @@ def cmd_audit(args: argparse.Namespace) -> int:
         return 1
     rows = [{"ts": e["ts"], "event": e["event"], "task": e["run"]["task_id"],
              "try": e["run"]["try_number"], "user": e["run"]["user"],
-             "triggered": _trigger(e["run"]), "manifest": e.get("manifest_id"),
+             "triggered": _trigger(e["run"]), "manifest": e.get("manifest_id") or "-",
              # which attempt: re-commits of one id (its outputs removed, the stage run again) differ here
              "attempt": (e.get("attempt_id") or e.get("committed_attempt_id") or "")[:8],
              "seal": (e.get("seal") or "")[:8],
-             "why": e.get("reason") or e.get("error", "")[:80]} for e in events]
+             "why": e.get("reason") or _first_line(e.get("error", ""), 80)} for e in events]
     reasons = {e["run"]["run_id"]: e["run"].get("reason") for e in events if e["run"].get("reason")}
     header = "".join(f"run {_shown(run)}: {_shown(why)}\n" for run, why in reasons.items())
     _print(events, args.json, header + _table(rows, ["ts", "event", "task", "try", "user", "triggered", "manifest",
@@ -606,6 +606,12 @@ def cmd_gc(args: argparse.Namespace) -> int:
     freed = garbage.remove(found, cli_context("gc"))
     print(f"removed {len(found)} folder(s), {freed / 1e6:.1f} MB (each recorded in the audit log)", file=sys.stderr)
     return 0
+
+
+def _first_line(text: str, chars: int) -> str:
+    """The first line of an error, cut to ``chars`` ('...' where more follows)."""
+    first = text.splitlines()[0] if text else ""
+    return first[:chars] + ("..." if len(first) > chars or "\n" in text else "")
 
 
 def _fmt(v: Any) -> str:
@@ -682,15 +688,19 @@ def cmd_summary(args: argparse.Namespace) -> int:
         promotes = "promote_staging" in follows.get("downstream_stages", follows["downstream"])
         if not promotes and "promote_staging" not in tasks:
             expected = expected[:-1]
-    rows, ok = [], True
+    rows, failures, ok = [], [], True
     for stage in expected:
         for task, e in (tasks.get(stage) or {stage: None}).items():
             outcome = e["event"] if e else "missing"
             ok &= outcome in ("committed", "skipped", "conflict")
-            rows.append({"task": task, "outcome": outcome, "output": (e or {}).get("manifest_id", "-"),
-                         "why": (e or {}).get("reason") or (e or {}).get("error", "")[:100]})
+            rows.append({"task": task, "outcome": outcome, "output": (e or {}).get("manifest_id") or "-",
+                         "why": (e or {}).get("reason") or _first_line((e or {}).get("error", ""), 100)})
+            if e and e["event"] == "failed" and e.get("error"):
+                failures.append(f"{task} failed: {e['error']}")
     print(f"dlpipe run summary: dag {args.dag_id}, run {run_id}\n")
     print(_table(rows, ["task", "outcome", "output", "why"]))
+    if failures:  # the whole error: a gate's failed checks come after its first line
+        print("\n" + "\n".join(_shown(line) for f in failures for line in f.splitlines()))
     details = _summary_details(final)
     if details:
         print("\n" + "\n".join(details))

@@ -214,10 +214,10 @@ class CommitConflict(DlpipeError):
 class GateFailed(DlpipeError):
     """A data or model gate rejected its input. Deterministic: do not retry."""
 
-    def __init__(self, gate: str, failures: list[str]) -> None:
+    def __init__(self, gate: str, failures: list[str], next_steps: str = "") -> None:
         self.gate, self.failures = gate, failures
         lines = "\n".join(f"  - {f}" for f in failures)
-        super().__init__(f"{gate} failed ({len(failures)} check(s)):\n{lines}")
+        super().__init__(f"{gate} failed ({len(failures)} check(s)):\n{lines}" + (f"\n{next_steps}" if next_steps else ""))
 
 
 class SubprocessFailed(DlpipeError):

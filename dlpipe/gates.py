@@ -673,7 +673,7 @@ def run_data_gate(dataset: dict, cfg: DataGateConfig, *, run: RunContext, name: 
         evidence["drift"] = drift
         (attempt / "validation.json").write_text(json.dumps(evidence, indent=1, default=str))
         if failures:
-            raise GateFailed(f"data gate on {dataset['id']} (evidence: {attempt})", failures)
+            raise GateFailed(f"data gate on {dataset['id']} (evidence: {attempt})", failures, DATA_GATE_NEXT)
         checks = sum(s["expectations"] for s in evidence["splits"].values())
         log.info("data gate passed: %d expectations on %s (engines %s)", checks, list(frames), engines)
         return {"verdict": "passed", "expectations": checks, "dataset": dataset["id"], "engines": engines,
@@ -697,6 +697,17 @@ def window_failures(dataset: dict, cfg: DataGateConfig) -> list[str]:
     return [f"window: no feature partition for {len(missing)} of its days {missing}, more than "
             f"max_missing_feature_days={limit}; run the feature task for those days, then this run's dataset "
             f"task again (or raise the limit)"]
+
+
+# What the on-call engineer does next, at the end of a gate's failure (docs/operations.md has more)
+DATA_GATE_NEXT = ("next: the window's newest day (this run's own) is the usual suspect. Commit corrected raw files "
+                  "(dlpipe ingest-raw NAME --day D FILES), then `airflow tasks clear DAG -t extract_features "
+                  "--downstream -s D -e D+LOOKBACK --yes`; if the data is right, change the expectation in the spec. "
+                  "docs/operations.md, When a gate fails")
+MODEL_GATE_NEXT = ("next: retrain (change train: in the spec, then clear train with --downstream; unchanged, every "
+                   "stage skips and the same model is judged again), or accept the model by changing this gate "
+                   "in the spec through review and clearing model_gate with --downstream. docs/operations.md, "
+                   "When a gate fails")
 
 
 def split_fingerprint(dataset: dict, split: str) -> str:
@@ -899,7 +910,7 @@ def run_model_gate(training: dict, cfg: ModelGateConfig, *, run: RunContext, nam
                     "failures": failures, "config": cfg.model_dump()}
         (attempt / "verdict.json").write_text(json.dumps(evidence, indent=1))
         if failures:
-            raise GateFailed(f"model gate on {training['id']}", failures)
+            raise GateFailed(f"model gate on {training['id']}", failures, MODEL_GATE_NEXT)
         return {"verdict": "passed", cfg.metric: metrics[cfg.metric],
                 cfg.baseline_metric: metrics[cfg.baseline_metric], "note": note,
                 "champion": champion and {"ref": champion["ref"], champion["metric"]: champion["value"]},

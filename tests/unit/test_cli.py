@@ -530,3 +530,30 @@ def test_manifest_show_answers_who_when_which_inputs_code_and_config_for_any_sta
     assert "modified after commit" in capsys.readouterr().out
     assert cli.main(["manifest", "show", "features/fraud/dt=2026-01-01@" + "0" * 16, "--json"]) == 1
     assert json.loads(capsys.readouterr().out)["missing"] is True
+
+
+def test_the_summary_shows_a_failed_gates_checks_and_what_to_do(capsys, dlpipe_home):
+    """The 'why' column cut a gate's error inside its evidence path, before the failed checks
+    (and showed its newline as a literal \\n); the checks were only in --json."""
+    from dlpipe import audit
+    from dlpipe.errors import GateFailed
+    from dlpipe.gates import DATA_GATE_NEXT
+    from dlpipe.runctx import RunContext
+
+    run = RunContext(dag_id="d", run_id="r", task_id="extract_features", try_number=1, pipeline_stage="extract_features")
+    audit.record("committed", stage="features", run=run, manifest_id="features/eta/dt=2026-01-03@1")
+    gate = RunContext(dag_id="d", run_id="r", task_id="data_gate", try_number=1, pipeline_stage="data_gate")
+    error = GateFailed("data gate on datasets/eta/window_end=2026-01-03@2 (evidence: /" + "x" * 120 + ")",
+                       ["train.distance_km: expect_column_max_to_be_between {'max_value': 100.0} -> observed 560.2"],
+                       DATA_GATE_NEXT)
+    audit.failed(error, stage="gates", run=gate)
+    code, out, _ = _run(capsys, "summary", "--dag-id", "d", "--run-id", "r")
+    assert code == 1
+    [row] = [line for line in out.splitlines() if line.startswith("data_gate  ")]  # the table row
+    assert "GateFailed: data gate on datasets/eta" in row and row.rstrip().endswith("...") and "\\n" not in row
+    assert "data_gate failed: GateFailed: data gate on" in out
+    assert "  - train.distance_km: expect_column_max_to_be_between {'max_value': 100.0} -> observed 560.2" in out
+    assert "next: the window's newest day" in out and "When a gate fails" in out
+    code, out, _ = _run(capsys, "audit", "--run-id", "r")
+    [row] = [line for line in out.splitlines() if " failed " in line]
+    assert " None " not in row and " - " in row  # no manifest: a dash
