@@ -56,10 +56,11 @@ def held_by(dag_id: str, logical: datetime, tasks: tuple[str, ...] = HELD_TASKS,
             return (f"the run {run_id} (logical date {earlier:%Y-%m-%dT%H:%M%z}) holds this one: its {task} is "
                     f"{state or 'not run'}, and each run's {task} waits for the previous run's "
                     f"(depends_on_past), so `airflow dags test` would wait for it, forever unless a scheduler "
-                    f"is running that run (a `dags test` stopped with Ctrl-C leaves its run unfinished). Either "
-                    f"forget the DAG's runs (committed data stays and is reused): airflow dags delete {dag_id} "
-                    f"--yes; or keep the run and clear it so that a scheduler runs it again, or mark its {task} "
-                    f"success in the UI to go on without it (docs/operations.md#alerting)")
+                    f"is running that run (a `dags test` stopped with Ctrl-C leaves its run unfinished). Keep "
+                    f"the run and clear it so that a scheduler runs it again, or mark its {task} skipped in the "
+                    f"UI to go on without that day (docs/operations.md#alerting). On a scratch database only "
+                    f"(it deletes every run's history; committed data stays and is reused): airflow dags "
+                    f"delete {dag_id} --yes")
     return None
 
 

@@ -265,6 +265,7 @@ def test_make_demo_refuses_to_wait_forever_on_an_earlier_run_that_holds_it(tmp_p
     assert held.returncode == 1, held
     assert "(logical date 2026-01-05T00:00+0000) holds this one: its materialize_dataset is upstream_failed" \
         in held.stderr and "airflow dags delete eta_training --yes" in held.stderr
+    assert "mark its materialize_dataset skipped" in held.stderr and "On a scratch database only" in held.stderr
     bad = subprocess.run([*check, "2026-01-05"], env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "not a logical date with its zone" in bad.stderr
     assert subprocess.run([*check, "2026-01-05T00:00:00+00:00"], env=env).returncode == 0  # nothing before it
