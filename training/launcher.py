@@ -122,14 +122,17 @@ class RankTails:
             lambda: collections.deque(maxlen=lines))
         self.launcher: collections.deque[str] = collections.deque(maxlen=lines)
         self.first_raised: int | None = None  # the rank whose traceback came first in the stream
+        self.raised: set[int] = set()  # every rank that printed a traceback
 
     def add(self, line: str) -> None:
         m = RANK_LINE.match(line)
         if m:
             rank, text = int(m.group(1)), line[m.end():]
             self.ranks[rank].append(text)
-            if self.first_raised is None and text.startswith("Traceback (most recent call last)"):
-                self.first_raised = rank
+            if text.startswith("Traceback (most recent call last)"):
+                self.raised.add(rank)
+                if self.first_raised is None:
+                    self.first_raised = rank
         else:
             self.launcher.append(line)
 
@@ -144,7 +147,13 @@ class RankTails:
             return f"rank {ended.group(1)} was ended by signal {code - 128 if code > 0 else -code} (exit code {code})"
         if self.first_raised is None or not self.ranks[self.first_raised]:
             return None
-        return f"rank {self.first_raised} raised first: {self.ranks[self.first_raised][-1].strip()}"
+        last = self.ranks[self.first_raised][-1].strip()
+        said = f"rank {self.first_raised} raised first: {last}"
+        silent = sorted(set(self.ranks) - self.raised)
+        if silent and "timed out" in last.lower():  # Gloo's: a peer stopped answering
+            said += (f"; rank(s) {silent} raised nothing: a rank that stops answering (stopped, swapped out, cut "
+                     f"off) makes the others time out waiting for it, so it is the likely cause")
+        return said
 
     def report(self) -> str:
         parts = []

@@ -569,3 +569,12 @@ def test_the_rank_that_raised_first_leads_the_error_not_rank_0():
         python_style.add(line)
     assert python_style.first_error() == "rank 0 was ended by signal 15 (exit code -15)"
     assert RankTails().first_error() is None
+    # a SIGSTOPped rank 1: rank 0 times out and raises; the one that raised nothing is named
+    frozen = RankTails()
+    for line in ["[0]<stdout>:[train rank 0] epoch 39", "[1]<stdout>:[train rank 1] started",
+                 "[0]<stderr>:Traceback (most recent call last):",
+                 "[0]<stderr>:horovod.common.exceptions.HorovodInternalError: ... Timed out waiting 30000ms for recv",
+                 "Process name: 0", "Exit code: 1"]:
+        frozen.add(line)
+    assert frozen.first_error().startswith("rank 0 raised first: horovod.common.exceptions.HorovodInternalError")
+    assert "; rank(s) [1] raised nothing: a rank that stops answering" in frozen.first_error()
