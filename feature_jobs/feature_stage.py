@@ -160,8 +160,6 @@ def check_raw_files(paths: list[Path]) -> None:
     would read a column missing from one file as nulls for its rows, and the gate's ranges would
     not notice a history day without prep times; it takes the schema from one file and fails on
     another file's int64 where that one had int32, without naming the column or the file."""
-    import pyarrow.parquet as pq
-
     first: dict[str, tuple[Path, str, str]] = {}  # column -> (first file, its type, as Spark reads it)
     for path in paths:
         meta = committed_footer(path)
