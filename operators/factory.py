@@ -263,7 +263,8 @@ def pipeline_tasks(*, train_timeout: timedelta, features: bool = True, promote: 
     # otherwise a dataset's content would depend on which run finished first.
     dataset = PetastormDatasetOperator(task_id="materialize_dataset", depends_on_past=True)
     data_gate = DataGateOperator(task_id="data_gate", dataset_id=dataset.output)
-    train = HorovodTrainOperator(task_id="train", dataset_id=dataset.output, execution_timeout=train_timeout)
+    train = HorovodTrainOperator(task_id="train", dataset_id=dataset.output, data_gate_id=data_gate.output,
+                                 execution_timeout=train_timeout)
     model_gate = ModelGateOperator(task_id="model_gate", training_id=train.output)
     register = RegisterModelOperator(task_id="register_model", training_id=train.output,
                                      gate_ids=[data_gate.output, model_gate.output])

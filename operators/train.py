@@ -70,20 +70,25 @@ class HorovodTrainOperator(DlpipeOperator):
     :param min_np: elastic Horovod: keep training while at least this many processes live
     :param max_np: elastic Horovod: grow up to this many processes when hosts appear
     :param host_discovery_script: elastic Horovod: executable printing ``host:slots`` lines
+    :param data_gate_id: the data gate's verdict on the dataset (templated; usually
+        ``data_gate.output``): when given, training starts only on a committed 'passed' verdict
+        about this dataset. A gate task marked success by hand renders it empty, and the compute
+        is not spent on data the gate refused
     """
 
     pipeline_stage = "train"
 
-    template_fields: Sequence[str] = ("pipeline_config", "dataset_id")
+    template_fields: Sequence[str] = ("pipeline_config", "dataset_id", "data_gate_id")
     ui_color = "#e3f5e1"
 
     def __init__(self, *, dataset_id: str, num_proc: int | None = None, hosts: str | None = None,
                  controller: str | None = None, network_interface: str | None = None,
                  env: dict[str, str] | None = None, start_timeout_s: int | None = None,
                  run_timeout_s: int | None = None, min_np: int | None = None, max_np: int | None = None,
-                 host_discovery_script: str | None = None, **kwargs: Any) -> None:
+                 host_discovery_script: str | None = None, data_gate_id: str | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.dataset_id = dataset_id
+        self.dataset_id, self.data_gate_id, self._gated = dataset_id, data_gate_id, data_gate_id is not None
         self.scale_overrides = {k: v for k, v in {
             "num_proc": num_proc, "hosts": hosts, "controller": controller,
             "network_interface": network_interface, "start_timeout_s": start_timeout_s,
@@ -125,6 +130,8 @@ class HorovodTrainOperator(DlpipeOperator):
         launch = horovod_launcher(scale, env=self.env, emit=lambda line: self.log.info("%s", line),
                                   on_start=self._started)
         dataset = commit.load_manifest(self.dataset_id, stage="datasets", field="dataset_id")
+        if self._gated:
+            self._check_data_gate(dataset)
         try:
             return train_model(dataset, config=cfg, scale=scale, run=run, launch=launch,
                                name=pipeline.get("model_name", "model"), entry=kind.train_entry,
@@ -136,6 +143,22 @@ class HorovodTrainOperator(DlpipeOperator):
             renamed = ConfigError(self._where(pipeline, key), exc.value, exc.fix)
             renamed._dlpipe_audited = getattr(exc, "_dlpipe_audited", False)  # run_stage wrote its event
             raise renamed from exc
+
+    def _check_data_gate(self, dataset: dict) -> None:
+        """Refuse to train unless the data gate committed 'passed' on this very dataset."""
+        from dlpipe.lineage import judged
+
+        where = f"HorovodTrainOperator(task_id={self.task_id!r}) argument data_gate_id"
+        if not self.data_gate_id:
+            raise ConfigError(where, self.data_gate_id,
+                              "rendered empty: the data gate task committed no verdict, yet this run went on (was "
+                              "it marked success by hand?). Training on data the gate did not pass is refused: "
+                              "clear the data gate task, or see docs/operations.md, When a gate fails")
+        gate = commit.load_manifest(self.data_gate_id, stage="gates", field="data_gate_id")
+        if gate["summary"].get("verdict") != "passed" or judged(gate) != dataset["id"]:
+            raise ConfigError(where, self.data_gate_id,
+                              f"its verdict is {gate['summary'].get('verdict')!r} on {judged(gate)}, not 'passed' on "
+                              f"{dataset['id']}: pass this run's data gate (clear it with the dataset task)")
 
     def _scale(self, pipeline: dict) -> Any:
         """The YAML's scale section with this operator's arguments over it, checked as a whole.

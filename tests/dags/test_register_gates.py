@@ -184,3 +184,32 @@ def test_registration_records_what_follows_it_in_its_dag(dlpipe_home):
         [started] = [e for e in audit.read() if e["run"]["dag_id"] == dag_id and e["event"] == "started"
                      and e["stage"] == "registry"]
         assert started["downstream"] == follows
+
+
+def test_training_starts_only_on_a_passed_data_gate_about_its_dataset(dlpipe_home):
+    """A data gate marked success by hand let `train` spend its compute on data the gate had
+    refused (only registration stopped it). With data_gate_id, the training task refuses first,
+    before horovodrun starts."""
+    from operators import HorovodTrainOperator
+
+    def dataset(day: str) -> dict:
+        return commit.run_stage(commit.StageKey("datasets", "eta", f"window_end={day}"), inputs=[],
+                                config={"day": day}, code={"sources_hash": "test"}, run=RunContext(),
+                                produce=lambda attempt: {"rows": {"train": 1}}).manifest
+
+    day3, day4 = dataset("2026-01-03"), dataset("2026-01-04")
+    gate4 = commit.run_stage(commit.StageKey("gates", "eta_data", day4["partition"]), inputs=[day4, day3],
+                             config={}, code={"sources_hash": "test"}, run=RunContext(),
+                             produce=lambda attempt: {"verdict": "passed", "dataset": day4["id"]}).manifest
+    spec = str(ROOT / "pipelines" / "eta_training.yaml")
+    for dataset_id, gate_id, said in ((day3["id"], None, r"data_gate_id=None: rendered empty: the data gate task "
+                                                          r"committed no verdict.*marked success by hand"),
+                                      (day3["id"], gate4["id"], rf"verdict is 'passed' on {day4['id']}, not 'passed' "
+                                                                rf"on {day3['id']}")):
+        op = HorovodTrainOperator(task_id="train", dataset_id="placeholder", data_gate_id="placeholder",
+                                  pipeline_config=spec)
+        op.dataset_id, op.data_gate_id = dataset_id, gate_id  # as rendered
+        ti = SimpleNamespace(dag_id="eta_training", run_id="r", task_id="train", try_number=1)
+        with pytest.raises(AirflowFailException, match=said):
+            op.execute({"ti": ti, "dag_run": SimpleNamespace(run_type="manual"), "params": {}})
+    assert not (dlpipe_home / "training").exists()  # no attempt was started
