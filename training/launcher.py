@@ -29,6 +29,8 @@ def horovodrun_argv(scale: ScaleConfig, command: Sequence[str]) -> list[str]:
         raise FileNotFoundError("horovodrun not found next to this Python or on PATH; run `make setup`")
     argv = [binary, "-np", str(scale.num_proc)]
     if scale.elastic:  # hosts come from the discovery script, re-read while the job runs
+        if problem := untrusted_script_problem(scale.host_discovery_script):
+            raise ConfigError("scale.host_discovery_script", scale.host_discovery_script, problem)
         argv += ["--min-np", str(scale.min_np), "--max-np", str(scale.max_np or scale.num_proc),
                  "--host-discovery-script", scale.host_discovery_script]
     else:
@@ -39,6 +41,29 @@ def horovodrun_argv(scale: ScaleConfig, command: Sequence[str]) -> list[str]:
             raise ConfigError("scale.network_interface", scale.network_interface, problem)
         argv += ["--network-interface", scale.network_interface]
     return argv + list(command)
+
+
+def untrusted_script_problem(path: str) -> str | None:
+    """Why the discovery script a spec names must not run, or None. horovodrun runs it, as the
+    worker's user, every few seconds: a spec (configuration) may name only an executable that
+    nobody but its owner could have written, in a folder others cannot write into (not a file
+    in /tmp, which anyone could plant), as ssh judges the files it trusts."""
+    import stat
+
+    try:
+        st = os.stat(path)
+        folder = os.stat(os.path.dirname(path) or "/")
+    except OSError as exc:
+        return f"cannot be read on this worker ({exc.strerror}): install the script on every Airflow worker"
+    if not stat.S_ISREG(st.st_mode) or not os.access(path, os.X_OK):
+        return "is not an executable file: install it with mode 0755"
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) or st.st_uid not in (0, os.geteuid()):
+        return ("may be written by others (its owner is another user, or it is group- or world-writable): a "
+                "changed script would run as this worker; make it owned by root or this user, mode 0755")
+    if folder.st_mode & (stat.S_IWGRP | stat.S_IWOTH) or folder.st_uid not in (0, os.geteuid()):
+        return ("is in a folder others may write into (such as /tmp), where the script could be replaced; install "
+                "it in a folder owned by root or this user, such as /opt/dlpipe/bin")
+    return None
 
 
 def local_interface_problem(scale: ScaleConfig) -> str | None:

@@ -197,6 +197,7 @@ def test_elastic_job_loses_a_rank_and_finishes_with_the_survivor(dataset, tmp_pa
     discover = tmp_path / "discover_hosts.sh"
     discover.write_text("#!/bin/sh\necho localhost:1\necho 127.0.0.1:1\n")
     discover.chmod(0o755)
+    tmp_path.chmod(0o755)  # a folder only its owner writes: the launcher trusts nothing else (any umask)
     scale = ScaleConfig(num_proc=2, min_np=1, max_np=2, host_discovery_script=str(discover), run_timeout_s=300)
     lines: list[str] = []
     config = TrainConfig(epochs=10, batch_size=16, decode_in=decode_in)
@@ -231,6 +232,7 @@ def _discovery(tmp_path: Path) -> Path:
     discover = tmp_path / "discover_hosts.sh"
     discover.write_text("#!/bin/sh\necho localhost:1\necho 127.0.0.1:1\n")
     discover.chmod(0o755)
+    tmp_path.chmod(0o755)  # a folder only its owner writes: the launcher trusts nothing else (any umask)
     return discover
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
 import shutil
 import threading
 from pathlib import Path
@@ -309,6 +310,41 @@ def test_max_np_below_min_np_is_blamed_on_max_np():
 
 
 ARGUMENT = r"HorovodTrainOperator\(task_id='train'\) argument env"
+
+
+def test_the_discovery_script_must_be_one_nobody_else_could_have_written(tmp_path):
+    """horovodrun runs it as the worker every few seconds: a script in /tmp, or one others may
+    write, would let anyone who can write there run code as the worker."""
+    from training.launcher import untrusted_script_problem
+
+    folder = tmp_path / "bin"
+    folder.mkdir(mode=0o755)
+    script = folder / "discover.sh"
+    script.write_text("#!/bin/sh\necho localhost:2\n")
+    script.chmod(0o755)
+    folder.chmod(0o755)
+    assert untrusted_script_problem(str(script)) is None
+    script.chmod(0o757)
+    assert "may be written by others" in untrusted_script_problem(str(script))
+    script.chmod(0o644)
+    assert "is not an executable file" in untrusted_script_problem(str(script))
+    script.chmod(0o755)
+    folder.chmod(0o777)
+    assert "in a folder others may write into" in untrusted_script_problem(str(script))
+    folder.chmod(0o755)
+    assert "cannot be read on this worker" in untrusted_script_problem(str(folder / "gone.sh"))
+    planted = Path("/tmp") / f"dlpipe-discover-{os.getpid()}.sh"
+    try:
+        planted.write_text("#!/bin/sh\necho localhost:2\n")
+        planted.chmod(0o755)
+        assert "such as /tmp" in untrusted_script_problem(str(planted))
+    finally:
+        planted.unlink()
+    from training.launcher import horovodrun_argv
+
+    scale = ScaleConfig(num_proc=2, min_np=1, max_np=2, host_discovery_script=str(folder / "gone.sh"))
+    with pytest.raises(ConfigError, match=r"scale.host_discovery_script=.*gone.sh.*cannot be read"):
+        horovodrun_argv(scale, ["python", "-c", "pass"])
 
 
 @pytest.mark.parametrize("env, shown, fix", [
