@@ -682,7 +682,7 @@ def run_data_gate(dataset: dict, cfg: DataGateConfig, *, run: RunContext, name: 
 
     return commit.run_stage(StageKey("gates", name, dataset["partition"]), inputs=[dataset] + ([previous] if previous else []),
                             config=cfg.model_dump(), code={"sources_hash": sources_hash([__file__])},
-                            run=run, produce=produce)
+                            run=run, produce=produce, unread=(previous["id"],) if previous else ())
 
 
 def window_failures(dataset: dict, cfg: DataGateConfig) -> list[str]:

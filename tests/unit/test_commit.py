@@ -157,6 +157,9 @@ def test_a_stage_refuses_an_input_written_since_its_commit_before_it_produces():
         run_stage(KEY, inputs=[up.manifest], config={"n": 3}, code=CODE, run=run, produce=produce)
     assert len(produced) == 1
     assert [m["config"] for m in commit.committed(KEY)] == [{"n": 1}]
+    # an input read from its manifest alone (a drift baseline's statistics) is not looked at
+    run_stage(KEY, inputs=[up.manifest], config={"n": 4}, code=CODE, run=run, produce=produce, unread=(up.id,))
+    assert len(produced) == 2
 
 
 def test_load_manifest_refuses_unknown_and_malformed_ids():
