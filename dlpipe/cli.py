@@ -689,14 +689,23 @@ def cmd_summary(args: argparse.Namespace) -> int:
         if not promotes and "promote_staging" not in tasks:
             expected = expected[:-1]
     rows, failures, ok = [], [], True
+    failed_before: dict | None = None  # the latest failure of a stage earlier in the chain
     for stage in expected:
         for task, e in (tasks.get(stage) or {stage: None}).items():
             outcome = e["event"] if e else "missing"
+            why = (e or {}).get("reason") or _first_line((e or {}).get("error", ""), 100)
+            if e and outcome != "failed" and failed_before and e["ts"] < failed_before["ts"]:
+                # a result of an earlier try of the run (cleared since): not what the run ends with
+                outcome, why = "stale", (f"from before {failed_before['run']['task_id']} failed at "
+                                         f"{failed_before['ts']}; not run since")
+                final.pop(stage, None)
             ok &= outcome in ("committed", "skipped", "conflict")
             rows.append({"task": task, "outcome": outcome, "output": (e or {}).get("manifest_id") or "-",
-                         "why": (e or {}).get("reason") or _first_line((e or {}).get("error", ""), 100)})
-            if e and e["event"] == "failed" and e.get("error"):
-                failures.append(f"{task} failed: {e['error']}")
+                         "why": why})
+            if e and e["event"] == "failed":
+                failures.append(f"{task} failed: {e.get('error', '')}")
+                if failed_before is None or e["ts"] > failed_before["ts"]:
+                    failed_before = e
     print(f"dlpipe run summary: dag {args.dag_id}, run {run_id}\n")
     print(_table(rows, ["task", "outcome", "output", "why"]))
     if failures:  # the whole error: a gate's failed checks come after its first line

@@ -557,3 +557,27 @@ def test_the_summary_shows_a_failed_gates_checks_and_what_to_do(capsys, dlpipe_h
     code, out, _ = _run(capsys, "audit", "--run-id", "r")
     [row] = [line for line in out.splitlines() if " failed " in line]
     assert " None " not in row and " - " in row  # no manifest: a dash
+
+
+def test_the_summary_marks_results_from_before_a_later_failure_as_stale(capsys, dlpipe_home):
+    """A run whose model gate failed again after a clear showed register_model 'committed eta@2'
+    from its earlier try, and its details (model registered, alias moved), as if the run had
+    ended there."""
+    from dlpipe import audit
+    from dlpipe.runctx import RunContext
+
+    def event(kind: str, task: str, try_number: int, **fields) -> None:
+        audit.record(kind, stage="x", run=RunContext(dag_id="d", run_id="r", task_id=task, try_number=try_number,
+                                                     pipeline_stage=task), **fields)
+
+    for task in ("extract_features", "materialize_dataset", "data_gate", "train", "model_gate"):
+        event("committed", task, 1, manifest_id=f"{task}@1")
+    event("committed", "register_model", 1, manifest_id="eta@2")
+    event("committed", "promote_staging", 1, manifest_id="eta:staging")
+    event("committed", "train", 2, manifest_id="train@2")  # cleared with a new train: config
+    event("failed", "model_gate", 2, error="GateFailed: model gate on train@2 failed (1 check(s)):\n  - champion")
+    code, out, _ = _run(capsys, "summary", "--dag-id", "d", "--run-id", "r")
+    rows = {line.split()[0]: line for line in out.splitlines()[4:11]}
+    assert code == 1 and " committed " in rows["train"] and " failed " in rows["model_gate"]
+    for task in ("register_model", "promote_staging"):
+        assert " stale " in rows[task] and "from before model_gate failed at" in rows[task], rows[task]
