@@ -41,6 +41,20 @@ def _register(training: dict, gate_ids: list[str], root) -> str:
     return op.execute(context)
 
 
+def _day4_gated_with_day3_as_baseline() -> tuple[dict, dict, dict]:
+    """Datasets of days 3 and 4, and a passed data gate on day 4 whose drift baseline is day 3."""
+    def dataset(day: str) -> dict:
+        return commit.run_stage(commit.StageKey("datasets", "eta", f"window_end={day}"), inputs=[],
+                                config={"day": day}, code={"sources_hash": "test"}, run=RunContext(),
+                                produce=lambda attempt: {"rows": {"train": 1}}).manifest
+
+    day3, day4 = dataset("2026-01-03"), dataset("2026-01-04")
+    gate4 = commit.run_stage(commit.StageKey("gates", "eta_data", day4["partition"]), inputs=[day4, day3],
+                             config={}, code={"sources_hash": "test"}, run=RunContext(),
+                             produce=lambda attempt: {"verdict": "passed", "dataset": day4["id"]}).manifest
+    return day3, day4, gate4
+
+
 def test_a_passed_gate_of_another_training_does_not_register_this_one(dlpipe_home):
     good, bad = _training(3.0), _training(99.0)
     gate = run_model_gate(good, ModelGateConfig(), run=RunContext(), candidate=_evaluation(3.0), champion=None)
@@ -54,15 +68,7 @@ def test_a_passed_gate_of_another_training_does_not_register_this_one(dlpipe_hom
 def test_a_data_gate_whose_drift_baseline_is_this_dataset_does_not_vouch_for_it(dlpipe_home):
     """A data gate with drift lists the previous dataset after the one it judged. Day 4's gate
     must not let day 3's training through: it judged day 4's dataset, not day 3's."""
-    def dataset(day: str) -> dict:
-        return commit.run_stage(commit.StageKey("datasets", "eta", f"window_end={day}"), inputs=[],
-                                config={"day": day}, code={"sources_hash": "test"}, run=RunContext(),
-                                produce=lambda attempt: {"rows": {"train": 1}}).manifest
-
-    day3, day4 = dataset("2026-01-03"), dataset("2026-01-04")
-    gate4 = commit.run_stage(commit.StageKey("gates", "eta_data", day4["partition"]), inputs=[day4, day3],
-                             config={}, code={"sources_hash": "test"}, run=RunContext(),
-                             produce=lambda attempt: {"verdict": "passed", "dataset": day4["id"]}).manifest
+    day3, day4, gate4 = _day4_gated_with_day3_as_baseline()
 
     def train(attempt):
         (attempt / "model").mkdir()
@@ -192,15 +198,7 @@ def test_training_starts_only_on_a_passed_data_gate_about_its_dataset(dlpipe_hom
     before horovodrun starts."""
     from operators import HorovodTrainOperator
 
-    def dataset(day: str) -> dict:
-        return commit.run_stage(commit.StageKey("datasets", "eta", f"window_end={day}"), inputs=[],
-                                config={"day": day}, code={"sources_hash": "test"}, run=RunContext(),
-                                produce=lambda attempt: {"rows": {"train": 1}}).manifest
-
-    day3, day4 = dataset("2026-01-03"), dataset("2026-01-04")
-    gate4 = commit.run_stage(commit.StageKey("gates", "eta_data", day4["partition"]), inputs=[day4, day3],
-                             config={}, code={"sources_hash": "test"}, run=RunContext(),
-                             produce=lambda attempt: {"verdict": "passed", "dataset": day4["id"]}).manifest
+    day3, day4, gate4 = _day4_gated_with_day3_as_baseline()
     spec = str(ROOT / "pipelines" / "eta_training.yaml")
     for dataset_id, gate_id, said in ((day3["id"], None, r"data_gate_id=None: rendered empty: the data gate task "
                                                           r"committed no verdict.*marked success by hand"),
