@@ -4,6 +4,7 @@ fix (exit 2), never a traceback or a secret, and nothing already there changed."
 from __future__ import annotations
 
 import json
+import time
 from datetime import date
 from pathlib import Path
 
@@ -575,6 +576,7 @@ def test_the_summary_marks_results_from_before_a_later_failure_as_stale(capsys, 
     event("committed", "register_model", 1, manifest_id="eta@2")
     event("committed", "promote_staging", 1, manifest_id="eta:staging")
     event("committed", "train", 2, manifest_id="train@2")  # cleared with a new train: config
+    time.sleep(0.01)  # events are stamped to the millisecond; tasks of a run are seconds apart
     event("failed", "model_gate", 2, error="GateFailed: model gate on train@2 failed (1 check(s)):\n  - champion")
     code, out, _ = _run(capsys, "summary", "--dag-id", "d", "--run-id", "r")
     rows = {line.split()[0]: line for line in out.splitlines()[4:11]}
