@@ -471,8 +471,6 @@ def _code_version(code: dict) -> str:
 def cmd_manifest_show(args: argparse.Namespace) -> int:
     """Any stage's manifest, as an auditor asks of it: who ran it, when, on which inputs, with
     which code and config, producing which files."""
-    from dlpipe.lineage import checked_manifest
-
     m, status = checked_manifest(args.id, verify_files=args.verify)
     problems = status.get("problems", [])
     if m is None:

@@ -186,13 +186,9 @@ def verify(manifest: dict, home: Path | None = None) -> None:
     (readers that take a whole folder, Petastorm and Spark, would read them); raise
     IntegrityError on the first problem."""
     root = location(manifest, home)
-    listed = {f["path"] for f in manifest["outputs"]["files"]}
-    for path in sorted(root.rglob("*")) if root.is_dir() else []:
-        rel = path.relative_to(root).as_posix()
-        # hidden names (.DS_Store, NFS's .nfsXXXX) are skipped by every reader, as are Spark's side files
-        if rel not in listed and path.is_file() and not ignored_file(path.name) and not path.name.startswith("."):
-            raise IntegrityError(f"{manifest['id']}: {rel} is in its folder {root} but not in its manifest; "
-                                 f"remove it (readers of the whole folder would take it)")
+    if stray := unlisted_files(manifest, home=home):
+        raise IntegrityError(f"{manifest['id']}: {stray[0]} is in its folder {root} but not in its manifest; "
+                             f"remove it (readers of the whole folder would take it)")
     for f in manifest["outputs"]["files"]:
         path = root / f["path"]
         if not path.exists():
@@ -203,6 +199,18 @@ def verify(manifest: dict, home: Path | None = None) -> None:
                 f"{manifest['id']}: {f['path']} has sha256 {actual[:12]}..., manifest says "
                 f"{f['sha256'][:12]}...; the stored data was modified after commit"
             )
+
+
+def unlisted_files(manifest: dict, under: str = "", home: Path | None = None) -> list[str]:
+    """Files in a manifest's folder (or its subfolder ``under``) that it does not list, which
+    readers of a whole folder (Petastorm, Spark) would take. Hidden names (.DS_Store, NFS's
+    .nfsXXXX), which every reader skips, and Spark's side files do not count."""
+    root = location(manifest, home)
+    listed = {f["path"] for f in manifest["outputs"]["files"]}
+    folder = root / under if under else root
+    return [rel for path in (sorted(folder.rglob("*")) if folder.is_dir() else [])
+            if (rel := path.relative_to(root).as_posix()) not in listed and path.is_file()
+            and not ignored_file(path.name) and not path.name.startswith(".")]
 
 
 # Files found unchanged by a re-hash in this process, by path and the stat that was hashed: one
@@ -249,9 +257,13 @@ def check_unchanged(manifest: dict, home: Path | None = None) -> None:
     a stat per file, and a re-hash of a file written since the commit (``file_problem``).
     Damage that leaves the modification time as it was (a disk's own bit rot, a copy that keeps
     times) is found only by ``dlpipe lineage ID --verify``, which re-hashes everything."""
-    for entry in manifest["outputs"]["files"]:
-        if problem := file_problem(manifest, entry, home):
-            raise IntegrityError(f"{manifest['id']}: {problem} in {location(manifest, home)}; {redo_fix(manifest)}")
+    if problem := _damaged(manifest, home):
+        raise IntegrityError(f"{manifest['id']}: {problem} in {location(manifest, home)}; {redo_fix(manifest)}")
+
+
+def _damaged(manifest: dict, home: Path | None) -> str | None:
+    """The first problem ``file_problem`` finds with a manifest's files, if any."""
+    return next(filter(None, (file_problem(manifest, e, home) for e in manifest["outputs"]["files"])), None)
 
 
 def ignored_file(name: str) -> bool:
@@ -487,11 +499,6 @@ def run_newest_version(key: StageKey, *, config: dict[str, Any], code: dict[str,
             keep = same_config and same_code and not damaged
             config = newest["config"] if keep else {**config, "replaces": newest["id"]}
         return run_stage(key, inputs=[], config=config, code=code, run=run, produce=produce, home=home)
-
-
-def _damaged(manifest: dict, home: Path | None) -> str | None:
-    """The first problem ``file_problem`` finds with a manifest's files, if any."""
-    return next(filter(None, (file_problem(manifest, e, home) for e in manifest["outputs"]["files"])), None)
 
 
 def run_stage(

@@ -57,12 +57,9 @@ def check_split(manifest: dict, split: str) -> None:
             problem = f"{rel} is not the file that was committed (its SHA-256 differs)"
         if problem:
             raise IntegrityError(f"{mid}: {problem} in {root}; {fix}")
-    for path in (root / split).rglob("*"):
-        rel = path.relative_to(root).as_posix()
-        # readers skip hidden names (.DS_Store, NFS's .nfsXXXX); Petastorm does read '_metadata'
-        if rel not in listed and path.is_file() and not commit.ignored_file(path.name) and not path.name.startswith("."):
-            raise IntegrityError(f"{mid}: {rel} is in the dataset's directory but not in its manifest; "
-                                 f"remove it, or {fix}")
+    if stray := commit.unlisted_files(manifest, split):  # Petastorm does read '_metadata': it is listed
+        raise IntegrityError(f"{mid}: {stray[0]} is in the dataset's directory but not in its manifest; "
+                             f"remove it, or {fix}")
 
 
 def resolve(ref: str) -> dict:
