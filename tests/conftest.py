@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -17,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # In-process Airflow imports (the DagBag test) read AIRFLOW_HOME once: keep them off ~/airflow.
 os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="dlpipe-test-airflow-")
+atexit.register(shutil.rmtree, os.environ["AIRFLOW_HOME"], ignore_errors=True)
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 
 
