@@ -2,6 +2,11 @@
 
 Lines are appended with O_APPEND under an exclusive flock, so concurrent writers (two attempts
 of the same task, several DAG runs) never interleave partial lines.
+
+Each event carries ``prev``, the SHA-256 of the line before it, so an event edited, removed or
+inserted in the middle of the log breaks the chain where `dlpipe audit --verify` shows it. That
+is evidence of accidents and clumsy edits, not a signature: whoever can write the file can
+rewrite every link after a change, and lines cut from the end leave no trace.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import Any, Iterator
 
 from dlpipe import settings
 from dlpipe.errors import redacted
-from dlpipe.hashing import canonical_json
+from dlpipe.hashing import canonical_json, sha256_bytes
 from dlpipe.runctx import RunContext
 
 log = logging.getLogger(__name__)
@@ -88,6 +93,10 @@ def record(event: str, *, stage: str, run: RunContext, path: Path | None = None,
             log.warning("audit log %s busy for %.1f s: %s event of %s not written", path, lock_wait_s, event, stage)
             return None
         size = os.fstat(fd).st_size
+        last = _last_line(fd, size)
+        if last is not None:  # the link to the line before, whole or torn by a crash
+            rec["prev"] = sha256_bytes(last)
+            line = (canonical_json(rec) + "\n").encode()
         if size and os.pread(fd, 1, size - 1) != b"\n":  # a line torn by a crash: end it first,
             line = b"\n" + line  # so that this event stays a line of its own
         written = 0
@@ -103,6 +112,21 @@ def record(event: str, *, stage: str, run: RunContext, path: Path | None = None,
     finally:
         os.close(fd)
     return rec
+
+
+def _last_line(fd: int, size: int, chunk: int = 8192) -> bytes | None:
+    """The file's last line without its newline (a torn line as it stands); None if empty."""
+    if size == 0:
+        return None
+    end = size - 1 if os.pread(fd, 1, size - 1) == b"\n" else size
+    start = end
+    while start > 0:  # back, a chunk at a time, to the newline before it
+        begin = max(0, start - chunk)
+        cut = os.pread(fd, start - begin, begin).rfind(b"\n")
+        if cut >= 0:
+            return os.pread(fd, end - (begin + cut + 1), begin + cut + 1)
+        start = begin
+    return os.pread(fd, end, 0)
 
 
 def failed(exc: BaseException, *, stage: str, run: RunContext, **fields: Any) -> None:
@@ -148,6 +172,41 @@ def read(path: Path | None = None) -> Iterator[dict]:
                             "with %s): skipped", path, number, ", ".join(_RUN_KEYS))
                 continue
             yield event
+
+
+def verify(path: Path | None = None) -> tuple[int, int, list[str]]:
+    """Check the chain of ``prev`` links: (lines linked to the line before, lines at the start
+    with no link, problems). The first event of a log has no link, nor has any event written by a
+    dlpipe from before the links. A line torn by a crash is no problem: the event after it links
+    to it as it stands."""
+    path = path or settings.audit_log_path()
+    if not path.exists():
+        return 0, 0, []
+    lines = path.read_bytes().split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()  # the newline that ends the last line
+    linked = unlinked = 0
+    problems: list[str] = []
+    for number, raw in enumerate(lines, 1):
+        try:
+            event = json.loads(raw)
+        except ValueError:
+            continue  # torn by a crash: read() warns about it
+        prev = event.get("prev") if isinstance(event, dict) else None
+        if prev is None:
+            if linked or problems:
+                problems.append(f"line {number} has no link to the line before it: written by something other "
+                                f"than this dlpipe, or its link removed")
+            else:
+                unlinked += 1
+        elif number == 1:
+            problems.append("line 1 links to a line before it: the start of the log was removed")
+        elif prev != sha256_bytes(lines[number - 2]):
+            problems.append(f"line {number} does not link to line {number - 1}: a line between them was "
+                            f"changed, removed or inserted")
+        else:
+            linked += 1
+    return linked, unlinked, problems
 
 
 _RUN_KEYS = ("dag_id", "run_id", "task_id", "try_number", "user")  # what readers of events look up

@@ -559,6 +559,8 @@ def cmd_dataset_show(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
+    if args.verify:
+        return _verify_audit_log(args)
     events = [e for e in audit.read() if (not args.run_id or e["run"]["run_id"] == args.run_id)
               and (not args.dag_id or e["run"]["dag_id"] == args.dag_id)]
     if not events and (args.run_id or args.dag_id):  # a mistyped id would read as "nothing happened"
@@ -578,6 +580,25 @@ def cmd_audit(args: argparse.Namespace) -> int:
     _print(events, args.json, header + _table(rows, ["ts", "event", "task", "try", "user", "triggered", "manifest",
                                                      "attempt", "seal", "why"]))
     return 0
+
+
+def _verify_audit_log(args: argparse.Namespace) -> int:
+    """`dlpipe audit --verify`: every event's link to the one before it (audit.verify)."""
+    if args.run_id or args.dag_id:
+        print("--verify checks the whole log: leave out --run-id and --dag-id", file=sys.stderr)
+        return 2
+    path = settings.audit_log_path()
+    linked, unlinked, problems = audit.verify(path)
+    if args.json:
+        _print({"path": str(path), "linked": linked, "unlinked": unlinked, "problems": problems}, True, "")
+    else:
+        print(f"{path}: {linked} event(s) linked to the line before them, {unlinked} at the start with no link "
+              f"(the log's first event, and any written before events were linked)")
+        for p in problems:
+            print(f"!! {p}")
+        if not problems:
+            print("no break in the chain (lines cut from the end leave none: compare the count with a copy)")
+    return 1 if problems else 0
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
@@ -905,6 +926,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--run-id", type=_not_empty("--run-id"))
     a.add_argument("--dag-id", type=_not_empty("--dag-id"))
     a.add_argument("--json", action="store_true")
+    a.add_argument("--verify", action="store_true",
+                   help="check that no event was changed, removed or inserted (each links to the one before)")
     a.set_defaults(func=cmd_audit)
 
     s = sub.add_parser("summary", help="summary of a DAG run from the audit log (exit 1 if incomplete)")

@@ -583,3 +583,21 @@ def test_the_summary_marks_results_from_before_a_later_failure_as_stale(capsys, 
     assert code == 1 and " committed " in rows["train"] and " failed " in rows["model_gate"]
     for task in ("register_model", "promote_staging"):
         assert " stale " in rows[task] and "from before model_gate failed at" in rows[task], rows[task]
+
+
+def test_audit_verify_reports_the_chain_and_exits_1_on_a_break(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("DLPIPE_HOME", str(tmp_path))
+    from dlpipe import audit
+    from dlpipe.runctx import RunContext
+
+    for stage in ("a", "b", "c"):
+        audit.record("started", stage=stage, run=RunContext(dag_id="eta_training", run_id="r1"))
+    code, out, _ = _run(capsys, "audit", "--verify")
+    assert code == 0 and "2 event(s) linked to the line before them, 1 at the start" in out and "no break" in out
+    assert _run(capsys, "audit", "--verify", "--run-id", "r1")[0] == 2
+    path = audit.settings.audit_log_path()
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text(lines[0] + lines[2])  # the 'b' event removed
+    code, out, _ = _run(capsys, "audit", "--verify", "--json")
+    assert code == 1 and json.loads(out)["problems"] == [
+        "line 2 does not link to line 1: a line between them was changed, removed or inserted"]

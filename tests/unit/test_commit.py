@@ -620,3 +620,30 @@ def test_a_writer_waiting_for_a_partition_says_who_holds_it(caplog):
         second.join(30)
     assert f"{KEY.relpath}: waiting for pid {os.getpid()} on " in caplog.text and ".newest.lock" in caplog.text
     assert results[0].manifest["config"]["replaces"] == commit.committed(KEY)[0]["id"]
+
+
+def test_each_audit_event_links_to_the_line_before_and_verify_finds_a_line_changed_removed_or_inserted():
+    run = RunContext()
+    path = audit.settings.audit_log_path()
+    path.parent.mkdir(parents=True)
+    path.write_text('{"ts": "x", "event": "started", "stage": "old"}\n')  # written before events were linked
+    for i in range(4):
+        audit.record("started", stage=f"s{i}", run=run)
+    with open(path, "a") as f:
+        f.write('{"ts": "2026-01-01", "event": "comm')  # a crash mid-write: the next event links to it
+    audit.record("failed", stage="s4", run=run)
+    assert audit.verify(path) == (5, 1, [])
+    good = path.read_text()
+    lines = good.splitlines(keepends=True)
+
+    path.write_text("".join(lines[:2] + lines[3:]))  # an event removed
+    assert audit.verify(path)[2] == ["line 3 does not link to line 2: a line between them was changed, "
+                                     "removed or inserted"]
+    path.write_text(good.replace('"stage":"s2"', '"stage":"s9"'))  # an event edited
+    assert audit.verify(path)[2] == ["line 5 does not link to line 4: a line between them was changed, "
+                                     "removed or inserted"]
+    path.write_text("".join(lines[:3] + ['{"ts": "x", "event": "committed", "stage": "s"}\n'] + lines[3:]))
+    problems = audit.verify(path)[2]  # a line inserted by hand: no link of its own, and the next one's is wrong
+    assert problems[0].startswith("line 4 has no link") and problems[1].startswith("line 5 does not link to line 4")
+    path.write_text("".join(lines[2:]))  # the start cut off
+    assert audit.verify(path)[2][0] == "line 1 links to a line before it: the start of the log was removed"
