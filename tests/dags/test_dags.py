@@ -185,6 +185,8 @@ def test_eta_dag_end_to_end_then_rerun_skips(tmp_path, airflow_env, dlpipe_home,
     assert {e["event"] for e in second} == {"skipped"}
     summary = _dlpipe(cli_env, "summary")
     assert "register_model       skipped  eta@1" in summary
+    # every event of both runs (written by several task processes) links to the one before it
+    assert "no break in the chain" in _dlpipe(cli_env, "audit", "--verify")
 
     # The secret key reached S3 (the registry works) but no output anywhere holds it.
     outputs = first.stdout + first.stderr + second_run.stdout + second_run.stderr
