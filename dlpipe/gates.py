@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationInf
 from dlpipe import commit
 from dlpipe.commit import StageKey, StageResult
 from dlpipe.errors import ConfigError, FieldValueError, GateFailed, redacted
-from dlpipe.hashing import sources_hash
+from dlpipe.hashing import fingerprint, sources_hash
 from dlpipe.pipeline_config import YamlFloat, YamlNumber, closest
 from dlpipe.runctx import RunContext
 
@@ -831,6 +831,25 @@ def split_mismatch(champion_record: dict, dataset: dict) -> str | None:
             f"first model after a split change by hand and promote it with `dlpipe registry promote`")
 
 
+def feature_mismatch(champion_record: dict, champion_features: list[dict], candidate_features: list[dict]) -> str | None:
+    """Why the champion's score on these rows means nothing, if it does: it was trained on
+    features made by other feature code or settings (after a feature release, say), so the same
+    column can hold another quantity (a count become a daily mean) and its error is arbitrary.
+    A dataset never mixes two feature versions for the same reason. Manifests are the feature
+    partitions each model's dataset was built from; no champion manifests: nothing to compare."""
+    def versions(manifests: list[dict]) -> set[tuple[str, str]]:
+        return {(m["code"]["sources_hash"], fingerprint(m["config"])) for m in manifests}
+
+    if not champion_features or versions(champion_features) == versions(candidate_features):
+        return None
+    code = lambda ms: ", ".join(sorted({m["code"]["sources_hash"][:12] for m in ms}))  # noqa: E731
+    ref = f"{champion_record['name']}@{champion_record['version']}"
+    return (f"{ref} was trained on features made by other feature code or settings (feature sources {code(champion_features)}, "
+            f"this dataset's {code(candidate_features)}): its error on these rows does not measure it. Judge the first "
+            f"model after a feature change on its other checks: set model_gate.champion_alias: null in the spec for "
+            f"one run (through review), clear model_gate with --downstream, then restore the alias")
+
+
 def judge_champion(candidate: dict, champion: dict | None, cfg: ModelGateConfig) -> tuple[list[str], str]:
     """Candidate vs the production model, both evaluated on the same rows: (failures, note).
 
@@ -840,8 +859,8 @@ def judge_champion(candidate: dict, champion: dict | None, cfg: ModelGateConfig)
         return [], "no champion check (model_gate.champion_alias is null)"
     if champion is None:
         return [], f"no model holds the {cfg.champion_alias!r} alias yet: the first model passes"
-    if champion.get("split_mismatch"):
-        return [f"champion: {champion['split_mismatch']}"], f"cannot compare the candidate with {champion.get('ref')}"
+    if why := champion.get("split_mismatch") or champion.get("feature_mismatch"):
+        return [f"champion: {why}"], f"cannot compare the candidate with {champion.get('ref')}"
     what = candidate.get("label", "metric")
     unusable = [f"{who}: {what} is {e.get('value')!r}, not a finite number; evaluate it again (the model or "
                 f"the validation rows give no usable value)" for who, e in (("candidate", candidate),

@@ -7,6 +7,7 @@ from typing import Any, Sequence
 
 from dlpipe import commit
 from dlpipe.commit import StageResult
+from dlpipe.errors import IntegrityError, NotCommittedError
 from dlpipe.pipeline_config import section
 from dlpipe.runctx import RunContext
 from operators.base import DlpipeOperator
@@ -80,11 +81,23 @@ class ModelGateOperator(DlpipeOperator):
         self._registry_uri = store.uri  # where OpenLineage says the champion lives
         return store
 
+    def _feature_manifests(self, record: dict) -> list[dict]:
+        """The feature partitions the champion's dataset was built from, as committed here; none
+        (with a warning) when this DLPIPE_HOME lacks them (a model trained elsewhere, or removed
+        under retention): then its feature version cannot be compared."""
+        ids = (record.get("lineage") or {}).get("feature_partitions") or []
+        try:
+            return [commit.load_manifest(mid) for mid in ids]
+        except (NotCommittedError, IntegrityError) as exc:
+            self.log.warning("cannot tell which features %s@%s was trained on (%s): it is compared as if they were "
+                             "this dataset's", record.get("name"), record.get("version"), exc)
+            return []
+
     def run_stage(self, context: Any, pipeline: dict, run: RunContext) -> StageResult:
         import tempfile
 
         from dlpipe import registry
-        from dlpipe.gates import ModelGateConfig, run_model_gate, split_mismatch
+        from dlpipe.gates import ModelGateConfig, feature_mismatch, run_model_gate, split_mismatch
         from operators.kinds import kind_of
 
         cfg = section(pipeline, "model_gate", ModelGateConfig)
@@ -106,6 +119,9 @@ class ModelGateOperator(DlpipeOperator):
                     champion = {"ref": f"{name}@{alias['version']}", **evaluate(Path(tmp), dataset)}
                 if why := split_mismatch(record, dataset):  # only then: other verdicts keep their fingerprint
                     champion["split_mismatch"] = why
+                features = [commit.load_manifest(i["id"]) for i in dataset["inputs"]]
+                if why := feature_mismatch(record, self._feature_manifests(record), features):
+                    champion["feature_mismatch"] = why
                 # the evaluator's label is for people, and an empty split's value is None: neither may fail the gate here
                 self.log.info("champion %s:%s = %s: %s %s on the candidate's validation rows", name,
                               cfg.champion_alias, champion["ref"], champion.get("label", champion.get("metric")),

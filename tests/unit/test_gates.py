@@ -733,3 +733,35 @@ def test_drift_fails_when_a_column_becomes_constant(cur, old, expected):
     failures, report = check_drift(manifest(cur, 3), manifest(old, 2), DriftConfig())
     assert failures == expected
     json.dumps(report, allow_nan=False)  # the report goes into a manifest  # the report goes into a manifest: no inf or NaN in it
+
+
+def test_a_champion_trained_on_other_feature_code_is_not_compared_on_these_rows(capsys):
+    """After a feature release a column can hold another quantity (a count become a daily mean):
+    the old production model then scored an error of thousands, and every candidate passed."""
+    from dlpipe.commit import StageKey, run_stage
+    from dlpipe.gates import feature_mismatch
+    from dlpipe.runctx import RunContext
+    from operators import ModelGateOperator
+
+    def features(code: str, day: str = "dt=2026-01-03") -> dict:
+        return run_stage(StageKey("features", "eta", day), inputs=[], config={"lookback_days": 7},
+                         code={"sources_hash": code * 16}, run=RunContext(),
+                         produce=lambda attempt: (attempt / "part-0.parquet").write_bytes(b"x") and {}).manifest
+
+    old, new = features("a"), features("b")
+    record = {"name": "eta", "version": 1, "lineage": {"feature_partitions": [old["id"]]}}
+    op = ModelGateOperator(task_id="g", training_id="x", pipeline_config="p.yaml")
+    assert op._feature_manifests(record) == [old]
+    why = feature_mismatch(record, [old], [new])
+    assert why and why.startswith("eta@1 was trained on features made by other feature code or settings "
+                                  "(feature sources aaaaaaaaaaaa, this dataset's bbbbbbbbbbbb)")
+    assert "model_gate.champion_alias: null" in why
+    assert feature_mismatch(record, [old], [old]) is None
+    ev = {"metric": "mae", "label": "MAE", "value": 1.0, "rows": 500, "slices": {}}
+    failures, note = judge_champion(ev, {**ev, "value": 3000.0, "ref": "eta@1", "feature_mismatch": why},
+                                    ModelGateConfig())
+    assert failures == [f"champion: {why}"] and "cannot compare" in note
+    # a champion whose features this DLPIPE_HOME lacks (trained elsewhere): compared, with a warning
+    gone = {"name": "eta", "version": 2, "lineage": {"feature_partitions": ["features/eta/dt=2026-01-01@" + "c" * 16]}}
+    assert op._feature_manifests(gone) == [] and feature_mismatch(gone, [], [new]) is None
+    assert "cannot tell which features eta@2 was trained on" in capsys.readouterr().out  # the task log
