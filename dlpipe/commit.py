@@ -30,14 +30,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 from dlpipe import __version__, audit, settings
-from dlpipe.errors import CommitConflict, ConfigError, IntegrityError, NotCommittedError, redacted
+from dlpipe.errors import CommitConflict, ConfigError, IntegrityError, NewerFormatError, NotCommittedError, redacted
 from dlpipe.fsutil import create_exclusive, sync_tree
 from dlpipe.hashing import S3_PART_SIZE, canonical_json, fingerprint, sha256_file, sha256_with_parts
 from dlpipe.runctx import RunContext
 
 log = logging.getLogger(__name__)
 
-MANIFEST_VERSION = 1
+# 2: commit_seq and seal (2026-12-07). Readers take every version up to this one and refuse a
+# newer one: an older dlpipe must not misread what a newer one wrote (a rollback, say).
+MANIFEST_VERSION = 2
 _IGNORED_SUFFIXES = (".crc",)  # Spark/Hadoop checksum side files: not data
 
 
@@ -131,6 +133,12 @@ def read_manifest(path: Path) -> dict:
         raise damaged(f"not valid JSON ({exc})") from None
     if not isinstance(manifest, dict) or "id" not in manifest:
         raise damaged("not a manifest")
+    version = manifest.get("manifest_version", 1)
+    if isinstance(version, int) and version > MANIFEST_VERSION:
+        raise NewerFormatError(
+            f"the manifest {path} was written by a newer dlpipe (manifest_version {version}; this one reads up to "
+            f"{MANIFEST_VERSION}): run a dlpipe at least as new as the one that wrote it here (docs/operations.md, "
+            f"Upgrading)")
     return manifest
 
 
@@ -143,10 +151,16 @@ def committed(key: StageKey, home: Path | None = None) -> list[dict]:
     """All committed manifests of one stage output, oldest commit first: by ``commit_seq``, then
     by commit time. Time alone is not enough: a host whose clock is behind commits a correction
     stamped earlier than the version it corrects, and readers, who take the newest, would go on
-    taking the bad one. Manifests committed before ``commit_seq`` count as 0."""
+    taking the bad one. A manifest without ``commit_seq`` (from a dlpipe before it, still
+    running beside a newer one) sorts by its time after the numbered ones committed before it."""
     mdir = key.dir(home) / "manifests"
     found = [read_manifest(p) for p in mdir.glob("*.json")] if mdir.exists() else []
-    return sorted(found, key=commit_order)
+    placed, seq = [], 0
+    for m in sorted(found, key=lambda m: m["committed_at"]):
+        if "commit_seq" in m:
+            seq = max(seq, m["commit_seq"])
+        placed.append(((m.get("commit_seq", seq), "commit_seq" not in m, m["committed_at"]), m))
+    return [m for _, m in sorted(placed, key=lambda pair: pair[0])]
 
 
 def commit_order(manifest: dict) -> tuple[int, str]:

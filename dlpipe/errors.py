@@ -207,6 +207,11 @@ class IntegrityError(DlpipeError):
     """Stored bytes do not match the SHA-256 recorded when they were committed."""
 
 
+class NewerFormatError(DlpipeError):
+    """A manifest written by a newer dlpipe than this one (a rollback, a worker not yet
+    upgraded): refused, not read as if its fields meant what they meant before."""
+
+
 class CommitConflict(DlpipeError):
     """Another attempt committed the same thing first (lost a create-only race)."""
 

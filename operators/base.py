@@ -12,7 +12,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from dlpipe import audit, settings
 from dlpipe.commit import StageResult
-from dlpipe.errors import ConfigError, GateFailed, InputNotReady, IntegrityError, NotCommittedError
+from dlpipe.errors import ConfigError, GateFailed, InputNotReady, IntegrityError, NewerFormatError, NotCommittedError
 from dlpipe.pipeline_config import load_pipeline
 from dlpipe.runctx import RunContext
 
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 # Failures that will fail the same way on every retry: fail the task without retrying (except
 # InputNotReady: an input that may still come, such as the interval's raw data landing late).
-DETERMINISTIC = (ConfigError, GateFailed, IntegrityError, NotCommittedError)
+DETERMINISTIC = (ConfigError, GateFailed, IntegrityError, NotCommittedError, NewerFormatError)
 
 
 REASON_MAX = 500  # characters of a run's reason, kept in every audit event of the run

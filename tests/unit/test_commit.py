@@ -573,6 +573,30 @@ def test_manifests_from_before_commit_seq_sort_first_by_time(tmp_path):
     b = run_stage(KEY, inputs=[], config={"n": 2}, code=CODE, run=run, produce=_write(2))
     assert b.manifest["commit_seq"] == 1
     assert [m["id"] for m in commit.committed(KEY)] == [a.id, b.id]
+    # an older dlpipe, still running after the upgrade, commits a correction: it has no commit_seq,
+    # and readers took the numbered version over it (counted as 0, it sorted first for ever)
+    c = run_stage(KEY, inputs=[], config={"n": 3}, code=CODE, run=run, produce=_write(3))
+    path = commit._manifest_path(KEY, c.manifest["fingerprint"])
+    later = json.loads(path.read_text())
+    del later["commit_seq"]
+    path.write_text(json.dumps(later))
+    assert [m["id"] for m in commit.committed(KEY)] == [a.id, b.id, c.id]
+    assert commit.latest(KEY)["id"] == c.id
+    d = run_stage(KEY, inputs=[], config={"n": 4}, code=CODE, run=run, produce=_write(4))
+    assert d.manifest["commit_seq"] == 2 and commit.latest(KEY)["id"] == d.id
+
+
+def test_a_manifest_written_by_a_newer_dlpipe_is_refused_not_misread():
+    from dlpipe.errors import NewerFormatError
+
+    done = run_stage(KEY, inputs=[], config={}, code=CODE, run=RunContext(), produce=_write(1))
+    assert done.manifest["manifest_version"] == commit.MANIFEST_VERSION
+    path = commit._manifest_path(KEY, done.manifest["fingerprint"])
+    path.write_text(json.dumps({**done.manifest, "manifest_version": commit.MANIFEST_VERSION + 1}))
+    with pytest.raises(NewerFormatError, match=r"written by a newer dlpipe \(manifest_version 3; this one reads up to 2\)"):
+        commit.latest(KEY)
+    with pytest.raises(NewerFormatError):
+        commit.load_manifest(done.id)
 
 
 @pytest.mark.parametrize("content", ["", '{"id": "x", "truncat', "[1, 2]", "\xff\xfe"])
