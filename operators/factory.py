@@ -207,7 +207,29 @@ def load_spec(path: str | Path, dag_file: str | Path | None = None) -> tuple[Dag
     if spec.end_date and spec.end_date < spec.start_date:
         raise ConfigError(f"{path}: dag.end_date", spec.end_date.isoformat(),
                           f"must not be before dag.start_date {spec.start_date.isoformat()}")
+    if twins := same_dag_id(path, spec.dag_id):
+        raise ConfigError(f"{path}: dag.dag_id", spec.dag_id,
+                          f"{', '.join(map(str, twins))} declares it too. Airflow parses each DAG file on its own, "
+                          f"so it would not notice: the DAG would flip between the two, and one run could take "
+                          f"some tasks from each spec (another team's features, training and model name). Give "
+                          f"each spec its own dag_id")
     return spec, pipeline
+
+
+def same_dag_id(path: Path, dag_id: str) -> list[Path]:
+    """Other specs in ``path``'s folder that declare ``dag_id`` too. One that does not load
+    is left to its own DAG file, which reports it."""
+    twins = []
+    for other in sorted(path.parent.glob("*.y*ml")):
+        if other.suffix not in (".yaml", ".yml") or other.resolve() == path.resolve():
+            continue
+        try:
+            dag = load_pipeline(other).get("dag")
+        except ConfigError:
+            continue
+        if isinstance(dag, dict) and dag.get("dag_id") == dag_id:
+            twins.append(other)
+    return twins
 
 
 def pipeline_dag(path: str | Path):
@@ -276,11 +298,18 @@ def pipeline_tasks(*, train_timeout: timedelta, features: bool = True, promote: 
     if features:
         tasks.append(SparkFeatureOperator(task_id="extract_features"))
         tasks[-1] >> dataset
-    # A DAG's end_date E stops its schedule; Airflow also copies it to every task, and a run
-    # dated after a task's end_date gets no instance of it: a manual run processing day E-1 or E
-    # (dated inside the day after) succeeded at once with nothing done, and then held the next
-    # run's dataset task (depends_on_past). The tasks end two days later: those runs do their work.
-    end = dataset.dag.end_date if dataset.dag else None
-    if end:
-        for task in tasks:
-            task.end_date = end + timedelta(days=2)
+    if dataset.dag:
+        tasks_run_to_the_end(dataset.dag)
+
+
+def tasks_run_to_the_end(dag: Any) -> None:
+    """Let manual runs of a DAG's last days do their work: call it after adding the tasks of a
+    DAG that has an ``end_date``.
+
+    A DAG's end_date E stops its schedule; Airflow also copies it to every task, and a run dated
+    after a task's end_date gets no instance of it: a manual run processing day E-1 or E (dated
+    inside the day after) succeeded at once with nothing done, and then held the next run's
+    dataset task (depends_on_past). The tasks end two days later: those runs do their work."""
+    if dag.end_date:
+        for task in dag.tasks:
+            task.end_date = dag.end_date + timedelta(days=2)

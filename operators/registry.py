@@ -127,6 +127,11 @@ class RegisterModelOperator(_RegistryOperator):
                     f"or its dataset: pass the gates of this run (clear the gate tasks with the train task)")
         _, store = self._settings(pipeline)
         name = pipeline.get("model_name", "model")
+        if training["name"] != name:  # trainings are named for their pipeline's model: another spec's
+            raise ConfigError(f"{pipeline.get('_source', 'pipeline')}: model_name", name,
+                              f"training_id {training['id']} trained model {training['name']!r}, not this pipeline's: "
+                              f"two specs or DAG files with the same dag_id (each task then loads either)? Give "
+                              f"each its own dag_id, or register it from its own pipeline")
         # what runs after registration in this DAG: `dlpipe summary` expects a promotion only where there is one
         try:  # their stages too: a hand-written DAG's promotion task has its own id
             follows = {"downstream_stages": sorted({getattr(t, "pipeline_stage", "-") for t in self.downstream_list})}

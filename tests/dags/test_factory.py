@@ -723,3 +723,21 @@ def test_a_data_gate_column_the_dataset_lacks_is_refused_when_the_spec_is_parsed
             pipeline_dag(_spec(tmp_path, name, **changes))
         assert refused.value.field.endswith(field) and refused.value.value == value, refused.value
         assert "the dataset has no such column" in refused.value.fix and hint in refused.value.fix
+
+
+def test_two_specs_in_one_folder_with_the_same_dag_id_are_both_refused(tmp_path):
+    """Airflow parses each DAG file on its own and never saw the clash: the DAG flipped between
+    the two specs, and one run took some tasks from each (another team's training, registered
+    under this team's model name)."""
+    import yaml
+
+    team = yaml.safe_load(SPEC.read_text())
+    (tmp_path / "fraud.yaml").write_text(yaml.safe_dump(team))
+    (tmp_path / "maps.yaml").write_text(yaml.safe_dump({**team, "model_name": "maps_eta"}))  # dag_id copied too
+    (tmp_path / "broken.yaml").write_text("dag: [")  # another spec's problem: its own DAG reports it
+    for mine, theirs in (("fraud", "maps"), ("maps", "fraud")):
+        with pytest.raises(ConfigError, match=rf"{mine}.yaml: dag.dag_id.*{theirs}.yaml declares it too"):
+            load_spec(tmp_path / f"{mine}.yaml")
+    (tmp_path / "maps.yaml").write_text(yaml.safe_dump({**team, "model_name": "maps_eta",
+                                                        "dag": {**team["dag"], "dag_id": "maps_eta"}}))
+    assert load_spec(tmp_path / "fraud.yaml")[0].dag_id == team["dag"]["dag_id"]

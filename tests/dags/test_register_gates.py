@@ -65,6 +65,25 @@ def test_a_passed_gate_of_another_training_does_not_register_this_one(dlpipe_hom
     assert _register(good, [gate.id], root).endswith("@1")  # the model it judged registers
 
 
+def test_a_training_of_another_pipelines_model_is_not_registered_under_this_ones_name(dlpipe_home):
+    """Two specs with one dag_id: the run's train task loaded the other spec and trained model
+    'maps'; the register task, loading the ETA spec, registered it as eta@N."""
+    day3, _, _ = _day4_gated_with_day3_as_baseline()
+
+    def train(attempt):
+        (attempt / "model").mkdir()
+        (attempt / "model" / "model.safetensors").write_bytes(b"weights")
+        return {"metrics": {"val_mae": 3.0, "baseline_mae": 8.0}, "model_dir": "model"}
+
+    maps = commit.run_stage(commit.StageKey("training", "maps", day3["partition"]), inputs=[day3], config={},
+                            code={"sources_hash": "test"}, run=RunContext(), produce=train).manifest
+    gate = run_model_gate(maps, ModelGateConfig(), run=RunContext(), candidate=_evaluation(3.0), champion=None)
+    root = dlpipe_home / "registry"
+    with pytest.raises(AirflowFailException, match=r"model_name='eta'.*trained model 'maps', not this pipeline's"):
+        _register(maps, [gate.id], root)
+    assert registry.list_versions(LocalStore(root)) == []
+
+
 def test_a_data_gate_whose_drift_baseline_is_this_dataset_does_not_vouch_for_it(dlpipe_home):
     """A data gate with drift lists the previous dataset after the one it judged. Day 4's gate
     must not let day 3's training through: it judged day 4's dataset, not day 3's."""
