@@ -18,7 +18,8 @@ from typing import Any, Iterator, Sequence
 
 from dlpipe import audit, commit, registry, settings
 from dlpipe.errors import ConfigError, DlpipeError, IntegrityError, NotCommittedError, redacted
-from dlpipe.lineage import checked_manifest, judged, manifest_tree, model_files, tree_problems, vouches_for
+from dlpipe.lineage import (checked_manifest, judged, manifest_tree, model_files, tree_problems, unsealed,
+                            vouches_for)
 from dlpipe.runctx import RunContext, cli_context
 from dlpipe.storage import endpoint_url, open_store, shown_url
 
@@ -455,8 +456,12 @@ def cmd_lineage(args: argparse.Namespace) -> int:
         lines += [f"!! {p}" for p in problems]
         lines.append(f"{len(problems)} problem(s): this lineage cannot be trusted as shown")
     else:
-        lines.append("every link checked: fingerprints and seals match" + (", files re-hashed" if args.verify else
-                                                                  " (add --verify to re-hash every file)"))
+        old = unsealed(chain)
+        sealed = "seals match" if not old else (
+            f"seals match except on {len(old)} manifest(s) committed before seals, whose summary, run and file "
+            f"list nothing covers: {', '.join(old[:3])}{' ...' if len(old) > 3 else ''}")
+        lines.append(f"every link checked: fingerprints match, {sealed}" + (", files re-hashed" if args.verify else
+                                                                            " (add --verify to re-hash every file)"))
     _print(tree, args.json, "\n".join(map(_shown, lines)))  # a record's text is anyone's text
     return 1 if problems else 0
 
@@ -499,8 +504,10 @@ def cmd_manifest_show(args: argparse.Namespace) -> int:
                          for f in m["outputs"]["files"]], ["path", "size", "sha256"]))
     lines += [_shown(f"!! {p}") for p in problems]
     if not problems:
-        lines.append("fingerprint and seal match" + (", files re-hashed" if args.verify else
-                                                      " (add --verify to re-hash every file)"))
+        sealed = ("fingerprint and seal match" if m.get("seal") else "fingerprint matches; no seal (committed "
+                  "before seals): its summary, run and file list nothing covers")
+        lines.append(sealed + (", files re-hashed" if args.verify else
+                                                    " (add --verify to re-hash every file)"))
     print("\n".join(lines))
     return 1 if problems else 0
 

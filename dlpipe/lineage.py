@@ -61,7 +61,7 @@ def manifest_tree(mid: str, depth: int = 0, max_depth: int = 16, *, expected: st
     try:
         node = {
             "id": m["id"], "stage": m["stage"], "fingerprint": m["fingerprint"],
-            "committed_at": m["committed_at"],
+            "committed_at": m["committed_at"], "sealed": bool(m.get("seal")),
             # who ran it, with which code and config: what an auditor asks of every link
             "run": {k: m["run"].get(k) for k in ("dag_id", "run_id", "task_id", "try_number", "user", "host",
                                                   "triggered_by", "run_type", "reason")},
@@ -79,6 +79,17 @@ def manifest_tree(mid: str, depth: int = 0, max_depth: int = 16, *, expected: st
                                         verify_files=verify_files, expected_seal=i.get("seal"))
                           for i in m["inputs"]]
     return node
+
+
+def unsealed(node: dict | None) -> list[str]:
+    """Ids of the manifests in a tree committed before seals: their fingerprints are checked,
+    their summary, run and file list are not."""
+    if node is None:
+        return []
+    found = [node["id"]] if "run" in node and not node.get("sealed") else []
+    for child in node.get("inputs", []):
+        found += unsealed(child)
+    return found
 
 
 def tree_problems(node: dict | None) -> list[str]:

@@ -108,7 +108,7 @@ def test_lineage_checks_every_link_and_reports_what_was_tampered_with(dlpipe_hom
         return code, capsys.readouterr().out
 
     code, out = lineage("--verify")
-    assert code == 0 and "every link checked: fingerprints and seals match, files re-hashed" in out
+    assert code == 0 and "every link checked: fingerprints match, seals match, files re-hashed" in out
     assert f"gate {gates[0]}: passed" in out
 
     def only_verify_finds(path, found: str) -> None:

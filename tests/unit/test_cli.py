@@ -533,6 +533,28 @@ def test_manifest_show_answers_who_when_which_inputs_code_and_config_for_any_sta
     assert json.loads(capsys.readouterr().out)["missing"] is True
 
 
+def test_a_manifest_from_before_seals_is_not_said_to_match_its_seal(capsys, dlpipe_home):
+    """An old manifest's summary and run were edited (rows 99999, user mallory): `manifest show`
+    and `lineage --verify` said 'seal match(es)' of a manifest that has none."""
+    from dlpipe import commit
+    from dlpipe.commit import StageKey, run_stage
+    from dlpipe.lineage import manifest_tree, unsealed
+    from dlpipe.runctx import RunContext
+
+    produce = lambda attempt: (attempt / "part-0.txt").write_text("x") and {"rows": 1}  # noqa: E731
+    raw = run_stage(StageKey("raw", "trips", "dt=2026-01-01"), inputs=[], config={}, code={"sources_hash": "a" * 64},
+                    run=RunContext(), produce=produce).manifest
+    feat = run_stage(StageKey("features", "eta", "dt=2026-01-01"), inputs=[raw], config={},
+                     code={"sources_hash": "b" * 64}, run=RunContext(), produce=produce).manifest
+    path = commit._manifest_path(StageKey("raw", "trips", "dt=2026-01-01"), raw["fingerprint"])
+    old = {k: v for k, v in raw.items() if k != "seal"}  # as an earlier release committed it
+    path.write_text(json.dumps({**old, "summary": {"rows": 99999}}))
+    assert cli.main(["manifest", "show", raw["id"]]) == 0
+    out = capsys.readouterr().out
+    assert "fingerprint matches; no seal (committed before seals)" in out and "seal match" not in out
+    assert unsealed(manifest_tree(feat["id"])) == [raw["id"]]
+
+
 def test_the_summary_shows_a_failed_gates_checks_and_what_to_do(capsys, dlpipe_home):
     """The 'why' column cut a gate's error inside its evidence path, before the failed checks
     (and showed its newline as a literal \\n); the checks were only in --json."""
