@@ -689,10 +689,19 @@ def cmd_summary(args: argparse.Namespace) -> int:
     tasks: dict[str, dict[str, dict | None]] = {}  # stage -> task id -> its last event other than 'started'
     final: dict[str, dict] = {}  # stage -> the last such event of any of its tasks (for the details)
     follows = None  # registration's last 'started' event saying what follows it in the DAG
+    # a stage run again (the run cleared or reprocessed): its newest event, once it has a second try
+    newest: dict[str, dict] = {}
+    tries: dict[str, set[int]] = {}
+    began: dict[str, dict] = {}  # task id -> the 'started' event of its highest try
     for e in events:
         stage = _stage_of(e)
         if e["run"]["run_id"] != run_id or not stage:
             continue
+        tries.setdefault(stage, set()).add(_try_of(e))
+        if stage not in newest or e["ts"] >= newest[stage]["ts"]:
+            newest[stage] = e
+        if e["event"] == "started" and _try_of(e) >= _try_of(began.get(e["run"]["task_id"]) or e):
+            began[e["run"]["task_id"]] = e
         per_task = tasks.setdefault(stage, {})
         per_task.setdefault(e["run"]["task_id"], None)  # started only: still running, or lost
         if e["event"] != "started":
@@ -716,14 +725,24 @@ def cmd_summary(args: argparse.Namespace) -> int:
             expected = expected[:-1]
     rows, failures, ok = [], [], True
     failed_before: dict | None = None  # the latest failure of a stage earlier in the chain
+    ran_again: dict | None = None  # the newest event of any stage earlier in the chain
     for stage in expected:
         for task, e in (tasks.get(stage) or {stage: None}).items():
             outcome = e["event"] if e else "missing"
             why = (e or {}).get("reason") or _first_line((e or {}).get("error", ""), 100)
+            start = began.get(task)
             if e and outcome != "failed" and failed_before and e["ts"] < failed_before["ts"]:
                 # a result of an earlier try of the run (cleared since): not what the run ends with
                 outcome, why = "stale", (f"from before {failed_before['run']['task_id']} failed at "
                                          f"{failed_before['ts']}; not run since")
+                final.pop(stage, None)
+            elif e and start and _try_of(start) > _try_of(e):  # a later try began and has not ended
+                outcome, why = "running", (f"try {start['run']['try_number']} started at {start['ts']} and has "
+                                           f"no result yet (still running, or its process was lost)")
+                final.pop(stage, None)
+            elif e and ran_again and e["ts"] < ran_again["ts"]:  # the run was cleared or reprocessed
+                outcome, why = "stale", (f"from before {ran_again['run']['task_id']} ran again at "
+                                         f"{ran_again['ts']}; not run since")
                 final.pop(stage, None)
             ok &= outcome in ("committed", "skipped", "conflict")
             rows.append({"task": task, "outcome": outcome, "output": (e or {}).get("manifest_id") or "-",
@@ -732,6 +751,9 @@ def cmd_summary(args: argparse.Namespace) -> int:
                 failures.append(f"{task} failed: {e.get('error', '')}")
                 if failed_before is None or e["ts"] > failed_before["ts"]:
                     failed_before = e
+        # by time, but only once a stage has a second try: clocks of two workers may disagree
+        if len(tries.get(stage, ())) > 1 and (ran_again is None or newest[stage]["ts"] > ran_again["ts"]):
+            ran_again = newest[stage]
     print(f"dlpipe run summary: dag {args.dag_id}, run {run_id}\n")
     print(_table(rows, ["task", "outcome", "output", "why"]))
     if failures:  # the whole error: a gate's failed checks come after its first line
@@ -739,7 +761,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
     details = _summary_details(final)
     if details:
         print("\n" + "\n".join(details))
-    print(f"\naudit trail: {settings.audit_log_path()}  (dlpipe audit --run-id '{run_id}')")
+    # run ids repeat across DAGs (backfill__2026-01-05T00:00:00+00:00 in every one of them)
+    print(f"\naudit trail: {settings.audit_log_path()}  (dlpipe audit --dag-id {args.dag_id} --run-id '{run_id}')")
     if not ok:
         print("\nFAILED: not every stage committed or skipped; see the task logs above.", file=sys.stderr)
     return 0 if ok else 1

@@ -607,6 +607,35 @@ def test_the_summary_marks_results_from_before_a_later_failure_as_stale(capsys, 
         assert " stale " in rows[task] and "from before model_gate failed at" in rows[task], rows[task]
 
 
+def test_the_summary_does_not_borrow_an_earlier_tries_results_when_the_run_is_run_again(capsys, dlpipe_home):
+    """A backfill reprocessed a run (same run id): its first stages skipped again, its promotion
+    waited, and the summary showed try 1's promotion as the run's, with exit 0."""
+    from dlpipe import audit
+    from dlpipe.runctx import RunContext
+
+    def event(kind: str, task: str, try_number: int, **fields) -> None:
+        audit.record(kind, stage="x", run=RunContext(dag_id="d", run_id="r", task_id=task, try_number=try_number,
+                                                     pipeline_stage=task), **fields)
+
+    tasks = ("extract_features", "materialize_dataset", "data_gate", "train", "model_gate", "register_model",
+             "promote_staging")
+    for task in tasks:
+        event("started", task, 1)
+        event("committed", task, 1, manifest_id=f"{task}@1")
+    assert _run(capsys, "summary", "--dag-id", "d", "--run-id", "r")[0] == 0
+    time.sleep(0.01)  # events are stamped to the millisecond; tasks of a run are seconds apart
+    for task in tasks[:5]:  # reprocessed: every stage so far skips, the registration is running
+        event("started", task, 2)
+        event("skipped", task, 2, manifest_id=f"{task}@1")
+    event("started", "register_model", 2)
+    code, out, _ = _run(capsys, "summary", "--dag-id", "d", "--run-id", "r")
+    rows = {line.split()[0]: line for line in out.splitlines()[4:11]}
+    assert code == 1 and " skipped " in rows["model_gate"]
+    assert " running " in rows["register_model"] and "try 2 started at" in rows["register_model"]
+    assert " stale " in rows["promote_staging"] and "from before" in rows["promote_staging"], rows["promote_staging"]
+    assert "audit --dag-id d --run-id 'r'" in out
+
+
 def test_audit_verify_reports_the_chain_and_exits_1_on_a_break(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("DLPIPE_HOME", str(tmp_path))
     from dlpipe import audit
