@@ -582,10 +582,16 @@ def cmd_audit(args: argparse.Namespace) -> int:
              "attempt": (e.get("attempt_id") or e.get("committed_attempt_id") or "")[:8],
              "seal": (e.get("seal") or "")[:8],
              "why": e.get("reason") or _first_line(e.get("error", ""), 80)} for e in events]
-    reasons = {e["run"]["run_id"]: e["run"].get("reason") for e in events if e["run"].get("reason")}
-    header = "".join(f"run {_shown(run)}: {_shown(why)}\n" for run, why in reasons.items())
-    _print(events, args.json, header + _table(rows, ["ts", "event", "task", "try", "user", "triggered", "manifest",
-                                                     "attempt", "seal", "why"]))
+    # run ids repeat across DAGs (backfill__<date> in each): with several, say which DAG each is
+    dags = len({e["run"]["dag_id"] for e in events}) > 1
+    for row, e in zip(rows, events):
+        row["dag"] = e["run"]["dag_id"]
+    reasons = {(e["run"]["dag_id"], e["run"]["run_id"]): e["run"].get("reason") for e in events
+               if e["run"].get("reason")}
+    header = "".join(f"run {_shown(run)}{f' of {_shown(dag)}' if dags else ''}: {_shown(why)}\n"
+                     for (dag, run), why in reasons.items())
+    _print(events, args.json, header + _table(rows, ["ts", "event", *(["dag"] if dags else []), "task", "try", "user",
+                                                     "triggered", "manifest", "attempt", "seal", "why"]))
     return 0
 
 

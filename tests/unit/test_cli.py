@@ -383,6 +383,23 @@ def test_the_audit_table_shows_who_triggered_a_run_and_how(capsys, dlpipe_home):
     assert code == 0 and "ana (backfill)" in out and " scheduled " in out and "triggered" in out
 
 
+def test_the_audit_table_of_a_run_id_two_dags_share_names_each_dag_and_keeps_both_reasons(capsys, dlpipe_home):
+    """backfill__<date> is every DAG's run id for that date: the table could not tell the teams'
+    rows apart, and one team's reason replaced the other's in the header."""
+    from dlpipe import audit
+    from dlpipe.runctx import RunContext
+
+    for dag, why in (("fraud_eta", "FRAUD: relabel"), ("maps_training", "MAPS: quarterly audit")):
+        audit.record("committed", stage="training", manifest_id=f"{dag}@1",
+                     run=RunContext(dag_id=dag, run_id="backfill__2026-01-03", task_id="train", reason=why))
+    code, out, _ = _run(capsys, "audit", "--run-id", "backfill__2026-01-03")
+    assert code == 0 and "run backfill__2026-01-03 of fraud_eta: FRAUD: relabel" in out
+    assert "run backfill__2026-01-03 of maps_training: MAPS: quarterly audit" in out
+    assert " dag " in out and " fraud_eta " in out and " maps_training " in out
+    code, out, _ = _run(capsys, "audit", "--dag-id", "fraud_eta")  # one DAG: no column for it
+    assert "run backfill__2026-01-03: FRAUD: relabel" in out and " dag " not in out
+
+
 def test_the_audit_table_tells_two_commits_of_one_id_apart(capsys, dlpipe_home):
     """Three commits of one training id, each after its outputs were removed, all read 'try 1,
     dag_test': only --json told them apart. The table shows the attempt and the seal."""
