@@ -27,6 +27,7 @@ from pathlib import Path
 
 from dlpipe import audit, commit, settings
 from dlpipe.errors import ConfigError, IntegrityError
+from dlpipe.hashing import fingerprint
 from dlpipe.runctx import RunContext
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,21 @@ def _ended_attempts() -> dict[str, str]:
     return ended
 
 
+def _checkpoint_commits(partition: Path) -> dict[str, str]:
+    """checkpoint folder name -> the id of the training commit it belongs to (the folder is named
+    for the training's dataset, config and code: training.stages.train_model)."""
+    made = {}
+    for path in sorted((partition / "manifests").glob("*.json")):
+        try:
+            m = commit.read_manifest(path)
+            key = fingerprint({"dataset": m["inputs"][0]["id"], "config": m["config"],
+                               "code": m["code"]["sources_hash"]})[:16]
+        except (IntegrityError, KeyError, IndexError, TypeError):
+            continue  # unreadable or not a training: its checkpoints are judged as never committed
+        made[key] = m["id"]
+    return made
+
+
 def find(older_than: timedelta, home: Path | None = None, now: datetime | None = None) -> list[Garbage]:
     """Everything the rules above call garbage, oldest partition first."""
     home = home or settings.home()
@@ -100,8 +116,11 @@ def find(older_than: timedelta, home: Path | None = None, now: datetime | None =
             found.append(Garbage(folder, "attempt", _size(folder), why))
     for folder in sorted(home.glob("training/*/*/checkpoints/*")):
         if folder.is_dir() and not folder.is_symlink() and (written := _newest_write(folder)) < cutoff:
-            found.append(Garbage(folder, "checkpoints", _size(folder),
-                                 f"its training never committed; nothing written in it since {_iso(written)}"))
+            made = _checkpoint_commits(folder.parent.parent)
+            why = (f"its training committed ({made[folder.name]}): a dlpipe from before 2026-12 left checkpoints "
+                   f"behind" if folder.name in made else "its training never committed")
+            found.append(Garbage(folder, "checkpoints", _size(folder), f"{why}; nothing written in it since "
+                                                                       f"{_iso(written)}"))
     return found
 
 

@@ -84,3 +84,25 @@ def test_gc_leaves_a_partition_whose_manifest_cannot_be_read_and_names_a_bad_age
     assert "nothing to collect" in capsys.readouterr().err and commit.location(committed).exists()
     assert cli.main(["gc", "--older-than", "3 days"]) == 2
     assert "--older-than='3 days'" in capsys.readouterr().err
+
+
+def test_gc_says_when_checkpoints_belong_to_a_committed_training(dlpipe_home, capsys):
+    """A dlpipe from before 2026-12 left a training's checkpoints after its commit: gc said 'its
+    training never committed' of them."""
+    from dlpipe.hashing import fingerprint
+
+    key = StageKey("training", "eta", "window_end=2026-01-04")
+    dataset = run_stage(StageKey("datasets", "eta", "window_end=2026-01-04"), inputs=[], config={}, code=CODE,
+                        run=RunContext(), produce=_produce).manifest
+    config = {"num_proc": 2, "train": {"epochs": 3}}
+    training = run_stage(key, inputs=[dataset], config=config, code=CODE, run=RunContext(),
+                         produce=_produce).manifest
+    name = fingerprint({"dataset": dataset["id"], "config": config, "code": CODE["sources_hash"]})[:16]
+    for folder in (name, "0" * 16):
+        (key.dir() / "checkpoints" / folder).mkdir(parents=True)
+        (key.dir() / "checkpoints" / folder / "epoch-0003.pt").write_bytes(b"w")
+        _age(key.dir() / "checkpoints" / folder, 4 * DAY)
+    assert cli.main(["gc"]) == 0
+    rows = {line.split()[1].rsplit("/", 1)[1]: line for line in capsys.readouterr().out.splitlines()[2:]}
+    assert f"its training committed ({training['id']})" in rows[name]
+    assert "its training never committed" in rows["0" * 16]
