@@ -827,7 +827,13 @@ def _summary_details(final: dict[str, dict]) -> list[str]:
     promo = final.get("promote_staging")
     if promo and promo["event"] in ("committed", "skipped"):
         how = "moved" if promo["event"] == "committed" else promo.get("reason") or "already there"
-        out.append(f"alias:              {promo['manifest_id']} -> version {promo.get('fingerprint')} ({_shown(how)})")
+        version = promo.get("fingerprint")
+        if promo["event"] == "skipped" and "candidate_version" not in promo:
+            # a forward-only skip recorded before 2026-12-07 put the refused candidate there; its reason says where
+            # the alias stayed
+            stayed = re.search(r"stays at version (\d+)", promo.get("reason") or "")
+            version = stayed.group(1) if stayed else version
+        out.append(f"alias:              {promo['manifest_id']} -> version {version} ({_shown(how)})")
     return out
 
 

@@ -4,6 +4,7 @@ as an error line, not a numpy traceback; an unknown run id as such, not as seven
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -152,6 +153,16 @@ def test_summary_shows_where_a_forward_only_promotion_left_the_alias(capsys, tmp
     assert cli.main(["summary", "--dag-id", "d"]) == 0
     [line] = [x for x in capsys.readouterr().out.splitlines() if x.startswith("alias:")]
     assert "eta:staging -> version 1 (eta:staging stays at version 1" in line and "version 2 has older data" in line
+
+    # the same skip as a dlpipe before 2026-12-07 recorded it: the refused candidate as the version
+    path = audit.settings.audit_log_path()
+    old = [json.loads(x) for x in path.read_text().splitlines()]
+    skip = next(e for e in old if e["event"] == "skipped" and e["stage"] == "alias")
+    skip["fingerprint"] = str(skip.pop("candidate_version"))
+    path.write_text("".join(json.dumps(e) + "\n" for e in old))
+    assert cli.main(["summary", "--dag-id", "d"]) == 0
+    [line] = [x for x in capsys.readouterr().out.splitlines() if x.startswith("alias:")]
+    assert "eta:staging -> version 1 (eta:staging stays at version 1" in line
 
 
 def test_summary_expects_a_promotion_only_where_the_dag_has_one(capsys):
