@@ -515,6 +515,30 @@ def run_newest_version(key: StageKey, *, config: dict[str, Any], code: dict[str,
         return run_stage(key, inputs=[], config=config, code=code, run=run, produce=produce, home=home)
 
 
+def _why_new(key: StageKey, inputs: list[dict], config: dict, code: dict, home: Path | None) -> str | None:
+    """Why this partition is computed again although a version of it exists (after a release,
+    a spec change, an upstream correction): what differs from its newest version."""
+    try:
+        newest = committed(key, home)[-1:]
+    except (IntegrityError, NewerFormatError):
+        return None  # the stage names a damaged or newer manifest where it matters
+    if not newest:
+        return None
+    m, found = newest[0], []
+    if m["code"].get("sources_hash") != code.get("sources_hash"):
+        found.append(f"the code (sources hash {str(m['code'].get('sources_hash'))[:12]} -> {code['sources_hash'][:12]})")
+    elif {k: v for k, v in m["code"].items() if k in code} != code:
+        found.append("a library version: " + ", ".join(f"{k} {m['code'].get(k)} -> {v}" for k, v in sorted(code.items())
+                                                       if m["code"].get(k) != v))
+    if m["config"] != config:
+        keys = sorted(k for k in set(m["config"]) | set(config) if m["config"].get(k) != config.get(k))
+        found.append(f"the config ({', '.join(map(str, keys))})")
+    if sorted(i["fingerprint"] for i in m["inputs"]) != sorted(i["fingerprint"] for i in inputs):
+        found.append("the inputs (" + ", ".join(i["id"] for i in inputs) + ")")
+    return (f"computed anew: its newest version {m['id']} differs in " + "; ".join(found or ["its partition's other "
+            "versions only"]))
+
+
 def run_stage(
     key: StageKey,
     *,
@@ -558,6 +582,8 @@ def run_stage(
     audit.record("started", run=run, attempt_id=attempt_id, inputs=[m["id"] for m in inputs],
                  config=config, code=recorded_code, **base)
     log.info("%s: attempt %s writing to %s", mid, attempt_id, attempt_dir)
+    if why := _why_new(key, inputs, config, code, home):
+        log.info("%s: %s", mid, why)
     path = _manifest_path(key, fp, home)
     try:
         for m in inputs:  # the stage reads them next: their files must still be the committed ones

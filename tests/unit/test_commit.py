@@ -671,3 +671,16 @@ def test_each_audit_event_links_to_the_line_before_and_verify_finds_a_line_chang
     assert problems[0].startswith("line 4 has no link") and problems[1].startswith("line 5 does not link to line 4")
     path.write_text("".join(lines[2:]))  # the start cut off
     assert audit.verify(path)[2][0] == "line 1 links to a line before it: the start of the log was removed"
+
+
+def test_a_partition_computed_again_says_what_differs_from_its_newest_version(caplog):
+    """After an upgrade every stage recomputed and the log said only 'attempt ... writing to'."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="dlpipe.commit")
+    run = RunContext()
+    first = run_stage(KEY, inputs=[], config={"n": 1, "k": 2}, code=CODE, run=run, produce=_write(1))
+    assert "computed anew" not in caplog.text  # the partition's first version
+    run_stage(KEY, inputs=[], config={"n": 2, "k": 2}, code={"sources_hash": "f" * 64}, run=run, produce=_write(2))
+    assert (f"computed anew: its newest version {first.id} differs in the code (sources hash "
+            f"{CODE['sources_hash'][:12]} -> ffffffffffff); the config (n)") in caplog.text
