@@ -51,6 +51,8 @@ class DagSpec(BaseModel):
     retries: int = Field(2, strict=True, ge=0, le=10, description="retries of transient failures")
     retry_delay_s: int = Field(60, strict=True, ge=0, description="wait before a retry")
     train_timeout_s: int = Field(7200, strict=True, ge=60, description="execution timeout of the training task")
+    registry_timeout_s: int = Field(1800, strict=True, ge=60, description="execution timeout of the registration "
+                                    "and promotion tasks: a registry store that stops answering must not hold them")
     tags: list[str] = Field(default_factory=list, description="shown and filterable in the UI")
     description: str = Field("", description="one line for the DAG list")
 
@@ -263,12 +265,14 @@ def pipeline_dag(path: str | Path):
         params=run_params(),
     ) as dag:
         pipeline_tasks(train_timeout=timedelta(seconds=spec.train_timeout_s),
+                       registry_timeout=timedelta(seconds=spec.registry_timeout_s),
                        features=kind_of(pipeline).features is not None,
                        promote=section(pipeline, "registry", RegistryConfig).promote_to is not None)
     return dag
 
 
-def pipeline_tasks(*, train_timeout: timedelta, features: bool = True, promote: bool = True) -> None:
+def pipeline_tasks(*, train_timeout: timedelta, registry_timeout: timedelta = timedelta(minutes=30),
+                   features: bool = True, promote: bool = True) -> None:
     """The stages and their order, added to the DAG being defined (``with DAG(...)``); without
     ``features`` the chain starts at the dataset, without ``promote`` (``registry.promote_to:
     null``) it ends at the registration.
@@ -289,11 +293,12 @@ def pipeline_tasks(*, train_timeout: timedelta, features: bool = True, promote: 
                                  execution_timeout=train_timeout)
     model_gate = ModelGateOperator(task_id="model_gate", training_id=train.output)
     register = RegisterModelOperator(task_id="register_model", training_id=train.output,
-                                     gate_ids=[data_gate.output, model_gate.output])
+                                     gate_ids=[data_gate.output, model_gate.output], execution_timeout=registry_timeout)
     dataset >> data_gate >> train >> model_gate >> register
     tasks = [dataset, data_gate, train, model_gate, register]
     if promote:
-        tasks.append(PromoteModelOperator(task_id="promote_staging", model_ref=register.output))
+        tasks.append(PromoteModelOperator(task_id="promote_staging", model_ref=register.output,
+                                          execution_timeout=registry_timeout))
         register >> tasks[-1]
     if features:
         tasks.append(SparkFeatureOperator(task_id="extract_features"))

@@ -39,6 +39,8 @@ def test_the_shipped_spec_becomes_its_dag():
     assert [t.task_id for t in dag.topological_sort()][:3] == ["extract_features", "materialize_dataset", "data_gate"]
     assert {"dlpipe", "marketplace", "eta"} <= set(dag.tags) and dag.catchup is False
     assert dag.get_task("train").execution_timeout.total_seconds() == 7200
+    # a registry store that stops answering ends them (no S3 deadline held register_model for minutes)
+    assert {dag.get_task(t).execution_timeout.total_seconds() for t in ("register_model", "promote_staging")} == {1800}
     assert dag.get_task("materialize_dataset").depends_on_past
     assert dag.params["reason"] == ""  # params are validated by JSON schema when a run starts
     from airflow.sdk.exceptions import ParamValidationError
