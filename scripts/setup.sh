@@ -5,14 +5,23 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 VENV="$ROOT/.venv"
-PYTHON=${PYTHON:-python3.11}
-command -v "$PYTHON" >/dev/null || PYTHON=python3
+# Python 3.11.5 or later, below 3.13: a pinned package needs 3.11.5 (Debian 12's own 3.11 is
+# 3.11.2). Without PYTHON, the first of these on PATH that fits is taken.
+fits() { "$1" -c 'import sys; assert (3, 11, 5) <= sys.version_info[:3] < (3, 13)' 2>/dev/null; }
+if [ -z "${PYTHON:-}" ]; then
+  for candidate in python3.11 python3.12 python3; do
+    if command -v "$candidate" >/dev/null && fits "$candidate"; then PYTHON=$candidate; break; fi
+  done
+  PYTHON=${PYTHON:-python3.11}
+fi
 
 say() { echo "[setup] $*"; }
 
 # 1. Toolchain checks: fail early with the fix, not deep inside Spark.
-"$PYTHON" -c 'import sys; assert sys.version_info[:2] in ((3, 11), (3, 12)), sys.version' 2>/dev/null \
-  || { echo "[setup] error: Python 3.11 is required (found $("$PYTHON" --version 2>&1)); set PYTHON=/path/to/python3.11" >&2; exit 1; }
+fits "$PYTHON" \
+  || { echo "[setup] error: Python 3.11.5 or later (below 3.13) is required; $PYTHON is $("$PYTHON" --version 2>&1)" \
+            "(Debian 12's python3.11 is 3.11.2: install a newer one with pyenv or uv), then set PYTHON=/path/to/python3.11" >&2
+       exit 1; }
 if ! java -version >/dev/null 2>&1; then
   echo "[setup] error: Java (17 or newer) is required by Spark; on Debian: apt-get install -y openjdk-17-jre-headless" >&2
   exit 1
