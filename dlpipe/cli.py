@@ -695,7 +695,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
     tasks: dict[str, dict[str, dict | None]] = {}  # stage -> task id -> its last event other than 'started'
     final: dict[str, dict] = {}  # stage -> the last such event of any of its tasks (for the details)
     follows = None  # registration's last 'started' event saying what follows it in the DAG
-    # a stage run again (the run cleared or reprocessed): its newest event, once it has a second try
+    # a stage run again (the run cleared or reprocessed): the newest event of its highest try, once
+    # it has a second try
     newest: dict[str, dict] = {}
     tries: dict[str, set[int]] = {}
     began: dict[str, dict] = {}  # task id -> the 'started' event of its highest try
@@ -704,7 +705,9 @@ def cmd_summary(args: argparse.Namespace) -> int:
         if e["run"]["run_id"] != run_id or not stage:
             continue
         tries.setdefault(stage, set()).add(_try_of(e))
-        if stage not in newest or e["ts"] >= newest[stage]["ts"]:
+        # of its highest try: a try Airflow gave up on can log its failure after the next one ended
+        top = newest.get(stage)
+        if top is None or (_try_of(e), e["ts"]) >= (_try_of(top), top["ts"]):
             newest[stage] = e
         if e["event"] == "started" and _try_of(e) >= _try_of(began.get(e["run"]["task_id"]) or e):
             began[e["run"]["task_id"]] = e
