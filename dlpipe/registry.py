@@ -32,7 +32,7 @@ from dlpipe.errors import (AliasConflict, CommitConflict, ConfigError, Integrity
                            NotCommittedError, UnsafeArtifactError)
 from dlpipe.hashing import canonical_json, fingerprint, sha256_file
 from dlpipe.runctx import RunContext
-from dlpipe.storage import Store, has_login, misspelt_scheme
+from dlpipe.storage import Store, StoreUnreachable, has_login, misspelt_scheme
 
 log = logging.getLogger(__name__)
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
@@ -453,9 +453,12 @@ def promote(store: Store, name: str, alias: str, version: int, *, run: RunContex
     was read (2 -> 3 -> 2) counts as moved. A concurrent move between our read and our write
     raises AliasConflict; nothing is changed.
     """
-    get_version(store, name, version)  # only registered versions can be promoted
     key = _alias_key(name, alias)
-    found = store.get_versioned(key)
+    try:
+        get_version(store, name, version)  # only registered versions can be promoted
+        found = store.get_versioned(key)
+    except StoreUnreachable as exc:  # nothing written yet: certain
+        raise StoreUnreachable(f"{name}:{alias} was not moved (nothing was written): {exc}") from exc
     doc, token = (json.loads(found[0]), found[1]) if found else (None, None)
     current = doc["version"] if doc else None
     if expect_unset and doc is not None:
@@ -482,6 +485,10 @@ def promote(store: Store, name: str, alias: str, version: int, *, run: RunContex
     data = (canonical_json(new) + "\n").encode()
     try:
         store.put_if_match(key, data, token)
+    except StoreUnreachable as exc:  # the request may have reached the server before the fault
+        raise StoreUnreachable(f"{name}:{alias}: the move to version {version} may or may not have been applied; "
+                               f"check `dlpipe registry history {name}:{alias}` before moving it again: "
+                               f"{exc}") from exc
     except CommitConflict as exc:
         if _move_applied(store, key, move):  # stored, its reply lost, the client's retry refused
             log.info("%s:%s: the store refused a repeat of this move's own write", name, alias)

@@ -430,3 +430,103 @@ def test_a_registration_into_a_missing_bucket_names_it_and_is_audited(s3_server,
     assert "the bucket does not exist: check the bucket in s3://no-such-bucket-dlpipe/reg (DLPIPE_REGISTRY_ROOT)" in err
     [event] = list(audit.read())[before:]
     assert event["event"] == "failed" and event["stage"] == "registry" and "NoSuchBucket" in event["error"]
+
+
+class _SilentServer:
+    """A TCP server that accepts connections and never answers (``close=True``: closes each one
+    at once, before any reply): what a hung or crashing S3 endpoint looks like to the client."""
+
+    def __init__(self, close: bool = False) -> None:
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port, self.close, self.held = self.sock.getsockname()[1], close, []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            if self.close:
+                conn.recv(65536)
+                conn.close()
+            else:
+                self.held.append(conn)
+
+    def client(self, read_timeout: float = 0.5):
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client("s3", endpoint_url=f"http://127.0.0.1:{self.port}", region_name="us-east-1",
+                            aws_access_key_id="testing", aws_secret_access_key="testing-secret",
+                            config=Config(connect_timeout=0.5, read_timeout=read_timeout,
+                                          retries={"mode": "standard", "max_attempts": 1}))
+
+    def stop(self) -> None:
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
+
+
+@pytest.mark.parametrize("close", [False, True], ids=["read-timeout", "connection-closed"])
+def test_an_unreachable_server_is_named_with_the_key_not_an_attribute_error(close, tmp_path):
+    """botocore's connection errors carry ``response = None``: every store call must still say
+    which key it was at and what to do, never AttributeError."""
+    from dlpipe.storage import StoreUnreachable
+
+    server = _SilentServer(close=close)
+    try:
+        store = S3Store("s3://bucket/reg", server.client())
+        store._conditional_checked = True  # the probe itself is covered by put_new below
+        model = _model_dir(tmp_path, b"w")
+        calls = {"get": lambda: store.get("eta/versions/000001.json"),
+                 "get_versioned": lambda: store.get_versioned("eta/versions/000001.json"),
+                 "exists": lambda: store.exists("eta/versions/000001.json"),
+                 "holds": lambda: store.holds("eta/blobs/ab", model / "model.safetensors", "ab" * 32),
+                 "put_new": lambda: store.put_new("eta/versions/000001.json", b"{}"),
+                 "put_if_match": lambda: store.put_if_match("eta/versions/000001.json", b"{}", '"x"'),
+                 "list": lambda: store.list("eta/versions/")}
+        for what, call in calls.items():
+            with pytest.raises(StoreUnreachable) as caught:
+                call()
+            key = "eta/versions/" if what == "list" else "eta/blobs/ab" if what == "holds" else "eta/versions/000001.json"
+            assert f"s3://bucket/reg/{key}: S3 unreachable" in str(caught.value), what
+            assert "retry, or check the endpoint" in str(caught.value)
+        store._conditional_checked = False
+        with pytest.raises(StoreUnreachable, match=r"reg/\.dlpipe-probe: S3 unreachable"):
+            store.check_conditional_writes()
+    finally:
+        server.stop()
+
+
+def test_a_promotion_cut_off_says_whether_it_was_applied(s3_client, tmp_path):
+    """A fault before the alias write: "not moved", certain. A fault during it: the request may
+    have been stored, so the message sends the user to the history instead."""
+    from dlpipe.storage import StoreUnreachable
+
+    bucket, run = _bucket(s3_client), RunContext()
+    store = S3Store(f"s3://{bucket}/registry", s3_client)
+    registry.register(store, "eta", _model_dir(tmp_path, b"w1"), metrics={}, lineage={}, run=run)
+    server = _SilentServer(close=True)
+    try:
+        dead = S3Store(f"s3://{bucket}/registry", server.client())
+        dead._conditional_checked = True
+        with pytest.raises(StoreUnreachable, match=r"eta:production was not moved \(nothing was written\)"):
+            registry.promote(dead, "eta", "production", 1, run=run)
+
+        class _WriteFails:  # reads reach the server, the compare-and-swap does not
+            uri = store.uri
+
+            def __getattr__(self, name):
+                return getattr(dead if name == "put_if_match" else store, name)
+
+        with pytest.raises(StoreUnreachable, match=r"may or may not have been applied; check "
+                                                   r"`dlpipe registry history eta:production`"):
+            registry.promote(_WriteFails(), "eta", "production", 1, run=run)
+    finally:
+        server.stop()
+    assert registry.get_alias(store, "eta", "production") is None
