@@ -950,8 +950,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dlpipe: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # a path given as an argument: a directory, read-only, missing, full
-        if exc.strerror is None:
-            raise
+        if exc.strerror is None:  # botocore's timeouts are OSErrors with no strerror
+            if (hint := _s3_hint(exc, _root_given(args))) is None:
+                raise
+            print(f"dlpipe: error: {hint}", file=sys.stderr)
+            return 2
         where = f": {exc.filename}" if exc.filename else ""
         print(f"dlpipe: error: {exc.strerror}{where}; check the paths given (--root, DEST, --metrics, "
               f"DLPIPE_HOME) and their permissions", file=sys.stderr)
@@ -990,6 +993,9 @@ def _s3_hint(exc: Exception, root: str = "--root") -> str | None:
                 "or run where an instance role applies")
     if isinstance(exc, bc.EndpointConnectionError):
         return f"{redacted(str(exc))}; check --endpoint-url or AWS_ENDPOINT_URL, and that the server is up"
+    if isinstance(exc, (bc.HTTPClientError, bc.ConnectionError)):  # a timeout, a dropped connection
+        return (f"S3 unreachable: {redacted(str(exc))}; retry, or check --endpoint-url or AWS_ENDPOINT_URL, "
+                f"that the server is up, and DLPIPE_S3_CONNECT_TIMEOUT_S / DLPIPE_S3_READ_TIMEOUT_S")
     if isinstance(exc, bc.ClientError):
         code = exc.response.get("Error", {}).get("Code", "")
         if code in _BAD_KEYS:

@@ -580,3 +580,21 @@ def test_an_aws_connection_that_does_not_exist_is_named_not_replaced_by_boto3s_c
     assert registry_store("s3://models/reg", "dlpipe_s3_ok").uri == "s3://models/reg"
     with pytest.raises(ConfigError, match=r"aws_conn_id='dlpipe_s3_typo': no such Airflow connection"):
         registry_store("s3://models/reg", "dlpipe_s3_typo")
+
+
+@pytest.mark.parametrize("error", ["ReadTimeoutError", "ConnectTimeoutError"])
+def test_a_raw_s3_timeout_gets_the_s3_hint_not_a_traceback(error, tmp_path, monkeypatch, capsys):
+    """botocore's timeouts are OSErrors with no strerror: the CLI's path-error branch must not
+    re-raise them before the S3 hint."""
+    from botocore import exceptions as bc
+
+    from dlpipe import cli
+
+    def times_out(*args, **kwargs):
+        raise getattr(bc, error)(endpoint_url="http://127.0.0.1:9")
+
+    monkeypatch.setattr(registry, "list_versions", times_out)
+    code = cli.main(["registry", "list", "--root", str(tmp_path / "registry")])
+    err = capsys.readouterr().err
+    assert code == 2 and "dlpipe: error: S3 unreachable:" in err and "http://127.0.0.1:9" in err
+    assert "retry, or check --endpoint-url" in err
