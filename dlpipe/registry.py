@@ -128,18 +128,50 @@ def list_versions(store: Store, name: str | None = None, problems: list[str] | N
     return records
 
 
+# What every reader of a version record relies on (list, show, download, promote, lineage):
+# field -> its JSON type. Checked where a record is read, so a record that parses but lacks one
+# is named as damaged once, instead of a KeyError in whichever command meets it first.
+_RECORD_FIELDS: dict[str, type] = {
+    "name": str, "version": int, "model_fingerprint": str, "artifacts": list, "metrics": dict,
+    "lineage": dict, "registered_at": str, "registered_by": dict}
+_ARTIFACT_FIELDS: dict[str, type] = {"name": str, "sha256": str, "size": int}
+
+
+def _record_problem(record: object, key: str) -> str | None:
+    """What makes ``record`` (read from ``key``) not a usable version record, if anything."""
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    missing = [f for f in _RECORD_FIELDS if f not in record]
+    if missing:
+        return f"missing field(s) {', '.join(missing)}"
+    wrong = [f"{f} is {type(record[f]).__name__}, not {t.__name__}" for f, t in _RECORD_FIELDS.items()
+             if not isinstance(record[f], t) or isinstance(record[f], bool)]
+    if wrong:
+        return "; ".join(wrong)
+    for i, art in enumerate(record["artifacts"]):
+        if not isinstance(art, dict) or any(not isinstance(art.get(f), t) for f, t in _ARTIFACT_FIELDS.items()):
+            return f"artifacts[{i}] lacks a name, sha256 or size: {art!r:.80}"
+    m = _VERSION_KEY.search(key)
+    if m and (record["name"], record["version"]) != (key[:m.start()].rsplit("/", 1)[-1], int(m.group(1))):
+        return f"it names {record['name']}@{record['version']}, not the version its key holds"
+    return None
+
+
 def _read_record(store: Store, key: str) -> dict:
-    """The version record at ``key``; IntegrityError naming it when it is not a JSON object."""
+    """The version record at ``key``; IntegrityError naming it, and what is wrong, when it is not
+    JSON or lacks a field its readers need (see ``_RECORD_FIELDS``)."""
     try:
         record = json.loads(store.get(key))
-        if not isinstance(record, dict):
-            raise json.JSONDecodeError("not a JSON object", "", 0)
-        return record
+        problem = _record_problem(record, key)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # torn or overwritten: never a traceback
-        m = _VERSION_KEY.search(key)
-        ref = f"{key[:m.start()]}@{int(m.group(1))}" if m else key
-        raise IntegrityError(f"{ref}: its version record in {store.uri} ({key}) is not readable ({exc}); it "
-                             f"was damaged or edited: do not load this version") from None
+        problem = str(exc)
+    if problem is None:
+        return record
+    m = _VERSION_KEY.search(key)
+    ref = f"{key[:m.start()]}@{int(m.group(1))}" if m else key
+    raise IntegrityError(f"{ref}: its version record in {store.uri} ({key}) is not readable ({problem}); it "
+                         f"was damaged or edited: do not load this version (register the model again for a "
+                         f"new one)")
 
 
 def get_version(store: Store, name: str, version: int) -> dict:

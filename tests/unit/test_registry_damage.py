@@ -1,0 +1,68 @@
+"""Damaged registry documents: records and alias documents that are JSON but not what their
+readers need, records that no longer match themselves, blobs gone missing. Each is named, with
+its key, as an IntegrityError (never a KeyError), and the rest of the registry still works."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+
+from dlpipe import registry
+from dlpipe.errors import IntegrityError
+from dlpipe.runctx import RunContext
+from dlpipe.storage import LocalStore
+
+
+def _model(tmp: Path, payload: bytes) -> Path:
+    d = tmp / uuid.uuid4().hex
+    d.mkdir()
+    (d / "model.safetensors").write_bytes(payload)
+    return d
+
+
+def _registry(tmp_path: Path) -> LocalStore:
+    """eta@1 and fraud@1, registered; eta@2's record replaced by valid but incomplete JSON."""
+    store = LocalStore(tmp_path / "registry")
+    for name, payload in (("eta", b"w1"), ("fraud", b"f1"), ("eta", b"w2")):
+        registry.register(store, name, _model(tmp_path, payload), metrics={}, lineage={}, run=RunContext())
+    (store.root / "eta/versions/000002.json").write_text('{"name": "ext", "version": 2}')
+    return store
+
+
+def test_an_incomplete_record_is_named_by_every_reader_not_a_key_error(tmp_path, capsys, monkeypatch):
+    from dlpipe import cli
+
+    monkeypatch.setenv("DLPIPE_HOME", str(tmp_path / "home"))
+    store = _registry(tmp_path)
+    code = cli.main(["registry", "list", "--root", str(store.root)])
+    out, err = capsys.readouterr()
+    assert code == 1 and "eta@1" in out and "fraud@1" in out and "eta@2" not in out
+    assert "damaged: eta@2: its version record in" in err and "missing field(s) model_fingerprint, artifacts" in err
+    message = r"eta@2: its version record .*000002\.json\) is not readable \(missing field\(s\) model_fingerprint"
+    with pytest.raises(IntegrityError, match=message):
+        registry.download(store, "eta", 2, tmp_path / "dl")
+    with pytest.raises(IntegrityError, match=message):
+        registry.promote(store, "eta", "production", 2, run=RunContext())
+    # the same model again gets a new version: the damaged one can be neither verified nor loaded
+    rec, created = registry.register(store, "eta", _model(tmp_path, b"w2"), metrics={}, lineage={}, run=RunContext())
+    assert (rec["version"], created) == (3, True)
+    assert registry.register(store, "eta", _model(tmp_path, b"w1"), metrics={}, lineage={},
+                             run=RunContext())[0]["version"] == 1
+
+
+@pytest.mark.parametrize("field, value, problem", [
+    ("artifacts", [{"name": "model.safetensors"}], r"artifacts\[0\] lacks a name, sha256 or size"),
+    ("metrics", None, "metrics is NoneType, not dict"),
+    ("version", 7, "it names eta@7, not the version its key holds"),
+])
+def test_a_record_with_a_wrong_field_is_named(tmp_path, field, value, problem):
+    store = LocalStore(tmp_path / "registry")
+    registry.register(store, "eta", _model(tmp_path, b"w1"), metrics={}, lineage={}, run=RunContext())
+    path = store.root / "eta/versions/000001.json"
+    record = json.loads(path.read_text())
+    path.write_text(json.dumps({**record, field: value}))
+    with pytest.raises(IntegrityError, match=rf"eta@1: .*is not readable \({problem}"):
+        registry.get_version(store, "eta", 1)
