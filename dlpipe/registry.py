@@ -396,7 +396,7 @@ def _move_applied(store: Store, key: str, move: dict) -> bool:
     compare-and-swap was refused by our own write, which counts, even if another writer has
     moved the alias again since."""
     found = store.get_versioned(key)
-    return found is not None and move in json.loads(found[0]).get("history", [])
+    return found is not None and move in _alias_doc(store, key, found[0])["history"]
 
 
 def download(store: Store, name: str, version: int, dest: Path) -> dict:
@@ -468,10 +468,37 @@ def list_aliases(store: Store, name: str) -> list[str]:
     return sorted(k[len(prefix):-len(".json")] for k in store.list(prefix) if k.endswith(".json"))
 
 
+def _alias_doc(store: Store, key: str, data: bytes) -> dict:
+    """The alias document stored at ``key``, checked: a JSON object with an int ``version`` and a
+    non-empty ``history`` of moves (each with ``from_version`` and ``to_version``), the last one
+    to ``version``. Anything else is an IntegrityError naming the key, never a KeyError."""
+    try:
+        doc = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        problem = f"not JSON: {exc}"
+    else:
+        history = doc.get("history") if isinstance(doc, dict) else None
+        if not isinstance(doc, dict) or not isinstance(doc.get("version"), int):
+            problem = "no version field"
+        elif not isinstance(history, list) or not history:
+            problem = "no history of moves"
+        elif not all(isinstance(m, dict) and "from_version" in m and "to_version" in m for m in history):
+            problem = "a move in its history lacks from_version or to_version"
+        elif history[-1]["to_version"] != doc["version"]:
+            problem = f"its version {doc['version']} is not where its latest move went ({history[-1]['to_version']})"
+        else:
+            return doc
+    raise IntegrityError(f"the alias document {store.uri}/{key} is damaged ({problem}); nothing reads or moves "
+                         f"the alias until it is repaired: restore it from a versioned bucket or a backup, or "
+                         f"delete it and set the alias again with `dlpipe registry promote` (its history is "
+                         f"then lost; the audit log keeps every move)")
+
+
 def get_alias(store: Store, name: str, alias: str) -> dict | None:
     """The alias document (``version`` plus the full ``history``), or None if never set."""
-    found = store.get_versioned(_alias_key(name, alias))
-    return json.loads(found[0]) if found else None
+    key = _alias_key(name, alias)
+    found = store.get_versioned(key)
+    return _alias_doc(store, key, found[0]) if found else None
 
 
 def promote(store: Store, name: str, alias: str, version: int, *, run: RunContext, reason: str = "",
@@ -491,7 +518,7 @@ def promote(store: Store, name: str, alias: str, version: int, *, run: RunContex
         found = store.get_versioned(key)
     except StoreUnreachable as exc:  # nothing written yet: certain
         raise StoreUnreachable(f"{name}:{alias} was not moved (nothing was written): {exc}") from exc
-    doc, token = (json.loads(found[0]), found[1]) if found else (None, None)
+    doc, token = (_alias_doc(store, key, found[0]), found[1]) if found else (None, None)
     current = doc["version"] if doc else None
     if expect_unset and doc is not None:
         raise AliasConflict(f"{name}:{alias} is set (version {current}), not unset as expected (set since it "

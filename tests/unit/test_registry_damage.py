@@ -66,3 +66,30 @@ def test_a_record_with_a_wrong_field_is_named(tmp_path, field, value, problem):
     path.write_text(json.dumps({**record, field: value}))
     with pytest.raises(IntegrityError, match=rf"eta@1: .*is not readable \({problem}"):
         registry.get_version(store, "eta", 1)
+
+
+@pytest.mark.parametrize("damage, problem", [
+    (lambda text: text[:20], "not JSON"),
+    (lambda text: json.dumps({k: v for k, v in json.loads(text).items() if k != "history"}), "no history of moves"),
+    (lambda text: json.dumps({**json.loads(text), "version": 1}), "its version 1 is not where its latest move went"),
+])
+def test_a_damaged_alias_document_is_named_with_its_key_and_the_fix(tmp_path, capsys, monkeypatch, damage, problem):
+    from dlpipe import cli
+
+    monkeypatch.setenv("DLPIPE_HOME", str(tmp_path / "home"))
+    store = LocalStore(tmp_path / "registry")
+    for payload in (b"w1", b"w2"):
+        registry.register(store, "eta", _model(tmp_path, payload), metrics={}, lineage={}, run=RunContext())
+    registry.promote(store, "eta", "production", 1, run=RunContext())
+    registry.promote(store, "eta", "production", 2, run=RunContext())
+    path = store.root / "eta/aliases/production.json"
+    path.write_text(damage(path.read_text()))
+    message = rf"alias document {store.root}/eta/aliases/production.json is damaged \({problem}"
+    for call in (lambda: registry.get_alias(store, "eta", "production"),
+                 lambda: registry.promote(store, "eta", "production", 1, run=RunContext()),
+                 lambda: registry.rollback(store, "eta", "production", run=RunContext())):
+        with pytest.raises(IntegrityError, match=message) as caught:
+            call()
+        assert "dlpipe registry promote" in str(caught.value)
+    code = cli.main(["registry", "history", "eta:production", "--root", str(store.root)])
+    assert code == 2 and "production.json is damaged" in capsys.readouterr().err
