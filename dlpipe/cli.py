@@ -20,7 +20,7 @@ from dlpipe import audit, commit, registry, settings
 from dlpipe.errors import ConfigError, DlpipeError, IntegrityError, NotCommittedError, redacted
 from dlpipe.lineage import checked_manifest, judged, manifest_tree, model_files, tree_problems, vouches_for
 from dlpipe.runctx import RunContext, cli_context
-from dlpipe.storage import endpoint_url, open_store, shown_url
+from dlpipe.storage import endpoint_url, open_store, s3_config, shown_url
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -97,7 +97,7 @@ def _store(args: argparse.Namespace):
     if root.startswith("s3://") and getattr(args, "endpoint_url", None):
         import boto3
 
-        client = boto3.client("s3", endpoint_url=endpoint_url(args.endpoint_url))
+        client = boto3.client("s3", endpoint_url=endpoint_url(args.endpoint_url), config=s3_config())
     return open_store(root, client)  # S3Store refuses an endpoint from the environment with a login
 
 

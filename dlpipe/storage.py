@@ -223,8 +223,8 @@ def s3_config() -> Any:
 
     return Config(connect_timeout=_env_number("DLPIPE_S3_CONNECT_TIMEOUT_S", S3_CONNECT_TIMEOUT_S),
                   read_timeout=_env_number("DLPIPE_S3_READ_TIMEOUT_S", S3_READ_TIMEOUT_S),
-                  retries={"mode": "standard",
-                           "max_attempts": int(_env_number("DLPIPE_S3_MAX_ATTEMPTS", S3_MAX_ATTEMPTS, int))})
+                  retries={"mode": "standard",  # total_: botocore's max_attempts leaves out the first
+                           "total_max_attempts": int(_env_number("DLPIPE_S3_MAX_ATTEMPTS", S3_MAX_ATTEMPTS, int))})
 
 
 _PROBE = ".dlpipe-probe"  # the conditional-write probe's key under the prefix
@@ -261,8 +261,10 @@ class S3Store:
     @property
     def attempts(self) -> int | str:
         """How many attempts the client makes per request, for a message ('?' if unknown)."""
-        config = getattr(getattr(self.client, "meta", None), "config", None)
-        return (getattr(config, "retries", None) or {}).get("max_attempts", "?")
+        retries = getattr(getattr(getattr(self.client, "meta", None), "config", None), "retries", None) or {}
+        if "total_max_attempts" in retries:
+            return retries["total_max_attempts"]
+        return retries["max_attempts"] + 1 if "max_attempts" in retries else "?"  # retries, not attempts
 
     @staticmethod
     def _code(exc: Exception) -> str:

@@ -12,7 +12,7 @@ from dlpipe.lineage import judged, model_files, model_lineage, vouches_for
 from dlpipe.pipeline_config import section
 from dlpipe.registry import RegistryConfig
 from dlpipe.runctx import RunContext
-from dlpipe.storage import Store, open_store, shown_url
+from dlpipe.storage import Store, open_store, s3_config, shown_url
 from operators.base import DlpipeOperator
 
 
@@ -25,7 +25,8 @@ def check_registry_root(operator: str, task_id: str, root: str | None) -> None:
 
 def registry_store(root: str | None, aws_conn_id: str | None) -> Store:
     """The registry store; for ``s3://`` roots the boto3 client comes from an Airflow AWS
-    connection (Amazon provider's S3Hook) when one is named, else from boto3's own chain."""
+    connection (Amazon provider's S3Hook) when one is named, else from boto3's own chain; either
+    way with ``storage.s3_config``'s timeouts and attempts."""
     if root and (problem := registry.root_problem(root)):  # an operator's argument, rendered
         raise ConfigError("registry_root", shown_url(root), problem)
     if not root and (problem := registry.root_problem(settings.registry_root())):
@@ -43,7 +44,10 @@ def registry_store(root: str | None, aws_conn_id: str | None) -> Store:
             raise ConfigError("aws_conn_id", aws_conn_id, "no such Airflow connection: create it (Admin > "
                               "Connections, or AIRFLOW_CONN_<ID>), or fix the name in registry.aws_conn_id "
                               "or the operator's aws_conn_id") from None
-        client = hook.get_conn()
+        # dlpipe's deadlines, under whatever the connection's extra config_kwargs set: a hook given a
+        # config ignores the connection's, so the two are merged (the connection's win)
+        own = hook.conn_config.botocore_config
+        client = S3Hook(aws_conn_id=aws_conn_id, config=s3_config().merge(own) if own else s3_config()).get_conn()
     return open_store(root, client)
 
 

@@ -530,3 +530,23 @@ def test_a_promotion_cut_off_says_whether_it_was_applied(s3_client, tmp_path):
     finally:
         server.stop()
     assert registry.get_alias(store, "eta", "production") is None
+
+
+def test_a_registration_against_a_server_that_never_answers_fails_in_seconds(tmp_path, monkeypatch, capsys):
+    """The CLI's client has the deadlines: exit 2 with the key and the hint, not minutes of silence."""
+    from dlpipe import cli
+
+    monkeypatch.setenv("DLPIPE_S3_CONNECT_TIMEOUT_S", "1")
+    monkeypatch.setenv("DLPIPE_S3_READ_TIMEOUT_S", "0.5")
+    monkeypatch.setenv("DLPIPE_S3_MAX_ATTEMPTS", "2")
+    server = _SilentServer()
+    try:
+        started = time.monotonic()
+        code = cli.main(["registry", "register", "eta", str(_model_dir(tmp_path, b"w")), "--root", "s3://bucket/reg",
+                         "--endpoint-url", f"http://127.0.0.1:{server.port}"])
+        elapsed = time.monotonic() - started
+    finally:
+        server.stop()
+    err = capsys.readouterr().err
+    assert code == 2 and elapsed < 10, elapsed
+    assert "dlpipe: error: s3://bucket/reg/" in err and "S3 unreachable" in err and "after 2 attempt(s)" in err

@@ -598,3 +598,40 @@ def test_a_raw_s3_timeout_gets_the_s3_hint_not_a_traceback(error, tmp_path, monk
     err = capsys.readouterr().err
     assert code == 2 and "dlpipe: error: S3 unreachable:" in err and "http://127.0.0.1:9" in err
     assert "retry, or check --endpoint-url" in err
+
+
+def test_s3_clients_get_deadlines_from_the_environment_or_the_defaults(monkeypatch):
+    """A server that never answers must fail a command in seconds, not minutes: every S3 client
+    dlpipe builds (open_store, the CLI's --endpoint-url, an Airflow connection's) has connect
+    and read timeouts and a bounded number of attempts."""
+    from dlpipe import cli, storage
+
+    for var in ("DLPIPE_S3_CONNECT_TIMEOUT_S", "DLPIPE_S3_READ_TIMEOUT_S", "DLPIPE_S3_MAX_ATTEMPTS"):
+        monkeypatch.delenv(var, raising=False)
+    config = storage.open_store("s3://models/reg").client.meta.config
+    assert (config.connect_timeout, config.read_timeout, config.retries["total_max_attempts"]) == (
+        storage.S3_CONNECT_TIMEOUT_S, storage.S3_READ_TIMEOUT_S, storage.S3_MAX_ATTEMPTS)
+    monkeypatch.setenv("DLPIPE_S3_CONNECT_TIMEOUT_S", "2")
+    monkeypatch.setenv("DLPIPE_S3_READ_TIMEOUT_S", "7.5")
+    monkeypatch.setenv("DLPIPE_S3_MAX_ATTEMPTS", "1")
+    args = cli.build_parser().parse_args(["registry", "list", "--root", "s3://models/reg",
+                                          "--endpoint-url", "http://127.0.0.1:9"])
+    config = cli._store(args).client.meta.config
+    assert (config.connect_timeout, config.read_timeout, config.retries["total_max_attempts"]) == (2, 7.5, 1)
+    monkeypatch.setenv("DLPIPE_S3_MAX_ATTEMPTS", "many")
+    with pytest.raises(ConfigError, match=r"DLPIPE_S3_MAX_ATTEMPTS='many': give a positive whole number"):
+        storage.open_store("s3://models/reg")
+
+
+def test_an_aws_connections_client_gets_the_deadlines_under_its_own_config(monkeypatch):
+    """The hook path: dlpipe's timeouts, except where the connection's config_kwargs say otherwise."""
+    pytest.importorskip("airflow.providers.amazon")
+    from operators.registry import registry_store
+
+    monkeypatch.setenv("DLPIPE_S3_READ_TIMEOUT_S", "9")
+    monkeypatch.setenv("AIRFLOW_CONN_DLPIPE_S3_CFG", json.dumps({
+        "conn_type": "aws", "login": "AKIAOK", "password": "not-shown",
+        "extra": {"endpoint_url": "http://127.0.0.1:9", "region_name": "us-east-1",
+                  "config_kwargs": {"connect_timeout": 3}}}))
+    config = registry_store("s3://models/reg", "dlpipe_s3_cfg").client.meta.config
+    assert (config.connect_timeout, config.read_timeout) == (3, 9)
