@@ -204,6 +204,18 @@ def record_is_intact(record: dict) -> bool:
     return record["model_fingerprint"] in (model_identity(record["artifacts"], record["lineage"]), whole)
 
 
+def get_intact_version(store: Store, name: str, version: int) -> dict:
+    """``get_version``, refusing a record whose artifacts or lineage were edited since it was
+    written (``record_is_intact``): each blob verifies against the record's own sha256, so a
+    record pointed at another version's blob would otherwise download as "verified"."""
+    record = get_version(store, name, version)
+    if not record_is_intact(record):
+        raise IntegrityError(f"{name}@{version}: its version record ({store.uri}/{_record_key(name, version)}) no "
+                             f"longer matches its model_fingerprint: its artifacts or lineage were edited; do not "
+                             f"load or promote it (`dlpipe lineage {name}@{version}` shows more)")
+    return record
+
+
 # ``<model>/identities/<identity>/<NNNNNN>``: an empty key per version, naming the model it
 # holds, so a registration finds an identical earlier one from a key listing instead of reading
 # every version record (one GET each: seconds per registration on S3 after a few hundred).
@@ -408,7 +420,7 @@ def download(store: Store, name: str, version: int, dest: Path) -> dict:
     their bytes (a repeated download): another version's files, extra ones or the same names
     with other bytes, would make a mixed model for whatever loads the whole directory, at once
     or after a download that stops half way."""
-    record = get_version(store, name, version)
+    record = get_intact_version(store, name, version)
     if dest.exists() and not dest.is_dir():
         raise ConfigError("dest", str(dest), "name a directory (it is created if missing), not a file")
     if dest.is_dir():
@@ -514,7 +526,7 @@ def promote(store: Store, name: str, alias: str, version: int, *, run: RunContex
     """
     key = _alias_key(name, alias)
     try:
-        get_version(store, name, version)  # only registered versions can be promoted
+        get_intact_version(store, name, version)  # only registered, unaltered versions can be promoted
         found = store.get_versioned(key)
     except StoreUnreachable as exc:  # nothing written yet: certain
         raise StoreUnreachable(f"{name}:{alias} was not moved (nothing was written): {exc}") from exc

@@ -271,6 +271,8 @@ def test_a_record_naming_a_path_outside_the_destination_is_refused(tmp_path, nam
     sha = hashlib.sha256(payload).hexdigest()
     (tmp_path / "reg" / "eta" / "blobs" / sha).write_bytes(payload)
     rec["artifacts"].append({"name": name, "sha256": sha, "size": len(payload)})
+    # its fingerprint recomputed too (anyone can): the name check must stand on its own
+    rec["model_fingerprint"] = registry.model_identity(rec["artifacts"], rec["lineage"])
     (tmp_path / "reg" / "eta" / "versions" / "000001.json").write_text(json.dumps(rec))
     dest = tmp_path / "deploy" / "eta"
     with pytest.raises(IntegrityError, match="not a relative path inside the model directory"):

@@ -93,3 +93,24 @@ def test_a_damaged_alias_document_is_named_with_its_key_and_the_fix(tmp_path, ca
         assert "dlpipe registry promote" in str(caught.value)
     code = cli.main(["registry", "history", "eta:production", "--root", str(store.root)])
     assert code == 2 and "production.json is damaged" in capsys.readouterr().err
+
+
+def test_a_record_pointed_at_another_versions_blob_is_refused_by_download_and_promote(tmp_path):
+    """Each blob verifies against the record's own sha256, so only the record's fingerprint
+    shows that eta@2 now names eta@1's bytes."""
+    store = LocalStore(tmp_path / "registry")
+    first, _ = registry.register(store, "eta", _model(tmp_path, b"w1"), metrics={}, lineage={}, run=RunContext())
+    registry.register(store, "eta", _model(tmp_path, b"w2"), metrics={}, lineage={}, run=RunContext())
+    path = store.root / "eta/versions/000002.json"
+    record = json.loads(path.read_text())
+    record["artifacts"][0]["sha256"] = first["artifacts"][0]["sha256"]
+    path.write_text(json.dumps(record))
+    message = r"eta@2: its version record .* no longer matches its model_fingerprint"
+    with pytest.raises(IntegrityError, match=message):
+        registry.download(store, "eta", 2, tmp_path / "dl")
+    assert not (tmp_path / "dl" / "model.safetensors").exists()
+    with pytest.raises(IntegrityError, match=message):
+        registry.load_version(store, "eta", 2, tmp_path / "dl2")
+    with pytest.raises(IntegrityError, match=message):
+        registry.promote(store, "eta", "production", 2, run=RunContext())
+    assert registry.get_alias(store, "eta", "production") is None
