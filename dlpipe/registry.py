@@ -447,7 +447,14 @@ def download(store: Store, name: str, version: int, dest: Path) -> dict:
         places = [(_artifact_target(staging, art["name"], ref), _artifact_target(dest, art["name"], ref))
                   for art in record["artifacts"]]  # every name checked before anything is fetched
         for art, (target, _) in zip(record["artifacts"], places):
-            store.download(f"{name}/blobs/{art['sha256']}", target)
+            blob = f"{name}/blobs/{art['sha256']}"
+            try:
+                store.download(blob, target)
+            except NotCommittedError:
+                raise IntegrityError(
+                    f"{name}@{version}: artifact {art['name']} is missing from the registry ({store.uri}/{blob} "
+                    f"does not exist); it was deleted: register the same model files again to store it again "
+                    f"(nothing in {dest} was changed)") from None
             actual = sha256_file(target)
             if actual != art["sha256"]:
                 raise IntegrityError(

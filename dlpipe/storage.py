@@ -507,7 +507,12 @@ class S3Store:
     @_naming_key
     def download(self, key: str, dest: Path) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        self.client.download_file(self.bucket, self._key(key), str(dest))
+        try:
+            self.client.download_file(self.bucket, self._key(key), str(dest))
+        except Exception as exc:  # boto3's transfer HEADs first: a missing key is a bare "404"
+            if self._code(exc) in ("404", "NoSuchKey", "NotFound"):
+                raise NotCommittedError(f"{self.uri}/{key} does not exist") from exc
+            raise
 
 
 def shown_url(url: str) -> str:

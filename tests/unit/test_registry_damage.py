@@ -114,3 +114,15 @@ def test_a_record_pointed_at_another_versions_blob_is_refused_by_download_and_pr
     with pytest.raises(IntegrityError, match=message):
         registry.promote(store, "eta", "production", 2, run=RunContext())
     assert registry.get_alias(store, "eta", "production") is None
+
+
+def test_a_missing_blob_is_named_with_its_artifact_and_key_on_both_backends(store, tmp_path):
+    rec, _ = registry.register(store, "eta", _model(tmp_path, b"w1"), metrics={}, lineage={}, run=RunContext())
+    key = f"eta/blobs/{rec['artifacts'][0]['sha256']}"
+    if isinstance(store, LocalStore):
+        (store.root / key).unlink()
+    else:
+        store.client.delete_object(Bucket=store.bucket, Key=store._key(key))
+    with pytest.raises(IntegrityError, match=rf"eta@1: artifact model.safetensors is missing from the registry "
+                                             rf"\({store.uri}/{key} does not exist\)"):
+        registry.download(store, "eta", 1, tmp_path / "dl")
