@@ -550,3 +550,44 @@ def test_a_registration_against_a_server_that_never_answers_fails_in_seconds(tmp
     err = capsys.readouterr().err
     assert code == 2 and elapsed < 10, elapsed
     assert "dlpipe: error: s3://bucket/reg/" in err and "S3 unreachable" in err and "after 2 attempt(s)" in err
+
+
+def test_a_task_refused_by_s3_names_the_bucket_and_connection_and_is_not_retried(s3_server, monkeypatch):
+    """NoSuchBucket (like a wrong secret or AccessDenied) cannot change on a retry: the task
+    fails at once, naming what to fix, instead of a raw ClientError retried to no purpose."""
+    import json
+    from types import SimpleNamespace
+
+    from operators import PromoteModelOperator
+    from operators.base import AirflowFailException
+    from tests.conftest import ROOT
+
+    monkeypatch.setenv("AIRFLOW_CONN_DLPIPE_S3_TEST", json.dumps({
+        "conn_type": "aws", "login": "testing", "password": "testing-secret",
+        "extra": {"endpoint_url": s3_server, "region_name": "us-east-1"}}))
+    promote = PromoteModelOperator(task_id="promote_staging", model_ref="eta@1", alias="staging",
+                                   registry_root="s3://dlpipe-no-such-bucket/reg", aws_conn_id="dlpipe_s3_test",
+                                   pipeline_config=str(ROOT / "pipelines" / "eta_training.yaml"))
+    ti = SimpleNamespace(dag_id="eta_training", run_id="r", task_id="promote_staging", try_number=1)
+    with pytest.raises(AirflowFailException) as caught:
+        promote.execute({"ti": ti, "dag_run": SimpleNamespace(run_type="manual"), "params": {}})
+    message = str(caught.value)
+    assert "registry bucket='dlpipe-no-such-bucket'" in message and "NoSuchBucket" in message
+    assert "aws_conn_id='dlpipe_s3_test'" in message and "the bucket does not exist" in message
+
+
+@pytest.mark.parametrize("code, fix", [("SignatureDoesNotMatch", "secret key is wrong"),
+                                       ("InvalidAccessKeyId", "access key id is not known"),
+                                       ("AccessDenied", "may not use this bucket")])
+def test_s3_refusals_a_retry_cannot_change_become_config_errors(s3_client, code, fix):
+    from botocore.exceptions import ClientError
+
+    from operators.registry import s3_refusals
+
+    store = S3Store("s3://models/reg", s3_client)
+    with pytest.raises(ConfigError, match=rf"registry bucket='models'.*{code}, using aws_conn_id='aws_ml': .*{fix}"):
+        with s3_refusals(store, "aws_ml"):
+            raise ClientError({"Error": {"Code": code, "Message": "refused"}}, "PutObject")
+    with pytest.raises(ClientError):  # anything else stays as it is (retried)
+        with s3_refusals(store, "aws_ml"):
+            raise ClientError({"Error": {"Code": "SlowDown", "Message": "busy"}}, "PutObject")
