@@ -289,21 +289,20 @@ def register(store: Store, name: str, model_dir: Path, *, metrics: dict[str, Any
 
     rec, _ = _find_same(store, name, model_fp)
     if rec is not None:
+        # the same files again: the chance to repair a version whose blob was deleted or damaged
+        repaired = _store_blobs(store, name, artifacts, files, known)
+        if repaired:
+            log.warning("%s@%s: stored %s again (missing or damaged in %s)", name, rec["version"],
+                        _first_names(repaired), store.uri)
         log.info("%s@%s already holds these artifacts and lineage; not registering again",
                  name, rec["version"])
         audit.record("skipped", stage="registry", run=run, manifest_id=f"{name}@{rec['version']}",
                      fingerprint=model_fp, reason="identical model already registered",
-                     gates=lineage.get("gates"))  # this run's verdicts, kept as evidence
+                     gates=lineage.get("gates"),  # this run's verdicts, kept as evidence
+                     **({"repaired": repaired} if repaired else {}))
         return rec, False
 
-    store.check_conditional_writes()  # before any upload: a store it refuses gets no blobs either
-    for art, (rel, path) in zip(artifacts, files):
-        key, parts = f"{name}/blobs/{art['sha256']}", known.get(rel, {}).get("parts_sha256")
-        if store.holds(key, path, art["sha256"], parts):
-            continue  # stored by an earlier version or attempt, and still intact
-        if store.exists(key):  # bytes that no longer match their address: never reuse them
-            log.warning("%s/%s does not match its SHA-256; storing it again", store.uri, key)
-        store.put_file(key, path, art["sha256"], parts)
+    _store_blobs(store, name, artifacts, files, known)
 
     for _ in range(_MAX_RACE_RETRIES):
         # listed again after the (possibly long) upload: a concurrent registration of the same
@@ -335,6 +334,24 @@ def register(store: Store, name: str, model_dir: Path, *, metrics: dict[str, Any
         log.info("registered %s@%d in %s", name, version, store.uri)
         return record, True
     raise CommitConflict(f"could not allocate a version of {name} after {_MAX_RACE_RETRIES} tries")
+
+
+def _store_blobs(store: Store, name: str, artifacts: list[dict], files: list[tuple[str, Path]],
+                 known: dict[str, dict]) -> list[str]:
+    """Upload each artifact whose blob is missing or no longer holds its bytes; return their
+    names. Blobs already stored intact (by an earlier version or attempt) are not sent again."""
+    stored = []
+    for art, (rel, path) in zip(artifacts, files):
+        key, parts = f"{name}/blobs/{art['sha256']}", known.get(rel, {}).get("parts_sha256")
+        if store.holds(key, path, art["sha256"], parts):
+            continue
+        if not stored:
+            store.check_conditional_writes()  # before any upload: a store it refuses gets no blobs either
+        if store.exists(key):  # bytes that no longer match their address: never reuse them
+            log.warning("%s/%s does not match its SHA-256; storing it again", store.uri, key)
+        store.put_file(key, path, art["sha256"], parts)
+        stored.append(rel)
+    return stored
 
 
 def model_files(model_dir: Path) -> list[tuple[str, Path]]:

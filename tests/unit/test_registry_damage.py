@@ -126,3 +126,24 @@ def test_a_missing_blob_is_named_with_its_artifact_and_key_on_both_backends(stor
     with pytest.raises(IntegrityError, match=rf"eta@1: artifact model.safetensors is missing from the registry "
                                              rf"\({store.uri}/{key} does not exist\)"):
         registry.download(store, "eta", 1, tmp_path / "dl")
+
+
+@pytest.mark.parametrize("damage", ["deleted", "overwritten"])
+def test_registering_the_same_model_again_stores_a_missing_or_damaged_blob_again(store, tmp_path, damage, caplog):
+    from dlpipe import audit
+
+    model = _model(tmp_path, b"w1")
+    rec, _ = registry.register(store, "eta", model, metrics={}, lineage={}, run=RunContext())
+    key = f"eta/blobs/{rec['artifacts'][0]['sha256']}"
+    if isinstance(store, LocalStore):
+        (store.root / key).unlink() if damage == "deleted" else (store.root / key).write_bytes(b"rot")
+    elif damage == "deleted":
+        store.client.delete_object(Bucket=store.bucket, Key=store._key(key))
+    else:
+        store.client.put_object(Bucket=store.bucket, Key=store._key(key), Body=b"rot", ChecksumAlgorithm="SHA256")
+    again, created = registry.register(store, "eta", model, metrics={}, lineage={}, run=RunContext())
+    assert (again["version"], created) == (1, False)
+    assert "eta@1: stored model.safetensors again (missing or damaged" in caplog.text
+    assert list(audit.read())[-1]["repaired"] == ["model.safetensors"]
+    registry.download(store, "eta", 1, tmp_path / "dl")
+    assert (tmp_path / "dl" / "model.safetensors").read_bytes() == b"w1"
