@@ -591,3 +591,22 @@ def test_s3_refusals_a_retry_cannot_change_become_config_errors(s3_client, code,
     with pytest.raises(ClientError):  # anything else stays as it is (retried)
         with s3_refusals(store, "aws_ml"):
             raise ClientError({"Error": {"Code": "SlowDown", "Message": "busy"}}, "PutObject")
+
+
+def test_the_conditional_write_probe_sends_two_puts_once_the_probe_exists(s3_client):
+    """As its docstring and design.md say: three PUTs only for the check that creates the probe."""
+    bucket, sent = _bucket(s3_client), []
+
+    def count(params, **kwargs):
+        if params["Key"] == "registry/.dlpipe-probe":
+            sent.append(params)
+
+    s3_client.meta.events.register("provide-client-params.s3.PutObject", count)
+    try:
+        S3Store(f"s3://{bucket}/registry", s3_client).check_conditional_writes()
+        assert len(sent) == 3
+        sent.clear()
+        S3Store(f"s3://{bucket}/registry", s3_client).check_conditional_writes()  # the next command's
+        assert len(sent) == 2
+    finally:
+        s3_client.meta.events.unregister("provide-client-params.s3.PutObject", count)
