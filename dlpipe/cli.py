@@ -120,7 +120,7 @@ def cmd_registry_register(args: argparse.Namespace) -> int:
     metrics = _metrics_file(Path(args.metrics)) if args.metrics else {}
     with _audited("registry register", f"{args.name}@?") as run:  # an S3 refusal of the first read too
         store = _store(args)
-        fresh = not registry.list_versions(store)  # a misspelt --root makes a second registry: say so
+        fresh = not store.has_keys()  # a misspelt --root makes a second registry: say so (one request)
         record, created = registry.register(
             store, args.name, Path(args.model_dir), metrics=metrics,
             lineage={"source": "external", "registered_from": "dlpipe registry register"},

@@ -63,6 +63,7 @@ class Store(Protocol):
     def exists(self, key: str) -> bool: ...
     def holds(self, key: str, path: Path, sha256: str, parts: list[str] | None = None) -> bool: ...
     def list(self, prefix: str) -> list[str]: ...
+    def has_keys(self) -> bool: ...
     def download(self, key: str, dest: Path) -> None: ...
 
 
@@ -147,6 +148,10 @@ class LocalStore:
             return []
         return sorted(p.relative_to(self.root).as_posix() for p in base.rglob("*")
                       if p.is_file() and not p.name.startswith("."))
+
+    def has_keys(self) -> bool:
+        """Whether anything is stored under the root: one directory entry read, not a listing."""
+        return self.root.is_dir() and any(not p.name.startswith(".") for p in self.root.iterdir())
 
     def download(self, key: str, dest: Path) -> None:
         source = self._path(key)
@@ -503,6 +508,18 @@ class S3Store:
                 Bucket=self.bucket, Prefix=self._key(prefix)):
             keys += [obj["Key"][strip:] for obj in page.get("Contents", [])]
         return sorted(keys)
+
+    def has_keys(self) -> bool:
+        """Whether anything but the conditional-write probe is stored under the prefix: one
+        request for at most two keys, not a listing."""
+        try:
+            page = self.client.list_objects_v2(Bucket=self.bucket, Prefix=self._key(""), MaxKeys=2)
+        except Exception as exc:
+            if _is_unreachable(exc):
+                raise StoreUnreachable(f"{self.uri}: S3 unreachable ({redacted(str(exc))}); retry, or check "
+                                       f"the endpoint and that the server is up") from exc
+            raise
+        return any(obj["Key"] != self._key(_PROBE) for obj in page.get("Contents", []))
 
     @_naming_key
     def download(self, key: str, dest: Path) -> None:

@@ -637,3 +637,28 @@ def test_an_aws_connections_client_gets_the_deadlines_under_its_own_config(monke
                   "config_kwargs": {"connect_timeout": 3}}}))
     config = registry_store("s3://models/reg", "dlpipe_s3_cfg").client.meta.config
     assert (config.connect_timeout, config.read_timeout) == (3, 9)
+
+
+def test_registering_the_same_model_again_reads_one_record_whatever_the_history(store, tmp_path, monkeypatch, capsys):
+    """design.md's claim, through the CLI: the "new registry" note must not read every record."""
+    from dlpipe import cli, storage
+
+    model = _model(tmp_path, b"w0")
+    args = ["registry", "register", "m0", str(model), "--root", store.uri]
+    if isinstance(store, storage.S3Store):
+        monkeypatch.setattr(cli, "_store", lambda _args: store)
+    assert cli.main(args) == 0
+    for i in range(1, 6):
+        registry.register(store, f"m{i}", _model(tmp_path, f"w{i}".encode()), metrics={}, lineage={}, run=RunContext())
+    capsys.readouterr()
+    reads = []
+    original = type(store).get
+    monkeypatch.setattr(type(store), "get", lambda self, key: reads.append(key) or original(self, key))
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "m0@1 already registered" in out and "new one" not in out
+    assert reads == ["m0/versions/000001.json"]
+    empty = type(store)(tmp_path / "empty") if isinstance(store, LocalStore) else None
+    if empty is not None:
+        assert cli.main(["registry", "register", "m0", str(model), "--root", str(empty.root)]) == 0
+        assert "held no registry before this: it is a new one" in capsys.readouterr().out
