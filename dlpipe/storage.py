@@ -191,12 +191,15 @@ def _naming_key(method: _F) -> _F:
             if not _is_unreachable(exc):
                 raise
             key = args[0] if args else kwargs.get("key", kwargs.get("prefix", _PROBE))
-            raise StoreUnreachable(
-                f"{self.uri}/{key}: S3 unreachable ({redacted(str(exc))}) after {self.attempts} attempt(s); "
-                f"retry, or check the endpoint (--endpoint-url, AWS_ENDPOINT_URL or the connection's "
-                f"endpoint_url), that the server is up, and DLPIPE_S3_CONNECT_TIMEOUT_S / "
-                f"DLPIPE_S3_READ_TIMEOUT_S") from exc
+            raise _unreachable(self, key, exc) from exc
     return wrapper  # type: ignore[return-value]
+
+
+def _unreachable(store: "S3Store", key: str, exc: Exception) -> StoreUnreachable:
+    return StoreUnreachable(
+        f"{store.uri}/{key}: S3 unreachable ({redacted(str(exc))}) after {store.attempts} attempt(s); "
+        f"retry, or check the endpoint (--endpoint-url, AWS_ENDPOINT_URL or the connection's "
+        f"endpoint_url), that the server is up, and DLPIPE_S3_CONNECT_TIMEOUT_S / DLPIPE_S3_READ_TIMEOUT_S")
 
 
 # Deadlines for every S3 call. boto3's own (60 s connect, 60 s read, legacy retries) let a server
@@ -516,8 +519,7 @@ class S3Store:
             page = self.client.list_objects_v2(Bucket=self.bucket, Prefix=self._key(""), MaxKeys=2)
         except Exception as exc:
             if _is_unreachable(exc):
-                raise StoreUnreachable(f"{self.uri}: S3 unreachable ({redacted(str(exc))}); retry, or check "
-                                       f"the endpoint and that the server is up") from exc
+                raise _unreachable(self, "", exc) from exc
             raise
         return any(obj["Key"] != self._key(_PROBE) for obj in page.get("Contents", []))
 
