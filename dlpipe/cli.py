@@ -21,7 +21,7 @@ from dlpipe.errors import ConfigError, DlpipeError, IntegrityError, NotCommitted
 from dlpipe.lineage import (checked_manifest, judged, manifest_tree, model_files, tree_problems, unsealed,
                             vouches_for)
 from dlpipe.runctx import RunContext, cli_context
-from dlpipe.storage import endpoint_url, open_store, shown_url
+from dlpipe.storage import endpoint_url, open_store, s3_config, shown_url
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -98,7 +98,7 @@ def _store(args: argparse.Namespace):
     if root.startswith("s3://") and getattr(args, "endpoint_url", None):
         import boto3
 
-        client = boto3.client("s3", endpoint_url=endpoint_url(args.endpoint_url))
+        client = boto3.client("s3", endpoint_url=endpoint_url(args.endpoint_url), config=s3_config())
     return open_store(root, client)  # S3Store refuses an endpoint from the environment with a login
 
 
@@ -121,7 +121,7 @@ def cmd_registry_register(args: argparse.Namespace) -> int:
     metrics = _metrics_file(Path(args.metrics)) if args.metrics else {}
     with _audited("registry register", f"{args.name}@?") as run:  # an S3 refusal of the first read too
         store = _store(args)
-        fresh = not registry.list_versions(store)  # a misspelt --root makes a second registry: say so
+        fresh = not store.has_keys()  # a misspelt --root makes a second registry: say so (one request)
         record, created = registry.register(
             store, args.name, Path(args.model_dir), metrics=metrics,
             lineage={"source": "external", "registered_from": "dlpipe registry register"},
@@ -995,8 +995,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dlpipe: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # a path given as an argument: a directory, read-only, missing, full
-        if exc.strerror is None:
-            raise
+        if exc.strerror is None:  # botocore's timeouts are OSErrors with no strerror
+            if (hint := _s3_hint(exc, _root_given(args))) is None:
+                raise
+            print(f"dlpipe: error: {hint}", file=sys.stderr)
+            return 2
         where = f": {exc.filename}" if exc.filename else ""
         print(f"dlpipe: error: {exc.strerror}{where}; check the paths given (--root, DEST, --metrics, "
               f"DLPIPE_HOME) and their permissions", file=sys.stderr)
@@ -1035,6 +1038,9 @@ def _s3_hint(exc: Exception, root: str = "--root") -> str | None:
                 "or run where an instance role applies")
     if isinstance(exc, bc.EndpointConnectionError):
         return f"{redacted(str(exc))}; check --endpoint-url or AWS_ENDPOINT_URL, and that the server is up"
+    if isinstance(exc, (bc.HTTPClientError, bc.ConnectionError)):  # a timeout, a dropped connection
+        return (f"S3 unreachable: {redacted(str(exc))}; retry, or check --endpoint-url or AWS_ENDPOINT_URL, "
+                f"that the server is up, and DLPIPE_S3_CONNECT_TIMEOUT_S / DLPIPE_S3_READ_TIMEOUT_S")
     if isinstance(exc, bc.ClientError):
         code = exc.response.get("Error", {}).get("Code", "")
         if code in _BAD_KEYS:

@@ -32,7 +32,7 @@ from dlpipe.errors import (AliasConflict, CommitConflict, ConfigError, Integrity
                            NotCommittedError, UnsafeArtifactError)
 from dlpipe.hashing import canonical_json, fingerprint, sha256_file
 from dlpipe.runctx import RunContext
-from dlpipe.storage import Store, has_login, misspelt_scheme
+from dlpipe.storage import Store, StoreUnreachable, has_login, misspelt_scheme
 
 log = logging.getLogger(__name__)
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
@@ -128,18 +128,50 @@ def list_versions(store: Store, name: str | None = None, problems: list[str] | N
     return records
 
 
+# What every reader of a version record relies on (list, show, download, promote, lineage):
+# field -> its JSON type. Checked where a record is read, so a record that parses but lacks one
+# is named as damaged once, instead of a KeyError in whichever command meets it first.
+_RECORD_FIELDS: dict[str, type] = {
+    "name": str, "version": int, "model_fingerprint": str, "artifacts": list, "metrics": dict,
+    "lineage": dict, "registered_at": str, "registered_by": dict}
+_ARTIFACT_FIELDS: dict[str, type] = {"name": str, "sha256": str, "size": int}
+
+
+def _record_problem(record: object, key: str) -> str | None:
+    """What makes ``record`` (read from ``key``) not a usable version record, if anything."""
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    missing = [f for f in _RECORD_FIELDS if f not in record]
+    if missing:
+        return f"missing field(s) {', '.join(missing)}"
+    wrong = [f"{f} is {type(record[f]).__name__}, not {t.__name__}" for f, t in _RECORD_FIELDS.items()
+             if not isinstance(record[f], t) or isinstance(record[f], bool)]
+    if wrong:
+        return "; ".join(wrong)
+    for i, art in enumerate(record["artifacts"]):
+        if not isinstance(art, dict) or any(not isinstance(art.get(f), t) for f, t in _ARTIFACT_FIELDS.items()):
+            return f"artifacts[{i}] lacks a name, sha256 or size: {art!r:.80}"
+    m = _VERSION_KEY.search(key)
+    if m and (record["name"], record["version"]) != (key[:m.start()].rsplit("/", 1)[-1], int(m.group(1))):
+        return f"it names {record['name']}@{record['version']}, not the version its key holds"
+    return None
+
+
 def _read_record(store: Store, key: str) -> dict:
-    """The version record at ``key``; IntegrityError naming it when it is not a JSON object."""
+    """The version record at ``key``; IntegrityError naming it, and what is wrong, when it is not
+    JSON or lacks a field its readers need (see ``_RECORD_FIELDS``)."""
     try:
         record = json.loads(store.get(key))
-        if not isinstance(record, dict):
-            raise json.JSONDecodeError("not a JSON object", "", 0)
-        return record
+        problem = _record_problem(record, key)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # torn or overwritten: never a traceback
-        m = _VERSION_KEY.search(key)
-        ref = f"{key[:m.start()]}@{int(m.group(1))}" if m else key
-        raise IntegrityError(f"{ref}: its version record in {store.uri} ({key}) is not readable ({exc}); it "
-                             f"was damaged or edited: do not load this version") from None
+        problem = str(exc)
+    if problem is None:
+        return record
+    m = _VERSION_KEY.search(key)
+    ref = f"{key[:m.start()]}@{int(m.group(1))}" if m else key
+    raise IntegrityError(f"{ref}: its version record in {store.uri} ({key}) is not readable ({problem}); it "
+                         f"was damaged or edited: do not load this version (register the model again for a "
+                         f"new one)")
 
 
 def get_version(store: Store, name: str, version: int) -> dict:
@@ -170,6 +202,18 @@ def record_is_intact(record: dict) -> bool:
     out of it, with it."""
     whole = fingerprint({"artifacts": record["artifacts"], "lineage": record["lineage"]})
     return record["model_fingerprint"] in (model_identity(record["artifacts"], record["lineage"]), whole)
+
+
+def get_intact_version(store: Store, name: str, version: int) -> dict:
+    """``get_version``, refusing a record whose artifacts or lineage were edited since it was
+    written (``record_is_intact``): each blob verifies against the record's own sha256, so a
+    record pointed at another version's blob would otherwise download as "verified"."""
+    record = get_version(store, name, version)
+    if not record_is_intact(record):
+        raise IntegrityError(f"{name}@{version}: its version record ({store.uri}/{_record_key(name, version)}) no "
+                             f"longer matches its model_fingerprint: its artifacts or lineage were edited; do not "
+                             f"load or promote it (`dlpipe lineage {name}@{version}` shows more)")
+    return record
 
 
 # ``<model>/identities/<identity>/<NNNNNN>``: an empty key per version, naming the model it
@@ -245,21 +289,20 @@ def register(store: Store, name: str, model_dir: Path, *, metrics: dict[str, Any
 
     rec, _ = _find_same(store, name, model_fp)
     if rec is not None:
+        # the same files again: the chance to repair a version whose blob was deleted or damaged
+        repaired = _store_blobs(store, name, artifacts, files, known)
+        if repaired:
+            log.warning("%s@%s: stored %s again (missing or damaged in %s)", name, rec["version"],
+                        _first_names(repaired), store.uri)
         log.info("%s@%s already holds these artifacts and lineage; not registering again",
                  name, rec["version"])
         audit.record("skipped", stage="registry", run=run, manifest_id=f"{name}@{rec['version']}",
                      fingerprint=model_fp, reason="identical model already registered",
-                     gates=lineage.get("gates"))  # this run's verdicts, kept as evidence
+                     gates=lineage.get("gates"),  # this run's verdicts, kept as evidence
+                     **({"repaired": repaired} if repaired else {}))
         return rec, False
 
-    store.check_conditional_writes()  # before any upload: a store it refuses gets no blobs either
-    for art, (rel, path) in zip(artifacts, files):
-        key, parts = f"{name}/blobs/{art['sha256']}", known.get(rel, {}).get("parts_sha256")
-        if store.holds(key, path, art["sha256"], parts):
-            continue  # stored by an earlier version or attempt, and still intact
-        if store.exists(key):  # bytes that no longer match their address: never reuse them
-            log.warning("%s/%s does not match its SHA-256; storing it again", store.uri, key)
-        store.put_file(key, path, art["sha256"], parts)
+    _store_blobs(store, name, artifacts, files, known)
 
     for _ in range(_MAX_RACE_RETRIES):
         # listed again after the (possibly long) upload: a concurrent registration of the same
@@ -291,6 +334,24 @@ def register(store: Store, name: str, model_dir: Path, *, metrics: dict[str, Any
         log.info("registered %s@%d in %s", name, version, store.uri)
         return record, True
     raise CommitConflict(f"could not allocate a version of {name} after {_MAX_RACE_RETRIES} tries")
+
+
+def _store_blobs(store: Store, name: str, artifacts: list[dict], files: list[tuple[str, Path]],
+                 known: dict[str, dict]) -> list[str]:
+    """Upload each artifact whose blob is missing or no longer holds its bytes; return their
+    names. Blobs already stored intact (by an earlier version or attempt) are not sent again."""
+    stored = []
+    for art, (rel, path) in zip(artifacts, files):
+        key, parts = f"{name}/blobs/{art['sha256']}", known.get(rel, {}).get("parts_sha256")
+        if store.holds(key, path, art["sha256"], parts):
+            continue
+        if not stored:
+            store.check_conditional_writes()  # before any upload: a store it refuses gets no blobs either
+        if store.exists(key):  # bytes that no longer match their address: never reuse them
+            log.warning("%s/%s does not match its SHA-256; storing it again", store.uri, key)
+        store.put_file(key, path, art["sha256"], parts)
+        stored.append(rel)
+    return stored
 
 
 def model_files(model_dir: Path) -> list[tuple[str, Path]]:
@@ -364,7 +425,7 @@ def _move_applied(store: Store, key: str, move: dict) -> bool:
     compare-and-swap was refused by our own write, which counts, even if another writer has
     moved the alias again since."""
     found = store.get_versioned(key)
-    return found is not None and move in json.loads(found[0]).get("history", [])
+    return found is not None and move in _alias_doc(store, key, found[0])["history"]
 
 
 def download(store: Store, name: str, version: int, dest: Path) -> dict:
@@ -376,7 +437,7 @@ def download(store: Store, name: str, version: int, dest: Path) -> dict:
     their bytes (a repeated download): another version's files, extra ones or the same names
     with other bytes, would make a mixed model for whatever loads the whole directory, at once
     or after a download that stops half way."""
-    record = get_version(store, name, version)
+    record = get_intact_version(store, name, version)
     if dest.exists() and not dest.is_dir():
         raise ConfigError("dest", str(dest), "name a directory (it is created if missing), not a file")
     if dest.is_dir():
@@ -403,7 +464,14 @@ def download(store: Store, name: str, version: int, dest: Path) -> dict:
         places = [(_artifact_target(staging, art["name"], ref), _artifact_target(dest, art["name"], ref))
                   for art in record["artifacts"]]  # every name checked before anything is fetched
         for art, (target, _) in zip(record["artifacts"], places):
-            store.download(f"{name}/blobs/{art['sha256']}", target)
+            blob = f"{name}/blobs/{art['sha256']}"
+            try:
+                store.download(blob, target)
+            except NotCommittedError:
+                raise IntegrityError(
+                    f"{name}@{version}: artifact {art['name']} is missing from the registry ({store.uri}/{blob} "
+                    f"does not exist); it was deleted: register the same model files again to store it again "
+                    f"(nothing in {dest} was changed)") from None
             actual = sha256_file(target)
             if actual != art["sha256"]:
                 raise IntegrityError(
@@ -436,10 +504,37 @@ def list_aliases(store: Store, name: str) -> list[str]:
     return sorted(k[len(prefix):-len(".json")] for k in store.list(prefix) if k.endswith(".json"))
 
 
+def _alias_doc(store: Store, key: str, data: bytes) -> dict:
+    """The alias document stored at ``key``, checked: a JSON object with an int ``version`` and a
+    non-empty ``history`` of moves (each with ``from_version`` and ``to_version``), the last one
+    to ``version``. Anything else is an IntegrityError naming the key, never a KeyError."""
+    try:
+        doc = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        problem = f"not JSON: {exc}"
+    else:
+        history = doc.get("history") if isinstance(doc, dict) else None
+        if not isinstance(doc, dict) or not isinstance(doc.get("version"), int):
+            problem = "no version field"
+        elif not isinstance(history, list) or not history:
+            problem = "no history of moves"
+        elif not all(isinstance(m, dict) and "from_version" in m and "to_version" in m for m in history):
+            problem = "a move in its history lacks from_version or to_version"
+        elif history[-1]["to_version"] != doc["version"]:
+            problem = f"its version {doc['version']} is not where its latest move went ({history[-1]['to_version']})"
+        else:
+            return doc
+    raise IntegrityError(f"the alias document {store.uri}/{key} is damaged ({problem}); nothing reads or moves "
+                         f"the alias until it is repaired: restore it from a versioned bucket or a backup, or "
+                         f"delete it and set the alias again with `dlpipe registry promote` (its history is "
+                         f"then lost; the audit log keeps every move)")
+
+
 def get_alias(store: Store, name: str, alias: str) -> dict | None:
     """The alias document (``version`` plus the full ``history``), or None if never set."""
-    found = store.get_versioned(_alias_key(name, alias))
-    return json.loads(found[0]) if found else None
+    key = _alias_key(name, alias)
+    found = store.get_versioned(key)
+    return _alias_doc(store, key, found[0]) if found else None
 
 
 def promote(store: Store, name: str, alias: str, version: int, *, run: RunContext, reason: str = "",
@@ -453,10 +548,13 @@ def promote(store: Store, name: str, alias: str, version: int, *, run: RunContex
     was read (2 -> 3 -> 2) counts as moved. A concurrent move between our read and our write
     raises AliasConflict; nothing is changed.
     """
-    get_version(store, name, version)  # only registered versions can be promoted
     key = _alias_key(name, alias)
-    found = store.get_versioned(key)
-    doc, token = (json.loads(found[0]), found[1]) if found else (None, None)
+    try:
+        get_intact_version(store, name, version)  # only registered, unaltered versions can be promoted
+        found = store.get_versioned(key)
+    except StoreUnreachable as exc:  # nothing written yet: certain
+        raise StoreUnreachable(f"{name}:{alias} was not moved (nothing was written): {exc}") from exc
+    doc, token = (_alias_doc(store, key, found[0]), found[1]) if found else (None, None)
     current = doc["version"] if doc else None
     if expect_unset and doc is not None:
         raise AliasConflict(f"{name}:{alias} is set (version {current}), not unset as expected (set since it "
@@ -482,6 +580,10 @@ def promote(store: Store, name: str, alias: str, version: int, *, run: RunContex
     data = (canonical_json(new) + "\n").encode()
     try:
         store.put_if_match(key, data, token)
+    except StoreUnreachable as exc:  # the request may have reached the server before the fault
+        raise StoreUnreachable(f"{name}:{alias}: the move to version {version} may or may not have been applied; "
+                               f"check `dlpipe registry history {name}:{alias}` before moving it again: "
+                               f"{exc}") from exc
     except CommitConflict as exc:
         if _move_applied(store, key, move):  # stored, its reply lost, the client's retry refused
             log.info("%s:%s: the store refused a repeat of this move's own write", name, alias)

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import base64
 import fcntl
+import functools
 import hashlib
 import logging
 import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol, TypeVar
 from urllib.parse import urlparse
 
-from dlpipe.errors import CommitConflict, ConfigError, IntegrityError, NotCommittedError, redacted
+from dlpipe.errors import CommitConflict, ConfigError, DlpipeError, IntegrityError, NotCommittedError, redacted
 from dlpipe.fsutil import copy_temp, create_exclusive, fsync_path, write_temp
 from dlpipe.hashing import S3_PART_SIZE, sha256_bytes, sha256_file
 
@@ -62,6 +63,7 @@ class Store(Protocol):
     def exists(self, key: str) -> bool: ...
     def holds(self, key: str, path: Path, sha256: str, parts: list[str] | None = None) -> bool: ...
     def list(self, prefix: str) -> list[str]: ...
+    def has_keys(self) -> bool: ...
     def download(self, key: str, dest: Path) -> None: ...
 
 
@@ -147,6 +149,10 @@ class LocalStore:
         return sorted(p.relative_to(self.root).as_posix() for p in base.rglob("*")
                       if p.is_file() and not p.name.startswith("."))
 
+    def has_keys(self) -> bool:
+        """Whether anything is stored under the root: one directory entry read, not a listing."""
+        return self.root.is_dir() and any(not p.name.startswith(".") for p in self.root.iterdir())
+
     def download(self, key: str, dest: Path) -> None:
         source = self._path(key)
         if not source.is_file():
@@ -155,6 +161,81 @@ class LocalStore:
         shutil.copyfile(source, dest)  # streamed; the caller verifies the SHA-256
 
 
+class StoreUnreachable(DlpipeError, ConnectionError):
+    """The S3 server did not answer (refused, reset, timed out) after boto3's retries.
+
+    A transient fault, not a wrong setting: operators leave it retryable. A write that failed
+    this way may or may not have been stored, so callers say so rather than "not applied"."""
+
+
+def _is_unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` is botocore's "no answer": a refused or dropped connection, a timeout."""
+    try:
+        from botocore import exceptions as bc
+    except ImportError:
+        return False
+    return isinstance(exc, (bc.HTTPClientError, bc.ConnectionError))
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _naming_key(method: _F) -> _F:
+    """Turn botocore's connection errors from an S3Store method into StoreUnreachable naming the
+    key: botocore's own message names only the endpoint, and a task log needs both."""
+    @functools.wraps(method)
+    def wrapper(self: "S3Store", *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as exc:
+            if not _is_unreachable(exc):
+                raise
+            key = args[0] if args else kwargs.get("key", kwargs.get("prefix", _PROBE))
+            raise _unreachable(self, key, exc) from exc
+    return wrapper  # type: ignore[return-value]
+
+
+def _unreachable(store: "S3Store", key: str, exc: Exception) -> StoreUnreachable:
+    return StoreUnreachable(
+        f"{store.uri}/{key}: S3 unreachable ({redacted(str(exc))}) after {store.attempts} attempt(s); "
+        f"retry, or check the endpoint (--endpoint-url, AWS_ENDPOINT_URL or the connection's "
+        f"endpoint_url), that the server is up, and DLPIPE_S3_CONNECT_TIMEOUT_S / DLPIPE_S3_READ_TIMEOUT_S")
+
+
+# Deadlines for every S3 call. boto3's own (60 s connect, 60 s read, legacy retries) let a server
+# that never answers hold a command for minutes in silence. Override with the environment.
+S3_CONNECT_TIMEOUT_S = 5.0
+S3_READ_TIMEOUT_S = 30.0
+S3_MAX_ATTEMPTS = 3
+
+
+def _env_number(var: str, default: float, kind: type = float) -> float:
+    text = os.environ.get(var, "").strip()
+    if not text:
+        return default
+    try:
+        value = kind(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ConfigError(var, text, f"give a positive {'whole ' if kind is int else ''}number "
+                                     f"(default {kind(default)}), or unset it")
+    return value
+
+
+def s3_config() -> Any:
+    """The botocore Config of every S3 client dlpipe builds: connect and read timeouts and a
+    bounded number of attempts (standard retry mode), from DLPIPE_S3_CONNECT_TIMEOUT_S,
+    DLPIPE_S3_READ_TIMEOUT_S and DLPIPE_S3_MAX_ATTEMPTS, else the defaults above."""
+    from botocore.config import Config
+
+    return Config(connect_timeout=_env_number("DLPIPE_S3_CONNECT_TIMEOUT_S", S3_CONNECT_TIMEOUT_S),
+                  read_timeout=_env_number("DLPIPE_S3_READ_TIMEOUT_S", S3_READ_TIMEOUT_S),
+                  retries={"mode": "standard",  # total_: botocore's max_attempts leaves out the first
+                           "total_max_attempts": int(_env_number("DLPIPE_S3_MAX_ATTEMPTS", S3_MAX_ATTEMPTS, int))})
+
+
+_PROBE = ".dlpipe-probe"  # the conditional-write probe's key under the prefix
 _BUCKET = re.compile(r"[A-Za-z0-9._-]{3,255}")  # botocore's own check, which would echo the name
 
 class S3Store:
@@ -185,12 +266,24 @@ class S3Store:
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
 
+    @property
+    def attempts(self) -> int | str:
+        """How many attempts the client makes per request, for a message ('?' if unknown)."""
+        retries = getattr(getattr(getattr(self.client, "meta", None), "config", None), "retries", None) or {}
+        if "total_max_attempts" in retries:
+            return retries["total_max_attempts"]
+        return retries["max_attempts"] + 1 if "max_attempts" in retries else "?"  # retries, not attempts
+
     @staticmethod
     def _code(exc: Exception) -> str:
-        return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+        """The S3 error code of a ClientError; '' for anything else. botocore's connection
+        errors carry ``response = None``, not a dict."""
+        response = getattr(exc, "response", None)
+        return str((response.get("Error") or {}).get("Code", "")) if isinstance(response, dict) else ""
 
     _REFUSED = ("PreconditionFailed", "412", "ConditionalRequestConflict")
 
+    @_naming_key
     def check_conditional_writes(self) -> None:
         """Refuse an endpoint that ignores conditional PUTs, once per store, before its first write.
 
@@ -200,18 +293,20 @@ class S3Store:
         take one version number, the second overwriting the first, with both told they won.
         One probe key, ``.dlpipe-probe`` under the prefix, is created once (create-only) and
         kept: it needs no delete permission, leaves no versions behind in a versioned bucket,
-        and every later check only sends two PUTs the server must refuse: create-only, and
-        replace with an ETag it cannot hold."""
+        and every later check sends two PUTs the server must refuse: create-only (refused: the
+        probe exists, so If-None-Match is honoured), and replace with an ETag it cannot hold.
+        Only the check that creates the probe sends a third, a create-only PUT it must refuse."""
         if self._conditional_checked:
             return
-        probe = self._key(".dlpipe-probe")
-        ignored = []
+        probe = self._key(_PROBE)
+        ignored, tests = [], [("IfMatch", '"00000000000000000000000000000000"')]
         try:
             self.client.put_object(Bucket=self.bucket, Key=probe, Body=b"dlpipe", IfNoneMatch="*")
+            tests.insert(0, ("IfNoneMatch", "*"))  # created now: whether it is honoured is still unknown
         except Exception as exc:
             if self._code(exc) not in self._REFUSED:  # refused: it exists from an earlier check
                 raise
-        for header, value in (("IfNoneMatch", "*"), ("IfMatch", '"00000000000000000000000000000000"')):
+        for header, value in tests:
             try:
                 self.client.put_object(Bucket=self.bucket, Key=probe, Body=b"dlpipe", **{header: value})
                 ignored.append(header)
@@ -225,6 +320,7 @@ class S3Store:
                               f"store that answers 412 Precondition Failed to If-None-Match/If-Match PUTs")
         self._conditional_checked = True
 
+    @_naming_key
     def put_new(self, key: str, data: bytes) -> None:
         self.check_conditional_writes()
         try:
@@ -235,6 +331,7 @@ class S3Store:
                 raise CommitConflict(f"{self.uri}/{key} already exists") from exc
             raise
 
+    @_naming_key
     def get_versioned(self, key: str) -> tuple[bytes, str] | None:
         try:
             obj = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
@@ -244,6 +341,7 @@ class S3Store:
             raise
         return obj["Body"].read(), obj["ETag"]
 
+    @_naming_key
     def put_if_match(self, key: str, data: bytes, token: str | None) -> None:
         """Compare-and-swap on the ETag (``If-Match``); None creates (``If-None-Match: *``)."""
         if token is None:
@@ -257,6 +355,7 @@ class S3Store:
                 raise CommitConflict(f"{self.uri}/{key} changed since it was read") from exc
             raise
 
+    @_naming_key
     def put_file(self, key: str, path: Path, sha256: str, parts: list[str] | None = None) -> None:
         """Upload a file that must have SHA-256 ``sha256``; nothing wrong is ever left stored.
 
@@ -365,6 +464,7 @@ class S3Store:
                      self.bucket, s3key)
             return head
 
+    @_naming_key
     def get(self, key: str) -> bytes:
         try:
             return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
@@ -373,6 +473,7 @@ class S3Store:
                 raise NotCommittedError(f"{self.uri}/{key} does not exist") from exc
             raise
 
+    @_naming_key
     def exists(self, key: str) -> bool:
         try:
             self.client.head_object(Bucket=self.bucket, Key=self._key(key))
@@ -382,6 +483,7 @@ class S3Store:
                 return False
             raise
 
+    @_naming_key
     def holds(self, key: str, path: Path, sha256: str, parts: list[str] | None = None) -> bool:
         """Whether ``key`` holds the bytes of ``path`` (SHA-256 ``sha256``; ``parts`` as for
         ``put_file``), judged by the checksum S3 computed when they were stored, without
@@ -401,6 +503,7 @@ class S3Store:
             local = s3_checksum(digests, multipart=True)
         return head.get("ContentLength") == size and reported_checksum(head) == local
 
+    @_naming_key
     def list(self, prefix: str) -> list[str]:
         keys = []
         strip = len(self.prefix) + 1 if self.prefix else 0
@@ -409,9 +512,26 @@ class S3Store:
             keys += [obj["Key"][strip:] for obj in page.get("Contents", [])]
         return sorted(keys)
 
+    def has_keys(self) -> bool:
+        """Whether anything but the conditional-write probe is stored under the prefix: one
+        request for at most two keys, not a listing."""
+        try:
+            page = self.client.list_objects_v2(Bucket=self.bucket, Prefix=self._key(""), MaxKeys=2)
+        except Exception as exc:
+            if _is_unreachable(exc):
+                raise _unreachable(self, "", exc) from exc
+            raise
+        return any(obj["Key"] != self._key(_PROBE) for obj in page.get("Contents", []))
+
+    @_naming_key
     def download(self, key: str, dest: Path) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        self.client.download_file(self.bucket, self._key(key), str(dest))
+        try:
+            self.client.download_file(self.bucket, self._key(key), str(dest))
+        except Exception as exc:  # boto3's transfer HEADs first: a missing key is a bare "404"
+            if self._code(exc) in ("404", "NoSuchKey", "NotFound"):
+                raise NotCommittedError(f"{self.uri}/{key} does not exist") from exc
+            raise
 
 
 def shown_url(url: str) -> str:
@@ -456,7 +576,8 @@ def misspelt_scheme(uri: str) -> bool:
 
 def open_store(uri: str, client: Any = None) -> Store:
     """A Store for a local path or ``s3://`` URI; S3 clients come from boto3's usual chain
-    (``AWS_ENDPOINT_URL`` selects an S3-compatible endpoint) unless one is passed in."""
+    (``AWS_ENDPOINT_URL`` selects an S3-compatible endpoint), with ``s3_config``'s deadlines,
+    unless one is passed in."""
     if misspelt_scheme(uri) and "://" not in uri:
         raise ConfigError("registry root", shown_url(uri), "use s3://BUCKET[/PREFIX] (two slashes) or a directory")
     if uri.startswith("s3://"):
@@ -466,7 +587,7 @@ def open_store(uri: str, client: Any = None) -> Store:
             for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):  # boto3 reads both; say which is wrong
                 if os.environ.get(var):
                     endpoint_url(os.environ[var], var)
-            client = boto3.client("s3")
+            client = boto3.client("s3", config=s3_config())
         return S3Store(uri, client)
     if "://" in uri and not uri.startswith("file://"):
         raise ConfigError("registry root", shown_url(uri), "use a local directory or an s3://BUCKET/PREFIX URI")

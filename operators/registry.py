@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from dlpipe import audit, commit, registry, settings
 from dlpipe.commit import StageResult
@@ -12,7 +13,7 @@ from dlpipe.lineage import judged, model_files, model_lineage, vouches_for
 from dlpipe.pipeline_config import section
 from dlpipe.registry import RegistryConfig
 from dlpipe.runctx import RunContext
-from dlpipe.storage import Store, open_store, shown_url
+from dlpipe.storage import S3Store, Store, open_store, s3_config, shown_url
 from operators.base import DlpipeOperator
 
 
@@ -25,7 +26,8 @@ def check_registry_root(operator: str, task_id: str, root: str | None) -> None:
 
 def registry_store(root: str | None, aws_conn_id: str | None) -> Store:
     """The registry store; for ``s3://`` roots the boto3 client comes from an Airflow AWS
-    connection (Amazon provider's S3Hook) when one is named, else from boto3's own chain."""
+    connection (Amazon provider's S3Hook) when one is named, else from boto3's own chain; either
+    way with ``storage.s3_config``'s timeouts and attempts."""
     if root and (problem := registry.root_problem(root)):  # an operator's argument, rendered
         raise ConfigError("registry_root", shown_url(root), problem)
     if not root and (problem := registry.root_problem(settings.registry_root())):
@@ -43,8 +45,39 @@ def registry_store(root: str | None, aws_conn_id: str | None) -> Store:
             raise ConfigError("aws_conn_id", aws_conn_id, "no such Airflow connection: create it (Admin > "
                               "Connections, or AIRFLOW_CONN_<ID>), or fix the name in registry.aws_conn_id "
                               "or the operator's aws_conn_id") from None
-        client = hook.get_conn()
+        # dlpipe's deadlines, under whatever the connection's extra config_kwargs set: a hook given a
+        # config ignores the connection's, so the two are merged (the connection's win)
+        own = hook.conn_config.botocore_config
+        client = S3Hook(aws_conn_id=aws_conn_id, config=s3_config().merge(own) if own else s3_config()).get_conn()
     return open_store(root, client)
+
+
+# S3 refusals that a retry of the task cannot change (a wrong key pair, a missing bucket, no
+# rights), with what to fix. As ConfigErrors they are not retried (operators.base.DETERMINISTIC).
+_S3_REFUSALS = {
+    "InvalidAccessKeyId": "the connection's access key id is not known to the server: fix its login",
+    "SignatureDoesNotMatch": "the connection's secret key is wrong for its access key id: fix its password",
+    "InvalidToken": "the connection's session token is not valid: fix or remove it",
+    "NoSuchBucket": "the bucket does not exist at the connection's endpoint: create it, or fix the registry root",
+    "AccessDenied": "the connection's credentials may not use this bucket: grant them s3:GetObject, s3:PutObject "
+                    "and s3:ListBucket on it",
+    "AllAccessDisabled": "all access to the bucket is disabled: use another bucket",
+}
+
+
+@contextlib.contextmanager
+def s3_refusals(store: Store, aws_conn_id: str | None) -> Iterator[None]:
+    """Turn an S3 refusal a retry cannot change into a ConfigError naming the bucket and the
+    connection: a raw ClientError names neither, and Airflow would retry it to no purpose."""
+    try:
+        yield
+    except Exception as exc:
+        fix = _S3_REFUSALS.get(S3Store._code(exc)) if isinstance(store, S3Store) else None
+        if fix is None:
+            raise
+        conn = f"aws_conn_id={aws_conn_id!r}" if aws_conn_id else "boto3's credential chain (no aws_conn_id)"
+        raise ConfigError("registry bucket", store.bucket,
+                          f"S3 refused the request with {S3Store._code(exc)}, using {conn}: {fix}") from exc
 
 
 class _RegistryOperator(DlpipeOperator):
@@ -60,6 +93,7 @@ class _RegistryOperator(DlpipeOperator):
         cfg = section(pipeline, "registry", RegistryConfig)
         store = registry_store(self.registry_root or cfg.root, self.aws_conn_id or cfg.aws_conn_id)
         self._registry_uri = store.uri  # where OpenLineage says the model lives
+        self._aws_conn_id = self.aws_conn_id or cfg.aws_conn_id  # named by an S3 refusal
         return cfg, store
 
 
@@ -140,11 +174,12 @@ class RegisterModelOperator(_RegistryOperator):
         audit.record("started", stage="registry", run=run, manifest_id=f"{name}@?", training=training["id"],
                      downstream=sorted(self.downstream_task_ids), **follows)
         try:
-            record, created = registry.register(
-                store, name, commit.location(training) / training["summary"]["model_dir"],
-                metrics=training["summary"]["metrics"],
-                lineage=model_lineage(training["id"], list(gate_ids)), run=run,
-                committed_files=model_files(training))
+            with s3_refusals(store, self._aws_conn_id):
+                record, created = registry.register(
+                    store, name, commit.location(training) / training["summary"]["model_dir"],
+                    metrics=training["summary"]["metrics"],
+                    lineage=model_lineage(training["id"], list(gate_ids)), run=run,
+                    committed_files=model_files(training))
         except BaseException as exc:
             audit.failed(exc, stage="registry", run=run, manifest_id=f"{name}@?")
             raise
@@ -202,12 +237,13 @@ class PromoteModelOperator(_RegistryOperator):
         name, version = registry.parse_ref(self.model_ref)
         # the alias history's "why": this task's reason, else the run and the reason it was started with
         reason = self.reason or f"{run.dag_id} {run.run_id}" + (f": {run.reason}" if run.reason else "")
-        if self.only_forward:
-            doc, moved = registry.promote_forward(store, name, alias, version, run=run, reason=reason)
-        else:
-            before = registry.get_alias(store, name, alias)
-            doc = registry.promote(store, name, alias, version, run=run, reason=reason)
-            moved = before is None or before["version"] != doc["version"]
+        with s3_refusals(store, self._aws_conn_id):
+            if self.only_forward:
+                doc, moved = registry.promote_forward(store, name, alias, version, run=run, reason=reason)
+            else:
+                before = registry.get_alias(store, name, alias)
+                doc = registry.promote(store, name, alias, version, run=run, reason=reason)
+                moved = before is None or before["version"] != doc["version"]
         self.log.info("%s:%s -> version %d (%s)", name, alias, doc["version"], "moved" if moved else "unchanged")
         # OpenLineage input: the registered version this run asked the alias to point at
         return StageResult({"id": f"{name}:{alias}", "inputs": [{"id": f"{name}@{version}"}],

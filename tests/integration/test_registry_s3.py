@@ -430,3 +430,183 @@ def test_a_registration_into_a_missing_bucket_names_it_and_is_audited(s3_server,
     assert "the bucket does not exist: check the bucket in s3://no-such-bucket-dlpipe/reg (DLPIPE_REGISTRY_ROOT)" in err
     [event] = list(audit.read())[before:]
     assert event["event"] == "failed" and event["stage"] == "registry" and "NoSuchBucket" in event["error"]
+
+
+class _SilentServer:
+    """A TCP server that accepts connections and never answers (``close=True``: closes each one
+    at once, before any reply): what a hung or crashing S3 endpoint looks like to the client."""
+
+    def __init__(self, close: bool = False) -> None:
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port, self.close, self.held = self.sock.getsockname()[1], close, []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            if self.close:
+                conn.recv(65536)
+                conn.close()
+            else:
+                self.held.append(conn)
+
+    def client(self, read_timeout: float = 0.5):
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client("s3", endpoint_url=f"http://127.0.0.1:{self.port}", region_name="us-east-1",
+                            aws_access_key_id="testing", aws_secret_access_key="testing-secret",
+                            config=Config(connect_timeout=0.5, read_timeout=read_timeout,
+                                          retries={"mode": "standard", "max_attempts": 1}))
+
+    def stop(self) -> None:
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
+
+
+@pytest.mark.parametrize("close", [False, True], ids=["read-timeout", "connection-closed"])
+def test_an_unreachable_server_is_named_with_the_key_not_an_attribute_error(close, tmp_path):
+    """botocore's connection errors carry ``response = None``: every store call must still say
+    which key it was at and what to do, never AttributeError."""
+    from dlpipe.storage import StoreUnreachable
+
+    server = _SilentServer(close=close)
+    try:
+        store = S3Store("s3://bucket/reg", server.client())
+        store._conditional_checked = True  # the probe itself is covered by put_new below
+        model = _model_dir(tmp_path, b"w")
+        calls = {"get": lambda: store.get("eta/versions/000001.json"),
+                 "get_versioned": lambda: store.get_versioned("eta/versions/000001.json"),
+                 "exists": lambda: store.exists("eta/versions/000001.json"),
+                 "holds": lambda: store.holds("eta/blobs/ab", model / "model.safetensors", "ab" * 32),
+                 "put_new": lambda: store.put_new("eta/versions/000001.json", b"{}"),
+                 "put_if_match": lambda: store.put_if_match("eta/versions/000001.json", b"{}", '"x"'),
+                 "list": lambda: store.list("eta/versions/")}
+        for what, call in calls.items():
+            with pytest.raises(StoreUnreachable) as caught:
+                call()
+            key = "eta/versions/" if what == "list" else "eta/blobs/ab" if what == "holds" else "eta/versions/000001.json"
+            assert f"s3://bucket/reg/{key}: S3 unreachable" in str(caught.value), what
+            assert "retry, or check the endpoint" in str(caught.value)
+        store._conditional_checked = False
+        with pytest.raises(StoreUnreachable, match=r"reg/\.dlpipe-probe: S3 unreachable"):
+            store.check_conditional_writes()
+    finally:
+        server.stop()
+
+
+def test_a_promotion_cut_off_says_whether_it_was_applied(s3_client, tmp_path):
+    """A fault before the alias write: "not moved", certain. A fault during it: the request may
+    have been stored, so the message sends the user to the history instead."""
+    from dlpipe.storage import StoreUnreachable
+
+    bucket, run = _bucket(s3_client), RunContext()
+    store = S3Store(f"s3://{bucket}/registry", s3_client)
+    registry.register(store, "eta", _model_dir(tmp_path, b"w1"), metrics={}, lineage={}, run=run)
+    server = _SilentServer(close=True)
+    try:
+        dead = S3Store(f"s3://{bucket}/registry", server.client())
+        dead._conditional_checked = True
+        with pytest.raises(StoreUnreachable, match=r"eta:production was not moved \(nothing was written\)"):
+            registry.promote(dead, "eta", "production", 1, run=run)
+
+        class _WriteFails:  # reads reach the server, the compare-and-swap does not
+            uri = store.uri
+
+            def __getattr__(self, name):
+                return getattr(dead if name == "put_if_match" else store, name)
+
+        with pytest.raises(StoreUnreachable, match=r"may or may not have been applied; check "
+                                                   r"`dlpipe registry history eta:production`"):
+            registry.promote(_WriteFails(), "eta", "production", 1, run=run)
+    finally:
+        server.stop()
+    assert registry.get_alias(store, "eta", "production") is None
+
+
+def test_a_registration_against_a_server_that_never_answers_fails_in_seconds(tmp_path, monkeypatch, capsys):
+    """The CLI's client has the deadlines: exit 2 with the key and the hint, not minutes of silence."""
+    from dlpipe import cli
+
+    monkeypatch.setenv("DLPIPE_S3_CONNECT_TIMEOUT_S", "1")
+    monkeypatch.setenv("DLPIPE_S3_READ_TIMEOUT_S", "0.5")
+    monkeypatch.setenv("DLPIPE_S3_MAX_ATTEMPTS", "2")
+    server = _SilentServer()
+    try:
+        started = time.monotonic()
+        code = cli.main(["registry", "register", "eta", str(_model_dir(tmp_path, b"w")), "--root", "s3://bucket/reg",
+                         "--endpoint-url", f"http://127.0.0.1:{server.port}"])
+        elapsed = time.monotonic() - started
+    finally:
+        server.stop()
+    err = capsys.readouterr().err
+    assert code == 2 and elapsed < 10, elapsed
+    assert "dlpipe: error: s3://bucket/reg/" in err and "S3 unreachable" in err and "after 2 attempt(s)" in err
+
+
+def test_a_task_refused_by_s3_names_the_bucket_and_connection_and_is_not_retried(s3_server, monkeypatch):
+    """NoSuchBucket (like a wrong secret or AccessDenied) cannot change on a retry: the task
+    fails at once, naming what to fix, instead of a raw ClientError retried to no purpose."""
+    import json
+    from types import SimpleNamespace
+
+    from operators import PromoteModelOperator
+    from operators.base import AirflowFailException
+    from tests.conftest import ROOT
+
+    monkeypatch.setenv("AIRFLOW_CONN_DLPIPE_S3_TEST", json.dumps({
+        "conn_type": "aws", "login": "testing", "password": "testing-secret",
+        "extra": {"endpoint_url": s3_server, "region_name": "us-east-1"}}))
+    promote = PromoteModelOperator(task_id="promote_staging", model_ref="eta@1", alias="staging",
+                                   registry_root="s3://dlpipe-no-such-bucket/reg", aws_conn_id="dlpipe_s3_test",
+                                   pipeline_config=str(ROOT / "pipelines" / "eta_training.yaml"))
+    ti = SimpleNamespace(dag_id="eta_training", run_id="r", task_id="promote_staging", try_number=1)
+    with pytest.raises(AirflowFailException) as caught:
+        promote.execute({"ti": ti, "dag_run": SimpleNamespace(run_type="manual"), "params": {}})
+    message = str(caught.value)
+    assert "registry bucket='dlpipe-no-such-bucket'" in message and "NoSuchBucket" in message
+    assert "aws_conn_id='dlpipe_s3_test'" in message and "the bucket does not exist" in message
+
+
+@pytest.mark.parametrize("code, fix", [("SignatureDoesNotMatch", "secret key is wrong"),
+                                       ("InvalidAccessKeyId", "access key id is not known"),
+                                       ("AccessDenied", "may not use this bucket")])
+def test_s3_refusals_a_retry_cannot_change_become_config_errors(s3_client, code, fix):
+    from botocore.exceptions import ClientError
+
+    from operators.registry import s3_refusals
+
+    store = S3Store("s3://models/reg", s3_client)
+    with pytest.raises(ConfigError, match=rf"registry bucket='models'.*{code}, using aws_conn_id='aws_ml': .*{fix}"):
+        with s3_refusals(store, "aws_ml"):
+            raise ClientError({"Error": {"Code": code, "Message": "refused"}}, "PutObject")
+    with pytest.raises(ClientError):  # anything else stays as it is (retried)
+        with s3_refusals(store, "aws_ml"):
+            raise ClientError({"Error": {"Code": "SlowDown", "Message": "busy"}}, "PutObject")
+
+
+def test_the_conditional_write_probe_sends_two_puts_once_the_probe_exists(s3_client):
+    """As its docstring and design.md say: three PUTs only for the check that creates the probe."""
+    bucket, sent = _bucket(s3_client), []
+
+    def count(params, **kwargs):
+        if params["Key"] == "registry/.dlpipe-probe":
+            sent.append(params)
+
+    s3_client.meta.events.register("provide-client-params.s3.PutObject", count)
+    try:
+        S3Store(f"s3://{bucket}/registry", s3_client).check_conditional_writes()
+        assert len(sent) == 3
+        sent.clear()
+        S3Store(f"s3://{bucket}/registry", s3_client).check_conditional_writes()  # the next command's
+        assert len(sent) == 2
+    finally:
+        s3_client.meta.events.unregister("provide-client-params.s3.PutObject", count)

@@ -271,6 +271,8 @@ def test_a_record_naming_a_path_outside_the_destination_is_refused(tmp_path, nam
     sha = hashlib.sha256(payload).hexdigest()
     (tmp_path / "reg" / "eta" / "blobs" / sha).write_bytes(payload)
     rec["artifacts"].append({"name": name, "sha256": sha, "size": len(payload)})
+    # its fingerprint recomputed too (anyone can): the name check must stand on its own
+    rec["model_fingerprint"] = registry.model_identity(rec["artifacts"], rec["lineage"])
     (tmp_path / "reg" / "eta" / "versions" / "000001.json").write_text(json.dumps(rec))
     dest = tmp_path / "deploy" / "eta"
     with pytest.raises(IntegrityError, match="not a relative path inside the model directory"):
@@ -580,3 +582,83 @@ def test_an_aws_connection_that_does_not_exist_is_named_not_replaced_by_boto3s_c
     assert registry_store("s3://models/reg", "dlpipe_s3_ok").uri == "s3://models/reg"
     with pytest.raises(ConfigError, match=r"aws_conn_id='dlpipe_s3_typo': no such Airflow connection"):
         registry_store("s3://models/reg", "dlpipe_s3_typo")
+
+
+@pytest.mark.parametrize("error", ["ReadTimeoutError", "ConnectTimeoutError"])
+def test_a_raw_s3_timeout_gets_the_s3_hint_not_a_traceback(error, tmp_path, monkeypatch, capsys):
+    """botocore's timeouts are OSErrors with no strerror: the CLI's path-error branch must not
+    re-raise them before the S3 hint."""
+    from botocore import exceptions as bc
+
+    from dlpipe import cli
+
+    def times_out(*args, **kwargs):
+        raise getattr(bc, error)(endpoint_url="http://127.0.0.1:9")
+
+    monkeypatch.setattr(registry, "list_versions", times_out)
+    code = cli.main(["registry", "list", "--root", str(tmp_path / "registry")])
+    err = capsys.readouterr().err
+    assert code == 2 and "dlpipe: error: S3 unreachable:" in err and "http://127.0.0.1:9" in err
+    assert "retry, or check --endpoint-url" in err
+
+
+def test_s3_clients_get_deadlines_from_the_environment_or_the_defaults(monkeypatch):
+    """A server that never answers must fail a command in seconds, not minutes: every S3 client
+    dlpipe builds (open_store, the CLI's --endpoint-url, an Airflow connection's) has connect
+    and read timeouts and a bounded number of attempts."""
+    from dlpipe import cli, storage
+
+    for var in ("DLPIPE_S3_CONNECT_TIMEOUT_S", "DLPIPE_S3_READ_TIMEOUT_S", "DLPIPE_S3_MAX_ATTEMPTS"):
+        monkeypatch.delenv(var, raising=False)
+    config = storage.open_store("s3://models/reg").client.meta.config
+    assert (config.connect_timeout, config.read_timeout, config.retries["total_max_attempts"]) == (
+        storage.S3_CONNECT_TIMEOUT_S, storage.S3_READ_TIMEOUT_S, storage.S3_MAX_ATTEMPTS)
+    monkeypatch.setenv("DLPIPE_S3_CONNECT_TIMEOUT_S", "2")
+    monkeypatch.setenv("DLPIPE_S3_READ_TIMEOUT_S", "7.5")
+    monkeypatch.setenv("DLPIPE_S3_MAX_ATTEMPTS", "1")
+    args = cli.build_parser().parse_args(["registry", "list", "--root", "s3://models/reg",
+                                          "--endpoint-url", "http://127.0.0.1:9"])
+    config = cli._store(args).client.meta.config
+    assert (config.connect_timeout, config.read_timeout, config.retries["total_max_attempts"]) == (2, 7.5, 1)
+    monkeypatch.setenv("DLPIPE_S3_MAX_ATTEMPTS", "many")
+    with pytest.raises(ConfigError, match=r"DLPIPE_S3_MAX_ATTEMPTS='many': give a positive whole number"):
+        storage.open_store("s3://models/reg")
+
+
+def test_an_aws_connections_client_gets_the_deadlines_under_its_own_config(monkeypatch):
+    """The hook path: dlpipe's timeouts, except where the connection's config_kwargs say otherwise."""
+    pytest.importorskip("airflow.providers.amazon")
+    from operators.registry import registry_store
+
+    monkeypatch.setenv("DLPIPE_S3_READ_TIMEOUT_S", "9")
+    monkeypatch.setenv("AIRFLOW_CONN_DLPIPE_S3_CFG", json.dumps({
+        "conn_type": "aws", "login": "AKIAOK", "password": "not-shown",
+        "extra": {"endpoint_url": "http://127.0.0.1:9", "region_name": "us-east-1",
+                  "config_kwargs": {"connect_timeout": 3}}}))
+    config = registry_store("s3://models/reg", "dlpipe_s3_cfg").client.meta.config
+    assert (config.connect_timeout, config.read_timeout) == (3, 9)
+
+
+def test_registering_the_same_model_again_reads_one_record_whatever_the_history(store, tmp_path, monkeypatch, capsys):
+    """design.md's claim, through the CLI: the "new registry" note must not read every record."""
+    from dlpipe import cli, storage
+
+    model = _model(tmp_path, b"w0")
+    args = ["registry", "register", "m0", str(model), "--root", store.uri]
+    if isinstance(store, storage.S3Store):
+        monkeypatch.setattr(cli, "_store", lambda _args: store)
+    assert cli.main(args) == 0
+    for i in range(1, 6):
+        registry.register(store, f"m{i}", _model(tmp_path, f"w{i}".encode()), metrics={}, lineage={}, run=RunContext())
+    capsys.readouterr()
+    reads = []
+    original = type(store).get
+    monkeypatch.setattr(type(store), "get", lambda self, key: reads.append(key) or original(self, key))
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "m0@1 already registered" in out and "new one" not in out
+    assert reads == ["m0/versions/000001.json"]
+    empty = type(store)(tmp_path / "empty") if isinstance(store, LocalStore) else None
+    if empty is not None:
+        assert cli.main(["registry", "register", "m0", str(model), "--root", str(empty.root)]) == 0
+        assert "held no registry before this: it is a new one" in capsys.readouterr().out
