@@ -224,7 +224,8 @@ def test_lineage_checks_every_link_and_reports_what_was_tampered_with(dlpipe_hom
     record = json.loads(original_record)
     del record["lineage"]
     rfile.write_text(json.dumps(record))
-    assert cli.main(["lineage", "eta@1"]) == 2 and "has no lineage or artifacts" in capsys.readouterr().err
+    assert cli.main(["lineage", "eta@1"]) == 2 and "missing field(s) lineage); it was damaged or edited" in \
+        capsys.readouterr().err
     rfile.write_text(original_record[: len(original_record) // 2])
     assert cli.main(["lineage", "eta@1"]) == 2 and "its version record in" in capsys.readouterr().err
     rfile.write_text(original_record)
