@@ -237,9 +237,11 @@ def cmd_registry_list(args: argparse.Namespace) -> int:
     records = registry.list_versions(store, args.name, problems=damaged)
     rows = [{"model": f"{r['name']}@{r['version']}", "validation": _validation_metrics(r["metrics"]),
              "dataset": r["lineage"].get("dataset", "-"), "registered_at": r["registered_at"],
-             "run_id": r["registered_by"].get("run_id")} for r in records]
+             # run ids repeat across DAGs (backfill__<date>): the DAG says which one registered it
+             "dag_id": r["registered_by"].get("dag_id") or "-", "run_id": r["registered_by"].get("run_id")}
+            for r in records]
     # an empty list says where it looked: a wrong working directory or DLPIPE_HOME reads another registry
-    human = _table(rows, ["model", "validation", "dataset", "registered_at", "run_id"]) if rows else \
+    human = _table(rows, ["model", "validation", "dataset", "registered_at", "dag_id", "run_id"]) if rows else \
         f"(no versions{f' of {args.name}' if args.name else ''} in the registry {store.uri})"
     if not rows and getattr(store, "root", None) is not None and not store.root.exists():
         human = (f"(no registry at {store.uri}: the directory does not exist, so nothing was ever registered "

@@ -669,3 +669,21 @@ def test_audit_verify_reports_the_chain_and_exits_1_on_a_break(capsys, tmp_path,
     code, out, _ = _run(capsys, "audit", "--verify", "--json")
     assert code == 1 and json.loads(out)["problems"] == [
         "line 2 does not link to line 1: a line between them was changed, removed or inserted"]
+
+
+def test_registry_list_says_which_dag_registered_each_version(capsys, tmp_path):
+    """Run ids repeat across DAGs (backfill__<date>): the list named the run, not whose run it was."""
+    from dlpipe import registry
+    from dlpipe.runctx import RunContext
+    from dlpipe.storage import LocalStore
+
+    store = LocalStore(tmp_path / "reg")
+    for name, dag in (("fraud_eta", "fraud_eta"), ("maps_eta", "maps_training")):
+        (tmp_path / name).mkdir()
+        registry.register(store, name, _model_dir(tmp_path / name), metrics={}, lineage={},
+                          run=RunContext(dag_id=dag, run_id="backfill__2026-01-03"))
+    code, out, _ = _run(capsys, "registry", "list", "--root", str(tmp_path / "reg"))
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[2:]}
+    assert code == 0 and out.splitlines()[0].split()[-2:] == ["dag_id", "run_id"]
+    assert rows["fraud_eta@1"][-2:] == ["fraud_eta", "backfill__2026-01-03"]
+    assert rows["maps_eta@1"][-2:] == ["maps_training", "backfill__2026-01-03"]
