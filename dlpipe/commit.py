@@ -154,18 +154,17 @@ def committed(key: StageKey, home: Path | None = None) -> list[dict]:
     taking the bad one. A manifest without ``commit_seq`` (from a dlpipe before it, still
     running beside a newer one) sorts by its time after the numbered ones committed before it."""
     mdir = key.dir(home) / "manifests"
-    found = [read_manifest(p) for p in mdir.glob("*.json")] if mdir.exists() else []
+    return in_commit_order([read_manifest(p) for p in mdir.glob("*.json")] if mdir.exists() else [])
+
+
+def in_commit_order(manifests: list[dict]) -> list[dict]:
+    """Versions of one partition, oldest commit first (see ``committed``)."""
     placed, seq = [], 0
-    for m in sorted(found, key=lambda m: m["committed_at"]):
+    for m in sorted(manifests, key=lambda m: m["committed_at"]):
         if "commit_seq" in m:
             seq = max(seq, m["commit_seq"])
         placed.append(((m.get("commit_seq", seq), "commit_seq" not in m, m["committed_at"]), m))
     return [m for _, m in sorted(placed, key=lambda pair: pair[0])]
-
-
-def commit_order(manifest: dict) -> tuple[int, str]:
-    """Where a manifest sorts among its partition's versions (see ``committed``)."""
-    return manifest.get("commit_seq", 0), manifest["committed_at"]
 
 
 def next_commit_seq(key: StageKey, home: Path | None = None) -> int:

@@ -567,16 +567,15 @@ def previous_dataset(dataset: dict) -> dict | None:
     single partition such as the digits corpus) the newest version of this partition committed
     before this one, for instance by older code or an older scikit-learn."""
     root = commit.StageKey(dataset["stage"], dataset["name"]).dir().parent
-    earlier, same = [], []
+    partitions: dict[str, list[dict]] = {}
     for mfile in root.glob("*/manifests/*.json"):
         m = commit.read_manifest(mfile)
-        if m["id"] == dataset["id"]:
-            continue
-        if m["partition"] < dataset["partition"]:
-            earlier.append(m)
-        elif m["partition"] == dataset["partition"] and commit.commit_order(m) < commit.commit_order(dataset):
-            same.append(m)
-    return max(earlier or same, key=lambda m: (m["partition"], commit.commit_order(m)), default=None)
+        if m["id"] != dataset["id"]:
+            partitions.setdefault(m["partition"], []).append(m)
+    if earlier := [p for p in partitions if p < dataset["partition"]]:
+        return commit.in_commit_order(partitions[max(earlier)])[-1]
+    same = commit.in_commit_order([*partitions.get(dataset["partition"], []), dataset])
+    return same[same.index(dataset) - 1] if same.index(dataset) else None
 
 
 def _null_rate(st: dict) -> float:
