@@ -86,19 +86,17 @@ def record(event: str, *, stage: str, run: RunContext, path: Path | None = None,
     rec = redacted(_masked(rec) if _HIDDEN else rec)
     path = path or settings.audit_log_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    line = (canonical_json(rec) + "\n").encode()
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         if not _lock(fd, lock_wait_s):
             log.warning("audit log %s busy for %.1f s: %s event of %s not written", path, lock_wait_s, event, stage)
             return None
         size = os.fstat(fd).st_size
-        last = _last_line(fd, size)
-        if last is not None:  # the link to the line before, whole or torn by a crash
-            rec["prev"] = sha256_bytes(last)
-            line = (canonical_json(rec) + "\n").encode()
-        if size and os.pread(fd, 1, size - 1) != b"\n":  # a line torn by a crash: end it first,
-            line = b"\n" + line  # so that this event stays a line of its own
+        torn = bool(size) and os.pread(fd, 1, size - 1) != b"\n"  # a line torn by a crash
+        if size:  # the link to the line before, whole or torn
+            rec["prev"] = sha256_bytes(_last_line(fd, size if torn else size - 1))
+        # a torn line is ended first, so that this event stays a line of its own
+        line = (b"\n" if torn else b"") + (canonical_json(rec) + "\n").encode()
         written = 0
         try:
             while written < len(line):  # a write may take only part of the line
@@ -114,11 +112,8 @@ def record(event: str, *, stage: str, run: RunContext, path: Path | None = None,
     return rec
 
 
-def _last_line(fd: int, size: int, chunk: int = 8192) -> bytes | None:
-    """The file's last line without its newline (a torn line as it stands); None if empty."""
-    if size == 0:
-        return None
-    end = size - 1 if os.pread(fd, 1, size - 1) == b"\n" else size
+def _last_line(fd: int, end: int, chunk: int = 8192) -> bytes:
+    """The bytes from the newline before offset ``end`` (or the file's start) up to ``end``."""
     start = end
     while start > 0:  # back, a chunk at a time, to the newline before it
         begin = max(0, start - chunk)
