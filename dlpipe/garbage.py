@@ -27,7 +27,7 @@ from pathlib import Path
 
 from dlpipe import audit, commit, settings
 from dlpipe.errors import ConfigError, IntegrityError
-from dlpipe.hashing import fingerprint
+from dlpipe.hashing import checkpoint_name
 from dlpipe.runctx import RunContext
 
 log = logging.getLogger(__name__)
@@ -79,11 +79,10 @@ def _checkpoint_commits(partition: Path) -> dict[str, str]:
     """checkpoint folder name -> the id of the training commit it belongs to (the folder is named
     for the training's dataset, config and code: training.stages.train_model)."""
     made = {}
-    for path in sorted((partition / "manifests").glob("*.json")):
+    for path in (partition / "manifests").glob("*.json"):
         try:
             m = commit.read_manifest(path)
-            key = fingerprint({"dataset": m["inputs"][0]["id"], "config": m["config"],
-                               "code": m["code"]["sources_hash"]})[:16]
+            key = checkpoint_name(m["inputs"][0]["id"], m["config"], m["code"]["sources_hash"])
         except (IntegrityError, KeyError, IndexError, TypeError):
             continue  # unreadable or not a training: its checkpoints are judged as never committed
         made[key] = m["id"]
@@ -114,9 +113,13 @@ def find(older_than: timedelta, home: Path | None = None, now: datetime | None =
             else:
                 continue  # it may still be writing
             found.append(Garbage(folder, "attempt", _size(folder), why))
+    commits: dict[Path, dict[str, str]] = {}  # training partition -> its checkpoint names' commits
     for folder in sorted(home.glob("training/*/*/checkpoints/*")):
         if folder.is_dir() and not folder.is_symlink() and (written := _newest_write(folder)) < cutoff:
-            made = _checkpoint_commits(folder.parent.parent)
+            partition = folder.parent.parent
+            if partition not in commits:  # its manifests read once, however many folders it holds
+                commits[partition] = _checkpoint_commits(partition)
+            made = commits[partition]
             why = (f"its training committed ({made[folder.name]}): a dlpipe from before 2026-12 left checkpoints "
                    f"behind" if folder.name in made else "its training never committed")
             found.append(Garbage(folder, "checkpoints", _size(folder), f"{why}; nothing written in it since "

@@ -46,6 +46,12 @@ def fingerprint(obj: Any) -> str:
     return sha256_bytes(canonical_json(obj).encode())
 
 
+def checkpoint_name(dataset_id: str, config: dict, sources_hash: str) -> str:
+    """The checkpoint folder of a training: one per (dataset, config, code), so any change
+    starts from scratch, and `dlpipe gc` can tell which commit a folder belongs to."""
+    return fingerprint({"dataset": dataset_id, "config": config, "code": sources_hash})[:16]
+
+
 def parquet_rows_hash(path: str | Path) -> str:
     """SHA-256 of a Parquet file's rows (schema, values, order), not of its bytes.
 

@@ -13,7 +13,7 @@ from dlpipe import commit
 from dlpipe.commit import StageKey, StageResult
 from dlpipe.datasets import split_url
 from dlpipe.errors import ConfigError, IntegrityError
-from dlpipe.hashing import fingerprint, sources_hash
+from dlpipe.hashing import checkpoint_name, sources_hash
 from dlpipe.runctx import RunContext
 from dlpipe.spec import write_spec
 from training import checkpoint
@@ -137,8 +137,7 @@ def train_model(dataset: dict, *, config: BaseModel, scale: ScaleConfig, run: Ru
 
     # Checkpoints outlive a failed attempt (a retry resumes from them) and belong to exactly one
     # (dataset, config, code): any change starts from scratch.
-    ckpt_dir = key.dir() / "checkpoints" / fingerprint({"dataset": dataset["id"], "config": fp_config,
-                                                          "code": code["sources_hash"]})[:16]
+    ckpt_dir = key.dir() / "checkpoints" / checkpoint_name(dataset["id"], fp_config, code["sources_hash"])
 
     summary = dataset["summary"]
 
