@@ -222,8 +222,8 @@ def same_dag_id(path: Path, dag_id: str) -> list[Path]:
     """Other specs in ``path``'s folder that declare ``dag_id`` too. One that does not load
     is left to its own DAG file, which reports it."""
     twins = []
-    for other in sorted(path.parent.glob("*.y*ml")):
-        if other.suffix not in (".yaml", ".yml") or other.resolve() == path.resolve():
+    for other in sorted([*path.parent.glob("*.yaml"), *path.parent.glob("*.yml")]):
+        if other.resolve() == path.resolve():
             continue
         try:
             dag = load_pipeline(other).get("dag")
@@ -271,7 +271,8 @@ def pipeline_dag(path: str | Path):
     return dag
 
 
-def pipeline_tasks(*, train_timeout: timedelta, registry_timeout: timedelta = timedelta(minutes=30),
+def pipeline_tasks(*, train_timeout: timedelta,
+                   registry_timeout: timedelta = timedelta(seconds=DagSpec.model_fields["registry_timeout_s"].default),
                    features: bool = True, promote: bool = True) -> None:
     """The stages and their order, added to the DAG being defined (``with DAG(...)``); without
     ``features`` the chain starts at the dataset, without ``promote`` (``registry.promote_to:
@@ -295,14 +296,11 @@ def pipeline_tasks(*, train_timeout: timedelta, registry_timeout: timedelta = ti
     register = RegisterModelOperator(task_id="register_model", training_id=train.output,
                                      gate_ids=[data_gate.output, model_gate.output], execution_timeout=registry_timeout)
     dataset >> data_gate >> train >> model_gate >> register
-    tasks = [dataset, data_gate, train, model_gate, register]
     if promote:
-        tasks.append(PromoteModelOperator(task_id="promote_staging", model_ref=register.output,
-                                          execution_timeout=registry_timeout))
-        register >> tasks[-1]
+        register >> PromoteModelOperator(task_id="promote_staging", model_ref=register.output,
+                                         execution_timeout=registry_timeout)
     if features:
-        tasks.append(SparkFeatureOperator(task_id="extract_features"))
-        tasks[-1] >> dataset
+        SparkFeatureOperator(task_id="extract_features") >> dataset
     if dataset.dag:
         tasks_run_to_the_end(dataset.dag)
 
