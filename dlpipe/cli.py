@@ -417,10 +417,7 @@ def _brief(value: object, chars: int = 80) -> str:
 def cmd_lineage(args: argparse.Namespace) -> int:
     name, version = registry.parse_ref(args.ref)
     store = _store(args)
-    record = registry.get_version(store, name, version)
-    if not isinstance(record.get("lineage"), dict) or not isinstance(record.get("artifacts"), list):
-        raise IntegrityError(f"{name}@{version}: its version record has no lineage or artifacts; it was "
-                             f"edited or damaged: do not load this version")
+    record = registry.get_version(store, name, version)  # a record without lineage or artifacts is refused there
     training = record["lineage"].get("training")  # absent for a model registered from outside
     chain = manifest_tree(training, verify_files=args.verify) if training else None
     problems = _record_problems(record, args.verify) + tree_problems(chain)
